@@ -1,0 +1,453 @@
+//! The TOML configuration: its schema (serde, unknown keys rejected), the documented default of
+//! every field, and the load → parse → validate sequence that runs before anything binds a socket.
+//! `postsift.example.toml` at the top of the repository mirrors this file, key for key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Where `postsift run` looks when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/postsift/postsift.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid value for `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub reinject: Reinject,
+    pub clamd: Clamd,
+    pub spamd: Spamd,
+    pub virus: Virus,
+    pub spam: Spam,
+    pub headers: Headers,
+    pub log: Log,
+}
+
+/// `[server]`: the inbound SMTP/LMTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Addresses to listen on. Default `["127.0.0.1:10024"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Clients allowed to connect; others get `554 5.7.1` and are closed.
+    /// Default `["127.0.0.0/8", "::1/128"]`.
+    pub allow_networks: Vec<IpNet>,
+    /// Name in the greeting and the Received line. Default: the system's FQDN.
+    pub hostname: Option<String>,
+    /// Concurrent sessions; more are answered `421 4.3.2` and closed. Default 64.
+    pub max_sessions: usize,
+    /// Largest message accepted, in bytes; larger → `552 5.3.4`. Default 52428800 (50 MiB).
+    pub max_message_size: u64,
+    /// Recipients per message; more → `452 4.5.3`. Default 1000.
+    pub max_recipients: usize,
+    /// Bytes of a message held in memory; the rest spools to a temp file. Default 262144.
+    pub spool_threshold: usize,
+    /// Directory for spooled messages. Default: `$TMPDIR` or `/tmp`.
+    pub spool_dir: Option<PathBuf>,
+    /// Seconds to wait for a command or a chunk of DATA. Default 300.
+    pub read_timeout: u64,
+    /// Seconds a write to the client may take. Default 300.
+    pub write_timeout: u64,
+    /// Protocol errors in one session before `421` and close. Default 20.
+    pub max_errors: u32,
+    /// Seconds messages in flight get to finish on SIGTERM. Default 120.
+    pub shutdown_grace: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: vec!["127.0.0.1:10024".parse().unwrap()],
+            allow_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            hostname: None,
+            max_sessions: 64,
+            max_message_size: 52_428_800,
+            max_recipients: 1000,
+            spool_threshold: 262_144,
+            spool_dir: None,
+            read_timeout: 300,
+            write_timeout: 300,
+            max_errors: 20,
+            shutdown_grace: 120,
+        }
+    }
+}
+
+/// `[reinject]`: where scanned mail goes back into Postfix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Reinject {
+    /// The reinjection smtpd, `host:port`. Default `"127.0.0.1:10025"`.
+    pub to: String,
+    /// Seconds to connect. Default 30.
+    pub connect_timeout: u64,
+    /// Seconds for each command's reply. Default 300.
+    pub command_timeout: u64,
+    /// Seconds for the reply to the final dot. Default 600.
+    pub data_timeout: u64,
+    /// Idle connections kept open for reuse. Default 16.
+    pub max_idle: usize,
+    /// Name sent in EHLO. Default: `server.hostname`.
+    pub helo: Option<String>,
+}
+
+impl Default for Reinject {
+    fn default() -> Self {
+        Reinject {
+            to: "127.0.0.1:10025".into(),
+            connect_timeout: 30,
+            command_timeout: 300,
+            data_timeout: 600,
+            max_idle: 16,
+            helo: None,
+        }
+    }
+}
+
+/// What to do when a scanner fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// `451 4.5.0`: Postfix keeps the message and retries.
+    Tempfail,
+    /// Deliver anyway (for clamd: marked `***UNCHECKED***`).
+    Pass,
+}
+
+/// `[clamd]`: ClamAV's daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Clamd {
+    /// Unix socket paths or `host:port`, tried in order. Empty: no virus scanning.
+    /// Default `["/run/clamav/clamd.ctl"]`.
+    pub endpoints: Vec<String>,
+    /// Default `"tempfail"`.
+    pub on_failure: OnFailure,
+    /// Seconds to connect. Default 10.
+    pub connect_timeout: u64,
+    /// Seconds for the whole scan (send and verdict). Default 120.
+    pub timeout: u64,
+}
+
+impl Default for Clamd {
+    fn default() -> Self {
+        Clamd {
+            endpoints: vec!["/run/clamav/clamd.ctl".into()],
+            on_failure: OnFailure::Tempfail,
+            connect_timeout: 10,
+            timeout: 120,
+        }
+    }
+}
+
+/// `[spamd]`: SpamAssassin's daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Spamd {
+    /// `host:port` or Unix socket paths, tried in order. Empty: no spam scanning.
+    /// Default `["127.0.0.1:783"]`.
+    pub endpoints: Vec<String>,
+    /// Bytes sent to spamd at most; longer messages are truncated at a line end, as amavis
+    /// does. Default 524288.
+    pub max_size: usize,
+    /// Default `"pass"`.
+    pub on_failure: OnFailure,
+    /// `User:` sent to spamd. Default: none.
+    pub user: Option<String>,
+    /// Seconds to connect. Default 10.
+    pub connect_timeout: u64,
+    /// Seconds for each read or write. Default 60.
+    pub io_timeout: u64,
+    /// Seconds for the whole scan. Default 120.
+    pub timeout: u64,
+}
+
+impl Default for Spamd {
+    fn default() -> Self {
+        Spamd {
+            endpoints: vec!["127.0.0.1:783".into()],
+            max_size: 524_288,
+            on_failure: OnFailure::Pass,
+            user: None,
+            connect_timeout: 10,
+            io_timeout: 60,
+            timeout: 120,
+        }
+    }
+}
+
+/// The action for a content category ("destiny" in amavis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Deliver (tagged).
+    Pass,
+    /// Accept with 250 and drop.
+    Discard,
+    /// Answer 554 5.7.0; Postfix bounces to the sender.
+    Reject,
+}
+
+/// `[virus]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Virus {
+    /// `"discard"` (default), `"reject"` or `"pass"` (then `X-Amavis-Alert` is added).
+    pub action: Action,
+}
+
+impl Default for Virus {
+    fn default() -> Self {
+        Virus {
+            action: Action::Discard,
+        }
+    }
+}
+
+/// `[spam]`: SpamAssassin levels, as amavis's `$sa_tag_level_deflt` and friends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Spam {
+    /// `X-Spam-*` headers are added at or above this score. Default -999.0.
+    pub tag_level: f64,
+    /// At or above: `X-Spam-Flag: YES` and the subject tag. Default 6.31.
+    pub tag2_level: f64,
+    /// At or above: the spam action applies. Default 6.31.
+    pub kill_level: f64,
+    /// Prepended to the Subject at tag2. Default `"***Spam*** "`.
+    pub subject_tag: String,
+    /// `"pass"` (default), `"discard"` or `"reject"`.
+    pub action: Action,
+}
+
+impl Default for Spam {
+    fn default() -> Self {
+        Spam {
+            tag_level: -999.0,
+            tag2_level: 6.31,
+            kill_level: 6.31,
+            subject_tag: "***Spam*** ".into(),
+            action: Action::Pass,
+        }
+    }
+}
+
+/// `[headers]`: the headers postsift writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Headers {
+    /// Value of `X-Virus-Scanned`. Default `"postsift at <domain of hostname>"`.
+    pub virus_scanned: Option<String>,
+    /// Subject tag for mail that could not be virus-scanned and was passed. Default `"***UNCHECKED*** "`.
+    pub unchecked_subject_tag: String,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            virus_scanned: None,
+            unchecked_subject_tag: "***UNCHECKED*** ".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `error`, `warn`, `info` (default), `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `"plain"` (default) or `"json"`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// `--config FILE` if given, else [`DEFAULT_PATH`] if it exists, else the built-in defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, Error> {
+        match path {
+            Some(p) => Config::load(p),
+            None if Path::new(DEFAULT_PATH).exists() => Config::load(Path::new(DEFAULT_PATH)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        let bad = |key: &'static str, message: &str| Error::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        if self.server.listen.is_empty() {
+            return Err(bad("server.listen", "at least one address is needed"));
+        }
+        if self.server.max_sessions == 0 {
+            return Err(bad("server.max_sessions", "must be at least 1"));
+        }
+        if self.server.max_message_size == 0 {
+            return Err(bad("server.max_message_size", "must be at least 1"));
+        }
+        if self.server.max_recipients == 0 {
+            return Err(bad("server.max_recipients", "must be at least 1"));
+        }
+        if self.server.read_timeout == 0 || self.server.write_timeout == 0 {
+            return Err(bad("server.read_timeout", "timeouts must be at least 1 second"));
+        }
+        if let Some(h) = &self.server.hostname {
+            if h.is_empty() || h.contains(char::is_whitespace) {
+                return Err(bad("server.hostname", "must be a host name without spaces"));
+            }
+        }
+        if self.reinject.to.parse::<SocketAddr>().is_err() && !self.reinject.to.contains(':') {
+            return Err(bad("reinject.to", "expected host:port"));
+        }
+        for (key, eps) in [
+            ("clamd.endpoints", &self.clamd.endpoints),
+            ("spamd.endpoints", &self.spamd.endpoints),
+        ] {
+            for ep in eps {
+                if !(ep.starts_with('/') || ep.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())) {
+                    return Err(bad(key, &format!("`{ep}` is neither an absolute socket path nor host:port")));
+                }
+            }
+        }
+        if self.clamd.timeout == 0 || self.spamd.timeout == 0 || self.spamd.io_timeout == 0 {
+            return Err(bad("clamd.timeout", "scanner timeouts must be at least 1 second"));
+        }
+        if self.spam.tag2_level < self.spam.tag_level {
+            return Err(bad("spam.tag2_level", "must not be below spam.tag_level"));
+        }
+        if !self.spam.tag_level.is_finite() || !self.spam.tag2_level.is_finite() || !self.spam.kill_level.is_finite() {
+            return Err(bad("spam.kill_level", "levels must be finite numbers"));
+        }
+        Ok(())
+    }
+
+    /// The host name used in the greeting, Received and X-Virus-Scanned.
+    pub fn hostname(&self) -> String {
+        self.server.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.read_timeout)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.write_timeout)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// The system's host name, as `hostname -f` would give it when /etc/hostname holds an FQDN.
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
+            if !s.is_empty() {
+                return s.to_owned();
+            }
+        }
+    }
+    "localhost".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, Error> {
+        Config::parse(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_match_debian_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:10024".parse().unwrap()]);
+        assert_eq!(c.clamd.endpoints, vec!["/run/clamav/clamd.ctl"]);
+        assert_eq!(c.spamd.endpoints, vec!["127.0.0.1:783"]);
+        assert_eq!(c.reinject.to, "127.0.0.1:10025");
+        assert_eq!(c.clamd.on_failure, OnFailure::Tempfail);
+        assert_eq!(c.spamd.on_failure, OnFailure::Pass);
+        assert_eq!(c.virus.action, Action::Discard);
+        assert_eq!(c.spam.kill_level, 6.31);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[spam]\nkill_levle = 5\n").unwrap_err().to_string();
+        assert!(e.contains("kill_levle"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = parse("[virus]\naction = \"bounce\"\n").unwrap_err().to_string();
+        assert!(e.contains("action") || e.contains("bounce"), "{e}");
+        let e = parse("[clamd]\nendpoints = [\"clamd.sock\"]\n").unwrap_err().to_string();
+        assert!(e.contains("clamd.endpoints"), "{e}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postsift.example.toml");
+        Config::load(&path).unwrap();
+    }
+}

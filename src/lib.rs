@@ -1,0 +1,49 @@
+//! postsift: an after-queue content filter for Postfix, in place of amavisd-new.
+//!
+//! Mail flows one way, and the modules read in that order:
+//!
+//! ```text
+//! Postfix ──LMTP/SMTP──▶ server ──▶ smtp::session ──▶ message (spooled) ──▶ scan (clamd ‖ spamd)
+//!                                                                               │
+//! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀── policy (verdict → action)
+//! ```
+//!
+//! [`config`] feeds every stage. The client gets its reply only after the reinjection server
+//! answered, so Postfix keeps the message until it is safely back in its queue.
+
+pub mod config;
+pub mod message;
+pub mod policy;
+pub mod reinject;
+pub mod rewrite;
+pub mod scan;
+pub mod server;
+pub mod smtp;
+
+use std::path::PathBuf;
+
+pub use server::serve;
+
+/// What every session shares: configuration, scanner clients, the reinjection pool, and the
+/// shutdown signal.
+pub struct Shared {
+    pub config: config::Config,
+    pub hostname: String,
+    pub spool_dir: PathBuf,
+    pub scanners: scan::Scanners,
+    pub reinjector: reinject::Reinjector,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Shared {
+    pub fn new(config: config::Config, shutdown: tokio_util::sync::CancellationToken) -> Shared {
+        Shared {
+            hostname: config.hostname(),
+            spool_dir: config.spool_dir(),
+            scanners: scan::Scanners::new(&config),
+            reinjector: reinject::Reinjector::new(&config),
+            config,
+            shutdown,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Judging a scan: the content category in amavis order (virus > unchecked > spam at kill level >
+//! clean), the configured action for it, and the reply the client gets when the message is not
+//! passed on. Pure functions of the report and the configuration.
+
+use crate::config::{Action, Config, OnFailure};
+use crate::scan::{ScanReport, SpamResult, SpamScan, VirusScan};
+use crate::smtp::reply::Reply;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Category {
+    Virus(Vec<String>),
+    /// Not virus-scanned (scanner failed, passed by `on_failure = "pass"`).
+    Unchecked,
+    /// At or above the kill level.
+    Spam,
+    Clean,
+}
+
+impl Category {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Category::Virus(_) => "virus",
+            Category::Unchecked => "unchecked",
+            Category::Spam => "spam",
+            Category::Clean => "clean",
+        }
+    }
+}
+
+/// What happens to the message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Rewrite headers and reinject.
+    Deliver,
+    /// Accept and drop: this reply (2xx) goes to the client.
+    Discard(Reply),
+    /// Refuse: this reply (5xx).
+    Reject(Reply),
+    /// A scanner failed and policy says retry later: this reply (4xx).
+    Tempfail(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub category: Category,
+    pub disposition: Disposition,
+    /// The spam result that the headers report, if spam was checked.
+    pub spam: Option<SpamResult>,
+}
+
+pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
+    let spam = match &report.spam {
+        SpamScan::Scored(r) => Some(r.clone()),
+        _ => None,
+    };
+    let decision = |category: Category, disposition| Decision {
+        category,
+        disposition,
+        spam: spam.clone(),
+    };
+
+    if let VirusScan::Infected(names) = &report.virus {
+        let names_s = names.join(", ");
+        let disp = match config.virus.action {
+            Action::Pass => Disposition::Deliver,
+            Action::Discard => Disposition::Discard(Reply::new(
+                250,
+                "2.7.0",
+                format!("Ok, discarded, id={id} - INFECTED: {names_s}"),
+            )),
+            Action::Reject => Disposition::Reject(Reply::new(
+                554,
+                "5.7.0",
+                format!("Reject, id={id} - INFECTED: {names_s}"),
+            )),
+        };
+        return decision(Category::Virus(names.clone()), disp);
+    }
+
+    if let VirusScan::Failed { reason, .. } = &report.virus {
+        if config.clamd.on_failure == OnFailure::Tempfail {
+            return decision(
+                Category::Unchecked,
+                Disposition::Tempfail(Reply::new(
+                    451,
+                    "4.5.0",
+                    format!("Error in processing, id={id}, virus_scan FAILED: {}", one_line(reason)),
+                )),
+            );
+        }
+    }
+    if let SpamScan::Failed { reason, .. } = &report.spam {
+        if config.spamd.on_failure == OnFailure::Tempfail {
+            return decision(
+                Category::Clean,
+                Disposition::Tempfail(Reply::new(
+                    451,
+                    "4.5.0",
+                    format!("Error in processing, id={id}, spam_scan FAILED: {}", one_line(reason)),
+                )),
+            );
+        }
+    }
+    if matches!(report.virus, VirusScan::Failed { .. }) {
+        return decision(Category::Unchecked, Disposition::Deliver);
+    }
+
+    if let Some(s) = &spam {
+        if s.score >= config.spam.kill_level {
+            let disp = match config.spam.action {
+                Action::Pass => Disposition::Deliver,
+                Action::Discard => Disposition::Discard(Reply::new(
+                    250,
+                    "2.7.0",
+                    format!("Ok, discarded, id={id} - spam"),
+                )),
+                Action::Reject => {
+                    Disposition::Reject(Reply::new(554, "5.7.0", format!("Reject, id={id} - spam")))
+                }
+            };
+            return decision(Category::Spam, disp);
+        }
+    }
+    decision(Category::Clean, Disposition::Deliver)
+}
+
+/// Scanner error texts can hold newlines; a reply line must not.
+fn one_line(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    s.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn report(virus: VirusScan, spam: SpamScan) -> ScanReport {
+        ScanReport {
+            virus,
+            spam,
+            virus_time: Duration::ZERO,
+            spam_time: Duration::ZERO,
+        }
+    }
+
+    fn scored(score: f64) -> SpamScan {
+        SpamScan::Scored(SpamResult {
+            score,
+            required: 5.0,
+            is_spam: score >= 5.0,
+            rules: vec![],
+        })
+    }
+
+    fn failed() -> VirusScan {
+        VirusScan::Failed {
+            reason: "down\nreally".into(),
+            kind: "refused",
+        }
+    }
+
+    #[test]
+    fn virus_outranks_everything() {
+        let c = Config::default();
+        let d = decide(&c, &report(VirusScan::Infected(vec!["Eicar".into()]), scored(1000.0)), "X1");
+        assert_eq!(d.category, Category::Virus(vec!["Eicar".into()]));
+        assert_eq!(
+            d.disposition,
+            Disposition::Discard(Reply::new(250, "2.7.0", "Ok, discarded, id=X1 - INFECTED: Eicar"))
+        );
+        let mut c = Config::default();
+        c.virus.action = Action::Reject;
+        let d = decide(&c, &report(VirusScan::Infected(vec!["Eicar".into()]), SpamScan::Off), "X1");
+        assert_eq!(
+            d.disposition,
+            Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X1 - INFECTED: Eicar"))
+        );
+    }
+
+    #[test]
+    fn clamd_failure_follows_on_failure() {
+        let c = Config::default();
+        let d = decide(&c, &report(failed(), scored(0.0)), "X2");
+        match d.disposition {
+            Disposition::Tempfail(r) => {
+                assert_eq!((r.code, r.enhanced), (451, Some("4.5.0")));
+                assert!(r.text.contains("virus_scan FAILED: down really"), "{}", r.text);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = Config::default();
+        c.clamd.on_failure = OnFailure::Pass;
+        let d = decide(&c, &report(failed(), scored(0.0)), "X2");
+        assert_eq!((d.category, d.disposition), (Category::Unchecked, Disposition::Deliver));
+    }
+
+    #[test]
+    fn spam_levels() {
+        let c = Config::default();
+        assert_eq!(decide(&c, &report(VirusScan::Clean, scored(6.3)), "X").category, Category::Clean);
+        let d = decide(&c, &report(VirusScan::Clean, scored(6.31)), "X");
+        assert_eq!((d.category, d.disposition), (Category::Spam, Disposition::Deliver));
+        let mut c = Config::default();
+        c.spam.action = Action::Reject;
+        let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)), "X3");
+        assert_eq!(d.disposition, Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X3 - spam")));
+    }
+
+    #[test]
+    fn spamd_failure_passes_by_default() {
+        let c = Config::default();
+        let fail = SpamScan::Failed {
+            reason: "timeout".into(),
+            kind: "timeout",
+        };
+        let d = decide(&c, &report(VirusScan::Clean, fail.clone()), "X");
+        assert_eq!((d.category, d.disposition, d.spam), (Category::Clean, Disposition::Deliver, None));
+        let mut c = Config::default();
+        c.spamd.on_failure = OnFailure::Tempfail;
+        assert!(matches!(
+            decide(&c, &report(VirusScan::Clean, fail), "X").disposition,
+            Disposition::Tempfail(_)
+        ));
+    }
+}

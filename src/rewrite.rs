@@ -1,0 +1,294 @@
+//! The header block that goes out in place of the original header section: postsift's own
+//! `X-Virus-Scanned`, `X-Spam-*` and `Received:` lines in the exact amavisd-new form (mailbox
+//! rules match on them), incoming copies of those headers removed so senders cannot forge them,
+//! and the subject tag. Everything else in the header section is copied byte for byte.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use crate::config::Config;
+use crate::message::is_field_start;
+use crate::policy::{Category, Decision};
+use crate::scan::SpamResult;
+
+/// What the Received line says about the hop into postsift.
+pub struct Trace<'a> {
+    /// The HELO/EHLO/LHLO name the client (Postfix) gave.
+    pub helo: &'a str,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// "ESMTP", "SMTP" or "LMTP".
+    pub protocol: &'a str,
+    pub id: &'a str,
+}
+
+/// Headers removed from incoming mail (case-insensitive prefixes).
+const STRIPPED_PREFIXES: &[&str] = &["x-spam-", "x-virus-scanned:", "x-amavis-alert:"];
+
+/// Builds the new header section (ending in CRLF, without the blank line) from the original one.
+pub fn header_block(config: &Config, decision: &Decision, trace: &Trace<'_>, original: &[u8]) -> Vec<u8> {
+    let hostname = config.hostname();
+    let mut out = String::with_capacity(1024);
+
+    let scanned = config.headers.virus_scanned.clone().unwrap_or_else(|| {
+        let domain = hostname.split_once('.').map_or(hostname.as_str(), |(_, d)| d);
+        format!("postsift at {domain}")
+    });
+    if config.clamd.endpoints.is_empty() {
+        // Nothing was virus-scanned: do not claim it was.
+    } else {
+        let _ = write!(out, "X-Virus-Scanned: {scanned}\r\n");
+    }
+    if let Category::Virus(names) = &decision.category {
+        let _ = write!(
+            out,
+            "X-Amavis-Alert: INFECTED, message contains virus: {}\r\n",
+            names.join(", ")
+        );
+    }
+    if let Some(spam) = &decision.spam {
+        if spam.score >= config.spam.tag_level {
+            spam_headers(&mut out, config, spam);
+        }
+    }
+    let _ = write!(
+        out,
+        "Received: from {helo} ([{peer_ip}])\r\n by localhost ({hostname} [{local_ip}]) (postsift, port {port})\r\n with {proto} id {id}; {date}\r\n",
+        helo = sanitize(trace.helo),
+        peer_ip = trace.peer.ip(),
+        local_ip = trace.local.ip(),
+        port = trace.local.port(),
+        proto = trace.protocol,
+        id = trace.id,
+        date = chrono::Local::now().format("%a, %d %b %Y %H:%M:%S %z"),
+    );
+
+    let tag = subject_tag(config, decision);
+    let mut out = out.into_bytes();
+    let mut subject_done = tag.is_none();
+    for field in fields(original) {
+        let lower = field.iter().take(20).map(u8::to_ascii_lowercase).collect::<Vec<u8>>();
+        if STRIPPED_PREFIXES.iter().any(|p| lower.starts_with(p.as_bytes())) {
+            continue;
+        }
+        if !subject_done && lower.starts_with(b"subject:") {
+            let tag = tag.expect("subject_done is false only with a tag");
+            let mut rest = &field[b"subject:".len()..];
+            if rest.first() == Some(&b' ') {
+                rest = &rest[1..];
+            }
+            out.extend_from_slice(&field[..b"subject:".len()]);
+            out.push(b' ');
+            if rest == b"\r\n" || rest.is_empty() {
+                out.extend_from_slice(tag.trim_end().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(tag.as_bytes());
+                out.extend_from_slice(rest);
+            }
+            subject_done = true;
+            continue;
+        }
+        out.extend_from_slice(field);
+    }
+    if !subject_done {
+        let tag = tag.expect("tag");
+        out.extend_from_slice(format!("Subject: {}\r\n", tag.trim_end()).as_bytes());
+    }
+    out
+}
+
+fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
+    if decision.category == Category::Unchecked {
+        return Some(config.headers.unchecked_subject_tag.as_str()).filter(|t| !t.is_empty());
+    }
+    match &decision.spam {
+        Some(s) if s.score >= config.spam.tag2_level && !config.spam.subject_tag.is_empty() => {
+            Some(config.spam.subject_tag.as_str())
+        }
+        _ => None,
+    }
+}
+
+fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult) {
+    let flagged = spam.score >= config.spam.tag2_level;
+    let _ = write!(out, "X-Spam-Flag: {}\r\n", if flagged { "YES" } else { "NO" });
+    let _ = write!(out, "X-Spam-Score: {}\r\n", score(spam.score));
+    let stars = if spam.score >= 1.0 {
+        (spam.score.floor() as usize).min(64)
+    } else {
+        0
+    };
+    let _ = write!(out, "X-Spam-Level: {}\r\n", "*".repeat(stars));
+    let _ = write!(
+        out,
+        "X-Spam-Status: {}, score={} tagged_above={} required={}\r\n",
+        if flagged { "Yes" } else { "No" },
+        score(spam.score),
+        score(config.spam.tag_level),
+        score(config.spam.tag2_level),
+    );
+    // tests=[A=1, B=2] folded the way amavis folds it: continuation lines start with a space
+    // and stay under 78 columns where the rule names allow.
+    let tests: Vec<String> = if spam.rules.is_empty() {
+        vec!["none".into()]
+    } else {
+        spam.rules
+            .iter()
+            .map(|(name, s)| format!("{}={}", sanitize(name), score(*s)))
+            .collect()
+    };
+    let mut line = String::from(" tests=[");
+    for (i, t) in tests.iter().enumerate() {
+        let last = i + 1 == tests.len();
+        let piece = if last { format!("{t}]") } else { format!("{t},") };
+        if line.len() + 1 + piece.len() > 78 && !line.ends_with('[') {
+            out.push_str(&line);
+            out.push_str("\r\n");
+            line = String::new();
+        }
+        if !line.ends_with('[') {
+            line.push(' ');
+        }
+        line.push_str(&piece);
+    }
+    out.push_str(&line);
+    out.push_str("\r\n");
+}
+
+/// A score as amavis prints it: three decimals, trailing zeros (and a trailing dot) trimmed.
+pub fn score(x: f64) -> String {
+    let s = format!("{x:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Keeps header text on one line and printable.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// The fields of a header section, each with its continuation lines and final CRLF.
+fn fields(section: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    while pos < section.len() {
+        let nl = section[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(section.len(), |p| pos + p + 1);
+        let next_is_cont = matches!(section.get(nl), Some(b' ') | Some(b'\t'));
+        if !next_is_cont {
+            out.push(&section[start..nl]);
+            start = nl;
+        }
+        pos = nl;
+    }
+    debug_assert!(out.iter().all(|f| is_field_start(f)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Disposition;
+
+    fn trace() -> Trace<'static> {
+        Trace {
+            helo: "mx.example.com",
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            local: "127.0.0.1:10024".parse().unwrap(),
+            protocol: "ESMTP",
+            id: "abc123",
+        }
+    }
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.server.hostname = Some("mx.example.com".into());
+        c
+    }
+
+    fn decision(score: f64, rules: &[(&str, f64)]) -> Decision {
+        Decision {
+            category: if score >= 6.31 { Category::Spam } else { Category::Clean },
+            disposition: Disposition::Deliver,
+            spam: Some(SpamResult {
+                score,
+                required: 5.0,
+                is_spam: score >= 5.0,
+                rules: rules.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            }),
+        }
+    }
+
+    fn block(d: &Decision, orig: &str) -> String {
+        String::from_utf8(header_block(&config(), d, &trace(), orig.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn scores_like_amavis() {
+        assert_eq!(score(-2.099), "-2.099");
+        assert_eq!(score(1000.0), "1000");
+        assert_eq!(score(6.31), "6.31");
+        assert_eq!(score(-999.0), "-999");
+        assert_eq!(score(-0.0001), "0");
+        assert_eq!(score(0.1), "0.1");
+    }
+
+    #[test]
+    fn clean_message_headers() {
+        let d = decision(
+            -2.099,
+            &[("BAYES_00", -1.9), ("DKIM_SIGNED", 0.1), ("DKIM_VALID", -0.1), ("DKIM_VALID_AU", -0.1)],
+        );
+        let b = block(&d, "Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: forged\r\n  more\r\nFrom: a@b\r\n");
+        let expected_start = "X-Virus-Scanned: postsift at example.com\r\n\
+X-Spam-Flag: NO\r\n\
+X-Spam-Score: -2.099\r\n\
+X-Spam-Level: \r\n\
+X-Spam-Status: No, score=-2.099 tagged_above=-999 required=6.31\r\n \
+tests=[BAYES_00=-1.9, DKIM_SIGNED=0.1, DKIM_VALID=-0.1, DKIM_VALID_AU=-0.1]\r\n\
+Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [127.0.0.1]) (postsift, port 10024)\r\n with ESMTP id abc123; ";
+        assert!(b.starts_with(expected_start), "{b}");
+        assert!(b.ends_with("\r\nSubject: hi\r\nFrom: a@b\r\n"), "{b}");
+        assert!(!b.contains("forged"));
+    }
+
+    #[test]
+    fn spam_gets_flag_level_and_subject_tag() {
+        let d = decision(1000.0, &[("GTUBE", 1000.0)]);
+        let b = block(&d, "From: a@b\r\nSubject:  Buy\r\n now\r\n");
+        assert!(b.contains("X-Spam-Flag: YES\r\n"));
+        assert!(b.contains(&format!("X-Spam-Level: {}\r\n", "*".repeat(64))));
+        assert!(b.contains("X-Spam-Status: Yes, score=1000 tagged_above=-999 required=6.31\r\n tests=[GTUBE=1000]\r\n"));
+        assert!(b.ends_with("From: a@b\r\nSubject: ***Spam***  Buy\r\n now\r\n"), "{b}");
+    }
+
+    #[test]
+    fn missing_subject_is_added_when_tagging() {
+        let d = decision(10.0, &[]);
+        let b = block(&d, "From: a@b\r\n");
+        assert!(b.ends_with("From: a@b\r\nSubject: ***Spam***\r\n"), "{b}");
+        assert!(b.contains("tests=[none]"));
+    }
+
+    #[test]
+    fn long_test_lists_fold() {
+        let rules: Vec<(String, f64)> = (0..20).map(|i| (format!("SOME_LONG_RULE_NAME_{i}"), 0.5)).collect();
+        let r: Vec<(&str, f64)> = rules.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let b = block(&decision(10.0, &r), "");
+        let status: Vec<&str> = b
+            .split("\r\n")
+            .skip_while(|l| !l.starts_with("X-Spam-Status"))
+            .take_while(|l| !l.starts_with("Received"))
+            .collect();
+        assert!(status.len() > 3);
+        assert!(status[1..].iter().all(|l| l.starts_with(' ') && l.len() <= 78), "{status:?}");
+    }
+}

@@ -1,0 +1,158 @@
+//! SMTP replies: a `Reply` value (code, enhanced status code, text), its wire form, and the
+//! named replies the filter gives, worded as amavisd-new words them where Postfix or a mail
+//! administrator's habits depend on it.
+
+use std::fmt;
+
+/// One SMTP reply. `text` may hold several lines separated by `\n`; each goes out as its own
+/// reply line with the same code and enhanced code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<&'static str>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: Some(enhanced),
+            text: text.into(),
+        }
+    }
+
+    /// A reply whose text already carries its enhanced code (relayed from another server).
+    pub fn raw(code: u16, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: text.into(),
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// "2xx", "4xx" or "5xx", for metrics.
+    pub fn class(&self) -> &'static str {
+        match self.code {
+            200..=399 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        }
+    }
+
+    /// Appends the wire form (CRLF-terminated lines) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        if lines.peek().is_none() {
+            lines = "".split('\n').peekable();
+        }
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            let line = line.trim_end_matches('\r');
+            let _ = match self.enhanced {
+                Some(e) => {
+                    use std::io::Write;
+                    write!(out, "{}{}{} {}\r\n", self.code, sep, e, line)
+                }
+                None => {
+                    use std::io::Write;
+                    write!(out, "{}{}{}\r\n", self.code, sep, line)
+                }
+            };
+        }
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.enhanced {
+            Some(e) => write!(f, "{} {} {}", self.code, e, self.text.replace('\n', " / ")),
+            None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
+        }
+    }
+}
+
+pub fn ok() -> Reply {
+    Reply::new(250, "2.0.0", "Ok")
+}
+pub fn sender_ok() -> Reply {
+    Reply::new(250, "2.1.0", "Sender Ok")
+}
+pub fn recipient_ok() -> Reply {
+    Reply::new(250, "2.1.5", "Recipient Ok")
+}
+pub fn start_data() -> Reply {
+    Reply::raw(354, "End data with <CR><LF>.<CR><LF>")
+}
+pub fn bye() -> Reply {
+    Reply::new(221, "2.0.0", "Bye")
+}
+pub fn shutting_down() -> Reply {
+    Reply::new(421, "4.3.2", "Service shutting down, closing channel")
+}
+pub fn too_busy() -> Reply {
+    Reply::new(421, "4.3.2", "Too many sessions, try again later")
+}
+pub fn access_denied() -> Reply {
+    Reply::new(554, "5.7.1", "Access denied")
+}
+pub fn timeout() -> Reply {
+    Reply::new(421, "4.4.2", "Timeout exceeded, closing channel")
+}
+pub fn too_many_errors() -> Reply {
+    Reply::new(421, "4.7.0", "Too many errors, closing channel")
+}
+pub fn line_too_long() -> Reply {
+    Reply::new(500, "5.5.2", "Line too long")
+}
+pub fn bad_sequence(text: &str) -> Reply {
+    Reply::new(503, "5.5.1", text)
+}
+pub fn syntax(text: &str) -> Reply {
+    Reply::new(501, "5.5.4", text)
+}
+pub fn unknown_command() -> Reply {
+    Reply::new(500, "5.5.2", "Error: command not recognized")
+}
+pub fn not_implemented(verb: &str) -> Reply {
+    Reply::new(502, "5.5.1", format!("{verb} not implemented"))
+}
+pub fn too_many_recipients() -> Reply {
+    Reply::new(452, "4.5.3", "Too many recipients")
+}
+pub fn message_too_big() -> Reply {
+    Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
+}
+pub fn local_error(id: &str, what: &str) -> Reply {
+    Reply::new(451, "4.3.0", format!("Error in processing, id={id}, {what}"))
+}
+pub fn no_space(id: &str) -> Reply {
+    Reply::new(452, "4.3.1", format!("Insufficient system storage, id={id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(r: &Reply) -> String {
+        let mut v = Vec::new();
+        r.write_to(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn single_and_multi_line() {
+        assert_eq!(wire(&ok()), "250 2.0.0 Ok\r\n");
+        let r = Reply::raw(250, "mx\nPIPELINING\nSIZE 10");
+        assert_eq!(wire(&r), "250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(wire(&Reply::raw(354, "")), "354 \r\n");
+    }
+}

@@ -1,0 +1,123 @@
+//! A small async SMTP/LMTP client for driving postsift in tests: raw lines in, whole replies
+//! (code and text) out, so tests can pipeline, misbehave and read every reply.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub struct Client {
+    r: BufReader<OwnedReadHalf>,
+    pub w: OwnedWriteHalf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    /// Connects and reads the greeting.
+    pub async fn greeted(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr).await;
+        let g = c.reply().await;
+        assert_eq!(g.code, 220, "{g:?}");
+        c
+    }
+
+    pub async fn send(&mut self, raw: &[u8]) {
+        self.w.write_all(raw).await.unwrap();
+    }
+
+    pub async fn line(&mut self, l: &str) {
+        self.send(format!("{l}\r\n").as_bytes()).await;
+    }
+
+    /// Reads one (possibly multi-line) reply; code 0 if the server closed the connection.
+    pub async fn reply(&mut self) -> Reply {
+        let mut text = String::new();
+        loop {
+            let mut l = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(300), self.r.read_line(&mut l))
+                .await
+                .expect("reply timed out")
+                .unwrap_or(0);
+            if n == 0 {
+                return Reply { code: 0, text };
+            }
+            let code = l.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            text.push_str(l.trim_end());
+            text.push('\n');
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Reply { code, text };
+            }
+        }
+    }
+
+    pub async fn cmd(&mut self, l: &str) -> Reply {
+        self.line(l).await;
+        self.reply().await
+    }
+
+    pub async fn expect(&mut self, l: &str, code: u16) -> Reply {
+        let r = self.cmd(l).await;
+        assert_eq!(r.code, code, "after {l:?}: {r:?}");
+        r
+    }
+
+    /// Sends a body after DATA's 354: dot-stuffed, CRLF-terminated, then the final dot.
+    pub async fn body(&mut self, body: &[u8]) {
+        let mut out = Vec::with_capacity(body.len() + 1024);
+        let mut at_start = true;
+        for &b in body {
+            if at_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_start = b == b'\n';
+        }
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.send(&out).await;
+    }
+
+    /// A whole transaction after the greeting: EHLO or LHLO, MAIL, RCPTs, DATA, body. Returns
+    /// the replies to the end of data (one per recipient for LMTP).
+    pub async fn transaction(&mut self, lmtp: bool, from: &str, rcpts: &[&str], body: &[u8]) -> Vec<Reply> {
+        self.expect(if lmtp { "LHLO test.local" } else { "EHLO test.local" }, 250).await;
+        self.expect(&format!("MAIL FROM:<{from}>"), 250).await;
+        for r in rcpts {
+            self.expect(&format!("RCPT TO:<{r}>"), 250).await;
+        }
+        self.expect("DATA", 354).await;
+        self.body(body).await;
+        let n = if lmtp { rcpts.len() } else { 1 };
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.reply().await);
+        }
+        out
+    }
+}
+
+/// One message, one connection: EHLO, MAIL, RCPT, DATA, QUIT. Returns the end-of-data reply.
+pub async fn send_one(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> Reply {
+    let mut c = Client::greeted(addr).await;
+    let r = c.transaction(false, from, rcpts, body).await.remove(0);
+    let _ = c.cmd("QUIT").await;
+    r
+}

@@ -1,0 +1,109 @@
+//! The public real-world and torture-test messages in ../shared/corpus/real go through real
+//! clamd and spamd: each comes out with only postsift's headers added (and forged X-Spam-*
+//! headers removed, the subject tagged where spam) and everything else byte for byte the same,
+//! or is discarded as a virus where the corpus says it carries one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use postsift::message::normalize_line_ends;
+
+use crate::capture::Capture;
+use crate::client::send_one;
+use crate::util::{self, config, start_filter};
+
+fn corpus_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("POSTSIFT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus")));
+    dir.join("MANIFEST.tsv").exists().then_some(dir)
+}
+
+/// Header lines postsift may add, remove or change, with their continuation lines.
+fn is_ours(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    ["x-spam-", "x-virus-scanned:", "x-amavis-alert:", "subject:"]
+        .iter()
+        .any(|p| l.starts_with(p))
+}
+
+/// Splits at the first blank line and drops the header lines postsift owns.
+fn comparable(data: &[u8]) -> (Vec<String>, Vec<u8>) {
+    let pos = data.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match pos {
+        Some(p) => (&data[..p + 2], data[p + 2..].to_vec()),
+        None => (data, Vec::new()),
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut keep = Vec::new();
+    let mut dropping = false;
+    for line in head.split_inclusive("\r\n") {
+        let cont = line.starts_with(' ') || line.starts_with('\t');
+        if !cont {
+            dropping = is_ours(line);
+        }
+        if !dropping {
+            keep.push(line.to_owned());
+        }
+    }
+    (keep, body)
+}
+
+/// The delivered message without postsift's block, which ends with its three-line Received.
+fn strip_block(data: &[u8]) -> &[u8] {
+    let find = |from: usize, pat: &[u8]| {
+        data[from..].windows(pat.len()).position(|w| w == pat).map(|p| p + from)
+    };
+    let ours = find(0, b"(postsift, port ").expect("no postsift Received line");
+    let with = find(ours, b")\r\n with ").unwrap();
+    let end = find(with + 3, b"\r\n").unwrap() + 2;
+    &data[end..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_world_corpus_passes_unharmed() {
+    let Some(dir) = corpus_dir() else {
+        eprintln!("corpus not found (set POSTSIFT_CORPUS to shared/corpus); skipping");
+        return;
+    };
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
+    let mut expect: HashMap<String, (bool, bool)> = HashMap::new();
+    for line in manifest.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        expect.insert(cols[0].to_owned(), (cols[2] == "yes", cols[3] == "yes"));
+    }
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let sink = Capture::start().await;
+    let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
+    let mut checked = 0;
+    let mut names: Vec<&String> = expect.keys().collect();
+    names.sort();
+    for name in names {
+        let (virus, spam) = expect[name];
+        let raw = std::fs::read(dir.join(name)).unwrap();
+        // Postfix hands over CRLF lines; normalise as it would.
+        let original = normalize_line_ends(&raw);
+        let before = sink.count();
+        let r = send_one(f.addr, "corpus@example.org", &["rcpt@example.com"], &original).await;
+        if virus {
+            assert_eq!(r.code, 250, "{name}: {r:?}");
+            assert!(r.text.contains("INFECTED: Postsift.Test.ClamExe"), "{name}: {r:?}");
+            assert_eq!(sink.count(), before, "{name}: virus delivered");
+            continue;
+        }
+        assert_eq!(r.code, 250, "{name}: {r:?}");
+        assert_eq!(sink.count(), before + 1, "{name}");
+        let m = sink.last();
+        let delivered = strip_block(&m.data);
+        let (dh, db) = comparable(delivered);
+        let (oh, ob) = comparable(&original);
+        assert_eq!(dh, oh, "{name}: headers changed");
+        assert!(db == ob, "{name}: body changed");
+        if spam {
+            assert!(m.headers().contains("X-Spam-Flag: YES"), "{name}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 60, "only {checked} messages checked");
+    f.stop().await;
+}

@@ -1,0 +1,276 @@
+//! Every fault ends in a 4xx the client retries, a clear 5xx, or a discard policy asked for,
+//! and the sink's count shows nothing lost and nothing duplicated. Peers that must misbehave
+//! on demand (a clamd or spamd that never answers, a 10025 that says 421 after DATA) are fakes;
+//! everything else is real.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::capture::{AfterData, Behaviour, Capture};
+use crate::client::{send_one, Client};
+use crate::harness;
+use crate::util::{self, config, fixture, start_filter};
+
+/// A TCP peer that accepts, reads everything, and never answers.
+async fn silent_tcp() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A Unix-socket peer that accepts, reads everything, and never answers.
+fn silent_unix(dir: &std::path::Path) -> String {
+    let path = dir.join("silent.sock");
+    let l = UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_missing_tempfails_then_delivers_once_back() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.contains("4.5.0 Error in processing, id="), "{r:?}");
+    assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
+    assert_eq!(sink.count(), 0, "passed unscanned");
+    f.stop().await;
+
+    // The retry, once clamd is there, is delivered exactly once.
+    let clamd = util::blocking(util::clamd).await;
+    let f = start_filter(&config(Some(&clamd), None, sink.addr, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(sink.count(), 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_missing_with_pass_policy_tags_unchecked() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(
+        Some("/nonexistent/clamd.ctl"),
+        None,
+        sink.addr,
+        "",
+    )
+    .replace("[clamd]\n", "[clamd]\non_failure = \"pass\"\n"))
+    .await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let h = sink.last().headers();
+    assert!(h.contains("\r\nSubject: ***UNCHECKED*** Lunch on Friday?\r\n"), "{h}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_hanging_times_out_into_tempfail() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = silent_unix(dir.path());
+    let sink = Capture::start().await;
+    let cfg = config(Some(&sock), None, sink.addr, "").replace("timeout = 20\n", "timeout = 2\n");
+    let f = start_filter(&cfg).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.contains("virus_scan FAILED") && r.text.contains("timed out"), "{r:?}");
+    assert_eq!(sink.count(), 0);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
+    let silent = silent_tcp().await;
+    let sink = Capture::start().await;
+    let cfg = config(None, Some(&silent), sink.addr, "")
+        .replace("io_timeout = 20", "io_timeout = 1")
+        .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 2\nendpoints")
+        .replace("]\ntimeout = 20\nio_timeout", "]\nio_timeout");
+    let f = start_filter(&cfg).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(!sink.last().headers().contains("X-Spam-"), "no spam verdict, no spam headers");
+    f.stop().await;
+
+    let f = start_filter(&cfg.replace("[spamd]\n", "[spamd]\non_failure = \"tempfail\"\n")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
+    assert_eq!(sink.count(), 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinjection_port_refusing_defers() {
+    let closed = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
+    let f = start_filter(&config(None, None, closed, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 450, "{r:?}");
+    assert!(r.text.contains("4.4.1 Can't connect to 127.0.0.1:"), "{r:?}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinjection_421_after_data_defers_and_retry_delivers_once() {
+    let sink = Capture::start_with(Behaviour {
+        after_data: AfterData::Reply("421 4.3.0 shutting down".into()),
+        ..Default::default()
+    })
+    .await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let mut c = Client::greeted(f.addr).await;
+    let r = c.transaction(true, "a@example.org", &["b@example.com", "c@example.com"], &fixture("clean.eml")).await;
+    assert!(r.iter().all(|r| r.code == 421 || (400..500).contains(&r.code)), "{r:?}");
+    assert_eq!(sink.count(), 0);
+    // 10025 recovers: the retry goes through, once.
+    sink.set(Behaviour::default());
+    let r = c.transaction(true, "a@example.org", &["b@example.com", "c@example.com"], &fixture("clean.eml")).await;
+    assert!(r.iter().all(|r| r.code == 250), "{r:?}");
+    assert_eq!(sink.count(), 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinjection_5xx_after_data_is_passed_back() {
+    let sink = Capture::start_with(Behaviour {
+        after_data: AfterData::Reply("554 5.7.1 content refused".into()),
+        ..Default::default()
+    })
+    .await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("5.7.1 content refused"), "{r:?}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinjection_hanging_after_data_defers() {
+    let sink = Capture::start_with(Behaviour {
+        after_data: AfterData::Hang,
+        ..Default::default()
+    })
+    .await;
+    let f = start_filter(&config(None, None, sink.addr, "").replace("data_timeout = 10", "data_timeout = 2")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 450, "{r:?}");
+    assert!(r.text.contains("4.4.2 Timed out during end of data"), "{r:?}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_data_delivers_nothing() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("EHLO t", 250).await;
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    c.expect("RCPT TO:<b@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send(b"Subject: half\r\n\r\nthe first half of a message\r\n").await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 0);
+    // The filter carries on.
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    assert_eq!(r.code, 250);
+    assert_eq!(sink.count(), 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_failure_is_a_temporary_error() {
+    let sink = Capture::start().await;
+    let cfg = config(None, None, sink.addr, "")
+        .replace("[server]\n", "[server]\nspool_threshold = 1024\nspool_dir = \"/nonexistent/spool\"\n");
+    let f = start_filter(&cfg).await;
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 100_000));
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &body).await;
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    assert_eq!(sink.count(), 0);
+    f.stop().await;
+}
+
+/// SIGTERM while a message is being scanned: that message still gets its 250 and arrives;
+/// an idle session gets 421 4.3.2; the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_messages_in_flight() {
+    let silent = silent_tcp().await;
+    let sink = Capture::start().await;
+    let port = harness::free_port();
+    // spamd hangs for 3 s (then on_failure = pass): the message is in flight when SIGTERM comes.
+    let cfg = config(None, Some(&silent), sink.addr, "")
+        .replace("[server]\n", &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"))
+        .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 3\nendpoints");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postsift.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            connected = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(connected.expect("postsift did not start"));
+
+    let mut idle = Client::greeted(addr).await;
+    idle.expect("EHLO t", 250).await;
+    let mut busy = Client::greeted(addr).await;
+    busy.expect("EHLO t", 250).await;
+    busy.expect("MAIL FROM:<a@example.org>", 250).await;
+    busy.expect("RCPT TO:<b@example.com>", 250).await;
+    busy.expect("DATA", 354).await;
+    busy.body(&fixture("clean.eml")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let r = idle.reply().await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("4.3.2"), "{r:?}");
+    let r = busy.reply().await;
+    assert_eq!(r.code, 250, "in-flight message lost: {r:?}");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sink.count(), 1);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}

@@ -1,0 +1,13 @@
+//! postsift's integration tests: one binary, every peer real (clamd, spamd, Postfix) except the
+//! faults a real peer cannot produce on demand. Run inside a loopback-only network namespace by
+//! `scripts/test.sh`.
+
+mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
+mod capture; // a capturing / misbehaving reinjection server
+mod client; // a small async SMTP/LMTP client
+mod util; // postsift in-process on port 0, shared peers
+
+mod corpus; // the real-world corpus passes unharmed
+mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
+mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
+mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL

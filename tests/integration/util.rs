@@ -1,0 +1,112 @@
+//! Starting postsift in-process on 127.0.0.1:0 with a config written for the test, and the
+//! clamd and spamd that all tests share (started once; stopped when the test binary exits).
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+
+use postsift::config::Config;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness;
+
+pub struct Filter {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl Filter {
+    /// Cancels and waits for the drain to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Starts postsift with `toml` (the `[server] listen` key is ignored: the listener is bound
+/// here on port 0).
+pub async fn start_filter(toml: &str) -> Filter {
+    let config = Config::parse(toml, std::path::Path::new("test.toml")).expect("test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(postsift::serve(config, vec![listener], shutdown.clone()));
+    Filter {
+        addr,
+        shutdown,
+        handle,
+    }
+}
+
+/// A config with the given scanners and reinjection target; `extra` is appended (it may add
+/// keys to sections not otherwise written: `[virus]`, `[spam]`, `[headers]`, `[reinject]`
+/// keys go through `reinject_extra`).
+pub fn config(clamd: Option<&str>, spamd: Option<&str>, reinject: SocketAddr, extra: &str) -> String {
+    let clamd = clamd.map_or("[]".to_string(), |c| format!("[\"{c}\"]"));
+    let spamd = spamd.map_or("[]".to_string(), |s| format!("[\"{s}\"]"));
+    format!(
+        "[server]\nhostname = \"filter.test.local\"\nshutdown_grace = 30\n\
+         [reinject]\nto = \"{reinject}\"\ncommand_timeout = 10\ndata_timeout = 10\nconnect_timeout = 5\n\
+         [clamd]\nendpoints = {clamd}\ntimeout = 20\n\
+         [spamd]\nendpoints = {spamd}\ntimeout = 20\nio_timeout = 20\n{extra}"
+    )
+}
+
+static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_shared_peers() {
+    if let Ok(pids) = PIDS.lock() {
+        for &pid in pids.iter() {
+            // SAFETY: plain kill(2) on a pid this process started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+fn register(pid: Option<u32>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(kill_shared_peers);
+        }
+    });
+    if let Some(p) = pid {
+        PIDS.lock().unwrap().push(p);
+    }
+}
+
+/// The clamd shared by all tests (EICAR and clam.exe signatures).
+pub fn clamd() -> String {
+    static C: OnceLock<harness::Clamd> = OnceLock::new();
+    let c = C.get_or_init(|| {
+        let c = harness::Clamd::start();
+        register(c.pid());
+        c
+    });
+    c.socket.display().to_string()
+}
+
+/// The spamd shared by all tests (network tests off).
+pub fn spamd() -> String {
+    static S: OnceLock<harness::Spamd> = OnceLock::new();
+    let s = S.get_or_init(|| {
+        let s = harness::Spamd::start();
+        register(s.pid());
+        s
+    });
+    s.addr.to_string()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(harness::fixtures().join("messages").join(name)).unwrap()
+}
+
+/// Runs a blocking harness start-up off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
