@@ -344,7 +344,10 @@ impl Config {
             return Err(bad("server.max_recipients", "must be at least 1"));
         }
         if self.server.read_timeout == 0 || self.server.write_timeout == 0 {
-            return Err(bad("server.read_timeout", "timeouts must be at least 1 second"));
+            return Err(bad(
+                "server.read_timeout",
+                "timeouts must be at least 1 second",
+            ));
         }
         if let Some(h) = &self.server.hostname {
             if h.is_empty() || h.contains(char::is_whitespace) {
@@ -359,18 +362,31 @@ impl Config {
             ("spamd.endpoints", &self.spamd.endpoints),
         ] {
             for ep in eps {
-                if !(ep.starts_with('/') || ep.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())) {
-                    return Err(bad(key, &format!("`{ep}` is neither an absolute socket path nor host:port")));
+                if !(ep.starts_with('/')
+                    || ep
+                        .rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok()))
+                {
+                    return Err(bad(
+                        key,
+                        &format!("`{ep}` is neither an absolute socket path nor host:port"),
+                    ));
                 }
             }
         }
         if self.clamd.timeout == 0 || self.spamd.timeout == 0 || self.spamd.io_timeout == 0 {
-            return Err(bad("clamd.timeout", "scanner timeouts must be at least 1 second"));
+            return Err(bad(
+                "clamd.timeout",
+                "scanner timeouts must be at least 1 second",
+            ));
         }
         if self.spam.tag2_level < self.spam.tag_level {
             return Err(bad("spam.tag2_level", "must not be below spam.tag_level"));
         }
-        if !self.spam.tag_level.is_finite() || !self.spam.tag2_level.is_finite() || !self.spam.kill_level.is_finite() {
+        if !self.spam.tag_level.is_finite()
+            || !self.spam.tag2_level.is_finite()
+            || !self.spam.kill_level.is_finite()
+        {
             return Err(bad("spam.kill_level", "levels must be finite numbers"));
         }
         Ok(())
@@ -390,7 +406,10 @@ impl Config {
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.server.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+        self.server
+            .spool_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
     }
 }
 
@@ -439,9 +458,13 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let e = parse("[virus]\naction = \"bounce\"\n").unwrap_err().to_string();
+        let e = parse("[virus]\naction = \"bounce\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("action") || e.contains("bounce"), "{e}");
-        let e = parse("[clamd]\nendpoints = [\"clamd.sock\"]\n").unwrap_err().to_string();
+        let e = parse("[clamd]\nendpoints = [\"clamd.sock\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("clamd.endpoints"), "{e}");
     }
 

@@ -18,7 +18,11 @@ const EX_USAGE: u8 = 64;
 const EX_IOERR: u8 = 74;
 
 #[derive(Parser)]
-#[command(name = "postsift", version, about = "After-queue content filter for Postfix (clamd + spamd)")]
+#[command(
+    name = "postsift",
+    version,
+    about = "After-queue content filter for Postfix (clamd + spamd)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config } | Command::CheckConfig { config } | Command::Scan { config, .. } => config.clone(),
+        Command::Run { config }
+        | Command::CheckConfig { config }
+        | Command::Scan { config, .. } => config.clone(),
     };
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
@@ -102,7 +108,9 @@ fn init_logging(config: &Config) {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
@@ -116,7 +124,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         let signals = shutdown.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return;
             };
             tokio::select! {
@@ -133,7 +144,9 @@ fn run(config: Config) -> anyhow::Result<()> {
 fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let msg = Message::from_bytes(&data);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = rt.block_on(Scanners::new(&config).scan(&msg));
     let decision = policy::decide(&config, &report, "scan");
     println!("virus scan: {:?}", report.virus);
@@ -141,7 +154,9 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     println!("category:   {}", decision.category.label());
     let action = match &decision.disposition {
         Disposition::Deliver => "pass (headers below are added)".to_owned(),
-        Disposition::Discard(r) | Disposition::Reject(r) | Disposition::Tempfail(r) => format!("reply {r}"),
+        Disposition::Discard(r) | Disposition::Reject(r) | Disposition::Tempfail(r) => {
+            format!("reply {r}")
+        }
     };
     println!("action:     {action}");
     if decision.disposition == Disposition::Deliver {

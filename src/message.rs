@@ -119,7 +119,9 @@ impl Message {
     /// A message from bytes already in memory (the `scan` command, tests).
     pub fn from_bytes(data: &[u8]) -> Message {
         let mut spool = Spool::new(usize::MAX, Path::new("/nonexistent"));
-        spool.write(&normalize_line_ends(data)).expect("memory spool");
+        spool
+            .write(&normalize_line_ends(data))
+            .expect("memory spool");
         spool.finish().expect("memory spool")
     }
 
@@ -288,10 +290,14 @@ mod tests {
     fn spills_to_file_above_threshold() {
         let dir = std::env::temp_dir();
         let mut s = Spool::new(10, &dir);
-        s.write(b"Subject: x\r\n\r\nhello world, this is long\r\n").unwrap();
+        s.write(b"Subject: x\r\n\r\nhello world, this is long\r\n")
+            .unwrap();
         let m = s.finish().unwrap();
         assert_eq!(m.head().len(), 10);
-        assert_eq!(collect(&m, 0), b"Subject: x\r\n\r\nhello world, this is long\r\n");
+        assert_eq!(
+            collect(&m, 0),
+            b"Subject: x\r\n\r\nhello world, this is long\r\n"
+        );
         // A header section cut by the threshold is not claimed.
         assert_eq!(m.header_end(), 0);
     }
@@ -311,12 +317,18 @@ mod tests {
     #[test]
     fn spam_prefix_cuts_at_line_end() {
         let m = Message::from_bytes(b"A: 1\r\n\r\nline one\r\nline two\r\n");
-        assert_eq!(m.prefix_for_spam_check(20).unwrap(), b"A: 1\r\n\r\nline one\r\n");
+        assert_eq!(
+            m.prefix_for_spam_check(20).unwrap(),
+            b"A: 1\r\n\r\nline one\r\n"
+        );
         assert_eq!(m.prefix_for_spam_check(1000).unwrap().len() as u64, m.len());
     }
 
     #[test]
     fn normalizes_bare_cr_and_lf() {
-        assert_eq!(normalize_line_ends(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(
+            normalize_line_ends(b"a\nb\rc\r\nd"),
+            b"a\r\nb\r\nc\r\nd\r\n"
+        );
     }
 }

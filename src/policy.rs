@@ -84,7 +84,10 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
                 Disposition::Tempfail(Reply::new(
                     451,
                     "4.5.0",
-                    format!("Error in processing, id={id}, virus_scan FAILED: {}", one_line(reason)),
+                    format!(
+                        "Error in processing, id={id}, virus_scan FAILED: {}",
+                        one_line(reason)
+                    ),
                 )),
             );
         }
@@ -96,7 +99,10 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
                 Disposition::Tempfail(Reply::new(
                     451,
                     "4.5.0",
-                    format!("Error in processing, id={id}, spam_scan FAILED: {}", one_line(reason)),
+                    format!(
+                        "Error in processing, id={id}, spam_scan FAILED: {}",
+                        one_line(reason)
+                    ),
                 )),
             );
         }
@@ -126,7 +132,10 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
 
 /// Scanner error texts can hold newlines; a reply line must not.
 fn one_line(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     s.chars().take(200).collect()
 }
 
@@ -163,15 +172,27 @@ mod tests {
     #[test]
     fn virus_outranks_everything() {
         let c = Config::default();
-        let d = decide(&c, &report(VirusScan::Infected(vec!["Eicar".into()]), scored(1000.0)), "X1");
+        let d = decide(
+            &c,
+            &report(VirusScan::Infected(vec!["Eicar".into()]), scored(1000.0)),
+            "X1",
+        );
         assert_eq!(d.category, Category::Virus(vec!["Eicar".into()]));
         assert_eq!(
             d.disposition,
-            Disposition::Discard(Reply::new(250, "2.7.0", "Ok, discarded, id=X1 - INFECTED: Eicar"))
+            Disposition::Discard(Reply::new(
+                250,
+                "2.7.0",
+                "Ok, discarded, id=X1 - INFECTED: Eicar"
+            ))
         );
         let mut c = Config::default();
         c.virus.action = Action::Reject;
-        let d = decide(&c, &report(VirusScan::Infected(vec!["Eicar".into()]), SpamScan::Off), "X1");
+        let d = decide(
+            &c,
+            &report(VirusScan::Infected(vec!["Eicar".into()]), SpamScan::Off),
+            "X1",
+        );
         assert_eq!(
             d.disposition,
             Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X1 - INFECTED: Eicar"))
@@ -185,26 +206,42 @@ mod tests {
         match d.disposition {
             Disposition::Tempfail(r) => {
                 assert_eq!((r.code, r.enhanced), (451, Some("4.5.0")));
-                assert!(r.text.contains("virus_scan FAILED: down really"), "{}", r.text);
+                assert!(
+                    r.text.contains("virus_scan FAILED: down really"),
+                    "{}",
+                    r.text
+                );
             }
             other => panic!("{other:?}"),
         }
         let mut c = Config::default();
         c.clamd.on_failure = OnFailure::Pass;
         let d = decide(&c, &report(failed(), scored(0.0)), "X2");
-        assert_eq!((d.category, d.disposition), (Category::Unchecked, Disposition::Deliver));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Unchecked, Disposition::Deliver)
+        );
     }
 
     #[test]
     fn spam_levels() {
         let c = Config::default();
-        assert_eq!(decide(&c, &report(VirusScan::Clean, scored(6.3)), "X").category, Category::Clean);
+        assert_eq!(
+            decide(&c, &report(VirusScan::Clean, scored(6.3)), "X").category,
+            Category::Clean
+        );
         let d = decide(&c, &report(VirusScan::Clean, scored(6.31)), "X");
-        assert_eq!((d.category, d.disposition), (Category::Spam, Disposition::Deliver));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Spam, Disposition::Deliver)
+        );
         let mut c = Config::default();
         c.spam.action = Action::Reject;
         let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)), "X3");
-        assert_eq!(d.disposition, Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X3 - spam")));
+        assert_eq!(
+            d.disposition,
+            Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X3 - spam"))
+        );
     }
 
     #[test]
@@ -215,7 +252,10 @@ mod tests {
             kind: "timeout",
         };
         let d = decide(&c, &report(VirusScan::Clean, fail.clone()), "X");
-        assert_eq!((d.category, d.disposition, d.spam), (Category::Clean, Disposition::Deliver, None));
+        assert_eq!(
+            (d.category, d.disposition, d.spam),
+            (Category::Clean, Disposition::Deliver, None)
+        );
         let mut c = Config::default();
         c.spamd.on_failure = OnFailure::Tempfail;
         assert!(matches!(

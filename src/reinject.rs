@@ -93,7 +93,13 @@ impl Reinjector {
     /// `msg` follows unchanged. `all_or_nothing` (SMTP clients, which take one reply per
     /// message) sends no data unless every recipient was accepted, so a retry can never
     /// duplicate; LMTP clients get each recipient's own result.
-    pub async fn send(&self, env: &Envelope, header_block: &[u8], msg: &Message, all_or_nothing: bool) -> Outcome {
+    pub async fn send(
+        &self,
+        env: &Envelope,
+        header_block: &[u8],
+        msg: &Message,
+        all_or_nothing: bool,
+    ) -> Outcome {
         let mut first = true;
         loop {
             let (pooled, reused) = match self.take_idle() {
@@ -104,7 +110,10 @@ impl Reinjector {
                 },
             };
             first = false;
-            match self.transaction(pooled, env, header_block, msg, all_or_nothing).await {
+            match self
+                .transaction(pooled, env, header_block, msg, all_or_nothing)
+                .await
+            {
                 Ok(outcome) => return outcome,
                 Err(f) if f.retry && reused => {
                     tracing::debug!("reused reinjection connection failed early, reconnecting");
@@ -132,11 +141,24 @@ impl Reinjector {
             label,
             retry: false,
         };
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.to.as_str())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(fail(format!("Can't connect to {}: {e}", self.to), "connect")),
-            Err(_) => return Err(fail(format!("Can't connect to {}: timed out", self.to), "timeout")),
-        };
+        let tcp =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.to.as_str()))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(fail(
+                        format!("Can't connect to {}: {e}", self.to),
+                        "connect",
+                    ))
+                }
+                Err(_) => {
+                    return Err(fail(
+                        format!("Can't connect to {}: timed out", self.to),
+                        "timeout",
+                    ))
+                }
+            };
         let _ = tcp.set_nodelay(true);
         let guard = Arc::new(AtomicBool::new(false));
         let stream = GuardedStream {
@@ -144,17 +166,28 @@ impl Reinjector {
             refuse_writes: guard.clone(),
         };
         let connect = async {
-            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.helo).await?;
+            let mut conn =
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.helo).await?;
             // lettre keeps only the keywords it knows; ask again to see XFORWARD, DSN, SIZE.
             let ehlo = conn.command(Ehlo::new(self.helo.clone())).await?;
             Ok::<_, lettre::transport::smtp::Error>((conn, ehlo))
         };
         let (conn, ehlo) = match tokio::time::timeout(self.command_timeout, connect).await {
             Ok(Ok(x)) => x,
-            Ok(Err(e)) => return Err(fail_from_lettre(&e, &format!("greeting of {}", self.to), false)),
+            Ok(Err(e)) => {
+                return Err(fail_from_lettre(
+                    &e,
+                    &format!("greeting of {}", self.to),
+                    false,
+                ))
+            }
             Err(_) => {
                 return Err(Failure {
-                    reply: Reply::new(450, "4.4.2", format!("Timed out during greeting of {}", self.to)),
+                    reply: Reply::new(
+                        450,
+                        "4.4.2",
+                        format!("Timed out during greeting of {}", self.to),
+                    ),
                     label: "timeout",
                     retry: false,
                 })
@@ -180,7 +213,13 @@ impl Reinjector {
         })
     }
 
-    async fn command(&self, p: &mut Pooled, cmd: impl fmt::Display, stage: &str, early: bool) -> Result<Reply, Failure> {
+    async fn command(
+        &self,
+        p: &mut Pooled,
+        cmd: impl fmt::Display,
+        stage: &str,
+        early: bool,
+    ) -> Result<Reply, Failure> {
         match tokio::time::timeout(self.command_timeout, p.conn.command(cmd)).await {
             Ok(Ok(resp)) => Ok(reply_from_response(&resp)),
             Ok(Err(e)) if e.status().is_some() => Err(Failure {
@@ -190,7 +229,11 @@ impl Reinjector {
             }),
             Ok(Err(e)) => Err(fail_from_lettre(&e, stage, early)),
             Err(_) => Err(Failure {
-                reply: Reply::new(450, "4.4.2", format!("Timed out during {stage} to {}", self.to)),
+                reply: Reply::new(
+                    450,
+                    "4.4.2",
+                    format!("Timed out during {stage} to {}", self.to),
+                ),
                 label: "timeout",
                 retry: false,
             }),
@@ -217,7 +260,11 @@ impl Reinjector {
         }
         let body_len = msg.len() - msg.header_end() as u64;
         let total = header_block.len() as u64 + body_len;
-        let mail = MailCmd { env, size: total, p: &p };
+        let mail = MailCmd {
+            env,
+            size: total,
+            p: &p,
+        };
         let mail = mail.to_string();
         match self.command(&mut p, Raw(mail), "MAIL FROM", true).await {
             Ok(_) => {}
@@ -249,11 +296,21 @@ impl Reinjector {
         // The body: header block, then the message after its original header section, less
         // the final CRLF that lettre writes itself before the dot.
         let read_error = Arc::new(Mutex::new(None::<io::Error>));
-        let chunks = BodyChunks::new(header_block, msg, total.saturating_sub(2), read_error.clone(), p.guard.clone());
+        let chunks = BodyChunks::new(
+            header_block,
+            msg,
+            total.saturating_sub(2),
+            read_error.clone(),
+            p.guard.clone(),
+        );
         let sent = tokio::time::timeout(self.data_timeout, p.conn.message_iter(chunks)).await;
         if let Some(e) = read_error.lock().unwrap().take() {
             return Err(Failure {
-                reply: Reply::new(451, "4.3.0", format!("Error in processing: reading the spool: {e}")),
+                reply: Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("Error in processing: reading the spool: {e}"),
+                ),
                 label: "spool",
                 retry: false,
             });
@@ -268,7 +325,11 @@ impl Reinjector {
             Ok(Err(e)) => return Err(fail_from_lettre(&e, "end of data", false)),
             Err(_) => {
                 return Err(Failure {
-                    reply: Reply::new(450, "4.4.2", format!("Timed out during end of data to {}", self.to)),
+                    reply: Reply::new(
+                        450,
+                        "4.4.2",
+                        format!("Timed out during end of data to {}", self.to),
+                    ),
                     label: "timeout",
                     retry: false,
                 })
@@ -282,7 +343,11 @@ impl Reinjector {
         let relayed = Reply::new(
             250,
             "2.0.0",
-            format!("from MTA(smtp:{}): {}", bracketed(&self.to), one_line(&data_reply)),
+            format!(
+                "from MTA(smtp:{}): {}",
+                bracketed(&self.to),
+                one_line(&data_reply)
+            ),
         );
         let per_recipient = rcpt_replies
             .into_iter()
@@ -305,7 +370,10 @@ impl Reinjector {
 /// `127.0.0.1:10025` as Postfix writes a next hop: `[127.0.0.1]:10025`.
 fn bracketed(hostport: &str) -> String {
     match hostport.rsplit_once(':') {
-        Some((host, port)) => format!("[{}]:{port}", host.trim_start_matches('[').trim_end_matches(']')),
+        Some((host, port)) => format!(
+            "[{}]:{port}",
+            host.trim_start_matches('[').trim_end_matches(']')
+        ),
         None => format!("[{hostport}]"),
     }
 }
@@ -330,19 +398,37 @@ fn refused_outcome(rcpt_replies: Vec<Option<Reply>>) -> Outcome {
         .iter()
         .map(|r| {
             r.clone().unwrap_or_else(|| {
-                Reply::new(450, "4.5.3", "Not delivered: other recipients of this message were refused; retry")
+                Reply::new(
+                    450,
+                    "4.5.3",
+                    "Not delivered: other recipients of this message were refused; retry",
+                )
             })
         })
         .collect();
-    let all_perm = rcpt_replies.iter().all(|r| r.as_ref().is_some_and(|r| r.code >= 500));
+    let all_perm = rcpt_replies
+        .iter()
+        .all(|r| r.as_ref().is_some_and(|r| r.code >= 500));
     let overall = if all_perm {
         per_recipient[0].clone()
     } else {
-        let first = rcpt_replies.iter().flatten().next().cloned().expect("at least one refused");
+        let first = rcpt_replies
+            .iter()
+            .flatten()
+            .next()
+            .cloned()
+            .expect("at least one refused");
         if first.is_transient() {
             first
         } else {
-            Reply::new(450, "4.5.3", format!("Some recipients refused by the next hop ({}); retry", one_line(&first)))
+            Reply::new(
+                450,
+                "4.5.3",
+                format!(
+                    "Some recipients refused by the next hop ({}); retry",
+                    one_line(&first)
+                ),
+            )
         }
     };
     Outcome {
@@ -354,10 +440,17 @@ fn refused_outcome(rcpt_replies: Vec<Option<Reply>>) -> Outcome {
 }
 
 fn data_refused(rcpt_replies: Vec<Option<Reply>>, reply: Reply) -> Outcome {
-    let per_recipient = rcpt_replies.into_iter().map(|r| r.unwrap_or_else(|| reply.clone())).collect();
+    let per_recipient = rcpt_replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| reply.clone()))
+        .collect();
     Outcome {
         per_recipient,
-        failure: Some(if reply.is_transient() { "tempfail" } else { "rejected" }),
+        failure: Some(if reply.is_transient() {
+            "tempfail"
+        } else {
+            "rejected"
+        }),
         overall: reply,
         queue_id: None,
     }
@@ -370,7 +463,9 @@ fn reply_from_response(resp: &lettre::transport::smtp::response::Response) -> Re
 
 /// lettre reports 4xx/5xx replies as errors carrying the code and the joined text.
 fn reply_from_error(e: &lettre::transport::smtp::Error) -> Reply {
-    let code: u16 = e.status().map_or(451, |c| c.to_string().parse().unwrap_or(451));
+    let code: u16 = e
+        .status()
+        .map_or(451, |c| c.to_string().parse().unwrap_or(451));
     let text = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
     Reply::raw(code, text)
 }
@@ -378,7 +473,11 @@ fn reply_from_error(e: &lettre::transport::smtp::Error) -> Reply {
 fn fail_from_lettre(e: &lettre::transport::smtp::Error, stage: &str, early: bool) -> Failure {
     let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
     Failure {
-        reply: Reply::new(451, "4.4.2", format!("Lost connection during {stage}: {detail}")),
+        reply: Reply::new(
+            451,
+            "4.4.2",
+            format!("Lost connection during {stage}: {detail}"),
+        ),
         label: "network",
         retry: early,
     }
@@ -512,13 +611,19 @@ impl Iterator for BodyChunks<'_> {
         }
         let Some(file) = self.file.as_mut() else {
             let left = self.left;
-            return self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{left} bytes missing")));
+            return self.fail(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{left} bytes missing"),
+            ));
         };
         let mut buf = vec![0u8; (64 * 1024).min(self.left as usize)];
         match io::Read::read(file, &mut buf) {
             Ok(0) => {
                 let left = self.left;
-                self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{left} bytes missing")))
+                self.fail(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{left} bytes missing"),
+                ))
             }
             Ok(n) => {
                 buf.truncate(n);
@@ -547,13 +652,21 @@ impl GuardedStream {
 }
 
 impl AsyncRead for GuardedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for GuardedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if let Some(e) = self.refused() {
             return Poll::Ready(Err(e));
         }

@@ -26,12 +26,19 @@ pub struct Trace<'a> {
 const STRIPPED_PREFIXES: &[&str] = &["x-spam-", "x-virus-scanned:", "x-amavis-alert:"];
 
 /// Builds the new header section (ending in CRLF, without the blank line) from the original one.
-pub fn header_block(config: &Config, decision: &Decision, trace: &Trace<'_>, original: &[u8]) -> Vec<u8> {
+pub fn header_block(
+    config: &Config,
+    decision: &Decision,
+    trace: &Trace<'_>,
+    original: &[u8],
+) -> Vec<u8> {
     let hostname = config.hostname();
     let mut out = String::with_capacity(1024);
 
     let scanned = config.headers.virus_scanned.clone().unwrap_or_else(|| {
-        let domain = hostname.split_once('.').map_or(hostname.as_str(), |(_, d)| d);
+        let domain = hostname
+            .split_once('.')
+            .map_or(hostname.as_str(), |(_, d)| d);
         format!("postsift at {domain}")
     });
     if config.clamd.endpoints.is_empty() {
@@ -67,8 +74,15 @@ pub fn header_block(config: &Config, decision: &Decision, trace: &Trace<'_>, ori
     let mut out = out.into_bytes();
     let mut subject_done = tag.is_none();
     for field in fields(original) {
-        let lower = field.iter().take(20).map(u8::to_ascii_lowercase).collect::<Vec<u8>>();
-        if STRIPPED_PREFIXES.iter().any(|p| lower.starts_with(p.as_bytes())) {
+        let lower = field
+            .iter()
+            .take(20)
+            .map(u8::to_ascii_lowercase)
+            .collect::<Vec<u8>>();
+        if STRIPPED_PREFIXES
+            .iter()
+            .any(|p| lower.starts_with(p.as_bytes()))
+        {
             continue;
         }
         if !subject_done && lower.starts_with(b"subject:") {
@@ -112,7 +126,11 @@ fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
 
 fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult) {
     let flagged = spam.score >= config.spam.tag2_level;
-    let _ = write!(out, "X-Spam-Flag: {}\r\n", if flagged { "YES" } else { "NO" });
+    let _ = write!(
+        out,
+        "X-Spam-Flag: {}\r\n",
+        if flagged { "YES" } else { "NO" }
+    );
     let _ = write!(out, "X-Spam-Score: {}\r\n", score(spam.score));
     let stars = if spam.score >= 1.0 {
         (spam.score.floor() as usize).min(64)
@@ -141,7 +159,11 @@ fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult) {
     let mut line = String::from(" tests=[");
     for (i, t) in tests.iter().enumerate() {
         let last = i + 1 == tests.len();
-        let piece = if last { format!("{t}]") } else { format!("{t},") };
+        let piece = if last {
+            format!("{t}]")
+        } else {
+            format!("{t},")
+        };
         if line.len() + 1 + piece.len() > 78 && !line.ends_with('[') {
             out.push_str(&line);
             out.push_str("\r\n");
@@ -169,7 +191,9 @@ pub fn score(x: f64) -> String {
 
 /// Keeps header text on one line and printable.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// The fields of a header section, each with its continuation lines and final CRLF.
@@ -216,7 +240,11 @@ mod tests {
 
     fn decision(score: f64, rules: &[(&str, f64)]) -> Decision {
         Decision {
-            category: if score >= 6.31 { Category::Spam } else { Category::Clean },
+            category: if score >= 6.31 {
+                Category::Spam
+            } else {
+                Category::Clean
+            },
             disposition: Disposition::Deliver,
             spam: Some(SpamResult {
                 score,
@@ -245,9 +273,17 @@ mod tests {
     fn clean_message_headers() {
         let d = decision(
             -2.099,
-            &[("BAYES_00", -1.9), ("DKIM_SIGNED", 0.1), ("DKIM_VALID", -0.1), ("DKIM_VALID_AU", -0.1)],
+            &[
+                ("BAYES_00", -1.9),
+                ("DKIM_SIGNED", 0.1),
+                ("DKIM_VALID", -0.1),
+                ("DKIM_VALID_AU", -0.1),
+            ],
         );
-        let b = block(&d, "Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: forged\r\n  more\r\nFrom: a@b\r\n");
+        let b = block(
+            &d,
+            "Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: forged\r\n  more\r\nFrom: a@b\r\n",
+        );
         let expected_start = "X-Virus-Scanned: postsift at example.com\r\n\
 X-Spam-Flag: NO\r\n\
 X-Spam-Score: -2.099\r\n\
@@ -267,7 +303,10 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
         assert!(b.contains("X-Spam-Flag: YES\r\n"));
         assert!(b.contains(&format!("X-Spam-Level: {}\r\n", "*".repeat(64))));
         assert!(b.contains("X-Spam-Status: Yes, score=1000 tagged_above=-999 required=6.31\r\n tests=[GTUBE=1000]\r\n"));
-        assert!(b.ends_with("From: a@b\r\nSubject: ***Spam***  Buy\r\n now\r\n"), "{b}");
+        assert!(
+            b.ends_with("From: a@b\r\nSubject: ***Spam***  Buy\r\n now\r\n"),
+            "{b}"
+        );
     }
 
     #[test]
@@ -280,7 +319,9 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
 
     #[test]
     fn long_test_lists_fold() {
-        let rules: Vec<(String, f64)> = (0..20).map(|i| (format!("SOME_LONG_RULE_NAME_{i}"), 0.5)).collect();
+        let rules: Vec<(String, f64)> = (0..20)
+            .map(|i| (format!("SOME_LONG_RULE_NAME_{i}"), 0.5))
+            .collect();
         let r: Vec<(&str, f64)> = rules.iter().map(|(n, s)| (n.as_str(), *s)).collect();
         let b = block(&decision(10.0, &r), "");
         let status: Vec<&str> = b
@@ -289,6 +330,11 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
             .take_while(|l| !l.starts_with("Received"))
             .collect();
         assert!(status.len() > 3);
-        assert!(status[1..].iter().all(|l| l.starts_with(' ') && l.len() <= 78), "{status:?}");
+        assert!(
+            status[1..]
+                .iter()
+                .all(|l| l.starts_with(' ') && l.len() <= 78),
+            "{status:?}"
+        );
     }
 }

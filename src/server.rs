@@ -20,7 +20,11 @@ use crate::Shared;
 
 /// Serves on already bound listeners until `shutdown` is cancelled, then drains. Tests bind
 /// `127.0.0.1:0` and run many servers side by side.
-pub async fn serve(config: Config, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let limit = Arc::new(Semaphore::new(config.server.max_sessions));
     let shared = Arc::new(Shared::new(config, shutdown.clone()));
@@ -59,9 +63,15 @@ pub async fn serve(config: Config, listeners: Vec<TcpListener>, shutdown: Cancel
 
     shutdown.cancelled().await;
     tracker.close();
-    tracing::info!(in_flight = tracker.len(), "shutting down: draining sessions");
+    tracing::info!(
+        in_flight = tracker.len(),
+        "shutting down: draining sessions"
+    );
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(left = tracker.len(), "grace period over; unanswered messages stay queued in Postfix");
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over; unanswered messages stay queued in Postfix"
+        );
     }
     Ok(())
 }

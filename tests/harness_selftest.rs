@@ -24,7 +24,11 @@ use std::time::Duration;
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s[s.rfind(')').unwrap() + 1..].trim_start().chars().next().unwrap();
+            let state = s[s.rfind(')').unwrap() + 1..]
+                .trim_start()
+                .chars()
+                .next()
+                .unwrap();
             state != 'Z' && state != 'X'
         }
         Err(_) => false,
@@ -35,8 +39,12 @@ fn alive(pid: u32) -> bool {
 fn group_members(pgrp: u32) -> Vec<u32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let f: Vec<&str> = s[s.rfind(')').unwrap() + 1..].split_whitespace().collect();
         if f[0] != "Z" && f[2] == pgrp.to_string() {
             v.push(pid);
@@ -61,14 +69,22 @@ fn instream(socket: &Path, data: &[u8]) -> String {
     let _ = send();
     let mut reply = Vec::new();
     let _ = s.read_to_end(&mut reply);
-    String::from_utf8_lossy(&reply).trim_end_matches('\0').trim().to_string()
+    String::from_utf8_lossy(&reply)
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
 }
 
 /// One SPAMC/1.5 request; returns the whole reply.
 fn spamc(addr: SocketAddr, verb: &str, msg: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "{verb} SPAMC/1.5\r\nContent-length: {}\r\nUser: nobody\r\n\r\n", msg.len()).unwrap();
+    write!(
+        s,
+        "{verb} SPAMC/1.5\r\nContent-length: {}\r\nUser: nobody\r\n\r\n",
+        msg.len()
+    )
+    .unwrap();
     s.write_all(msg).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut reply = String::new();
@@ -78,7 +94,10 @@ fn spamc(addr: SocketAddr, verb: &str, msg: &[u8]) -> String {
 
 /// The score of a `Spam: True ; 1000.3 / 5.0` line.
 fn spam_score(reply: &str) -> (bool, f64) {
-    let line = reply.lines().find(|l| l.starts_with("Spam:")).unwrap_or_else(|| panic!("no Spam: in {reply:?}"));
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with("Spam:"))
+        .unwrap_or_else(|| panic!("no Spam: in {reply:?}"));
     let (flag, rest) = line["Spam:".len()..].split_once(';').unwrap();
     let score = rest.split('/').next().unwrap().trim().parse().unwrap();
     (flag.trim() == "True", score)
@@ -137,7 +156,10 @@ fn serve(listener: TcpListener, role: Role) -> Inbox {
 
 fn arg_addr(line: &str) -> String {
     let start = line.find('<').map(|i| i + 1).unwrap_or(0);
-    let end = line[start..].find('>').map(|i| start + i).unwrap_or(line.len());
+    let end = line[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(line.len());
     line[start..end].to_string()
 }
 
@@ -154,10 +176,18 @@ fn session(conn: TcpStream, role: Role, inbox: Inbox) -> std::io::Result<()> {
             return Ok(());
         }
         let line = line.trim_end().to_string();
-        let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let verb = line
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" | "HELO" | "LHLO" => {
-                cur = Received { lmtp: verb == "LHLO", helo: line[4..].trim().to_string(), ..Default::default() };
+                cur = Received {
+                    lmtp: verb == "LHLO",
+                    helo: line[4..].trim().to_string(),
+                    ..Default::default()
+                };
                 w.write_all(
                     b"250-fake-peer.localdomain\r\n250-PIPELINING\r\n250-SIZE 209715200\r\n\
                       250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
@@ -196,7 +226,11 @@ fn session(conn: TcpStream, role: Role, inbox: Inbox) -> std::io::Result<()> {
                     Role::Filter { reinject } => {
                         let rcpts: Vec<&str> = cur.rcpts.iter().map(String::as_str).collect();
                         let replies = smtp_send(reinject, &cur.from, &rcpts, &cur.data);
-                        let eod = replies.iter().position(|r| r.0 == 354).and_then(|i| replies.get(i + 1)).cloned();
+                        let eod = replies
+                            .iter()
+                            .position(|r| r.0 == 354)
+                            .and_then(|i| replies.get(i + 1))
+                            .cloned();
                         cur.reinjected = eod.clone();
                         match eod {
                             Some((250, text)) => format!("250 2.0.0 Ok, reinjected: {text}"),
@@ -215,7 +249,11 @@ fn session(conn: TcpStream, role: Role, inbox: Inbox) -> std::io::Result<()> {
                 cur.lmtp = lmtp;
             }
             "RSET" => {
-                cur = Received { lmtp: cur.lmtp, helo: cur.helo.clone(), ..Default::default() };
+                cur = Received {
+                    lmtp: cur.lmtp,
+                    helo: cur.helo.clone(),
+                    ..Default::default()
+                };
                 w.write_all(b"250 2.0.0 Ok\r\n")?;
             }
             "NOOP" => w.write_all(b"250 2.0.0 Ok\r\n")?,
@@ -236,7 +274,10 @@ fn bind_local() -> (TcpListener, SocketAddr) {
 
 /// Sends a message into `pf`'s front smtpd and asserts it was queued.
 fn submit(pf: &Postfix, subject: &str, rcpts: &[&str]) -> Vec<u8> {
-    let body = message(subject, "line one\r\n.a line that starts with a dot\r\nlast line");
+    let body = message(
+        subject,
+        "line one\r\n.a line that starts with a dot\r\nlast line",
+    );
     let replies = smtp_send(pf.smtp_addr(), "sender@example.com", rcpts, &body);
     let n = replies.len();
     assert!(n >= 2, "{replies:?}");
@@ -248,7 +289,12 @@ fn submit(pf: &Postfix, subject: &str, rcpts: &[&str]) -> Vec<u8> {
 
 fn wait_inbox(inbox: &Inbox, n: usize, pf: &Postfix) -> Vec<Received> {
     if !wait_until(Duration::from_secs(60), || inbox.lock().unwrap().len() >= n) {
-        panic!("{} message(s) expected, got {:?}\n{}", n, inbox.lock().unwrap(), pf.log());
+        panic!(
+            "{} message(s) expected, got {:?}\n{}",
+            n,
+            inbox.lock().unwrap(),
+            pf.log()
+        );
     }
     inbox.lock().unwrap().clone()
 }
@@ -264,8 +310,17 @@ fn delivers_through_filter(lmtp: bool) {
     let (filter_l, filter_addr) = bind_local();
     // The filter needs the reinjection port, known only after start: start first, serve after
     // (Postfix simply waits/retries until the filter port answers).
-    let pf = Postfix::start(PostfixOpts { filter: filter_addr, filter_lmtp: lmtp, final_dest: sink_addr });
-    let filter = serve(filter_l, Role::Filter { reinject: pf.reinject_addr() });
+    let pf = Postfix::start(PostfixOpts {
+        filter: filter_addr,
+        filter_lmtp: lmtp,
+        final_dest: sink_addr,
+    });
+    let filter = serve(
+        filter_l,
+        Role::Filter {
+            reinject: pf.reinject_addr(),
+        },
+    );
 
     let subject = if lmtp { "via-lmtp" } else { "via-smtp" };
     let rcpts = ["one@example.org", "two@example.net"];
@@ -281,26 +336,52 @@ fn delivers_through_filter(lmtp: bool) {
     assert!(!m.lmtp, "final delivery is SMTP");
     assert_eq!(m.helo, POSTFIX_HOSTNAME);
     // body intact, dot-stuffing undone on every hop
-    assert!(contains(&m.data, "\r\n.a line that starts with a dot\r\n"), "{}", String::from_utf8_lossy(&m.data));
+    assert!(
+        contains(&m.data, "\r\n.a line that starts with a dot\r\n"),
+        "{}",
+        String::from_utf8_lossy(&m.data)
+    );
     assert!(contains(&m.data, &format!("Subject: {subject}\r\n")));
     assert!(m.data.ends_with(b"last line\r\n"));
     // two passes through Postfix: front smtpd, then the reinjection smtpd
-    let received = String::from_utf8_lossy(&m.data).matches("by postfix-test.localdomain (Postfix)").count();
+    let received = String::from_utf8_lossy(&m.data)
+        .matches("by postfix-test.localdomain (Postfix)")
+        .count();
     assert_eq!(received, 2, "{}", String::from_utf8_lossy(&m.data));
     assert!(m.data.len() > sent.len());
 
     let f = filter.lock().unwrap().clone();
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].lmtp, lmtp, "feed protocol: {f:?}");
-    assert!(f[0].xforward.iter().any(|x| x.contains("ADDR=127.0.0.1")), "XFORWARD sent to the filter: {f:?}");
+    assert!(
+        f[0].xforward.iter().any(|x| x.contains("ADDR=127.0.0.1")),
+        "XFORWARD sent to the filter: {f:?}"
+    );
     assert!(f[0].xforward.iter().any(|x| x.contains("IDENT=")), "{f:?}");
     assert_eq!(f[0].reinjected.as_ref().map(|r| r.0), Some(250));
 
     let log = pf.log();
-    let feed = if lmtp { "postfix/postsift-lmtp" } else { "postfix/postsift-smtp" };
-    assert!(log.contains(feed) && log.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", filter_addr.port())), "{log}");
-    assert!(log.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", sink_addr.port())), "{log}");
-    assert!(wait_until(Duration::from_secs(10), || pf.queue_count() == 0), "queue not empty\n{log}");
+    let feed = if lmtp {
+        "postfix/postsift-lmtp"
+    } else {
+        "postfix/postsift-smtp"
+    };
+    assert!(
+        log.contains(feed)
+            && log.contains(&format!(
+                "relay=127.0.0.1[127.0.0.1]:{}",
+                filter_addr.port()
+            )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", sink_addr.port())),
+        "{log}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || pf.queue_count() == 0),
+        "queue not empty\n{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,12 +393,22 @@ fn clamd_finds_eicar_in_a_message_and_clam_exe_in_a_zip() {
     assert!(clamd.ping());
 
     let eicar_mail = message("eicar", &format!("Hello,\r\n\r\n{EICAR}\r\n\r\nbye"));
-    assert_eq!(instream(&clamd.socket, &eicar_mail), format!("stream: {CLAMD_EICAR} FOUND"));
+    assert_eq!(
+        instream(&clamd.socket, &eicar_mail),
+        format!("stream: {CLAMD_EICAR} FOUND")
+    );
 
-    let zip = std::fs::read(Path::new(CLAMAV_TESTFILES).join("clam.zip")).expect("clamav-testfiles installed");
-    assert_eq!(instream(&clamd.socket, &zip), format!("stream: {CLAMD_CLAMEXE} FOUND"));
+    let zip = std::fs::read(Path::new(CLAMAV_TESTFILES).join("clam.zip"))
+        .expect("clamav-testfiles installed");
+    assert_eq!(
+        instream(&clamd.socket, &zip),
+        format!("stream: {CLAMD_CLAMEXE} FOUND")
+    );
 
-    assert_eq!(instream(&clamd.socket, &message("clean", "nothing to see")), "stream: OK");
+    assert_eq!(
+        instream(&clamd.socket, &message("clean", "nothing to see")),
+        "stream: OK"
+    );
 }
 
 #[test]
@@ -326,7 +417,10 @@ fn clamd_stream_max_length_is_configurable_and_stop_leaves_nothing() {
     let big = vec![b'a'; 2 * 1024 * 1024];
     let reply = instream(&clamd.socket, &big);
     assert!(reply.contains("INSTREAM size limit exceeded"), "{reply}");
-    assert_eq!(instream(&clamd.socket, &vec![b'a'; 512 * 1024]), "stream: OK");
+    assert_eq!(
+        instream(&clamd.socket, &vec![b'a'; 512 * 1024]),
+        "stream: OK"
+    );
 
     let pid = clamd.pid().unwrap();
     let dir = clamd.dir.clone();
@@ -345,12 +439,23 @@ fn spamd_scores_gtube_and_stops_cleanly() {
     let mut spamd = Spamd::start();
     assert!(spamd.ping());
 
-    let reply = spamc(spamd.addr, "CHECK", &message("gtube", &format!("Buy now\r\n{GTUBE}")));
+    let reply = spamc(
+        spamd.addr,
+        "CHECK",
+        &message("gtube", &format!("Buy now\r\n{GTUBE}")),
+    );
     assert!(reply.starts_with("SPAMD/1.1 0 EX_OK\r\n"), "{reply}");
     let (spam, score) = spam_score(&reply);
     assert!(spam && score >= 1000.0, "{reply}");
 
-    let reply = spamc(spamd.addr, "SYMBOLS", &message("ham", "Hello Bob, see you tomorrow at the meeting.\r\nAlice"));
+    let reply = spamc(
+        spamd.addr,
+        "SYMBOLS",
+        &message(
+            "ham",
+            "Hello Bob, see you tomorrow at the meeting.\r\nAlice",
+        ),
+    );
     let (spam, score) = spam_score(&reply);
     assert!(!spam && score < 5.0, "{reply}");
 
@@ -361,8 +466,12 @@ fn spamd_scores_gtube_and_stops_cleanly() {
     assert!(!port_open(addr), "spamd port still open");
     assert!(
         !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c.contains(&format!("--listen={addr}")))
-                && e.file_name().to_str().and_then(|p| p.parse().ok()).is_some_and(alive)
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains(&format!("--listen={addr}")))
+                && e.file_name()
+                    .to_str()
+                    .and_then(|p| p.parse().ok())
+                    .is_some_and(alive)
         }),
         "a spamd process survived"
     );
@@ -387,18 +496,35 @@ fn postfix_keeps_mail_while_filter_is_down_and_flush_delivers_it() {
     let sink = serve(sink_l, Role::Sink);
     let filter_port = free_port(); // nothing listens there yet
     let filter_addr = SocketAddr::from(([127, 0, 0, 1], filter_port));
-    let pf = Postfix::start(PostfixOpts { filter: filter_addr, filter_lmtp: true, final_dest: sink_addr });
+    let pf = Postfix::start(PostfixOpts {
+        filter: filter_addr,
+        filter_lmtp: true,
+        final_dest: sink_addr,
+    });
 
     submit(&pf, "deferred", &["rcpt@example.org"]);
-    assert!(pf.wait_for_log("status=deferred", Duration::from_secs(30)), "{}", pf.log());
+    assert!(
+        pf.wait_for_log("status=deferred", Duration::from_secs(30)),
+        "{}",
+        pf.log()
+    );
     assert_eq!(pf.queue_count(), 1, "{}", pf.log());
 
     let filter_l = TcpListener::bind(filter_addr).expect("filter port still free");
-    let _filter = serve(filter_l, Role::Filter { reinject: pf.reinject_addr() });
+    let _filter = serve(
+        filter_l,
+        Role::Filter {
+            reinject: pf.reinject_addr(),
+        },
+    );
     pf.flush();
     let got = wait_inbox(&sink, 1, &pf);
     assert!(contains(&got[0].data, "Subject: deferred\r\n"));
-    assert!(wait_until(Duration::from_secs(10), || pf.queue_count() == 0), "{}", pf.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || pf.queue_count() == 0),
+        "{}",
+        pf.log()
+    );
 }
 
 #[test]
@@ -407,33 +533,63 @@ fn two_postfix_instances_run_side_by_side_and_stop_completely() {
     let sink = serve(sink_l, Role::Sink);
     let (fl1, fa1) = bind_local();
     let (fl2, fa2) = bind_local();
-    let mut a = Postfix::start(PostfixOpts { filter: fa1, filter_lmtp: true, final_dest: sink_addr });
-    let b = Postfix::start(PostfixOpts { filter: fa2, filter_lmtp: false, final_dest: sink_addr });
+    let mut a = Postfix::start(PostfixOpts {
+        filter: fa1,
+        filter_lmtp: true,
+        final_dest: sink_addr,
+    });
+    let b = Postfix::start(PostfixOpts {
+        filter: fa2,
+        filter_lmtp: false,
+        final_dest: sink_addr,
+    });
     assert_ne!(a.dir, b.dir);
     let ports = [a.smtp_port, a.reinject_port, b.smtp_port, b.reinject_port];
     for (i, p) in ports.iter().enumerate() {
         assert!(!ports[i + 1..].contains(p), "{ports:?}");
     }
-    let _f1 = serve(fl1, Role::Filter { reinject: a.reinject_addr() });
-    let _f2 = serve(fl2, Role::Filter { reinject: b.reinject_addr() });
+    let _f1 = serve(
+        fl1,
+        Role::Filter {
+            reinject: a.reinject_addr(),
+        },
+    );
+    let _f2 = serve(
+        fl2,
+        Role::Filter {
+            reinject: b.reinject_addr(),
+        },
+    );
     submit(&a, "instance-a", &["x@example.org"]);
     submit(&b, "instance-b", &["y@example.org"]);
     let got = wait_inbox(&sink, 2, &a);
     assert!(got.iter().any(|m| contains(&m.data, "Subject: instance-a")));
     assert!(got.iter().any(|m| contains(&m.data, "Subject: instance-b")));
-    assert!(a.log().contains("instance-a@example.com") && !a.log().contains("instance-b@example.com"));
-    assert!(b.log().contains("instance-b@example.com") && !b.log().contains("instance-a@example.com"));
+    assert!(
+        a.log().contains("instance-a@example.com") && !a.log().contains("instance-b@example.com")
+    );
+    assert!(
+        b.log().contains("instance-b@example.com") && !b.log().contains("instance-a@example.com")
+    );
 
     let (pa, pb) = (a.master_pid().unwrap(), b.master_pid().unwrap());
     assert!(!group_members(pa).is_empty());
     a.stop();
-    assert!(!alive(pa) && group_members(pa).is_empty(), "instance a left {:?}", group_members(pa));
+    assert!(
+        !alive(pa) && group_members(pa).is_empty(),
+        "instance a left {:?}",
+        group_members(pa)
+    );
     assert!(!port_open(a.smtp_addr()) && !port_open(a.reinject_addr()));
     // b is unaffected by a's stop
     assert!(alive(pb) && port_open(b.smtp_addr()));
     let dir_b = b.dir.clone();
     drop(b);
-    assert!(!alive(pb) && group_members(pb).is_empty(), "instance b left {:?}", group_members(pb));
+    assert!(
+        !alive(pb) && group_members(pb).is_empty(),
+        "instance b left {:?}",
+        group_members(pb)
+    );
     assert!(!dir_b.exists() || std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some());
 }
 
@@ -445,7 +601,11 @@ fn drop_during_a_panicking_test_stops_the_daemons() {
     let r = std::thread::spawn(move || {
         let clamd = Clamd::start();
         p.lock().unwrap().push(clamd.pid().unwrap());
-        let pf = Postfix::start(PostfixOpts { filter: sink_addr, filter_lmtp: true, final_dest: sink_addr });
+        let pf = Postfix::start(PostfixOpts {
+            filter: sink_addr,
+            filter_lmtp: true,
+            final_dest: sink_addr,
+        });
         p.lock().unwrap().push(pf.master_pid().unwrap());
         panic!("deliberate panic with live peers");
     })
@@ -455,7 +615,10 @@ fn drop_during_a_panicking_test_stops_the_daemons() {
     assert_eq!(pids.len(), 2);
     for pid in pids {
         assert!(!alive(pid), "pid {pid} survived the panic");
-        assert!(group_members(pid).is_empty(), "group {pid} survived the panic");
+        assert!(
+            group_members(pid).is_empty(),
+            "group {pid} survived the panic"
+        );
     }
 }
 
@@ -474,9 +637,18 @@ fn dot_stuff_normalises_line_ends_and_doubles_leading_dots() {
 fn smtp_send_reports_every_reply_and_stops_after_rejections() {
     let (l, addr) = bind_local();
     let inbox = serve(l, Role::Sink);
-    let replies = smtp_send(addr, "a@example.com", &["b@example.org", "c@example.org"], b"Subject: x\n\nhi\n");
+    let replies = smtp_send(
+        addr,
+        "a@example.com",
+        &["b@example.org", "c@example.org"],
+        b"Subject: x\n\nhi\n",
+    );
     let codes: Vec<u16> = replies.iter().map(|r| r.0).collect();
-    assert_eq!(codes, [220, 250, 250, 250, 250, 354, 250, 221], "{replies:?}");
+    assert_eq!(
+        codes,
+        [220, 250, 250, 250, 250, 354, 250, 221],
+        "{replies:?}"
+    );
     assert!(replies[1].1.contains("250-PIPELINING\n") && replies[1].1.ends_with("IDENT SOURCE"));
     assert_eq!(inbox.lock().unwrap()[0].data, b"Subject: x\r\n\r\nhi\r\n");
 
@@ -493,6 +665,9 @@ fn smtp_send_reports_every_reply_and_stops_after_rejections() {
             s.write_all(reply.as_bytes()).unwrap();
         }
     });
-    let codes: Vec<u16> = smtp_send(addr, "a@example.com", &["b@example.org"], b"x").iter().map(|r| r.0).collect();
+    let codes: Vec<u16> = smtp_send(addr, "a@example.com", &["b@example.org"], b"x")
+        .iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(codes, [220, 250, 550, 221]);
 }

@@ -125,7 +125,9 @@ impl ClamdClient {
                 }
                 Err(_) => {
                     tracing::warn!(endpoint = %ep.name(), "clamd timed out");
-                    last = Some(Error::Timeout { endpoint: ep.name() });
+                    last = Some(Error::Timeout {
+                        endpoint: ep.name(),
+                    });
                 }
             }
         }
@@ -148,7 +150,10 @@ impl ClamdClient {
         })? {
             None => clamav_client::tokio::scan_stream(head, &transport, Some(CHUNK)).await,
             Some(file) => {
-                let tail = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK);
+                let tail = tokio_util::io::ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(file),
+                    CHUNK,
+                );
                 clamav_client::tokio::scan_stream(head.chain(tail), &transport, Some(CHUNK)).await
             }
         };
@@ -177,7 +182,9 @@ impl ClamdClient {
                 endpoint: ep,
                 connect_timeout: self.connect_timeout,
             };
-            if let Ok(Ok(r)) = tokio::time::timeout(self.timeout, clamav_client::tokio::ping(&transport)).await {
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(self.timeout, clamav_client::tokio::ping(&transport)).await
+            {
                 if r == clamav_client::PONG {
                     return true;
                 }
@@ -193,7 +200,11 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, String> {
     let text = String::from_utf8_lossy(reply);
     let mut names = Vec::new();
     let mut ok = false;
-    for line in text.split(['\0', '\n']).map(str::trim).filter(|l| !l.is_empty()) {
+    for line in text
+        .split(['\0', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
         let body = line.strip_prefix("stream:").map(str::trim).unwrap_or(line);
         if let Some(name) = body.strip_suffix(" FOUND") {
             names.push(name.trim().to_owned());
@@ -206,7 +217,10 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, String> {
     match (names.is_empty(), ok) {
         (false, _) => Ok(Verdict::Infected(names)),
         (true, true) => Ok(Verdict::Clean),
-        (true, false) => Err(format!("unexpected reply {:?}", text.trim_end_matches('\0'))),
+        (true, false) => Err(format!(
+            "unexpected reply {:?}",
+            text.trim_end_matches('\0')
+        )),
     }
 }
 

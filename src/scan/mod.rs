@@ -20,7 +20,10 @@ pub enum VirusScan {
     Clean,
     Infected(Vec<String>),
     /// The scanner failed: the reason, and a metric label for it.
-    Failed { reason: String, kind: &'static str },
+    Failed {
+        reason: String,
+        kind: &'static str,
+    },
 }
 
 /// The spam scanner's part of the report.
@@ -105,17 +108,19 @@ impl Scanners {
                         reason: format!("reading the spool: {e}"),
                         kind: "io",
                     },
-                    Ok(prefix) => match tokio::time::timeout(self.spam_timeout, s.check(&prefix)).await {
-                        Ok(Ok(r)) => SpamScan::Scored(r),
-                        Ok(Err(e)) => SpamScan::Failed {
-                            reason: e.to_string(),
-                            kind: e.kind(),
-                        },
-                        Err(_) => SpamScan::Failed {
-                            reason: "spamd timed out".into(),
-                            kind: "timeout",
-                        },
-                    },
+                    Ok(prefix) => {
+                        match tokio::time::timeout(self.spam_timeout, s.check(&prefix)).await {
+                            Ok(Ok(r)) => SpamScan::Scored(r),
+                            Ok(Err(e)) => SpamScan::Failed {
+                                reason: e.to_string(),
+                                kind: e.kind(),
+                            },
+                            Err(_) => SpamScan::Failed {
+                                reason: "spamd timed out".into(),
+                                kind: "timeout",
+                            },
+                        }
+                    }
                 },
             };
             (r, start.elapsed())

@@ -114,7 +114,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let start = self.rbuf.len();
         self.rbuf.resize(start + READ_CHUNK, 0);
-        let r = tokio::time::timeout(self.read_timeout, self.stream.read(&mut self.rbuf[start..])).await;
+        let r = tokio::time::timeout(self.read_timeout, self.stream.read(&mut self.rbuf[start..]))
+            .await;
         let n = match r {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -146,9 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let buf = self.buffered();
             if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let end = self.rpos + nl;
-                let line = if discarding {
-                    None
-                } else if nl > MAX_LINE {
+                let line = if discarding || nl > MAX_LINE {
                     None
                 } else {
                     let mut l = self.rbuf[self.rpos..end].to_vec();
@@ -333,14 +332,21 @@ mod tests {
     fn check(input: &[u8], want: &[u8]) {
         for split in [1, 2, 3, 7, 1000] {
             let (out, end) = decode_all(input, split);
-            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want), "split {split}");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "split {split}"
+            );
             assert!(end.is_some(), "no end, split {split}");
         }
     }
 
     #[test]
     fn plain_body() {
-        check(b"Subject: a\r\n\r\nhello\r\n.\r\n", b"Subject: a\r\n\r\nhello\r\n");
+        check(
+            b"Subject: a\r\n\r\nhello\r\n.\r\n",
+            b"Subject: a\r\n\r\nhello\r\n",
+        );
     }
 
     #[test]
@@ -365,7 +371,10 @@ mod tests {
         let (out, end) = decode_all(input, 1000);
         assert_eq!(end, Some(input.len()));
         let s = String::from_utf8(out).unwrap();
-        assert_eq!(s, "x\r\n.\r\nmail from:<a>\r\ny\r\n.\r\nz\r\n.\r\nw\r\n\r\nq\r\n");
+        assert_eq!(
+            s,
+            "x\r\n.\r\nmail from:<a>\r\ny\r\n.\r\nz\r\n.\r\nw\r\n\r\nq\r\n"
+        );
         // No bare CR or LF left.
         let b = s.as_bytes();
         for (i, &c) in b.iter().enumerate() {

@@ -132,10 +132,18 @@ pub fn message_too_big() -> Reply {
     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
 }
 pub fn local_error(id: &str, what: &str) -> Reply {
-    Reply::new(451, "4.3.0", format!("Error in processing, id={id}, {what}"))
+    Reply::new(
+        451,
+        "4.3.0",
+        format!("Error in processing, id={id}, {what}"),
+    )
 }
 pub fn no_space(id: &str) -> Reply {
-    Reply::new(452, "4.3.1", format!("Insufficient system storage, id={id}"))
+    Reply::new(
+        452,
+        "4.3.1",
+        format!("Insufficient system storage, id={id}"),
+    )
 }
 
 #[cfg(test)]

@@ -84,7 +84,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the session to its end. Shutdown is honoured only while waiting for a command, so
     /// a message being received, scanned or reinjected always gets its answer first.
     pub async fn run(mut self) {
-        let greeting = Reply::raw(220, format!("{} ESMTP postsift (LMTP too)", self.shared.hostname));
+        let greeting = Reply::raw(
+            220,
+            format!("{} ESMTP postsift (LMTP too)", self.shared.hostname),
+        );
         if self.conn.send(&greeting).await.is_err() {
             return;
         }
@@ -152,9 +155,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => {
                 let r = match e {
                     ProtoError::UnknownCommand => reply::unknown_command(),
-                    ProtoError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
-                    ProtoError::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
-                    ProtoError::SyntaxError { syntax } => reply::syntax(&format!("Syntax: {syntax}")),
+                    ProtoError::InvalidSenderAddress => {
+                        Reply::new(501, "5.1.7", "Bad sender address syntax")
+                    }
+                    ProtoError::InvalidRecipientAddress => {
+                        Reply::new(501, "5.1.3", "Bad recipient address syntax")
+                    }
+                    ProtoError::SyntaxError { syntax } => {
+                        reply::syntax(&format!("Syntax: {syntax}"))
+                    }
                     ProtoError::InvalidParameter { param } => {
                         reply::syntax(&format!("Invalid value for parameter {param}"))
                     }
@@ -188,9 +197,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.conn.queue(&reply::bye());
                 Ok(Flow::Close)
             }
-            Request::Help { .. } => self.ok(Reply::new(214, "2.0.0", "See RFC 5321 and Postfix's FILTER_README")),
-            Request::Vrfy { .. } => self.error(Reply::new(502, "5.5.1", "VRFY command is disabled")),
-            Request::Expn { .. } => self.error(Reply::new(502, "5.5.1", "EXPN command is disabled")),
+            Request::Help { .. } => self.ok(Reply::new(
+                214,
+                "2.0.0",
+                "See RFC 5321 and Postfix's FILTER_README",
+            )),
+            Request::Vrfy { .. } => {
+                self.error(Reply::new(502, "5.5.1", "VRFY command is disabled"))
+            }
+            Request::Expn { .. } => {
+                self.error(Reply::new(502, "5.5.1", "EXPN command is disabled"))
+            }
             Request::StartTls => self.error(reply::not_implemented("STARTTLS")),
             Request::Auth { .. } => self.error(reply::not_implemented("AUTH")),
             Request::Bdat { .. } => self.error(reply::not_implemented("BDAT")),
@@ -226,7 +243,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn xforward(&mut self, args: &[u8]) -> Result<Flow, ConnError> {
         match self.state {
-            State::Greeted => return self.error(reply::bad_sequence("Error: send HELO/EHLO first")),
+            State::Greeted => {
+                return self.error(reply::bad_sequence("Error: send HELO/EHLO first"))
+            }
             State::Mail | State::Rcpt => {
                 return self.error(reply::bad_sequence("Error: MAIL transaction in progress"))
             }
@@ -243,8 +262,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Result<Flow, ConnError> {
         match self.state {
-            State::Greeted => return self.error(reply::bad_sequence("Error: send HELO/EHLO first")),
-            State::Mail | State::Rcpt => return self.error(reply::bad_sequence("Error: nested MAIL command")),
+            State::Greeted => {
+                return self.error(reply::bad_sequence("Error: send HELO/EHLO first"))
+            }
+            State::Mail | State::Rcpt => {
+                return self.error(reply::bad_sequence("Error: nested MAIL command"))
+            }
             State::Ready => {}
         }
         if from.size as u64 > self.shared.config.server.max_message_size {
@@ -307,7 +330,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn data(&mut self) -> Result<Flow, ConnError> {
         match self.state {
             State::Rcpt => {}
-            State::Greeted => return self.error(reply::bad_sequence("Error: send HELO/EHLO first")),
+            State::Greeted => {
+                return self.error(reply::bad_sequence("Error: send HELO/EHLO first"))
+            }
             State::Ready => return self.error(reply::bad_sequence("Error: need MAIL command")),
             State::Mail => return self.error(reply::bad_sequence("Error: need RCPT command")),
         }
@@ -315,7 +340,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let started = Instant::now();
         self.conn.send(&reply::start_data()).await?;
         let mut spool = Spool::new(cfg.server.spool_threshold, &self.shared.spool_dir);
-        let end = self.conn.read_data(&mut spool, cfg.server.max_message_size).await?;
+        let end = self
+            .conn
+            .read_data(&mut spool, cfg.server.max_message_size)
+            .await?;
         let id = new_id();
         let replies = match end {
             DataEnd::TooBig => self.same_for_all(reply::message_too_big()),
@@ -408,7 +436,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         .into_iter()
         .flatten()
         .collect();
-        let rcpts: Vec<&str> = self.env.recipients.iter().map(|r| r.address.as_str()).collect();
+        let rcpts: Vec<&str> = self
+            .env
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
         tracing::info!(
             target: "postsift::message",
             id,
@@ -450,5 +483,7 @@ fn new_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::thread_rng();
-    (0..12).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..12)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }

@@ -101,7 +101,9 @@ impl Attrs {
             if !offered.iter().any(|o| o.eq_ignore_ascii_case(attr)) {
                 continue;
             }
-            let Some(value) = self.get(attr) else { continue };
+            let Some(value) = self.get(attr) else {
+                continue;
+            };
             let mut item = String::new();
             let _ = write!(item, " {attr}={}", xtext_encode(value));
             if line.len() + item.len() > MAX_COMMAND - 2 && line.len() > "XFORWARD".len() {
@@ -159,7 +161,8 @@ mod tests {
         let mut a = Attrs::default();
         a.apply("NAME=mail.example.org ADDR=192.0.2.7 PORT=51234 HELO=mail.example.org")
             .unwrap();
-        a.apply("PROTO=ESMTP SOURCE=REMOTE IDENT=4Xyz12abC").unwrap();
+        a.apply("PROTO=ESMTP SOURCE=REMOTE IDENT=4Xyz12abC")
+            .unwrap();
         assert_eq!(a.addr.as_deref(), Some("192.0.2.7"));
         assert_eq!(a.ident.as_deref(), Some("4Xyz12abC"));
         assert_eq!(a.source.as_deref(), Some("REMOTE"));
@@ -178,7 +181,10 @@ mod tests {
     fn bad_commands_change_nothing() {
         let mut a = Attrs::default();
         assert_eq!(a.apply(""), Err(Error::Syntax));
-        assert_eq!(a.apply("ADDR=1.2.3.4 FOO=1"), Err(Error::UnknownAttribute("FOO".into())));
+        assert_eq!(
+            a.apply("ADDR=1.2.3.4 FOO=1"),
+            Err(Error::UnknownAttribute("FOO".into()))
+        );
         assert_eq!(a.apply("ADDR"), Err(Error::Syntax));
         assert_eq!(a.apply("NAME=+zz"), Err(Error::BadValue));
         assert_eq!(a.apply("NAME=+00"), Err(Error::BadValue));
@@ -190,7 +196,10 @@ mod tests {
         let mut a = Attrs::default();
         a.apply("NAME=x.example ADDR=192.0.2.1 IDENT=ABC").unwrap();
         let offered = vec!["NAME".to_string(), "ADDR".to_string()];
-        assert_eq!(a.commands(&offered), vec!["XFORWARD NAME=x.example ADDR=192.0.2.1"]);
+        assert_eq!(
+            a.commands(&offered),
+            vec!["XFORWARD NAME=x.example ADDR=192.0.2.1"]
+        );
         assert!(Attrs::default().commands(&offered).is_empty());
     }
 
@@ -198,7 +207,8 @@ mod tests {
     fn long_values_split_across_commands() {
         let mut a = Attrs::default();
         let long = "h".repeat(250);
-        a.apply(&format!("NAME={long} HELO={long} IDENT=Q1")).unwrap();
+        a.apply(&format!("NAME={long} HELO={long} IDENT=Q1"))
+            .unwrap();
         let all: Vec<String> = ATTRIBUTES.iter().map(|s| s.to_string()).collect();
         let cmds = a.commands(&all);
         assert_eq!(cmds.len(), 2);

@@ -95,7 +95,12 @@ impl Capture {
     }
 
     pub fn last(&self) -> Transaction {
-        self.messages.lock().unwrap().last().cloned().expect("no message captured")
+        self.messages
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no message captured")
     }
 
     /// Waits until `n` messages arrived (or panics after 60 s).
@@ -145,14 +150,19 @@ impl Capture {
                 };
                 w.write_all(b"250 2.1.0 Ok\r\n").await?;
             } else if upper.starts_with("RCPT") {
-                if let Some((_, reply)) = b.refuse_rcpt.iter().find(|(pat, _)| cmd.contains(pat.as_str())) {
+                if let Some((_, reply)) = b
+                    .refuse_rcpt
+                    .iter()
+                    .find(|(pat, _)| cmd.contains(pat.as_str()))
+                {
                     w.write_all(format!("{reply}\r\n").as_bytes()).await?;
                 } else {
                     t.rcpts.push(cmd);
                     w.write_all(b"250 2.1.5 Ok\r\n").await?;
                 }
             } else if upper == "DATA" {
-                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
                 let mut data = Vec::new();
                 let mut l = Vec::new();
                 loop {
@@ -175,7 +185,8 @@ impl Capture {
                             *c
                         };
                         self.messages.lock().unwrap().push(std::mem::take(&mut t));
-                        w.write_all(format!("250 2.0.0 Ok: queued as CAP{id}\r\n").as_bytes()).await?;
+                        w.write_all(format!("250 2.0.0 Ok: queued as CAP{id}\r\n").as_bytes())
+                            .await?;
                     }
                     AfterData::Reply(rep) => {
                         w.write_all(format!("{rep}\r\n").as_bytes()).await?;

@@ -97,8 +97,22 @@ impl Client {
 
     /// A whole transaction after the greeting: EHLO or LHLO, MAIL, RCPTs, DATA, body. Returns
     /// the replies to the end of data (one per recipient for LMTP).
-    pub async fn transaction(&mut self, lmtp: bool, from: &str, rcpts: &[&str], body: &[u8]) -> Vec<Reply> {
-        self.expect(if lmtp { "LHLO test.local" } else { "EHLO test.local" }, 250).await;
+    pub async fn transaction(
+        &mut self,
+        lmtp: bool,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Vec<Reply> {
+        self.expect(
+            if lmtp {
+                "LHLO test.local"
+            } else {
+                "EHLO test.local"
+            },
+            250,
+        )
+        .await;
         self.expect(&format!("MAIL FROM:<{from}>"), 250).await;
         for r in rcpts {
             self.expect(&format!("RCPT TO:<{r}>"), 250).await;

@@ -52,7 +52,10 @@ fn comparable(data: &[u8]) -> (Vec<String>, Vec<u8>) {
 /// The delivered message without postsift's block, which ends with its three-line Received.
 fn strip_block(data: &[u8]) -> &[u8] {
     let find = |from: usize, pat: &[u8]| {
-        data[from..].windows(pat.len()).position(|w| w == pat).map(|p| p + from)
+        data[from..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| p + from)
     };
     let ours = find(0, b"(postsift, port ").expect("no postsift Received line");
     let with = find(ours, b")\r\n with ").unwrap();
@@ -84,10 +87,19 @@ async fn real_world_corpus_passes_unharmed() {
         // Postfix hands over CRLF lines; normalise as it would.
         let original = normalize_line_ends(&raw);
         let before = sink.count();
-        let r = send_one(f.addr, "corpus@example.org", &["rcpt@example.com"], &original).await;
+        let r = send_one(
+            f.addr,
+            "corpus@example.org",
+            &["rcpt@example.com"],
+            &original,
+        )
+        .await;
         if virus {
             assert_eq!(r.code, 250, "{name}: {r:?}");
-            assert!(r.text.contains("INFECTED: Postsift.Test.ClamExe"), "{name}: {r:?}");
+            assert!(
+                r.text.contains("INFECTED: Postsift.Test.ClamExe"),
+                "{name}: {r:?}"
+            );
             assert_eq!(sink.count(), before, "{name}: virus delivered");
             continue;
         }

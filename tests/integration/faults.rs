@@ -57,7 +57,13 @@ fn silent_unix(dir: &std::path::Path) -> String {
 async fn clamd_missing_tempfails_then_delivers_once_back() {
     let sink = Capture::start().await;
     let f = start_filter(&config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("4.5.0 Error in processing, id="), "{r:?}");
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
@@ -67,7 +73,13 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
     // The retry, once clamd is there, is delivered exactly once.
     let clamd = util::blocking(util::clamd).await;
     let f = start_filter(&config(Some(&clamd), None, sink.addr, "")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(sink.count(), 1);
     f.stop().await;
@@ -76,18 +88,24 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_missing_with_pass_policy_tags_unchecked() {
     let sink = Capture::start().await;
-    let f = start_filter(&config(
-        Some("/nonexistent/clamd.ctl"),
-        None,
-        sink.addr,
-        "",
+    let f = start_filter(
+        &config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")
+            .replace("[clamd]\n", "[clamd]\non_failure = \"pass\"\n"),
     )
-    .replace("[clamd]\n", "[clamd]\non_failure = \"pass\"\n"))
     .await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 250, "{r:?}");
     let h = sink.last().headers();
-    assert!(h.contains("\r\nSubject: ***UNCHECKED*** Lunch on Friday?\r\n"), "{h}");
+    assert!(
+        h.contains("\r\nSubject: ***UNCHECKED*** Lunch on Friday?\r\n"),
+        "{h}"
+    );
     f.stop().await;
 }
 
@@ -98,9 +116,18 @@ async fn clamd_hanging_times_out_into_tempfail() {
     let sink = Capture::start().await;
     let cfg = config(Some(&sock), None, sink.addr, "").replace("timeout = 20\n", "timeout = 2\n");
     let f = start_filter(&cfg).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 451, "{r:?}");
-    assert!(r.text.contains("virus_scan FAILED") && r.text.contains("timed out"), "{r:?}");
+    assert!(
+        r.text.contains("virus_scan FAILED") && r.text.contains("timed out"),
+        "{r:?}"
+    );
     assert_eq!(sink.count(), 0);
     f.stop().await;
 }
@@ -114,13 +141,28 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
         .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 2\nendpoints")
         .replace("]\ntimeout = 20\nio_timeout", "]\nio_timeout");
     let f = start_filter(&cfg).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(!sink.last().headers().contains("X-Spam-"), "no spam verdict, no spam headers");
+    assert!(
+        !sink.last().headers().contains("X-Spam-"),
+        "no spam verdict, no spam headers"
+    );
     f.stop().await;
 
     let f = start_filter(&cfg.replace("[spamd]\n", "[spamd]\non_failure = \"tempfail\"\n")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
     assert_eq!(sink.count(), 1);
@@ -129,11 +171,22 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reinjection_port_refusing_defers() {
-    let closed = format!("127.0.0.1:{}", harness::free_port()).parse().unwrap();
+    let closed = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
     let f = start_filter(&config(None, None, closed, "")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 450, "{r:?}");
-    assert!(r.text.contains("4.4.1 Can't connect to 127.0.0.1:"), "{r:?}");
+    assert!(
+        r.text.contains("4.4.1 Can't connect to 127.0.0.1:"),
+        "{r:?}"
+    );
     f.stop().await;
 }
 
@@ -146,12 +199,30 @@ async fn reinjection_421_after_data_defers_and_retry_delivers_once() {
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     let mut c = Client::greeted(f.addr).await;
-    let r = c.transaction(true, "a@example.org", &["b@example.com", "c@example.com"], &fixture("clean.eml")).await;
-    assert!(r.iter().all(|r| r.code == 421 || (400..500).contains(&r.code)), "{r:?}");
+    let r = c
+        .transaction(
+            true,
+            "a@example.org",
+            &["b@example.com", "c@example.com"],
+            &fixture("clean.eml"),
+        )
+        .await;
+    assert!(
+        r.iter()
+            .all(|r| r.code == 421 || (400..500).contains(&r.code)),
+        "{r:?}"
+    );
     assert_eq!(sink.count(), 0);
     // 10025 recovers: the retry goes through, once.
     sink.set(Behaviour::default());
-    let r = c.transaction(true, "a@example.org", &["b@example.com", "c@example.com"], &fixture("clean.eml")).await;
+    let r = c
+        .transaction(
+            true,
+            "a@example.org",
+            &["b@example.com", "c@example.com"],
+            &fixture("clean.eml"),
+        )
+        .await;
     assert!(r.iter().all(|r| r.code == 250), "{r:?}");
     assert_eq!(sink.count(), 1);
     f.stop().await;
@@ -165,7 +236,13 @@ async fn reinjection_5xx_after_data_is_passed_back() {
     })
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.7.1 content refused"), "{r:?}");
     f.stop().await;
@@ -178,10 +255,22 @@ async fn reinjection_hanging_after_data_defers() {
         ..Default::default()
     })
     .await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace("data_timeout = 10", "data_timeout = 2")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let f = start_filter(
+        &config(None, None, sink.addr, "").replace("data_timeout = 10", "data_timeout = 2"),
+    )
+    .await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 450, "{r:?}");
-    assert!(r.text.contains("4.4.2 Timed out during end of data"), "{r:?}");
+    assert!(
+        r.text.contains("4.4.2 Timed out during end of data"),
+        "{r:?}"
+    );
     f.stop().await;
 }
 
@@ -194,12 +283,19 @@ async fn client_vanishing_mid_data_delivers_nothing() {
     c.expect("MAIL FROM:<a@example.org>", 250).await;
     c.expect("RCPT TO:<b@example.com>", 250).await;
     c.expect("DATA", 354).await;
-    c.send(b"Subject: half\r\n\r\nthe first half of a message\r\n").await;
+    c.send(b"Subject: half\r\n\r\nthe first half of a message\r\n")
+        .await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 0);
     // The filter carries on.
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("clean.eml")).await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
     assert_eq!(r.code, 250);
     assert_eq!(sink.count(), 1);
     f.stop().await;
@@ -208,8 +304,10 @@ async fn client_vanishing_mid_data_delivers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_failure_is_a_temporary_error() {
     let sink = Capture::start().await;
-    let cfg = config(None, None, sink.addr, "")
-        .replace("[server]\n", "[server]\nspool_threshold = 1024\nspool_dir = \"/nonexistent/spool\"\n");
+    let cfg = config(None, None, sink.addr, "").replace(
+        "[server]\n",
+        "[server]\nspool_threshold = 1024\nspool_dir = \"/nonexistent/spool\"\n",
+    );
     let f = start_filter(&cfg).await;
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'x', 100_000));
@@ -229,7 +327,10 @@ async fn sigterm_drains_messages_in_flight() {
     let port = harness::free_port();
     // spamd hangs for 3 s (then on_failure = pass): the message is in flight when SIGTERM comes.
     let cfg = config(None, Some(&silent), sink.addr, "")
-        .replace("[server]\n", &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"))
+        .replace(
+            "[server]\n",
+            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
+        )
         .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 3\nendpoints");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("postsift.toml");
@@ -269,8 +370,14 @@ async fn sigterm_drains_messages_in_flight() {
     assert!(r.text.contains("4.3.2"), "{r:?}");
     let r = busy.reply().await;
     assert_eq!(r.code, 250, "in-flight message lost: {r:?}");
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(sink.count(), 1);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }

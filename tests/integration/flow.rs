@@ -15,30 +15,61 @@ async fn clean_message_arrives_with_amavis_headers_and_unchanged_body() {
 
     let mut c = Client::greeted(f.addr).await;
     c.expect("EHLO postfix.test.local", 250).await;
-    c.expect("XFORWARD NAME=mail.example.org ADDR=192.0.2.7 PORT=40000 HELO=mail.example.org", 250)
+    c.expect(
+        "XFORWARD NAME=mail.example.org ADDR=192.0.2.7 PORT=40000 HELO=mail.example.org",
+        250,
+    )
+    .await;
+    c.expect("XFORWARD PROTO=ESMTP SOURCE=REMOTE IDENT=4AbCdE", 250)
         .await;
-    c.expect("XFORWARD PROTO=ESMTP SOURCE=REMOTE IDENT=4AbCdE", 250).await;
-    c.expect("MAIL FROM:<alice@example.org> SIZE=305", 250).await;
+    c.expect("MAIL FROM:<alice@example.org> SIZE=305", 250)
+        .await;
     c.expect("RCPT TO:<bob@example.com>", 250).await;
     c.expect("DATA", 354).await;
     c.body(&original).await;
     let r = c.reply().await;
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(r.text.starts_with("250 2.0.0 from MTA(smtp:[127.0.0.1]:"), "{r:?}");
+    assert!(
+        r.text.starts_with("250 2.0.0 from MTA(smtp:[127.0.0.1]:"),
+        "{r:?}"
+    );
     assert!(r.text.contains("queued as CAP1"), "{r:?}");
 
     let m = sink.last();
     let text = m.text();
-    assert!(text.starts_with("X-Virus-Scanned: postsift at test.local\r\nX-Spam-Flag: NO\r\nX-Spam-Score: "), "{text}");
-    assert!(m.headers().contains("\r\nX-Spam-Status: No, score="), "{text}");
-    assert!(m.headers().contains("tagged_above=-999 required=6.31\r\n tests=["), "{text}");
+    assert!(
+        text.starts_with(
+            "X-Virus-Scanned: postsift at test.local\r\nX-Spam-Flag: NO\r\nX-Spam-Score: "
+        ),
+        "{text}"
+    );
+    assert!(
+        m.headers().contains("\r\nX-Spam-Status: No, score="),
+        "{text}"
+    );
+    assert!(
+        m.headers()
+            .contains("tagged_above=-999 required=6.31\r\n tests=["),
+        "{text}"
+    );
     assert!(m.headers().contains("\r\nReceived: from postfix.test.local ([127.0.0.1])\r\n by localhost (filter.test.local [127.0.0.1]) (postsift, port "), "{text}");
     // Everything after our block is the original, byte for byte.
     assert!(m.data.ends_with(&original), "{text}");
     // XFORWARD carried on, MAIL keeps SIZE (of the rewritten message).
-    assert!(m.xforward.iter().any(|l| l.contains("ADDR=192.0.2.7")), "{:?}", m.xforward);
-    assert!(m.xforward.iter().any(|l| l.contains("IDENT=4AbCdE")), "{:?}", m.xforward);
-    assert_eq!(m.mail, format!("MAIL FROM:<alice@example.org> SIZE={}", m.data.len()));
+    assert!(
+        m.xforward.iter().any(|l| l.contains("ADDR=192.0.2.7")),
+        "{:?}",
+        m.xforward
+    );
+    assert!(
+        m.xforward.iter().any(|l| l.contains("IDENT=4AbCdE")),
+        "{:?}",
+        m.xforward
+    );
+    assert_eq!(
+        m.mail,
+        format!("MAIL FROM:<alice@example.org> SIZE={}", m.data.len())
+    );
     f.stop().await;
 }
 
@@ -49,7 +80,10 @@ async fn eicar_case(file: &str) {
     let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture(file)).await;
     assert_eq!(r.code, 250, "{file}: {r:?}");
     assert!(r.text.contains("2.7.0 Ok, discarded, id="), "{file}: {r:?}");
-    assert!(r.text.contains("- INFECTED: Postsift.Test.EICAR"), "{file}: {r:?}");
+    assert!(
+        r.text.contains("- INFECTED: Postsift.Test.EICAR"),
+        "{file}: {r:?}"
+    );
     assert_eq!(sink.count(), 0, "{file} reached the sink");
     f.stop().await;
 }
@@ -73,8 +107,20 @@ async fn eicar_inside_zip_is_discarded() {
 async fn virus_reject_policy_answers_554() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
-    let f = start_filter(&config(Some(&clamd), None, sink.addr, "[virus]\naction = \"reject\"\n")).await;
-    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &fixture("eicar-plain.eml")).await;
+    let f = start_filter(&config(
+        Some(&clamd),
+        None,
+        sink.addr,
+        "[virus]\naction = \"reject\"\n",
+    ))
+    .await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("eicar-plain.eml"),
+    )
+    .await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.7.0 Reject, id="), "{r:?}");
     assert!(r.text.contains("INFECTED: Postsift.Test.EICAR"), "{r:?}");
@@ -87,14 +133,26 @@ async fn gtube_arrives_flagged_with_subject_tag() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
-    let r = send_one(f.addr, "spammer@example.net", &["bob@example.com"], &fixture("gtube.eml")).await;
+    let r = send_one(
+        f.addr,
+        "spammer@example.net",
+        &["bob@example.com"],
+        &fixture("gtube.eml"),
+    )
+    .await;
     assert_eq!(r.code, 250, "{r:?}");
     let h = sink.last().headers();
     assert!(h.contains("\r\nX-Spam-Flag: YES\r\n"), "{h}");
-    assert!(h.contains(&format!("\r\nX-Spam-Level: {}\r\n", "*".repeat(64))), "{h}");
+    assert!(
+        h.contains(&format!("\r\nX-Spam-Level: {}\r\n", "*".repeat(64))),
+        "{h}"
+    );
     assert!(h.contains("\r\nX-Spam-Status: Yes, score=1"), "{h}");
     assert!(h.contains("GTUBE=1000"), "{h}");
-    assert!(h.contains("\r\nSubject: ***Spam*** Cheap watches\r\n"), "{h}");
+    assert!(
+        h.contains("\r\nSubject: ***Spam*** Cheap watches\r\n"),
+        "{h}"
+    );
     f.stop().await;
 }
 
@@ -102,10 +160,25 @@ async fn gtube_arrives_flagged_with_subject_tag() {
 async fn spam_reject_policy_answers_554() {
     let spamd = util::blocking(util::spamd).await;
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, Some(&spamd), sink.addr, "[spam]\naction = \"reject\"\n")).await;
-    let r = send_one(f.addr, "spammer@example.net", &["bob@example.com"], &fixture("gtube.eml")).await;
+    let f = start_filter(&config(
+        None,
+        Some(&spamd),
+        sink.addr,
+        "[spam]\naction = \"reject\"\n",
+    ))
+    .await;
+    let r = send_one(
+        f.addr,
+        "spammer@example.net",
+        &["bob@example.com"],
+        &fixture("gtube.eml"),
+    )
+    .await;
     assert_eq!(r.code, 554, "{r:?}");
-    assert!(r.text.contains("5.7.0 Reject, id=") && r.text.contains("- spam"), "{r:?}");
+    assert!(
+        r.text.contains("5.7.0 Reject, id=") && r.text.contains("- spam"),
+        "{r:?}"
+    );
     assert_eq!(sink.count(), 0);
     f.stop().await;
 }
@@ -127,7 +200,11 @@ async fn eight_bit_and_smtputf8_keep_their_parameters_and_bytes() {
         c.body(&original).await;
         assert_eq!(c.reply().await.code, 250);
         let m = sink.last();
-        assert!(m.mail.starts_with(&format!("MAIL FROM:<{from}>")), "{}", m.mail);
+        assert!(
+            m.mail.starts_with(&format!("MAIL FROM:<{from}>")),
+            "{}",
+            m.mail
+        );
         assert!(m.mail.contains(params.trim()), "{}", m.mail);
         assert!(m.data.ends_with(&original), "{file}");
     }
@@ -140,14 +217,23 @@ async fn dsn_parameters_reach_the_next_hop() {
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     let mut c = Client::greeted(f.addr).await;
     c.expect("EHLO t", 250).await;
-    c.expect("MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B1", 250).await;
-    c.expect("RCPT TO:<b@example.com> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;B@example.com", 250).await;
+    c.expect("MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B1", 250)
+        .await;
+    c.expect(
+        "RCPT TO:<b@example.com> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;B@example.com",
+        250,
+    )
+    .await;
     c.expect("RCPT TO:<c@example.com> NOTIFY=NEVER", 250).await;
     c.expect("DATA", 354).await;
     c.body(b"Subject: dsn\r\n\r\nx\r\n").await;
     assert_eq!(c.reply().await.code, 250);
     let m = sink.last();
-    assert!(m.mail.contains(" RET=HDRS") && m.mail.contains(" ENVID=QQ+2B1"), "{}", m.mail);
+    assert!(
+        m.mail.contains(" RET=HDRS") && m.mail.contains(" ENVID=QQ+2B1"),
+        "{}",
+        m.mail
+    );
     assert_eq!(
         m.rcpts,
         vec![
@@ -161,7 +247,10 @@ async fn dsn_parameters_reach_the_next_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lmtp_answers_once_per_recipient() {
     let sink = Capture::start_with(Behaviour {
-        refuse_rcpt: vec![("nobody@".into(), "550 5.1.1 <nobody@example.com>: Recipient address rejected".into())],
+        refuse_rcpt: vec![(
+            "nobody@".into(),
+            "550 5.1.1 <nobody@example.com>: Recipient address rejected".into(),
+        )],
         ..Default::default()
     })
     .await;
@@ -194,7 +283,12 @@ async fn smtp_mixed_recipient_results_defer_everything() {
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     let mut c = Client::greeted(f.addr).await;
     let r = c
-        .transaction(false, "a@example.org", &["one@example.com", "nobody@example.com"], b"Subject: x\r\n\r\ny\r\n")
+        .transaction(
+            false,
+            "a@example.org",
+            &["one@example.com", "nobody@example.com"],
+            b"Subject: x\r\n\r\ny\r\n",
+        )
         .await;
     assert_eq!(r[0].code, 450, "{r:?}");
     assert_eq!(sink.count(), 0, "partial delivery would duplicate on retry");
@@ -232,7 +326,8 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     let sink = Capture::start().await;
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
     let mut body = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();
-    let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n";
+    let line =
+        b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n";
     while body.len() < 50 * 1000 * 1000 {
         body.extend_from_slice(line);
     }
@@ -240,6 +335,9 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     assert_eq!(r.code, 250, "{r:?}");
     let m = sink.last();
     assert!(m.data.ends_with(&body), "body changed");
-    assert!(m.headers().contains("X-Spam-Status:"), "spamd saw the truncated copy");
+    assert!(
+        m.headers().contains("X-Spam-Status:"),
+        "spamd saw the truncated copy"
+    );
     f.stop().await;
 }

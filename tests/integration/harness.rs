@@ -132,7 +132,11 @@ pub fn tail(path: &Path, n: usize) -> String {
     };
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
-    format!("--- last lines of {} ---\n{}", path.display(), lines[start..].join("\n"))
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        lines[start..].join("\n")
+    )
 }
 
 /// (state, ppid, pgrp) of a process from /proc/<pid>/stat, None if it does not exist.
@@ -198,20 +202,62 @@ fn terminate_child(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// Kills its daemon with SIGTERM if the test process dies without running Drop (see module doc).
-/// Dropping the Watchdog (normal path) kills the watchdog itself first, so it never fires late.
+/// What a [`Watchdog`] kills.
+enum Watched<'a> {
+    /// This pid (SIGKILL after 10 s).
+    Pid(u32),
+    /// The pid in this file, waiting up to 15 s for the file to appear (the daemon may still be
+    /// starting); SIGKILL to its process group after 10 s.
+    PidFile(&'a Path),
+}
+
+/// Stops its daemon if the test process dies without running Drop (see module doc), then removes
+/// the daemon's temp dir (unless POSTSIFT_KEEP_TEST_DIRS is set). Dropping the Watchdog (normal
+/// path) kills the watchdog itself first, so it never fires late.
 struct Watchdog {
     child: Child,
     _pipe: Option<ChildStdin>,
 }
 
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
 impl Watchdog {
-    /// `cleanup` is a sh command line run once stdin reaches EOF.
-    fn spawn(cleanup: &str) -> Option<Watchdog> {
+    fn spawn(target: Watched, dir: &Path) -> Option<Watchdog> {
+        let (get_pid, kill_target) = match target {
+            Watched::Pid(pid) => (format!("pid={pid}"), "$pid"),
+            Watched::PidFile(f) => (
+                format!(
+                    "i=0; while [ ! -s {f} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; \
+                     pid=$(cat {f} 2>/dev/null | tr -d ' ')",
+                    f = sh_quote(f)
+                ),
+                "-$pid",
+            ),
+        };
+        let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
+            String::new()
+        } else {
+            format!("rm -rf {}", sh_quote(dir))
+        };
+        // `alive` ignores zombies: this sandbox's PID 1 does not reap orphans.
+        let script = format!(
+            "read _unused
+alive() {{ s=$(sed 's/^.*) //' /proc/$1/stat 2>/dev/null | cut -c1); [ -n \"$s\" ] && [ \"$s\" != Z ]; }}
+{get_pid}
+if [ -n \"$pid\" ] && alive $pid; then
+  kill -TERM $pid
+  i=0; while alive $pid && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  alive $pid && kill -KILL -- {kill_target}
+fi
+{rm}
+"
+        );
         let mut child = Command::new("setsid")
             .arg("sh")
             .arg("-c")
-            .arg(format!("read _unused; {cleanup}"))
+            .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -305,15 +351,24 @@ impl Clamd {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn /usr/sbin/clamd: {e}"));
-        let watchdog = Watchdog::spawn(&format!("kill -TERM {}", child.id()));
-        let mut clamd = Clamd { socket, dir, child: Some(child), watchdog, tmp: Some(tmp) };
+        let watchdog = Watchdog::spawn(Watched::Pid(child.id()), &dir);
+        let mut clamd = Clamd {
+            socket,
+            dir,
+            child: Some(child),
+            watchdog,
+            tmp: Some(tmp),
+        };
 
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             if clamd.ping() {
                 return clamd;
             }
-            let exited = clamd.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = clamd
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= end {
                 let why = match exited {
                     Some(st) => format!("clamd exited ({st})"),
@@ -331,7 +386,9 @@ impl Clamd {
 
     /// `zPING\0` → `PONG`.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(&self.socket) else { return false };
+        let Ok(mut s) = UnixStream::connect(&self.socket) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
         if s.write_all(b"zPING\0").is_err() {
@@ -349,7 +406,8 @@ impl Clamd {
 
     /// The contents of clamd.log.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("clamd.log")).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs::read(self.dir.join("clamd.log")).unwrap_or_default())
+            .into_owned()
     }
 
     /// SIGTERM by pid (SIGKILL after 10 s), wait. Idempotent.
@@ -375,7 +433,10 @@ fn hdb_line(file: &Path, name: &str) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    let md5 = String::from_utf8_lossy(&out.stdout).split_whitespace().next()?.to_string();
+    let md5 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .to_string();
     Some(format!("{md5}:{size}:{name}"))
 }
 
@@ -440,7 +501,10 @@ impl Spamd {
         // With --siteconfigpath the .pre files (plugin loading) must be there too, or spamd fails
         // with "no loaded plugin implements 'check_main'".
         let mut pre = 0;
-        for e in fs::read_dir("/etc/spamassassin").expect("read /etc/spamassassin").flatten() {
+        for e in fs::read_dir("/etc/spamassassin")
+            .expect("read /etc/spamassassin")
+            .flatten()
+        {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pre") {
                 let to = site.join(e.file_name());
@@ -476,15 +540,24 @@ impl Spamd {
             .stderr(logf)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn /usr/sbin/spamd: {e}"));
-        let watchdog = Watchdog::spawn(&format!("kill -TERM {}", child.id()));
-        let mut spamd = Spamd { addr, dir, child: Some(child), watchdog, tmp: Some(tmp) };
+        let watchdog = Watchdog::spawn(Watched::Pid(child.id()), &dir);
+        let mut spamd = Spamd {
+            addr,
+            dir,
+            child: Some(child),
+            watchdog,
+            tmp: Some(tmp),
+        };
 
         let end = Instant::now() + Duration::from_secs(120);
         loop {
             if spamd.ping() {
                 return Ok(spamd);
             }
-            let exited = spamd.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = spamd
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= end {
                 let why = match exited {
                     Some(st) => format!("spamd exited ({st})"),
@@ -517,18 +590,23 @@ impl Spamd {
 
     /// The contents of spamd.log.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("spamd.log")).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs::read(self.dir.join("spamd.log")).unwrap_or_default())
+            .into_owned()
     }
 
     /// SIGTERM to the parent (it stops its children), wait for it, SIGKILL children that are left,
     /// wait until the port is closed. Idempotent.
     pub fn stop(&mut self) {
         self.watchdog.take();
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let parent = child.id();
         let children = processes(|_, ppid, _| ppid == parent);
         terminate_child(&mut child, Duration::from_secs(15));
-        if !wait_until(Duration::from_secs(5), || children.iter().all(|&p| !pid_alive(p))) {
+        if !wait_until(Duration::from_secs(5), || {
+            children.iter().all(|&p| !pid_alive(p))
+        }) {
             for p in &children {
                 if pid_alive(*p) {
                     signal(&p.to_string(), "KILL");
@@ -611,10 +689,12 @@ impl Postfix {
         let etc = dir.join("etc");
         fs::create_dir(&etc).expect("mkdir etc");
         chmod(&etc, 0o755);
-        // `postfix` chdirs into queue_directory before anything else, so that must exist.
-        // `postfix start` would create the rest (`post-install create-missing`), but with one
-        // shell command per mkdir/chown/chmod that takes ~2.5 s here, so make them ourselves.
-        prepare_queue(&dir);
+        // `postfix` chdirs into queue_directory before anything else, so that must exist; its
+        // subdirs and data_directory are made by `postfix start` (`post-install create-missing`)
+        // with the owners and modes of Postfix's postfix-files list.
+        let queue = dir.join("queue");
+        fs::create_dir(&queue).expect("mkdir queue");
+        chmod(&queue, 0o755);
         let avoid = [opts.filter.port(), opts.final_dest.port()];
         let smtp_port = loop {
             let p = free_port();
@@ -628,19 +708,30 @@ impl Postfix {
                 break p;
             }
         };
-        let mut pf = Postfix { smtp_port, reinject_port, dir, master_pid: None, watchdog: None, tmp: Some(tmp) };
+        let mut pf = Postfix {
+            smtp_port,
+            reinject_port,
+            dir,
+            master_pid: None,
+            watchdog: None,
+            tmp: Some(tmp),
+        };
         write_file(&etc.join("main.cf"), pf.main_cf(opts));
         write_file(&etc.join("master.cf"), pf.master_cf());
+        backdate_config(&etc);
 
+        // The watchdog goes first: if the test dies while `postfix start` runs, master still
+        // comes up, after the test is gone.
+        let pid_file = pf.dir.join("queue/pid/master.pid");
+        pf.watchdog = Watchdog::spawn(Watched::PidFile(&pid_file), &pf.dir);
         let out = pf.postfix_cmd(&["start"]);
         let started = out.as_ref().is_ok_and(|o| o.status.success());
         if started {
-            pf.master_pid = read_pid(&pf.dir.join("queue/pid/master.pid"));
-            if let Some(pid) = pf.master_pid {
-                pf.watchdog = Watchdog::spawn(&format!("kill -TERM {pid}"));
-            }
+            pf.master_pid = read_pid(&pid_file);
             let (a, b) = (localhost(smtp_port), localhost(reinject_port));
-            if pf.master_pid.is_some() && wait_until(Duration::from_secs(30), || port_open(a) && port_open(b)) {
+            if pf.master_pid.is_some()
+                && wait_until(Duration::from_secs(30), || port_open(a) && port_open(b))
+            {
                 return Ok(pf);
             }
         }
@@ -667,7 +758,11 @@ impl Postfix {
         let base = base_dir();
         let filter = format!(
             "{}:{}",
-            if o.filter_lmtp { "postsift-lmtp" } else { "postsift-smtp" },
+            if o.filter_lmtp {
+                "postsift-lmtp"
+            } else {
+                "postsift-smtp"
+            },
             nexthop(o.filter)
         );
         let final_dest = nexthop(o.final_dest);
@@ -824,7 +919,12 @@ postsift-smtp unix -    -       n       -       20      smtp
     }
 
     fn postfix_cmd(&self, args: &[&str]) -> io::Result<std::process::Output> {
-        Command::new("postfix").arg("-c").arg(self.etc()).args(args).stdin(Stdio::null()).output()
+        Command::new("postfix")
+            .arg("-c")
+            .arg(self.etc())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
     }
 
     /// Runs a command (postqueue, postconf, postsuper …) with `-c <etc>`; panics unless it succeeds.
@@ -856,11 +956,17 @@ postsift-smtp unix -    -       n       -       20      smtp
     /// Messages in this instance's queue (maildrop, incoming, active, deferred, hold), by
     /// `postqueue -j`; counts queue files directly if that fails (e.g. after stop()).
     pub fn queue_count(&self) -> usize {
-        let out = Command::new("postqueue").arg("-c").arg(self.etc()).arg("-j").stdin(Stdio::null()).output();
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(self.etc())
+            .arg("-j")
+            .stdin(Stdio::null())
+            .output();
         match out {
-            Ok(o) if o.status.success() => {
-                String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.trim_start().starts_with('{')).count()
-            }
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.trim_start().starts_with('{'))
+                .count(),
             _ => ["maildrop", "incoming", "active", "deferred", "hold"]
                 .iter()
                 .map(|q| count_files(&self.dir.join("queue").join(q)))
@@ -873,13 +979,19 @@ postsift-smtp unix -    -       n       -       20      smtp
         let mut args = vec!["-e"];
         args.extend_from_slice(settings);
         self.admin("postconf", &args);
+        backdate_config(&self.etc());
         let out = self.postfix_cmd(&["reload"]).expect("run postfix reload");
-        assert!(out.status.success(), "postfix reload: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "postfix reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Contents of its maillog_file.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("maillog")).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs::read(self.dir.join("maillog")).unwrap_or_default())
+            .into_owned()
     }
 
     /// Waits until the maillog contains `needle` (true) or `timeout` passes (false).
@@ -891,11 +1003,14 @@ postsift-smtp unix -    -       n       -       20      smtp
     /// no process of its process group is left, SIGKILL the group after 10 s. Idempotent.
     pub fn stop(&mut self) {
         self.watchdog.take();
-        let pid = self.master_pid.take().or_else(|| read_pid(&self.dir.join("queue/pid/master.pid")));
+        let pid = self
+            .master_pid
+            .take()
+            .or_else(|| read_pid(&self.dir.join("queue/pid/master.pid")));
         let Some(pid) = pid else { return };
         // master.pid of a dead instance may name a recycled pid: only signal a Postfix master.
-        let is_master = fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.contains("master"));
+        let is_master =
+            fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("master"));
         if !is_master || !pid_alive(pid) {
             return;
         }
@@ -915,41 +1030,17 @@ impl Drop for Postfix {
     }
 }
 
-/// Creates queue_directory and data_directory as Postfix's postfix-files list wants them (what
-/// `post-install create-missing` would do), owners looked up in /etc/passwd and /etc/group.
-fn prepare_queue(dir: &Path) {
-    use std::os::unix::fs::chown;
-    let queue = dir.join("queue");
-    fs::create_dir(&queue).expect("mkdir queue");
-    chmod(&queue, 0o755);
-    let (Some(postfix), Some(postdrop)) = (passwd_id("/etc/passwd", "postfix"), passwd_id("/etc/group", "postdrop"))
-    else {
-        eprintln!("harness: no postfix user/postdrop group? leaving the queue to `postfix start`");
-        return;
-    };
-    let mut dirs: Vec<(PathBuf, u32, Option<u32>, u32)> = [
-        "active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming", "private", "saved", "trace",
-    ]
-    .iter()
-    .map(|d| (queue.join(d), postfix, None, 0o700))
-    .collect();
-    dirs.push((queue.join("maildrop"), postfix, Some(postdrop), 0o730));
-    dirs.push((queue.join("public"), postfix, Some(postdrop), 0o710));
-    dirs.push((queue.join("pid"), 0, None, 0o755));
-    dirs.push((dir.join("data"), postfix, None, 0o700));
-    for (path, uid, gid, mode) in dirs {
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        chown(&path, Some(uid), gid).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-        chmod(&path, mode);
+/// Postfix refuses to read a main.cf/master.cf modified within the last second or two (it rereads
+/// it every 300 ms until the file is older, assuming it is still being written): that costs ~2 s
+/// per `postfix` command on a freshly written config, so date the files 10 s back.
+fn backdate_config(etc: &Path) {
+    let past = std::time::SystemTime::now() - Duration::from_secs(10);
+    for f in ["main.cf", "master.cf"] {
+        let path = etc.join(f);
+        if let Ok(file) = fs::File::options().write(true).open(&path) {
+            let _ = file.set_modified(past);
+        }
     }
-}
-
-/// The numeric id (3rd field) of `name` in an /etc/passwd- or /etc/group-style file.
-fn passwd_id(file: &str, name: &str) -> Option<u32> {
-    fs::read_to_string(file).ok()?.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
-    })
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -981,7 +1072,10 @@ impl SmtpClient {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
         s.set_write_timeout(Some(Duration::from_secs(120)))?;
-        Ok(SmtpClient { reader: BufReader::new(s.try_clone()?), writer: s })
+        Ok(SmtpClient {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
     }
 
     /// One reply: (code, all its lines without CRLF joined by '\n', codes included), e.g.
@@ -992,13 +1086,23 @@ impl SmtpClient {
             let mut raw = Vec::new();
             let n = self.reader.read_until(b'\n', &mut raw)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed after {lines:?}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {lines:?}"),
+                ));
             }
-            let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
             let code = line
                 .get(..3)
                 .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply line {line:?}")))?;
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad reply line {line:?}"),
+                    )
+                })?;
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line);
             if !more {
@@ -1069,14 +1173,20 @@ pub fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> V
 
 /// Like [`smtp_send`] but the data is sent exactly as given, followed by `\r\n.\r\n` (no
 /// dot-stuffing, no line-ending repair): for SMTP smuggling and bare CR/LF tests.
-pub fn smtp_send_raw(addr: SocketAddr, from: &str, rcpts: &[&str], data: &[u8]) -> Vec<(u16, String)> {
+pub fn smtp_send_raw(
+    addr: SocketAddr,
+    from: &str,
+    rcpts: &[&str],
+    data: &[u8],
+) -> Vec<(u16, String)> {
     let mut d = data.to_vec();
     d.extend_from_slice(b"\r\n.\r\n");
     send(addr, from, rcpts, &d)
 }
 
 fn send(addr: SocketAddr, from: &str, rcpts: &[&str], wire_data: &[u8]) -> Vec<(u16, String)> {
-    let mut c = SmtpClient::connect(addr).unwrap_or_else(|e| panic!("smtp_send: connect {addr}: {e}"));
+    let mut c =
+        SmtpClient::connect(addr).unwrap_or_else(|e| panic!("smtp_send: connect {addr}: {e}"));
     let mut out = Vec::new();
     let ok = |code: u16| (200..300).contains(&code);
     macro_rules! step {

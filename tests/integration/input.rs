@@ -11,7 +11,11 @@ async fn commands_out_of_order_get_503() {
     let sink = Capture::start().await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     let mut c = Client::greeted(f.addr).await;
-    assert!(c.expect("MAIL FROM:<a@b.c>", 503).await.text.contains("5.5.1"));
+    assert!(c
+        .expect("MAIL FROM:<a@b.c>", 503)
+        .await
+        .text
+        .contains("5.5.1"));
     c.expect("EHLO t", 250).await;
     c.expect("RCPT TO:<a@b.c>", 503).await;
     c.expect("DATA", 503).await;
@@ -50,7 +54,10 @@ async fn overlong_line_and_nul_bytes_are_refused_and_session_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_errors_close_the_session() {
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace("[server]\n", "[server]\nmax_errors = 3\n")).await;
+    let f = start_filter(
+        &config(None, None, sink.addr, "").replace("[server]\n", "[server]\nmax_errors = 3\n"),
+    )
+    .await;
     let mut c = Client::greeted(f.addr).await;
     c.expect("FOO", 500).await;
     c.expect("BAR", 500).await;
@@ -95,14 +102,21 @@ y\n.\r\nQUIT\r\n\
         }
     }
     let text = m.text();
-    assert!(text.contains("MAIL FROM:<evil@example.net>") && text.contains("smuggled"), "{text}");
+    assert!(
+        text.contains("MAIL FROM:<evil@example.net>") && text.contains("smuggled"),
+        "{text}"
+    );
     f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_gets_552_and_session_continues() {
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace("[server]\n", "[server]\nmax_message_size = 10000\n")).await;
+    let f = start_filter(
+        &config(None, None, sink.addr, "")
+            .replace("[server]\n", "[server]\nmax_message_size = 10000\n"),
+    )
+    .await;
     let mut c = Client::greeted(f.addr).await;
     c.expect("EHLO t", 250).await;
     assert!(c.cmd("EHLO t").await.text.contains("SIZE 10000"));
@@ -117,7 +131,14 @@ async fn oversized_message_gets_552_and_session_continues() {
     assert_eq!(r.code, 552, "{r:?}");
     assert!(r.text.contains("5.3.4"), "{r:?}");
     assert_eq!(sink.count(), 0);
-    let r = c.transaction(false, "a@example.org", &["b@example.com"], b"Subject: small\r\n\r\nok\r\n").await;
+    let r = c
+        .transaction(
+            false,
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: small\r\n\r\nok\r\n",
+        )
+        .await;
     assert_eq!(r[0].code, 250);
     f.stop().await;
 }

@@ -2,9 +2,9 @@
 //! faults a real peer cannot produce on demand. Run inside a loopback-only network namespace by
 //! `scripts/test.sh`.
 
-mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod capture; // a capturing / misbehaving reinjection server
 mod client; // a small async SMTP/LMTP client
+mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod util; // postsift in-process on port 0, shared peers
 
 mod corpus; // the real-world corpus passes unharmed

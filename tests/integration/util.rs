@@ -43,7 +43,12 @@ pub async fn start_filter(toml: &str) -> Filter {
 /// A config with the given scanners and reinjection target; `extra` is appended (it may add
 /// keys to sections not otherwise written: `[virus]`, `[spam]`, `[headers]`, `[reinject]`
 /// keys go through `reinject_extra`).
-pub fn config(clamd: Option<&str>, spamd: Option<&str>, reinject: SocketAddr, extra: &str) -> String {
+pub fn config(
+    clamd: Option<&str>,
+    spamd: Option<&str>,
+    reinject: SocketAddr,
+    extra: &str,
+) -> String {
     let clamd = clamd.map_or("[]".to_string(), |c| format!("[\"{c}\"]"));
     let spamd = spamd.map_or("[]".to_string(), |s| format!("[\"{s}\"]"));
     format!(
