@@ -79,6 +79,7 @@ async fn real_world_corpus_passes_unharmed() {
     let sink = Capture::start().await;
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
     let mut checked = 0;
+    let mut detected = 0;
     let mut names: Vec<&String> = expect.keys().collect();
     names.sort();
     for name in names {
@@ -94,13 +95,27 @@ async fn real_world_corpus_passes_unharmed() {
             &original,
         )
         .await;
-        if virus {
+        // Debian's clamd 1.0 does not see through every MIME evasion trick in ClamAV's own test
+        // mails; postsift must catch exactly what clamd catches when handed the file directly.
+        let direct = if virus {
+            let sock = clamav_client::tokio::Socket {
+                socket_path: clamd.as_str(),
+            };
+            let reply = clamav_client::tokio::scan_buffer(&original, sock, None)
+                .await
+                .unwrap();
+            !clamav_client::clean(&reply).unwrap()
+        } else {
+            false
+        };
+        if direct {
             assert_eq!(r.code, 250, "{name}: {r:?}");
             assert!(
                 r.text.contains("INFECTED: Postsift.Test.ClamExe"),
                 "{name}: {r:?}"
             );
             assert_eq!(sink.count(), before, "{name}: virus delivered");
+            detected += 1;
             continue;
         }
         assert_eq!(r.code, 250, "{name}: {r:?}");
@@ -117,5 +132,9 @@ async fn real_world_corpus_passes_unharmed() {
         checked += 1;
     }
     assert!(checked > 60, "only {checked} messages checked");
+    assert!(
+        detected >= 3,
+        "clam.exe found in only {detected} corpus messages"
+    );
     f.stop().await;
 }

@@ -136,10 +136,10 @@ async fn clamd_hanging_times_out_into_tempfail() {
 async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
     let silent = silent_tcp().await;
     let sink = Capture::start().await;
-    let cfg = config(None, Some(&silent), sink.addr, "")
-        .replace("io_timeout = 20", "io_timeout = 1")
-        .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 2\nendpoints")
-        .replace("]\ntimeout = 20\nio_timeout", "]\nio_timeout");
+    let cfg = config(None, Some(&silent), sink.addr, "").replace(
+        "timeout = 20\nio_timeout = 20",
+        "timeout = 2\nio_timeout = 1",
+    );
     let f = start_filter(&cfg).await;
     let r = send_one(
         f.addr,
@@ -331,7 +331,10 @@ async fn sigterm_drains_messages_in_flight() {
             "[server]\n",
             &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
         )
-        .replace("[spamd]\nendpoints", "[spamd]\ntimeout = 3\nendpoints");
+        .replace(
+            "timeout = 20\nio_timeout = 20",
+            "timeout = 3\nio_timeout = 20",
+        );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("postsift.toml");
     std::fs::write(&path, cfg).unwrap();

@@ -209,6 +209,8 @@ enum Watched<'a> {
     /// The pid in this file, waiting up to 15 s for the file to appear (the daemon may still be
     /// starting); SIGKILL to its process group after 10 s.
     PidFile(&'a Path),
+    /// No process: only remove the dir (after an explicit stop(), until Drop).
+    Nothing,
 }
 
 /// Stops its daemon if the test process dies without running Drop (see module doc), then removes
@@ -225,31 +227,35 @@ fn sh_quote(p: &Path) -> String {
 
 impl Watchdog {
     fn spawn(target: Watched, dir: &Path) -> Option<Watchdog> {
-        let (get_pid, kill_target) = match target {
-            Watched::Pid(pid) => (format!("pid={pid}"), "$pid"),
+        let (get_pid, gone) = match target {
+            Watched::Pid(pid) => (format!("pid={pid}"), "! alive $pid"),
+            Watched::Nothing => (String::new(), "true"),
             Watched::PidFile(f) => (
                 format!(
                     "i=0; while [ ! -s {f} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; \
                      pid=$(cat {f} 2>/dev/null | tr -d ' ')",
                     f = sh_quote(f)
                 ),
-                "-$pid",
+                "! group_alive $pid",
             ),
         };
         let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
             String::new()
         } else {
-            format!("rm -rf {}", sh_quote(dir))
+            let d = sh_quote(dir);
+            format!("for i in 1 2 3 4 5; do rm -rf {d}; [ -e {d} ] || break; sleep 1; done")
         };
         // `alive` ignores zombies: this sandbox's PID 1 does not reap orphans.
         let script = format!(
             "read _unused
 alive() {{ s=$(sed 's/^.*) //' /proc/$1/stat 2>/dev/null | cut -c1); [ -n \"$s\" ] && [ \"$s\" != Z ]; }}
+group_alive() {{ ps -e -o pgid=,stat= | awk -v g=$1 '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}
 {get_pid}
 if [ -n \"$pid\" ] && alive $pid; then
   kill -TERM $pid
-  i=0; while alive $pid && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  alive $pid && kill -KILL -- {kill_target}
+  i=0; until {gone} || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  {gone} || kill -KILL -- $pid -$pid
+  i=0; until {gone} || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done
 fi
 {rm}
 "
@@ -410,8 +416,15 @@ impl Clamd {
             .into_owned()
     }
 
-    /// SIGTERM by pid (SIGKILL after 10 s), wait. Idempotent.
+    /// SIGTERM by pid (SIGKILL after 10 s), wait. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
+        self.halt();
+        if self.watchdog.is_none() && self.tmp.is_some() {
+            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
+        }
+    }
+
+    fn halt(&mut self) {
         self.watchdog.take();
         if let Some(mut child) = self.child.take() {
             terminate_child(&mut child, Duration::from_secs(10));
@@ -421,7 +434,7 @@ impl Clamd {
 
 impl Drop for Clamd {
     fn drop(&mut self) {
-        self.stop();
+        self.halt();
         finish_dir(self.tmp.take());
     }
 }
@@ -595,8 +608,15 @@ impl Spamd {
     }
 
     /// SIGTERM to the parent (it stops its children), wait for it, SIGKILL children that are left,
-    /// wait until the port is closed. Idempotent.
+    /// wait until the port is closed. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
+        self.halt();
+        if self.watchdog.is_none() && self.tmp.is_some() {
+            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
+        }
+    }
+
+    fn halt(&mut self) {
         self.watchdog.take();
         let Some(mut child) = self.child.take() else {
             return;
@@ -622,7 +642,7 @@ impl Spamd {
 
 impl Drop for Spamd {
     fn drop(&mut self) {
-        self.stop();
+        self.halt();
         finish_dir(self.tmp.take());
     }
 }
@@ -1000,8 +1020,16 @@ postsift-smtp unix -    -       n       -       20      smtp
     }
 
     /// SIGTERM to master by pid (it stops its children; `postfix stop` does the same), wait until
-    /// no process of its process group is left, SIGKILL the group after 10 s. Idempotent.
+    /// no process of its process group is left, SIGKILL the group after 10 s. Idempotent. The
+    /// temp dir (queue, log) stays until Drop.
     pub fn stop(&mut self) {
+        self.halt();
+        if self.watchdog.is_none() && self.tmp.is_some() {
+            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
+        }
+    }
+
+    fn halt(&mut self) {
         self.watchdog.take();
         let pid = self
             .master_pid
@@ -1025,7 +1053,7 @@ postsift-smtp unix -    -       n       -       20      smtp
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        self.stop();
+        self.halt();
         finish_dir(self.tmp.take());
     }
 }
