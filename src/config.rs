@@ -39,6 +39,7 @@ pub struct Config {
     pub virus: Virus,
     pub spam: Spam,
     pub headers: Headers,
+    pub metrics: Metrics,
     pub log: Log,
 }
 
@@ -270,6 +271,27 @@ impl Default for Headers {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint and the health probe behind `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Address of the HTTP endpoint serving `/metrics`, `/healthz`, `/readyz`; `""` switches
+    /// it off. Default `"127.0.0.1:9724"`.
+    pub listen: String,
+    /// Seconds between health probes of clamd, spamd and the reinjection server (they set
+    /// `postsift_scanner_up`, `postsift_reinject_up` and `/readyz`). Default 10.
+    pub probe_interval: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:9724".into(),
+            probe_interval: 10,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -379,6 +401,15 @@ impl Config {
                 "clamd.timeout",
                 "scanner timeouts must be at least 1 second",
             ));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "metrics.listen",
+                "expected ip:port, or \"\" to switch it off",
+            ));
+        }
+        if self.metrics.probe_interval == 0 {
+            return Err(bad("metrics.probe_interval", "must be at least 1 second"));
         }
         if self.spam.tag2_level < self.spam.tag_level {
             return Err(bad("spam.tag2_level", "must not be below spam.tag_level"));

@@ -8,11 +8,14 @@
 //! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀── policy (verdict → action)
 //! ```
 //!
-//! [`config`] feeds every stage. The client gets its reply only after the reinjection server
+//! [`config`] feeds every stage; [`metrics`] observes every stage and [`health`] probes the
+//! peers for `/readyz`. The client gets its reply only after the reinjection server
 //! answered, so Postfix keeps the message until it is safely back in its queue.
 
 pub mod config;
+pub mod health;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod reinject;
 pub mod rewrite;
@@ -32,12 +35,22 @@ pub struct Shared {
     pub spool_dir: PathBuf,
     pub scanners: scan::Scanners,
     pub reinjector: reinject::Reinjector,
+    pub metrics: std::sync::Arc<metrics::Metrics>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
     pub fn new(config: config::Config, shutdown: tokio_util::sync::CancellationToken) -> Shared {
+        let metrics = metrics::Metrics::new();
+        // Configured scanners start "down" until the first probe or scan says otherwise.
+        if !config.clamd.endpoints.is_empty() {
+            metrics.set_scanner_up("clamd", false);
+        }
+        if !config.spamd.endpoints.is_empty() {
+            metrics.set_scanner_up("spamd", false);
+        }
         Shared {
+            metrics: std::sync::Arc::new(metrics),
             hostname: config.hostname(),
             spool_dir: config.spool_dir(),
             scanners: scan::Scanners::new(&config),

@@ -147,7 +147,8 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(Scanners::new(&config).scan(&msg));
+    let metrics = postsift::metrics::Metrics::new();
+    let report = rt.block_on(Scanners::new(&config).scan(&msg, &metrics));
     let decision = policy::decide(&config, &report, "scan");
     println!("virus scan: {:?}", report.virus);
     println!("spam scan:  {:?}", report.spam);

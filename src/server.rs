@@ -27,8 +27,26 @@ pub async fn serve(
 ) -> io::Result<()> {
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let limit = Arc::new(Semaphore::new(config.server.max_sessions));
+    let metrics_listener = match config.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (metrics.listen): {e}"),
+            )
+        })?),
+    };
     let shared = Arc::new(Shared::new(config, shutdown.clone()));
     let tracker = TaskTracker::new();
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = %shared.config.metrics.listen, "metrics endpoint");
+        tracker.spawn(crate::metrics::serve_http(
+            l,
+            shared.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(crate::health::probe_loop(shared.clone()));
 
     for listener in listeners {
         let shared = shared.clone();
@@ -51,6 +69,9 @@ pub async fn serve(
                 };
                 let shared = shared.clone();
                 let permit = limit.clone().try_acquire_owned();
+                if permit.is_err() {
+                    shared.metrics.replies.with_label_values(&["4xx"]).inc();
+                }
                 sessions.spawn(async move {
                     match permit {
                         Ok(_permit) => handle(stream, peer, shared).await,
@@ -79,6 +100,7 @@ pub async fn serve(
 async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     if !allowed(&shared.config, peer.ip()) {
         tracing::warn!(%peer, "client not in server.allow_networks");
+        shared.metrics.replies.with_label_values(&["5xx"]).inc();
         return refuse(stream, reply::access_denied()).await;
     }
     let _ = stream.set_nodelay(true);

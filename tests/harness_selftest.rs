@@ -528,6 +528,42 @@ fn postfix_keeps_mail_while_filter_is_down_and_flush_delivers_it() {
 }
 
 #[test]
+fn postfix_config_passes_postfix_check_and_postconf_changes_it() {
+    let (sink_l, sink_addr) = bind_local();
+    let sink = serve(sink_l, Role::Sink);
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pf = Postfix::start(PostfixOpts {
+        filter: nobody,
+        filter_lmtp: true,
+        final_dest: sink_addr,
+    });
+    let out = std::process::Command::new("postfix")
+        .arg("-c")
+        .arg(pf.etc())
+        .arg("check")
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.is_empty(),
+        "{complaints}"
+    );
+
+    // without the content filter, mail goes straight to the final destination (one pass)
+    pf.postconf(&["content_filter ="]);
+    submit(&pf, "unfiltered", &["r@example.org"]);
+    let got = wait_inbox(&sink, 1, &pf);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert_eq!(
+        text.matches("by postfix-test.localdomain (Postfix)")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(!pf.log().contains("warning"), "{}", pf.log());
+}
+
+#[test]
 fn two_postfix_instances_run_side_by_side_and_stop_completely() {
     let (sink_l, sink_addr) = bind_local();
     let sink = serve(sink_l, Role::Sink);

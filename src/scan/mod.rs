@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::message::Message;
+use crate::metrics::Metrics;
 
 pub use spamd::SpamResult;
 
@@ -82,8 +83,8 @@ impl Scanners {
         self.spamd.as_ref()
     }
 
-    /// Runs every configured scanner on `msg` at once.
-    pub async fn scan(&self, msg: &Message) -> ScanReport {
+    /// Runs every configured scanner on `msg` at once, recording durations, errors and health.
+    pub async fn scan(&self, msg: &Message, metrics: &Metrics) -> ScanReport {
         let virus = async {
             let start = Instant::now();
             let r = match &self.clamd {
@@ -126,6 +127,32 @@ impl Scanners {
             (r, start.elapsed())
         };
         let ((virus, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
+        let record = |scanner: &str, failed: Option<&'static str>, took: Duration| {
+            metrics
+                .scanner_duration
+                .with_label_values(&[scanner])
+                .observe(took.as_secs_f64());
+            metrics.set_scanner_up(scanner, failed.is_none());
+            if let Some(kind) = failed {
+                metrics
+                    .scanner_errors
+                    .with_label_values(&[scanner, kind])
+                    .inc();
+            }
+        };
+        match &virus {
+            VirusScan::Off => {}
+            VirusScan::Failed { kind, .. } => record("clamd", Some(kind), virus_time),
+            _ => record("clamd", None, virus_time),
+        }
+        match &spam {
+            SpamScan::Off => {}
+            SpamScan::Failed { kind, .. } => record("spamd", Some(kind), spam_time),
+            SpamScan::Scored(r) => {
+                metrics.spam_score.observe(r.score);
+                record("spamd", None, spam_time)
+            }
+        }
         ScanReport {
             virus,
             spam,

@@ -84,11 +84,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the session to its end. Shutdown is honoured only while waiting for a command, so
     /// a message being received, scanned or reinjected always gets its answer first.
     pub async fn run(mut self) {
+        let metrics = self.shared.metrics.clone();
+        metrics.sessions_active.inc();
+        self.serve().await;
+        metrics.sessions_active.dec();
+        let protocol = match (self.state, self.protocol) {
+            (State::Greeted, _) => "none",
+            (_, Protocol::Smtp) => "smtp",
+            (_, Protocol::Esmtp) => "esmtp",
+            (_, Protocol::Lmtp) => "lmtp",
+        };
+        metrics.sessions.with_label_values(&[protocol]).inc();
+    }
+
+    async fn serve(&mut self) {
         let greeting = Reply::raw(
             220,
             format!("{} ESMTP postsift (LMTP too)", self.shared.hostname),
         );
-        if self.conn.send(&greeting).await.is_err() {
+        if self.send(&greeting).await.is_err() {
             return;
         }
         loop {
@@ -96,7 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let line = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.conn.has_buffered_input() => {
-                    let _ = self.conn.send(&reply::shutting_down()).await;
+                    self.shared.metrics.tempfails.with_label_values(&["shutdown"]).inc();
+                    let _ = self.send(&reply::shutting_down()).await;
                     return;
                 }
                 line = self.conn.read_line() => line,
@@ -105,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(Line::TooLong) => self.error(reply::line_too_long()),
                 Ok(Line::Command(l)) => self.command(&l).await,
                 Err(ConnError::Timeout) => {
-                    let _ = self.conn.send(&reply::timeout()).await;
+                    let _ = self.send(&reply::timeout()).await;
                     return;
                 }
                 Err(e) => {
@@ -123,19 +138,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Queues a reply, counting it by class.
+    fn queue(&mut self, r: &Reply) {
+        self.shared
+            .metrics
+            .replies
+            .with_label_values(&[r.class()])
+            .inc();
+        self.conn.queue(r);
+    }
+
+    /// Sends a reply now.
+    async fn send(&mut self, r: &Reply) -> Result<(), ConnError> {
+        self.queue(r);
+        self.conn.flush().await
+    }
+
     /// Queues an error reply and counts it; too many errors end the session.
     fn error(&mut self, r: Reply) -> Result<Flow, ConnError> {
         self.errors += 1;
-        self.conn.queue(&r);
+        self.queue(&r);
         if self.errors >= self.shared.config.server.max_errors {
-            self.conn.queue(&reply::too_many_errors());
+            self.queue(&reply::too_many_errors());
             return Ok(Flow::Close);
         }
         Ok(Flow::Continue)
     }
 
     fn ok(&mut self, r: Reply) -> Result<Flow, ConnError> {
-        self.conn.queue(&r);
+        self.queue(&r);
         Ok(Flow::Continue)
     }
 
@@ -194,7 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::Noop { .. } => self.ok(reply::ok()),
             Request::Quit => {
-                self.conn.queue(&reply::bye());
+                self.queue(&reply::bye());
                 Ok(Flow::Close)
             }
             Request::Help { .. } => self.ok(Reply::new(
@@ -336,25 +367,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             State::Ready => return self.error(reply::bad_sequence("Error: need MAIL command")),
             State::Mail => return self.error(reply::bad_sequence("Error: need RCPT command")),
         }
-        let cfg = &self.shared.config;
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
         let started = Instant::now();
-        self.conn.send(&reply::start_data()).await?;
+        self.send(&reply::start_data()).await?;
         let mut spool = Spool::new(cfg.server.spool_threshold, &self.shared.spool_dir);
         let end = self
             .conn
             .read_data(&mut spool, cfg.server.max_message_size)
             .await?;
         let id = new_id();
-        let replies = match end {
-            DataEnd::TooBig => self.same_for_all(reply::message_too_big()),
+        let metrics = self.shared.metrics.clone();
+        metrics.in_flight.inc();
+        let (replies, verdict, action) = match end {
+            DataEnd::TooBig => (
+                self.same_for_all(reply::message_too_big()),
+                "unscanned",
+                "reject",
+            ),
             DataEnd::SpoolError(e) => {
                 tracing::error!(%id, error = %e, "cannot spool message");
-                self.same_for_all(reply::no_space(&id))
+                metrics.tempfails.with_label_values(&["spool"]).inc();
+                (
+                    self.same_for_all(reply::no_space(&id)),
+                    "unscanned",
+                    "tempfail",
+                )
             }
             DataEnd::Complete => self.process(spool, &id, started).await,
         };
+        metrics.in_flight.dec();
+        metrics.messages.with_label_values(&[verdict, action]).inc();
+        metrics
+            .stage_duration
+            .with_label_values(&["total"])
+            .observe(started.elapsed().as_secs_f64());
+        // One reply per recipient in LMTP; in SMTP the single reply stands for all of them.
+        for i in 0..self.env.recipients.len() {
+            let r = replies.get(i).unwrap_or(&replies[0]);
+            let result = match (action, r.code) {
+                ("discard", _) => "discarded",
+                (_, 200..=399) => "delivered",
+                (_, 400..=499) => "deferred",
+                _ => "rejected",
+            };
+            metrics.recipients.with_label_values(&[result]).inc();
+        }
         for r in &replies {
-            self.conn.queue(r);
+            self.queue(r);
         }
         self.env = Envelope::default();
         self.state = State::Ready;
@@ -368,21 +428,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Scan, judge, rewrite, reinject; returns the replies for the client.
-    async fn process(&mut self, spool: Spool, id: &str, started: Instant) -> Vec<Reply> {
+    /// Scan, judge, rewrite, reinject; returns the replies for the client with the verdict
+    /// and final action as metric labels.
+    async fn process(
+        &mut self,
+        spool: Spool,
+        id: &str,
+        started: Instant,
+    ) -> (Vec<Reply>, &'static str, &'static str) {
         let shared = self.shared.clone();
         let cfg = &shared.config;
+        let m = &shared.metrics;
         let received = started.elapsed();
+        m.stage_duration
+            .with_label_values(&["receive"])
+            .observe(received.as_secs_f64());
         let msg = match spool.finish() {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(%id, error = %e, "cannot spool message");
-                return self.same_for_all(reply::no_space(id));
+                shared.metrics.tempfails.with_label_values(&["spool"]).inc();
+                return (
+                    self.same_for_all(reply::no_space(id)),
+                    "unscanned",
+                    "tempfail",
+                );
             }
         };
+        m.message_size.observe(msg.len() as f64);
         let scan_start = Instant::now();
-        let report = shared.scanners.scan(&msg).await;
+        let report = shared.scanners.scan(&msg, m).await;
         let scan_time = scan_start.elapsed();
+        m.stage_duration
+            .with_label_values(&["scan"])
+            .observe(scan_time.as_secs_f64());
         let decision = policy::decide(cfg, &report, id);
 
         let reinject_start = Instant::now();
@@ -403,6 +482,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await;
                 queue_id = outcome.queue_id.clone();
                 let result = outcome.overall.clone();
+                if let Some(kind) = outcome.failure {
+                    m.reinject_errors.with_label_values(&[kind]).inc();
+                    if outcome.overall.is_transient() {
+                        m.tempfails.with_label_values(&["reinject"]).inc();
+                    }
+                }
+                m.reinject_up.set(!matches!(
+                    outcome.failure,
+                    Some("connect") | Some("timeout") | Some("network")
+                ) as i64);
                 let replies = match self.protocol {
                     Protocol::Lmtp => outcome.per_recipient,
                     _ => vec![outcome.overall],
@@ -414,6 +503,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let reinject_time = reinject_start.elapsed();
+        if decision.disposition == Disposition::Deliver {
+            m.stage_duration
+                .with_label_values(&["reinject"])
+                .observe(reinject_time.as_secs_f64());
+        }
+        if let Disposition::Tempfail(r) = &decision.disposition {
+            let clamd_failed = matches!(report.virus, crate::scan::VirusScan::Failed { .. })
+                && cfg.clamd.on_failure == crate::config::OnFailure::Tempfail;
+            m.tempfails
+                .with_label_values(&[if clamd_failed { "clamd" } else { "spamd" }])
+                .inc();
+            tracing::debug!(%id, reply = %r, "tempfail");
+        }
+        let action = match &decision.disposition {
+            Disposition::Discard(_) => "discard",
+            Disposition::Reject(_) => "reject",
+            Disposition::Tempfail(_) => "tempfail",
+            Disposition::Deliver => match result.code {
+                200..=399 => "pass",
+                400..=499 => "tempfail",
+                _ => "reject",
+            },
+        };
 
         let (score, rules) = match &decision.spam {
             Some(s) => (rewrite::score(s.score), s.rules.len()),
@@ -465,7 +577,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             problems = %failures.join("; "),
             "message"
         );
-        replies
+        (replies, decision.category.label(), action)
     }
 }
 

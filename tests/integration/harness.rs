@@ -3,18 +3,20 @@
 //! each stopped by its PID when dropped; plus a tiny blocking SMTP/LMTP client.
 //!
 //! Nothing here touches /etc/postfix or a system-wide daemon. Tests are expected to run as root
-//! inside a loopback-only network namespace (`ip netns exec <ns> cargo test`): Postfix needs root
-//! to start an instance with its own `config_directory`, spamd to switch its children to `nobody`.
-//! Temp dirs live under `/tmp/postsift-test/` (mode 0755, override with `POSTSIFT_TEST_TMP`) so that
-//! `nobody` (spamd children) and `postfix` (Postfix daemons) can reach them; unix socket paths must
-//! stay short (clamd's socket path is limited to ~107 bytes). Set `POSTSIFT_KEEP_TEST_DIRS=1` to keep
-//! the temp dirs (configs, logs, queues) after the test for a post-mortem.
+//! inside a loopback-only network namespace (`ip netns exec <ns> cargo test`): only root may run
+//! `postfix -c <dir>` for a config dir that the default main.cf does not list in
+//! `alternate_config_directories` (and there is no default main.cf here), and spamd needs root to
+//! switch its children to `nobody`. Temp dirs live under `/tmp/postsift-test/` (mode 0755, override
+//! with `POSTSIFT_TEST_TMP`) so that `nobody` (spamd children) and `postfix` (Postfix daemons) can
+//! reach them; keep that path short (a unix socket path has at most 107 bytes). Set
+//! `POSTSIFT_KEEP_TEST_DIRS=1` to keep the temp dirs (configs, logs, queues) for a post-mortem.
 //!
 //! Besides `Drop`, every daemon is watched by a small `setsid sh` process that holds the read end of
-//! a pipe whose write end only the test process has: if the test process dies without running
-//! `Drop` (SIGKILL, Ctrl-C, abort), the pipe hits EOF and the watchdog sends SIGTERM to the daemon.
+//! a pipe whose write end only the test process has: if the test process ends without running
+//! `Drop` (a peer kept in a `static`, SIGKILL, Ctrl-C, abort), the pipe hits EOF and the watchdog
+//! stops the daemon and removes its temp dir.
 //!
-//! Uses std only (plus `tempfile`); signals are sent with `/usr/bin/kill`, MD5 is taken with `md5sum`.
+//! Uses std only (plus `tempfile`); signals are sent with kill(1), MD5 is taken with md5sum(1).
 #![allow(dead_code)]
 
 use std::fs;
@@ -324,6 +326,11 @@ impl Clamd {
         }
 
         let socket = dir.join("clamd.sock");
+        assert!(
+            socket.as_os_str().len() < 100,
+            "clamd socket path too long for a unix socket: {} (shorten POSTSIFT_TEST_TMP)",
+            socket.display()
+        );
         let log = dir.join("clamd.log");
         let conf = dir.join("clamd.conf");
         // No `User`: clamd keeps the uid it was started with (root in the test namespace).
@@ -458,6 +465,7 @@ fn hdb_line(file: &Path, name: &str) -> Option<String> {
 
 /// A private spamd (Debian's /usr/sbin/spamd) on 127.0.0.1, with network tests off.
 pub struct Spamd {
+    /// 127.0.0.1:<free port>.
     pub addr: SocketAddr,
     /// The temp dir: site/ (siteconfigpath: *.pre + local.cf), spamd.log, spamd.pid.
     pub dir: PathBuf,
@@ -947,8 +955,9 @@ postsift-smtp unix -    -       n       -       20      smtp
             .output()
     }
 
-    /// Runs a command (postqueue, postconf, postsuper …) with `-c <etc>`; panics unless it succeeds.
-    fn admin(&self, cmd: &str, args: &[&str]) -> String {
+    /// Runs a Postfix admin command (postqueue, postconf, postsuper …) with `-c <etc>` and the
+    /// given arguments; returns its stdout, panics with its output unless it succeeds.
+    pub fn admin(&self, cmd: &str, args: &[&str]) -> String {
         let out = Command::new(cmd)
             .arg("-c")
             .arg(self.etc())

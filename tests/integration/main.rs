@@ -11,3 +11,4 @@ mod corpus; // the real-world corpus passes unharmed
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
+mod metrics; // /metrics after real traffic, /healthz, /readyz

@@ -40,9 +40,9 @@ pub async fn start_filter(toml: &str) -> Filter {
     }
 }
 
-/// A config with the given scanners and reinjection target; `extra` is appended (it may add
-/// keys to sections not otherwise written: `[virus]`, `[spam]`, `[headers]`, `[reinject]`
-/// keys go through `reinject_extra`).
+/// A config with the given scanners and reinjection target, metrics off; `extra` is appended
+/// (sections not written here: `[virus]`, `[spam]`, `[headers]`, `[log]`). Tests change other
+/// keys by replacing text.
 pub fn config(
     clamd: Option<&str>,
     spamd: Option<&str>,
@@ -55,7 +55,8 @@ pub fn config(
         "[server]\nhostname = \"filter.test.local\"\nshutdown_grace = 30\n\
          [reinject]\nto = \"{reinject}\"\ncommand_timeout = 10\ndata_timeout = 10\nconnect_timeout = 5\n\
          [clamd]\nendpoints = {clamd}\ntimeout = 20\n\
-         [spamd]\nendpoints = {spamd}\ntimeout = 20\nio_timeout = 20\n{extra}"
+         [spamd]\nendpoints = {spamd}\ntimeout = 20\nio_timeout = 20\n\
+         [metrics]\nlisten = \"\"\n{extra}"
     )
 }
 
@@ -114,4 +115,33 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// Runs a blocking harness start-up off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// GET `path` from an HTTP server; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The endpoint is bound inside serve(), which may not have run yet.
+    let mut s = None;
+    for _ in 0..100 {
+        if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
+            s = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut s = s.expect("metrics endpoint not listening");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,350 @@
+//! Prometheus metrics: a registry owned by the server (never the global default), the handles
+//! every stage records into, and the small HTTP endpoint serving `/metrics`, `/healthz` and
+//! `/readyz`. Label values are small closed sets, pre-initialised so every series exists from
+//! the first scrape; never an address or a virus name.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "unchecked", "unscanned"];
+pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail"];
+pub const RECIPIENT_RESULTS: &[&str] = &["delivered", "discarded", "rejected", "deferred"];
+pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];
+pub const SCANNERS: &[&str] = &["clamd", "spamd"];
+pub const SCANNER_ERRORS: &[&str] = &["refused", "timeout", "protocol", "io"];
+pub const REINJECT_ERRORS: &[&str] = &[
+    "connect", "timeout", "rejected", "tempfail", "network", "spool",
+];
+pub const TEMPFAIL_REASONS: &[&str] = &["clamd", "spamd", "reinject", "spool", "shutdown"];
+pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
+pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages: IntCounterVec,
+    pub recipients: IntCounterVec,
+    pub message_size: Histogram,
+    pub spam_score: Histogram,
+    pub stage_duration: HistogramVec,
+    pub scanner_duration: HistogramVec,
+    pub scanner_up: IntGaugeVec,
+    pub reinject_up: IntGauge,
+    pub scanner_errors: IntCounterVec,
+    pub reinject_errors: IntCounterVec,
+    pub tempfails: IntCounterVec,
+    pub sessions_active: IntGauge,
+    pub sessions: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub replies: IntCounterVec,
+    /// Set by the health probe: every configured peer answered at the last probe.
+    pub ready: AtomicBool,
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    values: &[&[&str]],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    // Pre-initialise every combination so rate() and dashboards see the series at once.
+    let mut combos: Vec<Vec<&str>> = vec![vec![]];
+    for vs in values {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| vs.iter().map(move |v| [c.clone(), vec![*v]].concat()))
+            .collect();
+    }
+    for combo in combos {
+        c.with_label_values(&combo);
+    }
+    c
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label])
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    for v in values {
+        h.with_label_values(&[v]);
+    }
+    h
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let time_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 120.0,
+        ];
+        let build = IntGaugeVec::new(
+            Opts::new("postsift_build_info", "postsift's version"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build)).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+
+        let scanner_up = IntGaugeVec::new(
+            Opts::new(
+                "postsift_scanner_up",
+                "1 if the scanner answered the last scan or probe",
+            ),
+            &["scanner"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(scanner_up.clone()))
+            .expect("unique metric");
+        Metrics {
+            messages: counter(
+                &r,
+                "postsift_messages_total",
+                "Messages that reached end of DATA, by content verdict and final action",
+                &["verdict", "action"],
+                &[VERDICTS, ACTIONS],
+            ),
+            recipients: counter(
+                &r,
+                "postsift_recipients_total",
+                "Recipients by final result",
+                &["result"],
+                &[RECIPIENT_RESULTS],
+            ),
+            message_size: histogram(
+                &r,
+                "postsift_message_size_bytes",
+                "Size of received messages",
+                exponential_buckets(1024.0, 4.0, 9).expect("buckets"),
+            ),
+            spam_score: histogram(
+                &r,
+                "postsift_spam_score",
+                "Spam scores given by spamd",
+                vec![
+                    -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0,
+                    50.0, 100.0, 1000.0,
+                ],
+            ),
+            stage_duration: histogram_vec(
+                &r,
+                "postsift_stage_duration_seconds",
+                "Time per message in each stage",
+                "stage",
+                STAGES,
+                time_buckets.clone(),
+            ),
+            scanner_duration: histogram_vec(
+                &r,
+                "postsift_scanner_duration_seconds",
+                "Time each scanner took per message",
+                "scanner",
+                SCANNERS,
+                time_buckets,
+            ),
+            scanner_up,
+            reinject_up: gauge(
+                &r,
+                "postsift_reinject_up",
+                "1 if the reinjection server answered recently",
+            ),
+            scanner_errors: counter(
+                &r,
+                "postsift_scanner_errors_total",
+                "Scanner failures by kind",
+                &["scanner", "kind"],
+                &[SCANNERS, SCANNER_ERRORS],
+            ),
+            reinject_errors: counter(
+                &r,
+                "postsift_reinject_errors_total",
+                "Reinjection failures by kind",
+                &["kind"],
+                &[REINJECT_ERRORS],
+            ),
+            tempfails: counter(
+                &r,
+                "postsift_tempfails_total",
+                "Temporary failures given to the client, by reason",
+                &["reason"],
+                &[TEMPFAIL_REASONS],
+            ),
+            sessions_active: gauge(&r, "postsift_sessions_active", "Open SMTP/LMTP sessions"),
+            sessions: counter(
+                &r,
+                "postsift_sessions_total",
+                "Finished sessions by protocol",
+                &["protocol"],
+                &[PROTOCOLS],
+            ),
+            in_flight: gauge(
+                &r,
+                "postsift_messages_in_flight",
+                "Messages being scanned or reinjected",
+            ),
+            replies: counter(
+                &r,
+                "postsift_smtp_replies_total",
+                "Replies sent to clients, by class",
+                &["class"],
+                &[REPLY_CLASSES],
+            ),
+            ready: AtomicBool::new(false),
+            registry: r,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text format is UTF-8")
+    }
+
+    pub fn set_scanner_up(&self, scanner: &str, up: bool) {
+        self.scanner_up.with_label_values(&[scanner]).set(up as i64);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _peer): (_, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&metrics, req.uri().path())) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: a scanner or the reinjection server did not answer the last probe\n"
+                .to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(
+            text.contains("postsift_messages_total{action=\"tempfail\",verdict=\"unchecked\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postsift_scanner_errors_total{kind=\"timeout\",scanner=\"spamd\"} 0")
+        );
+        assert!(
+            text.contains("postsift_stage_duration_seconds_bucket{stage=\"scan\",le=\"0.005\"} 0")
+        );
+        assert!(text.contains(&format!(
+            "postsift_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("postsift_sessions_total{protocol=\"lmtp\"} 0"));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn endpoints_answer() {
+        let m = Metrics::new();
+        assert_eq!(respond(&m, "/healthz").status(), StatusCode::OK);
+        assert_eq!(
+            respond(&m, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.ready.store(true, Ordering::Relaxed);
+        assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
+        assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+}
