@@ -1003,18 +1003,32 @@ postsift-smtp unix -    -       n       -       20      smtp
         }
     }
 
-    /// `postconf -c <etc> -e <settings…>` (e.g. `"content_filter="`) and `postfix reload`.
+    /// `postconf -c <etc> -e <settings…>` (e.g. `"content_filter ="`), then `postfix reload`, and
+    /// waits until master has reloaded and every process started under the old configuration has
+    /// exited (≤ 10 s). Without that wait, a message sent right after could still be taken by an
+    /// old smtpd/cleanup and queued under the old settings (content_filter is stored in the queue
+    /// file).
     pub fn postconf(&self, settings: &[&str]) {
         let mut args = vec!["-e"];
         args.extend_from_slice(settings);
         self.admin("postconf", &args);
         backdate_config(&self.etc());
+        let master = self.master_pid.expect("Postfix instance not running");
+        let old = processes(|pid, _, pgrp| pgrp == master && pid != master);
+        let reloads_before = self.log().matches(" reload -- version").count();
         let out = self.postfix_cmd(&["reload"]).expect("run postfix reload");
         assert!(
             out.status.success(),
             "postfix reload: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let done = wait_until(Duration::from_secs(10), || {
+            self.log().matches(" reload -- version").count() > reloads_before
+                && old.iter().all(|&p| !pid_alive(p))
+        });
+        if !done {
+            eprintln!("harness: Postfix reload not complete after 10 s; going on");
+        }
     }
 
     /// Contents of its maillog_file.

@@ -12,3 +12,4 @@ mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client 
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
+mod postfix; // end to end through a real Postfix; mail queued while postsift is down

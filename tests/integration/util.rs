@@ -28,8 +28,13 @@ impl Filter {
 /// Starts postsift with `toml` (the `[server] listen` key is ignored: the listener is bound
 /// here on port 0).
 pub async fn start_filter(toml: &str) -> Filter {
+    start_filter_on("127.0.0.1:0".parse().unwrap(), toml).await
+}
+
+/// Like [`start_filter`] on a given address (a Postfix instance already points at it).
+pub async fn start_filter_on(addr: SocketAddr, toml: &str) -> Filter {
     let config = Config::parse(toml, std::path::Path::new("test.toml")).expect("test config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(postsift::serve(config, vec![listener], shutdown.clone()));

@@ -1,0 +1,216 @@
+//! End to end through a real Postfix, the way a gateway runs it: Postfix (front smtpd) →
+//! content_filter by LMTP → postsift → Postfix's reinjection smtpd → the final sink. Checks what
+//! arrived, and that mail Postfix queued while postsift was down or failing is delivered exactly
+//! once when it is back.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::capture::{Capture, Transaction};
+use crate::harness::{self, Postfix, PostfixOpts};
+use crate::util::{self, config, fixture, start_filter_on};
+
+fn message_id(t: &Transaction) -> String {
+    t.text()
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn numbered(i: usize) -> Vec<u8> {
+    format!(
+        "From: a@example.org\r\nTo: b@example.com\r\nSubject: queued {i}\r\nMessage-ID: <queued-{i}@example.org>\r\n\r\nmessage {i}\r\n"
+    )
+    .into_bytes()
+}
+
+async fn start_postfix(filter: SocketAddr, final_dest: SocketAddr) -> Postfix {
+    util::blocking(move || {
+        Postfix::start(PostfixOpts {
+            filter,
+            filter_lmtp: true,
+            final_dest,
+        })
+    })
+    .await
+}
+
+/// Sends through Postfix's front door; returns all replies and the end-of-data one.
+async fn send(
+    pf: SocketAddr,
+    rcpts: &'static [&'static str],
+    body: Vec<u8>,
+) -> (Vec<(u16, String)>, u16) {
+    let replies =
+        util::blocking(move || harness::smtp_send(pf, "sender@example.org", rcpts, &body)).await;
+    let data = replies
+        .iter()
+        .position(|r| r.0 == 354)
+        .and_then(|i| replies.get(i + 1))
+        .map_or(0, |r| r.0);
+    (replies, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_to_postsift_to_postfix_delivers_scans_and_discards() {
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let sink = Capture::start().await;
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let pf = start_postfix(filter_addr, sink.addr).await;
+    let f = start_filter_on(
+        filter_addr,
+        &config(Some(&clamd), Some(&spamd), pf.reinject_addr(), ""),
+    )
+    .await;
+
+    let front = pf.smtp_addr();
+    for (file, rcpts) in [
+        (
+            "clean.eml",
+            &["bob@example.com", "carol@example.com", "dave@example.com"][..],
+        ),
+        ("gtube.eml", &["bob@example.com"][..]),
+        ("eicar-zip.eml", &["bob@example.com"][..]),
+    ] {
+        let rcpts: &'static [&'static str] = Box::leak(rcpts.to_vec().into_boxed_slice());
+        let (replies, code) = send(front, rcpts, fixture(file)).await;
+        assert_eq!(code, 250, "{file}: Postfix did not queue it: {replies:?}");
+    }
+    let arrived = sink.wait_for(2).await;
+    // Give the EICAR message time to (not) arrive, then check Postfix's own record of it.
+    assert!(
+        util::blocking({
+            let log_dir = pf.dir.clone();
+            move || {
+                harness::wait_until(Duration::from_secs(60), || {
+                    std::fs::read_to_string(log_dir.join("maillog"))
+                        .map(|l| l.contains("2.7.0 Ok, discarded"))
+                        .unwrap_or(false)
+                })
+            }
+        })
+        .await,
+        "no discard in Postfix's log:\n{}",
+        pf.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrived = if sink.count() > arrived.len() {
+        sink.all()
+    } else {
+        arrived
+    };
+    assert_eq!(
+        arrived.len(),
+        2,
+        "EICAR arrived or something was duplicated"
+    );
+
+    let clean = arrived
+        .iter()
+        .find(|t| t.text().contains("Lunch on Friday"))
+        .expect("clean mail");
+    assert_eq!(clean.rcpts.len(), 3, "{:?}", clean.rcpts);
+    let h = clean.headers();
+    assert!(h.contains("X-Virus-Scanned: postsift at test.local"), "{h}");
+    assert!(h.contains("X-Spam-Flag: NO"), "{h}");
+    assert!(
+        h.contains("(postsift, port ") && h.contains("with LMTP id "),
+        "{h}"
+    );
+    assert!(clean.data.ends_with(
+        b"shall we have lunch on Friday at noon?\r\n.leading dot line\r\n\r\nAlice\r\n"
+    ));
+
+    let spam = arrived
+        .iter()
+        .find(|t| t.text().contains("GTUBE"))
+        .expect("GTUBE mail");
+    let h = spam.headers();
+    assert!(
+        h.contains("X-Spam-Flag: YES") && h.contains("Subject: ***Spam*** Cheap watches"),
+        "{h}"
+    );
+
+    assert_eq!(pf.queue_count(), 0, "mail left in Postfix's queue");
+    f.stop().await;
+}
+
+/// Mail queued in Postfix while postsift is down, then while clamd is missing (451), is
+/// delivered exactly once after postsift comes back working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_queued_while_postsift_is_down_or_failing_arrives_exactly_once() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let pf = start_postfix(filter_addr, sink.addr).await;
+    let front = pf.smtp_addr();
+    let reinject = pf.reinject_addr();
+
+    // 1. postsift running: 3 messages go straight through.
+    let f = start_filter_on(filter_addr, &config(Some(&clamd), None, reinject, "")).await;
+    for i in 0..3 {
+        assert_eq!(send(front, &["b@example.com"], numbered(i)).await.1, 250);
+    }
+    sink.wait_for(3).await;
+
+    // 2. postsift stopped: Postfix queues 3 more (connection refused → deferred).
+    f.stop().await;
+    for i in 3..6 {
+        assert_eq!(send(front, &["b@example.com"], numbered(i)).await.1, 250);
+    }
+    // 3. postsift back, but clamd missing: every attempt gets 451 and stays queued.
+    let failing = start_filter_on(
+        filter_addr,
+        &config(Some("/nonexistent/clamd.ctl"), None, reinject, ""),
+    )
+    .await;
+    for i in 6..8 {
+        assert_eq!(send(front, &["b@example.com"], numbered(i)).await.1, 250);
+    }
+    let pf_log = pf.dir.join("maillog");
+    assert!(
+        util::blocking(move || harness::wait_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(&pf_log)
+                .map(|l| l.contains("virus_scan FAILED"))
+                .unwrap_or(false)
+        }))
+        .await,
+        "Postfix never saw the 451:\n{}",
+        pf.log()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.count(), 3, "passed unscanned while clamd was missing");
+    failing.stop().await;
+
+    // 4. postsift restarted with clamd: everything queued arrives, once.
+    let f = start_filter_on(filter_addr, &config(Some(&clamd), None, reinject, "")).await;
+    util::blocking({
+        let etc = pf.etc();
+        move || {
+            let _ = std::process::Command::new("postqueue")
+                .arg("-c")
+                .arg(&etc)
+                .arg("-f")
+                .status();
+        }
+    })
+    .await;
+    let all = sink.wait_for(8).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = if sink.count() > all.len() {
+        sink.all()
+    } else {
+        all
+    };
+    let ids: HashSet<String> = all.iter().map(message_id).collect();
+    assert_eq!(all.len(), 8, "duplicates: {} arrived", all.len());
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert_eq!(pf.queue_count(), 0);
+    f.stop().await;
+}
