@@ -7,6 +7,7 @@ mod client; // a small async SMTP/LMTP client
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod util; // postsift in-process on port 0, shared peers
 
+mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB

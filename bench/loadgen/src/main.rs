@@ -27,13 +27,17 @@ use tokio::time::timeout;
 
 const USAGE: &str = "usage: loadgen --target HOST:PORT --conc N --count N --size BYTES
        [--from ADDR] [--to ADDR] [--helo NAME] [--ident PREFIX] [--timeout SECS]
-       [--deadline SECS] [--per-msg FILE]
+       [--deadline SECS] [--per-msg FILE] [--message FILE]
 
   --size      body bytes (like smtp-source -l): 78 'X' + CRLF per line
   --ident     send XFORWARD IDENT=<PREFIX><seq> when the server offers XFORWARD
   --timeout   seconds allowed for each SMTP step (default 300)
   --deadline  give up after SECS in total: unfinished messages count as aborted (0 = never)
-  --per-msg   write one CSV line per message: seq,ident,start_ms,latency_ms,session_ms,code,error";
+  --per-msg   write one CSV line per message: seq,ident,start_ms,latency_ms,session_ms,code,error
+  --message   send this RFC 5322 file (headers and body; line ends made CRLF, dot-stuffed)
+              instead of the synthetic message; --size is then ignored
+  Exit status: 0 if every message got a 2xx reply to its final dot, else 1.
+  With --message, the last reply to the final dot is printed on stderr (reply=...).";
 
 struct Opts {
     target: SocketAddr,
@@ -47,6 +51,7 @@ struct Opts {
     step_timeout: Duration,
     deadline: Option<Duration>,
     per_msg: Option<String>,
+    message: Option<String>,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -60,6 +65,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut step_timeout = Duration::from_secs(300);
     let mut deadline = None;
     let mut per_msg = None;
+    let mut message = None;
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         let num = |s: String, name: &str| {
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Opts, String> {
                 deadline = (d > 0).then(|| Duration::from_secs(d as u64));
             }
             "--per-msg" => per_msg = Some(val("--per-msg")?),
+            "--message" => message = Some(val("--message")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -109,6 +116,7 @@ fn parse_args() -> Result<Opts, String> {
         step_timeout,
         deadline,
         per_msg,
+        message,
     })
 }
 
@@ -139,6 +147,26 @@ fn body(size: usize) -> Vec<u8> {
     }
     b.extend_from_slice(b".\r\n");
     b
+}
+
+/// A whole message from a file: CRLF line ends, dot-stuffed, terminated by ".\r\n".
+fn file_message(path: &str) -> Vec<u8> {
+    let raw = std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("loadgen: read {path}: {e}");
+        std::process::exit(2)
+    });
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 /// RFC 5322 date of now (UTC), without a date crate.
@@ -245,6 +273,7 @@ struct Shared {
     next: AtomicUsize,
     t0: Instant,
     records: Mutex<Vec<Record>>,
+    last_reply: Mutex<String>,
 }
 
 /// One message on its own connection. Returns (reply code to ".", latency to that reply).
@@ -279,19 +308,28 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
     c.cmd(format!("RCPT TO:<{}>\r\n", o.to), "RCPT", 250)
         .await?;
     c.cmd("DATA\r\n".to_string(), "DATA", 354).await?;
-    let headers = format!(
-        "From: <{}>\r\nTo: <{}>\r\nDate: {}\r\nMessage-Id: <{}.{}.loadgen@{}>\r\n\r\n",
-        o.from,
-        o.to,
-        sh.date,
-        seq,
-        std::process::id(),
-        o.helo
-    );
-    c.send(headers.as_bytes(), "headers").await?;
+    let headers = if o.message.is_some() {
+        String::new()
+    } else {
+        format!(
+            "From: <{}>\r\nTo: <{}>\r\nDate: {}\r\nMessage-Id: <{}.{}.loadgen@{}>\r\n\r\n",
+            o.from,
+            o.to,
+            sh.date,
+            seq,
+            std::process::id(),
+            o.helo
+        )
+    };
+    if !headers.is_empty() {
+        c.send(headers.as_bytes(), "headers").await?;
+    }
     c.send(&sh.body, "body").await?;
     let (code, text) = c.reply("end of data").await?;
     let latency = start.elapsed();
+    if o.message.is_some() {
+        *sh.last_reply.lock().unwrap() = text.lines().last().unwrap_or("").trim_end().to_string();
+    }
     // QUIT: part of the session, not of the latency; errors here don't fail the message.
     if c.send(b"QUIT\r\n", "QUIT").await.is_ok() {
         let _ = c.reply("QUIT").await;
@@ -358,7 +396,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let body = body(opts.size);
+    let body = match &opts.message {
+        Some(path) => file_message(path),
+        None => body(opts.size),
+    };
     let conc = opts.conc.min(opts.count.max(1));
     let deadline = opts.deadline;
     let sh = Arc::new(Shared {
@@ -368,6 +409,7 @@ async fn main() {
         next: AtomicUsize::new(0),
         t0: Instant::now(),
         records: Mutex::new(Vec::new()),
+        last_reply: Mutex::new(String::new()),
     });
     let handles: Vec<_> = (0..conc)
         .map(|_| tokio::spawn(worker(sh.clone())))
@@ -426,6 +468,9 @@ async fn main() {
         if let Some(e) = &r.error {
             *kinds.entry(e.clone()).or_default() += 1;
         }
+    }
+    if sh.opts.message.is_some() {
+        eprintln!("reply={}", sh.last_reply.lock().unwrap());
     }
     if timed_out {
         eprintln!("loadgen: deadline reached, {aborted} message(s) unfinished");
