@@ -384,3 +384,34 @@ async fn sigterm_drains_messages_in_flight() {
         "still accepting after shutdown"
     );
 }
+
+/// clamd refuses streams over its StreamMaxLength ("INSTREAM size limit exceeded"): that is a
+/// scanner failure and follows on_failure, never a pass of unscanned mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_size_limit_is_a_scanner_failure() {
+    let small = util::blocking(|| harness::Clamd::start_with("1M")).await;
+    let sink = Capture::start().await;
+    let sock = small.socket.display().to_string();
+    let f = start_filter(&config(Some(&sock), None, sink.addr, "")).await;
+    let mut body = b"Subject: big for clamd\r\n\r\n".to_vec();
+    while body.len() < 3_000_000 {
+        body.extend_from_slice(
+            b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789\r\n",
+        );
+    }
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &body).await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
+    assert_eq!(sink.count(), 0);
+    // A small message still passes through the same clamd.
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+    drop(small);
+}

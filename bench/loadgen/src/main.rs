@@ -140,7 +140,7 @@ fn body(size: usize) -> Vec<u8> {
         left -= 80;
     }
     if left > 2 {
-        b.extend(std::iter::repeat(b'X').take(left - 2));
+        b.extend(std::iter::repeat_n(b'X', left - 2));
         b.extend_from_slice(b"\r\n");
     } else if left > 0 {
         b.extend_from_slice(b"\r\n");
