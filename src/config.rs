@@ -36,6 +36,7 @@ pub struct Config {
     pub reinject: Reinject,
     pub clamd: Clamd,
     pub spamd: Spamd,
+    pub rspamd: Rspamd,
     pub virus: Virus,
     pub spam: Spam,
     pub headers: Headers,
@@ -196,6 +197,55 @@ impl Default for Spamd {
     }
 }
 
+/// `[rspamd]`: rspamd's normal worker (or controller, with a password), used when
+/// `spam.engine = "rspamd"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rspamd {
+    /// `host:port`, tried in order. Empty: no spam scanning. Default `["127.0.0.1:11333"]`.
+    pub endpoints: Vec<String>,
+    /// Bytes sent at most (cut at a line end). Default 524288.
+    pub max_size: usize,
+    /// Default `"pass"`.
+    pub on_failure: OnFailure,
+    /// Sent as the `Password` header (controller-protected setups). Default: none.
+    pub password: Option<String>,
+    /// Seconds to connect. Default 10.
+    pub connect_timeout: u64,
+    /// Seconds for the whole scan. Default 60.
+    pub timeout: u64,
+    /// Follow rspamd's `action` instead of comparing its score with the `[spam]` levels:
+    /// reject → spam (kill level), rewrite subject / add header → flagged (tag2), greylist /
+    /// soft reject → `greylist_action`, no action → clean. Default false.
+    pub use_action: bool,
+    /// With `use_action`: `"pass"` (default) or `"tempfail"` (451 4.7.1) for rspamd's greylist
+    /// and soft reject.
+    pub greylist_action: OnFailure,
+}
+
+impl Default for Rspamd {
+    fn default() -> Self {
+        Rspamd {
+            endpoints: vec!["127.0.0.1:11333".into()],
+            max_size: 524_288,
+            on_failure: OnFailure::Pass,
+            password: None,
+            connect_timeout: 10,
+            timeout: 60,
+            use_action: false,
+            greylist_action: OnFailure::Pass,
+        }
+    }
+}
+
+/// Which spam engine scores messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpamEngine {
+    Spamd,
+    Rspamd,
+}
+
 /// The action for a content category ("destiny" in amavis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,6 +278,9 @@ impl Default for Virus {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Spam {
+    /// `"spamd"` (default) or `"rspamd"`: the one engine whose score goes through the levels
+    /// below. Only one engine is asked; scores are never added up.
+    pub engine: SpamEngine,
     /// `X-Spam-*` headers are added at or above this score. Default -999.0.
     pub tag_level: f64,
     /// At or above: `X-Spam-Flag: YES` and the subject tag. Default 6.31.
@@ -243,6 +296,7 @@ pub struct Spam {
 impl Default for Spam {
     fn default() -> Self {
         Spam {
+            engine: SpamEngine::Spamd,
             tag_level: -999.0,
             tag2_level: 6.31,
             kill_level: 6.31,
@@ -401,6 +455,17 @@ impl Config {
                 "clamd.timeout",
                 "scanner timeouts must be at least 1 second",
             ));
+        }
+        for ep in &self.rspamd.endpoints {
+            if ep
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(bad("rspamd.endpoints", &format!("`{ep}` is not host:port")));
+            }
+        }
+        if self.rspamd.timeout == 0 {
+            return Err(bad("rspamd.timeout", "must be at least 1 second"));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(

@@ -1,4 +1,4 @@
-//! The health probe: every few seconds, clamd and spamd are pinged and the reinjection server's
+//! The health probe: every few seconds, clamd and the spam engine are pinged and the reinjection server's
 //! greeting is read, so `postsift_scanner_up`, `postsift_reinject_up` and `/readyz` tell the
 //! truth even when no mail is flowing.
 
@@ -31,22 +31,22 @@ pub async fn probe_once(shared: &Shared) {
             None => None,
         }
     };
-    let spamd = async {
-        match shared.scanners.spamd() {
-            Some(s) => Some(s.ping().await.is_ok()),
+    let spam = async {
+        match shared.scanners.spam() {
+            Some(engine) => Some((engine.name(), engine.ping().await)),
             None => None,
         }
     };
     let reinject = reinject_answers(&shared.config.reinject.to, Duration::from_secs(5));
-    let (clamd, spamd, reinject) = tokio::join!(clamd, spamd, reinject);
+    let (clamd, spam, reinject) = tokio::join!(clamd, spam, reinject);
     if let Some(up) = clamd {
         m.set_scanner_up("clamd", up);
     }
-    if let Some(up) = spamd {
-        m.set_scanner_up("spamd", up);
+    if let Some((name, up)) = spam {
+        m.set_scanner_up(name, up);
     }
     m.reinject_up.set(reinject as i64);
-    let ready = clamd.unwrap_or(true) && spamd.unwrap_or(true) && reinject;
+    let ready = clamd.unwrap_or(true) && spam.is_none_or(|(_, up)| up) && reinject;
     m.ready.store(ready, Ordering::Relaxed);
 }
 

@@ -46,14 +46,15 @@ impl Shared {
         if !config.clamd.endpoints.is_empty() {
             metrics.set_scanner_up("clamd", false);
         }
-        if !config.spamd.endpoints.is_empty() {
-            metrics.set_scanner_up("spamd", false);
+        let scanners = scan::Scanners::new(&config);
+        if let Some(engine) = scanners.spam() {
+            metrics.set_scanner_up(engine.name(), false);
         }
         Shared {
             metrics: std::sync::Arc::new(metrics),
             hostname: config.hostname(),
             spool_dir: config.spool_dir(),
-            scanners: scan::Scanners::new(&config),
+            scanners,
             reinjector: reinject::Reinjector::new(&config),
             config,
             shutdown,

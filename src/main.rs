@@ -148,7 +148,8 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     let metrics = postsift::metrics::Metrics::new();
-    let report = rt.block_on(Scanners::new(&config).scan(&msg, &metrics));
+    let env = postsift::scan::ScanEnvelope::default();
+    let report = rt.block_on(Scanners::new(&config).scan(&msg, &env, &metrics));
     let decision = policy::decide(&config, &report, "scan");
     println!("virus scan: {:?}", report.virus);
     println!("spam scan:  {:?}", report.spam);

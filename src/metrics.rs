@@ -22,12 +22,14 @@ pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "unchecked", "unscanne
 pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail"];
 pub const RECIPIENT_RESULTS: &[&str] = &["delivered", "discarded", "rejected", "deferred"];
 pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];
-pub const SCANNERS: &[&str] = &["clamd", "spamd"];
+pub const SCANNERS: &[&str] = &["clamd", "spamd", "rspamd"];
 pub const SCANNER_ERRORS: &[&str] = &["refused", "timeout", "protocol", "io"];
 pub const REINJECT_ERRORS: &[&str] = &[
     "connect", "timeout", "rejected", "tempfail", "network", "spool",
 ];
-pub const TEMPFAIL_REASONS: &[&str] = &["clamd", "spamd", "reinject", "spool", "shutdown"];
+pub const TEMPFAIL_REASONS: &[&str] = &[
+    "clamd", "spamd", "rspamd", "greylist", "reinject", "spool", "shutdown",
+];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 

@@ -93,7 +93,7 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
         }
     }
     if let SpamScan::Failed { reason, .. } = &report.spam {
-        if config.spamd.on_failure == OnFailure::Tempfail {
+        if spam_on_failure(config) == OnFailure::Tempfail {
             return decision(
                 Category::Clean,
                 Disposition::Tempfail(Reply::new(
@@ -112,7 +112,21 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
     }
 
     if let Some(s) = &spam {
-        if s.score >= config.spam.kill_level {
+        let level = spam_level(config, s);
+        if level == SpamLevel::Greylist {
+            return decision(
+                Category::Clean,
+                Disposition::Tempfail(Reply::new(
+                    451,
+                    "4.7.1",
+                    format!(
+                        "Try again later, id={id} - rspamd: {}",
+                        s.action.as_deref().unwrap_or("greylist")
+                    ),
+                )),
+            );
+        }
+        if level == SpamLevel::Kill {
             let disp = match config.spam.action {
                 Action::Pass => Disposition::Deliver,
                 Action::Discard => Disposition::Discard(Reply::new(
@@ -128,6 +142,49 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
         }
     }
     decision(Category::Clean, Disposition::Deliver)
+}
+
+/// How spammy a scored message is, for the action and the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SpamLevel {
+    /// Below tag2: `X-Spam-Flag: NO`.
+    Clean,
+    /// rspamd asked to greylist (with `greylist_action = "tempfail"`).
+    Greylist,
+    /// At or above tag2: flagged and subject-tagged.
+    Flagged,
+    /// At or above kill level: the spam action applies (also flagged).
+    Kill,
+}
+
+/// The score against the `[spam]` levels, or rspamd's own action when `rspamd.use_action` is
+/// set and rspamd gave one.
+pub fn spam_level(config: &Config, s: &SpamResult) -> SpamLevel {
+    if let (true, Some(action)) = (config.rspamd.use_action, s.action.as_deref()) {
+        return match action {
+            "reject" => SpamLevel::Kill,
+            "rewrite subject" | "add header" => SpamLevel::Flagged,
+            "greylist" | "soft reject" if config.rspamd.greylist_action == OnFailure::Tempfail => {
+                SpamLevel::Greylist
+            }
+            _ => SpamLevel::Clean,
+        };
+    }
+    if s.score >= config.spam.kill_level {
+        SpamLevel::Kill
+    } else if s.score >= config.spam.tag2_level {
+        SpamLevel::Flagged
+    } else {
+        SpamLevel::Clean
+    }
+}
+
+/// `on_failure` of the spam engine in use.
+fn spam_on_failure(config: &Config) -> OnFailure {
+    match config.spam.engine {
+        crate::config::SpamEngine::Spamd => config.spamd.on_failure,
+        crate::config::SpamEngine::Rspamd => config.rspamd.on_failure,
+    }
 }
 
 /// Scanner error texts can hold newlines; a reply line must not.
@@ -159,6 +216,7 @@ mod tests {
             required: 5.0,
             is_spam: score >= 5.0,
             rules: vec![],
+            action: None,
         })
     }
 
@@ -258,6 +316,45 @@ mod tests {
         );
         let mut c = Config::default();
         c.spamd.on_failure = OnFailure::Tempfail;
+        assert!(matches!(
+            decide(&c, &report(VirusScan::Clean, fail), "X").disposition,
+            Disposition::Tempfail(_)
+        ));
+    }
+
+    #[test]
+    fn rspamd_action_mapping_when_asked() {
+        let mut c = Config::default();
+        c.spam.engine = crate::config::SpamEngine::Rspamd;
+        let r = |score: f64, action: &str| SpamResult {
+            score,
+            required: 15.0,
+            is_spam: action == "reject",
+            rules: vec![],
+            action: Some(action.into()),
+        };
+        // By default the score goes through the levels like spamd's.
+        assert_eq!(spam_level(&c, &r(15.0, "reject")), SpamLevel::Kill);
+        assert_eq!(spam_level(&c, &r(6.0, "add header")), SpamLevel::Clean);
+        c.rspamd.use_action = true;
+        assert_eq!(spam_level(&c, &r(1.0, "reject")), SpamLevel::Kill);
+        assert_eq!(spam_level(&c, &r(6.0, "add header")), SpamLevel::Flagged);
+        assert_eq!(spam_level(&c, &r(6.0, "rewrite subject")), SpamLevel::Flagged);
+        assert_eq!(spam_level(&c, &r(20.0, "no action")), SpamLevel::Clean);
+        assert_eq!(spam_level(&c, &r(4.0, "greylist")), SpamLevel::Clean);
+        c.rspamd.greylist_action = OnFailure::Tempfail;
+        assert_eq!(spam_level(&c, &r(4.0, "soft reject")), SpamLevel::Greylist);
+        let d = decide(&c, &report(VirusScan::Clean, SpamScan::Scored(r(4.0, "greylist"))), "G1");
+        match d.disposition {
+            Disposition::Tempfail(rep) => assert_eq!((rep.code, rep.enhanced), (451, Some("4.7.1"))),
+            other => panic!("{other:?}"),
+        }
+        // The engine's own on_failure applies.
+        c.rspamd.on_failure = OnFailure::Tempfail;
+        let fail = SpamScan::Failed {
+            reason: "down".into(),
+            kind: "refused",
+        };
         assert!(matches!(
             decide(&c, &report(VirusScan::Clean, fail), "X").disposition,
             Disposition::Tempfail(_)

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use crate::config::Config;
 use crate::message::is_field_start;
-use crate::policy::{Category, Decision};
+use crate::policy::{spam_level, Category, Decision, SpamLevel};
 use crate::scan::SpamResult;
 
 /// What the Received line says about the hop into postsift.
@@ -117,7 +117,10 @@ fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
         return Some(config.headers.unchecked_subject_tag.as_str()).filter(|t| !t.is_empty());
     }
     match &decision.spam {
-        Some(s) if s.score >= config.spam.tag2_level && !config.spam.subject_tag.is_empty() => {
+        Some(s)
+            if spam_level(config, s) >= SpamLevel::Flagged
+                && !config.spam.subject_tag.is_empty() =>
+        {
             Some(config.spam.subject_tag.as_str())
         }
         _ => None,
@@ -125,7 +128,7 @@ fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
 }
 
 fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult) {
-    let flagged = spam.score >= config.spam.tag2_level;
+    let flagged = spam_level(config, spam) >= SpamLevel::Flagged;
     let _ = write!(
         out,
         "X-Spam-Flag: {}\r\n",
@@ -251,6 +254,7 @@ mod tests {
                 required: 5.0,
                 is_spam: score >= 5.0,
                 rules: rules.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+                action: None,
             }),
         }
     }

@@ -1,17 +1,33 @@
-//! The scanners and their concurrent run: clamd and spamd look at the same message at the same
-//! time, each under its own timeout, and their answers (or failures) are gathered into one
-//! [`ScanReport`] for the policy to judge.
+//! The scanners and their concurrent run: the virus scanner (clamd) and the spam engine (spamd
+//! or rspamd) look at the same message at the same time, each under its own timeout, and their
+//! answers (or failures) are gathered into one [`ScanReport`] for the policy to judge.
 
 pub mod clamd;
+pub mod rspamd;
 pub mod spamd;
 
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, OnFailure};
 use crate::message::Message;
 use crate::metrics::Metrics;
 
-pub use spamd::SpamResult;
+pub use rspamd::Envelope as ScanEnvelope;
+
+/// A spam engine's answer, in SpamAssassin's terms whichever engine gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpamResult {
+    /// The score (spamd rounds it to one decimal in its `Spam:` header).
+    pub score: f64,
+    /// The engine's own threshold (informational: postsift's levels decide).
+    pub required: f64,
+    /// The engine's own verdict (informational).
+    pub is_spam: bool,
+    /// Rule (symbol) names with their scores.
+    pub rules: Vec<(String, f64)>,
+    /// rspamd's action (`reject`, `add header`, …); None for spamd.
+    pub action: Option<String>,
+}
 
 /// The virus scanner's part of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +43,7 @@ pub enum VirusScan {
     },
 }
 
-/// The spam scanner's part of the report.
+/// The spam engine's part of the report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SpamScan {
     Off,
@@ -43,17 +59,62 @@ pub struct ScanReport {
     pub spam_time: Duration,
 }
 
+/// The configured spam engine (check-config allows at most one).
+pub enum SpamEngine {
+    Spamd(spamd::SpamdClient),
+    Rspamd(rspamd::RspamdClient),
+}
+
+impl SpamEngine {
+    /// The metric label and log name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SpamEngine::Spamd(_) => "spamd",
+            SpamEngine::Rspamd(_) => "rspamd",
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        match self {
+            SpamEngine::Spamd(s) => s.ping().await.is_ok(),
+            SpamEngine::Rspamd(r) => r.ping().await.is_ok(),
+        }
+    }
+}
+
 pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
-    spamd: Option<spamd::SpamdClient>,
+    spam: Option<SpamEngine>,
     spam_max_size: usize,
     spam_timeout: Duration,
+    spam_on_failure: OnFailure,
 }
 
 impl Scanners {
     pub fn new(config: &Config) -> Scanners {
         let c = &config.clamd;
         let s = &config.spamd;
+        let r = &config.rspamd;
+        let spam = match config.spam.engine {
+            crate::config::SpamEngine::Rspamd if !r.endpoints.is_empty() => {
+                Some(SpamEngine::Rspamd(rspamd::RspamdClient::new(
+                    r.endpoints.clone(),
+                    Duration::from_secs(r.connect_timeout),
+                    Duration::from_secs(r.timeout),
+                    r.password.clone(),
+                )))
+            }
+            crate::config::SpamEngine::Spamd if !s.endpoints.is_empty() => {
+                Some(SpamEngine::Spamd(spamd::SpamdClient::new(
+                    s.endpoints.clone(),
+                    Duration::from_secs(s.connect_timeout),
+                    Duration::from_secs(s.io_timeout),
+                    s.user.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let rspamd = config.spam.engine == crate::config::SpamEngine::Rspamd;
         Scanners {
             clamd: (!c.endpoints.is_empty()).then(|| {
                 clamd::ClamdClient::new(
@@ -62,16 +123,10 @@ impl Scanners {
                     Duration::from_secs(c.timeout),
                 )
             }),
-            spamd: (!s.endpoints.is_empty()).then(|| {
-                spamd::SpamdClient::new(
-                    s.endpoints.clone(),
-                    Duration::from_secs(s.connect_timeout),
-                    Duration::from_secs(s.io_timeout),
-                    s.user.clone(),
-                )
-            }),
-            spam_max_size: s.max_size,
-            spam_timeout: Duration::from_secs(s.timeout),
+            spam,
+            spam_max_size: if rspamd { r.max_size } else { s.max_size },
+            spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
+            spam_on_failure: if rspamd { r.on_failure } else { s.on_failure },
         }
     }
 
@@ -79,12 +134,17 @@ impl Scanners {
         self.clamd.as_ref()
     }
 
-    pub fn spamd(&self) -> Option<&spamd::SpamdClient> {
-        self.spamd.as_ref()
+    pub fn spam(&self) -> Option<&SpamEngine> {
+        self.spam.as_ref()
+    }
+
+    /// What the configured spam engine's failure leads to.
+    pub fn spam_on_failure(&self) -> OnFailure {
+        self.spam_on_failure
     }
 
     /// Runs every configured scanner on `msg` at once, recording durations, errors and health.
-    pub async fn scan(&self, msg: &Message, metrics: &Metrics) -> ScanReport {
+    pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
         let virus = async {
             let start = Instant::now();
             let r = match &self.clamd {
@@ -102,22 +162,31 @@ impl Scanners {
         };
         let spam = async {
             let start = Instant::now();
-            let r = match &self.spamd {
+            let r = match &self.spam {
                 None => SpamScan::Off,
-                Some(s) => match msg.prefix_for_spam_check(self.spam_max_size) {
+                Some(engine) => match msg.prefix_for_spam_check(self.spam_max_size) {
                     Err(e) => SpamScan::Failed {
                         reason: format!("reading the spool: {e}"),
                         kind: "io",
                     },
                     Ok(prefix) => {
-                        match tokio::time::timeout(self.spam_timeout, s.check(&prefix)).await {
+                        let check = async {
+                            match engine {
+                                SpamEngine::Spamd(s) => s
+                                    .check(&prefix)
+                                    .await
+                                    .map_err(|e| (e.to_string(), e.kind())),
+                                SpamEngine::Rspamd(r) => r
+                                    .check(prefix.into(), env)
+                                    .await
+                                    .map_err(|e| (e.to_string(), e.kind())),
+                            }
+                        };
+                        match tokio::time::timeout(self.spam_timeout, check).await {
                             Ok(Ok(r)) => SpamScan::Scored(r),
-                            Ok(Err(e)) => SpamScan::Failed {
-                                reason: e.to_string(),
-                                kind: e.kind(),
-                            },
+                            Ok(Err((reason, kind))) => SpamScan::Failed { reason, kind },
                             Err(_) => SpamScan::Failed {
-                                reason: "spamd timed out".into(),
+                                reason: format!("{} timed out", engine.name()),
                                 kind: "timeout",
                             },
                         }
@@ -145,12 +214,14 @@ impl Scanners {
             VirusScan::Failed { kind, .. } => record("clamd", Some(kind), virus_time),
             _ => record("clamd", None, virus_time),
         }
-        match &spam {
-            SpamScan::Off => {}
-            SpamScan::Failed { kind, .. } => record("spamd", Some(kind), spam_time),
-            SpamScan::Scored(r) => {
-                metrics.spam_score.observe(r.score);
-                record("spamd", None, spam_time)
+        if let Some(engine) = &self.spam {
+            match &spam {
+                SpamScan::Off => {}
+                SpamScan::Failed { kind, .. } => record(engine.name(), Some(kind), spam_time),
+                SpamScan::Scored(r) => {
+                    metrics.spam_score.observe(r.score);
+                    record(engine.name(), None, spam_time)
+                }
             }
         }
         ScanReport {

@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
+pub use super::SpamResult;
+
 /// A REPORT answer is a few KiB; a peer sending this much is not spamd, and reading on would
 /// only spend memory.
 const MAX_REPLY: usize = 1024 * 1024;
@@ -25,18 +27,6 @@ pub struct SpamdClient {
     connect_timeout: Duration,
     io_timeout: Duration,
     user: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpamResult {
-    /// spamd's score, as rounded to one decimal in its `Spam:` header.
-    pub score: f64,
-    /// spamd's own required score (informational).
-    pub required: f64,
-    /// spamd's own verdict (informational).
-    pub is_spam: bool,
-    /// Rule names with their scores, in the order spamd gave them.
-    pub rules: Vec<(String, f64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +326,7 @@ fn parse_report_reply(buf: &[u8], eof: bool) -> Result<Progress<SpamResult>, Str
         required,
         is_spam,
         rules: parse_rules(&String::from_utf8_lossy(report)),
+        action: None,
     }))
 }
 
@@ -585,6 +576,7 @@ mod tests {
                     ("NO_RELAYS", -0.0),
                     ("GTUBE", 1000.0)
                 ]),
+                action: None,
             }
         );
     }
@@ -599,6 +591,7 @@ mod tests {
                 required: 5.0,
                 is_spam: false,
                 rules: rules(&[("NO_RECEIVED", -0.0), ("NO_RELAYS", -0.0)]),
+                action: None,
             }
         );
     }

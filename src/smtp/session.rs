@@ -457,7 +457,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         m.message_size.observe(msg.len() as f64);
         let scan_start = Instant::now();
-        let report = shared.scanners.scan(&msg, m).await;
+        let xf = &self.env.xforward;
+        let scan_env = crate::scan::ScanEnvelope {
+            ip: Some(
+                xf.addr
+                    .clone()
+                    .unwrap_or_else(|| self.peer.ip().to_string()),
+            ),
+            helo: Some(xf.helo.clone().unwrap_or_else(|| self.helo.clone())),
+            hostname: xf.name.clone(),
+            from: self.env.sender.clone(),
+            rcpts: self
+                .env
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect(),
+            queue_id: xf.ident.clone(),
+        };
+        let report = shared.scanners.scan(&msg, &scan_env, m).await;
         let scan_time = scan_start.elapsed();
         m.stage_duration
             .with_label_values(&["scan"])
@@ -511,9 +529,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Disposition::Tempfail(r) = &decision.disposition {
             let clamd_failed = matches!(report.virus, crate::scan::VirusScan::Failed { .. })
                 && cfg.clamd.on_failure == crate::config::OnFailure::Tempfail;
-            m.tempfails
-                .with_label_values(&[if clamd_failed { "clamd" } else { "spamd" }])
-                .inc();
+            let reason = match (&report.spam, shared.scanners.spam()) {
+                _ if clamd_failed => "clamd",
+                (crate::scan::SpamScan::Failed { .. }, Some(engine)) => engine.name(),
+                _ => "greylist",
+            };
+            m.tempfails.with_label_values(&[reason]).inc();
             tracing::debug!(%id, reply = %r, "tempfail");
         }
         let action = match &decision.disposition {
