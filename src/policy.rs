@@ -339,14 +339,23 @@ mod tests {
         c.rspamd.use_action = true;
         assert_eq!(spam_level(&c, &r(1.0, "reject")), SpamLevel::Kill);
         assert_eq!(spam_level(&c, &r(6.0, "add header")), SpamLevel::Flagged);
-        assert_eq!(spam_level(&c, &r(6.0, "rewrite subject")), SpamLevel::Flagged);
+        assert_eq!(
+            spam_level(&c, &r(6.0, "rewrite subject")),
+            SpamLevel::Flagged
+        );
         assert_eq!(spam_level(&c, &r(20.0, "no action")), SpamLevel::Clean);
         assert_eq!(spam_level(&c, &r(4.0, "greylist")), SpamLevel::Clean);
         c.rspamd.greylist_action = OnFailure::Tempfail;
         assert_eq!(spam_level(&c, &r(4.0, "soft reject")), SpamLevel::Greylist);
-        let d = decide(&c, &report(VirusScan::Clean, SpamScan::Scored(r(4.0, "greylist"))), "G1");
+        let d = decide(
+            &c,
+            &report(VirusScan::Clean, SpamScan::Scored(r(4.0, "greylist"))),
+            "G1",
+        );
         match d.disposition {
-            Disposition::Tempfail(rep) => assert_eq!((rep.code, rep.enhanced), (451, Some("4.7.1"))),
+            Disposition::Tempfail(rep) => {
+                assert_eq!((rep.code, rep.enhanced), (451, Some("4.7.1")))
+            }
             other => panic!("{other:?}"),
         }
         // The engine's own on_failure applies.

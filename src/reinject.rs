@@ -252,6 +252,9 @@ impl Reinjector {
             // XFORWARD only informs; a refusal (no smtpd_authorized_xforward_hosts) is logged.
             match self.command(&mut p, Raw(line), "XFORWARD", true).await {
                 Ok(_) => {}
+                // A 421 here is an idle connection the server already closed (Postfix says
+                // "421 4.4.2 Error: timeout exceeded"): worth a fresh connection.
+                Err(f) if f.reply.code == 421 => return Err(Failure { retry: true, ..f }),
                 Err(f) if f.label == "rejected" => {
                     tracing::warn!(reply = %f.reply, "reinjection server refused XFORWARD; check smtpd_authorized_xforward_hosts");
                 }
@@ -268,6 +271,7 @@ impl Reinjector {
         let mail = mail.to_string();
         match self.command(&mut p, Raw(mail), "MAIL FROM", true).await {
             Ok(_) => {}
+            Err(f) if f.reply.code == 421 => return Err(Failure { retry: true, ..f }),
             Err(f) if f.label == "rejected" => {
                 let _ = self.command(&mut p, Rset, "RSET", false).await;
                 let outcome = failed_all(env, f);

@@ -47,6 +47,9 @@ pub struct Behaviour {
     pub after_data: AfterData,
     /// Don't advertise XFORWARD.
     pub no_xforward: bool,
+    /// After each accepted message, answer the next command with 421 and close, as Postfix's
+    /// smtpd does when an idle connection times out.
+    pub idle_timeout_after_message: bool,
 }
 
 #[derive(Clone)]
@@ -120,6 +123,7 @@ impl Capture {
         w.write_all(b"220 capture.test ESMTP\r\n").await?;
         let mut t = Transaction::default();
         let mut xf = Vec::new();
+        let mut stale = false;
         let mut line = String::new();
         loop {
             line.clear();
@@ -129,6 +133,11 @@ impl Capture {
             let cmd = line.trim_end().to_string();
             let upper = cmd.to_ascii_uppercase();
             let b = self.behaviour.lock().unwrap().clone();
+            if stale {
+                w.write_all(b"421 4.4.2 capture.test Error: timeout exceeded\r\n")
+                    .await?;
+                return Ok(());
+            }
             if upper.starts_with("EHLO") {
                 let xfl = if b.no_xforward {
                     String::new()
@@ -187,6 +196,7 @@ impl Capture {
                         self.messages.lock().unwrap().push(std::mem::take(&mut t));
                         w.write_all(format!("250 2.0.0 Ok: queued as CAP{id}\r\n").as_bytes())
                             .await?;
+                        stale = b.idle_timeout_after_message;
                     }
                     AfterData::Reply(rep) => {
                         w.write_all(format!("{rep}\r\n").as_bytes()).await?;

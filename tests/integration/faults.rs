@@ -415,3 +415,27 @@ async fn clamd_size_limit_is_a_scanner_failure() {
     f.stop().await;
     drop(small);
 }
+
+/// A pooled connection the reinjection server timed out (421 on the next command) costs a
+/// reconnect, not a tempfail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connection_is_replaced_without_a_tempfail() {
+    let sink = Capture::start_with(Behaviour {
+        idle_timeout_after_message: true,
+        ..Default::default()
+    })
+    .await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    for i in 1..=3 {
+        let r = send_one(
+            f.addr,
+            "a@example.org",
+            &["b@example.com"],
+            &fixture("clean.eml"),
+        )
+        .await;
+        assert_eq!(r.code, 250, "message {i}: {r:?}");
+    }
+    assert_eq!(sink.count(), 3);
+    f.stop().await;
+}

@@ -1,0 +1,535 @@
+//! A private rspamd (Debian's /usr/bin/rspamd, 3.4) for integration tests: its own config, database,
+//! run and log dirs in a temp dir under `/tmp/postsift-test/`, a normal worker (HTTP `/checkv2`,
+//! `/ping`) and a controller on 127.0.0.1 free ports, stopped by its PID when dropped. Same
+//! conventions as `harness.rs` (root, loopback-only network namespace, `POSTSIFT_TEST_TMP`,
+//! `POSTSIFT_KEEP_TEST_DIRS`, a watchdog that stops the daemon if the test process dies without
+//! running `Drop`).
+//!
+//! Config: `<dir>/etc` is a fresh copy of /etc/rspamd (so every stock rule loads), without the
+//! site-local files (`local.d/`, `override.d/`, `rspamd.conf.local*`, `rspamd.conf.override`) and
+//! without its top-level rspamd.conf; `tests/fixtures/rspamd/local.d` and `override.d` are put in
+//! their place, and `tests/fixtures/rspamd/rspamd.conf` becomes `<dir>/rspamd.conf` (only a normal
+//! worker and a controller: no proxy/milter, no fuzzy storage). Every module that looks something
+//! up in DNS, talks to redis or fetches a remote map is off (see the fixture files), DNS goes to a
+//! closed port on 127.0.0.1, and each scan's log line says `dns req: 0`. Paths and ports reach the
+//! config as rspamd variables (`--var=NAME=value`), so the fixture files are used verbatim.
+//!
+//! Start-up time: rspamd compiles its regexps and its URL/TLD matcher into hyperscan databases.
+//! They are kept in one cache dir shared by all test instances and kept between runs,
+//! `<POSTSIFT_TEST_TMP or /tmp/postsift-test>/rspamd-cache` (option `hs_cache_dir`, which must be
+//! writable by the workers' user). Without it (the first start on a machine) the main process
+//! spends ~13 s on the TLD matcher before it forks the workers, then the `hs_helper` worker
+//! compiles the ~170 rule regexps for another ~5 s in the background (scans meanwhile use PCRE:
+//! same results). With it a start takes under a second. Delete the dir to force a recompile; rspamd
+//! itself deletes the cached files a stopping instance does not know of ("remove stale hyperscan
+//! file"), which is harmless while every instance uses the same config.
+//!
+//! Uses std only (plus `tempfile`); signals are sent with kill(1), process groups read with ps(1).
+#![allow(dead_code)]
+
+use crate::harness::{fixtures, free_port, port_open, tail, wait_until};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Debian's rspamd binary.
+pub const RSPAMD_BIN: &str = "/usr/bin/rspamd";
+/// The controller's password (`password` and `enable_password`), sent as the `Password` header.
+pub const RSPAMD_PASSWORD: &str = "postsift-test";
+/// The user the workers run as (created by Debian's package); root with `-i` if it is missing.
+pub const RSPAMD_USER: &str = "_rspamd";
+/// How long [`Rspamd::start`] waits for `/ping` (a first start with an empty cache takes ~15 s).
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A private rspamd: `rspamd -f -c <dir>/rspamd.conf` with its own config, db, run and log dirs.
+pub struct Rspamd {
+    /// The normal worker (HTTP: `POST /checkv2`, `GET /ping`), 127.0.0.1:<free port>.
+    pub addr: SocketAddr,
+    /// The controller (HTTP: `/stat`, `/learnspam`, … with `Password: postsift-test`).
+    pub controller: SocketAddr,
+    /// The temp dir: rspamd.conf, etc/ (config), db/ (DBDIR), run/ (RUNDIR), log/rspamd.log
+    /// (LOGDIR), rspamd.out (stdout/stderr), rspamd.pid (written by us: rspamd writes no pid file
+    /// in foreground mode).
+    pub dir: PathBuf,
+    child: Option<Child>,
+    watchdog: Option<Watchdog>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Rspamd {
+    /// Starts rspamd in the foreground on two free ports and blocks until `GET /ping` answers
+    /// `pong` on both workers (180 s, then panics with the tails of the log and of stdout/stderr).
+    /// Retries with other ports if a chosen one was taken meanwhile.
+    pub fn start() -> Rspamd {
+        for attempt in 1..=3 {
+            match Rspamd::try_start() {
+                Ok(r) => return r,
+                Err(msg) if attempt < 3 && msg.contains("Address already in use") => {
+                    eprintln!("rspamd_peer: port taken, retrying");
+                }
+                Err(msg) => panic!("{msg}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start() -> Result<Rspamd, String> {
+        let base = base_dir();
+        let cache = base.join("rspamd-cache");
+        fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
+
+        let tmp = tempfile::Builder::new()
+            .prefix("rspamd-")
+            .tempdir_in(&base)
+            .expect("create temp dir");
+        let dir = tmp.path().to_path_buf();
+        chmod(&dir, 0o755);
+        let etc = dir.join("etc");
+        copy_stock_config(Path::new("/etc/rspamd"), &etc);
+        let fix = fixtures().join("rspamd");
+        for sub in ["local.d", "override.d"] {
+            copy_tree(&fix.join(sub), &etc.join(sub));
+        }
+        let conf = dir.join("rspamd.conf");
+        copy_file(&fix.join("rspamd.conf"), &conf);
+        for sub in ["db", "run", "log"] {
+            fs::create_dir(dir.join(sub)).expect("mkdir");
+            chmod(&dir.join(sub), 0o755);
+        }
+
+        // Who runs the workers: rspamd refuses to run them as root without -i.
+        let mut user_args: Vec<String> = Vec::new();
+        if is_root() {
+            match user_ids(RSPAMD_USER) {
+                Some((uid, gid)) => {
+                    for d in [&dir.join("db"), &dir.join("run"), &dir.join("log"), &cache] {
+                        std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                            .unwrap_or_else(|e| panic!("chown {}: {e}", d.display()));
+                    }
+                    user_args = ["-u", RSPAMD_USER, "-g", RSPAMD_USER]
+                        .map(String::from)
+                        .to_vec();
+                }
+                None => user_args.push("-i".into()),
+            }
+        }
+        chmod(&cache, 0o755);
+
+        let addr = localhost(free_port());
+        let controller = localhost(free_port());
+        // Nothing answers there: a query waits for its timeout (rspamd does not see the ICMP
+        // error), but none is made (see `dns req` in the log).
+        let dns = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("bind udp 127.0.0.1:0");
+        let vars = [
+            ("CONFDIR", etc.display().to_string()),
+            ("LOCAL_CONFDIR", etc.display().to_string()),
+            ("DBDIR", dir.join("db").display().to_string()),
+            ("RUNDIR", dir.join("run").display().to_string()),
+            ("LOGDIR", dir.join("log").display().to_string()),
+            ("POSTSIFT_NORMAL", addr.to_string()),
+            ("POSTSIFT_CONTROLLER", controller.to_string()),
+            ("POSTSIFT_DNS", dns.to_string()),
+            ("POSTSIFT_HS_CACHE", cache.display().to_string()),
+        ];
+
+        let mut args: Vec<String> = vec!["-f".into(), "-c".into(), conf.display().to_string()];
+        args.extend(user_args);
+        args.extend(vars.iter().map(|(k, v)| format!("--var={k}={v}")));
+        // For a post-mortem (POSTSIFT_KEEP_TEST_DIRS=1): how to start it again by hand.
+        write_file(&dir.join("command"), format!("{RSPAMD_BIN} {}\n", args.join(" ")));
+
+        let out = fs::File::create(dir.join("rspamd.out")).expect("create rspamd.out");
+        let mut cmd = Command::new(RSPAMD_BIN);
+        cmd.args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            // Its own process group, holding its workers: the watchdog and halt() can kill it.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {RSPAMD_BIN}: {e} (is rspamd installed?)"));
+        write_file(&dir.join("rspamd.pid"), format!("{}\n", child.id()));
+        let watchdog = Watchdog::spawn(child.id(), &dir);
+        let mut rspamd = Rspamd {
+            addr,
+            controller,
+            dir,
+            child: Some(child),
+            watchdog,
+            tmp: Some(tmp),
+        };
+
+        let end = Instant::now() + START_TIMEOUT;
+        loop {
+            if rspamd.ping() && ping(rspamd.controller) {
+                return Ok(rspamd);
+            }
+            let exited = rspamd
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= end {
+                let why = match exited {
+                    Some(st) => format!("rspamd exited ({st})"),
+                    None => format!(
+                        "rspamd did not answer /ping within {} s",
+                        START_TIMEOUT.as_secs()
+                    ),
+                };
+                let msg = format!(
+                    "{why}\n{}\n{}",
+                    tail(&rspamd.dir.join("log/rspamd.log"), 30),
+                    tail(&rspamd.dir.join("rspamd.out"), 10)
+                );
+                return Err(msg); // Drop stops what is left and removes the dir
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `GET /ping` on the normal worker → `pong`.
+    pub fn ping(&self) -> bool {
+        ping(self.addr)
+    }
+
+    /// The rspamd main process's pid (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The contents of log/rspamd.log (one line per scan: `rspamd_task_write_log: … qid: <…>, …
+    /// (default: F (no action): [score/15.00] [symbols]), len: …, time: …, dns req: 0, …`).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.dir.join("log/rspamd.log")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// SIGTERM to the main process (it stops its workers), wait for it; SIGKILL to its process
+    /// group after 15 s or if a worker is left; wait until both ports are closed. Idempotent. The
+    /// temp dir stays until Drop.
+    pub fn stop(&mut self) {
+        self.halt();
+        if self.watchdog.is_none() && self.tmp.is_some() {
+            self.watchdog = Watchdog::spawn(0, &self.dir);
+        }
+    }
+
+    fn halt(&mut self) {
+        self.watchdog.take();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let main = child.id();
+        if let Ok(None) = child.try_wait() {
+            signal(&main.to_string(), "TERM");
+            if !wait_until(Duration::from_secs(15), || {
+                !matches!(child.try_wait(), Ok(None))
+            }) {
+                signal(&format!("-{main}"), "KILL");
+            }
+        }
+        let _ = child.wait();
+        // Workers left behind (main killed, or it did not wait for them) are orphans now.
+        if !wait_until(Duration::from_secs(5), || group_members(main).is_empty()) {
+            signal(&format!("-{main}"), "KILL");
+            wait_until(Duration::from_secs(5), || group_members(main).is_empty());
+        }
+        let (a, c) = (self.addr, self.controller);
+        if !wait_until(Duration::from_secs(10), || !port_open(a) && !port_open(c)) {
+            eprintln!("rspamd_peer: rspamd port {a} or {c} still open after stop");
+        }
+    }
+}
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        self.halt();
+        if let Some(tmp) = self.tmp.take() {
+            if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
+                eprintln!("rspamd_peer: keeping {}", tmp.path().display());
+                std::mem::forget(tmp);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A reply from [`http`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// The status code (200, 403 …).
+    pub status: u16,
+    /// The status line and headers, CRLF-separated, without the blank line.
+    pub head: String,
+    /// The body (lossy UTF-8).
+    pub body: String,
+}
+
+/// One blocking HTTP/1.1 request on a new connection (`Connection: close`, `Content-Length`
+/// always sent; 5 s to connect, 60 s per read). Reads the reply up to its Content-Length (or EOF
+/// when it has none). Enough for rspamd's workers: `http(r.addr, "POST", "/checkv2", &[("IP",
+/// "192.0.2.7"), …], msg)`.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<HttpReply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut wire = req.into_bytes();
+    wire.extend_from_slice(body);
+    s.write_all(&wire)?;
+
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad(format!(
+                "connection closed before the end of the headers: {:?}",
+                String::from_utf8_lossy(&buf)
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| bad(format!("bad status line in {head:?}")))?;
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = buf.split_off(head_end + 4);
+    loop {
+        if length.is_some_and(|len| body.len() >= len) {
+            break;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            if let Some(len) = length {
+                return Err(bad(format!("body cut at {} of {len} bytes", body.len())));
+            }
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    if let Some(len) = length {
+        body.truncate(len);
+    }
+    Ok(HttpReply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// `GET /ping` → 200 `pong` (either worker).
+pub fn ping(addr: SocketAddr) -> bool {
+    matches!(http(addr, "GET", "/ping", &[], b""), Ok(r) if r.status == 200 && r.body.trim() == "pong")
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers (the harness's own are private)
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `$POSTSIFT_TEST_TMP` or /tmp/postsift-test, mode 0755 (as in harness.rs).
+fn base_dir() -> PathBuf {
+    let base = std::env::var_os("POSTSIFT_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/postsift-test"));
+    fs::create_dir_all(&base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
+    chmod(&base, 0o755);
+    base
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
+}
+
+fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
+    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn copy_file(from: &Path, to: &Path) {
+    fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    chmod(to, 0o644);
+}
+
+/// Copies a directory tree (files world-readable, dirs 0755), following symlinks.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    chmod(to, 0o755);
+    let rd = fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for e in rd.flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            copy_file(&src, &dst);
+        }
+    }
+}
+
+/// /etc/rspamd without what a site adds to it (local.d/, override.d/, rspamd.conf.local,
+/// rspamd.conf.local.override, rspamd.conf.override: empty local.d/ and override.d/ instead) and
+/// without its top-level rspamd.conf (ours is `<dir>/rspamd.conf`).
+fn copy_stock_config(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    chmod(to, 0o755);
+    let rd = fs::read_dir(from)
+        .unwrap_or_else(|e| panic!("read {}: {e} (is rspamd installed?)", from.display()));
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let (src, dst) = (e.path(), to.join(&*name));
+        match &*name {
+            "rspamd.conf" | "rspamd.conf.local" | "rspamd.conf.local.override"
+            | "rspamd.conf.override" | "local.d" | "override.d" => {}
+            _ if src.is_dir() => copy_tree(&src, &dst),
+            _ => copy_file(&src, &dst),
+        }
+    }
+}
+
+/// True if this process runs as root (/proc/self belongs to the effective uid).
+fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// (uid, gid) of a user from /etc/passwd.
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.split(':').next() == Some(user))?;
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
+/// (state, pgrp) of a process from /proc/<pid>/stat.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Live (not zombie: this sandbox's PID 1 does not reap orphans) processes of process group
+/// `pgrp`, the leader included.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if let Some((s, g)) = proc_stat(pid) {
+                    if s != 'Z' && s != 'X' && g == pgrp {
+                        out.push(pid);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sends a signal with kill(1). `target` is a pid, or `-pgid` for a process group.
+fn signal(target: &str, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops rspamd (its whole process group) if the test process ends without running Drop, then
+/// removes the temp dir (unless POSTSIFT_KEEP_TEST_DIRS is set): a `setsid sh` that waits for EOF
+/// on a pipe whose write end only the test process holds (as harness.rs's watchdog). `pid` 0:
+/// only remove the dir. Dropping it (the normal path) kills the watchdog first.
+struct Watchdog {
+    child: Child,
+    _pipe: Option<ChildStdin>,
+}
+
+impl Watchdog {
+    fn spawn(pid: u32, dir: &Path) -> Option<Watchdog> {
+        let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
+            String::new()
+        } else {
+            let d = format!("'{}'", dir.display().to_string().replace('\'', "'\\''"));
+            format!("for i in 1 2 3 4 5; do rm -rf {d}; [ -e {d} ] || break; sleep 1; done")
+        };
+        let script = format!(
+            "read _unused
+pid={pid}
+group_alive() {{ ps -e -o pgid=,stat= | awk -v g=$1 '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}
+if [ $pid -gt 0 ] && group_alive $pid; then
+  kill -TERM $pid
+  i=0; while group_alive $pid && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL -- -$pid 2>/dev/null
+  i=0; while group_alive $pid && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+fi
+{rm}
+"
+        );
+        let mut child = Command::new("setsid")
+            .arg("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("rspamd_peer: no watchdog ({e})"))
+            .ok()?;
+        let pipe = child.stdin.take();
+        Some(Watchdog { child, _pipe: pipe })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
