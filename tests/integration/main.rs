@@ -5,6 +5,7 @@
 mod capture; // a capturing / misbehaving reinjection server
 mod client; // a small async SMTP/LMTP client
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
+mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
 mod util; // postsift in-process on port 0, shared peers
 
 mod cli; // check-config and scan, with their exit codes
@@ -14,3 +15,4 @@ mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
+mod rspamd; // rspamd as the spam engine

@@ -14,15 +14,14 @@
 //! closed port on 127.0.0.1, and each scan's log line says `dns req: 0`. Paths and ports reach the
 //! config as rspamd variables (`--var=NAME=value`), so the fixture files are used verbatim.
 //!
-//! Start-up time: rspamd compiles its regexps and its URL/TLD matcher into hyperscan databases.
-//! They are kept in one cache dir shared by all test instances and kept between runs,
-//! `<POSTSIFT_TEST_TMP or /tmp/postsift-test>/rspamd-cache` (option `hs_cache_dir`, which must be
-//! writable by the workers' user). Without it (the first start on a machine) the main process
-//! spends ~13 s on the TLD matcher before it forks the workers, then the `hs_helper` worker
-//! compiles the ~170 rule regexps for another ~5 s in the background (scans meanwhile use PCRE:
-//! same results). With it a start takes under a second. Delete the dir to force a recompile; rspamd
-//! itself deletes the cached files a stopping instance does not know of ("remove stale hyperscan
-//! file"), which is harmless while every instance uses the same config.
+//! Start-up time: rspamd compiles its URL/TLD matcher and its rule regexps into hyperscan
+//! databases, kept in one cache dir shared by all test instances and kept between runs:
+//! `<POSTSIFT_TEST_TMP or /tmp/postsift-test>/rspamd-cache` (option `hs_cache_dir`; it must be
+//! writable by the workers' user). With an empty cache (the first start on a machine) the main
+//! process spends ~13 s on the TLD matcher before it forks the workers, then the `hs_helper`
+//! worker compiles the ~170 rule regexps in ~5 s, and `start()` waits for both (see
+//! `wait_for_hyperscan` for why); with a complete cache a start takes about half a second. Delete
+//! the dir to force a recompile (rspamd checks the files against its rules and platform anyway).
 //!
 //! Uses std only (plus `tempfile`); signals are sent with kill(1), process groups read with ps(1).
 #![allow(dead_code)]
@@ -64,8 +63,10 @@ pub struct Rspamd {
 
 impl Rspamd {
     /// Starts rspamd in the foreground on two free ports and blocks until `GET /ping` answers
-    /// `pong` on both workers (180 s, then panics with the tails of the log and of stdout/stderr).
-    /// Retries with other ports if a chosen one was taken meanwhile.
+    /// `pong` on both workers (180 s, then panics with the tails of the log and of stdout/stderr)
+    /// and, if the hyperscan cache was incomplete, until the rule regexps are compiled (see the
+    /// module doc: ~18 s the first time on a machine, ~0.5 s after). Retries with other ports if
+    /// a chosen one was taken meanwhile.
     pub fn start() -> Rspamd {
         for attempt in 1..=3 {
             match Rspamd::try_start() {
@@ -119,7 +120,7 @@ impl Rspamd {
                 None => user_args.push("-i".into()),
             }
         }
-        chmod(&cache, 0o755);
+        let _ = fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)); // may not be ours
 
         let addr = localhost(free_port());
         let controller = localhost(free_port());
@@ -144,7 +145,10 @@ impl Rspamd {
         args.extend(user_args);
         args.extend(vars.iter().map(|(k, v)| format!("--var={k}={v}")));
         // For a post-mortem (POSTSIFT_KEEP_TEST_DIRS=1): how to start it again by hand.
-        write_file(&dir.join("command"), format!("{RSPAMD_BIN} {}\n", args.join(" ")));
+        write_file(
+            &dir.join("command"),
+            format!("{RSPAMD_BIN} {}\n", args.join(" ")),
+        );
 
         let out = fs::File::create(dir.join("rspamd.out")).expect("create rspamd.out");
         let mut cmd = Command::new(RSPAMD_BIN);
@@ -172,6 +176,15 @@ impl Rspamd {
         let end = Instant::now() + START_TIMEOUT;
         loop {
             if rspamd.ping() && ping(rspamd.controller) {
+                rspamd.wait_for_hyperscan(end);
+                let took = START_TIMEOUT - end.saturating_duration_since(Instant::now());
+                if took > Duration::from_secs(5) {
+                    eprintln!(
+                        "rspamd_peer: rspamd took {:.1} s to start (hyperscan cache {} was empty?)",
+                        took.as_secs_f64(),
+                        cache.display()
+                    );
+                }
                 return Ok(rspamd);
             }
             let exited = rspamd
@@ -194,6 +207,28 @@ impl Rspamd {
                 return Err(msg); // Drop stops what is left and removes the dir
             }
             sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// With a complete cache the main process loads every compiled regexp before it forks the
+    /// workers. Otherwise the `hs_helper` worker compiles what is missing (~5 s) while the workers
+    /// already answer (with PCRE: same results); wait for that too, because a stopping rspamd
+    /// deletes every cache file its main process has not loaded itself ("remove stale hyperscan
+    /// file"): an instance stopped before its compile ended would delete what others compiled,
+    /// and the cache would never become complete. Waits at most 60 s (and not past `end`), then
+    /// goes on with a warning: the instance works anyway.
+    fn wait_for_hyperscan(&self, end: Instant) {
+        let done = |log: &str| {
+            log.contains("full hyperscan database of")
+                // a CPU without SSSE3: no hyperscan at all
+                || log.contains("required for hyperscan, disable it")
+        };
+        let limit = Duration::from_secs(60).min(end.saturating_duration_since(Instant::now()));
+        if !wait_until(limit, || done(&self.log())) {
+            eprintln!(
+                "rspamd_peer: hyperscan regexps still not compiled after {} s; going on",
+                limit.as_secs()
+            );
         }
     }
 
@@ -421,8 +456,12 @@ fn copy_stock_config(from: &Path, to: &Path) {
         let name = name.to_string_lossy();
         let (src, dst) = (e.path(), to.join(&*name));
         match &*name {
-            "rspamd.conf" | "rspamd.conf.local" | "rspamd.conf.local.override"
-            | "rspamd.conf.override" | "local.d" | "override.d" => {}
+            "rspamd.conf"
+            | "rspamd.conf.local"
+            | "rspamd.conf.local.override"
+            | "rspamd.conf.override"
+            | "local.d"
+            | "override.d" => {}
             _ if src.is_dir() => copy_tree(&src, &dst),
             _ => copy_file(&src, &dst),
         }

@@ -150,3 +150,27 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The rspamd shared by all tests (filter-only config, DNS-dependent modules off).
+pub fn rspamd() -> String {
+    static R: OnceLock<crate::rspamd_peer::Rspamd> = OnceLock::new();
+    let r = R.get_or_init(|| {
+        let r = crate::rspamd_peer::Rspamd::start();
+        register(r.pid());
+        r
+    });
+    r.addr.to_string()
+}
+
+/// A config using rspamd as the spam engine.
+pub fn rspamd_config(
+    clamd: Option<&str>,
+    rspamd: &str,
+    reinject: SocketAddr,
+    extra: &str,
+) -> String {
+    config(clamd, None, reinject, extra).replace(
+        "[metrics]\n",
+        &format!("[rspamd]\nendpoints = [\"{rspamd}\"]\ntimeout = 20\n[metrics]\n"),
+    ) + "\n[spam]\nengine = \"rspamd\"\n"
+}
