@@ -15,4 +15,5 @@ mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
+mod prometheus; // every dashboard and alert expression against a real Prometheus
 mod rspamd; // rspamd as the spam engine

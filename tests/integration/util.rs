@@ -135,11 +135,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let mut s = s.expect("metrics endpoint not listening");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
