@@ -214,3 +214,56 @@ async fn mail_queued_while_postsift_is_down_or_failing_arrives_exactly_once() {
     assert_eq!(pf.queue_count(), 0);
     f.stop().await;
 }
+
+/// The same pipeline with an `smtp` feed instead of `lmtp` (content_filter = smtp:…, as some
+/// amavis setups have it): one reply per message, XFORWARD, headers added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_feed_works_like_lmtp() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let filter: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let final_dest = sink.addr;
+    let pf = util::blocking(move || {
+        Postfix::start(PostfixOpts {
+            filter,
+            filter_lmtp: false,
+            final_dest,
+        })
+    })
+    .await;
+    let f = start_filter_on(filter, &config(Some(&clamd), None, pf.reinject_addr(), "")).await;
+    let (replies, code) = send(
+        pf.smtp_addr(),
+        &["bob@example.com", "carol@example.com"],
+        fixture("clean.eml"),
+    )
+    .await;
+    assert_eq!(code, 250, "{replies:?}");
+    let (_, code) = send(
+        pf.smtp_addr(),
+        &["bob@example.com"],
+        fixture("eicar-plain.eml"),
+    )
+    .await;
+    assert_eq!(code, 250);
+    let arrived = sink.wait_for(1).await;
+    let h = arrived[0].headers();
+    assert!(
+        h.contains("X-Virus-Scanned: postsift at test.local") && h.contains("with ESMTP id "),
+        "{h}"
+    );
+    assert_eq!(arrived[0].rcpts.len(), 2);
+    let log_dir = pf.dir.clone();
+    assert!(
+        util::blocking(move || harness::wait_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(log_dir.join("maillog"))
+                .map(|l| l.contains("2.7.0 Ok, discarded"))
+                .unwrap_or(false)
+        }))
+        .await
+    );
+    assert_eq!(sink.count(), 1, "EICAR arrived");
+    f.stop().await;
+}
