@@ -11,14 +11,5 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release --example demo
 
-NS="postsift-demo-$$"
-cleanup() {
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip netns exec "$NS" ip link set lo up
-ip netns exec "$NS" ./target/release/examples/demo
+. scripts/netns.sh
+in_private_netns postsift-demo ./target/release/examples/demo

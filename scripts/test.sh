@@ -11,15 +11,5 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --tests --bins
 
-NS="postsift-test-$$"
-cleanup() {
-  # Whatever a test left running in the namespace goes with it.
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip netns exec "$NS" ip link set lo up
-ip netns exec "$NS" cargo test --offline "$@"
+. scripts/netns.sh
+in_private_netns postsift-test cargo test --offline "$@"
