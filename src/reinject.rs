@@ -240,6 +240,58 @@ impl Reinjector {
         }
     }
 
+    /// Sends the envelope commands and returns each one's reply (Err for 4xx/5xx). With
+    /// PIPELINING they go out in one write and the replies are read back in order (RFC 2920);
+    /// DATA is not part of the group, so a refused recipient never meets a 354 we cannot undo.
+    async fn envelope(
+        &self,
+        p: &mut Pooled,
+        lines: &[String],
+    ) -> Result<Vec<Result<Reply, Reply>>, Failure> {
+        let mut out = Vec::with_capacity(lines.len());
+        if !p.has("PIPELINING") {
+            for line in lines {
+                match self.command(p, Raw(line.clone()), "MAIL/RCPT", true).await {
+                    Ok(r) => out.push(Ok(r)),
+                    Err(f) if f.label == "rejected" => out.push(Err(f.reply)),
+                    Err(f) => return Err(f),
+                }
+            }
+            return Ok(out);
+        }
+        let exchange = async {
+            let first = p.conn.command(Raw(lines.join("\r\n"))).await;
+            let mut results = vec![first];
+            for _ in 1..lines.len() {
+                results.push(p.conn.read_response().await);
+            }
+            results
+        };
+        let results = match tokio::time::timeout(self.command_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Failure {
+                    reply: Reply::new(
+                        450,
+                        "4.4.2",
+                        format!("Timed out during MAIL/RCPT to {}", self.to),
+                    ),
+                    label: "timeout",
+                    retry: false,
+                })
+            }
+        };
+        for r in results {
+            match r {
+                Ok(resp) => out.push(Ok(reply_from_response(&resp))),
+                Err(e) if e.status().is_some() => out.push(Err(reply_from_error(&e))),
+                // Nothing was accepted yet: a fresh connection may do better.
+                Err(e) => return Err(fail_from_lettre(&e, "MAIL/RCPT", true)),
+            }
+        }
+        Ok(out)
+    }
+
     async fn transaction(
         &self,
         mut p: Pooled,
@@ -248,47 +300,50 @@ impl Reinjector {
         msg: &Message,
         all_or_nothing: bool,
     ) -> Result<Outcome, Failure> {
-        for line in env.xforward.commands(&p.xforward) {
-            // XFORWARD only informs; a refusal (no smtpd_authorized_xforward_hosts) is logged.
-            match self.command(&mut p, Raw(line), "XFORWARD", true).await {
-                Ok(_) => {}
-                // A 421 here is an idle connection the server already closed (Postfix says
-                // "421 4.4.2 Error: timeout exceeded"): worth a fresh connection.
-                Err(f) if f.reply.code == 421 => return Err(Failure { retry: true, ..f }),
-                Err(f) if f.label == "rejected" => {
-                    tracing::warn!(reply = %f.reply, "reinjection server refused XFORWARD; check smtpd_authorized_xforward_hosts");
-                }
-                Err(f) => return Err(f),
-            }
-        }
+        let xforward = env.xforward.commands(&p.xforward);
         let body_len = msg.len() - msg.header_end() as u64;
         let total = header_block.len() as u64 + body_len;
         let mail = MailCmd {
             env,
             size: total,
             p: &p,
-        };
-        let mail = mail.to_string();
-        match self.command(&mut p, Raw(mail), "MAIL FROM", true).await {
+        }
+        .to_string();
+        let dsn = p.has("DSN");
+        let mut lines = xforward.clone();
+        lines.push(mail);
+        lines.extend(env.recipients.iter().map(|r| rcpt_cmd(r, dsn)));
+        let mut replies = self.envelope(&mut p, &lines).await?.into_iter();
+
+        for _ in &xforward {
+            match replies.next().expect("one reply per command") {
+                Ok(_) => {}
+                // A 421 here is an idle connection the server already closed (Postfix says
+                // "421 4.4.2 Error: timeout exceeded"): worth a fresh connection.
+                Err(r) if r.code == 421 => return Err(stale(r)),
+                // XFORWARD only informs; a refusal (no smtpd_authorized_xforward_hosts) is logged.
+                Err(r) => {
+                    tracing::warn!(reply = %r, "reinjection server refused XFORWARD; check smtpd_authorized_xforward_hosts")
+                }
+            }
+        }
+        match replies.next().expect("one reply per command") {
             Ok(_) => {}
-            Err(f) if f.reply.code == 421 => return Err(Failure { retry: true, ..f }),
-            Err(f) if f.label == "rejected" => {
+            Err(r) if r.code == 421 => return Err(stale(r)),
+            Err(r) => {
                 let _ = self.command(&mut p, Rset, "RSET", false).await;
-                let outcome = failed_all(env, f);
                 self.put_idle(p);
-                return Ok(outcome);
-            }
-            Err(f) => return Err(f),
-        }
-        let mut rcpt_replies: Vec<Option<Reply>> = Vec::with_capacity(env.recipients.len());
-        for r in &env.recipients {
-            let cmd = rcpt_cmd(r, p.has("DSN"));
-            match self.command(&mut p, Raw(cmd), "RCPT TO", false).await {
-                Ok(_) => rcpt_replies.push(None),
-                Err(f) if f.label == "rejected" => rcpt_replies.push(Some(f.reply)),
-                Err(f) => return Err(f),
+                return Ok(failed_all(
+                    env,
+                    Failure {
+                        reply: r,
+                        label: "rejected",
+                        retry: false,
+                    },
+                ));
             }
         }
+        let rcpt_replies: Vec<Option<Reply>> = replies.map(|r| r.err()).collect();
         let refused = rcpt_replies.iter().filter(|r| r.is_some()).count();
         if refused == env.recipients.len() || (all_or_nothing && refused > 0) {
             let _ = self.command(&mut p, Rset, "RSET", false).await;
@@ -384,6 +439,15 @@ fn bracketed(hostport: &str) -> String {
 
 fn one_line(r: &Reply) -> String {
     format!("{} {}", r.code, r.text.replace('\n', " "))
+}
+
+/// A 421 before anything was accepted: the (pooled) connection had been closed by the server.
+fn stale(reply: Reply) -> Failure {
+    Failure {
+        reply,
+        label: "tempfail",
+        retry: true,
+    }
 }
 
 fn failed_all(env: &Envelope, f: Failure) -> Outcome {
@@ -548,7 +612,8 @@ fn rcpt_cmd(r: &crate::message::Recipient, dsn: bool) -> String {
 /// message after its header section, read from memory and from the spool file in 64 KiB
 /// pieces. A read error is recorded and the guard set, so lettre's final dot is never written.
 struct BodyChunks<'a> {
-    header_block: Option<&'a [u8]>,
+    header_block: &'a [u8],
+    header_pos: usize,
     msg: &'a Message,
     head_pos: usize,
     file: Option<std::fs::File>,
@@ -557,6 +622,10 @@ struct BodyChunks<'a> {
     error: Arc<Mutex<Option<io::Error>>>,
     guard: Arc<AtomicBool>,
 }
+
+/// Each piece handed to lettre becomes one write: fill pieces up to this size from every
+/// source in turn, so a small message goes out in one write (plus lettre's final dot).
+const PIECE: usize = 64 * 1024;
 
 impl<'a> BodyChunks<'a> {
     fn new(
@@ -567,7 +636,8 @@ impl<'a> BodyChunks<'a> {
         guard: Arc<AtomicBool>,
     ) -> Self {
         BodyChunks {
-            header_block: Some(header_block),
+            header_block,
+            header_pos: 0,
             msg,
             head_pos: msg.header_end(),
             file: None,
@@ -583,59 +653,64 @@ impl<'a> BodyChunks<'a> {
         *self.error.lock().unwrap() = Some(e);
         None
     }
+
+    /// Appends up to `room` bytes from the next source with data; Ok(0) only at the end of
+    /// the spool file.
+    fn fill(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        if self.header_pos < self.header_block.len() {
+            let n = room.min(self.header_block.len() - self.header_pos);
+            buf.extend_from_slice(&self.header_block[self.header_pos..self.header_pos + n]);
+            self.header_pos += n;
+            return Ok(n);
+        }
+        let head = self.msg.head();
+        if self.head_pos < head.len() {
+            let n = room.min(head.len() - self.head_pos);
+            buf.extend_from_slice(&head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            return Ok(n);
+        }
+        if !self.file_opened {
+            self.file_opened = true;
+            self.file = self.msg.reopen_tail()?;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(0);
+        };
+        let start = buf.len();
+        buf.resize(start + room, 0);
+        let n = io::Read::read(file, &mut buf[start..])?;
+        buf.truncate(start + n);
+        Ok(n)
+    }
 }
 
 impl Iterator for BodyChunks<'_> {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
-        if self.left == 0 {
+        let want = (PIECE as u64).min(self.left) as usize;
+        if want == 0 {
             return None;
         }
-        if let Some(h) = self.header_block.take() {
-            let n = (h.len() as u64).min(self.left) as usize;
-            self.left -= n as u64;
-            return Some(h[..n].to_vec());
-        }
-        let head = self.msg.head();
-        if self.head_pos < head.len() {
-            let end = (self.head_pos + 64 * 1024).min(head.len());
-            let n = ((end - self.head_pos) as u64).min(self.left) as usize;
-            let piece = head[self.head_pos..self.head_pos + n].to_vec();
-            self.head_pos += n;
-            self.left -= n as u64;
-            return Some(piece);
-        }
-        if !self.file_opened {
-            self.file_opened = true;
-            match self.msg.reopen_tail() {
-                Ok(f) => self.file = f,
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let room = want - buf.len();
+            match self.fill(&mut buf, room) {
+                Ok(0) => {
+                    let left = self.left - buf.len() as u64;
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{left} bytes missing"),
+                    );
+                    return self.fail(e);
+                }
+                Ok(_) => {}
                 Err(e) => return self.fail(e),
             }
         }
-        let Some(file) = self.file.as_mut() else {
-            let left = self.left;
-            return self.fail(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{left} bytes missing"),
-            ));
-        };
-        let mut buf = vec![0u8; (64 * 1024).min(self.left as usize)];
-        match io::Read::read(file, &mut buf) {
-            Ok(0) => {
-                let left = self.left;
-                self.fail(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{left} bytes missing"),
-                ))
-            }
-            Ok(n) => {
-                buf.truncate(n);
-                self.left -= n as u64;
-                Some(buf)
-            }
-            Err(e) => self.fail(e),
-        }
+        self.left -= buf.len() as u64;
+        Some(buf)
     }
 }
 

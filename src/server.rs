@@ -49,6 +49,7 @@ pub async fn serve(
     tracker.spawn(crate::health::probe_loop(shared.clone()));
 
     for listener in listeners {
+        let bound = listener.local_addr()?;
         let shared = shared.clone();
         let limit = limit.clone();
         let sessions = tracker.clone();
@@ -74,7 +75,7 @@ pub async fn serve(
                 }
                 sessions.spawn(async move {
                     match permit {
-                        Ok(_permit) => handle(stream, peer, shared).await,
+                        Ok(_permit) => handle(stream, peer, bound, shared).await,
                         Err(_) => refuse(stream, reply::too_busy()).await,
                     }
                 });
@@ -97,14 +98,20 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// `bound` is the listener's address: the session's local address unless the listener is on a
+/// wildcard address (saves a getsockname per connection).
+async fn handle(stream: TcpStream, peer: SocketAddr, bound: SocketAddr, shared: Arc<Shared>) {
     if !allowed(&shared.config, peer.ip()) {
         tracing::warn!(%peer, "client not in server.allow_networks");
         shared.metrics.replies.with_label_values(&["5xx"]).inc();
         return refuse(stream, reply::access_denied()).await;
     }
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+    let local = if bound.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(bound)
+    } else {
+        bound
+    };
     Session::new(stream, peer, local, shared).run().await;
 }
 

@@ -47,6 +47,8 @@ pub struct Behaviour {
     pub after_data: AfterData,
     /// Don't advertise XFORWARD.
     pub no_xforward: bool,
+    /// Don't advertise PIPELINING.
+    pub no_pipelining: bool,
     /// After each accepted message, answer the next command with 421 and close, as Postfix's
     /// smtpd does when an idle connection times out.
     pub idle_timeout_after_message: bool,
@@ -144,8 +146,13 @@ impl Capture {
                 } else {
                     "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n".into()
                 };
+                let pl = if b.no_pipelining {
+                    ""
+                } else {
+                    "250-PIPELINING\r\n"
+                };
                 let resp = format!(
-                    "250-capture.test\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n{xfl}250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-capture.test\r\n{pl}250-SIZE 104857600\r\n{xfl}250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n"
                 );
                 w.write_all(resp.as_bytes()).await?;
             } else if upper.starts_with("XFORWARD") {

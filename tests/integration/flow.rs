@@ -341,3 +341,34 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     );
     f.stop().await;
 }
+
+/// A next hop without PIPELINING (or without XFORWARD) gets the envelope one command at a time;
+/// results are the same, per recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_hop_without_pipelining_or_xforward() {
+    let sink = Capture::start_with(Behaviour {
+        no_pipelining: true,
+        no_xforward: true,
+        refuse_rcpt: vec![("nobody@".into(), "550 5.1.1 no such user".into())],
+        ..Default::default()
+    })
+    .await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("LHLO t", 250).await;
+    c.expect("XFORWARD ADDR=192.0.2.9", 250).await;
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    c.expect("RCPT TO:<one@example.com>", 250).await;
+    c.expect("RCPT TO:<nobody@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.body(&fixture("clean.eml")).await;
+    let codes = [c.reply().await.code, c.reply().await.code];
+    assert_eq!(codes, [250, 550]);
+    let m = sink.last();
+    assert!(
+        m.xforward.is_empty(),
+        "XFORWARD sent to a server that did not offer it"
+    );
+    assert_eq!(m.rcpts, vec!["RCPT TO:<one@example.com>".to_string()]);
+    f.stop().await;
+}

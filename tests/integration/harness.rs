@@ -82,13 +82,14 @@ pub fn port_open(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-fn localhost(port: u16) -> SocketAddr {
+/// `127.0.0.1:<port>`.
+pub fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The base dir for all peers' temp dirs, world-traversable (0755) so that unprivileged daemon
-/// users can reach their config.
-fn base_dir() -> PathBuf {
+/// users can reach their config: `$POSTSIFT_TEST_TMP` or /tmp/postsift-test, mode 0755.
+pub fn base_dir() -> PathBuf {
     let base = std::env::var_os("POSTSIFT_TEST_TMP")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/postsift-test"));
@@ -98,7 +99,7 @@ fn base_dir() -> PathBuf {
 }
 
 /// A fresh private dir `<base>/<prefix>XXXXXX`, mode 0755 (tempfile makes it 0700).
-fn private_dir(prefix: &str) -> tempfile::TempDir {
+pub fn private_dir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(base_dir())
@@ -107,17 +108,19 @@ fn private_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
-fn chmod(path: &Path, mode: u32) {
+/// chmod, panicking on failure.
+pub fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
 }
 
-fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
+/// fs::write, panicking on failure.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// Drops the TempDir (removing it) unless POSTSIFT_KEEP_TEST_DIRS is set.
-fn finish_dir(tmp: Option<tempfile::TempDir>) {
+pub fn finish_dir(tmp: Option<tempfile::TempDir>) {
     if let Some(tmp) = tmp {
         if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
             eprintln!("harness: keeping {}", tmp.path().display());
@@ -176,8 +179,13 @@ fn processes(pred: impl Fn(u32, u32, u32) -> bool) -> Vec<u32> {
     out
 }
 
+/// Live (not zombie) processes of process group `pgrp`, the leader included.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    processes(|_, _, g| g == pgrp)
+}
+
 /// Sends a signal with kill(1). `target` is a pid, or `-pgid` for a process group.
-fn signal(target: &str, sig: &str) {
+pub fn signal(target: &str, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg("--")
@@ -205,12 +213,16 @@ fn terminate_child(child: &mut Child, grace: Duration) {
 }
 
 /// What a [`Watchdog`] kills.
-enum Watched<'a> {
+pub enum Watched<'a> {
     /// This pid (SIGKILL after 10 s).
     Pid(u32),
     /// The pid in this file, waiting up to 15 s for the file to appear (the daemon may still be
     /// starting); SIGKILL to its process group after 10 s.
     PidFile(&'a Path),
+    /// The process group led by this pid (a child spawned with `process_group(0)`), as long as
+    /// any member is alive, even if the leader is gone: SIGTERM to the leader, SIGKILL to the
+    /// whole group after 10 s.
+    Group(u32),
     /// No process: only remove the dir (after an explicit stop(), until Drop).
     Nothing,
 }
@@ -218,7 +230,7 @@ enum Watched<'a> {
 /// Stops its daemon if the test process dies without running Drop (see module doc), then removes
 /// the daemon's temp dir (unless POSTSIFT_KEEP_TEST_DIRS is set). Dropping the Watchdog (normal
 /// path) kills the watchdog itself first, so it never fires late.
-struct Watchdog {
+pub struct Watchdog {
     child: Child,
     _pipe: Option<ChildStdin>,
 }
@@ -228,17 +240,32 @@ fn sh_quote(p: &Path) -> String {
 }
 
 impl Watchdog {
-    fn spawn(target: Watched, dir: &Path) -> Option<Watchdog> {
-        let (get_pid, gone) = match target {
-            Watched::Pid(pid) => (format!("pid={pid}"), "! alive $pid"),
-            Watched::Nothing => (String::new(), "true"),
+    /// Starts the watchdog of `target` and `dir`; None (with a message) if it cannot.
+    pub fn spawn(target: Watched, dir: &Path) -> Option<Watchdog> {
+        // (how to get $pid, is there something to stop, is it gone, what gets the SIGKILL)
+        let (get_pid, live, gone, kill) = match target {
+            Watched::Pid(pid) => (
+                format!("pid={pid}"),
+                "alive $pid",
+                "! alive $pid",
+                "$pid -$pid",
+            ),
+            Watched::Nothing => (String::new(), "false", "true", ""),
             Watched::PidFile(f) => (
                 format!(
                     "i=0; while [ ! -s {f} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; \
                      pid=$(cat {f} 2>/dev/null | tr -d ' ')",
                     f = sh_quote(f)
                 ),
+                "alive $pid",
                 "! group_alive $pid",
+                "$pid -$pid",
+            ),
+            Watched::Group(pid) => (
+                format!("pid={pid}"),
+                "group_alive $pid",
+                "! group_alive $pid",
+                "-$pid",
             ),
         };
         let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
@@ -253,10 +280,10 @@ impl Watchdog {
 alive() {{ s=$(sed 's/^.*) //' /proc/$1/stat 2>/dev/null | cut -c1); [ -n \"$s\" ] && [ \"$s\" != Z ]; }}
 group_alive() {{ ps -e -o pgid=,stat= | awk -v g=$1 '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}
 {get_pid}
-if [ -n \"$pid\" ] && alive $pid; then
+if [ -n \"$pid\" ] && {live}; then
   kill -TERM $pid
   i=0; until {gone} || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  {gone} || kill -KILL -- $pid -$pid
+  {gone} || kill -KILL -- {kill}
   i=0; until {gone} || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done
 fi
 {rm}
@@ -1066,7 +1093,7 @@ postsift-smtp unix -    -       n       -       20      smtp
             return;
         }
         signal(&pid.to_string(), "TERM");
-        let group_gone = || !pid_alive(pid) && processes(|_, _, pgrp| pgrp == pid).is_empty();
+        let group_gone = || !pid_alive(pid) && group_members(pid).is_empty();
         if !wait_until(Duration::from_secs(10), group_gone) {
             signal(&format!("-{pid}"), "KILL");
             wait_until(Duration::from_secs(5), group_gone);

@@ -1,9 +1,9 @@
 //! A private rspamd (Debian's /usr/bin/rspamd, 3.4) for integration tests: its own config, database,
 //! run and log dirs in a temp dir under `/tmp/postsift-test/`, a normal worker (HTTP `/checkv2`,
 //! `/ping`) and a controller on 127.0.0.1 free ports, stopped by its PID when dropped. Same
-//! conventions as `harness.rs` (root, loopback-only network namespace, `POSTSIFT_TEST_TMP`,
-//! `POSTSIFT_KEEP_TEST_DIRS`, a watchdog that stops the daemon if the test process dies without
-//! running `Drop`).
+//! conventions as `harness.rs`, whose helpers it uses (root, loopback-only network namespace,
+//! `POSTSIFT_TEST_TMP`, `POSTSIFT_KEEP_TEST_DIRS`, the harness's watchdog, which stops rspamd's
+//! whole process group if the test process dies without running `Drop`).
 //!
 //! Config: `<dir>/etc` is a fresh copy of /etc/rspamd (so every stock rule loads), without the
 //! site-local files (`local.d/`, `override.d/`, `rspamd.conf.local*`, `rspamd.conf.override`) and
@@ -26,14 +26,17 @@
 //! Uses std only (plus `tempfile`); signals are sent with kill(1), process groups read with ps(1).
 #![allow(dead_code)]
 
-use crate::harness::{fixtures, free_port, port_open, tail, wait_until};
+use crate::harness::{
+    base_dir, chmod, finish_dir, fixtures, free_port, group_members, localhost, port_open,
+    private_dir, signal, tail, wait_until, write_file, Watchdog, Watched,
+};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -81,16 +84,11 @@ impl Rspamd {
     }
 
     fn try_start() -> Result<Rspamd, String> {
-        let base = base_dir();
-        let cache = base.join("rspamd-cache");
+        let cache = base_dir().join("rspamd-cache");
         fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
 
-        let tmp = tempfile::Builder::new()
-            .prefix("rspamd-")
-            .tempdir_in(&base)
-            .expect("create temp dir");
+        let tmp = private_dir("rspamd-");
         let dir = tmp.path().to_path_buf();
-        chmod(&dir, 0o755);
         let etc = dir.join("etc");
         copy_stock_config(Path::new("/etc/rspamd"), &etc);
         let fix = fixtures().join("rspamd");
@@ -163,7 +161,7 @@ impl Rspamd {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {RSPAMD_BIN}: {e} (is rspamd installed?)"));
         write_file(&dir.join("rspamd.pid"), format!("{}\n", child.id()));
-        let watchdog = Watchdog::spawn(child.id(), &dir);
+        let watchdog = Watchdog::spawn(Watched::Group(child.id()), &dir);
         let mut rspamd = Rspamd {
             addr,
             controller,
@@ -255,7 +253,7 @@ impl Rspamd {
     pub fn stop(&mut self) {
         self.halt();
         if self.watchdog.is_none() && self.tmp.is_some() {
-            self.watchdog = Watchdog::spawn(0, &self.dir);
+            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
         }
     }
 
@@ -289,12 +287,7 @@ impl Rspamd {
 impl Drop for Rspamd {
     fn drop(&mut self) {
         self.halt();
-        if let Some(tmp) = self.tmp.take() {
-            if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
-                eprintln!("rspamd_peer: keeping {}", tmp.path().display());
-                std::mem::forget(tmp);
-            }
-        }
+        finish_dir(self.tmp.take());
     }
 }
 
@@ -397,30 +390,7 @@ pub fn ping(addr: SocketAddr) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// helpers (the harness's own are private)
-
-fn localhost(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// `$POSTSIFT_TEST_TMP` or /tmp/postsift-test, mode 0755 (as in harness.rs).
-fn base_dir() -> PathBuf {
-    let base = std::env::var_os("POSTSIFT_TEST_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/postsift-test"));
-    fs::create_dir_all(&base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
-    chmod(&base, 0o755);
-    base
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
-}
-
-fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
+// helpers (rspamd's own; the generic ones are the harness's)
 
 fn copy_file(from: &Path, to: &Path) {
     fs::copy(from, to)
@@ -479,96 +449,4 @@ fn user_ids(user: &str) -> Option<(u32, u32)> {
     let line = passwd.lines().find(|l| l.split(':').next() == Some(user))?;
     let f: Vec<&str> = line.split(':').collect();
     Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-}
-
-/// (state, pgrp) of a process from /proc/<pid>/stat.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let _ppid = f.next()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Live (not zombie: this sandbox's PID 1 does not reap orphans) processes of process group
-/// `pgrp`, the leader included.
-pub fn group_members(pgrp: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if let Some((s, g)) = proc_stat(pid) {
-                    if s != 'Z' && s != 'X' && g == pgrp {
-                        out.push(pid);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Sends a signal with kill(1). `target` is a pid, or `-pgid` for a process group.
-fn signal(target: &str, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg("--")
-        .arg(target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Stops rspamd (its whole process group) if the test process ends without running Drop, then
-/// removes the temp dir (unless POSTSIFT_KEEP_TEST_DIRS is set): a `setsid sh` that waits for EOF
-/// on a pipe whose write end only the test process holds (as harness.rs's watchdog). `pid` 0:
-/// only remove the dir. Dropping it (the normal path) kills the watchdog first.
-struct Watchdog {
-    child: Child,
-    _pipe: Option<ChildStdin>,
-}
-
-impl Watchdog {
-    fn spawn(pid: u32, dir: &Path) -> Option<Watchdog> {
-        let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
-            String::new()
-        } else {
-            let d = format!("'{}'", dir.display().to_string().replace('\'', "'\\''"));
-            format!("for i in 1 2 3 4 5; do rm -rf {d}; [ -e {d} ] || break; sleep 1; done")
-        };
-        let script = format!(
-            "read _unused
-pid={pid}
-group_alive() {{ ps -e -o pgid=,stat= | awk -v g=$1 '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}
-if [ $pid -gt 0 ] && group_alive $pid; then
-  kill -TERM $pid
-  i=0; while group_alive $pid && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  kill -KILL -- -$pid 2>/dev/null
-  i=0; while group_alive $pid && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-fi
-{rm}
-"
-        );
-        let mut child = Command::new("setsid")
-            .arg("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| eprintln!("rspamd_peer: no watchdog ({e})"))
-            .ok()?;
-        let pipe = child.stdin.take();
-        Some(Watchdog { child, _pipe: pipe })
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
