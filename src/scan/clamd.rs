@@ -99,8 +99,9 @@ pub struct ClamdClient {
     timeout: Duration,
 }
 
-/// Chunks of at most this size go to clamd; bigger chunks mean fewer system calls.
-const CHUNK: usize = 256 * 1024;
+/// Chunks of at most this size go to clamd: big enough to keep system calls few, small enough
+/// that 64 sessions streaming big messages at once stay within a few MiB of buffers.
+const CHUNK: usize = 64 * 1024;
 
 impl ClamdClient {
     pub fn new(endpoints: &[String], connect_timeout: Duration, timeout: Duration) -> Self {
