@@ -86,7 +86,7 @@ pub async fn serve(
     shutdown.cancelled().await;
     tracker.close();
     tracing::info!(
-        in_flight = tracker.len(),
+        tasks = tracker.len(),
         "shutting down: draining sessions"
     );
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
