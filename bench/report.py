@@ -14,7 +14,8 @@ import statistics
 import sys
 
 FILTER_ORDER = {"ceiling": 0, "postsift": 1, "amavisd": 2}
-MODE_ORDER = {"-": 0, "noscan": 1, "clamd": 2, "clamd+spamd": 3}
+FOREIGN_FLAG = 10  # % of the machine's CPU used by others during a cell: flagged
+MODE_ORDER = {"-": 0, "noscan": 1, "clamd": 2, "clamd+spamd": 3, "clamd+rspamd": 4}
 
 
 def fnum(x):
@@ -81,21 +82,21 @@ def summarize(key, runs):
     src = [r for r in runs if r["tool"] == "smtp-source"]
     lg = [r for r in runs if r["tool"] == "loadgen"]
     mps = [fnum(r["mps"]) for r in src]
-    lost = dup = 0
-    sent = 0
+    # smtp-source can't tell a refused message from one lost after a 2xx: both are "missing".
+    # loadgen knows which messages got a 2xx: the sink must have exactly those.
+    missing = refused = lost = dup = sent = 0
     for r in runs:
         n = int(r["msgs"])
         sink = int(r["sink"] or 0)
-        ok = int(r["ok"]) if r["ok"] not in ("", None) else n
         sent += n
-        if sink < ok:
-            lost += ok - sink
-        if sink > ok:
-            dup += sink - ok
-        if ok < n:
-            lost += 0  # refused messages are reported separately
-    refused = sum(int(r["msgs"]) - int(r["ok"]) for r in lg if r["ok"] not in ("", None))
-    refused += sum(max(0, int(r["msgs"]) - int(r["sink"] or 0)) for r in src)
+        if r["tool"] == "smtp-source":
+            missing += max(0, n - sink)
+            dup += max(0, sink - n)
+        else:
+            ok = int(r["ok"] or 0)
+            refused += n - ok
+            lost += max(0, ok - sink)
+            dup += max(0, sink - ok)
     rss = [fnum(r["rss_kb"]) for r in runs]
     d = {
         "filter": key[0],
@@ -119,7 +120,13 @@ def summarize(key, runs):
         "nprocs": max([int(fnum(r["nprocs"]) or 0) for r in runs], default=0),
         "clamd_kb": max([fnum(r["clamd_rss_kb"]) or 0 for r in runs], default=None),
         "spamd_kb": max([fnum(r["spamd_rss_kb"]) or 0 for r in runs], default=None),
+        "cpu_ms": median([fnum(r.get("cpu_filter_ms")) for r in src]),
+        "cpu_clamd_ms": median([fnum(r.get("cpu_clamd_ms")) for r in src]),
+        "cpu_spamd_ms": median([fnum(r.get("cpu_spamd_ms")) for r in src]),
+        "foreign_pct": median([fnum(r.get("foreign_cpu_pct")) for r in runs]),
+        "foreign_max": max([fnum(r.get("foreign_cpu_pct")) or 0 for r in runs], default=None),
         "sent": sent,
+        "missing": missing,
         "sink_lost": lost,
         "sink_dup": dup,
         "refused": refused,
@@ -127,10 +134,11 @@ def summarize(key, runs):
     }
     if sent == 0:
         d["once"] = "–"
-    elif lost == 0 and dup == 0 and refused == 0:
+    elif missing == lost == dup == refused == 0:
         d["once"] = f"yes ({sent}/{sent})"
     else:
-        d["once"] = f"NO: {refused} refused/failed, {lost} lost, {dup} duplicated of {sent}"
+        d["once"] = (f"NO, of {sent}: smtp-source {missing} missing at the sink; loadgen {refused} "
+                     f"not accepted, {lost} accepted but lost; {dup} duplicated")
     return d
 
 
@@ -198,6 +206,7 @@ def main():
     grid_rows = [r for r in rows if r["filter"] in FILTER_ORDER]
     sweep_rows = [r for r in rows if r["filter"] == "amavisd-sweep"]
     mem_rows = [r for r in rows if r["filter"].endswith("-mem")]
+    info_rows = [r for r in rows if r["filter"] == "postsift-info"]
     C = {k: summarize(k, v) for k, v in cells(grid_rows).items()}
     ordered = sorted(C.values(), key=lambda d: (MODE_ORDER.get(d["mode"], 9), d["size"], d["conc"],
                                                 FILTER_ORDER[d["filter"]]))
@@ -220,7 +229,7 @@ def main():
     w("|---|---|")
     for p, label in [("postfix", "postfix (smtp-source, smtp-sink)"), ("amavisd-new", "amavisd-new"),
                      ("clamav-daemon", "clamav-daemon"), ("libclamav12", "libclamav12"),
-                     ("spamassassin", "spamassassin"), ("spamd", "spamd"), ("perl", "perl"),
+                     ("spamassassin", "spamassassin"), ("spamd", "spamd"), ("rspamd", "rspamd"), ("perl", "perl"),
                      ("libnet-server-perl", "libnet-server-perl")]:
         w(f"| {label} | {meta.get('pkg_' + p, '?') or '–'} |")
     w(f"| amavisd -V | {meta.get('amavisd_version', '?')} |")
@@ -241,10 +250,13 @@ def main():
     w("")
     w("msgs/s = median of the smtp-source runs (end to end: until smtp-sink counted every message). "
       "p99 = 99th percentile of per-message latency from `bench/loadgen` (connect → reply to the final dot). "
-      "RSS = peak of the filter (amavisd: master + children, summed).")
+      "RSS = peak of the filter (amavisd: master + children, summed; with SpamAssassin that includes SA, "
+      "which postsift has in spamd: its peak, parent + children, is shown as + spamd). CPU ms/msg = user + system "
+      "CPU time of the filter's processes during the smtp-source runs / messages (median of the runs); "
+      "clamd's share is in the detail table.")
     w("")
-    w("| mode | size | conc | ceiling msgs/s | postsift msgs/s | amavisd msgs/s | postsift / amavisd | postsift % of ceiling | postsift p99 ms | amavisd p99 ms | postsift RSS MiB | amavisd RSS MiB (procs) |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| mode | size | conc | ceiling msgs/s | postsift msgs/s | amavisd msgs/s | postsift / amavisd | postsift % of ceiling | postsift p99 ms | amavisd p99 ms | postsift CPU ms/msg | amavisd CPU ms/msg | postsift RSS MiB | amavisd RSS MiB (procs) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     seen = set()
     for d in ordered:
         if d["filter"] == "ceiling":
@@ -257,12 +269,19 @@ def main():
         ps = get("postsift", *k)
         am = get("amavisd", *k)
         ratio = (ps["mps"] / am["mps"]) if ps and am and ps["mps"] and am["mps"] else None
+        flag = lambda c: " †" if c and (c.get("foreign_pct") or 0) >= FOREIGN_FLAG else ""
         ofc = (100 * ps["mps"] / ce["mps"]) if ps and ce and ps["mps"] and ce["mps"] else None
-        w(f"| {d['mode']} | {size_label(d['size'])} | {d['conc']} | {fmt(ce and ce['mps'], 0)} | "
-          f"{fmt(ps and ps['mps'])} | {fmt(am and am['mps'])} | {fmt(ratio, 2) + '×' if ratio else '–'} | "
+        w(f"| {d['mode']} | {size_label(d['size'])} | {d['conc']} | {fmt(ce and ce['mps'], 0)}{flag(ce)} | "
+          f"{fmt(ps and ps['mps'])}{flag(ps)} | {fmt(am and am['mps'])}{flag(am)} | {fmt(ratio, 2) + '×' if ratio else '–'} | "
           f"{fmt(ofc) + ' %' if ofc else '–'} | {fmt(ps and ps['lg_p99_ms'])} | {fmt(am and am['lg_p99_ms'])} | "
-          f"{fmt(mib(ps and ps['rss_kb']))} | "
+          f"{fmt(ps and ps['cpu_ms'], 2)}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(ps['cpu_spamd_ms'], 1)) if ps and 'spamd' in d['mode'] and ps['cpu_spamd_ms'] else ''} | "
+          f"{fmt(am and am['cpu_ms'], 2)} | "
+          f"{fmt(mib(ps and ps['rss_kb']))}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(mib(ps['spamd_kb']), 0)) if ps and 'spamd' in d['mode'] and ps['spamd_kb'] else ''} | "
           f"{fmt(mib(am and am['rss_kb']))}{(' (' + str(am['nprocs']) + ')') if am else ''} |")
+    w("")
+    w(f"† median CPU share taken by work outside the benchmark (other processes on the machine, and "
+      f"hypervisor steal) was ≥ {FOREIGN_FLAG} % during that cell's runs: treat it with caution "
+      f"(column 'other work %' in the detail table).")
     w("")
 
     # --- target ratios
@@ -282,7 +301,19 @@ def main():
                 if p and m and p["mps"] and m["mps"]:
                     TR.append((f"postsift {mode} / amavisd {mode} ({size_label(size)}, conc {conc})",
                                f"{p['mps'] / m['mps']:.2f}× ({fmt(p['mps'])} vs {fmt(m['mps'])} msgs/s)"))
-    AL = [x for x in (added_latency(a.work, m) for m in ("noscan", "clamd", "clamd+spamd")) if x]
+    # rspamd: against amavisd with SpamAssassin (target ≥ 20×) and postsift without scanning (≤ 2×).
+    for size in (4096, 65536):
+        for conc in (16, 1):
+            p = get("postsift", "clamd+rspamd", size, conc)
+            m = get("amavisd", "clamd+spamd", size, conc)
+            n = get("postsift", "noscan", size, conc)
+            if p and m and p["mps"] and m["mps"]:
+                TR.append((f"postsift clamd+rspamd / amavisd clamd+spamd ({size_label(size)}, conc {conc})",
+                           f"{p['mps'] / m['mps']:.1f}× ({fmt(p['mps'])} vs {fmt(m['mps'])} msgs/s)"))
+            if p and n and p["mps"] and n["mps"]:
+                TR.append((f"postsift noscan / postsift clamd+rspamd ({size_label(size)}, conc {conc})",
+                           f"{n['mps'] / p['mps']:.2f}× ({fmt(n['mps'])} vs {fmt(p['mps'])} msgs/s)"))
+    AL = [x for x in (added_latency(a.work, m) for m in ("noscan", "clamd", "clamd+spamd", "clamd+rspamd")) if x]
     for x in AL:
         if x["mode"] == "clamd+spamd" and x["n"]:
             TR.append((f"postsift's own added latency, p99 at {meta.get('knob_ADDED_CONC', '16')} sessions "
@@ -332,43 +363,45 @@ def main():
         w("## Memory under large messages (clamd only)")
         w("")
         idle = {n[1]: n[2] for n in notes if n and n[0] == "idle"}
-        w("| filter | load | delivered | wall s | peak RSS MiB (sum) | largest process MiB | procs | idle RSS MiB | clamd peak MiB | notes |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        w("| filter | load | delivered | wall s | peak RSS MiB (sum) | largest process MiB | procs | idle RSS MiB | clamd peak MiB | CPU ms/msg filter / clamd | other work % | notes |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in mem_rows:
             f = r["filter"].replace("-mem", "")
             idle_kb = fnum((idle.get(f, "0 0 0 0 0").split() or ["0"])[0])
             w(f"| {f} ({r['setting'].split(';', 1)[1] if ';' in r['setting'] else 'max_sessions=64'}) | "
               f"{r['conc']} session(s) × {size_label(r['size'])} | {r['ok']}/{r['msgs']} (sink {r['sink']}) | "
               f"{fmt(fnum(r['wall_s']))} | {fmt(mib(fnum(r['rss_kb'])))} | {fmt(mib(fnum(r['rss_proc_kb'])))} | "
-              f"{r['nprocs']} | {fmt(mib(idle_kb))} | {fmt(mib(fnum(r['clamd_rss_kb'])))} | {r['note']} |")
+              f"{r['nprocs']} | {fmt(mib(idle_kb))} | {fmt(mib(fnum(r['clamd_rss_kb'])))} | "
+              f"{fmt(fnum(r.get('cpu_filter_ms')), 0)} / {fmt(fnum(r.get('cpu_clamd_ms')), 0)} | {fmt(fnum(r.get('foreign_cpu_pct')), 0)} | {r['note']} |")
         w("")
 
     # --- amavis sweep
     if sweep_rows:
         w("## amavisd `$max_servers` sweep")
         w("")
-        w("| mode | max_servers | size | conc | msgs/s (median) | runs | peak RSS MiB (procs) |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
+        w("| mode | max_servers | size | conc | msgs/s (median) | runs | peak RSS MiB (procs) | other work % |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
         for k, v in sorted(cells(sweep_rows).items(), key=lambda kv: (MODE_ORDER.get(kv[0][1], 9), kv[0][2])):
             d = summarize(k, v)
             chosen = " ← used" if best_ms.get(k[1]) == k[2].split("=")[1] else ""
             w(f"| {k[1]} | {k[2].split('=')[1]}{chosen} | {size_label(k[3])} | {k[4]} | {fmt(d['mps'])} | "
-              f"{d['runs']}×{d['msgs']} | {fmt(mib(d['rss_kb']))} ({d['nprocs']}) |")
+              f"{d['runs']}×{d['msgs']} | {fmt(mib(d['rss_kb']))} ({d['nprocs']}) | {fmt(d['foreign_pct'], 0)} |")
         w("")
 
     # --- details
     w("## All cells")
     w("")
     w("| filter | mode | setting | size | conc | runs × msgs | msgs/s median (min–max) | mean latency ms (Little) | "
-      "loadgen msgs/s | loadgen mean / p50 / p99 / max ms | peak RSS MiB (largest proc, procs) | clamd / spamd MiB | exactly once |")
-    w("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+      "loadgen msgs/s | loadgen mean / p50 / p99 / max ms | CPU ms/msg filter / clamd / spamd | peak RSS MiB (largest proc, procs) | clamd / spamd MiB | other work % (max) | exactly once |")
+    w("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for d in ordered:
         w(f"| {d['filter']} | {d['mode']} | {d['setting']} | {size_label(d['size'])} | {d['conc']} | "
           f"{d['runs']}×{d['msgs']} | {fmt(d['mps'])} ({fmt(d['mps_min'])}–{fmt(d['mps_max'])}) | "
           f"{fmt(d['lat_little_ms'], 2)} | {fmt(d['lg_mps'])} | {fmt(d['lg_mean_ms'], 2)} / {fmt(d['lg_p50_ms'], 2)} / "
           f"{fmt(d['lg_p99_ms'], 2)} / {fmt(d['lg_max_ms'], 2)} | "
+          f"{fmt(d['cpu_ms'], 2)} / {fmt(d['cpu_clamd_ms'], 2)} / {fmt(d['cpu_spamd_ms'], 1)} | "
           f"{fmt(mib(d['rss_kb']))} ({fmt(mib(d['rss_proc_kb']))}, {d['nprocs']}) | "
-          f"{fmt(mib(d['clamd_kb']))} / {fmt(mib(d['spamd_kb']))} | {d['once']} |")
+          f"{fmt(mib(d['clamd_kb']))} / {fmt(mib(d['spamd_kb']))} | {fmt(d['foreign_pct'], 0)} ({fmt(d['foreign_max'], 0)}) | {d['once']} |")
     w("")
     probs = [d for d in ordered if d["notes"]]
     if probs:
@@ -395,7 +428,7 @@ def main():
         f.write(md)
     cols = ["filter", "mode", "setting", "size", "conc", "runs", "msgs", "mps", "mps_min", "mps_max",
             "lat_little_ms", "lg_mps", "lg_mean_ms", "lg_p50_ms", "lg_p99_ms", "lg_max_ms", "rss_kb",
-            "rss_proc_kb", "nprocs", "clamd_kb", "spamd_kb", "sent", "refused", "sink_lost", "sink_dup", "once"]
+            "rss_proc_kb", "nprocs", "clamd_kb", "spamd_kb", "cpu_ms", "cpu_clamd_ms", "cpu_spamd_ms", "foreign_pct", "sent", "missing", "refused", "sink_lost", "sink_dup", "once"]
     with open(os.path.join(a.out, f"{a.ts}.csv"), "w", newline="") as f:
         cw = csv.writer(f)
         cw.writerow(["postsift_rev", "nproc"] + cols)
@@ -403,7 +436,7 @@ def main():
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
         # the amavisd sweep and the memory runs, same columns
-        for k, v in sorted(cells(sweep_rows + mem_rows).items()):
+        for k, v in sorted(cells(sweep_rows + info_rows + mem_rows).items()):
             d = summarize(k, v)
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
