@@ -85,10 +85,7 @@ pub async fn serve(
 
     shutdown.cancelled().await;
     tracker.close();
-    tracing::info!(
-        tasks = tracker.len(),
-        "shutting down: draining sessions"
-    );
+    tracing::info!(tasks = tracker.len(), "shutting down: draining sessions");
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             left = tracker.len(),
