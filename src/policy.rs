@@ -46,6 +46,8 @@ pub struct Decision {
     pub disposition: Disposition,
     /// The spam result that the headers report, if spam was checked.
     pub spam: Option<SpamResult>,
+    /// For a tempfail, what caused it (a metric label): "clamd", "spamd", "rspamd" or "greylist".
+    pub tempfail_reason: Option<&'static str>,
 }
 
 pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
@@ -57,6 +59,11 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
         category,
         disposition,
         spam: spam.clone(),
+        tempfail_reason: None,
+    };
+    let tempfail = |reason: &'static str, category: Category, disposition| Decision {
+        tempfail_reason: Some(reason),
+        ..decision(category, disposition)
     };
 
     if let VirusScan::Infected(names) = &report.virus {
@@ -79,7 +86,8 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
 
     if let VirusScan::Failed { reason, .. } = &report.virus {
         if config.clamd.on_failure == OnFailure::Tempfail {
-            return decision(
+            return tempfail(
+                "clamd",
                 Category::Unchecked,
                 Disposition::Tempfail(Reply::new(
                     451,
@@ -94,7 +102,8 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
     }
     if let SpamScan::Failed { reason, .. } = &report.spam {
         if spam_on_failure(config) == OnFailure::Tempfail {
-            return decision(
+            return tempfail(
+                spam_engine(config),
                 Category::Clean,
                 Disposition::Tempfail(Reply::new(
                     451,
@@ -114,7 +123,8 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
     if let Some(s) = &spam {
         let level = spam_level(config, s);
         if level == SpamLevel::Greylist {
-            return decision(
+            return tempfail(
+                "greylist",
                 Category::Clean,
                 Disposition::Tempfail(Reply::new(
                     451,
@@ -176,6 +186,14 @@ pub fn spam_level(config: &Config, s: &SpamResult) -> SpamLevel {
         SpamLevel::Flagged
     } else {
         SpamLevel::Clean
+    }
+}
+
+/// The spam engine in use, as a metric label.
+fn spam_engine(config: &Config) -> &'static str {
+    match config.spam.engine {
+        crate::config::SpamEngine::Spamd => "spamd",
+        crate::config::SpamEngine::Rspamd => "rspamd",
     }
 }
 

@@ -256,6 +256,7 @@ mod tests {
                 rules: rules.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
                 action: None,
             }),
+            tempfail_reason: None,
         }
     }
 

@@ -527,14 +527,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .observe(reinject_time.as_secs_f64());
         }
         if let Disposition::Tempfail(r) = &decision.disposition {
-            let clamd_failed = matches!(report.virus, crate::scan::VirusScan::Failed { .. })
-                && cfg.clamd.on_failure == crate::config::OnFailure::Tempfail;
-            let reason = match (&report.spam, shared.scanners.spam()) {
-                _ if clamd_failed => "clamd",
-                (crate::scan::SpamScan::Failed { .. }, Some(engine)) => engine.name(),
-                _ => "greylist",
-            };
-            m.tempfails.with_label_values(&[reason]).inc();
+            m.tempfails
+                .with_label_values(&[decision.tempfail_reason.unwrap_or("clamd")])
+                .inc();
             tracing::debug!(%id, reply = %r, "tempfail");
         }
         let action = match &decision.disposition {
