@@ -18,19 +18,22 @@ async fn silent_tcp() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(swallow(s));
         }
     });
     addr
+}
+
+/// Reads everything the peer sends and never answers.
+async fn swallow(mut s: impl tokio::io::AsyncRead + Unpin) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3600)).await;
 }
 
 /// A Unix-socket peer that accepts, reads everything, and never answers.
@@ -38,16 +41,8 @@ fn silent_unix(dir: &std::path::Path) -> String {
     let path = dir.join("silent.sock");
     let l = UnixListener::bind(&path).unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(swallow(s));
         }
     });
     path.display().to_string()
