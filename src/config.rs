@@ -63,10 +63,25 @@ pub struct Server {
     pub max_recipients: usize,
     /// Bytes of a message held in memory; the rest spools to a temp file. Default 262144.
     pub spool_threshold: usize,
+    /// Largest header section, in bytes, held (whole, in memory) and checked for forged
+    /// headers; a message with a larger one is refused with `552 5.3.4`. Default 1048576.
+    pub max_header_size: usize,
     /// Directory for spooled messages. Default: `$TMPDIR` or `/tmp`.
     pub spool_dir: Option<PathBuf>,
-    /// Seconds to wait for a command or a chunk of DATA. Default 300.
+    /// Seconds a whole command may take, counted from when postsift starts waiting for it
+    /// (a client that sends a byte at a time gets no more), and the base time for a DATA
+    /// body. Default 300.
     pub read_timeout: u64,
+    /// Bytes per second a DATA body must average: the body's deadline is `read_timeout` plus
+    /// one second per `min_data_rate` bytes received, so a stuck or dribbling client frees its
+    /// slot (`421 4.4.2`). 0 switches the rate off (then `read_timeout` limits each read).
+    /// Default 8192 (the only client is the local Postfix; its smtpd's own default for
+    /// Internet clients is 500).
+    pub min_data_rate: u64,
+    /// Commands that move no mail forward (NOOP, RSET, HELP, VRFY, EXPN, HELO/EHLO/LHLO, RCPT
+    /// beyond `max_recipients`) between two messages before `421 4.7.0`, like Postfix's
+    /// `smtpd_junk_command_limit`. Default 100.
+    pub max_junk_commands: u32,
     /// Seconds a write to the client may take. Default 300.
     pub write_timeout: u64,
     /// Protocol errors in one session before `421` and close. Default 20.
@@ -85,8 +100,11 @@ impl Default for Server {
             max_message_size: 52_428_800,
             max_recipients: 1000,
             spool_threshold: 262_144,
+            max_header_size: 1_048_576,
             spool_dir: None,
             read_timeout: 300,
+            min_data_rate: 8192,
+            max_junk_commands: 100,
             write_timeout: 300,
             max_errors: 20,
             shutdown_grace: 120,

@@ -40,6 +40,9 @@ pub struct Recipient {
 }
 
 /// Collects message bytes as they arrive: in memory up to `threshold`, then in a temp file.
+/// The header section is the exception: it stays in memory whole, up to `max_header` bytes,
+/// because it is what postsift rewrites and every forged header in it must be seen; a larger
+/// one is flagged ([`Message::header_too_big`]) and the message refused.
 /// The file is written with plain blocking writes through a 64 KiB buffer: they land in the page
 /// cache and return in microseconds, which costs far fewer system calls than tokio::fs's
 /// thread hand-off per write.
@@ -48,16 +51,22 @@ pub struct Spool {
     file: Option<BufWriter<File>>,
     len: u64,
     threshold: usize,
+    max_header: usize,
+    scan: HeaderScan,
+    header_too_big: bool,
     dir: std::path::PathBuf,
 }
 
 impl Spool {
-    pub fn new(threshold: usize, dir: &Path) -> Spool {
+    pub fn new(threshold: usize, max_header: usize, dir: &Path) -> Spool {
         Spool {
             head: Vec::with_capacity(threshold.min(16 * 1024)),
             file: None,
             len: 0,
             threshold,
+            max_header,
+            scan: HeaderScan::new(),
+            header_too_big: false,
             dir: dir.to_owned(),
         }
     }
@@ -70,10 +79,31 @@ impl Spool {
         self.len == 0
     }
 
+    /// Bytes held in memory.
+    pub fn memory(&self) -> usize {
+        self.head.len()
+    }
+
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let offset = self.len;
         self.len += data.len() as u64;
+        self.scan.feed(data, offset);
         if self.file.is_none() {
-            let room = self.threshold - self.head.len();
+            // While the header section goes on, memory holds it (up to max_header); after
+            // it, memory holds up to the threshold or the header section's end.
+            let in_headers = match self.scan.end() {
+                None => self.max_header,
+                Some(end) => usize::try_from(end)
+                    .unwrap_or(usize::MAX)
+                    .min(self.max_header),
+            };
+            let limit = self.threshold.max(in_headers);
+            if self.scan.end().is_none_or(|e| e > self.max_header as u64)
+                && self.len > self.max_header as u64
+            {
+                self.header_too_big = true;
+            }
+            let room = limit.saturating_sub(self.head.len());
             let n = room.min(data.len());
             self.head.extend_from_slice(&data[..n]);
             data = &data[n..];
@@ -97,14 +127,111 @@ impl Spool {
             None => None,
         };
         let head = Bytes::from(self.head);
-        let header_end = find_header_end(&head, tail.is_some());
+        let header_too_big =
+            self.header_too_big || self.scan.end().is_none() && self.len > head.len() as u64;
+        let header_end = if header_too_big {
+            0
+        } else {
+            // No line that ends the header section: the whole message is header fields.
+            self.scan.end().map_or(head.len(), |e| e as usize)
+        };
         Ok(Message {
             head,
             tail,
             len: self.len,
             header_end,
+            header_too_big,
+            separated: self.scan.end().is_none() || self.scan.blank,
         })
     }
+}
+
+/// Finds the end of the header section as the bytes stream past, in constant memory: the
+/// start of the first line that is neither a header field (`name WSP* ":"`, RFC 5322 with its
+/// obsolete whitespace before the colon, which mail clients and Postfix accept) nor a
+/// continuation of one. Normally that is the blank line before the body.
+#[derive(Debug, Clone, Copy)]
+struct HeaderScan {
+    st: Scan,
+    line_start: u64,
+    end: Option<u64>,
+    /// The line that ended the header section is blank (the normal separator).
+    blank: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    LineStart { after_field: bool },
+    Name,
+    Space,
+    Value,
+}
+
+impl HeaderScan {
+    fn new() -> HeaderScan {
+        HeaderScan {
+            st: Scan::LineStart { after_field: false },
+            line_start: 0,
+            end: None,
+            blank: false,
+        }
+    }
+
+    fn end(&self) -> Option<u64> {
+        self.end
+    }
+
+    /// Feeds `data`, which starts at byte `offset` of the message.
+    fn feed(&mut self, data: &[u8], offset: u64) {
+        let mut i = 0;
+        while self.end.is_none() && i < data.len() {
+            let b = data[i];
+            self.st = match self.st {
+                Scan::Value => match data[i..].iter().position(|&c| c == b'\n') {
+                    Some(p) => {
+                        i += p + 1;
+                        self.line_start = offset + i as u64;
+                        self.st = Scan::LineStart { after_field: true };
+                        continue;
+                    }
+                    None => return,
+                },
+                Scan::LineStart { after_field } => match b {
+                    b' ' | b'\t' if after_field => Scan::Value,
+                    _ if is_name_byte(b) => Scan::Name,
+                    _ => {
+                        // Lines end in CRLF here, so a CR at a line's start is a blank line.
+                        self.blank = b == b'\r';
+                        self.end = Some(self.line_start);
+                        return;
+                    }
+                },
+                Scan::Name => match b {
+                    b':' => Scan::Value,
+                    b' ' | b'\t' => Scan::Space,
+                    _ if is_name_byte(b) => Scan::Name,
+                    _ => {
+                        self.end = Some(self.line_start);
+                        return;
+                    }
+                },
+                Scan::Space => match b {
+                    b':' => Scan::Value,
+                    b' ' | b'\t' => Scan::Space,
+                    _ => {
+                        self.end = Some(self.line_start);
+                        return;
+                    }
+                },
+            };
+            i += 1;
+        }
+    }
+}
+
+/// RFC 5322 ftext: printable ASCII but the colon.
+fn is_name_byte(b: u8) -> bool {
+    (33..=126).contains(&b) && b != b':'
 }
 
 /// A complete message: CRLF line ends only, dot-unstuffed, ending with CRLF (unless empty).
@@ -113,12 +240,15 @@ pub struct Message {
     tail: Option<File>,
     len: u64,
     header_end: usize,
+    header_too_big: bool,
+    /// The header section is followed by a blank line, or by nothing.
+    separated: bool,
 }
 
 impl Message {
     /// A message from bytes already in memory (the `scan` command, tests).
     pub fn from_bytes(data: &[u8]) -> Message {
-        let mut spool = Spool::new(usize::MAX, Path::new("/nonexistent"));
+        let mut spool = Spool::new(usize::MAX, usize::MAX, Path::new("/nonexistent"));
         spool
             .write(&normalize_line_ends(data))
             .expect("memory spool");
@@ -139,9 +269,23 @@ impl Message {
     }
 
     /// The header section, up to and including its last header line's CRLF (not the blank
-    /// line). Empty when the message does not start with a header field.
+    /// line). Empty when the message does not start with a header field, or when the header
+    /// section was larger than the spool's `max_header` ([`Message::header_too_big`]).
     pub fn header_section(&self) -> &[u8] {
         &self.head[..self.header_end]
+    }
+
+    /// The header section did not fit in `max_header` bytes: it could not be checked whole,
+    /// so the message must be refused rather than passed with forged headers in it.
+    pub fn header_too_big(&self) -> bool {
+        self.header_too_big
+    }
+
+    /// The header section ends at a line that is not blank (a malformed line): a blank line
+    /// must go in front of it on output, so that no later parser, stricter or more lenient,
+    /// reads what follows as header fields.
+    pub fn needs_separator(&self) -> bool {
+        !self.header_too_big && !self.separated
     }
 
     /// Offset in [`Message::head`] where the part after the headers (blank line and body) begins.
@@ -214,39 +358,42 @@ impl Message {
     }
 }
 
-/// Where the header section ends: after the last line that is a header field or a
-/// continuation. The first other line (normally the blank separator) begins the body; a line
-/// that is not a header field ends the headers the way Postfix's cleanup ends them.
-fn find_header_end(head: &[u8], truncated: bool) -> usize {
-    let mut pos = 0;
-    let mut seen_field = false;
-    while pos < head.len() {
-        let Some(nl) = head[pos..].iter().position(|&b| b == b'\n') else {
-            // The head ends inside a line: a header section longer than the memory threshold
-            // is not rewritten (only prepended to), since we cannot see all of it.
-            return if truncated { 0 } else { pos };
-        };
-        let line = &head[pos..pos + nl + 1];
-        let is_cont = seen_field && matches!(line[0], b' ' | b'\t');
-        if !(is_cont || is_field_start(line)) {
-            return pos;
-        }
-        seen_field = true;
-        pos += nl + 1;
-    }
-    if truncated {
-        0
-    } else {
-        pos
-    }
+/// The name of a header field line (`name WSP* ":" …`), without the whitespace before the
+/// colon; None when the line is not a header field.
+pub fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    let trimmed = match name.iter().rposition(|&b| b != b' ' && b != b'\t') {
+        Some(p) => &name[..p + 1],
+        None => return None,
+    };
+    trimmed.iter().all(|&b| is_name_byte(b)).then_some(trimmed)
 }
 
-/// `name:` with a name of printable ASCII other than colon (RFC 5322 ftext).
+/// `name WSP* ":"` with a name of printable ASCII other than colon (RFC 5322 ftext; the
+/// whitespace is RFC 5322's obsolete syntax, which mail clients still parse).
 pub fn is_field_start(line: &[u8]) -> bool {
-    match line.iter().position(|&b| b == b':') {
-        Some(0) | None => false,
-        Some(c) => line[..c].iter().all(|&b| (33..=126).contains(&b)),
+    field_name(line).is_some()
+}
+
+/// The fields of a header section, each with its continuation lines and final CRLF.
+pub fn fields(section: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    while pos < section.len() {
+        let nl = section[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(section.len(), |p| pos + p + 1);
+        let next_is_cont = matches!(section.get(nl), Some(b' ') | Some(b'\t'));
+        if !next_is_cont {
+            out.push(&section[start..nl]);
+            start = nl;
+        }
+        pos = nl;
     }
+    out
 }
 
 /// Turns every bare CR and bare LF into CRLF (used for messages that did not come through the
@@ -289,29 +436,101 @@ mod tests {
     #[test]
     fn spills_to_file_above_threshold() {
         let dir = std::env::temp_dir();
-        let mut s = Spool::new(10, &dir);
+        let mut s = Spool::new(10, 1 << 20, &dir);
         s.write(b"Subject: x\r\n\r\nhello world, this is long\r\n")
             .unwrap();
         let m = s.finish().unwrap();
-        assert_eq!(m.head().len(), 10);
+        // The header section stays in memory whole, past the threshold.
+        assert_eq!(m.head().len(), 12);
+        assert_eq!(m.header_section(), b"Subject: x\r\n");
         assert_eq!(
             collect(&m, 0),
             b"Subject: x\r\n\r\nhello world, this is long\r\n"
         );
-        // A header section cut by the threshold is not claimed.
-        assert_eq!(m.header_end(), 0);
+    }
+
+    /// Feeds `data` to a spool in pieces of `split` bytes.
+    fn spooled(data: &[u8], split: usize, threshold: usize, max_header: usize) -> Message {
+        let mut s = Spool::new(threshold, max_header, &std::env::temp_dir());
+        for piece in data.chunks(split) {
+            s.write(piece).unwrap();
+        }
+        s.finish().unwrap()
+    }
+
+    #[test]
+    fn header_section_larger_than_threshold_is_kept_whole() {
+        // Regression: a forged X-Spam-Flag followed by 33,000 short header lines (264 KB)
+        // was past the 256 KiB threshold and escaped stripping.
+        let mut data = b"X-Spam-Flag: YES\r\n".to_vec();
+        for i in 0..33_000 {
+            data.extend_from_slice(format!("X-L: {i:03}\r\n").as_bytes());
+        }
+        let header_len = data.len();
+        data.extend_from_slice(b"\r\nbody\r\n");
+        for split in [1000, 65536, 7] {
+            let m = spooled(&data, split, 262_144, 1 << 20);
+            assert!(!m.header_too_big());
+            assert_eq!(m.header_section().len(), header_len, "split {split}");
+            assert!(m.header_section().starts_with(b"X-Spam-Flag: YES\r\n"));
+            assert_eq!(collect(&m, 0), data);
+        }
+    }
+
+    #[test]
+    fn header_section_over_max_is_flagged() {
+        // Regression: one 10 MiB header line.
+        let mut data = b"X-Spam-Flag: YES\r\nX-Long: ".to_vec();
+        data.extend(std::iter::repeat_n(b'a', 10 << 20));
+        data.extend_from_slice(b"\r\n\r\nbody\r\n");
+        let m = spooled(&data, 65536, 262_144, 1 << 20);
+        assert!(m.header_too_big());
+        assert_eq!(m.header_section(), b"");
+        assert!(m.head().len() <= 1 << 20);
+        assert_eq!(collect(&m, 0), data);
+        // All header lines, no body, over the limit.
+        let m = spooled(&data[..(2 << 20)], 65536, 1024, 1 << 20);
+        assert!(m.header_too_big());
+    }
+
+    #[test]
+    fn whitespace_before_colon_is_a_header_field() {
+        // Regression: "X-Spam-Flag : YES" as the first line made the header section empty.
+        let m =
+            Message::from_bytes(b"X-Spam-Flag : YES\r\nX-Spam-Flag\t: YES\r\nA: 1\r\n\r\nbody\r\n");
+        assert_eq!(
+            m.header_section(),
+            b"X-Spam-Flag : YES\r\nX-Spam-Flag\t: YES\r\nA: 1\r\n"
+        );
+        assert_eq!(
+            field_name(b"X-Spam-Flag \t : YES\r\n"),
+            Some(&b"X-Spam-Flag"[..])
+        );
+        assert_eq!(field_name(b"X-Spam Flag: YES\r\n"), None);
+        assert_eq!(field_name(b" X-Spam-Flag: YES\r\n"), None);
+        assert_eq!(field_name(b": YES\r\n"), None);
+        assert_eq!(field_name(b"X-\xffSpam: YES\r\n"), None);
     }
 
     #[test]
     fn header_section_bounds() {
         let m = Message::from_bytes(b"A: 1\r\nB: 2\r\n  cont\r\n\r\nbody\r\n");
         assert_eq!(m.header_section(), b"A: 1\r\nB: 2\r\n  cont\r\n");
+        assert!(!m.needs_separator());
         let m = Message::from_bytes(b"no header here\r\nA: 1\r\n");
         assert_eq!(m.header_section(), b"");
+        assert!(m.needs_separator());
         let m = Message::from_bytes(b"A: 1\r\nnot a header\r\nB: 2\r\n");
         assert_eq!(m.header_section(), b"A: 1\r\n");
+        assert!(m.needs_separator());
         let m = Message::from_bytes(b"A: 1\r\nB: 2\r\n");
         assert_eq!(m.header_section(), b"A: 1\r\nB: 2\r\n");
+        assert!(!m.needs_separator());
+        let m = Message::from_bytes(b" cont first\r\nA: 1\r\n");
+        assert_eq!(m.header_section(), b"");
+        let m = Message::from_bytes(b"");
+        assert_eq!(m.header_section(), b"");
+        assert!(!m.needs_separator());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::message::is_field_start;
+use crate::message::{field_name, fields};
 use crate::policy::{spam_level, Category, Decision, SpamLevel};
 use crate::scan::SpamResult;
 
@@ -22,8 +22,13 @@ pub struct Trace<'a> {
     pub id: &'a str,
 }
 
-/// Headers removed from incoming mail (case-insensitive prefixes).
-const STRIPPED_PREFIXES: &[&str] = &["x-spam-", "x-virus-scanned:", "x-amavis-alert:"];
+/// Whether an incoming header field is one postsift writes itself and so removes, to keep
+/// senders from forging it: `X-Spam-*`, `X-Virus-Scanned`, `X-Amavis-Alert` (names compared
+/// without case and without whitespace before the colon).
+pub fn is_stripped(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with(b"x-spam-") || lower == b"x-virus-scanned" || lower == b"x-amavis-alert"
+}
 
 /// Builds the new header section (ending in CRLF, without the blank line) from the original one.
 pub fn header_block(
@@ -74,24 +79,22 @@ pub fn header_block(
     let mut out = out.into_bytes();
     let mut subject_done = tag.is_none();
     for field in fields(original) {
-        let lower = field
-            .iter()
-            .take(20)
-            .map(u8::to_ascii_lowercase)
-            .collect::<Vec<u8>>();
-        if STRIPPED_PREFIXES
-            .iter()
-            .any(|p| lower.starts_with(p.as_bytes()))
-        {
+        let Some(name) = field_name(field) else {
+            // Not reached for a header section the spool found; kept as it came.
+            out.extend_from_slice(field);
+            continue;
+        };
+        if is_stripped(name) {
             continue;
         }
-        if !subject_done && lower.starts_with(b"subject:") {
+        if !subject_done && name.eq_ignore_ascii_case(b"subject") {
             let tag = tag.expect("subject_done is false only with a tag");
-            let mut rest = &field[b"subject:".len()..];
+            let colon = field.iter().position(|&b| b == b':').expect("a field") + 1;
+            let mut rest = &field[colon..];
             if rest.first() == Some(&b' ') {
                 rest = &rest[1..];
             }
-            out.extend_from_slice(&field[..b"subject:".len()]);
+            out.extend_from_slice(&field[..colon]);
             out.push(b' ');
             if rest == b"\r\n" || rest.is_empty() {
                 out.extend_from_slice(tag.trim_end().as_bytes());
@@ -197,27 +200,6 @@ fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
-}
-
-/// The fields of a header section, each with its continuation lines and final CRLF.
-fn fields(section: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut pos = 0;
-    while pos < section.len() {
-        let nl = section[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(section.len(), |p| pos + p + 1);
-        let next_is_cont = matches!(section.get(nl), Some(b' ') | Some(b'\t'));
-        if !next_is_cont {
-            out.push(&section[start..nl]);
-            start = nl;
-        }
-        pos = nl;
-    }
-    debug_assert!(out.iter().all(|f| is_field_start(f)));
-    out
 }
 
 #[cfg(test)]
@@ -340,6 +322,21 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
                 .iter()
                 .all(|l| l.starts_with(' ') && l.len() <= 78),
             "{status:?}"
+        );
+    }
+
+    #[test]
+    fn forged_headers_with_space_before_colon_are_stripped() {
+        let d = decision(10.0, &[]);
+        let b = block(
+            &d,
+            "X-Spam-Flag : YES\r\nx-spam-status\t: Yes\r\n more\r\nX-Virus-Scanned  : forged\r\nX-Amavis-Alert:x\r\nSubject :  Hi\r\nX-Spammy: kept? no\r\nX-Virus-Scanned-By: kept\r\n",
+        );
+        let after_ours = b.split_once(" with ESMTP id abc123; ").unwrap().1;
+        let incoming = after_ours.split_once("\r\n").unwrap().1;
+        assert_eq!(
+            incoming,
+            "Subject : ***Spam***  Hi\r\nX-Spammy: kept? no\r\nX-Virus-Scanned-By: kept\r\n"
         );
     }
 }

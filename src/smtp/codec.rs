@@ -10,6 +10,8 @@
 use std::io;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::message::Spool;
@@ -53,19 +55,33 @@ pub struct Conn<S> {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
-    read_timeout: Duration,
-    write_timeout: Duration,
+    limits: Limits,
+}
+
+/// How long the client may take. Each is a deadline for a whole unit of work, not for one
+/// read: a client that dribbles a byte at a time cannot hold its session slot for longer than
+/// these allow (Postfix's `smtpd_per_request_deadline` and `smtpd_min_data_rate`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For a whole command line, from when the session starts waiting for it.
+    pub command: Duration,
+    /// For a DATA body: this, plus one second for every `min_data_rate` bytes received.
+    pub data: Duration,
+    /// Bytes per second a DATA body must keep up on average; 0 = none (then `data` limits
+    /// each read instead of the whole body).
+    pub min_data_rate: u64,
+    /// For each write of replies.
+    pub write: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(stream: S, read_timeout: Duration, write_timeout: Duration) -> Self {
+    pub fn new(stream: S, limits: Limits) -> Self {
         Conn {
             stream,
             rbuf: Vec::with_capacity(4096),
             rpos: 0,
             wbuf: Vec::with_capacity(1024),
-            read_timeout,
-            write_timeout,
+            limits,
         }
     }
 
@@ -83,7 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.stream.write_all(&self.wbuf).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(self.write_timeout, w).await {
+        match tokio::time::timeout(self.limits.write, w).await {
             Ok(r) => r?,
             Err(_) => return Err(Error::Timeout),
         }
@@ -101,9 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.rbuf[self.rpos..]
     }
 
-    /// Reads more bytes from the client, flushing queued replies first if nothing is
-    /// buffered (the client may be waiting for them before it sends more).
-    async fn fill(&mut self) -> Result<(), Error> {
+    /// Reads more bytes from the client before `deadline`, flushing queued replies first if
+    /// nothing is buffered (the client may be waiting for them before it sends more).
+    async fn fill(&mut self, deadline: Instant) -> Result<(), Error> {
         self.flush().await?;
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
@@ -114,8 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let start = self.rbuf.len();
         self.rbuf.resize(start + READ_CHUNK, 0);
-        let r = tokio::time::timeout(self.read_timeout, self.stream.read(&mut self.rbuf[start..]))
-            .await;
+        let r = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf[start..])).await;
         let n = match r {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -142,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads one command line. Over-long lines are consumed to their end and reported as
     /// [`Line::TooLong`] so the session can answer and carry on in step with the client.
     pub async fn read_line(&mut self) -> Result<Line, Error> {
+        let deadline = Instant::now() + self.limits.command;
         let mut discarding = false;
         loop {
             let buf = self.buffered();
@@ -163,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 discarding = true;
                 self.rpos = self.rbuf.len();
             }
-            self.fill().await?;
+            self.fill(deadline).await?;
         }
     }
 
@@ -171,6 +187,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// it holds `max` bytes; past that, or after a spool error, bytes are read and dropped so
     /// the reply still comes at the right point in the conversation.
     pub async fn read_data(&mut self, spool: &mut Spool, max: u64) -> Result<DataEnd, Error> {
+        let started = Instant::now();
+        let mut received: u64 = 0;
         let mut dec = DataDecoder::new();
         let mut out = Vec::with_capacity(READ_CHUNK + 1024);
         let mut too_big = false;
@@ -178,6 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let (used, done) = dec.decode(self.buffered(), &mut out);
             self.rpos += used;
+            received += used as u64;
             if !too_big && spool_err.is_none() {
                 if spool.len() + out.len() as u64 > max {
                     too_big = true;
@@ -193,7 +212,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     (None, false) => DataEnd::Complete,
                 });
             }
-            self.fill().await?;
+            let deadline = match self.limits.min_data_rate {
+                0 => Instant::now() + self.limits.data,
+                rate => {
+                    started
+                        + self.limits.data
+                        + Duration::from_secs_f64(received as f64 / rate as f64)
+                }
+            };
+            self.fill(deadline).await?;
         }
     }
 }

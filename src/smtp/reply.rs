@@ -110,6 +110,13 @@ pub fn timeout() -> Reply {
 pub fn too_many_errors() -> Reply {
     Reply::new(421, "4.7.0", "Too many errors, closing channel")
 }
+pub fn too_many_junk_commands() -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        "Too many commands without a message, closing channel",
+    )
+}
 pub fn line_too_long() -> Reply {
     Reply::new(500, "5.5.2", "Line too long")
 }
@@ -130,6 +137,16 @@ pub fn too_many_recipients() -> Reply {
 }
 pub fn message_too_big() -> Reply {
     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
+}
+pub fn needs_smtputf8() -> Reply {
+    Reply::new(
+        553,
+        "5.6.7",
+        "Must declare SMTPUTF8 to send unicode address",
+    )
+}
+pub fn header_too_big() -> Reply {
+    Reply::new(552, "5.3.4", "Message header section exceeds fixed limit")
 }
 pub fn local_error(id: &str, what: &str) -> Reply {
     Reply::new(

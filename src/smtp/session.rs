@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::message::{Envelope, Recipient, Spool};
 use crate::policy::{self, Disposition};
 use crate::rewrite;
-use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Line};
+use crate::smtp::address::{self, Address};
+use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Limits, Line};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::xforward;
 use crate::Shared;
@@ -63,13 +64,23 @@ pub struct Session<S> {
     helo: String,
     env: Envelope,
     errors: u32,
+    /// Commands since the last message that moved no mail forward.
+    junk: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
         let c = &shared.config;
         Session {
-            conn: Conn::new(stream, c.read_timeout(), c.write_timeout()),
+            conn: Conn::new(
+                stream,
+                Limits {
+                    command: c.read_timeout(),
+                    data: c.read_timeout(),
+                    min_data_rate: c.server.min_data_rate,
+                    write: c.write_timeout(),
+                },
+            ),
             shared,
             peer,
             local,
@@ -78,6 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: String::new(),
             env: Envelope::default(),
             errors: 0,
+            junk: 0,
         }
     }
 
@@ -130,6 +142,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             match flow {
                 Ok(Flow::Continue) => {}
+                // A DATA body that missed its deadline: the client is told, the message dropped.
+                Err(ConnError::Timeout) => {
+                    let _ = self.send(&reply::timeout()).await;
+                    return;
+                }
                 Ok(Flow::Close) | Err(_) => {
                     let _ = self.conn.flush().await;
                     return;
@@ -175,49 +192,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(reply::syntax("Error: NUL character in command"));
         }
         let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-        if line[..verb_end].eq_ignore_ascii_case(b"XFORWARD") {
+        let verb = &line[..verb_end];
+        if verb.eq_ignore_ascii_case(b"XFORWARD") {
             return self.xforward(&line[verb_end..]);
         }
-        let mut with_crlf = Vec::with_capacity(line.len() + 2);
-        with_crlf.extend_from_slice(line);
-        with_crlf.extend_from_slice(b"\r\n");
-        match Request::parse(&mut with_crlf.iter()) {
+        if verb.eq_ignore_ascii_case(b"MAIL") {
+            return self.mail_command(line);
+        }
+        if verb.eq_ignore_ascii_case(b"RCPT") {
+            return self.rcpt_command(line);
+        }
+        match parse_request(line) {
             Ok(req) => self.request(req).await,
-            Err(e) => {
-                let r = match e {
-                    ProtoError::UnknownCommand => reply::unknown_command(),
-                    ProtoError::InvalidSenderAddress => {
-                        Reply::new(501, "5.1.7", "Bad sender address syntax")
-                    }
-                    ProtoError::InvalidRecipientAddress => {
-                        Reply::new(501, "5.1.3", "Bad recipient address syntax")
-                    }
-                    ProtoError::SyntaxError { syntax } => {
-                        reply::syntax(&format!("Syntax: {syntax}"))
-                    }
-                    ProtoError::InvalidParameter { param } => {
-                        reply::syntax(&format!("Invalid value for parameter {param}"))
-                    }
-                    ProtoError::UnsupportedParameter { param } => {
-                        Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
-                    }
-                    ProtoError::ResponseTooLong => reply::line_too_long(),
-                    ProtoError::NeedsMoreData { .. } | ProtoError::InvalidResponse { .. } => {
-                        reply::syntax("Syntax error")
-                    }
-                };
-                self.error(r)
-            }
+            Err(r) => self.error(r),
         }
     }
 
+    /// Counts a command that moves no mail forward; too many between two messages end the
+    /// session, so a client cannot hold its slot with NOOPs (each within its deadline).
+    fn junk(&mut self) -> bool {
+        self.junk += 1;
+        if self.junk > self.shared.config.server.max_junk_commands {
+            self.queue(&reply::too_many_junk_commands());
+            return true;
+        }
+        false
+    }
+
     async fn request(&mut self, req: Request<String>) -> Result<Flow, ConnError> {
+        let junk = matches!(
+            req,
+            Request::Noop { .. }
+                | Request::Rset
+                | Request::Help { .. }
+                | Request::Vrfy { .. }
+                | Request::Expn { .. }
+                | Request::Ehlo { .. }
+                | Request::Helo { .. }
+                | Request::Lhlo { .. }
+        );
+        if junk && self.junk() {
+            return Ok(Flow::Close);
+        }
         match req {
             Request::Ehlo { host } => self.hello(host, Protocol::Esmtp),
             Request::Lhlo { host } => self.hello(host, Protocol::Lmtp),
             Request::Helo { host } => self.hello(host, Protocol::Smtp),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            // Parsed by mail_command / rcpt_command before smtp-proto sees the line.
+            Request::Mail { .. } | Request::Rcpt { .. } => {
+                self.error(reply::syntax("Syntax error"))
+            }
             Request::Data => self.data().await,
             Request::Rset => {
                 self.reset();
@@ -291,7 +315,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Result<Flow, ConnError> {
+    /// MAIL FROM: the path is parsed by [`address`] and kept as sent; smtp-proto parses only
+    /// the parameters, after `SIZE=` was checked here (its parser saturates on overflow).
+    fn mail_command(&mut self, line: &[u8]) -> Result<Flow, ConnError> {
         match self.state {
             State::Greeted => {
                 return self.error(reply::bad_sequence("Error: send HELO/EHLO first"))
@@ -301,11 +327,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             State::Ready => {}
         }
-        if from.size as u64 > self.shared.config.server.max_message_size {
-            return self.error(reply::message_too_big());
+        let (addr, params) = match self.path(line, "MAIL FROM:", true, true) {
+            Ok(x) => x,
+            Err(r) => return self.error(r),
+        };
+        let utf8 = params
+            .split(' ')
+            .any(|p| p.eq_ignore_ascii_case("SMTPUTF8"));
+        if !utf8 && !addr.as_str().is_ascii() {
+            return self.error(reply::needs_smtputf8());
         }
+        let max = self.shared.config.server.max_message_size;
+        for p in params.split(' ') {
+            if let Some((k, v)) = p.split_once('=') {
+                // Any number of digits: a value that does not fit in u64 is over every limit.
+                if k.eq_ignore_ascii_case("SIZE")
+                    && !v.is_empty()
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<u64>().map_or(true, |n| n > max)
+                {
+                    return self.error(reply::message_too_big());
+                }
+            }
+        }
+        match parse_request(format!("MAIL FROM:<>{params}").as_bytes()) {
+            Ok(Request::Mail { from }) => self.mail(from, addr),
+            Ok(_) => self.error(reply::syntax("Syntax: MAIL FROM:<address>")),
+            Err(r) => self.error(r),
+        }
+    }
+
+    /// RCPT TO: as [`Session::mail_command`].
+    fn rcpt_command(&mut self, line: &[u8]) -> Result<Flow, ConnError> {
+        if !matches!(self.state, State::Mail | State::Rcpt) {
+            return self.error(reply::bad_sequence("Error: need MAIL command"));
+        }
+        let utf8 = self.env.smtputf8;
+        let (addr, params) = match self.path(line, "RCPT TO:", false, utf8) {
+            Ok(x) => x,
+            Err(r) => return self.error(r),
+        };
+        match parse_request(format!("RCPT TO:<a@b>{params}").as_bytes()) {
+            Ok(Request::Rcpt { to }) => self.rcpt(to, addr),
+            Ok(_) => self.error(reply::syntax("Syntax: RCPT TO:<address>")),
+            Err(r) => self.error(r),
+        }
+    }
+
+    /// Splits `MAIL FROM:<path> params` into the validated path and the parameter text. An
+    /// address is refused rather than altered: not UTF-8, a control character (a bare CR),
+    /// bad syntax, or non-ASCII without SMTPUTF8.
+    fn path<'l>(
+        &self,
+        line: &'l [u8],
+        keyword: &str,
+        sender: bool,
+        utf8: bool,
+    ) -> Result<(Address, &'l str), Reply> {
+        let bad = || {
+            if sender {
+                Reply::new(501, "5.1.7", "Bad sender address syntax")
+            } else {
+                Reply::new(501, "5.1.3", "Bad recipient address syntax")
+            }
+        };
+        let text = std::str::from_utf8(line).map_err(|_| bad())?;
+        if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(bad());
+        }
+        let after = text
+            .get(..keyword.len())
+            .filter(|k| k.eq_ignore_ascii_case(keyword))
+            .map(|_| &text[keyword.len()..])
+            .ok_or_else(|| reply::syntax(&format!("Syntax: {keyword}<address>")))?;
+        match address::parse_path(after, sender, utf8) {
+            Ok(x) => Ok(x),
+            Err(address::Error::NeedsUtf8) => Err(reply::needs_smtputf8()),
+            Err(_) => Err(bad()),
+        }
+    }
+
+    fn mail(
+        &mut self,
+        from: smtp_proto::MailFrom<String>,
+        addr: Address,
+    ) -> Result<Flow, ConnError> {
         let env = &mut self.env;
-        env.sender = from.address;
+        env.sender = addr.as_str().to_owned();
         env.size = (from.size > 0).then_some(from.size as u64);
         env.body = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
             Some("8BITMIME")
@@ -327,11 +435,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.ok(reply::sender_ok())
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Result<Flow, ConnError> {
-        if !matches!(self.state, State::Mail | State::Rcpt) {
-            return self.error(reply::bad_sequence("Error: need MAIL command"));
-        }
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, addr: Address) -> Result<Flow, ConnError> {
         if self.env.recipients.len() >= self.shared.config.server.max_recipients {
+            if self.junk() {
+                return Ok(Flow::Close);
+            }
             return self.ok(reply::too_many_recipients());
         }
         let f = to.flags;
@@ -350,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (!parts.is_empty()).then(|| parts.join(","))
         };
         self.env.recipients.push(Recipient {
-            address: to.address,
+            address: addr.as_str().to_owned(),
             notify,
             orcpt: to.orcpt,
         });
@@ -371,7 +479,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let cfg = &shared.config;
         let started = Instant::now();
         self.send(&reply::start_data()).await?;
-        let mut spool = Spool::new(cfg.server.spool_threshold, &self.shared.spool_dir);
+        let mut spool = Spool::new(
+            cfg.server.spool_threshold,
+            cfg.server.max_header_size,
+            &self.shared.spool_dir,
+        );
         let end = self
             .conn
             .read_data(&mut spool, cfg.server.max_message_size)
@@ -418,6 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.env = Envelope::default();
         self.state = State::Ready;
+        self.junk = 0;
         Ok(Flow::Continue)
     }
 
@@ -456,6 +569,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         m.message_size.observe(msg.len() as f64);
+        if msg.header_too_big() {
+            tracing::warn!(%id, size = msg.len(), "header section over server.max_header_size: refused");
+            return (
+                self.same_for_all(reply::header_too_big()),
+                "unscanned",
+                "reject",
+            );
+        }
         let scan_start = Instant::now();
         let xf = &self.env.xforward;
         let scan_env = crate::scan::ScanEnvelope {
@@ -493,7 +614,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     protocol: self.protocol.name(),
                     id,
                 };
-                let block = rewrite::header_block(cfg, &decision, &trace, msg.header_section());
+                let mut block = rewrite::header_block(cfg, &decision, &trace, msg.header_section());
+                if msg.needs_separator() {
+                    block.extend_from_slice(b"\r\n");
+                }
                 let outcome = shared
                     .reinjector
                     .send(&self.env, &block, &msg, self.protocol != Protocol::Lmtp)
@@ -614,4 +738,30 @@ fn new_id() -> String {
     (0..12)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// Parses one command line (without its line end) with smtp-proto; an error comes back as the
+/// reply to give.
+fn parse_request(line: &[u8]) -> Result<Request<String>, Reply> {
+    let mut with_crlf = Vec::with_capacity(line.len() + 2);
+    with_crlf.extend_from_slice(line);
+    with_crlf.extend_from_slice(b"\r\n");
+    Request::parse(&mut with_crlf.iter()).map_err(|e| match e {
+        ProtoError::UnknownCommand => reply::unknown_command(),
+        ProtoError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        ProtoError::InvalidRecipientAddress => {
+            Reply::new(501, "5.1.3", "Bad recipient address syntax")
+        }
+        ProtoError::SyntaxError { syntax } => reply::syntax(&format!("Syntax: {syntax}")),
+        ProtoError::InvalidParameter { param } => {
+            reply::syntax(&format!("Invalid value for parameter {param}"))
+        }
+        ProtoError::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
+        }
+        ProtoError::ResponseTooLong => reply::line_too_long(),
+        ProtoError::NeedsMoreData { .. } | ProtoError::InvalidResponse { .. } => {
+            reply::syntax("Syntax error")
+        }
+    })
 }

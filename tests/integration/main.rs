@@ -16,4 +16,5 @@ mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
 mod prometheus; // every dashboard and alert expression against a real Prometheus
+mod regression; // one test per defect found by probing (issue 12), named after what broke
 mod rspamd; // rspamd as the spam engine

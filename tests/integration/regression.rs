@@ -1,0 +1,264 @@
+//! Regressions, one test named after each defect an attacker's probe found (issue 12): a
+//! sender must not change a recipient, forge a header past stripping, slip an oversized SIZE
+//! through, or get an address altered instead of refused.
+
+use std::net::SocketAddr;
+
+use postsift::smtp::address::parse_path;
+
+use crate::capture::Capture;
+use crate::client::Client;
+use crate::harness::{Postfix, PostfixOpts};
+use crate::util::{self, config, start_filter};
+
+/// An LMTP session to postsift up to the per-recipient replies, with raw MAIL/RCPT lines.
+async fn lmtp(addr: SocketAddr, mail: &str, rcpts: &[&str], body: &[u8]) -> Vec<u16> {
+    let mut c = Client::greeted(addr).await;
+    c.expect("LHLO t", 250).await;
+    c.expect(mail, 250).await;
+    for r in rcpts {
+        c.expect(r, 250).await;
+    }
+    c.expect("DATA", 354).await;
+    c.body(body).await;
+    let mut codes = Vec::new();
+    for _ in rcpts {
+        codes.push(c.reply().await.code);
+    }
+    codes
+}
+
+const HOSTILE_RCPTS: &[&str] = &[
+    "\"x> ORCPT=rfc822;y\"@example.com",
+    "\"user@evil.example\"@example.com",
+    "\"a\\\"b\"@example.com",
+    "plain@example.com",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_local_parts_leave_exactly_as_sent() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let rcpts: Vec<String> = HOSTILE_RCPTS
+        .iter()
+        .map(|r| format!("RCPT TO:<{r}>"))
+        .collect();
+    let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let codes = lmtp(
+        f.addr,
+        "MAIL FROM:<\"a b\"@example.org>",
+        &rcpt_refs,
+        b"Subject: q\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert_eq!(codes, vec![250; HOSTILE_RCPTS.len()]);
+    let m = sink.last();
+    assert!(
+        m.mail.starts_with("MAIL FROM:<\"a b\"@example.org>"),
+        "{}",
+        m.mail
+    );
+    assert_eq!(m.rcpts, rcpts, "recipients changed on the way out");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_local_parts_reach_real_postfix_10025_recipient_by_recipient() {
+    // postsift reinjects into a real Postfix reinjection smtpd, which relays to the sink: what
+    // Postfix understood is what its own smtp client sends on.
+    let sink = Capture::start().await;
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let pf = {
+        let dest = sink.addr;
+        util::blocking(move || {
+            Postfix::start(PostfixOpts {
+                filter: unused,
+                filter_lmtp: true,
+                final_dest: dest,
+            })
+        })
+        .await
+    };
+    let f = start_filter(&config(None, None, pf.reinject_addr(), "")).await;
+    for r in HOSTILE_RCPTS {
+        let codes = lmtp(
+            f.addr,
+            "MAIL FROM:<\"a b\"@example.org>",
+            &[&format!("RCPT TO:<{r}>")],
+            format!(
+                "Subject: to {r}\r\nMessage-ID: <{}@t>\r\n\r\nhi\r\n",
+                r.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(codes, vec![250], "{r}: {}", pf.log());
+    }
+    let got = sink.wait_for(HOSTILE_RCPTS.len()).await;
+    let mut rcpts: Vec<String> = got.iter().flat_map(|t| t.rcpts.clone()).collect();
+    rcpts.sort();
+    let mut want: Vec<String> = HOSTILE_RCPTS
+        .iter()
+        .map(|r| format!("RCPT TO:<{r}>"))
+        .collect();
+    want.sort();
+    // Postfix may add parameters (ORCPT=…); compare the path only.
+    let paths: Vec<String> = rcpts
+        .iter()
+        .map(|r| {
+            let (a, _) = parse_path(&r["RCPT TO:".len()..], false, true).unwrap();
+            format!("RCPT TO:<{a}>")
+        })
+        .collect();
+    assert_eq!(paths, want, "Postfix delivered to other recipients");
+    for t in &got {
+        assert!(
+            t.mail.starts_with("MAIL FROM:<\"a b\"@example.org>"),
+            "{}",
+            t.mail
+        );
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_parameter_overflow_is_552() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("EHLO t", 250).await;
+    for size in [
+        "100000000000000000000000",
+        "18446744073709551616",
+        "99999999999999999999",
+        "999999999999999999999999999",
+        "52428801",
+    ] {
+        let r = c
+            .expect(&format!("MAIL FROM:<a@example.org> SIZE={size}"), 552)
+            .await;
+        assert!(r.text.contains("5.3.4"), "{r:?}");
+    }
+    c.expect("MAIL FROM:<a@example.org> SIZE=1000", 250).await;
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_are_refused_not_altered() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("EHLO t", 250).await;
+    // Invalid UTF-8 (was reinjected as U+FFFD) and a bare CR (was dropped).
+    c.send(b"MAIL FROM:<a\xff@example.org>\r\n").await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 501, "{r:?}");
+    assert!(r.text.contains("5.1.7"), "{r:?}");
+    c.send(b"MAIL FROM:<a\rb@example.org>\r\n").await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 501, "{r:?}");
+    // Non-ASCII without SMTPUTF8.
+    let r = c.expect("MAIL FROM:<jörg@example.org>", 553).await;
+    assert!(r.text.contains("5.6.7"), "{r:?}");
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    let r = c.expect("RCPT TO:<jörg@example.com>", 553).await;
+    assert!(r.text.contains("5.6.7"), "{r:?}");
+    c.send(b"RCPT TO:<b\xfe@example.com>\r\n").await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 501, "{r:?}");
+    assert!(r.text.contains("5.1.3"), "{r:?}");
+    c.send(b"RCPT TO:<b\r@example.com>\r\n").await;
+    assert_eq!(c.reply().await.code, 501);
+    c.expect("RCPT TO:<b@example.com> NOTIFY=NEVER", 250).await;
+    c.expect("RSET", 250).await;
+    // With SMTPUTF8 the same addresses go through, unchanged.
+    c.expect("MAIL FROM:<jörg@example.org> SMTPUTF8", 250).await;
+    c.expect("RCPT TO:<jörg@exämple.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.body(b"Subject: utf8\r\n\r\nhi\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    let m = sink.last();
+    assert!(
+        m.mail.starts_with("MAIL FROM:<jörg@example.org>"),
+        "{}",
+        m.mail
+    );
+    assert_eq!(m.rcpts, vec!["RCPT TO:<jörg@exämple.com>".to_string()]);
+    f.stop().await;
+}
+
+/// Sends `body` and returns what reached the sink's header section.
+async fn deliver(body: &[u8]) -> (u16, Option<crate::capture::Transaction>) {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let r = crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], body).await;
+    f.stop().await;
+    (r.code, (sink.count() > 0).then(|| sink.last()))
+}
+
+/// The delivered header section, as a lenient reader sees it: up to the first blank line.
+fn forged_fields(data: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(data);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.trim_end().to_ascii_lowercase())
+        .filter(|n| n.starts_with("x-spam-flag") || n.starts_with("x-virus-scanned"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_header_before_a_header_section_over_the_threshold_is_stripped() {
+    let mut body = b"X-Spam-Flag: YES\r\n".to_vec();
+    for i in 0..33_000 {
+        body.extend_from_slice(format!("X-L: {i:03}\r\n").as_bytes());
+    }
+    body.extend_from_slice(b"Subject: big\r\n\r\nbody\r\n");
+    let (code, m) = deliver(&body).await;
+    assert_eq!(code, 250);
+    let m = m.expect("delivered");
+    // Scanners are off: postsift writes no X-Spam-Flag itself, so none may arrive.
+    assert_eq!(forged_fields(&m.data), Vec::<String>::new());
+    let text = m.text();
+    assert!(
+        text.ends_with("X-L: 32999\r\nSubject: big\r\n\r\nbody\r\n"),
+        "{}",
+        &text[text.len() - 200..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_section_over_max_header_size_is_refused() {
+    let mut body = b"X-Spam-Flag: YES\r\nX-Long: ".to_vec();
+    body.extend(std::iter::repeat_n(b'a', 10 << 20));
+    body.extend_from_slice(b"\r\n\r\nbody\r\n");
+    let (code, m) = deliver(&body).await;
+    assert_eq!(code, 552);
+    assert!(m.is_none(), "delivered with an unchecked header section");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_header_with_whitespace_before_the_colon_is_stripped() {
+    let body = b"X-Spam-Flag : YES\r\nX-Spam-Flag\t: YES\r\nX-Virus-Scanned  : Clean\r\nFrom: a@example.org\r\nX-Spam-Flag: YES\r\nSubject: hi\r\n\r\nbody\r\n";
+    let (code, m) = deliver(body).await;
+    assert_eq!(code, 250);
+    let m = m.expect("delivered");
+    assert_eq!(forged_fields(&m.data), Vec::<String>::new(), "{}", m.text());
+    assert!(m
+        .text()
+        .ends_with("From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_header_line_cannot_carry_forged_headers_past_it() {
+    // A line that is not a header field ends the header section (as Postfix reads it); a
+    // lenient reader might go on. A blank line is put in front of it, so both agree.
+    let body = b"From: a@example.org\r\nX-Spam\0Flag: YES\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n";
+    let (code, m) = deliver(body).await;
+    assert_eq!(code, 250);
+    let m = m.expect("delivered");
+    assert_eq!(forged_fields(&m.data), Vec::<String>::new(), "{}", m.text());
+    assert!(m.data.ends_with(
+        b"From: a@example.org\r\n\r\nX-Spam\0Flag: YES\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n"
+    ));
+}
