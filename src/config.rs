@@ -2,6 +2,7 @@
 //! every field, and the load → parse → validate sequence that runs before anything binds a socket.
 //! `postsift.example.toml` at the top of the repository mirrors this file, key for key.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +43,12 @@ pub struct Config {
     pub headers: Headers,
     pub metrics: Metrics,
     pub log: Log,
+    /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
+    /// for the built-in defaults. Serde fills every absent key with its default, so this is the
+    /// only record of what the administrator actually configured: the spam-engine check and
+    /// [`Config::warnings`] need it to tell a section left out from one written and then unused.
+    #[serde(skip)]
+    present: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// `[server]`: the inbound SMTP/LMTP listener.
@@ -411,14 +418,25 @@ impl Config {
 
     /// Parses TOML text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
-        let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+        let parse_error = |e: toml::de::Error| Error::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
+        };
+        let mut config: Config = toml::from_str(text).map_err(parse_error)?;
+        // Parsed a second time, untyped, only to learn which sections and keys the file has.
+        let raw: toml::Table = text.parse().map_err(parse_error)?;
+        config.present = raw
+            .into_iter()
+            .filter_map(|(section, value)| match value {
+                toml::Value::Table(t) => Some((section, t.into_iter().map(|(k, _)| k).collect())),
+                _ => None,
+            })
+            .collect();
         config.validate(path)?;
         Ok(config)
     }
 
+    /// Refuses what cannot work. Each check names exactly one key, the one to change.
     fn validate(&self, path: &Path) -> Result<(), Error> {
         let bad = |key: &'static str, message: &str| Error::Invalid {
             path: path.to_owned(),
@@ -436,12 +454,6 @@ impl Config {
         }
         if self.server.max_recipients == 0 {
             return Err(bad("server.max_recipients", "must be at least 1"));
-        }
-        if self.server.read_timeout == 0 || self.server.write_timeout == 0 {
-            return Err(bad(
-                "server.read_timeout",
-                "timeouts must be at least 1 second",
-            ));
         }
         if let Some(h) = &self.server.hostname {
             if h.is_empty() || h.contains(char::is_whitespace) {
@@ -468,12 +480,6 @@ impl Config {
                 }
             }
         }
-        if self.clamd.timeout == 0 || self.spamd.timeout == 0 || self.spamd.io_timeout == 0 {
-            return Err(bad(
-                "clamd.timeout",
-                "scanner timeouts must be at least 1 second",
-            ));
-        }
         for ep in &self.rspamd.endpoints {
             if ep
                 .rsplit_once(':')
@@ -482,8 +488,25 @@ impl Config {
                 return Err(bad("rspamd.endpoints", &format!("`{ep}` is not host:port")));
             }
         }
-        if self.rspamd.timeout == 0 {
-            return Err(bad("rspamd.timeout", "must be at least 1 second"));
+        // A zero timeout fails every operation it guards, so it is never what was meant.
+        for (key, secs) in [
+            ("server.read_timeout", self.server.read_timeout),
+            ("server.write_timeout", self.server.write_timeout),
+            ("reinject.connect_timeout", self.reinject.connect_timeout),
+            ("reinject.command_timeout", self.reinject.command_timeout),
+            ("reinject.data_timeout", self.reinject.data_timeout),
+            ("clamd.connect_timeout", self.clamd.connect_timeout),
+            ("clamd.timeout", self.clamd.timeout),
+            ("spamd.connect_timeout", self.spamd.connect_timeout),
+            ("spamd.io_timeout", self.spamd.io_timeout),
+            ("spamd.timeout", self.spamd.timeout),
+            ("rspamd.connect_timeout", self.rspamd.connect_timeout),
+            ("rspamd.timeout", self.rspamd.timeout),
+            ("metrics.probe_interval", self.metrics.probe_interval),
+        ] {
+            if secs == 0 {
+                return Err(bad(key, "must be at least 1 second"));
+            }
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
@@ -491,19 +514,100 @@ impl Config {
                 "expected ip:port, or \"\" to switch it off",
             ));
         }
-        if self.metrics.probe_interval == 0 {
-            return Err(bad("metrics.probe_interval", "must be at least 1 second"));
+        // TOML has `inf` and `nan`; neither compares usefully with a score.
+        for (key, level) in [
+            ("spam.tag_level", self.spam.tag_level),
+            ("spam.tag2_level", self.spam.tag2_level),
+            ("spam.kill_level", self.spam.kill_level),
+        ] {
+            if !level.is_finite() {
+                return Err(bad(key, "must be a finite number"));
+            }
         }
         if self.spam.tag2_level < self.spam.tag_level {
             return Err(bad("spam.tag2_level", "must not be below spam.tag_level"));
         }
-        if !self.spam.tag_level.is_finite()
-            || !self.spam.tag2_level.is_finite()
-            || !self.spam.kill_level.is_finite()
+        // The selected engine switched off while the other one is configured: no spam check
+        // runs at all, which nobody who wrote both sections meant.
+        let [(engine, engine_endpoints), (other, other_endpoints)] = self.spam_engines();
+        if engine_endpoints.is_empty()
+            && self.present.contains_key(other)
+            && !other_endpoints.is_empty()
         {
-            return Err(bad("spam.kill_level", "levels must be finite numbers"));
+            return Err(bad(
+                "spam.engine",
+                &format!(
+                    "\"{engine}\" but {engine}.endpoints is empty while [{other}] is configured, \
+                     so no spam check would run; set spam.engine = \"{other}\" (or remove \
+                     [{other}] if no spam check is meant)"
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// What the file configures that postsift will not use: each message names the unused key
+    /// (or section) and the key that makes it unused. Not errors: the configuration works, and
+    /// keeping a section for a later switch is legitimate. `check-config` prints them and still
+    /// exits 0; `run` logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let [(engine, engine_endpoints), (other, _)] = self.spam_engines();
+        if self.present.contains_key(other) {
+            out.push(format!(
+                "[{other}] is not used: spam.engine is \"{engine}\"; set spam.engine = \
+                 \"{other}\" to scan with {other}, or remove [{other}]"
+            ));
+        }
+        for (section, endpoints, what) in [
+            ("clamd", &self.clamd.endpoints[..], "virus scanning"),
+            (engine, engine_endpoints, "spam scanning"),
+        ] {
+            if !endpoints.is_empty() {
+                continue;
+            }
+            let Some(keys) = self.present.get(section) else {
+                continue;
+            };
+            let unused = keys.iter().filter(|k| *k != "endpoints");
+            if unused.clone().next().is_some() {
+                out.push(format!(
+                    "{} not used: {section}.endpoints is empty, so {what} is off",
+                    Self::describe(section, unused)
+                ));
+            }
+        }
+        // Only the non-default value: it asks for 451s that will never be given.
+        if engine == "rspamd"
+            && !self.rspamd.use_action
+            && self.rspamd.greylist_action == OnFailure::Tempfail
+        {
+            out.push(
+                "rspamd.greylist_action is not used: rspamd.use_action is false, so rspamd's \
+                 score goes through the [spam] levels and its greylist action is ignored"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
+    /// The selected spam engine, then the other one: section name and endpoints.
+    fn spam_engines(&self) -> [(&'static str, &[String]); 2] {
+        let spamd = ("spamd", &self.spamd.endpoints[..]);
+        let rspamd = ("rspamd", &self.rspamd.endpoints[..]);
+        match self.spam.engine {
+            SpamEngine::Spamd => [spamd, rspamd],
+            SpamEngine::Rspamd => [rspamd, spamd],
+        }
+    }
+
+    /// `clamd.timeout is`, `clamd.on_failure, clamd.timeout are`.
+    fn describe<'a>(section: &str, keys: impl Iterator<Item = &'a String>) -> String {
+        let keys: Vec<String> = keys.map(|k| format!("{section}.{k}")).collect();
+        match keys.len() {
+            1 => format!("{} is", keys[0]),
+            _ => format!("{} are", keys.join(", ")),
+        }
     }
 
     /// The host name used in the greeting, Received and X-Virus-Scanned.
@@ -583,8 +687,187 @@ mod tests {
     }
 
     #[test]
-    fn example_file_parses() {
+    fn example_file_parses_without_warnings() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postsift.example.toml");
-        Config::load(&path).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        assert!(parse("").unwrap().warnings().is_empty());
+    }
+
+    /// The switch the example file describes: uncomment [rspamd], set the engine. It works, and
+    /// the [spamd] left in place is pointed out.
+    #[test]
+    fn example_file_switched_to_rspamd_warns_about_spamd() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postsift.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut switched = String::new();
+        let mut in_rspamd = false;
+        for line in text.lines() {
+            in_rspamd = (in_rspamd && !line.is_empty()) || line == "# [rspamd]";
+            let key = line
+                .strip_prefix("# ")
+                .and_then(|l| l.split_once(" = "))
+                .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            let line = match line {
+                "# [rspamd]" => "[rspamd]",
+                "engine = \"spamd\"" => "engine = \"rspamd\"",
+                l if in_rspamd && key => &l[2..],
+                l => l,
+            };
+            switched.push_str(line);
+            switched.push('\n');
+        }
+        let c = parse(&switched).unwrap();
+        assert_eq!(c.spam.engine, SpamEngine::Rspamd);
+        assert_eq!(c.rspamd.password.as_deref(), Some("secret"));
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("[spamd] is not used"), "{w:?}");
+    }
+
+    /// The error message for `text`, which must name `key` (in backticks: exactly that key).
+    fn refused(text: &str, key: &str) -> String {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(&format!("`{key}`")), "{text:?} → {e}");
+        e
+    }
+
+    #[test]
+    fn zero_timeout_names_its_own_key() {
+        for key in [
+            "server.read_timeout",
+            "server.write_timeout",
+            "reinject.connect_timeout",
+            "reinject.command_timeout",
+            "reinject.data_timeout",
+            "clamd.connect_timeout",
+            "clamd.timeout",
+            "spamd.connect_timeout",
+            "spamd.io_timeout",
+            "spamd.timeout",
+            "rspamd.connect_timeout",
+            "rspamd.timeout",
+            "metrics.probe_interval",
+        ] {
+            let (section, name) = key.split_once('.').unwrap();
+            let e = refused(&format!("[{section}]\n{name} = 0\n"), key);
+            assert!(e.contains("at least 1 second"), "{e}");
+        }
+    }
+
+    #[test]
+    fn non_finite_level_names_its_own_key() {
+        for key in ["tag_level", "tag2_level", "kill_level"] {
+            for value in ["nan", "inf", "-inf"] {
+                refused(
+                    &format!("[spam]\n{key} = {value}\n"),
+                    &format!("spam.{key}"),
+                );
+            }
+        }
+        refused(
+            "[spam]\ntag_level = 5.0\ntag2_level = 4.0\n",
+            "spam.tag2_level",
+        );
+    }
+
+    #[test]
+    fn selected_engine_off_while_the_other_is_configured_is_refused() {
+        let e = refused(
+            "[spamd]\nendpoints = []\n[rspamd]\nendpoints = [\"127.0.0.1:11333\"]\n",
+            "spam.engine",
+        );
+        assert!(e.contains("spamd.endpoints is empty"), "{e}");
+        assert!(e.contains("set spam.engine = \"rspamd\""), "{e}");
+        // A bare [rspamd] means rspamd's default endpoint: the same mistake.
+        refused("[spamd]\nendpoints = []\n[rspamd]\n", "spam.engine");
+        let e = refused(
+            "[spam]\nengine = \"rspamd\"\n[rspamd]\nendpoints = []\n[spamd]\ntimeout = 30\n",
+            "spam.engine",
+        );
+        assert!(e.contains("rspamd.endpoints is empty"), "{e}");
+        assert!(e.contains("set spam.engine = \"spamd\""), "{e}");
+    }
+
+    #[test]
+    fn spam_scanning_switched_off_on_purpose_is_accepted() {
+        let c = parse("[spamd]\nendpoints = []\n").unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // Both off: nothing is refused, the unused section is still pointed out.
+        let c = parse("[spamd]\nendpoints = []\n[rspamd]\nendpoints = []\n").unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("[rspamd] is not used: spam.engine"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn section_of_the_other_engine_is_a_warning() {
+        let c = parse("[rspamd]\nendpoints = [\"10.0.0.1:11333\"]\ntimeout = 30\n").unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("[rspamd] is not used: spam.engine is \"spamd\""),
+            "{w:?}"
+        );
+        assert!(w[0].contains("set spam.engine = \"rspamd\""), "{w:?}");
+
+        let w = parse("[rspamd]\n").unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("[rspamd] is not used: spam.engine"),
+            "{w:?}"
+        );
+
+        let w = parse("[spam]\nengine = \"rspamd\"\n[spamd]\nendpoints = [\"127.0.0.1:783\"]\n")
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("[spamd] is not used: spam.engine is \"rspamd\""),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn keys_of_a_switched_off_scanner_are_a_warning() {
+        let w = parse("[clamd]\nendpoints = []\ntimeout = 30\non_failure = \"pass\"\n")
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "clamd.on_failure, clamd.timeout are not used: clamd.endpoints is empty"
+            ),
+            "{w:?}"
+        );
+        let w = parse("[spamd]\nendpoints = []\nuser = \"amavis\"\n")
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("spamd.user is not used: spamd.endpoints is empty"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn greylist_action_without_use_action_is_a_warning() {
+        let pass = "[spam]\nengine = \"rspamd\"\n[rspamd]\ngreylist_action = \"pass\"\n";
+        assert!(
+            parse(pass).unwrap().warnings().is_empty(),
+            "the default changes nothing"
+        );
+        let base = "[spam]\nengine = \"rspamd\"\n[rspamd]\ngreylist_action = \"tempfail\"\n";
+        let w = parse(base).unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("rspamd.greylist_action is not used: rspamd.use_action is false"),
+            "{w:?}"
+        );
+        let with_action = format!("{base}use_action = true\n");
+        assert!(parse(&with_action).unwrap().warnings().is_empty());
     }
 }

@@ -8,6 +8,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::harness;
+
 pub struct Client {
     r: BufReader<OwnedReadHalf>,
     pub w: OwnedWriteHalf,
@@ -77,20 +79,11 @@ impl Client {
         r
     }
 
-    /// Sends a body after DATA's 354: dot-stuffed, CRLF-terminated, then the final dot.
+    /// Sends a body after DATA's 354, prepared by [`harness::dot_stuff`] (bare LF made CRLF,
+    /// leading dots doubled, CRLF at the end), then the final dot. Raw bytes go with
+    /// [`Client::send`].
     pub async fn body(&mut self, body: &[u8]) {
-        let mut out = Vec::with_capacity(body.len() + 1024);
-        let mut at_start = true;
-        for &b in body {
-            if at_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            at_start = b == b'\n';
-        }
-        if !out.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
+        let mut out = harness::dot_stuff(body);
         out.extend_from_slice(b".\r\n");
         self.send(&out).await;
     }

@@ -3,49 +3,114 @@
 //! on demand (a clamd or spamd that never answers, a 10025 that says 421 after DATA) are fakes;
 //! everything else is real.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Notify;
 
 use crate::capture::{AfterData, Behaviour, Capture};
 use crate::client::{send_one, Client};
 use crate::harness;
-use crate::util::{self, config, fixture, start_filter};
+use crate::util::{self, config, fixture, start_filter, Filter};
 
-/// A TCP peer that accepts, reads everything, and never answers.
-async fn silent_tcp() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(swallow(s));
-        }
-    });
-    addr
+/// `server.shutdown_grace` in [`util::config`].
+const GRACE: Duration = Duration::from_secs(30);
+
+/// Stops the filter and waits until every session has ended, so a delivery that was going to
+/// happen has happened and the sink's count is final. Fails if the drain needed the whole grace
+/// period: a session still running after it could deliver later.
+async fn drained(f: Filter) {
+    let started = Instant::now();
+    f.stop().await;
+    assert!(
+        started.elapsed() < GRACE,
+        "sessions still running after the grace period"
+    );
 }
 
-/// Reads everything the peer sends and never answers.
-async fn swallow(mut s: impl tokio::io::AsyncRead + Unpin) {
-    let mut buf = vec![0u8; 65536];
-    while let Ok(n) = s.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
+/// A fake peer that accepts, reads everything, and never answers; it keeps what it read so a
+/// test can wait until a given request has reached it.
+#[derive(Clone, Default)]
+struct Silent {
+    addr: String,
+    heard: Arc<(Mutex<Vec<u8>>, Notify)>,
+}
+
+impl Silent {
+    /// A TCP one on 127.0.0.1.
+    async fn tcp() -> Silent {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = Silent {
+            addr: l.local_addr().unwrap().to_string(),
+            ..Default::default()
+        };
+        let p = peer.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(p.clone().swallow(s));
+            }
+        });
+        peer
     }
-    tokio::time::sleep(Duration::from_secs(3600)).await;
-}
 
-/// A Unix-socket peer that accepts, reads everything, and never answers.
-fn silent_unix(dir: &std::path::Path) -> String {
-    let path = dir.join("silent.sock");
-    let l = UnixListener::bind(&path).unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(swallow(s));
+    /// A Unix-socket one in `dir`.
+    fn unix(dir: &std::path::Path) -> Silent {
+        let path = dir.join("silent.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let peer = Silent {
+            addr: path.display().to_string(),
+            ..Default::default()
+        };
+        let p = peer.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(p.clone().swallow(s));
+            }
+        });
+        peer
+    }
+
+    /// Reads everything the peer sends and never answers.
+    async fn swallow(self, mut s: impl tokio::io::AsyncRead + Unpin) {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            self.heard.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            self.heard.1.notify_waiters();
         }
-    });
-    path.display().to_string()
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+
+    /// Waits (at most 30 s) until `needle` arrived: health probes (PING) don't count, a
+    /// message being scanned does.
+    async fn wait_for(&self, needle: &[u8]) {
+        let arrived = async {
+            loop {
+                // Registered before the check, so a read in between still wakes it.
+                let more = self.heard.1.notified();
+                let found = {
+                    let got = self.heard.0.lock().unwrap();
+                    got.windows(needle.len()).any(|w| w == needle)
+                };
+                if found {
+                    return;
+                }
+                more.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), arrived)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{:?} never reached the silent peer",
+                    String::from_utf8_lossy(needle)
+                )
+            });
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,8 +127,8 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("4.5.0 Error in processing, id="), "{r:?}");
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
+    drained(f).await;
     assert_eq!(sink.count(), 0, "passed unscanned");
-    f.stop().await;
 
     // The retry, once clamd is there, is delivered exactly once.
     let clamd = util::blocking(util::clamd).await;
@@ -76,8 +141,8 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
     )
     .await;
     assert_eq!(r.code, 250, "{r:?}");
+    drained(f).await;
     assert_eq!(sink.count(), 1);
-    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,9 +172,10 @@ async fn clamd_missing_with_pass_policy_tags_unchecked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_hanging_times_out_into_tempfail() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = silent_unix(dir.path());
+    let silent = Silent::unix(dir.path());
     let sink = Capture::start().await;
-    let cfg = config(Some(&sock), None, sink.addr, "").replace("timeout = 20\n", "timeout = 2\n");
+    let cfg =
+        config(Some(&silent.addr), None, sink.addr, "").replace("timeout = 20\n", "timeout = 2\n");
     let f = start_filter(&cfg).await;
     let r = send_one(
         f.addr,
@@ -123,15 +189,15 @@ async fn clamd_hanging_times_out_into_tempfail() {
         r.text.contains("virus_scan FAILED") && r.text.contains("timed out"),
         "{r:?}"
     );
+    drained(f).await;
     assert_eq!(sink.count(), 0);
-    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
-    let silent = silent_tcp().await;
+    let silent = Silent::tcp().await;
     let sink = Capture::start().await;
-    let cfg = config(None, Some(&silent), sink.addr, "").replace(
+    let cfg = config(None, Some(&silent.addr), sink.addr, "").replace(
         "timeout = 20\nio_timeout = 20",
         "timeout = 2\nio_timeout = 1",
     );
@@ -160,8 +226,8 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
     .await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
-    assert_eq!(sink.count(), 1);
-    f.stop().await;
+    drained(f).await;
+    assert_eq!(sink.count(), 1, "the tempfailed message was delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,8 +285,8 @@ async fn reinjection_421_after_data_defers_and_retry_delivers_once() {
         )
         .await;
     assert!(r.iter().all(|r| r.code == 250), "{r:?}");
-    assert_eq!(sink.count(), 1);
-    f.stop().await;
+    drained(f).await;
+    assert_eq!(sink.count(), 1, "delivered more than once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,8 +347,6 @@ async fn client_vanishing_mid_data_delivers_nothing() {
     c.send(b"Subject: half\r\n\r\nthe first half of a message\r\n")
         .await;
     drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.count(), 0);
     // The filter carries on.
     let r = send_one(
         f.addr,
@@ -291,9 +355,17 @@ async fn client_vanishing_mid_data_delivers_nothing() {
         &fixture("clean.eml"),
     )
     .await;
-    assert_eq!(r.code, 250);
-    assert_eq!(sink.count(), 1);
-    f.stop().await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Once drained, the abandoned session has ended too: had it been going to deliver the half
+    // message, it would have by now.
+    drained(f).await;
+    let all = sink.all();
+    assert_eq!(all.len(), 1, "the half message was delivered");
+    assert!(
+        all[0].text().contains("Lunch on Friday"),
+        "{}",
+        all[0].text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,19 +381,19 @@ async fn spool_failure_is_a_temporary_error() {
     let r = send_one(f.addr, "a@example.org", &["b@example.com"], &body).await;
     assert_eq!(r.code, 452, "{r:?}");
     assert!(r.text.contains("4.3.1"), "{r:?}");
+    drained(f).await;
     assert_eq!(sink.count(), 0);
-    f.stop().await;
 }
 
 /// SIGTERM while a message is being scanned: that message still gets its 250 and arrives;
 /// an idle session gets 421 4.3.2; the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_messages_in_flight() {
-    let silent = silent_tcp().await;
+    let silent = Silent::tcp().await;
     let sink = Capture::start().await;
     let port = harness::free_port();
     // spamd hangs for 3 s (then on_failure = pass): the message is in flight when SIGTERM comes.
-    let cfg = config(None, Some(&silent), sink.addr, "")
+    let cfg = config(None, Some(&silent.addr), sink.addr, "")
         .replace(
             "[server]\n",
             &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
@@ -358,7 +430,8 @@ async fn sigterm_drains_messages_in_flight() {
     busy.expect("RCPT TO:<b@example.com>", 250).await;
     busy.expect("DATA", 354).await;
     busy.body(&fixture("clean.eml")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The message is in flight once spamd (which never answers) has it.
+    silent.wait_for(b"Subject: Lunch on Friday?").await;
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
@@ -407,7 +480,12 @@ async fn clamd_size_limit_is_a_scanner_failure() {
     )
     .await;
     assert_eq!(r.code, 250, "{r:?}");
-    f.stop().await;
+    drained(f).await;
+    assert_eq!(
+        sink.count(),
+        1,
+        "the message too big for clamd was delivered"
+    );
     drop(small);
 }
 
@@ -431,6 +509,6 @@ async fn stale_pooled_connection_is_replaced_without_a_tempfail() {
         .await;
         assert_eq!(r.code, 250, "message {i}: {r:?}");
     }
+    drained(f).await;
     assert_eq!(sink.count(), 3);
-    f.stop().await;
 }

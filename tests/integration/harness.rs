@@ -1214,9 +1214,14 @@ impl SmtpClient {
     }
 }
 
-/// Prepares a message body for DATA: bare LF becomes CRLF (so LF-terminated .eml fixtures work), a
-/// '.' at the start of a line is doubled, and the body ends with CRLF. Bare CR is left alone. To
-/// send bytes unchanged (smuggling tests) use [`smtp_send_raw`].
+/// Prepares a message body for DATA (RFC 5321 4.5.2), for both test clients (this module's
+/// [`SmtpClient`] and `client::Client`): bare LF becomes CRLF (so LF-terminated .eml fixtures
+/// work), a '.' at the start of the body or after a CRLF is doubled, and the body ends with CRLF.
+/// Bare LF is made CRLF *before* stuffing, so a dot after it is doubled too: a server that takes
+/// bare LF as a line end (Postfix) and one that normalises it to CRLF (postsift) both get the
+/// body back, and neither can see `<CRLF>.<CRLF>` early. Bare CR is left alone and is no line
+/// start. Append `.` CRLF to end the data. To send bytes unchanged (smuggling tests) use
+/// [`smtp_send_raw`] or `Client::send`.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
     let mut at_line_start = true;
@@ -1312,4 +1317,87 @@ fn send(addr: SocketAddr, from: &str, rcpts: &[&str], wire_data: &[u8]) -> Vec<(
     }
     step!(c.read_reply());
     quit!();
+}
+
+#[cfg(test)]
+mod dot_stuff_tests {
+    use super::dot_stuff;
+
+    /// Bodies with every kind of line end and dot placement.
+    const BODIES: &[&[u8]] = &[
+        b"",
+        b".",
+        b".a",
+        b"..\r\n",
+        b"no end",
+        b"a\r\n.b\r\n",
+        b"x\r\n.\r\n",
+        b"a\n.b",
+        b"a\n.\nb\n",
+        b"\n.",
+        b"a\r.b\r\n",
+        b"a\r\n\r\n.\r\n..\r\n",
+        b"ends in CR\r",
+    ];
+
+    #[test]
+    fn dot_stuff_doubles_dots_at_line_starts_and_makes_bare_lf_crlf() {
+        for (body, wire) in [
+            (&b""[..], &b"\r\n"[..]),
+            (b".", b"..\r\n"),
+            (b".a", b"..a\r\n"),
+            (b"..\r\n", b"...\r\n"),
+            (b"no end", b"no end\r\n"),
+            (b"a\r\n.b\r\n", b"a\r\n..b\r\n"),
+            (b"x\r\n.\r\n", b"x\r\n..\r\n"),
+            // Where the two test clients used to differ: a dot after a bare LF.
+            (b"a\n.b", b"a\r\n..b\r\n"),
+            (b"\n.", b"\r\n..\r\n"),
+            // A bare CR is not a line end for stuffing.
+            (b"a\r.b\r\n", b"a\r.b\r\n"),
+        ] {
+            assert_eq!(
+                String::from_utf8_lossy(&dot_stuff(body)),
+                String::from_utf8_lossy(wire),
+                "body {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    /// What a receiver reading CRLF lines gets back: the body with bare LF as CRLF, ending in
+    /// CRLF; and the data never ends before the terminator appended after it.
+    #[test]
+    fn dot_stuffed_data_ends_only_at_the_terminator_and_unstuffs_to_the_body() {
+        for &body in BODIES {
+            let shown = String::from_utf8_lossy(body);
+            // The DATA command's own CRLF comes first: a leading "." is at a line start too.
+            let mut wire = b"DATA\r\n".to_vec();
+            wire.extend(dot_stuff(body));
+            wire.extend_from_slice(b".\r\n");
+            let end = wire.windows(5).position(|w| w == b"\r\n.\r\n").unwrap();
+            assert_eq!(end + 5, wire.len(), "{shown:?}: data ends early");
+
+            let mut unstuffed = Vec::new();
+            for line in wire[6..end + 2].split_inclusive(|&b| b == b'\n') {
+                assert!(line.ends_with(b"\r\n"), "{shown:?}: bare LF on the wire");
+                unstuffed.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+            }
+            let mut expected = Vec::new();
+            for (i, &b) in body.iter().enumerate() {
+                if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
+                    expected.push(b'\r');
+                }
+                expected.push(b);
+            }
+            if !expected.ends_with(b"\r\n") {
+                expected.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&unstuffed),
+                String::from_utf8_lossy(&expected),
+                "{shown:?}"
+            );
+        }
+    }
 }
