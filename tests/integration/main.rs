@@ -16,4 +16,5 @@ mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
 mod prometheus; // every dashboard and alert expression against a real Prometheus
+mod reload; // SIGHUP reload: new config for new sessions, sessions in flight finish, postsift reload
 mod rspamd; // rspamd as the spam engine
