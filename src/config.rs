@@ -95,6 +95,9 @@ pub struct Server {
     pub max_errors: u32,
     /// Seconds messages in flight get to finish on SIGTERM. Default 120.
     pub shutdown_grace: u64,
+    /// File `postsift run` writes its pid to at start (and removes at exit), for
+    /// `postsift reload`. Default: none (no pid file).
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for Server {
@@ -115,6 +118,7 @@ impl Default for Server {
             write_timeout: 300,
             max_errors: 20,
             shutdown_grace: 120,
+            pid_file: None,
         }
     }
 }

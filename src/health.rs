@@ -1,6 +1,7 @@
 //! The health probe: every few seconds, clamd and the spam engine are pinged and the reinjection server's
 //! greeting is read, so `postsift_scanner_up`, `postsift_reinject_up` and `/readyz` tell the
-//! truth even when no mail is flowing.
+//! truth even when no mail is flowing. The probe follows the current configuration: after a
+//! reload it probes the new peers at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,17 +9,24 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::Shared;
 
-/// Probes until shutdown.
-pub async fn probe_loop(shared: Arc<Shared>) {
-    let interval = Duration::from_secs(shared.config.metrics.probe_interval);
+/// Probes the peers of the current [`Shared`] until shutdown, at once again whenever a reload
+/// replaces it.
+pub async fn probe_loop(mut current: watch::Receiver<Arc<Shared>>) {
     loop {
+        let shared = current.borrow_and_update().clone();
         probe_once(&shared).await;
+        let interval = Duration::from_secs(shared.config.metrics.probe_interval);
+        let shutdown = shared.shutdown.clone();
+        // Not held while waiting: the old generation's clients go when its last session ends.
+        drop(shared);
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            changed = current.changed() => if changed.is_err() { return },
         }
     }
 }

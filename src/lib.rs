@@ -25,10 +25,11 @@ pub mod smtp;
 
 use std::path::PathBuf;
 
-pub use server::serve;
+pub use server::{serve, serve_with_reload, Reload};
 
 /// What every session shares: configuration, scanner clients, the reinjection pool, and the
-/// shutdown signal.
+/// shutdown signal. A reload builds a new one for new sessions; a session keeps the one it
+/// started with to its end. Only `metrics` (and `shutdown`) outlive a reload.
 pub struct Shared {
     pub config: config::Config,
     pub hostname: String,
@@ -40,24 +41,43 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// With a fresh metrics registry; configured scanners start "down" until the first probe or
+    /// scan says otherwise.
     pub fn new(config: config::Config, shutdown: tokio_util::sync::CancellationToken) -> Shared {
-        let metrics = metrics::Metrics::new();
-        // Configured scanners start "down" until the first probe or scan says otherwise.
-        if !config.clamd.endpoints.is_empty() {
-            metrics.set_scanner_up("clamd", false);
+        let shared = Shared::with_metrics(
+            config,
+            shutdown,
+            std::sync::Arc::new(metrics::Metrics::new()),
+        );
+        for name in shared.scanner_names() {
+            shared.metrics.set_scanner_up(name, false);
         }
-        let scanners = scan::Scanners::new(&config);
-        if let Some(engine) = scanners.spam() {
-            metrics.set_scanner_up(engine.name(), false);
-        }
+        shared
+    }
+
+    /// Builds the scanner clients and the reinjection pool for `config`, recording into
+    /// `metrics`, which the caller keeps across reloads (the Prometheus registry must survive
+    /// them). Leaves the metric values alone.
+    pub fn with_metrics(
+        config: config::Config,
+        shutdown: tokio_util::sync::CancellationToken,
+        metrics: std::sync::Arc<metrics::Metrics>,
+    ) -> Shared {
         Shared {
-            metrics: std::sync::Arc::new(metrics),
+            metrics,
             hostname: config.hostname(),
             spool_dir: config.spool_dir(),
-            scanners,
+            scanners: scan::Scanners::new(&config),
             reinjector: reinject::Reinjector::new(&config),
             config,
             shutdown,
         }
+    }
+
+    /// The `scanner` label of every scanner this configuration uses.
+    pub fn scanner_names(&self) -> Vec<&'static str> {
+        let clamd = self.scanners.clamd().map(|_| "clamd");
+        let spam = self.scanners.spam().map(|e| e.name());
+        clamd.into_iter().chain(spam).collect()
     }
 }

@@ -1,7 +1,8 @@
-//! The `postsift` command: `run` (the daemon), `check-config` and `scan`. Logging is set up here,
-//! and this is the only place that uses anyhow.
+//! The `postsift` command: `run` (the daemon), `check-config`, `reload` and `scan`. Logging and
+//! the signals (SIGTERM drains, SIGHUP reloads) are set up here, and this is the only place that
+//! uses anyhow.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// sysexits.h: a bad configuration or command line.
 const EX_USAGE: u8 = 64;
+/// sysexits.h: the daemon to signal is not there.
+const EX_UNAVAILABLE: u8 = 69;
 const EX_IOERR: u8 = 74;
 
 #[derive(Parser)]
@@ -30,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the filter in the foreground; logs go to stderr. SIGTERM/SIGINT drain gracefully.
+    /// Run the filter in the foreground; logs go to stderr. SIGTERM/SIGINT drain gracefully;
+    /// SIGHUP reloads the configuration file.
     Run {
         /// Configuration file (default: /etc/postsift/postsift.toml if it exists, else built-in defaults).
         #[arg(long)]
@@ -38,6 +42,13 @@ enum Command {
     },
     /// Validate the configuration and exit (64 on error, naming the bad key).
     CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration (64 on error, naming the bad key), then send SIGHUP to the
+    /// running daemon, whose pid is read from `server.pid_file`. Without a pid file: 64; use
+    /// `kill -HUP $(pidof postsift)` instead. 69 if the daemon cannot be signalled.
+    Reload {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -55,12 +66,16 @@ fn main() -> ExitCode {
     let config_path = match &cli.command {
         Command::Run { config }
         | Command::CheckConfig { config }
+        | Command::Reload { config }
         | Command::Scan { config, .. } => config.clone(),
     };
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postsift: {e}");
+            if matches!(cli.command, Command::Reload { .. }) {
+                eprintln!("postsift: not reloading; the daemon keeps running on its configuration");
+            }
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -74,9 +89,28 @@ fn main() -> ExitCode {
             println!("configuration ok");
             ExitCode::SUCCESS
         }
+        Command::Reload { .. } => {
+            let Some(pid_file) = &config.server.pid_file else {
+                eprintln!(
+                    "postsift: server.pid_file is not set, so the daemon's pid is unknown; set it \
+                     (and restart), or signal the daemon yourself: kill -HUP $(pidof postsift)"
+                );
+                return ExitCode::from(EX_USAGE);
+            };
+            match signal_daemon(pid_file) {
+                Ok(pid) => {
+                    println!("configuration ok; SIGHUP sent to postsift (pid {pid})");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("postsift: {e:#}");
+                    ExitCode::from(EX_UNAVAILABLE)
+                }
+            }
+        }
         Command::Run { .. } => {
             init_logging(&config);
-            match run(config) {
+            match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -112,11 +146,18 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// `path` is the `--config` given at start: SIGHUP reads the same file again.
+fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // Handlers first: once the pid file is written anyone may send SIGHUP, whose default
+        // action would end the process.
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
             let l = tokio::net::TcpListener::bind(addr)
@@ -125,25 +166,99 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening");
             listeners.push(l);
         }
+        let _pid_file = config
+            .server
+            .pid_file
+            .as_deref()
+            .map(PidFile::create)
+            .transpose()?;
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        let (reload, reloads) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                    _ = hup.recv() => {
+                        tracing::info!(config = %config_source(path.as_deref()), "SIGHUP received: reloading the configuration");
+                        let loaded = Config::load_or_default(path.as_deref());
+                        if reload.send(loaded).await.is_err() {
+                            break;
+                        }
+                    }
+                }
             }
             signals.cancel();
         });
-        postsift::serve(config, listeners, shutdown).await?;
+        postsift::serve_with_reload(config, listeners, shutdown, reloads).await?;
         Ok(())
     })
+}
+
+/// What `Config::load_or_default(path)` reads, for the log.
+fn config_source(path: Option<&Path>) -> String {
+    let default = Path::new(postsift::config::DEFAULT_PATH);
+    match path {
+        Some(p) => p.display().to_string(),
+        None if default.exists() => default.display().to_string(),
+        None => "built-in defaults".into(),
+    }
+}
+
+/// The pid file named by `server.pid_file`: written once the listeners are bound, removed when
+/// `run` returns.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> anyhow::Result<PidFile> {
+        // Written aside and renamed, so `postsift reload` never reads half a pid.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write {} (server.pid_file)", path.display()))?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends SIGHUP to the pid in `pid_file`, after checking that the process is a postsift: a
+/// stale pid file may name an unrelated process now, which SIGHUP would end.
+fn signal_daemon(pid_file: &Path) -> anyhow::Result<i32> {
+    let shown = pid_file.display();
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("cannot read {shown} (server.pid_file): is postsift running?"))?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .with_context(|| format!("{shown} holds no pid: {:?}", text.trim()))?;
+    #[cfg(target_os = "linux")]
+    {
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/comm")).with_context(|| {
+            format!("no process {pid} (from {shown}): is postsift running? (stale pid file)")
+        })?;
+        let ours = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        if theirs.trim() != ours.trim() {
+            anyhow::bail!(
+                "process {pid} (from {shown}) is {:?}, not postsift: stale pid file?",
+                theirs.trim()
+            );
+        }
+    }
+    // SAFETY: kill(2) with a positive pid and a valid signal number.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot signal process {pid} (from {shown})"));
+    }
+    Ok(pid)
 }
 
 fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {

@@ -12,8 +12,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
 ];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
+pub const RELOAD_RESULTS: &[&str] = &["success", "failure"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -50,6 +51,10 @@ pub struct Metrics {
     pub sessions: IntCounterVec,
     pub in_flight: IntGauge,
     pub replies: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last configuration taken into use: set at start and at every
+    /// successful reload.
+    pub config_last_reload_success: Gauge,
     /// Set by the health probe: every configured peer answered at the last probe.
     pub ready: AtomicBool,
 }
@@ -103,6 +108,12 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
@@ -236,6 +247,18 @@ impl Metrics {
                 &["class"],
                 &[REPLY_CLASSES],
             ),
+            config_reloads: counter(
+                &r,
+                "postsift_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result",
+                &["result"],
+                &[RELOAD_RESULTS],
+            ),
+            config_last_reload_success: float_gauge(
+                &r,
+                "postsift_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration taken into use (start or reload)",
+            ),
             ready: AtomicBool::new(false),
             registry: r,
         }
@@ -252,6 +275,23 @@ impl Metrics {
 
     pub fn set_scanner_up(&self, scanner: &str, up: bool) {
         self.scanner_up.with_label_values(&[scanner]).set(up as i64);
+    }
+
+    /// A configuration was taken into use (at start, or by a successful reload).
+    pub fn config_applied(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_last_reload_success.set(now.as_secs_f64());
+    }
+
+    /// Counts one reload attempt; a success also moves the timestamp.
+    pub fn reload_done(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if ok {
+            self.config_applied();
+        }
     }
 }
 
@@ -335,6 +375,20 @@ mod tests {
         )));
         assert!(text.contains("postsift_sessions_total{protocol=\"lmtp\"} 0"));
         assert!(text.contains("process_resident_memory_bytes"));
+        assert!(text.contains("postsift_config_reloads_total{result=\"success\"} 0"));
+        assert!(text.contains("postsift_config_reloads_total{result=\"failure\"} 0"));
+        assert!(text.contains("postsift_config_last_reload_success_timestamp_seconds 0"));
+    }
+
+    #[test]
+    fn a_reload_counts_by_result_and_moves_the_timestamp_on_success() {
+        let m = Metrics::new();
+        m.reload_done(false);
+        assert_eq!(m.config_reloads.with_label_values(&["failure"]).get(), 1);
+        assert_eq!(m.config_last_reload_success.get(), 0.0);
+        m.reload_done(true);
+        assert_eq!(m.config_reloads.with_label_values(&["success"]).get(), 1);
+        assert!(m.config_last_reload_success.get() > 1.6e9);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The accept loop: client access control, the session limit, one task per session, and the
+//! The accept loops: client access control, the session limit, one task per session, the
 //! graceful drain on shutdown (stop accepting, let messages in flight finish, `421 4.3.2` to
-//! idle sessions, give up after the grace period).
+//! idle sessions, give up after the grace period), and the configuration reload (SIGHUP): new
+//! sessions get the new configuration while sessions in flight finish under theirs.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,14 +10,28 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Session;
 use crate::Shared;
+
+/// One reload request: the configuration file as loaded and validated again, or the error
+/// that gave (the reload then fails and the error is logged, naming the bad key).
+pub type Reload = Result<Config, config::Error>;
+
+/// Why a reload was refused; the running configuration then stays entirely in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error("cannot listen on {addr} (server.listen): {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
 
 /// Serves on already bound listeners until `shutdown` is cancelled, then drains. Tests bind
 /// `127.0.0.1:0` and run many servers side by side.
@@ -25,8 +40,21 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let grace = Duration::from_secs(config.server.shutdown_grace);
-    let limit = Arc::new(Semaphore::new(config.server.max_sessions));
+    // The sender goes at once: the channel reads as closed and nothing is ever reloaded.
+    let (_, no_reloads) = mpsc::channel(1);
+    serve_with_reload(config, listeners, shutdown, no_reloads).await
+}
+
+/// Like [`serve`], and applies every [`Reload`] received on `reload` (the daemon sends one per
+/// SIGHUP). `listeners[i]` serves `config.server.listen[i]`: a reload compares configured
+/// addresses, keeps the listeners of those still listed, binds the new ones and closes the
+/// rest. (A listener beyond the configured list is known by its own address.)
+pub async fn serve_with_reload(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+    mut reload: mpsc::Receiver<Reload>,
+) -> io::Result<()> {
     let metrics_listener = match config.metrics.listen.as_str() {
         "" => None,
         addr => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -36,54 +64,51 @@ pub async fn serve(
             )
         })?),
     };
-    let shared = Arc::new(Shared::new(config, shutdown.clone()));
+    let configured = config.server.listen.clone();
+    let shared = Shared::new(config, shutdown.clone());
+    let metrics = shared.metrics.clone();
+    metrics.config_applied();
+    let limit = Arc::new(Semaphore::new(shared.config.server.max_sessions));
+    // A watch channel rather than arc-swap: tokio already has it, and besides the current value
+    // it wakes the health probe, which then probes the new peers at once. Each accept takes a
+    // clone of the Arc; a session keeps the generation it started with until it ends.
+    let (current, _) = watch::channel(Arc::new(shared));
     let tracker = TaskTracker::new();
     if let Some(l) = metrics_listener {
-        tracing::info!(addr = %shared.config.metrics.listen, "metrics endpoint");
+        tracing::info!(addr = %current.borrow().config.metrics.listen, "metrics endpoint");
         tracker.spawn(crate::metrics::serve_http(
             l,
-            shared.metrics.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ));
     }
-    tracker.spawn(crate::health::probe_loop(shared.clone()));
+    tracker.spawn(crate::health::probe_loop(current.subscribe()));
 
-    for listener in listeners {
+    let mut running = Running {
+        current,
+        metrics,
+        limit,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        accepting: Vec::new(),
+    };
+    for (i, listener) in listeners.into_iter().enumerate() {
         let bound = listener.local_addr()?;
-        let shared = shared.clone();
-        let limit = limit.clone();
-        let sessions = tracker.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::error!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                };
-                let shared = shared.clone();
-                let permit = limit.clone().try_acquire_owned();
-                if permit.is_err() {
-                    shared.metrics.replies.with_label_values(&["4xx"]).inc();
-                }
-                sessions.spawn(async move {
-                    match permit {
-                        Ok(_permit) => handle(stream, peer, bound, shared).await,
-                        Err(_) => refuse(stream, reply::too_busy()).await,
-                    }
-                });
-            }
-        });
+        running.accept_on(configured.get(i).copied().unwrap_or(bound), listener, bound);
     }
 
-    shutdown.cancelled().await;
+    let mut reloads_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = reload.recv(), if reloads_open => match r {
+                Some(r) => running.reload(r).await,
+                None => reloads_open = false,
+            },
+        }
+    }
+
+    let grace = Duration::from_secs(running.current.borrow().config.server.shutdown_grace);
     tracker.close();
     tracing::info!(tasks = tracker.len(), "shutting down: draining sessions");
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -93,6 +118,179 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// The serving state a reload changes.
+struct Running {
+    /// The generation new sessions get.
+    current: watch::Sender<Arc<Shared>>,
+    /// Kept across reloads: the registry must survive them.
+    metrics: Arc<Metrics>,
+    /// One semaphore for all generations, resized on reload, so sessions under an old
+    /// configuration still count against `server.max_sessions`.
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Configured address → the token that stops its accept loop.
+    accepting: Vec<(SocketAddr, CancellationToken)>,
+}
+
+impl Running {
+    /// `key` is the configured address, `bound` the one the listener got.
+    fn accept_on(&mut self, key: SocketAddr, listener: TcpListener, bound: SocketAddr) {
+        let stop = self.shutdown.child_token();
+        self.accepting.push((key, stop.clone()));
+        self.tracker.spawn(accept_loop(
+            listener,
+            bound,
+            self.current.subscribe(),
+            self.limit.clone(),
+            self.tracker.clone(),
+            stop,
+        ));
+    }
+
+    async fn reload(&mut self, r: Reload) {
+        match self.apply(r).await {
+            Ok(()) => self.metrics.reload_done(true),
+            Err(e) => {
+                // toml's errors span lines (source excerpt, caret); one log line per event.
+                let error = e
+                    .to_string()
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::error!(%error, "reload failed; still running on the previous configuration");
+                self.metrics.reload_done(false);
+            }
+        }
+    }
+
+    /// All that can fail (the configuration, binding new addresses) happens before anything
+    /// changes, so a failed reload leaves the old configuration entirely in force.
+    async fn apply(&mut self, r: Reload) -> Result<(), ReloadError> {
+        let new = r?;
+        let mut added: Vec<(SocketAddr, TcpListener, SocketAddr)> = Vec::new();
+        for &addr in &new.server.listen {
+            let known = self.accepting.iter().any(|(k, _)| *k == addr)
+                || added.iter().any(|(k, _, _)| *k == addr);
+            if !known {
+                let bind = async {
+                    let l = TcpListener::bind(addr).await?;
+                    let bound = l.local_addr()?;
+                    Ok((l, bound))
+                };
+                let (l, bound) = bind
+                    .await
+                    .map_err(|source| ReloadError::Bind { addr, source })?;
+                added.push((addr, l, bound));
+            }
+        }
+
+        let old = self.current.borrow().clone();
+        let restart_only = [
+            (
+                "metrics.listen",
+                old.config.metrics.listen != new.metrics.listen,
+            ),
+            ("log.level", old.config.log.level != new.log.level),
+            ("log.format", old.config.log.format != new.log.format),
+            (
+                "server.pid_file",
+                old.config.server.pid_file != new.server.pid_file,
+            ),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed, but takes effect only at a restart; keeping the old value"
+                );
+            }
+        }
+        self.resize_limit(old.config.server.max_sessions, new.server.max_sessions);
+
+        let shared = Shared::with_metrics(new, self.shutdown.clone(), self.metrics.clone());
+        let (before, after) = (old.scanner_names(), shared.scanner_names());
+        for name in before.iter().filter(|n| !after.contains(n)) {
+            let _ = self.metrics.scanner_up.remove_label_values(&[name]);
+        }
+        for name in after.iter().filter(|n| !before.contains(n)) {
+            self.metrics.set_scanner_up(name, false);
+        }
+        let listen = shared.config.server.listen.clone();
+        drop(old);
+        self.current.send_replace(Arc::new(shared));
+
+        for (addr, listener, bound) in added {
+            self.accept_on(addr, listener, bound);
+            tracing::info!(%addr, "listening");
+        }
+        self.accepting.retain(|(addr, stop)| {
+            let keep = listen.contains(addr);
+            if !keep {
+                stop.cancel();
+                tracing::info!(%addr, "no longer listening (removed from server.listen)");
+            }
+            keep
+        });
+        tracing::info!(?listen, "configuration reloaded; new sessions use it");
+        Ok(())
+    }
+
+    /// Sessions open now keep their permits: a smaller limit is reached as they end.
+    fn resize_limit(&self, was: usize, now: usize) {
+        if now > was {
+            self.limit.add_permits(now - was);
+        } else if now < was {
+            let fewer = u32::try_from(was - now).unwrap_or(u32::MAX);
+            let limit = self.limit.clone();
+            // Takes the surplus permits as they come free and drops them for good. A later
+            // reload's add_permits feeds this first, so the sum stays right.
+            tokio::spawn(async move {
+                if let Ok(p) = limit.acquire_many_owned(fewer).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    bound: SocketAddr,
+    current: watch::Receiver<Arc<Shared>>,
+    limit: Arc<Semaphore>,
+    sessions: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // The generation current at accept time serves this session to its end.
+        let shared = current.borrow().clone();
+        let permit = limit.clone().try_acquire_owned();
+        if permit.is_err() {
+            shared.metrics.replies.with_label_values(&["4xx"]).inc();
+        }
+        sessions.spawn(async move {
+            match permit {
+                Ok(_permit) => handle(stream, peer, bound, shared).await,
+                Err(_) => refuse(stream, reply::too_busy()).await,
+            }
+        });
+    }
 }
 
 /// `bound` is the listener's address: the session's local address unless the listener is on a

@@ -17,4 +17,5 @@ mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
 mod prometheus; // every dashboard and alert expression against a real Prometheus
 mod regression; // one test per defect found by probing (issue 12), named after what broke
+mod reload; // SIGHUP reload: new config for new sessions, sessions in flight finish, postsift reload
 mod rspamd; // rspamd as the spam engine
