@@ -492,6 +492,12 @@ impl Config {
                 return Err(bad("rspamd.endpoints", &format!("`{ep}` is not host:port")));
             }
         }
+        if self.server.max_header_size < 1024 {
+            return Err(bad("server.max_header_size", "must be at least 1024 bytes"));
+        }
+        if self.server.max_junk_commands == 0 {
+            return Err(bad("server.max_junk_commands", "must be at least 1"));
+        }
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),

@@ -158,6 +158,9 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        for w in config.warnings() {
+            tracing::warn!("configuration: {w}");
+        }
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
             let l = tokio::net::TcpListener::bind(addr)
@@ -183,6 +186,9 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                     _ = hup.recv() => {
                         tracing::info!(config = %config_source(path.as_deref()), "SIGHUP received: reloading the configuration");
                         let loaded = Config::load_or_default(path.as_deref());
+                        for w in loaded.iter().flat_map(Config::warnings) {
+                            tracing::warn!("configuration: {w}");
+                        }
                         if reload.send(loaded).await.is_err() {
                             break;
                         }

@@ -12,7 +12,8 @@ use crate::harness;
 
 pub struct Client {
     r: BufReader<OwnedReadHalf>,
-    pub w: OwnedWriteHalf,
+    /// None once [`Client::take_writer`] took it.
+    w: Option<OwnedWriteHalf>,
 }
 
 #[derive(Debug, Clone)]
@@ -27,7 +28,7 @@ impl Client {
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),
-            w,
+            w: Some(w),
         }
     }
 
@@ -39,8 +40,14 @@ impl Client {
         c
     }
 
+    /// Takes the write half (to write from another task while this one reads replies).
+    pub fn take_writer(&mut self) -> OwnedWriteHalf {
+        self.w.take().expect("writer already taken")
+    }
+
     pub async fn send(&mut self, raw: &[u8]) {
-        self.w.write_all(raw).await.unwrap();
+        let w = self.w.as_mut().expect("writer taken");
+        w.write_all(raw).await.unwrap();
     }
 
     pub async fn line(&mut self, l: &str) {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use postsift::message::normalize_line_ends;
+use postsift::message::{normalize_line_ends, Message};
 
 use crate::capture::Capture;
 use crate::client::send_one;
@@ -103,6 +103,7 @@ async fn real_world_corpus_passes_unharmed() {
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
     let mut checked = 0;
     let mut detected = 0;
+    let mut separated = 0;
     let mut names: Vec<&String> = expect.keys().collect();
     names.sort();
     for name in names {
@@ -146,7 +147,16 @@ async fn real_world_corpus_passes_unharmed() {
         let m = sink.last();
         let delivered = strip_block(&m.data);
         let (dh, db) = comparable(delivered);
-        let (oh, ob) = comparable(&original);
+        // Where the header section ends at a line that is not blank (a malformed header),
+        // postsift puts a blank line in front of it: the one change it makes to the rest.
+        let parsed = Message::from_bytes(&original);
+        let mut expected = original.clone();
+        if parsed.needs_separator() {
+            let at = parsed.header_section().len();
+            expected.splice(at..at, *b"\r\n");
+            separated += 1;
+        }
+        let (oh, ob) = comparable(&expected);
         assert_eq!(dh, oh, "{name}: headers changed");
         assert!(db == ob, "{name}: body changed");
         if spam {
@@ -155,6 +165,7 @@ async fn real_world_corpus_passes_unharmed() {
         checked += 1;
     }
     assert!(checked > 60, "only {checked} messages checked");
+    eprintln!("corpus: {checked} passed unharmed, {separated} with a blank line put before a malformed header line");
     assert!(
         detected >= 3,
         "clam.exe found in only {detected} corpus messages"

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use postsift::smtp::address::parse_path;
 
 use crate::capture::Capture;
-use crate::client::Client;
+use crate::client::{Client, Reply};
 use crate::harness::{Postfix, PostfixOpts};
 use crate::util::{self, config, start_filter};
 
@@ -261,4 +261,124 @@ async fn malformed_header_line_cannot_carry_forged_headers_past_it() {
     assert!(m.data.ends_with(
         b"From: a@example.org\r\n\r\nX-Spam\0Flag: YES\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n"
     ));
+}
+
+/// Connects and sends `bytes` one at a time, `gap` apart, until the server closes; returns the
+/// replies read after the greeting (the client reads while it dribbles).
+async fn dribble(addr: SocketAddr, bytes: &'static [u8], gap: std::time::Duration) -> Reply {
+    let mut c = Client::greeted(addr).await;
+    let mut w = c.take_writer();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for b in bytes.iter().cycle() {
+            if w.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+    });
+    // Bounded only so that a regression fails instead of hanging the suite.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(120), c.reply())
+        .await
+        .expect("the dribbling client still holds its slot after 120 s");
+    writer.abort();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_every_session_slot() {
+    // Regression: with only per-read timeouts, clients sending a byte every few seconds kept
+    // max_sessions full indefinitely. Now a whole command has read_timeout.
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "").replace(
+        "[server]\n",
+        "[server]\nmax_sessions = 2\nread_timeout = 3\n",
+    ))
+    .await;
+    let gap = std::time::Duration::from_millis(1500);
+    let (a, b) = tokio::join!(
+        dribble(f.addr, b"NOOP\r\n", gap),
+        dribble(f.addr, b"EHLO slow.example\r\n", gap)
+    );
+    for r in [a, b] {
+        assert_eq!(r.code, 421, "{r:?}");
+        assert!(r.text.contains("4.4.2"), "{r:?}");
+    }
+    // The slots are free again.
+    let r = crate::client::send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        b"Subject: after\r\n\r\nok\r\n",
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dribbled_below_the_minimum_rate_is_cut_off_and_not_delivered() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "").replace(
+        "[server]\n",
+        "[server]\nread_timeout = 3\nmin_data_rate = 1000\n",
+    ))
+    .await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("EHLO t", 250).await;
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    c.expect("RCPT TO:<b@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    let mut w = c.take_writer();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = w.write_all(b"Subject: slow\r\n\r\n").await;
+        loop {
+            if w.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        }
+    });
+    let r = tokio::time::timeout(std::time::Duration::from_secs(120), c.reply())
+        .await
+        .expect("a dribbled DATA body is still being read after 120 s");
+    writer.abort();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("4.4.2"), "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 0, "a cut-off body was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_commands_between_messages_are_limited() {
+    let sink = Capture::start().await;
+    let f = start_filter(
+        &config(None, None, sink.addr, "")
+            .replace("[server]\n", "[server]\nmax_junk_commands = 5\n"),
+    )
+    .await;
+    let mut c = Client::greeted(f.addr).await;
+    // Three NOOPs and an EHLO, a message (which resets the count), then five more are fine;
+    // the sixth ends the session.
+    for _ in 0..3 {
+        c.expect("NOOP", 250).await;
+    }
+    let r = c
+        .transaction(
+            false,
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r[0].code, 250);
+    for _ in 0..5 {
+        c.expect("RSET", 250).await;
+    }
+    let r = c.cmd("NOOP").await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("4.7.0"), "{r:?}");
+    assert_eq!(c.reply().await.code, 0, "connection not closed");
+    f.stop().await;
 }
