@@ -73,6 +73,12 @@ pub struct Server {
     /// Largest header section, in bytes, held (whole, in memory) and checked for forged
     /// headers; a message with a larger one is refused with `552 5.3.4`. Default 1048576.
     pub max_header_size: usize,
+    /// Bytes of message data all messages being received or processed together may hold in
+    /// memory (each takes `spool_threshold`, more for a larger header section); past it, new
+    /// messages get `452 4.3.1` instead of the process growing. Default 134217728 (128 MiB).
+    pub max_memory: usize,
+    /// Spool files all messages together may have open; past it, `452 4.3.1`. Default 512.
+    pub max_spool_files: usize,
     /// Directory for spooled messages. Default: `$TMPDIR` or `/tmp`.
     pub spool_dir: Option<PathBuf>,
     /// Seconds a whole command may take, counted from when postsift starts waiting for it
@@ -111,6 +117,8 @@ impl Default for Server {
             max_recipients: 1000,
             spool_threshold: 262_144,
             max_header_size: 1_048_576,
+            max_memory: 134_217_728,
+            max_spool_files: 512,
             spool_dir: None,
             read_timeout: 300,
             min_data_rate: 8192,
@@ -494,6 +502,15 @@ impl Config {
         }
         if self.server.max_header_size < 1024 {
             return Err(bad("server.max_header_size", "must be at least 1024 bytes"));
+        }
+        if self.server.max_memory < self.server.spool_threshold {
+            return Err(bad(
+                "server.max_memory",
+                "must be at least server.spool_threshold (one message's share)",
+            ));
+        }
+        if self.server.max_spool_files == 0 {
+            return Err(bad("server.max_spool_files", "must be at least 1"));
         }
         if self.server.max_junk_commands == 0 {
             return Err(bad("server.max_junk_commands", "must be at least 1"));

@@ -37,6 +37,8 @@ pub struct Shared {
     pub scanners: scan::Scanners,
     pub reinjector: reinject::Reinjector,
     pub metrics: std::sync::Arc<metrics::Metrics>,
+    /// Memory and spool files all messages together may hold (kept across reloads).
+    pub budget: std::sync::Arc<message::Budget>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -44,10 +46,12 @@ impl Shared {
     /// With a fresh metrics registry; configured scanners start "down" until the first probe or
     /// scan says otherwise.
     pub fn new(config: config::Config, shutdown: tokio_util::sync::CancellationToken) -> Shared {
+        let budget = message::Budget::new(config.server.max_memory, config.server.max_spool_files);
         let shared = Shared::with_metrics(
             config,
             shutdown,
             std::sync::Arc::new(metrics::Metrics::new()),
+            budget,
         );
         for name in shared.scanner_names() {
             shared.metrics.set_scanner_up(name, false);
@@ -56,15 +60,19 @@ impl Shared {
     }
 
     /// Builds the scanner clients and the reinjection pool for `config`, recording into
-    /// `metrics`, which the caller keeps across reloads (the Prometheus registry must survive
-    /// them). Leaves the metric values alone.
+    /// `metrics` and taking spool memory from `budget`, which the caller keeps across reloads
+    /// (the Prometheus registry must survive them, and messages in flight keep their share of
+    /// the budget). Leaves the metric values alone; sets the budget's limits from `config`.
     pub fn with_metrics(
         config: config::Config,
         shutdown: tokio_util::sync::CancellationToken,
         metrics: std::sync::Arc<metrics::Metrics>,
+        budget: std::sync::Arc<message::Budget>,
     ) -> Shared {
+        budget.set_limits(config.server.max_memory, config.server.max_spool_files);
         Shared {
             metrics,
+            budget,
             hostname: config.hostname(),
             spool_dir: config.spool_dir(),
             scanners: scan::Scanners::new(&config),

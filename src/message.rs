@@ -5,6 +5,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -47,6 +49,7 @@ pub struct Recipient {
 /// cache and return in microseconds, which costs far fewer system calls than tokio::fs's
 /// thread hand-off per write.
 pub struct Spool {
+    held: Held,
     head: Vec<u8>,
     file: Option<BufWriter<File>>,
     len: u64,
@@ -58,8 +61,33 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// A spool outside any [`Budget`] (the `scan` command, tests).
     pub fn new(threshold: usize, max_header: usize, dir: &Path) -> Spool {
+        Spool::with_held(Held::default(), threshold, max_header, dir)
+    }
+
+    /// A spool that takes its memory and spool file from `budget`: None when the budget
+    /// cannot even give it `threshold` bytes (the caller answers `452 4.3.1`).
+    pub fn reserve(
+        budget: &Arc<Budget>,
+        threshold: usize,
+        max_header: usize,
+        dir: &Path,
+    ) -> Option<Spool> {
+        if !budget.take_memory(threshold) {
+            return None;
+        }
+        let held = Held {
+            budget: Some(budget.clone()),
+            memory: threshold,
+            file: false,
+        };
+        Some(Spool::with_held(held, threshold, max_header, dir))
+    }
+
+    fn with_held(held: Held, threshold: usize, max_header: usize, dir: &Path) -> Spool {
         Spool {
+            held,
             head: Vec::with_capacity(threshold.min(16 * 1024)),
             file: None,
             len: 0,
@@ -105,11 +133,13 @@ impl Spool {
             }
             let room = limit.saturating_sub(self.head.len());
             let n = room.min(data.len());
+            self.held.grow_to(self.head.len() + n)?;
             self.head.extend_from_slice(&data[..n]);
             data = &data[n..];
             if data.is_empty() {
                 return Ok(());
             }
+            self.held.take_file()?;
             // tempfile() unlinks at once: a crash leaves nothing behind in the spool directory.
             let f = tempfile::tempfile_in(&self.dir)?;
             self.file = Some(BufWriter::with_capacity(64 * 1024, f));
@@ -136,6 +166,7 @@ impl Spool {
             self.scan.end().map_or(head.len(), |e| e as usize)
         };
         Ok(Message {
+            _held: self.held,
             head,
             tail,
             len: self.len,
@@ -143,6 +174,110 @@ impl Spool {
             header_too_big,
             separated: self.scan.end().is_none() || self.scan.blank,
         })
+    }
+}
+
+/// What all messages being received or processed together may hold: bytes in memory and
+/// spool files open. Past either, new messages are answered `452 4.3.1` instead of the
+/// process growing. Shared by every session (and across reloads, which may change the limits).
+#[derive(Debug, Default)]
+pub struct Budget {
+    memory: AtomicUsize,
+    files: AtomicUsize,
+    max_memory: AtomicUsize,
+    max_files: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(max_memory: usize, max_files: usize) -> Arc<Budget> {
+        let b = Budget::default();
+        b.set_limits(max_memory, max_files);
+        Arc::new(b)
+    }
+
+    pub fn set_limits(&self, max_memory: usize, max_files: usize) {
+        self.max_memory.store(max_memory, Ordering::Relaxed);
+        self.max_files.store(max_files, Ordering::Relaxed);
+    }
+
+    /// Bytes held in memory by spools now.
+    pub fn memory(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// Spool files open now.
+    pub fn files(&self) -> usize {
+        self.files.load(Ordering::Relaxed)
+    }
+
+    fn take(counter: &AtomicUsize, n: usize, max: usize) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                cur.checked_add(n).filter(|&t| t <= max)
+            })
+            .is_ok()
+    }
+
+    fn take_memory(&self, n: usize) -> bool {
+        Budget::take(&self.memory, n, self.max_memory.load(Ordering::Relaxed))
+    }
+
+    fn take_file(&self) -> bool {
+        Budget::take(&self.files, 1, self.max_files.load(Ordering::Relaxed))
+    }
+}
+
+/// One spool's share of a [`Budget`]; returned on drop. Without a budget it counts nothing.
+#[derive(Debug, Default)]
+struct Held {
+    budget: Option<Arc<Budget>>,
+    memory: usize,
+    file: bool,
+}
+
+impl Held {
+    fn exhausted(what: &str) -> io::Error {
+        // OutOfMemory tells the session to count it as a resource limit, not a disk fault.
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("{what} budget exhausted (server.max_memory / server.max_spool_files)"),
+        )
+    }
+
+    /// Makes sure `total` bytes of memory are held.
+    fn grow_to(&mut self, total: usize) -> io::Result<()> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        if total > self.memory {
+            if !b.take_memory(total - self.memory) {
+                return Err(Held::exhausted("memory"));
+            }
+            self.memory = total;
+        }
+        Ok(())
+    }
+
+    fn take_file(&mut self) -> io::Result<()> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        if !b.take_file() {
+            return Err(Held::exhausted("spool file"));
+        }
+        self.file = true;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.memory.fetch_sub(self.memory, Ordering::AcqRel);
+            if self.file {
+                b.files.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -236,6 +371,8 @@ fn is_name_byte(b: u8) -> bool {
 
 /// A complete message: CRLF line ends only, dot-unstuffed, ending with CRLF (unless empty).
 pub struct Message {
+    /// Memory and file taken from the budget, given back when the message is dropped.
+    _held: Held,
     head: Bytes,
     tail: Option<File>,
     len: u64,

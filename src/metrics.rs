@@ -28,7 +28,14 @@ pub const REINJECT_ERRORS: &[&str] = &[
     "connect", "timeout", "rejected", "tempfail", "network", "spool",
 ];
 pub const TEMPFAIL_REASONS: &[&str] = &[
-    "clamd", "spamd", "rspamd", "greylist", "reinject", "spool", "shutdown",
+    "clamd",
+    "spamd",
+    "rspamd",
+    "greylist",
+    "reinject",
+    "spool",
+    "resources",
+    "shutdown",
 ];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
@@ -50,6 +57,10 @@ pub struct Metrics {
     pub sessions_active: IntGauge,
     pub sessions: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Bytes of message data held in memory by all spools (`server.max_memory` caps it).
+    pub spool_memory: IntGauge,
+    /// Spool files open (`server.max_spool_files` caps it).
+    pub spool_files: IntGauge,
     pub replies: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// Unix time of the last configuration taken into use: set at start and at every
@@ -239,6 +250,16 @@ impl Metrics {
                 &r,
                 "postsift_messages_in_flight",
                 "Messages being scanned or reinjected",
+            ),
+            spool_memory: gauge(
+                &r,
+                "postsift_spool_memory_bytes",
+                "Bytes of message data held in memory by all messages (capped by server.max_memory)",
+            ),
+            spool_files: gauge(
+                &r,
+                "postsift_spool_files",
+                "Spool files open (capped by server.max_spool_files)",
             ),
             replies: counter(
                 &r,

@@ -211,7 +211,12 @@ impl Running {
         }
         self.resize_limit(old.config.server.max_sessions, new.server.max_sessions);
 
-        let shared = Shared::with_metrics(new, self.shutdown.clone(), self.metrics.clone());
+        let shared = Shared::with_metrics(
+            new,
+            self.shutdown.clone(),
+            self.metrics.clone(),
+            old.budget.clone(),
+        );
         let (before, after) = (old.scanner_names(), shared.scanner_names());
         for name in before.iter().filter(|n| !after.contains(n)) {
             let _ = self.metrics.scanner_up.remove_label_values(&[name]);

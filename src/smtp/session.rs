@@ -478,12 +478,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let started = Instant::now();
-        self.send(&reply::start_data()).await?;
-        let mut spool = Spool::new(
+        let Some(mut spool) = Spool::reserve(
+            &shared.budget,
             cfg.server.spool_threshold,
             cfg.server.max_header_size,
-            &self.shared.spool_dir,
-        );
+            &shared.spool_dir,
+        ) else {
+            // Every message in flight together holds server.max_memory: refuse this one
+            // before its body arrives rather than grow.
+            tracing::warn!(
+                memory = shared.budget.memory(),
+                "server.max_memory reached: DATA refused with 452"
+            );
+            shared
+                .metrics
+                .tempfails
+                .with_label_values(&["resources"])
+                .inc();
+            return self.ok(reply::no_space("-"));
+        };
+        self.record_budget();
+        self.send(&reply::start_data()).await?;
         let end = self
             .conn
             .read_data(&mut spool, cfg.server.max_message_size)
@@ -499,7 +514,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ),
             DataEnd::SpoolError(e) => {
                 tracing::error!(%id, error = %e, "cannot spool message");
-                metrics.tempfails.with_label_values(&["spool"]).inc();
+                let reason = match e.kind() {
+                    std::io::ErrorKind::OutOfMemory => "resources",
+                    _ => "spool",
+                };
+                metrics.tempfails.with_label_values(&[reason]).inc();
                 (
                     self.same_for_all(reply::no_space(&id)),
                     "unscanned",
@@ -509,6 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             DataEnd::Complete => self.process(spool, &id, started).await,
         };
         metrics.in_flight.dec();
+        self.record_budget();
         metrics.messages.with_label_values(&[verdict, action]).inc();
         metrics
             .stage_duration
@@ -532,6 +552,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.state = State::Ready;
         self.junk = 0;
         Ok(Flow::Continue)
+    }
+
+    /// Puts the budget's use into the gauges (at each message's start and end).
+    fn record_budget(&self) {
+        let (m, b) = (&self.shared.metrics, &self.shared.budget);
+        m.spool_memory.set(b.memory() as i64);
+        m.spool_files.set(b.files() as i64);
     }
 
     fn same_for_all(&self, r: Reply) -> Vec<Reply> {

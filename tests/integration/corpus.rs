@@ -41,11 +41,15 @@ fn is_ours(line: &str) -> bool {
 
 /// Splits at the first blank line and drops the header lines postsift owns.
 fn comparable(data: &[u8]) -> (Vec<String>, Vec<u8>) {
-    let pos = data.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, body) = match pos {
-        Some(p) => (&data[..p + 2], data[p + 2..].to_vec()),
-        None => (data, Vec::new()),
-    };
+    // The header lines are those before the first empty line; the body keeps that line.
+    let mut pos = 0;
+    while pos < data.len() && !data[pos..].starts_with(b"\r\n") {
+        pos = data[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(data.len(), |e| pos + e + 2);
+    }
+    let (head, body) = (&data[..pos], data[pos..].to_vec());
     let head = String::from_utf8_lossy(head);
     let mut keep = Vec::new();
     let mut dropping = false;

@@ -382,3 +382,68 @@ async fn junk_commands_between_messages_are_limited() {
     assert_eq!(c.reply().await.code, 0, "connection not closed");
     f.stop().await;
 }
+
+/// Opens a transaction up to the middle of DATA (`partial` sent, no final dot).
+async fn hold_in_data(addr: SocketAddr, partial: &[u8]) -> Client {
+    let mut c = Client::greeted(addr).await;
+    c.expect("EHLO t", 250).await;
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    c.expect("RCPT TO:<b@example.com>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send(partial).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_budget_full_means_452_not_growth() {
+    // Two messages' worth of memory: a third message in flight gets 452 4.3.1 at DATA.
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "").replace(
+        "[server]\n",
+        "[server]\nspool_threshold = 4096\nmax_memory = 8192\n",
+    ))
+    .await;
+    let mut a = hold_in_data(f.addr, b"Subject: a\r\n\r\n").await;
+    let mut b = hold_in_data(f.addr, b"Subject: b\r\n\r\n").await;
+    let mut c = Client::greeted(f.addr).await;
+    c.expect("EHLO t", 250).await;
+    c.expect("MAIL FROM:<a@example.org>", 250).await;
+    c.expect("RCPT TO:<b@example.com>", 250).await;
+    let r = c.expect("DATA", 452).await;
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    // A message that finishes gives its share back.
+    a.send(b"done\r\n.\r\n").await;
+    assert_eq!(a.reply().await.code, 250);
+    c.expect("DATA", 354).await;
+    c.body(b"Subject: c\r\n\r\nc\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    b.send(b"done\r\n.\r\n").await;
+    assert_eq!(b.reply().await.code, 250);
+    f.stop().await;
+    assert_eq!(sink.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_file_budget_full_means_452_and_nothing_lost() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "").replace(
+        "[server]\n",
+        "[server]\nspool_threshold = 1024\nmax_spool_files = 1\n",
+    ))
+    .await;
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(4000));
+    // The first message spills to a spool file and holds it.
+    let mut a = hold_in_data(f.addr, big.as_bytes()).await;
+    let r =
+        crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], big.as_bytes()).await;
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    a.send(b".\r\n").await;
+    assert_eq!(a.reply().await.code, 250);
+    // The file is given back: the retry goes through.
+    let r =
+        crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], big.as_bytes()).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 2);
+}
