@@ -20,7 +20,10 @@ use crate::smtp::reply::Reply;
 /// Longest command line taken (RFC 5321 says 512; extensions such as XFORWARD and long
 /// parameters need more).
 pub const MAX_LINE: usize = 4096;
+/// Read size in DATA.
 const READ_CHUNK: usize = 64 * 1024;
+/// Read size while waiting for commands (a pipelined MAIL/RCPT group fits in a few).
+const LINE_CHUNK: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S, limits: Limits) -> Self {
         Conn {
             stream,
-            rbuf: Vec::with_capacity(4096),
+            rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::with_capacity(1024),
             limits,
@@ -117,32 +120,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.rbuf[self.rpos..]
     }
 
-    /// Reads more bytes from the client before `deadline`, flushing queued replies first if
-    /// nothing is buffered (the client may be waiting for them before it sends more).
-    async fn fill(&mut self, deadline: Instant) -> Result<(), Error> {
+    /// Reads more bytes from the client before `deadline` (at most `chunk` at a time),
+    /// flushing queued replies first if nothing is buffered (the client may be waiting for
+    /// them before it sends more). Reads go into the buffer's spare capacity, never zeroed
+    /// first: an idle session costs only the memory its commands use.
+    async fn fill(&mut self, deadline: Instant, chunk: usize) -> Result<(), Error> {
         self.flush().await?;
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
+            if self.rbuf.capacity() > LINE_CHUNK && chunk == LINE_CHUNK {
+                // Back to command size after a DATA body.
+                self.rbuf.shrink_to(LINE_CHUNK);
+            }
         } else if self.rpos > READ_CHUNK {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
-        let r = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf[start..])).await;
-        let n = match r {
+        self.rbuf.reserve(chunk);
+        let room = chunk.min(self.rbuf.capacity() - self.rbuf.len());
+        let mut limited = (&mut self.stream).take(room as u64);
+        let n = match tokio::time::timeout_at(deadline, limited.read_buf(&mut self.rbuf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.rbuf.truncate(start);
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.rbuf.truncate(start);
-                return Err(Error::Timeout);
-            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Error::Timeout),
         };
-        self.rbuf.truncate(start + n);
         if n == 0 {
             return Err(Error::Closed);
         }
@@ -179,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 discarding = true;
                 self.rpos = self.rbuf.len();
             }
-            self.fill(deadline).await?;
+            self.fill(deadline, LINE_CHUNK).await?;
         }
     }
 
@@ -220,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         + Duration::from_secs_f64(received as f64 / rate as f64)
                 }
             };
-            self.fill(deadline).await?;
+            self.fill(deadline, READ_CHUNK).await?;
         }
     }
 }
