@@ -3,16 +3,22 @@
 //! Mail flows one way, and the modules read in that order:
 //!
 //! ```text
-//! Postfix ──LMTP/SMTP──▶ server ──▶ smtp::session ──▶ message (spooled) ──▶ scan (clamd ‖ spamd)
-//!                                                                               │
-//! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀── policy (verdict → action)
+//! Postfix ──LMTP/SMTP──▶ server ──▶ smtp::session ──▶ message (spooled)
+//!                                        │ Received          │
+//!                                        ▼                   ▼
+//!                                     filter ──▶ scan (clamd ‖ spamd/rspamd) ──▶ policy
+//!                                        │                                        │
+//! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀──── verdict ──────┘
 //! ```
 //!
-//! [`config`] feeds every stage; [`metrics`] observes every stage and [`health`] probes the
-//! peers for `/readyz`. The client gets its reply only after the reinjection server
-//! answered, so Postfix keeps the message until it is safely back in its queue.
+//! The `smtp` side speaks the protocol and turns the [`filter`]'s typed [`filter::Outcome`]
+//! into replies (`smtp::reply`); nothing below it imports `smtp`. [`config`] feeds every stage;
+//! [`metrics`] observes every stage and [`health`] probes the peers for `/readyz`. The client
+//! gets its reply only after the reinjection server answered, so Postfix keeps the message
+//! until it is safely back in its queue.
 
 pub mod config;
+pub mod filter;
 pub mod health;
 pub mod message;
 pub mod metrics;
@@ -22,6 +28,7 @@ pub mod rewrite;
 pub mod scan;
 pub mod server;
 pub mod smtp;
+pub mod xforward;
 
 use std::path::PathBuf;
 

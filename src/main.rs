@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postsift::config::{Config, LogFormat};
+use postsift::filter::{self, Outcome};
 use postsift::message::Message;
-use postsift::policy::{self, Category, Disposition};
-use postsift::rewrite;
-use postsift::scan::Scanners;
+use postsift::policy::{Category, Disposition};
+use postsift::smtp::reply;
 use tokio_util::sync::CancellationToken;
 
 /// sysexits.h: a bad configuration or command line.
@@ -267,35 +267,41 @@ fn signal_daemon(pid_file: &Path) -> anyhow::Result<i32> {
     Ok(pid)
 }
 
+/// `postsift scan`: the pipeline's checks and policy on one file, and the header block it would
+/// write; nothing is delivered.
 fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let msg = Message::from_bytes(&data);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let metrics = postsift::metrics::Metrics::new();
+    let shared = postsift::Shared::new(config, CancellationToken::new());
     let env = postsift::scan::ScanEnvelope::default();
-    let report = rt.block_on(Scanners::new(&config).scan(&msg, &env, &metrics));
-    let decision = policy::decide(&config, &report, "scan");
+    let (report, decision) = rt.block_on(filter::judge(&shared, &msg, &env));
     println!("virus scan: {:?}", report.virus);
     println!("spam scan:  {:?}", report.spam);
     println!("category:   {}", decision.category.label());
-    let action = match &decision.disposition {
-        Disposition::Deliver => "pass (headers below are added)".to_owned(),
-        Disposition::Discard(r) | Disposition::Reject(r) | Disposition::Tempfail(r) => {
-            format!("reply {r}")
-        }
+    let outcome = match &decision.disposition {
+        Disposition::Deliver => None,
+        Disposition::Discard => Some(Outcome::Discarded(decision.category.clone())),
+        Disposition::Reject => Some(Outcome::Rejected(decision.category.clone())),
+        Disposition::Tempfail(t) => Some(Outcome::Tempfailed(t.clone())),
     };
-    println!("action:     {action}");
-    if decision.disposition == Disposition::Deliver {
-        let trace = rewrite::Trace {
-            helo: "localhost",
+    match &outcome {
+        None => println!("action:     pass (headers below are added)"),
+        Some(o) => println!(
+            "action:     reply {}",
+            reply::for_outcome("scan", o, false, 1)[0]
+        ),
+    }
+    if outcome.is_none() {
+        let hop = filter::Hop {
+            helo: "localhost".into(),
             peer: "127.0.0.1:0".parse().expect("literal"),
             local: "127.0.0.1:10024".parse().expect("literal"),
             protocol: "ESMTP",
-            id: "scan",
         };
-        let block = rewrite::header_block(&config, &decision, &trace, msg.header_section());
+        let block = filter::header_block(&shared, &decision, &hop, "scan", &msg);
         println!("---");
         print!("{}", String::from_utf8_lossy(&block));
     }

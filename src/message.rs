@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::smtp::xforward;
+use crate::xforward;
 
 /// The SMTP envelope of one transaction, with the ESMTP parameters that must reach the
 /// reinjection server unchanged.

@@ -1,10 +1,9 @@
 //! Judging a scan: the content category in amavis order (virus > unchecked > spam at kill level >
-//! clean), the configured action for it, and the reply the client gets when the message is not
-//! passed on. Pure functions of the report and the configuration.
+//! clean) and the configured action for it, as typed values (the reply texts are the SMTP
+//! side's, in `smtp::reply`). Pure functions of the report and the configuration.
 
 use crate::config::{Action, Config, OnFailure};
 use crate::scan::{ScanReport, SpamResult, SpamScan, VirusScan};
-use crate::smtp::reply::Reply;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Category {
@@ -32,12 +31,23 @@ impl Category {
 pub enum Disposition {
     /// Rewrite headers and reinject.
     Deliver,
-    /// Accept and drop: this reply (2xx) goes to the client.
-    Discard(Reply),
-    /// Refuse: this reply (5xx).
-    Reject(Reply),
-    /// A scanner failed and policy says retry later: this reply (4xx).
-    Tempfail(Reply),
+    /// Accept and drop (the client gets a 2xx).
+    Discard,
+    /// Refuse (5xx; Postfix bounces to the sender).
+    Reject,
+    /// Retry later (4xx): a check failed and policy says so, or rspamd asked to greylist.
+    Tempfail(Tempfail),
+}
+
+/// Why a message is tempfailed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tempfail {
+    /// The virus scanner failed: its reason, on one line.
+    VirusScan(String),
+    /// The spam engine failed.
+    SpamScan(String),
+    /// rspamd's greylist or soft reject action.
+    Greylist(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +60,7 @@ pub struct Decision {
     pub tempfail_reason: Option<&'static str>,
 }
 
-pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
+pub fn decide(config: &Config, report: &ScanReport) -> Decision {
     let spam = match &report.spam {
         SpamScan::Scored(r) => Some(r.clone()),
         _ => None,
@@ -61,42 +71,25 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
         spam: spam.clone(),
         tempfail_reason: None,
     };
-    let tempfail = |reason: &'static str, category: Category, disposition| Decision {
+    let tempfail = |reason: &'static str, category: Category, t: Tempfail| Decision {
         tempfail_reason: Some(reason),
-        ..decision(category, disposition)
+        ..decision(category, Disposition::Tempfail(t))
+    };
+    let action = |a: Action| match a {
+        Action::Pass => Disposition::Deliver,
+        Action::Discard => Disposition::Discard,
+        Action::Reject => Disposition::Reject,
     };
 
     if let VirusScan::Infected(names) = &report.virus {
-        let names_s = names.join(", ");
-        let disp = match config.virus.action {
-            Action::Pass => Disposition::Deliver,
-            Action::Discard => Disposition::Discard(Reply::new(
-                250,
-                "2.7.0",
-                format!("Ok, discarded, id={id} - INFECTED: {names_s}"),
-            )),
-            Action::Reject => Disposition::Reject(Reply::new(
-                554,
-                "5.7.0",
-                format!("Reject, id={id} - INFECTED: {names_s}"),
-            )),
-        };
-        return decision(Category::Virus(names.clone()), disp);
+        return decision(Category::Virus(names.clone()), action(config.virus.action));
     }
-
     if let VirusScan::Failed { reason, .. } = &report.virus {
         if config.clamd.on_failure == OnFailure::Tempfail {
             return tempfail(
                 "clamd",
                 Category::Unchecked,
-                Disposition::Tempfail(Reply::new(
-                    451,
-                    "4.5.0",
-                    format!(
-                        "Error in processing, id={id}, virus_scan FAILED: {}",
-                        one_line(reason)
-                    ),
-                )),
+                Tempfail::VirusScan(one_line(reason)),
             );
         }
     }
@@ -105,14 +98,7 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
             return tempfail(
                 spam_engine(config),
                 Category::Clean,
-                Disposition::Tempfail(Reply::new(
-                    451,
-                    "4.5.0",
-                    format!(
-                        "Error in processing, id={id}, spam_scan FAILED: {}",
-                        one_line(reason)
-                    ),
-                )),
+                Tempfail::SpamScan(one_line(reason)),
             );
         }
     }
@@ -123,32 +109,15 @@ pub fn decide(config: &Config, report: &ScanReport, id: &str) -> Decision {
     if let Some(s) = &spam {
         let level = spam_level(config, s);
         if level == SpamLevel::Greylist {
+            let what = s.action.as_deref().unwrap_or("greylist");
             return tempfail(
                 "greylist",
                 Category::Clean,
-                Disposition::Tempfail(Reply::new(
-                    451,
-                    "4.7.1",
-                    format!(
-                        "Try again later, id={id} - rspamd: {}",
-                        s.action.as_deref().unwrap_or("greylist")
-                    ),
-                )),
+                Tempfail::Greylist(one_line(what)),
             );
         }
         if level == SpamLevel::Kill {
-            let disp = match config.spam.action {
-                Action::Pass => Disposition::Deliver,
-                Action::Discard => Disposition::Discard(Reply::new(
-                    250,
-                    "2.7.0",
-                    format!("Ok, discarded, id={id} - spam"),
-                )),
-                Action::Reject => {
-                    Disposition::Reject(Reply::new(554, "5.7.0", format!("Reject, id={id} - spam")))
-                }
-            };
-            return decision(Category::Spam, disp);
+            return decision(Category::Spam, action(config.spam.action));
         }
     }
     decision(Category::Clean, Disposition::Deliver)
@@ -251,48 +220,29 @@ mod tests {
         let d = decide(
             &c,
             &report(VirusScan::Infected(vec!["Eicar".into()]), scored(1000.0)),
-            "X1",
         );
         assert_eq!(d.category, Category::Virus(vec!["Eicar".into()]));
-        assert_eq!(
-            d.disposition,
-            Disposition::Discard(Reply::new(
-                250,
-                "2.7.0",
-                "Ok, discarded, id=X1 - INFECTED: Eicar"
-            ))
-        );
+        assert_eq!(d.disposition, Disposition::Discard);
         let mut c = Config::default();
         c.virus.action = Action::Reject;
         let d = decide(
             &c,
             &report(VirusScan::Infected(vec!["Eicar".into()]), SpamScan::Off),
-            "X1",
         );
-        assert_eq!(
-            d.disposition,
-            Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X1 - INFECTED: Eicar"))
-        );
+        assert_eq!(d.disposition, Disposition::Reject);
     }
 
     #[test]
     fn clamd_failure_follows_on_failure() {
         let c = Config::default();
-        let d = decide(&c, &report(failed(), scored(0.0)), "X2");
-        match d.disposition {
-            Disposition::Tempfail(r) => {
-                assert_eq!((r.code, r.enhanced), (451, Some("4.5.0")));
-                assert!(
-                    r.text.contains("virus_scan FAILED: down really"),
-                    "{}",
-                    r.text
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let d = decide(&c, &report(failed(), scored(0.0)));
+        assert_eq!(
+            d.disposition,
+            Disposition::Tempfail(Tempfail::VirusScan("down really".into()))
+        );
         let mut c = Config::default();
         c.clamd.on_failure = OnFailure::Pass;
-        let d = decide(&c, &report(failed(), scored(0.0)), "X2");
+        let d = decide(&c, &report(failed(), scored(0.0)));
         assert_eq!(
             (d.category, d.disposition),
             (Category::Unchecked, Disposition::Deliver)
@@ -303,21 +253,18 @@ mod tests {
     fn spam_levels() {
         let c = Config::default();
         assert_eq!(
-            decide(&c, &report(VirusScan::Clean, scored(6.3)), "X").category,
+            decide(&c, &report(VirusScan::Clean, scored(6.3))).category,
             Category::Clean
         );
-        let d = decide(&c, &report(VirusScan::Clean, scored(6.31)), "X");
+        let d = decide(&c, &report(VirusScan::Clean, scored(6.31)));
         assert_eq!(
             (d.category, d.disposition),
             (Category::Spam, Disposition::Deliver)
         );
         let mut c = Config::default();
         c.spam.action = Action::Reject;
-        let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)), "X3");
-        assert_eq!(
-            d.disposition,
-            Disposition::Reject(Reply::new(554, "5.7.0", "Reject, id=X3 - spam"))
-        );
+        let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)));
+        assert_eq!(d.disposition, Disposition::Reject);
     }
 
     #[test]
@@ -327,7 +274,7 @@ mod tests {
             reason: "timeout".into(),
             kind: "timeout",
         };
-        let d = decide(&c, &report(VirusScan::Clean, fail.clone()), "X");
+        let d = decide(&c, &report(VirusScan::Clean, fail.clone()));
         assert_eq!(
             (d.category, d.disposition, d.spam),
             (Category::Clean, Disposition::Deliver, None)
@@ -335,7 +282,7 @@ mod tests {
         let mut c = Config::default();
         c.spamd.on_failure = OnFailure::Tempfail;
         assert!(matches!(
-            decide(&c, &report(VirusScan::Clean, fail), "X").disposition,
+            decide(&c, &report(VirusScan::Clean, fail)).disposition,
             Disposition::Tempfail(_)
         ));
     }
@@ -368,14 +315,11 @@ mod tests {
         let d = decide(
             &c,
             &report(VirusScan::Clean, SpamScan::Scored(r(4.0, "greylist"))),
-            "G1",
         );
-        match d.disposition {
-            Disposition::Tempfail(rep) => {
-                assert_eq!((rep.code, rep.enhanced), (451, Some("4.7.1")))
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            d.disposition,
+            Disposition::Tempfail(Tempfail::Greylist("greylist".into()))
+        );
         // The engine's own on_failure applies.
         c.rspamd.on_failure = OnFailure::Tempfail;
         let fail = SpamScan::Failed {
@@ -383,7 +327,7 @@ mod tests {
             kind: "refused",
         };
         assert!(matches!(
-            decide(&c, &report(VirusScan::Clean, fail), "X").disposition,
+            decide(&c, &report(VirusScan::Clean, fail)).disposition,
             Disposition::Tempfail(_)
         ));
     }

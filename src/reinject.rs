@@ -24,23 +24,82 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::message::{Envelope, Message};
-use crate::smtp::reply::Reply;
-use crate::smtp::xforward::xtext_encode;
+use crate::xforward::xtext_encode;
+
+/// The next hop's own reply (code and text, the text with its enhanced status code), relayed
+/// as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub code: u16,
+    /// Lines joined by `\n`.
+    pub text: String,
+}
+
+impl Upstream {
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// The reply on one line, for a relayed text or a log.
+    pub fn one_line(&self) -> String {
+        format!("{} {}", self.code, self.text.replace('\n', " "))
+    }
+}
+
+/// A reinjection that failed on postsift's side of the conversation (no reply of the next hop
+/// to relay). Every fault is temporary: the client keeps the message and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// No connection to `to`.
+    Connect { to: String, detail: String },
+    /// The next hop did not answer in time during `stage` ("greeting", "MAIL/RCPT", "DATA",
+    /// "end of data").
+    Timeout { to: String, stage: &'static str },
+    /// The connection broke during `stage`.
+    Lost { stage: &'static str, detail: String },
+    /// The message could not be read back from the spool; the final dot was never sent.
+    Spool { detail: String },
+}
+
+/// What became of one envelope recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    /// The next hop accepted the message for it ([`Delivery::accepted`] has its reply).
+    Accepted,
+    /// The next hop refused it (its RCPT, or the message): its own reply.
+    Refused(Upstream),
+    /// Not sent, though the next hop took the recipient: others were refused and the client
+    /// takes one reply per message (SMTP), so nothing goes out until all can.
+    Withheld,
+    /// Not sent: the reinjection failed.
+    Failed(Fault),
+}
 
 /// Reinjection's answer for one message.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    /// One reply per envelope recipient, in order: the server's refusal of that recipient, or
-    /// the reply to the message (2xx when it was accepted).
-    pub per_recipient: Vec<Reply>,
-    /// The reply to the message as a whole (for SMTP clients): 2xx only if every recipient was
-    /// accepted and the data was accepted.
-    pub overall: Reply,
+pub struct Delivery {
+    /// One result per envelope recipient, in order.
+    pub rcpts: Vec<RcptResult>,
+    /// The next hop's reply to the message, when it accepted it.
+    pub accepted: Option<Upstream>,
+    /// The next hop (`reinject.to`), for the relayed reply.
+    pub to: String,
     /// The queue id the server gave (from `250 2.0.0 Ok: queued as X`), for the log.
     pub queue_id: Option<String>,
     /// A short label for metrics when the reinjection failed: "connect", "timeout",
     /// "rejected", "tempfail", "network", "spool".
     pub failure: Option<&'static str>,
+}
+
+impl Delivery {
+    /// True when every recipient was accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.rcpts.iter().all(|r| *r == RcptResult::Accepted)
+    }
 }
 
 pub struct Reinjector {
@@ -66,13 +125,35 @@ impl Pooled {
     }
 }
 
-/// Why one attempt failed, with the reply to give.
+/// Why one attempt failed.
 struct Failure {
-    reply: Reply,
+    why: Why,
     label: &'static str,
     /// The failure happened on a reused connection before anything was accepted: a fresh
     /// connection may succeed (the server closed the idle one).
     retry: bool,
+}
+
+enum Why {
+    Fault(Fault),
+    Refused(Upstream),
+}
+
+impl Failure {
+    fn fault(fault: Fault, label: &'static str) -> Failure {
+        Failure {
+            why: Why::Fault(fault),
+            label,
+            retry: false,
+        }
+    }
+
+    fn result(self) -> RcptResult {
+        match self.why {
+            Why::Fault(f) => RcptResult::Failed(f),
+            Why::Refused(u) => RcptResult::Refused(u),
+        }
+    }
 }
 
 impl Reinjector {
@@ -99,14 +180,14 @@ impl Reinjector {
         header_block: &[u8],
         msg: &Message,
         all_or_nothing: bool,
-    ) -> Outcome {
+    ) -> Delivery {
         let mut first = true;
         loop {
             let (pooled, reused) = match self.take_idle() {
                 Some(p) if first => (p, true),
                 _ => match self.connect().await {
                     Ok(p) => (p, false),
-                    Err(f) => return failed_all(env, f),
+                    Err(f) => return self.failed_all(env, f),
                 },
             };
             first = false;
@@ -119,8 +200,20 @@ impl Reinjector {
                     tracing::debug!("reused reinjection connection failed early, reconnecting");
                     continue;
                 }
-                Err(f) => return failed_all(env, f),
+                Err(f) => return self.failed_all(env, f),
             }
+        }
+    }
+
+    fn failed_all(&self, env: &Envelope, f: Failure) -> Delivery {
+        let label = f.label;
+        let r = f.result();
+        Delivery {
+            rcpts: vec![r; env.recipients.len()],
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: Some(label),
         }
     }
 
@@ -136,28 +229,22 @@ impl Reinjector {
     }
 
     async fn connect(&self) -> Result<Pooled, Failure> {
-        let fail = |text: String, label| Failure {
-            reply: Reply::new(450, "4.4.1", text),
-            label,
-            retry: false,
+        let fail = |detail: String, label| {
+            Failure::fault(
+                Fault::Connect {
+                    to: self.to.clone(),
+                    detail,
+                },
+                label,
+            )
         };
         let tcp =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.to.as_str()))
                 .await
             {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(fail(
-                        format!("Can't connect to {}: {e}", self.to),
-                        "connect",
-                    ))
-                }
-                Err(_) => {
-                    return Err(fail(
-                        format!("Can't connect to {}: timed out", self.to),
-                        "timeout",
-                    ))
-                }
+                Ok(Err(e)) => return Err(fail(e.to_string(), "connect")),
+                Err(_) => return Err(fail("timed out".into(), "timeout")),
             };
         let _ = tcp.set_nodelay(true);
         let guard = Arc::new(AtomicBool::new(false));
@@ -174,24 +261,8 @@ impl Reinjector {
         };
         let (conn, ehlo) = match tokio::time::timeout(self.command_timeout, connect).await {
             Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                return Err(fail_from_lettre(
-                    &e,
-                    &format!("greeting of {}", self.to),
-                    false,
-                ))
-            }
-            Err(_) => {
-                return Err(Failure {
-                    reply: Reply::new(
-                        450,
-                        "4.4.2",
-                        format!("Timed out during greeting of {}", self.to),
-                    ),
-                    label: "timeout",
-                    retry: false,
-                })
-            }
+            Ok(Err(e)) => return Err(fail_from_lettre(&e, "greeting", false)),
+            Err(_) => return Err(self.timeout("greeting")),
         };
         let mut keywords = Vec::new();
         let mut xforward = Vec::new();
@@ -217,27 +288,29 @@ impl Reinjector {
         &self,
         p: &mut Pooled,
         cmd: impl fmt::Display,
-        stage: &str,
+        stage: &'static str,
         early: bool,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Upstream, Failure> {
         match tokio::time::timeout(self.command_timeout, p.conn.command(cmd)).await {
-            Ok(Ok(resp)) => Ok(reply_from_response(&resp)),
+            Ok(Ok(resp)) => Ok(upstream_from_response(&resp)),
             Ok(Err(e)) if e.status().is_some() => Err(Failure {
-                reply: reply_from_error(&e),
+                why: Why::Refused(upstream_from_error(&e)),
                 label: "rejected",
                 retry: false,
             }),
             Ok(Err(e)) => Err(fail_from_lettre(&e, stage, early)),
-            Err(_) => Err(Failure {
-                reply: Reply::new(
-                    450,
-                    "4.4.2",
-                    format!("Timed out during {stage} to {}", self.to),
-                ),
-                label: "timeout",
-                retry: false,
-            }),
+            Err(_) => Err(self.timeout(stage)),
         }
+    }
+
+    fn timeout(&self, stage: &'static str) -> Failure {
+        Failure::fault(
+            Fault::Timeout {
+                to: self.to.clone(),
+                stage,
+            },
+            "timeout",
+        )
     }
 
     /// Sends the envelope commands and returns each one's reply (Err for 4xx/5xx). With
@@ -247,13 +320,16 @@ impl Reinjector {
         &self,
         p: &mut Pooled,
         lines: &[String],
-    ) -> Result<Vec<Result<Reply, Reply>>, Failure> {
+    ) -> Result<Vec<Result<Upstream, Upstream>>, Failure> {
         let mut out = Vec::with_capacity(lines.len());
         if !p.has("PIPELINING") {
             for line in lines {
                 match self.command(p, Raw(line.clone()), "MAIL/RCPT", true).await {
                     Ok(r) => out.push(Ok(r)),
-                    Err(f) if f.label == "rejected" => out.push(Err(f.reply)),
+                    Err(Failure {
+                        why: Why::Refused(u),
+                        ..
+                    }) => out.push(Err(u)),
                     Err(f) => return Err(f),
                 }
             }
@@ -269,22 +345,12 @@ impl Reinjector {
         };
         let results = match tokio::time::timeout(self.command_timeout, exchange).await {
             Ok(r) => r,
-            Err(_) => {
-                return Err(Failure {
-                    reply: Reply::new(
-                        450,
-                        "4.4.2",
-                        format!("Timed out during MAIL/RCPT to {}", self.to),
-                    ),
-                    label: "timeout",
-                    retry: false,
-                })
-            }
+            Err(_) => return Err(self.timeout("MAIL/RCPT")),
         };
         for r in results {
             match r {
-                Ok(resp) => out.push(Ok(reply_from_response(&resp))),
-                Err(e) if e.status().is_some() => out.push(Err(reply_from_error(&e))),
+                Ok(resp) => out.push(Ok(upstream_from_response(&resp))),
+                Err(e) if e.status().is_some() => out.push(Err(upstream_from_error(&e))),
                 // Nothing was accepted yet: a fresh connection may do better.
                 Err(e) => return Err(fail_from_lettre(&e, "MAIL/RCPT", true)),
             }
@@ -299,7 +365,7 @@ impl Reinjector {
         header_block: &[u8],
         msg: &Message,
         all_or_nothing: bool,
-    ) -> Result<Outcome, Failure> {
+    ) -> Result<Delivery, Failure> {
         let xforward = env.xforward.commands(&p.xforward);
         let body_len = msg.len() - msg.header_end() as u64;
         let total = header_block.len() as u64 + body_len;
@@ -314,6 +380,13 @@ impl Reinjector {
         lines.push(mail);
         lines.extend(env.recipients.iter().map(|r| rcpt_cmd(r, dsn)));
         let mut replies = self.envelope(&mut p, &lines).await?.into_iter();
+        let done = |rcpts: Vec<RcptResult>, label: Option<&'static str>| Delivery {
+            rcpts,
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: label,
+        };
 
         for _ in &xforward {
             match replies.next().expect("one reply per command") {
@@ -323,7 +396,7 @@ impl Reinjector {
                 Err(r) if r.code == 421 => return Err(stale(r)),
                 // XFORWARD only informs; a refusal (no smtpd_authorized_xforward_hosts) is logged.
                 Err(r) => {
-                    tracing::warn!(reply = %r, "reinjection server refused XFORWARD; check smtpd_authorized_xforward_hosts")
+                    tracing::warn!(reply = %r.one_line(), "reinjection server refused XFORWARD; check smtpd_authorized_xforward_hosts")
                 }
             }
         }
@@ -333,22 +406,26 @@ impl Reinjector {
             Err(r) => {
                 let _ = self.command(&mut p, Rset, "RSET", false).await;
                 self.put_idle(p);
-                return Ok(failed_all(
-                    env,
-                    Failure {
-                        reply: r,
-                        label: "rejected",
-                        retry: false,
-                    },
-                ));
+                let n = env.recipients.len();
+                return Ok(done(vec![RcptResult::Refused(r); n], Some("rejected")));
             }
         }
-        let rcpt_replies: Vec<Option<Reply>> = replies.map(|r| r.err()).collect();
-        let refused = rcpt_replies.iter().filter(|r| r.is_some()).count();
+        let refusals: Vec<Option<Upstream>> = replies.map(|r| r.err()).collect();
+        let refused = refusals.iter().filter(|r| r.is_some()).count();
         if refused == env.recipients.len() || (all_or_nothing && refused > 0) {
             let _ = self.command(&mut p, Rset, "RSET", false).await;
             self.put_idle(p);
-            return Ok(refused_outcome(rcpt_replies));
+            let all_perm = refusals
+                .iter()
+                .all(|r| r.as_ref().is_some_and(|u| u.code >= 500));
+            let rcpts = refusals
+                .into_iter()
+                .map(|r| r.map_or(RcptResult::Withheld, RcptResult::Refused))
+                .collect();
+            return Ok(done(
+                rcpts,
+                Some(if all_perm { "rejected" } else { "tempfail" }),
+            ));
         }
         self.command(&mut p, Data, "DATA", false).await?;
 
@@ -364,62 +441,45 @@ impl Reinjector {
         );
         let sent = tokio::time::timeout(self.data_timeout, p.conn.message_iter(chunks)).await;
         if let Some(e) = read_error.lock().unwrap().take() {
-            return Err(Failure {
-                reply: Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("Error in processing: reading the spool: {e}"),
-                ),
-                label: "spool",
-                retry: false,
-            });
+            return Err(Failure::fault(
+                Fault::Spool {
+                    detail: e.to_string(),
+                },
+                "spool",
+            ));
         }
         let data_reply = match sent {
-            Ok(Ok(resp)) => reply_from_response(&resp),
+            Ok(Ok(resp)) => upstream_from_response(&resp),
             Ok(Err(e)) if e.status().is_some() => {
-                let reply = reply_from_error(&e);
+                let reply = upstream_from_error(&e);
                 self.put_idle(p);
-                return Ok(data_refused(rcpt_replies, reply));
+                let label = if reply.is_transient() {
+                    "tempfail"
+                } else {
+                    "rejected"
+                };
+                let rcpts = refusals
+                    .into_iter()
+                    .map(|r| RcptResult::Refused(r.unwrap_or_else(|| reply.clone())))
+                    .collect();
+                return Ok(done(rcpts, Some(label)));
             }
             Ok(Err(e)) => return Err(fail_from_lettre(&e, "end of data", false)),
-            Err(_) => {
-                return Err(Failure {
-                    reply: Reply::new(
-                        450,
-                        "4.4.2",
-                        format!("Timed out during end of data to {}", self.to),
-                    ),
-                    label: "timeout",
-                    retry: false,
-                })
-            }
+            Err(_) => return Err(self.timeout("end of data")),
         };
         self.put_idle(p);
         let queue_id = data_reply
             .text
             .split_once("queued as ")
             .map(|(_, q)| q.split_whitespace().next().unwrap_or("").to_owned());
-        let relayed = Reply::new(
-            250,
-            "2.0.0",
-            format!(
-                "from MTA(smtp:{}): {}",
-                bracketed(&self.to),
-                one_line(&data_reply)
-            ),
-        );
-        let per_recipient = rcpt_replies
+        let rcpts = refusals
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| relayed.clone()))
-            .collect::<Vec<_>>();
-        let overall = per_recipient
-            .iter()
-            .find(|r| !r.is_positive())
-            .cloned()
-            .unwrap_or(relayed);
-        Ok(Outcome {
-            per_recipient,
-            overall,
+            .map(|r| r.map_or(RcptResult::Accepted, RcptResult::Refused))
+            .collect();
+        Ok(Delivery {
+            rcpts,
+            accepted: Some(data_reply),
+            to: self.to.clone(),
             queue_id,
             failure: None,
         })
@@ -427,7 +487,7 @@ impl Reinjector {
 }
 
 /// `127.0.0.1:10025` as Postfix writes a next hop: `[127.0.0.1]:10025`.
-fn bracketed(hostport: &str) -> String {
+pub fn bracketed(hostport: &str) -> String {
     match hostport.rsplit_once(':') {
         Some((host, port)) => format!(
             "[{}]:{port}",
@@ -437,115 +497,40 @@ fn bracketed(hostport: &str) -> String {
     }
 }
 
-fn one_line(r: &Reply) -> String {
-    format!("{} {}", r.code, r.text.replace('\n', " "))
-}
-
 /// A 421 before anything was accepted: the (pooled) connection had been closed by the server.
-fn stale(reply: Reply) -> Failure {
+fn stale(reply: Upstream) -> Failure {
     Failure {
-        reply,
+        why: Why::Refused(reply),
         label: "tempfail",
         retry: true,
     }
 }
 
-fn failed_all(env: &Envelope, f: Failure) -> Outcome {
-    Outcome {
-        per_recipient: vec![f.reply.clone(); env.recipients.len()],
-        overall: f.reply,
-        queue_id: None,
-        failure: Some(f.label),
-    }
-}
-
-/// Some or all recipients refused and no data sent: refused ones keep their own reply, the
-/// others get 4xx so the client retries them (nothing was delivered to them).
-fn refused_outcome(rcpt_replies: Vec<Option<Reply>>) -> Outcome {
-    let per_recipient: Vec<Reply> = rcpt_replies
-        .iter()
-        .map(|r| {
-            r.clone().unwrap_or_else(|| {
-                Reply::new(
-                    450,
-                    "4.5.3",
-                    "Not delivered: other recipients of this message were refused; retry",
-                )
-            })
-        })
-        .collect();
-    let all_perm = rcpt_replies
-        .iter()
-        .all(|r| r.as_ref().is_some_and(|r| r.code >= 500));
-    let overall = if all_perm {
-        per_recipient[0].clone()
-    } else {
-        let first = rcpt_replies
-            .iter()
-            .flatten()
-            .next()
-            .cloned()
-            .expect("at least one refused");
-        if first.is_transient() {
-            first
-        } else {
-            Reply::new(
-                450,
-                "4.5.3",
-                format!(
-                    "Some recipients refused by the next hop ({}); retry",
-                    one_line(&first)
-                ),
-            )
-        }
-    };
-    Outcome {
-        per_recipient,
-        overall,
-        queue_id: None,
-        failure: Some(if all_perm { "rejected" } else { "tempfail" }),
-    }
-}
-
-fn data_refused(rcpt_replies: Vec<Option<Reply>>, reply: Reply) -> Outcome {
-    let per_recipient = rcpt_replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| reply.clone()))
-        .collect();
-    Outcome {
-        per_recipient,
-        failure: Some(if reply.is_transient() {
-            "tempfail"
-        } else {
-            "rejected"
-        }),
-        overall: reply,
-        queue_id: None,
-    }
-}
-
-fn reply_from_response(resp: &lettre::transport::smtp::response::Response) -> Reply {
+fn upstream_from_response(resp: &lettre::transport::smtp::response::Response) -> Upstream {
     let code: u16 = resp.code().to_string().parse().unwrap_or(250);
-    Reply::raw(code, resp.message().collect::<Vec<_>>().join("\n"))
+    Upstream {
+        code,
+        text: resp.message().collect::<Vec<_>>().join("\n"),
+    }
 }
 
 /// lettre reports 4xx/5xx replies as errors carrying the code and the joined text.
-fn reply_from_error(e: &lettre::transport::smtp::Error) -> Reply {
+fn upstream_from_error(e: &lettre::transport::smtp::Error) -> Upstream {
     let code: u16 = e
         .status()
         .map_or(451, |c| c.to_string().parse().unwrap_or(451));
     let text = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
-    Reply::raw(code, text)
+    Upstream { code, text }
 }
 
-fn fail_from_lettre(e: &lettre::transport::smtp::Error, stage: &str, early: bool) -> Failure {
+fn fail_from_lettre(
+    e: &lettre::transport::smtp::Error,
+    stage: &'static str,
+    early: bool,
+) -> Failure {
     let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
     Failure {
-        reply: Reply::new(
-            451,
-            "4.4.2",
-            format!("Lost connection during {stage}: {detail}"),
-        ),
+        why: Why::Fault(Fault::Lost { stage, detail }),
         label: "network",
         retry: early,
     }

@@ -4,6 +4,10 @@
 
 use std::fmt;
 
+use crate::filter::Outcome;
+use crate::policy::{Category, Tempfail};
+use crate::reinject::{bracketed, Delivery, Fault, RcptResult, Upstream};
+
 /// One SMTP reply. `text` may hold several lines separated by `\n`; each goes out as its own
 /// reply line with the same code and enhanced code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +164,140 @@ pub fn no_space(id: &str) -> Reply {
         452,
         "4.3.1",
         format!("Insufficient system storage, id={id}"),
+    )
+}
+
+/// The replies for a processed message: one per recipient (`per_recipient`, LMTP) or one for
+/// the message (SMTP). The one place where the pipeline's typed outcome becomes SMTP text.
+pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -> Vec<Reply> {
+    let same = |r: Reply| if per_recipient { vec![r; n] } else { vec![r] };
+    match outcome {
+        Outcome::Discarded(c) => same(Reply::new(
+            250,
+            "2.7.0",
+            format!("Ok, discarded, id={id} - {}", category_text(c)),
+        )),
+        Outcome::Rejected(c) => same(Reply::new(
+            554,
+            "5.7.0",
+            format!("Reject, id={id} - {}", category_text(c)),
+        )),
+        Outcome::Tempfailed(t) => same(tempfailed(id, t)),
+        Outcome::HeaderTooBig => same(header_too_big()),
+        Outcome::Delivered(d) if per_recipient => d.rcpts.iter().map(|r| recipient(d, r)).collect(),
+        Outcome::Delivered(d) => vec![overall(d)],
+    }
+}
+
+/// How a category is named in a reply, as amavis names it.
+fn category_text(c: &Category) -> String {
+    match c {
+        Category::Virus(names) => format!("INFECTED: {}", names.join(", ")),
+        Category::Spam => "spam".into(),
+        Category::Unchecked => "UNCHECKED".into(),
+        Category::Clean => "CLEAN".into(),
+    }
+}
+
+fn tempfailed(id: &str, t: &Tempfail) -> Reply {
+    match t {
+        Tempfail::VirusScan(why) => Reply::new(
+            451,
+            "4.5.0",
+            format!("Error in processing, id={id}, virus_scan FAILED: {why}"),
+        ),
+        Tempfail::SpamScan(why) => Reply::new(
+            451,
+            "4.5.0",
+            format!("Error in processing, id={id}, spam_scan FAILED: {why}"),
+        ),
+        Tempfail::Greylist(what) => Reply::new(
+            451,
+            "4.7.1",
+            format!("Try again later, id={id} - rspamd: {what}"),
+        ),
+    }
+}
+
+/// The next hop's own reply, passed through.
+fn upstream(u: &Upstream) -> Reply {
+    Reply::raw(u.code, u.text.clone())
+}
+
+fn fault(f: &Fault) -> Reply {
+    match f {
+        Fault::Connect { to, detail } => {
+            Reply::new(450, "4.4.1", format!("Can't connect to {to}: {detail}"))
+        }
+        Fault::Timeout { to, stage } => {
+            Reply::new(450, "4.4.2", format!("Timed out during {stage} to {to}"))
+        }
+        Fault::Lost { stage, detail } => Reply::new(
+            451,
+            "4.4.2",
+            format!("Lost connection during {stage}: {detail}"),
+        ),
+        Fault::Spool { detail } => Reply::new(
+            451,
+            "4.3.0",
+            format!("Error in processing: reading the spool: {detail}"),
+        ),
+    }
+}
+
+fn recipient(d: &Delivery, r: &RcptResult) -> Reply {
+    match r {
+        RcptResult::Accepted => relayed(d),
+        RcptResult::Refused(u) => upstream(u),
+        RcptResult::Withheld => Reply::new(
+            450,
+            "4.5.3",
+            "Not delivered: other recipients of this message were refused; retry",
+        ),
+        RcptResult::Failed(f) => fault(f),
+    }
+}
+
+/// amavis's `250 2.0.0 from MTA(smtp:[127.0.0.1]:10025): 250 2.0.0 Ok: queued as X`.
+fn relayed(d: &Delivery) -> Reply {
+    let next = d
+        .accepted
+        .as_ref()
+        .map_or_else(|| "250".to_string(), Upstream::one_line);
+    Reply::new(
+        250,
+        "2.0.0",
+        format!("from MTA(smtp:{}): {next}", bracketed(&d.to)),
+    )
+}
+
+/// The one reply an SMTP client gets: 2xx only when every recipient was accepted; the common
+/// 5xx when every recipient was refused for good; otherwise a 4xx (a permanent refusal of some
+/// recipients is turned into a retry, since the others were not delivered either).
+fn overall(d: &Delivery) -> Reply {
+    if d.all_accepted() {
+        return relayed(d);
+    }
+    let all_perm = d
+        .rcpts
+        .iter()
+        .all(|r| matches!(r, RcptResult::Refused(u) if u.code >= 500));
+    let first = d
+        .rcpts
+        .iter()
+        .find(|r| !matches!(r, RcptResult::Accepted | RcptResult::Withheld))
+        .map_or_else(|| recipient(d, &RcptResult::Withheld), |r| recipient(d, r));
+    if all_perm || first.is_transient() {
+        return first;
+    }
+    Reply::new(
+        450,
+        "4.5.3",
+        format!(
+            "Some recipients refused by the next hop ({} {}); retry",
+            first.code,
+            first.text.replace('\n', " ")
+        ),
     )
 }
 

@@ -10,13 +10,12 @@ use std::time::Instant;
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::filter::{Filter, Hop, Pipeline, Received};
 use crate::message::{Envelope, Recipient, Spool};
-use crate::policy::{self, Disposition};
-use crate::rewrite;
 use crate::smtp::address::{self, Address};
 use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Limits, Line};
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::xforward;
+use crate::xforward;
 use crate::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +53,10 @@ enum Flow {
     Close,
 }
 
-pub struct Session<S> {
+pub struct Session<S, P = Filter> {
     conn: Conn<S>,
     shared: Arc<Shared>,
+    pipeline: P,
     peer: SocketAddr,
     local: SocketAddr,
     state: State,
@@ -68,8 +68,24 @@ pub struct Session<S> {
     junk: u32,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S, Filter> {
+    /// A session whose messages go through the real pipeline ([`Filter`]).
     pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
+        let filter = Filter::new(shared.clone());
+        Session::with_pipeline(stream, peer, local, shared, filter)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
+    /// A session handing its messages to `pipeline`; `shared` gives the limits, the budget
+    /// and the metrics of the protocol side.
+    pub fn with_pipeline(
+        stream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shared: Arc<Shared>,
+        pipeline: P,
+    ) -> Self {
         let c = &shared.config;
         Session {
             conn: Conn::new(
@@ -82,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
             ),
             shared,
+            pipeline,
             peer,
             local,
             state: State::Greeted,
@@ -506,12 +523,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let id = new_id();
         let metrics = self.shared.metrics.clone();
         metrics.in_flight.inc();
-        let (replies, verdict, action) = match end {
-            DataEnd::TooBig => (
-                self.same_for_all(reply::message_too_big()),
-                "unscanned",
-                "reject",
-            ),
+        let lmtp = self.protocol == Protocol::Lmtp;
+        let n = self.env.recipients.len();
+        let unscanned = |r: Reply, action: &'static str| (vec![r], "unscanned", action, None);
+        let (replies, verdict, action, processed) = match end {
+            DataEnd::TooBig => unscanned(reply::message_too_big(), "reject"),
             DataEnd::SpoolError(e) => {
                 tracing::error!(%id, error = %e, "cannot spool message");
                 let reason = match e.kind() {
@@ -519,13 +535,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     _ => "spool",
                 };
                 metrics.tempfails.with_label_values(&[reason]).inc();
-                (
-                    self.same_for_all(reply::no_space(&id)),
-                    "unscanned",
-                    "tempfail",
-                )
+                unscanned(reply::no_space(&id), "tempfail")
             }
-            DataEnd::Complete => self.process(spool, &id, started).await,
+            DataEnd::Complete => match spool.finish() {
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "cannot spool message");
+                    metrics.tempfails.with_label_values(&["spool"]).inc();
+                    unscanned(reply::no_space(&id), "tempfail")
+                }
+                Ok(msg) => {
+                    let received = Received {
+                        id: id.clone(),
+                        env: std::mem::take(&mut self.env),
+                        msg,
+                        hop: Hop {
+                            helo: self.helo.clone(),
+                            peer: self.peer,
+                            local: self.local,
+                            protocol: self.protocol.name(),
+                        },
+                        started,
+                        per_recipient: lmtp,
+                    };
+                    let p = self.pipeline.process(received).await;
+                    let replies = reply::for_outcome(&id, &p.outcome, lmtp, n);
+                    (replies, p.verdict, p.outcome.action(), Some(p))
+                }
+            },
         };
         metrics.in_flight.dec();
         self.record_budget();
@@ -534,19 +570,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .stage_duration
             .with_label_values(&["total"])
             .observe(started.elapsed().as_secs_f64());
-        // One reply per recipient in LMTP; in SMTP the single reply stands for all of them.
-        for i in 0..self.env.recipients.len() {
-            let r = replies.get(i).unwrap_or(&replies[0]);
-            let result = match (action, r.code) {
-                ("discard", _) => "discarded",
-                (_, 200..=399) => "delivered",
-                (_, 400..=499) => "deferred",
-                _ => "rejected",
+        for i in 0..n {
+            let result = match &processed {
+                Some(p) => p.outcome.recipient_result(i),
+                None => match replies[0].code {
+                    400..=499 => "deferred",
+                    _ => "rejected",
+                },
             };
             metrics.recipients.with_label_values(&[result]).inc();
         }
-        for r in &replies {
-            self.queue(r);
+        if let Some(p) = &processed {
+            p.log(&replies[0].to_string());
+        }
+        // One reply per recipient in LMTP; in SMTP the single reply stands for all of them.
+        for i in 0..if lmtp { n } else { 1 } {
+            let r = replies.get(i).unwrap_or(&replies[0]).clone();
+            self.queue(&r);
         }
         self.env = Envelope::default();
         self.state = State::Ready;
@@ -559,201 +599,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let (m, b) = (&self.shared.metrics, &self.shared.budget);
         m.spool_memory.set(b.memory() as i64);
         m.spool_files.set(b.files() as i64);
-    }
-
-    fn same_for_all(&self, r: Reply) -> Vec<Reply> {
-        match self.protocol {
-            Protocol::Lmtp => vec![r; self.env.recipients.len()],
-            _ => vec![r],
-        }
-    }
-
-    /// Scan, judge, rewrite, reinject; returns the replies for the client with the verdict
-    /// and final action as metric labels.
-    async fn process(
-        &mut self,
-        spool: Spool,
-        id: &str,
-        started: Instant,
-    ) -> (Vec<Reply>, &'static str, &'static str) {
-        let shared = self.shared.clone();
-        let cfg = &shared.config;
-        let m = &shared.metrics;
-        let received = started.elapsed();
-        m.stage_duration
-            .with_label_values(&["receive"])
-            .observe(received.as_secs_f64());
-        let msg = match spool.finish() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "cannot spool message");
-                shared.metrics.tempfails.with_label_values(&["spool"]).inc();
-                return (
-                    self.same_for_all(reply::no_space(id)),
-                    "unscanned",
-                    "tempfail",
-                );
-            }
-        };
-        m.message_size.observe(msg.len() as f64);
-        if msg.header_too_big() {
-            tracing::warn!(%id, size = msg.len(), "header section over server.max_header_size: refused");
-            return (
-                self.same_for_all(reply::header_too_big()),
-                "unscanned",
-                "reject",
-            );
-        }
-        let scan_start = Instant::now();
-        let xf = &self.env.xforward;
-        let scan_env = crate::scan::ScanEnvelope {
-            ip: Some(
-                xf.addr
-                    .clone()
-                    .unwrap_or_else(|| self.peer.ip().to_string()),
-            ),
-            helo: Some(xf.helo.clone().unwrap_or_else(|| self.helo.clone())),
-            hostname: xf.name.clone(),
-            from: self.env.sender.clone(),
-            rcpts: self
-                .env
-                .recipients
-                .iter()
-                .map(|r| r.address.clone())
-                .collect(),
-            queue_id: xf.ident.clone(),
-        };
-        let report = shared.scanners.scan(&msg, &scan_env, m).await;
-        let scan_time = scan_start.elapsed();
-        m.stage_duration
-            .with_label_values(&["scan"])
-            .observe(scan_time.as_secs_f64());
-        let decision = policy::decide(cfg, &report, id);
-
-        let reinject_start = Instant::now();
-        let mut queue_id = None;
-        let (replies, result) = match &decision.disposition {
-            Disposition::Deliver => {
-                let trace = rewrite::Trace {
-                    helo: &self.helo,
-                    peer: self.peer,
-                    local: self.local,
-                    protocol: self.protocol.name(),
-                    id,
-                };
-                let mut block = rewrite::header_block(cfg, &decision, &trace, msg.header_section());
-                if msg.needs_separator() {
-                    block.extend_from_slice(b"\r\n");
-                }
-                let outcome = shared
-                    .reinjector
-                    .send(&self.env, &block, &msg, self.protocol != Protocol::Lmtp)
-                    .await;
-                queue_id = outcome.queue_id.clone();
-                let result = outcome.overall.clone();
-                if let Some(kind) = outcome.failure {
-                    m.reinject_errors.with_label_values(&[kind]).inc();
-                    if outcome.overall.is_transient() {
-                        m.tempfails.with_label_values(&["reinject"]).inc();
-                    }
-                }
-                m.reinject_up.set(!matches!(
-                    outcome.failure,
-                    Some("connect") | Some("timeout") | Some("network")
-                ) as i64);
-                let replies = match self.protocol {
-                    Protocol::Lmtp => outcome.per_recipient,
-                    _ => vec![outcome.overall],
-                };
-                (replies, result)
-            }
-            Disposition::Discard(r) | Disposition::Reject(r) | Disposition::Tempfail(r) => {
-                (self.same_for_all(r.clone()), r.clone())
-            }
-        };
-        let reinject_time = reinject_start.elapsed();
-        if decision.disposition == Disposition::Deliver {
-            m.stage_duration
-                .with_label_values(&["reinject"])
-                .observe(reinject_time.as_secs_f64());
-        }
-        if let Disposition::Tempfail(r) = &decision.disposition {
-            m.tempfails
-                .with_label_values(&[decision.tempfail_reason.unwrap_or("clamd")])
-                .inc();
-            tracing::debug!(%id, reply = %r, "tempfail");
-        }
-        let action = match &decision.disposition {
-            Disposition::Discard(_) => "discard",
-            Disposition::Reject(_) => "reject",
-            Disposition::Tempfail(_) => "tempfail",
-            Disposition::Deliver => match result.code {
-                200..=399 => "pass",
-                400..=499 => "tempfail",
-                _ => "reject",
-            },
-        };
-
-        let (score, rules) = match &decision.spam {
-            Some(s) => (rewrite::score(s.score), s.rules.len()),
-            None => ("-".into(), 0),
-        };
-        let virus = match &decision.category {
-            policy::Category::Virus(names) => names.join(","),
-            _ => "-".into(),
-        };
-        let failures: Vec<String> = [
-            match &report.virus {
-                crate::scan::VirusScan::Failed { reason, .. } => Some(format!("clamd: {reason}")),
-                _ => None,
-            },
-            match &report.spam {
-                crate::scan::SpamScan::Failed { reason, .. } => Some(format!("spamd: {reason}")),
-                _ => None,
-            },
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let rcpts: Vec<&str> = self
-            .env
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        tracing::info!(
-            target: "postsift::message",
-            id,
-            queue_id = self.env.xforward.ident.as_deref().unwrap_or("-"),
-            client = self.env.xforward.addr.as_deref().unwrap_or("-"),
-            from = %format!("<{}>", self.env.sender),
-            to = %rcpts.join(","),
-            verdict = decision.category.label(),
-            action = action_label(&decision.disposition),
-            score = %score,
-            rules,
-            virus = %virus,
-            size = msg.len(),
-            receive_ms = received.as_millis() as u64,
-            scan_ms = scan_time.as_millis() as u64,
-            clamd_ms = report.virus_time.as_millis() as u64,
-            spamd_ms = report.spam_time.as_millis() as u64,
-            reinject_ms = reinject_time.as_millis() as u64,
-            queued_as = queue_id.as_deref().unwrap_or("-"),
-            reply = %result,
-            problems = %failures.join("; "),
-            "message"
-        );
-        (replies, decision.category.label(), action)
-    }
-}
-
-fn action_label(d: &Disposition) -> &'static str {
-    match d {
-        Disposition::Deliver => "pass",
-        Disposition::Discard(_) => "discard",
-        Disposition::Reject(_) => "reject",
-        Disposition::Tempfail(_) => "tempfail",
     }
 }
 
