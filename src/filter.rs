@@ -249,6 +249,15 @@ impl Outcome {
 }
 
 impl Processed {
+    /// An outcome without a log line (a stand-in pipeline in tests).
+    pub fn new(outcome: Outcome, verdict: &'static str) -> Processed {
+        Processed {
+            outcome,
+            verdict,
+            log: None,
+        }
+    }
+
     /// Writes the one log line for this message, with the reply the client got.
     pub fn log(&self, reply: &str) {
         if let Some(l) = &self.log {

@@ -637,3 +637,246 @@ fn parse_request(line: &[u8]) -> Result<Request<String>, Reply> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session alone, over an in-memory stream, against a stand-in pipeline: no sockets,
+    //! no peers.
+    use super::*;
+    use crate::filter::{Outcome, Processed};
+    use crate::policy::{Category, Tempfail};
+    use crate::reinject::{Delivery, Fault, RcptResult, Upstream};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    /// Sender, recipients and message bytes of each message handed over.
+    type Seen = Arc<Mutex<Vec<(String, Vec<String>, Vec<u8>)>>>;
+
+    /// Records what it was given and answers with a fixed outcome.
+    #[derive(Clone)]
+    struct StandIn {
+        outcome: Outcome,
+        seen: Seen,
+    }
+
+    impl StandIn {
+        fn new(outcome: Outcome) -> StandIn {
+            StandIn {
+                outcome,
+                seen: Arc::default(),
+            }
+        }
+    }
+
+    impl Pipeline for StandIn {
+        async fn process(&self, r: Received) -> Processed {
+            let mut body = Vec::new();
+            r.msg
+                .for_each_chunk(0, u64::MAX, |c| {
+                    body.extend_from_slice(c);
+                    Ok(())
+                })
+                .unwrap();
+            let rcpts = r.env.recipients.iter().map(|x| x.address.clone()).collect();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((r.env.sender.clone(), rcpts, body));
+            Processed::new(self.outcome.clone(), "clean")
+        }
+    }
+
+    fn delivery(rcpts: Vec<RcptResult>) -> Outcome {
+        Outcome::Delivered(Delivery {
+            rcpts,
+            accepted: Some(Upstream {
+                code: 250,
+                text: "2.0.0 Ok: queued as Q1".into(),
+            }),
+            to: "127.0.0.1:10025".into(),
+            queue_id: Some("Q1".into()),
+            failure: None,
+        })
+    }
+
+    fn shared(extra: &str) -> Arc<Shared> {
+        let toml = format!(
+            "[server]\nhostname = \"filter.test\"\nmax_errors = 3\n{extra}\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n"
+        );
+        let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
+        Arc::new(Shared::new(config, CancellationToken::new()))
+    }
+
+    /// Sends `input` in one write, then reads everything the session answers until it closes.
+    async fn converse(shared: Arc<Shared>, p: StandIn, input: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let peer = "127.0.0.1:40000".parse().unwrap();
+        let local = "127.0.0.1:10024".parse().unwrap();
+        let task = tokio::spawn(Session::with_pipeline(server, peer, local, shared, p).run());
+        client.write_all(input).await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        task.await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn codes(out: &str) -> Vec<&str> {
+        out.split("\r\n")
+            .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+            .map(|l| &l[..3])
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pipelined_transaction_reaches_the_pipeline_once() {
+        let p = StandIn::new(delivery(vec![RcptResult::Accepted, RcptResult::Accepted]));
+        let out = converse(
+            shared(""),
+            p.clone(),
+            b"EHLO t\r\nMAIL FROM:<\"a b\"@x.org>\r\nRCPT TO:<c@y.com>\r\nRCPT TO:<d@y.com>\r\nDATA\r\nSubject: s\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+        )
+        .await;
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "354", "250", "221"],
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "250 2.0.0 from MTA(smtp:[127.0.0.1]:10025): 250 2.0.0 Ok: queued as Q1\r\n"
+            ),
+            "{out}"
+        );
+        let seen = p.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "\"a b\"@x.org");
+        assert_eq!(seen[0].1, ["c@y.com", "d@y.com"]);
+        assert_eq!(seen[0].2, b"Subject: s\r\n\r\n.dot\r\n");
+    }
+
+    #[tokio::test]
+    async fn lmtp_answers_each_recipient_and_smtp_once() {
+        let mixed = || {
+            delivery(vec![
+                RcptResult::Accepted,
+                RcptResult::Refused(Upstream {
+                    code: 550,
+                    text: "5.1.1 <d@y.com>: unknown".into(),
+                }),
+                RcptResult::Failed(Fault::Timeout {
+                    to: "127.0.0.1:10025".into(),
+                    stage: "end of data",
+                }),
+            ])
+        };
+        let script = |hello: &str| {
+            format!("{hello} t\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<c@y.com>\r\nRCPT TO:<d@y.com>\r\nRCPT TO:<e@y.com>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+        };
+        let out = converse(shared(""), StandIn::new(mixed()), script("LHLO").as_bytes()).await;
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "250", "354", "250", "550", "450", "221"],
+            "{out}"
+        );
+        assert!(out.contains("550 5.1.1 <d@y.com>: unknown\r\n"), "{out}");
+        assert!(
+            out.contains("450 4.4.2 Timed out during end of data to 127.0.0.1:10025\r\n"),
+            "{out}"
+        );
+        // SMTP: one reply; a permanent refusal among others becomes a retry for all.
+        let out = converse(shared(""), StandIn::new(mixed()), script("EHLO").as_bytes()).await;
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "250", "354", "450", "221"],
+            "{out}"
+        );
+        assert!(out.contains("450 4.5.3 Some recipients refused by the next hop (550 5.1.1 <d@y.com>: unknown); retry"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn policy_outcomes_become_amavis_replies() {
+        let cases = [
+            (
+                Outcome::Discarded(Category::Virus(vec!["Eicar-Test-Signature".into()])),
+                "250 2.7.0 Ok, discarded, id=",
+                " - INFECTED: Eicar-Test-Signature",
+            ),
+            (
+                Outcome::Rejected(Category::Spam),
+                "554 5.7.0 Reject, id=",
+                " - spam",
+            ),
+            (
+                Outcome::Tempfailed(Tempfail::VirusScan("clamd down".into())),
+                "451 4.5.0 Error in processing, id=",
+                ", virus_scan FAILED: clamd down",
+            ),
+            (
+                Outcome::HeaderTooBig,
+                "552 5.3.4 Message header section exceeds fixed limit",
+                "",
+            ),
+        ];
+        for (outcome, start, end) in cases {
+            let out = converse(
+                shared(""),
+                StandIn::new(outcome),
+                b"LHLO t\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<c@y.com>\r\nRCPT TO:<d@y.com>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+            )
+            .await;
+            let lines: Vec<&str> = out.split("\r\n").filter(|l| l.starts_with(start)).collect();
+            assert_eq!(lines.len(), 2, "one per recipient: {out}");
+            for l in lines {
+                assert!(l.ends_with(end), "{l}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_are_answered_and_counted_to_a_close() {
+        let p = StandIn::new(delivery(vec![RcptResult::Accepted]));
+        let out = converse(
+            shared(""),
+            p.clone(),
+            b"MAIL FROM:<a@x.org>\r\nEHLO t\r\nDATA\r\nRCPT TO:<\"unterminated@y.com>\r\nNOOP\r\n",
+        )
+        .await;
+        // 503 (no EHLO), 250, 503 (no MAIL), 503 (no MAIL: sequence is checked first) -> 3rd
+        // error closes with 421.
+        assert_eq!(
+            codes(&out),
+            ["220", "503", "250", "503", "503", "421"],
+            "{out}"
+        );
+        assert!(p.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_session_with_421() {
+        let shared = shared("");
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let p = StandIn::new(delivery(vec![]));
+        let task = tokio::spawn(
+            Session::with_pipeline(
+                server,
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                shared.clone(),
+                p,
+            )
+            .run(),
+        );
+        let mut greeting = [0u8; 5];
+        client.read_exact(&mut greeting).await.unwrap();
+        shared.shutdown.cancel();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        task.await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.ends_with("421 4.3.2 Service shutting down, closing channel\r\n"),
+            "{out}"
+        );
+    }
+}
