@@ -309,11 +309,11 @@ impl LogLine {
         };
         let problems: Vec<String> = [
             match &report.virus {
-                VirusScan::Failed { reason, .. } => Some(format!("clamd: {reason}")),
+                VirusScan::Failed(f) => Some(format!("clamd: {f}")),
                 _ => None,
             },
             match &report.spam {
-                SpamScan::Failed { reason, .. } => Some(format!("spamd: {reason}")),
+                SpamScan::Failed(f) => Some(format!("spam: {f}")),
                 _ => None,
             },
         ]

@@ -23,7 +23,7 @@ pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail"];
 pub const RECIPIENT_RESULTS: &[&str] = &["delivered", "discarded", "rejected", "deferred"];
 pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];
 pub const SCANNERS: &[&str] = &["clamd", "spamd", "rspamd"];
-pub const SCANNER_ERRORS: &[&str] = &["refused", "timeout", "protocol", "io"];
+pub const SCANNER_ERRORS: &[&str] = crate::scan::FailureKind::ALL;
 pub const REINJECT_ERRORS: &[&str] = &[
     "connect", "timeout", "rejected", "tempfail", "network", "spool",
 ];

@@ -3,7 +3,7 @@
 //! side's, in `smtp::reply`). Pure functions of the report and the configuration.
 
 use crate::config::{Action, Config, OnFailure};
-use crate::scan::{ScanReport, SpamResult, SpamScan, VirusScan};
+use crate::scan::{Failure, ScanReport, SpamResult, SpamScan, VirusScan};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Category {
@@ -84,7 +84,7 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
     if let VirusScan::Infected(names) = &report.virus {
         return decision(Category::Virus(names.clone()), action(config.virus.action));
     }
-    if let VirusScan::Failed { reason, .. } = &report.virus {
+    if let VirusScan::Failed(Failure { reason, .. }) = &report.virus {
         if config.clamd.on_failure == OnFailure::Tempfail {
             return tempfail(
                 "clamd",
@@ -93,7 +93,7 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             );
         }
     }
-    if let SpamScan::Failed { reason, .. } = &report.spam {
+    if let SpamScan::Failed(Failure { reason, .. }) = &report.spam {
         if spam_on_failure(config) == OnFailure::Tempfail {
             return tempfail(
                 spam_engine(config),
@@ -102,7 +102,7 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             );
         }
     }
-    if matches!(report.virus, VirusScan::Failed { .. }) {
+    if matches!(report.virus, VirusScan::Failed(_)) {
         return decision(Category::Unchecked, Disposition::Deliver);
     }
 
@@ -208,10 +208,10 @@ mod tests {
     }
 
     fn failed() -> VirusScan {
-        VirusScan::Failed {
-            reason: "down\nreally".into(),
-            kind: "refused",
-        }
+        VirusScan::Failed(Failure::new(
+            crate::scan::FailureKind::Connect,
+            "down\nreally",
+        ))
     }
 
     #[test]
@@ -270,10 +270,7 @@ mod tests {
     #[test]
     fn spamd_failure_passes_by_default() {
         let c = Config::default();
-        let fail = SpamScan::Failed {
-            reason: "timeout".into(),
-            kind: "timeout",
-        };
+        let fail = SpamScan::Failed(Failure::new(crate::scan::FailureKind::Timeout, "timeout"));
         let d = decide(&c, &report(VirusScan::Clean, fail.clone()));
         assert_eq!(
             (d.category, d.disposition, d.spam),
@@ -322,10 +319,7 @@ mod tests {
         );
         // The engine's own on_failure applies.
         c.rspamd.on_failure = OnFailure::Tempfail;
-        let fail = SpamScan::Failed {
-            reason: "down".into(),
-            kind: "refused",
-        };
+        let fail = SpamScan::Failed(Failure::new(crate::scan::FailureKind::Connect, "down"));
         assert!(matches!(
             decide(&c, &report(VirusScan::Clean, fail)).disposition,
             Disposition::Tempfail(_)

@@ -3,6 +3,7 @@
 //! turned into clean / infected / error. clamav-client connects by itself and returns clamd's raw
 //! reply, so this module adds what it lacks: a connect timeout, failover, and reply parsing.
 
+use crate::scan::FailureKind;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,13 +36,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// A small closed set, for metric labels.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of failure, shared by every check: clamd's `… ERROR` replies are refusals,
+    /// its `INSTREAM size limit exceeded` a limit.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => "refused",
-            Error::Timeout { .. } => "timeout",
-            Error::Protocol { .. } => "protocol",
-            Error::Io { .. } => "io",
+            Error::Connect { .. } => FailureKind::Connect,
+            Error::Timeout { .. } => FailureKind::Timeout,
+            Error::Protocol { detail, .. } if detail.contains("size limit") => FailureKind::Limit,
+            Error::Protocol { detail, .. } if detail.ends_with("ERROR") => FailureKind::Refused,
+            Error::Protocol { .. } | Error::Io { .. } => FailureKind::Protocol,
         }
     }
 }

@@ -1,6 +1,15 @@
-//! The scanners and their concurrent run: the virus scanner (clamd) and the spam engine (spamd
+//! The checks and their concurrent run: the virus scanner (clamd) and the spam engine (spamd
 //! or rspamd) look at the same message at the same time, each under its own timeout, and their
 //! answers (or failures) are gathered into one [`ScanReport`] for the policy to judge.
+//!
+//! Every check fails the same way, with a [`Failure`] of one [`FailureKind`] (connect, timeout,
+//! protocol, refused, limit): each peer module keeps its own error type and says which kind each
+//! error is, so the policy, the metrics and the log treat all checks alike. The set of checks is
+//! closed at compile time — an enum of engines and one slot per kind of finding, not a list of
+//! trait objects — because each check's call is async and differently shaped (a stream to
+//! clamd, a prefix to spamd, HTTP to rspamd) and a match keeps the dispatcher exhaustive:
+//! adding a check adds its module and its arm here, and touches neither the session nor the
+//! other checks.
 
 pub mod clamd;
 pub mod rspamd;
@@ -29,6 +38,58 @@ pub struct SpamResult {
     pub action: Option<String>,
 }
 
+/// Why a check gave no answer, as a small closed set (also the `kind` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No connection to the peer.
+    Connect,
+    /// The peer did not answer in time.
+    Timeout,
+    /// The peer's answer made no sense, or the connection broke mid-answer.
+    Protocol,
+    /// The peer answered with an error of its own.
+    Refused,
+    /// A size or count limit (the peer's, e.g. clamd's StreamMaxLength, or postsift's).
+    Limit,
+}
+
+impl FailureKind {
+    pub const ALL: &'static [&'static str] =
+        &["connect", "timeout", "protocol", "refused", "limit"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Refused => "refused",
+            FailureKind::Limit => "limit",
+        }
+    }
+}
+
+/// A check that failed: its kind and the reason, for the log and the tempfail reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// The virus scanner's part of the report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VirusScan {
@@ -36,11 +97,8 @@ pub enum VirusScan {
     Off,
     Clean,
     Infected(Vec<String>),
-    /// The scanner failed: the reason, and a metric label for it.
-    Failed {
-        reason: String,
-        kind: &'static str,
-    },
+    /// The scanner failed.
+    Failed(Failure),
 }
 
 /// The spam engine's part of the report.
@@ -48,7 +106,7 @@ pub enum VirusScan {
 pub enum SpamScan {
     Off,
     Scored(SpamResult),
-    Failed { reason: String, kind: &'static str },
+    Failed(Failure),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,10 +210,7 @@ impl Scanners {
                 Some(c) => match c.scan(msg).await {
                     Ok(clamd::Verdict::Clean) => VirusScan::Clean,
                     Ok(clamd::Verdict::Infected(names)) => VirusScan::Infected(names),
-                    Err(e) => VirusScan::Failed {
-                        reason: e.to_string(),
-                        kind: e.kind(),
-                    },
+                    Err(e) => VirusScan::Failed(Failure::new(e.kind(), e.to_string())),
                 },
             };
             (r, start.elapsed())
@@ -165,30 +220,30 @@ impl Scanners {
             let r = match &self.spam {
                 None => SpamScan::Off,
                 Some(engine) => match msg.prefix_for_spam_check(self.spam_max_size) {
-                    Err(e) => SpamScan::Failed {
-                        reason: format!("reading the spool: {e}"),
-                        kind: "io",
-                    },
+                    Err(e) => SpamScan::Failed(Failure::new(
+                        FailureKind::Protocol,
+                        format!("reading the spool: {e}"),
+                    )),
                     Ok(prefix) => {
                         let check = async {
                             match engine {
                                 SpamEngine::Spamd(s) => s
                                     .check(&prefix)
                                     .await
-                                    .map_err(|e| (e.to_string(), e.kind())),
+                                    .map_err(|e| Failure::new(e.kind(), e.to_string())),
                                 SpamEngine::Rspamd(r) => r
                                     .check(prefix.into(), env)
                                     .await
-                                    .map_err(|e| (e.to_string(), e.kind())),
+                                    .map_err(|e| Failure::new(e.kind(), e.to_string())),
                             }
                         };
                         match tokio::time::timeout(self.spam_timeout, check).await {
                             Ok(Ok(r)) => SpamScan::Scored(r),
-                            Ok(Err((reason, kind))) => SpamScan::Failed { reason, kind },
-                            Err(_) => SpamScan::Failed {
-                                reason: format!("{} timed out", engine.name()),
-                                kind: "timeout",
-                            },
+                            Ok(Err(f)) => SpamScan::Failed(f),
+                            Err(_) => SpamScan::Failed(Failure::new(
+                                FailureKind::Timeout,
+                                format!("{} timed out", engine.name()),
+                            )),
                         }
                     }
                 },
@@ -196,7 +251,7 @@ impl Scanners {
             (r, start.elapsed())
         };
         let ((virus, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
-        let record = |scanner: &str, failed: Option<&'static str>, took: Duration| {
+        let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
                 .with_label_values(&[scanner])
@@ -205,19 +260,19 @@ impl Scanners {
             if let Some(kind) = failed {
                 metrics
                     .scanner_errors
-                    .with_label_values(&[scanner, kind])
+                    .with_label_values(&[scanner, kind.label()])
                     .inc();
             }
         };
         match &virus {
             VirusScan::Off => {}
-            VirusScan::Failed { kind, .. } => record("clamd", Some(kind), virus_time),
+            VirusScan::Failed(f) => record("clamd", Some(f.kind), virus_time),
             _ => record("clamd", None, virus_time),
         }
         if let Some(engine) = &self.spam {
             match &spam {
                 SpamScan::Off => {}
-                SpamScan::Failed { kind, .. } => record(engine.name(), Some(kind), spam_time),
+                SpamScan::Failed(f) => record(engine.name(), Some(f.kind), spam_time),
                 SpamScan::Scored(r) => {
                     metrics.spam_score.observe(r.score);
                     record(engine.name(), None, spam_time)

@@ -5,6 +5,7 @@
 //! hyper is already here for the metrics endpoint. rspamd's SPAMC-compatible port is not used:
 //! it always answers `Spam: False` with the reject threshold and no symbol scores.
 
+use crate::scan::FailureKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -45,13 +46,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// A small closed set, for metric labels.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of failure, shared by every check: an HTTP error status is a refusal.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => "refused",
-            Error::Timeout { .. } => "timeout",
-            Error::Protocol { .. } => "protocol",
-            Error::Io { .. } => "io",
+            Error::Connect { .. } => FailureKind::Connect,
+            Error::Timeout { .. } => FailureKind::Timeout,
+            Error::Protocol { detail, .. } if detail.starts_with("HTTP ") => FailureKind::Refused,
+            Error::Protocol { .. } | Error::Io { .. } => FailureKind::Protocol,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! REPORT, and the answer becomes a score, spamd's own verdict and the rules that fired.
 //! Endpoints are tried in order only while connecting, so a message is never scanned twice.
 
+use crate::scan::FailureKind;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -46,13 +47,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// A small closed set, fit for a metric label.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of failure, shared by every check: a non-zero `SPAMD/1.1 <code>` is a refusal.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => "refused",
-            Error::Timeout { .. } => "timeout",
-            Error::Protocol { .. } => "protocol",
-            Error::Io { .. } => "io",
+            Error::Connect { .. } => FailureKind::Connect,
+            Error::Timeout { .. } => FailureKind::Timeout,
+            Error::Protocol { detail, .. } if detail.starts_with("spamd answered") => {
+                FailureKind::Refused
+            }
+            Error::Protocol { .. } | Error::Io { .. } => FailureKind::Protocol,
         }
     }
 }
@@ -877,7 +880,7 @@ mod tests {
             matches!(&err, Error::Timeout { stage: "read", endpoint: e } if *e == endpoint),
             "{err}"
         );
-        assert_eq!(err.kind(), "timeout");
+        assert_eq!(err.kind(), FailureKind::Timeout);
         server.abort();
     }
 
@@ -927,13 +930,13 @@ mod tests {
             matches!(&err, Error::Connect { endpoint, .. } if *endpoint == refused),
             "{err}"
         );
-        assert_eq!(err.kind(), "refused");
+        assert_eq!(err.kind(), FailureKind::Connect);
 
         let err = SpamdClient::new(vec![], T, T, None)
             .ping()
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), "refused");
+        assert_eq!(err.kind(), FailureKind::Connect);
     }
 
     #[tokio::test]
@@ -956,7 +959,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Protocol { .. }), "{err}");
         assert!(err.to_string().contains("closed"), "{err}");
-        assert_eq!(err.kind(), "protocol");
+        assert_eq!(err.kind(), FailureKind::Protocol);
         assert!(tokio::time::timeout(SHORT, second.accept()).await.is_err());
         server.await.unwrap();
     }

@@ -163,7 +163,7 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
     assert_eq!(
         sample(
             &text,
-            "postsift_scanner_errors_total{kind=\"refused\",scanner=\"clamd\"}"
+            "postsift_scanner_errors_total{kind=\"connect\",scanner=\"clamd\"}"
         ),
         1.0
     );
