@@ -335,10 +335,12 @@ async fn pipelined_commands_get_replies_in_order() {
 async fn fifty_megabyte_message_passes_scanned_and_whole() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
-    // The capture sink (debug build) reads 50 MB line by line: give it time on a busy box.
+    // clamd scans 50 MB and the capture sink (debug build) reads it line by line: give both
+    // time on a busy box.
     let f = start_filter(
         &config(Some(&clamd), Some(&spamd), sink.addr, "")
-            .replace("data_timeout = 10\n", "data_timeout = 300\n"),
+            .replace("data_timeout = 10\n", "data_timeout = 300\n")
+            .replace("timeout = 20\n", "timeout = 300\n"),
     )
     .await;
     let mut body = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();
