@@ -274,31 +274,24 @@ fn spawn_here(cmd: &mut Command, own_group: bool) -> io::Result<Child> {
     cmd.spawn()
 }
 
-/// Process groups and dirs to clean up when the test process exits without dropping their owner
-/// (peers kept in a `static` are never dropped): (pgid, dir to remove).
-static LIVE: Mutex<Vec<(Option<u32>, Option<PathBuf>)>> = Mutex::new(Vec::new());
+/// What to clean up if the test process exits without dropping it (a peer in a `static` never
+/// is): (process group, dir); a [`Peer`] is found by its dir, a [`Watchdog`] by its group.
+type Live = Vec<(Option<u32>, Option<PathBuf>)>;
+static LIVE: Mutex<Live> = Mutex::new(Vec::new());
 
-fn register(pgid: u32, dir: Option<&Path>) {
+/// [`LIVE`], with the exit handler installed.
+fn live() -> std::sync::MutexGuard<'static, Live> {
     static AT_EXIT: std::sync::Once = std::sync::Once::new();
-    AT_EXIT.call_once(|| {
-        // SAFETY: registers a plain extern "C" function.
-        unsafe { libc::atexit(clean_up_at_exit) };
+    // SAFETY: registers a plain extern "C" function.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(clean_up_at_exit);
     });
-    LIVE.lock()
-        .unwrap()
-        .push((Some(pgid), dir.map(Path::to_path_buf)));
-}
-
-fn unregister(pgid: u32) {
-    LIVE.lock().unwrap().retain(|(g, _)| *g != Some(pgid));
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// At exit: SIGTERM to every registered group, 5 s for them to go, SIGKILL, remove the dirs.
 extern "C" fn clean_up_at_exit() {
-    let live = match LIVE.lock() {
-        Ok(mut l) => std::mem::take(&mut *l),
-        Err(_) => return,
-    };
+    let live = std::mem::take(&mut *live());
     let groups: Vec<i32> = live
         .iter()
         .filter_map(|(g, _)| *g)
@@ -410,6 +403,7 @@ impl Peer {
         SWEEP.call_once(sweep_stale_dirs);
         let tmp = private_dir(prefix);
         let dir = tmp.path().to_path_buf();
+        live().push((None, Some(dir.clone())));
         write_file(
             &dir.join("harness.owner"),
             owner_id(std::process::id()).expect("own /proc/self/stat") + "\n",
@@ -436,8 +430,16 @@ impl Peer {
     /// Takes over a process group this peer did not spawn (a daemon that detached itself).
     pub fn adopt_group(&mut self, pgid: u32) {
         write_file(&self.dir.join("harness.pgid"), format!("{pgid}\n"));
-        register(pgid, self.tmp.as_ref().map(|t| t.path()));
+        self.set_live_group(Some(pgid));
         self.group = Some(pgid);
+    }
+
+    fn set_live_group(&self, group: Option<u32>) {
+        for (g, d) in live().iter_mut() {
+            if d.as_deref() == Some(&*self.dir) {
+                *g = group;
+            }
+        }
     }
 
     /// The leader's pid (None once stopped).
@@ -502,75 +504,44 @@ impl Peer {
         if let Some(mut c) = child {
             let _ = c.wait();
         }
-        unregister(g);
-        // The group is gone: a sweep must not look for it.
+        // The group is gone: neither the exit handler nor a sweep must look for it.
+        self.set_live_group(None);
         let _ = fs::remove_file(self.dir.join("harness.pgid"));
-        if let Some(tmp) = &self.tmp {
-            register_dir_only(tmp.path());
-        }
-    }
-}
-
-/// After stop(): the dir alone is still removed at exit if the peer is never dropped.
-fn register_dir_only(dir: &Path) {
-    let mut live = LIVE.lock().unwrap();
-    if !live.iter().any(|(_, d)| d.as_deref() == Some(dir)) {
-        live.push((None, Some(dir.to_path_buf())));
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(10));
-        if let Some(tmp) = &self.tmp {
-            LIVE.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(_, d)| d.as_deref() != Some(tmp.path()));
-        }
+        live().retain(|(_, d)| d.as_deref() != Some(&*self.dir));
         finish_dir(self.tmp.take());
     }
 }
 
 /// What a [`Watchdog`] looks after.
-pub enum Watched<'a> {
+pub enum Watched {
     /// This pid (and its process group, if it leads one).
     Pid(u32),
-    /// The pid in this file (read now).
-    PidFile(&'a Path),
-    /// The process group led by this pid.
-    Group(u32),
-    /// No process.
-    Nothing,
 }
 
 /// For daemons a caller starts itself (examples/soak.rs restarts clamd and spamd): registers the
-/// process group with the harness's clean-up at exit (see [`Peer`]) until dropped. Runs no
+/// process (group) with the harness's clean-up at exit (see [`Peer`]) until dropped. Runs no
 /// process of its own (it used to be a shell loop) and never removes `dir`: the [`Peer`] that owns
 /// the dir does.
-pub struct Watchdog {
-    group: Option<u32>,
-}
+pub struct Watchdog(u32);
 
 impl Watchdog {
-    /// Registers `target`; `Some` always (an `Option` for callers written for the old watchdog).
+    /// Registers `target`; always `Some` (an `Option` for callers of the old watchdog).
     pub fn spawn(target: Watched, _dir: &Path) -> Option<Watchdog> {
-        let group = match target {
-            Watched::Pid(p) | Watched::Group(p) => Some(p),
-            Watched::PidFile(f) => read_pid(f),
-            Watched::Nothing => None,
-        };
-        if let Some(g) = group {
-            register(g, None);
-        }
-        Some(Watchdog { group })
+        let Watched::Pid(pid) = target;
+        live().push((Some(pid), None));
+        Some(Watchdog(pid))
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        if let Some(g) = self.group {
-            unregister(g);
-        }
+        live().retain(|e| *e != (Some(self.0), None));
     }
 }
 
