@@ -1,5 +1,7 @@
 //! A small async SMTP/LMTP client for driving postsift in tests: raw lines in, whole replies
-//! (code and text) out, so tests can pipeline, misbehave and read every reply.
+//! (code and text) out, so tests can pipeline, misbehave and read every reply. The async twin of
+//! `harness::SmtpClient`: the same reply-line parser (`harness::reply_line`) and the same
+//! dot-stuffing (`harness::dot_stuff`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,23 +56,28 @@ impl Client {
         self.send(format!("{l}\r\n").as_bytes()).await;
     }
 
-    /// Reads one (possibly multi-line) reply; code 0 if the server closed the connection.
+    /// Reads one (possibly multi-line) reply, each line parsed by [`harness::reply_line`]; code 0
+    /// if the server closed the connection (or the last line has no code).
     pub async fn reply(&mut self) -> Reply {
         let mut text = String::new();
         loop {
-            let mut l = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(300), self.r.read_line(&mut l))
-                .await
-                .expect("reply timed out")
-                .unwrap_or(0);
+            let mut raw = Vec::new();
+            let n =
+                tokio::time::timeout(Duration::from_secs(300), self.r.read_until(b'\n', &mut raw))
+                    .await
+                    .expect("reply timed out")
+                    .unwrap_or(0);
             if n == 0 {
                 return Reply { code: 0, text };
             }
-            let code = l.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-            text.push_str(l.trim_end());
+            let (code, last, line) = harness::reply_line(&raw);
+            text.push_str(line.trim_end());
             text.push('\n');
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Reply { code, text };
+            if last {
+                return Reply {
+                    code: code.unwrap_or(0),
+                    text,
+                };
             }
         }
     }

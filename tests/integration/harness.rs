@@ -1,6 +1,8 @@
 //! Starts the real peers of postsift for integration tests: a private clamd, a private spamd and a
 //! private Postfix instance, each in its own temp dir (config, socket, pid file, log) on 127.0.0.1,
-//! each stopped by its PID when dropped; plus a tiny blocking SMTP/LMTP client.
+//! each a [`Peer`] (its own process group, stopped when dropped and when the test process ends);
+//! plus the SMTP/LMTP client pieces both test clients share ([`dot_stuff`], [`reply_line`]) and a
+//! small blocking client ([`SmtpClient`], [`smtp_send`]).
 //!
 //! Nothing here touches /etc/postfix or a system-wide daemon. Tests are expected to run as root
 //! inside a loopback-only network namespace (`ip netns exec <ns> cargo test`): only root may run
@@ -11,12 +13,11 @@
 //! reach them; keep that path short (a unix socket path has at most 107 bytes). Set
 //! `POSTSIFT_KEEP_TEST_DIRS=1` to keep the temp dirs (configs, logs, queues) for a post-mortem.
 //!
-//! Besides `Drop`, every daemon is watched by a small `setsid sh` process that holds the read end of
-//! a pipe whose write end only the test process has: if the test process ends without running
-//! `Drop` (a peer kept in a `static`, SIGKILL, Ctrl-C, abort), the pipe hits EOF and the watchdog
-//! stops the daemon and removes its temp dir.
+//! How peers are stopped when a test panics, exits or is killed: see [`Peer`]. Postfix's
+//! main.cf and master.cf are templates in tests/fixtures/postfix/.
 //!
-//! Uses std only (plus `tempfile`); signals are sent with kill(1), MD5 is taken with md5sum(1).
+//! Uses std, `tempfile` and `libc` (process groups, parent-death signal); signals are sent with
+//! kill(1), MD5 is taken with md5sum(1).
 #![allow(dead_code)]
 
 use std::fs;
@@ -24,8 +25,10 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -200,114 +203,345 @@ fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// SIGTERM to a child we spawned, wait up to `grace`, then SIGKILL; always reaps it.
-fn terminate_child(child: &mut Child, grace: Duration) {
-    if let Ok(None) = child.try_wait() {
-        signal(&child.id().to_string(), "TERM");
-        let exited = wait_until(grace, || !matches!(child.try_wait(), Ok(None)));
-        if !exited {
-            let _ = child.kill();
+/// The environment variable that marks a peer's processes with its dir.
+const PEER_ENV: &str = "POSTSIFT_TEST_PEER";
+
+/// (pid, start time) of this test process: what a peer dir's `harness.owner` file holds.
+fn owner_id(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // field 22, starttime; the fields after "(comm)" start at field 3
+    let start = stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer: one running daemon in its temp dir (clamd, spamd, rspamd and Postfix are each one)
+
+/// Spawns `cmd` from the harness's one long-lived thread, with `PR_SET_PDEATHSIG = SIGKILL` and,
+/// if `own_group`, in a new process group (pgid = its pid).
+///
+/// Why a thread of its own: the kernel sends the parent-death signal when the *thread* that forked
+/// the child ends, not the process. Tests start peers from short-lived threads (a test's own
+/// thread, tokio's `spawn_blocking` pool, whose idle threads exit after 10 s) while the peer
+/// lives on in a `static` shared by later tests; forking from those threads would kill the peer
+/// under the next test. The spawner thread lives as long as the test process, so the signal
+/// means "the test process is gone" (exit, abort, SIGKILL alike).
+///
+/// The kernel clears the parent-death signal of a process that changes its credentials (setuid,
+/// setgid …) and of every forked child: it reaches clamd (stays root, one process), not spamd
+/// (`-u nobody`), rspamd (`-u _rspamd`) or Postfix's master (daemonizes, switches ids). What it
+/// does not reach is cleaned up by [`sweep_stale_dirs`] (see [`Peer`]).
+pub fn spawn_peer(cmd: Command, own_group: bool) -> io::Result<Child> {
+    type Job = (Command, bool, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("harness-spawner".into())
+            .spawn(move || {
+                for (mut cmd, own_group, reply) in rx {
+                    let _ = reply.send(spawn_here(&mut cmd, own_group));
+                }
+            })
+            .expect("start the harness's spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    let sent = spawner.lock().unwrap().send((cmd, own_group, tx));
+    sent.map_err(|_| io::Error::other("harness spawner thread gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("harness spawner thread gone"))?
+}
+
+fn spawn_here(cmd: &mut Command, own_group: bool) -> io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if own_group && libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The test process died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("test process gone"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// What to clean up if the test process exits without dropping it (a peer in a `static` never
+/// is): (process group, dir); a [`Peer`] is found by its dir, a [`Watchdog`] by its group.
+type Live = Vec<(Option<u32>, Option<PathBuf>)>;
+static LIVE: Mutex<Live> = Mutex::new(Vec::new());
+
+/// [`LIVE`], with the exit handler installed.
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain extern "C" function.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(clean_up_at_exit);
+    });
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// At exit: SIGTERM to every registered group, 5 s for them to go, SIGKILL, remove the dirs.
+extern "C" fn clean_up_at_exit() {
+    let live = std::mem::take(&mut *live());
+    let groups: Vec<i32> = live
+        .iter()
+        .filter_map(|(g, _)| *g)
+        .map(|g| g as i32)
+        .collect();
+    let kill = |sig| {
+        for &g in groups.iter().filter(|&&g| g > 1) {
+            // SAFETY: kill(2) on a process (group) this process started.
+            unsafe {
+                libc::kill(g, sig);
+                libc::kill(-g, sig);
+            }
+        }
+    };
+    let gone = || {
+        groups
+            .iter()
+            .all(|&g| !pid_alive(g as u32) && group_members(g as u32).is_empty())
+    };
+    kill(libc::SIGTERM);
+    if !wait_until(Duration::from_secs(5), gone) {
+        kill(libc::SIGKILL);
+        wait_until(Duration::from_secs(2), gone);
+    }
+    if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_none() {
+        for (_, dir) in live {
+            if let Some(d) = dir {
+                let _ = fs::remove_dir_all(d);
+            }
         }
     }
-    let _ = child.wait();
 }
 
-/// What a [`Watchdog`] kills.
-pub enum Watched<'a> {
-    /// This pid (SIGKILL after 10 s).
+/// Removes the peer dirs under [`base_dir`] left by test processes that are gone (killed, aborted)
+/// and kills what still runs of their peers: every member of the recorded process group
+/// (`harness.pgid`) that is still recognisably that peer (`POSTSIFT_TEST_PEER=<dir>` in its
+/// environment, or its working directory in the dir: Postfix's daemons run in `<dir>/queue`), so
+/// a recycled pgid is left alone. Dirs of live test processes (other runs
+/// side by side) and dirs without `harness.owner` (the rspamd cache) are not touched. Runs once
+/// per process, before its first peer starts; tests of the clean-up call it directly.
+pub fn sweep_stale_dirs() {
+    let Ok(rd) = fs::read_dir(base_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let Ok(owner) = fs::read_to_string(dir.join("harness.owner")) else {
+            continue;
+        };
+        let owner = owner.trim();
+        let pid = owner.split(' ').next().and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p| owner_id(p).as_deref() == Some(owner)) {
+            continue; // its test process still runs
+        }
+        let d = dir.display().to_string();
+        let marker = format!("{PEER_ENV}={d}\0");
+        let ours = |p: u32| {
+            let environ = fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            let cwd = fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
+            String::from_utf8_lossy(&environ).contains(&marker) || cwd.starts_with(&dir)
+        };
+        if let Some(g) = read_pid(&dir.join("harness.pgid")) {
+            for _ in 0..50 {
+                let left: Vec<u32> = group_members(g).into_iter().filter(|&p| ours(p)).collect();
+                if left.is_empty() {
+                    break;
+                }
+                for p in left {
+                    signal(&p.to_string(), "KILL");
+                }
+                sleep(Duration::from_millis(100));
+            }
+        }
+        eprintln!("harness: removing {d}, left by test process {owner} (gone)");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// One daemon of a test in its own temp dir: clamd, spamd, rspamd and Postfix are each a `Peer`.
+///
+/// Start: [`Peer::new`] makes the dir, [`Peer::spawn`] starts the process (see [`spawn_peer`]) or
+/// [`Peer::adopt_group`] takes over a daemon that detached itself (Postfix's master),
+/// [`Peer::wait_ready`] waits for the peer's own "ready" probe. Stop: [`Peer::stop`] — SIGTERM to
+/// the leader, SIGKILL to the whole process group after a grace period, wait until no member is
+/// left; Drop does the same and removes the dir.
+///
+/// When the test process ends without dropping the peer:
+/// - normal exit (a peer in a `static`): an `atexit` handler stops every live group and removes
+///   its dir;
+/// - killed or aborted: the kernel SIGKILLs what [`spawn_peer`] started and still carries the
+///   parent-death signal (clamd); the peers that switched user ids meanwhile (spamd, rspamd,
+///   Postfix) and every dir are taken care of by [`sweep_stale_dirs`] when the next test process
+///   starts a peer — and under scripts/test.sh, before that, by the teardown of the test's
+///   network namespace, which kills every process left in it.
+pub struct Peer {
+    /// The temp dir.
+    pub dir: PathBuf,
+    child: Option<Child>,
+    /// The process group (= its leader's pid).
+    group: Option<u32>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Peer {
+    /// A fresh dir `<base>/<prefix>XXXXXX` (mode 0755) that names this test process as its owner;
+    /// nothing runs yet.
+    pub fn new(prefix: &str) -> Peer {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_stale_dirs);
+        let tmp = private_dir(prefix);
+        let dir = tmp.path().to_path_buf();
+        live().push((None, Some(dir.clone())));
+        write_file(
+            &dir.join("harness.owner"),
+            owner_id(std::process::id()).expect("own /proc/self/stat") + "\n",
+        );
+        Peer {
+            dir,
+            child: None,
+            group: None,
+            tmp: Some(tmp),
+        }
+    }
+
+    /// Starts `cmd` as this peer's process, in its own process group (see [`spawn_peer`]), with
+    /// `POSTSIFT_TEST_PEER=<dir>` in its environment: how [`sweep_stale_dirs`] recognises its
+    /// processes (and their children) after their test process is gone.
+    pub fn spawn(&mut self, mut cmd: Command) {
+        cmd.env(PEER_ENV, &self.dir);
+        let program = format!("{:?}", cmd.get_program());
+        let child = spawn_peer(cmd, true).unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        self.adopt_group(child.id());
+        self.child = Some(child);
+    }
+
+    /// Takes over a process group this peer did not spawn (a daemon that detached itself).
+    pub fn adopt_group(&mut self, pgid: u32) {
+        write_file(&self.dir.join("harness.pgid"), format!("{pgid}\n"));
+        self.set_live_group(Some(pgid));
+        self.group = Some(pgid);
+    }
+
+    fn set_live_group(&self, group: Option<u32>) {
+        for (g, d) in live().iter_mut() {
+            if d.as_deref() == Some(&*self.dir) {
+                *g = group;
+            }
+        }
+    }
+
+    /// The leader's pid (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.group
+    }
+
+    /// Polls `ready` every 100 ms; Err (with `what`, and the tails of the files `logs` in the dir)
+    /// if the spawned process exits or `timeout` passes first.
+    pub fn wait_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+        logs: &[&str],
+    ) -> Result<(), String> {
+        let end = Instant::now() + timeout;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= end {
+                let mut why = match exited {
+                    Some(st) => format!("{what} exited ({st})"),
+                    None => format!("{what} not ready within {} s", timeout.as_secs()),
+                };
+                for log in logs {
+                    why = why + "\n" + &tail(&self.dir.join(log), 30);
+                }
+                return Err(why);
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM to the leader; SIGKILL to the group if the group is not gone after `grace`; waits
+    /// until no member is left (5 s more at most) and reaps the child. Idempotent. The dir stays
+    /// until Drop.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(g) = self.group.take() else {
+            return;
+        };
+        let mut child = self.child.take();
+        let mut gone = || {
+            if let Some(c) = child.as_mut() {
+                if matches!(c.try_wait(), Ok(None)) {
+                    return false;
+                }
+            }
+            !pid_alive(g) && group_members(g).is_empty()
+        };
+        signal(&g.to_string(), "TERM");
+        if !wait_until(grace, &mut gone) {
+            signal(&format!("-{g}"), "KILL");
+            signal(&g.to_string(), "KILL");
+            wait_until(Duration::from_secs(5), &mut gone);
+        }
+        if let Some(mut c) = child {
+            let _ = c.wait();
+        }
+        // The group is gone: neither the exit handler nor a sweep must look for it.
+        self.set_live_group(None);
+        let _ = fs::remove_file(self.dir.join("harness.pgid"));
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+        live().retain(|(_, d)| d.as_deref() != Some(&*self.dir));
+        finish_dir(self.tmp.take());
+    }
+}
+
+/// What a [`Watchdog`] looks after.
+pub enum Watched {
+    /// This pid (and its process group, if it leads one).
     Pid(u32),
-    /// The pid in this file, waiting up to 15 s for the file to appear (the daemon may still be
-    /// starting); SIGKILL to its process group after 10 s.
-    PidFile(&'a Path),
-    /// The process group led by this pid (a child spawned with `process_group(0)`), as long as
-    /// any member is alive, even if the leader is gone: SIGTERM to the leader, SIGKILL to the
-    /// whole group after 10 s.
-    Group(u32),
-    /// No process: only remove the dir (after an explicit stop(), until Drop).
-    Nothing,
 }
 
-/// Stops its daemon if the test process dies without running Drop (see module doc), then removes
-/// the daemon's temp dir (unless POSTSIFT_KEEP_TEST_DIRS is set). Dropping the Watchdog (normal
-/// path) kills the watchdog itself first, so it never fires late.
-pub struct Watchdog {
-    child: Child,
-    _pipe: Option<ChildStdin>,
-}
-
-fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
-}
+/// For daemons a caller starts itself (examples/soak.rs restarts clamd and spamd): registers the
+/// process (group) with the harness's clean-up at exit (see [`Peer`]) until dropped. Runs no
+/// process of its own (it used to be a shell loop) and never removes `dir`: the [`Peer`] that owns
+/// the dir does.
+pub struct Watchdog(u32);
 
 impl Watchdog {
-    /// Starts the watchdog of `target` and `dir`; None (with a message) if it cannot.
-    pub fn spawn(target: Watched, dir: &Path) -> Option<Watchdog> {
-        // (how to get $pid, is there something to stop, is it gone, what gets the SIGKILL)
-        let (get_pid, live, gone, kill) = match target {
-            Watched::Pid(pid) => (
-                format!("pid={pid}"),
-                "alive $pid",
-                "! alive $pid",
-                "$pid -$pid",
-            ),
-            Watched::Nothing => (String::new(), "false", "true", ""),
-            Watched::PidFile(f) => (
-                format!(
-                    "i=0; while [ ! -s {f} ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; \
-                     pid=$(cat {f} 2>/dev/null | tr -d ' ')",
-                    f = sh_quote(f)
-                ),
-                "alive $pid",
-                "! group_alive $pid",
-                "$pid -$pid",
-            ),
-            Watched::Group(pid) => (
-                format!("pid={pid}"),
-                "group_alive $pid",
-                "! group_alive $pid",
-                "-$pid",
-            ),
-        };
-        let rm = if std::env::var_os("POSTSIFT_KEEP_TEST_DIRS").is_some() {
-            String::new()
-        } else {
-            let d = sh_quote(dir);
-            format!("for i in 1 2 3 4 5; do rm -rf {d}; [ -e {d} ] || break; sleep 1; done")
-        };
-        // `alive` ignores zombies: this sandbox's PID 1 does not reap orphans.
-        let script = format!(
-            "read _unused
-alive() {{ s=$(sed 's/^.*) //' /proc/$1/stat 2>/dev/null | cut -c1); [ -n \"$s\" ] && [ \"$s\" != Z ]; }}
-group_alive() {{ ps -e -o pgid=,stat= | awk -v g=$1 '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}
-{get_pid}
-if [ -n \"$pid\" ] && {live}; then
-  kill -TERM $pid
-  i=0; until {gone} || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  {gone} || kill -KILL -- {kill}
-  i=0; until {gone} || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done
-fi
-{rm}
-"
-        );
-        let mut child = Command::new("setsid")
-            .arg("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| eprintln!("harness: no watchdog ({e})"))
-            .ok()?;
-        let pipe = child.stdin.take();
-        Some(Watchdog { child, _pipe: pipe })
+    /// Registers `target`; always `Some` (an `Option` for callers of the old watchdog).
+    pub fn spawn(target: Watched, _dir: &Path) -> Option<Watchdog> {
+        let Watched::Pid(pid) = target;
+        live().push((Some(pid), None));
+        Some(Watchdog(pid))
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        live().retain(|e| *e != (Some(self.0), None));
     }
 }
 
@@ -320,9 +554,7 @@ pub struct Clamd {
     pub socket: PathBuf,
     /// The temp dir: clamd.conf, db/, clamd.log, clamd.out (stdout/stderr), clamd.pid.
     pub dir: PathBuf,
-    child: Option<Child>,
-    watchdog: Option<Watchdog>,
-    tmp: Option<tempfile::TempDir>,
+    peer: Peer,
 }
 
 impl Clamd {
@@ -334,8 +566,8 @@ impl Clamd {
     /// Starts clamd with `StreamMaxLength <stream_max_len>` (clamd syntax: "60M", "1M", "512K"),
     /// blocks until it answers `zPING` (60 s, then panics with the log's tail).
     pub fn start_with(stream_max_len: &str) -> Clamd {
-        let tmp = private_dir("clamd-");
-        let dir = tmp.path().to_path_buf();
+        let mut peer = Peer::new("clamd-");
+        let dir = peer.dir.clone();
         let db = dir.join("db");
         fs::create_dir(&db).expect("mkdir db");
         chmod(&db, 0o755);
@@ -358,7 +590,6 @@ impl Clamd {
             "clamd socket path too long for a unix socket: {} (shorten POSTSIFT_TEST_TMP)",
             socket.display()
         );
-        let log = dir.join("clamd.log");
         let conf = dir.join("clamd.conf");
         // No `User`: clamd keeps the uid it was started with (root in the test namespace).
         write_file(
@@ -370,7 +601,7 @@ impl Clamd {
                  DatabaseDirectory {db}\n\
                  SelfCheck 0\n\
                  PidFile {dir}/clamd.pid\n\
-                 LogFile {log}\n\
+                 LogFile {dir}/clamd.log\n\
                  LogTime yes\n\
                  LogVerbose no\n\
                  StreamMaxLength {stream_max_len}\n\
@@ -378,99 +609,60 @@ impl Clamd {
                 sock = socket.display(),
                 db = db.display(),
                 dir = dir.display(),
-                log = log.display(),
             ),
         );
         let out = fs::File::create(dir.join("clamd.out")).expect("create clamd.out");
-        let child = Command::new("/usr/sbin/clamd")
-            .arg("-c")
+        let mut cmd = Command::new("/usr/sbin/clamd");
+        cmd.arg("-c")
             .arg(&conf)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn /usr/sbin/clamd: {e}"));
-        let watchdog = Watchdog::spawn(Watched::Pid(child.id()), &dir);
-        let mut clamd = Clamd {
-            socket,
-            dir,
-            child: Some(child),
-            watchdog,
-            tmp: Some(tmp),
-        };
-
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if clamd.ping() {
-                return clamd;
-            }
-            let exited = clamd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() >= end {
-                let why = match exited {
-                    Some(st) => format!("clamd exited ({st})"),
-                    None => "clamd did not answer zPING within 60 s".to_string(),
-                };
-                panic!(
-                    "{why}\n{}\n{}",
-                    tail(&clamd.dir.join("clamd.log"), 30),
-                    tail(&clamd.dir.join("clamd.out"), 30)
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
+            .stderr(out);
+        peer.spawn(cmd);
+        let ready = peer.wait_ready(
+            "clamd (zPING)",
+            Duration::from_secs(60),
+            || clamd_ping(&socket),
+            &["clamd.log", "clamd.out"],
+        );
+        ready.unwrap_or_else(|why| panic!("{why}"));
+        Clamd { socket, dir, peer }
     }
 
     /// `zPING\0` → `PONG`.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = UnixStream::connect(&self.socket) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        if s.write_all(b"zPING\0").is_err() {
-            return false;
-        }
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        buf.starts_with(b"PONG")
+        clamd_ping(&self.socket)
     }
 
     /// The clamd pid (None once stopped).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.peer.pid()
     }
 
     /// The contents of clamd.log.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("clamd.log")).unwrap_or_default())
-            .into_owned()
+        read_lossy(&self.dir.join("clamd.log"))
     }
 
     /// SIGTERM by pid (SIGKILL after 10 s), wait. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
-        self.halt();
-        if self.watchdog.is_none() && self.tmp.is_some() {
-            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
-        }
-    }
-
-    fn halt(&mut self) {
-        self.watchdog.take();
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child, Duration::from_secs(10));
-        }
+        self.peer.stop(Duration::from_secs(10));
     }
 }
 
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        self.halt();
-        finish_dir(self.tmp.take());
+fn clamd_ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"zPING\0").is_err() {
+        return false;
     }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"PONG")
 }
 
 /// `md5:size:name` for a file (ClamAV .hdb), via md5sum(1).
@@ -496,9 +688,7 @@ pub struct Spamd {
     pub addr: SocketAddr,
     /// The temp dir: site/ (siteconfigpath: *.pre + local.cf), spamd.log, spamd.pid.
     pub dir: PathBuf,
-    child: Option<Child>,
-    watchdog: Option<Watchdog>,
-    tmp: Option<tempfile::TempDir>,
+    peer: Peer,
 }
 
 const SPAMD_LOCAL_CF: &str = "\
@@ -528,21 +718,12 @@ impl Spamd {
     /// Starts spamd on a free port and blocks until it answers PING (120 s, then panics with the
     /// log's tail). Retries with another port if the chosen one was taken meanwhile.
     pub fn start() -> Spamd {
-        for attempt in 1..=3 {
-            match Spamd::try_start() {
-                Ok(s) => return s,
-                Err(msg) if attempt < 3 && msg.contains("Address already in use") => {
-                    eprintln!("harness: spamd port taken, retrying");
-                }
-                Err(msg) => panic!("{msg}"),
-            }
-        }
-        unreachable!()
+        retry_if_port_taken("spamd", Spamd::try_start)
     }
 
     fn try_start() -> Result<Spamd, String> {
-        let tmp = private_dir("spamd-");
-        let dir = tmp.path().to_path_buf();
+        let mut peer = Peer::new("spamd-");
+        let dir = peer.dir.clone();
         let site = dir.join("site");
         fs::create_dir(&site).expect("mkdir site");
         chmod(&site, 0o755);
@@ -569,10 +750,9 @@ impl Spamd {
         chmod(&home, 0o777);
 
         let addr = localhost(free_port());
-        let log = dir.join("spamd.log");
-        let logf = fs::File::create(&log).expect("create spamd.log");
-        let child = Command::new("/usr/sbin/spamd")
-            .arg("-x")
+        let logf = fs::File::create(dir.join("spamd.log")).expect("create spamd.log");
+        let mut cmd = Command::new("/usr/sbin/spamd");
+        cmd.arg("-x")
             .arg(format!("--listen={addr}"))
             .arg("--allowed-ips=127.0.0.1")
             .arg("--max-children=2")
@@ -585,89 +765,37 @@ impl Spamd {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn /usr/sbin/spamd: {e}"));
-        let watchdog = Watchdog::spawn(Watched::Pid(child.id()), &dir);
-        let mut spamd = Spamd {
-            addr,
-            dir,
-            child: Some(child),
-            watchdog,
-            tmp: Some(tmp),
-        };
-
-        let end = Instant::now() + Duration::from_secs(120);
-        loop {
-            if spamd.ping() {
-                return Ok(spamd);
-            }
-            let exited = spamd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() >= end {
-                let why = match exited {
-                    Some(st) => format!("spamd exited ({st})"),
-                    None => "spamd did not answer PING within 120 s".to_string(),
-                };
-                return Err(format!("{why}\n{}", tail(&spamd.dir.join("spamd.log"), 30)));
-            }
-            sleep(Duration::from_millis(200));
-        }
+            .stderr(logf);
+        peer.spawn(cmd);
+        let mut spamd = Spamd { addr, dir, peer };
+        spamd.peer.wait_ready(
+            "spamd (PING)",
+            Duration::from_secs(120),
+            || spamd_ping(addr),
+            &["spamd.log"],
+        )?;
+        Ok(spamd)
     }
 
     /// `PING SPAMC/1.5` → `SPAMD/1.5 0 PONG`.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        if s.write_all(b"PING SPAMC/1.5\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        buf.starts_with(b"SPAMD/1.5 0 PONG")
+        spamd_ping(self.addr)
     }
 
     /// The spamd parent's pid (None once stopped).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.peer.pid()
     }
 
     /// The contents of spamd.log.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("spamd.log")).unwrap_or_default())
-            .into_owned()
+        read_lossy(&self.dir.join("spamd.log"))
     }
 
-    /// SIGTERM to the parent (it stops its children), wait for it, SIGKILL children that are left,
+    /// SIGTERM to the parent (it stops its children), SIGKILL to its process group after 15 s,
     /// wait until the port is closed. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
-        self.halt();
-        if self.watchdog.is_none() && self.tmp.is_some() {
-            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
-        }
-    }
-
-    fn halt(&mut self) {
-        self.watchdog.take();
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let parent = child.id();
-        let children = processes(|_, ppid, _| ppid == parent);
-        terminate_child(&mut child, Duration::from_secs(15));
-        if !wait_until(Duration::from_secs(5), || {
-            children.iter().all(|&p| !pid_alive(p))
-        }) {
-            for p in &children {
-                if pid_alive(*p) {
-                    signal(&p.to_string(), "KILL");
-                }
-            }
-        }
+        self.peer.stop(Duration::from_secs(15));
         let addr = self.addr;
         if !wait_until(Duration::from_secs(10), || !port_open(addr)) {
             eprintln!("harness: spamd port {addr} still open after stop");
@@ -675,11 +803,37 @@ impl Spamd {
     }
 }
 
-impl Drop for Spamd {
-    fn drop(&mut self) {
-        self.halt();
-        finish_dir(self.tmp.take());
+fn spamd_ping(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(b"PING SPAMC/1.5\r\n\r\n").is_err() {
+        return false;
     }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"SPAMD/1.5 0 PONG")
+}
+
+/// Runs `try_start` up to three times while it fails with "Address already in use" (a free port
+/// taken by someone else between [`free_port`] and the daemon's bind); panics with its message
+/// otherwise.
+pub fn retry_if_port_taken<T>(what: &str, mut try_start: impl FnMut() -> Result<T, String>) -> T {
+    for attempt in 1..=3 {
+        match try_start() {
+            Ok(t) => return t,
+            Err(msg) if attempt < 3 && msg.contains("Address already in use") => {
+                eprintln!("harness: {what} port taken, retrying");
+            }
+            Err(msg) => panic!("{msg}"),
+        }
+    }
+    unreachable!()
+}
+
+fn read_lossy(path: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,7 +851,8 @@ pub struct PostfixOpts {
     pub final_dest: SocketAddr,
 }
 
-/// A private Postfix instance (Debian's binaries, `postfix -c <dir>/etc start`).
+/// A private Postfix instance (Debian's binaries, `postfix -c <dir>/etc start`), configured from
+/// the templates tests/fixtures/postfix/{main,master}.cf.
 ///
 /// Layout of `dir`: `etc/` (main.cf, master.cf = config_directory), `queue/` (queue_directory),
 /// `data/` (data_directory), `maillog` (maillog_file, written by postlogd; there is no syslog).
@@ -708,9 +863,7 @@ pub struct Postfix {
     pub reinject_port: u16,
     /// The instance's root dir.
     pub dir: PathBuf,
-    master_pid: Option<u32>,
-    watchdog: Option<Watchdog>,
-    tmp: Option<tempfile::TempDir>,
+    peer: Peer,
 }
 
 fn nexthop(addr: SocketAddr) -> String {
@@ -720,27 +873,37 @@ fn nexthop(addr: SocketAddr) -> String {
     }
 }
 
+/// A template from tests/fixtures/postfix with every `{{NAME}}` replaced; panics if one is left.
+fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let path = fixtures().join("postfix").join(template);
+    let mut text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    for (name, value) in vars {
+        text = text.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    if let Some(at) = text.find("{{") {
+        let rest = &text[at..];
+        let name = &rest[..rest.find("}}").map_or(rest.len(), |e| e + 2)];
+        panic!("{}: no value for {name}", path.display());
+    }
+    text
+}
+
 impl Postfix {
-    /// Writes main.cf/master.cf, runs `postfix -c <etc> start` (which creates the queue and data
+    /// Renders main.cf/master.cf, runs `postfix -c <etc> start` (which creates the queue and data
     /// dirs with the owners Postfix wants, then returns once master has bound its listeners) and
     /// checks both smtpd ports accept connections. Panics with `postfix`'s output and the maillog
     /// tail on failure; retries with other ports if a port was taken meanwhile.
+    ///
+    /// master detaches itself (its own session and process group, pgid = its pid) and switches
+    /// user ids, so no parent-death signal can reach it: its [`Peer`] adopts that process group.
     pub fn start(opts: PostfixOpts) -> Postfix {
-        for attempt in 1..=3 {
-            match Postfix::try_start(&opts) {
-                Ok(p) => return p,
-                Err(msg) if attempt < 3 && msg.contains("Address already in use") => {
-                    eprintln!("harness: Postfix port taken, retrying");
-                }
-                Err(msg) => panic!("{msg}"),
-            }
-        }
-        unreachable!()
+        retry_if_port_taken("Postfix", || Postfix::try_start(&opts))
     }
 
     fn try_start(opts: &PostfixOpts) -> Result<Postfix, String> {
-        let tmp = private_dir("postfix-");
-        let dir = tmp.path().to_path_buf();
+        let peer = Peer::new("postfix-");
+        let dir = peer.dir.clone();
         let etc = dir.join("etc");
         fs::create_dir(&etc).expect("mkdir etc");
         chmod(&etc, 0o755);
@@ -763,30 +926,46 @@ impl Postfix {
                 break p;
             }
         };
+        let transport = if opts.filter_lmtp {
+            "postsift-lmtp"
+        } else {
+            "postsift-smtp"
+        };
+        let main_cf = render(
+            "main.cf",
+            &[
+                ("DIR", dir.display().to_string()),
+                ("BASE", base_dir().display().to_string()),
+                ("HOSTNAME", POSTFIX_HOSTNAME.to_string()),
+                ("FILTER", format!("{transport}:{}", nexthop(opts.filter))),
+                ("FINAL_DEST", nexthop(opts.final_dest)),
+            ],
+        );
+        let master_cf = render(
+            "master.cf",
+            &[
+                ("SMTP_PORT", smtp_port.to_string()),
+                ("REINJECT_PORT", reinject_port.to_string()),
+            ],
+        );
+        write_file(&etc.join("main.cf"), main_cf);
+        write_file(&etc.join("master.cf"), master_cf);
+        backdate_config(&etc);
         let mut pf = Postfix {
             smtp_port,
             reinject_port,
             dir,
-            master_pid: None,
-            watchdog: None,
-            tmp: Some(tmp),
+            peer,
         };
-        write_file(&etc.join("main.cf"), pf.main_cf(opts));
-        write_file(&etc.join("master.cf"), pf.master_cf());
-        backdate_config(&etc);
 
-        // The watchdog goes first: if the test dies while `postfix start` runs, master still
-        // comes up, after the test is gone.
-        let pid_file = pf.dir.join("queue/pid/master.pid");
-        pf.watchdog = Watchdog::spawn(Watched::PidFile(&pid_file), &pf.dir);
         let out = pf.postfix_cmd(&["start"]);
         let started = out.as_ref().is_ok_and(|o| o.status.success());
-        if started {
-            pf.master_pid = read_pid(&pid_file);
+        if let Some(master) = read_pid(&pf.dir.join("queue/pid/master.pid")) {
+            pf.peer.adopt_group(master);
+        }
+        if started && pf.peer.pid().is_some() {
             let (a, b) = (localhost(smtp_port), localhost(reinject_port));
-            if pf.master_pid.is_some()
-                && wait_until(Duration::from_secs(30), || port_open(a) && port_open(b))
-            {
+            if wait_until(Duration::from_secs(30), || port_open(a) && port_open(b)) {
                 return Ok(pf);
             }
         }
@@ -799,158 +978,12 @@ impl Postfix {
             ),
             Err(e) => format!("cannot run postfix: {e}"),
         };
-        let msg = format!(
+        // pf is dropped on return: that stops whatever did start.
+        Err(format!(
             "Postfix instance {} did not start (ports {smtp_port}, {reinject_port}): {output}\n{}",
             pf.dir.display(),
             tail(&pf.dir.join("maillog"), 40)
-        );
-        drop(pf); // stops whatever did start
-        Err(msg)
-    }
-
-    fn main_cf(&self, o: &PostfixOpts) -> String {
-        let d = self.dir.display();
-        let base = base_dir();
-        let filter = format!(
-            "{}:{}",
-            if o.filter_lmtp {
-                "postsift-lmtp"
-            } else {
-                "postsift-smtp"
-            },
-            nexthop(o.filter)
-        );
-        let final_dest = nexthop(o.final_dest);
-        format!(
-            "# private test instance written by tests/integration/harness.rs
-compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = {POSTFIX_HOSTNAME}
-mydomain = localdomain
-myorigin = $myhostname
-mydestination =
-local_recipient_maps =
-relay_domains =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions = permit_mynetworks, reject
-biff = no
-append_dot_mydomain = no
-readme_directory = no
-
-# no syslog here: postlogd writes the log (service postlog in master.cf)
-maillog_file = {d}/maillog
-maillog_file_prefixes = {base}
-
-# no DNS at all; next hops are literal [127.0.0.1]:port
-smtp_dns_support_level = disabled
-lmtp_dns_support_level = disabled
-smtp_host_lookup = native
-lmtp_host_lookup = native
-smtpd_peername_lookup = no
-
-# after-queue content filter = the filter under test
-content_filter = {filter}
-postsift-lmtp_destination_recipient_limit = 0
-# every message after filtering (and every bounce) goes to the test's final destination
-transport_maps = inline:{{ *=smtp:{final_dest} }}
-default_transport = smtp:{final_dest}
-relay_transport = smtp:{final_dest}
-local_transport = error:5.1.1 local delivery disabled (postsift test)
-
-# retry deferred mail quickly
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-
-# tests push hard from one client; allow messages bigger than the default 10 MB
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_client_message_rate_limit = 0
-smtpd_error_sleep_time = 0
-in_flow_delay = 0
-message_size_limit = 104857600
-",
-            base = base.display()
-        )
-    }
-
-    fn master_cf(&self) -> String {
-        let (smtp, reinject) = (self.smtp_port, self.reinject_port);
-        format!(
-            "# private test instance: chroot n everywhere (nothing populates a chroot jail here)
-# service type  private unpriv  chroot  wakeup  maxproc command + args
-127.0.0.1:{smtp} inet n -       n       -       -       smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-        -o syslog_name=postfix/$service_name
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-
-# feed: Postfix -> filter under test, LMTP (the amavis recipe) ...
-postsift-lmtp unix -    -       n       -       20      lmtp
-  -o syslog_name=postfix/postsift-lmtp
-  -o lmtp_data_done_timeout=1200
-  -o lmtp_send_xforward_command=yes
-  -o lmtp_dns_support_level=disabled
-  -o lmtp_tls_security_level=none
-# ... or SMTP
-postsift-smtp unix -    -       n       -       20      smtp
-  -o syslog_name=postfix/postsift-smtp
-  -o smtp_data_done_timeout=1200
-  -o smtp_send_xforward_command=yes
-  -o smtp_dns_support_level=disabled
-  -o smtp_tls_security_level=none
-
-# reinjection: filter -> Postfix, no content filter, XFORWARD honoured
-127.0.0.1:{reinject} inet n -       n       -       -       smtpd
-  -o syslog_name=postfix/reinject
-  -o content_filter=
-  -o smtpd_delay_reject=no
-  -o smtpd_client_restrictions=permit_mynetworks,reject
-  -o smtpd_helo_restrictions=
-  -o smtpd_sender_restrictions=
-  -o smtpd_recipient_restrictions=permit_mynetworks,reject
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-  -o smtpd_data_restrictions=reject_unauth_pipelining
-  -o smtpd_end_of_data_restrictions=
-  -o mynetworks=127.0.0.0/8
-  -o smtpd_error_sleep_time=0
-  -o smtpd_soft_error_limit=1001
-  -o smtpd_hard_error_limit=1000
-  -o smtpd_client_connection_count_limit=0
-  -o smtpd_client_connection_rate_limit=0
-  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters,no_address_mappings
-  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-"
-        )
+        ))
     }
 
     /// The config_directory (`<dir>/etc`).
@@ -970,7 +1003,7 @@ postsift-smtp unix -    -       n       -       20      smtp
 
     /// The master daemon's pid (None once stopped).
     pub fn master_pid(&self) -> Option<u32> {
-        self.master_pid
+        self.peer.pid()
     }
 
     fn postfix_cmd(&self, args: &[&str]) -> io::Result<std::process::Output> {
@@ -1040,7 +1073,7 @@ postsift-smtp unix -    -       n       -       20      smtp
         args.extend_from_slice(settings);
         self.admin("postconf", &args);
         backdate_config(&self.etc());
-        let master = self.master_pid.expect("Postfix instance not running");
+        let master = self.peer.pid().expect("Postfix instance not running");
         let old = processes(|pid, _, pgrp| pgrp == master && pid != master);
         let reloads_before = self.log().matches(" reload -- version").count();
         let out = self.postfix_cmd(&["reload"]).expect("run postfix reload");
@@ -1060,8 +1093,7 @@ postsift-smtp unix -    -       n       -       20      smtp
 
     /// Contents of its maillog_file.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.join("maillog")).unwrap_or_default())
-            .into_owned()
+        read_lossy(&self.dir.join("maillog"))
     }
 
     /// Waits until the maillog contains `needle` (true) or `timeout` passes (false).
@@ -1069,42 +1101,11 @@ postsift-smtp unix -    -       n       -       20      smtp
         wait_until(timeout, || self.log().contains(needle))
     }
 
-    /// SIGTERM to master by pid (it stops its children; `postfix stop` does the same), wait until
-    /// no process of its process group is left, SIGKILL the group after 10 s. Idempotent. The
-    /// temp dir (queue, log) stays until Drop.
+    /// Stops the instance the way `postfix stop` does — SIGTERM to master, which passes it on to
+    /// its children — without `postfix stop`'s polling in whole seconds; SIGKILL to the process
+    /// group after 10 s. Idempotent. The temp dir (queue, log) stays until Drop.
     pub fn stop(&mut self) {
-        self.halt();
-        if self.watchdog.is_none() && self.tmp.is_some() {
-            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
-        }
-    }
-
-    fn halt(&mut self) {
-        self.watchdog.take();
-        let pid = self
-            .master_pid
-            .take()
-            .or_else(|| read_pid(&self.dir.join("queue/pid/master.pid")));
-        let Some(pid) = pid else { return };
-        // master.pid of a dead instance may name a recycled pid: only signal a Postfix master.
-        let is_master =
-            fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("master"));
-        if !is_master || !pid_alive(pid) {
-            return;
-        }
-        signal(&pid.to_string(), "TERM");
-        let group_gone = || !pid_alive(pid) && group_members(pid).is_empty();
-        if !wait_until(Duration::from_secs(10), group_gone) {
-            signal(&format!("-{pid}"), "KILL");
-            wait_until(Duration::from_secs(5), group_gone);
-        }
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        self.halt();
-        finish_dir(self.tmp.take());
+        self.peer.stop(Duration::from_secs(10));
     }
 }
 
@@ -1162,28 +1163,21 @@ impl SmtpClient {
         let mut lines = Vec::new();
         loop {
             let mut raw = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut raw)?;
-            if n == 0 {
+            if self.reader.read_until(b'\n', &mut raw)? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("connection closed after {lines:?}"),
                 ));
             }
-            let line = String::from_utf8_lossy(&raw)
-                .trim_end_matches(['\r', '\n'])
-                .to_string();
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad reply line {line:?}"),
-                    )
-                })?;
-            let more = line.as_bytes().get(3) == Some(&b'-');
+            let (code, last, line) = reply_line(&raw);
+            let code = code.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad reply line {line:?}"),
+                )
+            })?;
             lines.push(line);
-            if !more {
+            if last {
                 return Ok((code, lines.join("\n")));
             }
         }
@@ -1212,6 +1206,18 @@ impl SmtpClient {
     pub fn shutdown(&self) {
         let _ = self.writer.shutdown(Shutdown::Write);
     }
+}
+
+/// One line of an SMTP/LMTP reply, as both test clients read it: (its code if it starts with
+/// three digits, whether it is the reply's last line — no `-` after the code —, the line without
+/// its line end, lossy UTF-8).
+pub fn reply_line(raw: &[u8]) -> (Option<u16>, bool, String) {
+    let line = String::from_utf8_lossy(raw)
+        .trim_end_matches(['\r', '\n'])
+        .to_string();
+    let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+    let last = line.as_bytes().get(3) != Some(&b'-');
+    (code, last, line)
 }
 
 /// Prepares a message body for DATA (RFC 5321 4.5.2), for both test clients (this module's
@@ -1321,7 +1327,18 @@ fn send(addr: SocketAddr, from: &str, rcpts: &[&str], wire_data: &[u8]) -> Vec<(
 
 #[cfg(test)]
 mod dot_stuff_tests {
-    use super::dot_stuff;
+    use super::{dot_stuff, reply_line};
+
+    #[test]
+    fn reply_line_reads_code_continuation_and_text() {
+        assert_eq!(
+            reply_line(b"250-PIPELINING\r\n"),
+            (Some(250), false, "250-PIPELINING".into())
+        );
+        assert_eq!(reply_line(b"250 ok\n"), (Some(250), true, "250 ok".into()));
+        assert_eq!(reply_line(b"354\r\n"), (Some(354), true, "354".into()));
+        assert_eq!(reply_line(b"oops\r\n"), (None, true, "oops".into()));
+    }
 
     /// Bodies with every kind of line end and dot placement.
     const BODIES: &[&[u8]] = &[

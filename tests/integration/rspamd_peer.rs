@@ -1,9 +1,9 @@
 //! A private rspamd (Debian's /usr/bin/rspamd, 3.4) for integration tests: its own config, database,
 //! run and log dirs in a temp dir under `/tmp/postsift-test/`, a normal worker (HTTP `/checkv2`,
-//! `/ping`) and a controller on 127.0.0.1 free ports, stopped by its PID when dropped. Same
-//! conventions as `harness.rs`, whose helpers it uses (root, loopback-only network namespace,
-//! `POSTSIFT_TEST_TMP`, `POSTSIFT_KEEP_TEST_DIRS`, the harness's watchdog, which stops rspamd's
-//! whole process group if the test process dies without running `Drop`).
+//! `/ping`) and a controller on 127.0.0.1 free ports: a `harness::Peer` like the other peers (its
+//! own process group, stopped when dropped or when the test process ends). Same conventions as
+//! `harness.rs`, whose helpers it uses (root, loopback-only network namespace,
+//! `POSTSIFT_TEST_TMP`, `POSTSIFT_KEEP_TEST_DIRS`).
 //!
 //! Config: `<dir>/etc` is a fresh copy of /etc/rspamd (so every stock rule loads), without the
 //! site-local files (`local.d/`, `override.d/`, `rspamd.conf.local*`, `rspamd.conf.override`) and
@@ -23,21 +23,18 @@
 //! `wait_for_hyperscan` for why); with a complete cache a start takes about half a second. Delete
 //! the dir to force a recompile (rspamd checks the files against its rules and platform anyway).
 //!
-//! Uses std only (plus `tempfile`); signals are sent with kill(1), process groups read with ps(1).
 #![allow(dead_code)]
 
 use crate::harness::{
-    base_dir, chmod, finish_dir, fixtures, free_port, group_members, localhost, port_open,
-    private_dir, signal, tail, wait_until, write_file, Watchdog, Watched,
+    base_dir, chmod, fixtures, free_port, localhost, port_open, retry_if_port_taken, wait_until,
+    write_file, Peer,
 };
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Debian's rspamd binary.
@@ -59,9 +56,7 @@ pub struct Rspamd {
     /// (LOGDIR), rspamd.out (stdout/stderr), rspamd.pid (written by us: rspamd writes no pid file
     /// in foreground mode).
     pub dir: PathBuf,
-    child: Option<Child>,
-    watchdog: Option<Watchdog>,
-    tmp: Option<tempfile::TempDir>,
+    peer: Peer,
 }
 
 impl Rspamd {
@@ -71,24 +66,15 @@ impl Rspamd {
     /// module doc: ~18 s the first time on a machine, ~0.5 s after). Retries with other ports if
     /// a chosen one was taken meanwhile.
     pub fn start() -> Rspamd {
-        for attempt in 1..=3 {
-            match Rspamd::try_start() {
-                Ok(r) => return r,
-                Err(msg) if attempt < 3 && msg.contains("Address already in use") => {
-                    eprintln!("rspamd_peer: port taken, retrying");
-                }
-                Err(msg) => panic!("{msg}"),
-            }
-        }
-        unreachable!()
+        retry_if_port_taken("rspamd", Rspamd::try_start)
     }
 
     fn try_start() -> Result<Rspamd, String> {
         let cache = base_dir().join("rspamd-cache");
         fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
 
-        let tmp = private_dir("rspamd-");
-        let dir = tmp.path().to_path_buf();
+        let mut peer = Peer::new("rspamd-");
+        let dir = peer.dir.clone();
         let etc = dir.join("etc");
         copy_stock_config(Path::new("/etc/rspamd"), &etc);
         let fix = fixtures().join("rspamd");
@@ -154,58 +140,35 @@ impl Rspamd {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            // Its own process group, holding its workers: the watchdog and halt() can kill it.
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {RSPAMD_BIN}: {e} (is rspamd installed?)"));
-        write_file(&dir.join("rspamd.pid"), format!("{}\n", child.id()));
-        let watchdog = Watchdog::spawn(Watched::Group(child.id()), &dir);
-        let mut rspamd = Rspamd {
+            .stderr(out);
+        peer.spawn(cmd);
+        write_file(
+            &dir.join("rspamd.pid"),
+            format!("{}\n", peer.pid().unwrap()),
+        );
+        let end = Instant::now() + START_TIMEOUT;
+        peer.wait_ready(
+            "rspamd (/ping)",
+            START_TIMEOUT,
+            || ping(addr) && ping(controller),
+            &["log/rspamd.log", "rspamd.out"],
+        )?; // on Err, peer is dropped: that stops what is left and removes the dir
+        let rspamd = Rspamd {
             addr,
             controller,
             dir,
-            child: Some(child),
-            watchdog,
-            tmp: Some(tmp),
+            peer,
         };
-
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            if rspamd.ping() && ping(rspamd.controller) {
-                rspamd.wait_for_hyperscan(end);
-                let took = START_TIMEOUT - end.saturating_duration_since(Instant::now());
-                if took > Duration::from_secs(5) {
-                    eprintln!(
-                        "rspamd_peer: rspamd took {:.1} s to start (hyperscan cache {} was empty?)",
-                        took.as_secs_f64(),
-                        cache.display()
-                    );
-                }
-                return Ok(rspamd);
-            }
-            let exited = rspamd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() >= end {
-                let why = match exited {
-                    Some(st) => format!("rspamd exited ({st})"),
-                    None => format!(
-                        "rspamd did not answer /ping within {} s",
-                        START_TIMEOUT.as_secs()
-                    ),
-                };
-                let msg = format!(
-                    "{why}\n{}\n{}",
-                    tail(&rspamd.dir.join("log/rspamd.log"), 30),
-                    tail(&rspamd.dir.join("rspamd.out"), 10)
-                );
-                return Err(msg); // Drop stops what is left and removes the dir
-            }
-            sleep(Duration::from_millis(100));
+        rspamd.wait_for_hyperscan(end);
+        let took = START_TIMEOUT - end.saturating_duration_since(Instant::now());
+        if took > Duration::from_secs(5) {
+            eprintln!(
+                "rspamd_peer: rspamd took {:.1} s to start (hyperscan cache {} was empty?)",
+                took.as_secs_f64(),
+                cache.display()
+            );
         }
+        Ok(rspamd)
     }
 
     /// With a complete cache the main process loads every compiled regexp before it forks the
@@ -237,7 +200,7 @@ impl Rspamd {
 
     /// The rspamd main process's pid (None once stopped).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.peer.pid()
     }
 
     /// The contents of log/rspamd.log (one line per scan: `rspamd_task_write_log: … qid: <…>, …
@@ -247,47 +210,14 @@ impl Rspamd {
             .into_owned()
     }
 
-    /// SIGTERM to the main process (it stops its workers), wait for it; SIGKILL to its process
-    /// group after 15 s or if a worker is left; wait until both ports are closed. Idempotent. The
-    /// temp dir stays until Drop.
+    /// SIGTERM to the main process (it stops its workers), SIGKILL to its process group after
+    /// 15 s; wait until both ports are closed. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
-        self.halt();
-        if self.watchdog.is_none() && self.tmp.is_some() {
-            self.watchdog = Watchdog::spawn(Watched::Nothing, &self.dir);
-        }
-    }
-
-    fn halt(&mut self) {
-        self.watchdog.take();
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let main = child.id();
-        if let Ok(None) = child.try_wait() {
-            signal(&main.to_string(), "TERM");
-            if !wait_until(Duration::from_secs(15), || {
-                !matches!(child.try_wait(), Ok(None))
-            }) {
-                signal(&format!("-{main}"), "KILL");
-            }
-        }
-        let _ = child.wait();
-        // Workers left behind (main killed, or it did not wait for them) are orphans now.
-        if !wait_until(Duration::from_secs(5), || group_members(main).is_empty()) {
-            signal(&format!("-{main}"), "KILL");
-            wait_until(Duration::from_secs(5), || group_members(main).is_empty());
-        }
+        self.peer.stop(Duration::from_secs(15));
         let (a, c) = (self.addr, self.controller);
         if !wait_until(Duration::from_secs(10), || !port_open(a) && !port_open(c)) {
             eprintln!("rspamd_peer: rspamd port {a} or {c} still open after stop");
         }
-    }
-}
-
-impl Drop for Rspamd {
-    fn drop(&mut self) {
-        self.halt();
-        finish_dir(self.tmp.take());
     }
 }
 

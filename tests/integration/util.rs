@@ -1,8 +1,9 @@
 //! Starting postsift in-process on 127.0.0.1:0 with a config written for the test, and the
-//! clamd and spamd that all tests share (started once; stopped when the test binary exits).
+//! clamd, spamd and rspamd that all tests share (started once; a `static` is never dropped: the
+//! harness stops them when the test binary exits, see `harness::Peer`).
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use postsift::config::Config;
 use tokio::net::TcpListener;
@@ -65,51 +66,17 @@ pub fn config(
     )
 }
 
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-extern "C" fn kill_shared_peers() {
-    if let Ok(pids) = PIDS.lock() {
-        for &pid in pids.iter() {
-            // SAFETY: plain kill(2) on a pid this process started.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-    }
-}
-
-fn register(pid: Option<u32>) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registering a plain extern "C" function.
-        unsafe {
-            libc::atexit(kill_shared_peers);
-        }
-    });
-    if let Some(p) = pid {
-        PIDS.lock().unwrap().push(p);
-    }
-}
-
 /// The clamd shared by all tests (EICAR and clam.exe signatures).
 pub fn clamd() -> String {
     static C: OnceLock<harness::Clamd> = OnceLock::new();
-    let c = C.get_or_init(|| {
-        let c = harness::Clamd::start();
-        register(c.pid());
-        c
-    });
+    let c = C.get_or_init(harness::Clamd::start);
     c.socket.display().to_string()
 }
 
 /// The spamd shared by all tests (network tests off).
 pub fn spamd() -> String {
     static S: OnceLock<harness::Spamd> = OnceLock::new();
-    let s = S.get_or_init(|| {
-        let s = harness::Spamd::start();
-        register(s.pid());
-        s
-    });
+    let s = S.get_or_init(harness::Spamd::start);
     s.addr.to_string()
 }
 
@@ -152,11 +119,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The rspamd shared by all tests (filter-only config, DNS-dependent modules off).
 pub fn rspamd() -> String {
     static R: OnceLock<crate::rspamd_peer::Rspamd> = OnceLock::new();
-    let r = R.get_or_init(|| {
-        let r = crate::rspamd_peer::Rspamd::start();
-        register(r.pid());
-        r
-    });
+    let r = R.get_or_init(crate::rspamd_peer::Rspamd::start);
     r.addr.to_string()
 }
 
