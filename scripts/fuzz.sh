@@ -82,7 +82,7 @@ for t in "${targets[@]}"; do
     printf '%-16s %12s execs  CRASH %s\n' "$t" "${execs:-?}" "${crash:-(no artifact; see $log)}"
     # The panic's location and message (the line after), or libFuzzer's own diagnosis.
     { grep -m1 -A1 "panicked at" "$log" || grep -m1 -E "ERROR: (libFuzzer|AddressSanitizer)" "$log"; } \
-      | sed 's/^/    /' || true
+      | cut -c1-300 | sed 's/^/    /' || true
   fi
 done
 exit $failed
