@@ -283,6 +283,15 @@ fn parse_pong_reply(buf: &[u8], eof: bool) -> Result<Progress<()>, String> {
     }
 }
 
+/// The REPORT reply parser on the bytes received so far (for the fuzz target): `Ok(None)`
+/// while the reply is incomplete and the peer has not closed (`eof`).
+pub fn parse_reply(buf: &[u8], eof: bool) -> Result<Option<SpamResult>, String> {
+    match parse_report_reply(buf, eof)? {
+        Progress::NeedMore => Ok(None),
+        Progress::Done(r) => Ok(Some(r)),
+    }
+}
+
 fn parse_report_reply(buf: &[u8], eof: bool) -> Result<Progress<SpamResult>, String> {
     let Some((_, mut pos)) = parse_status_line(buf, eof)? else {
         return Ok(Progress::NeedMore);
