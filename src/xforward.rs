@@ -101,11 +101,24 @@ impl Attrs {
             if !offered.iter().any(|o| o.eq_ignore_ascii_case(attr)) {
                 continue;
             }
-            let Some(value) = self.get(attr) else {
+            let Some(mut value) = self.get(attr) else {
                 continue;
             };
+            // A 255-byte value can take three times as much as xtext: cut it (at a character
+            // boundary) until one attribute fits in a command on its own. XFORWARD only
+            // informs the next hop's logs; a cut value is better than a refused command.
+            let room = MAX_COMMAND - 2 - "XFORWARD".len() - " =".len() - attr.len();
+            let mut encoded = xtext_encode(value);
+            while encoded.len() > room {
+                let mut cut = value.len() - 1;
+                while !value.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                value = &value[..cut];
+                encoded = xtext_encode(value);
+            }
             let mut item = String::new();
-            let _ = write!(item, " {attr}={}", xtext_encode(value));
+            let _ = write!(item, " {attr}={encoded}");
             if line.len() + item.len() > MAX_COMMAND - 2 && line.len() > "XFORWARD".len() {
                 out.push(std::mem::replace(&mut line, String::from("XFORWARD")));
             }
@@ -201,6 +214,18 @@ mod tests {
             vec!["XFORWARD NAME=x.example ADDR=192.0.2.1"]
         );
         assert!(Attrs::default().commands(&offered).is_empty());
+    }
+
+    #[test]
+    fn values_that_expand_as_xtext_are_cut_to_fit() {
+        // Regression (found by fuzzing): 170 spaces decode to 170 bytes but encode to 510.
+        let mut a = Attrs::default();
+        a.apply(&format!("NAME={}", "+20".repeat(170))).unwrap();
+        let all: Vec<String> = ATTRIBUTES.iter().map(|s| s.to_string()).collect();
+        let cmds = a.commands(&all);
+        assert_eq!(cmds.len(), 1);
+        assert!(cmds[0].len() + 2 <= 512, "{}", cmds[0].len());
+        assert!(cmds[0].starts_with("XFORWARD NAME=+20+20"));
     }
 
     #[test]
