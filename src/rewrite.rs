@@ -55,7 +55,7 @@ pub fn header_block(
         let _ = write!(
             out,
             "X-Amavis-Alert: INFECTED, message contains virus: {}\r\n",
-            names.join(", ")
+            sanitize(&names.join(", "))
         );
     }
     if let Some(spam) = &decision.spam {

@@ -192,7 +192,12 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
 /// How a category is named in a reply, as amavis names it.
 fn category_text(c: &Category) -> String {
     match c {
-        Category::Virus(names) => format!("INFECTED: {}", names.join(", ")),
+        // Names come from clamd's signature database: keep a control character out of the
+        // reply line.
+        Category::Virus(names) => format!("INFECTED: {}", names.join(", "))
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
         Category::Spam => "spam".into(),
         Category::Unchecked => "UNCHECKED".into(),
         Category::Clean => "CLEAN".into(),
