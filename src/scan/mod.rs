@@ -346,6 +346,11 @@ impl Scanners {
                 return (VirusScan::Failed(f), None);
             }
         };
+        if walk.parser_failed {
+            tracing::warn!(
+                "mail-parser failed on this message; its parts come from the raw reading only"
+            );
+        }
         let mut summary = PartsSummary {
             count: walk.parts.len(),
             limit: walk.limit,

@@ -62,6 +62,8 @@ pub struct Walk {
     pub parts: Vec<Part>,
     /// The limit that stopped the walk early, if one did.
     pub limit: Option<String>,
+    /// mail-parser gave up (panicked) on this message: only the raw reading was taken.
+    pub parser_failed: bool,
 }
 
 /// Smallest decoded block worth a scan from the raw reading (shorter runs are mostly words
@@ -75,8 +77,23 @@ pub fn walk(raw: &[u8], limits: &Limits) -> Walk {
         bytes: 0,
         limits: *limits,
     };
-    if let Some(m) = MessageParser::default().parse(raw) {
-        w.tree(&m, 0);
+    // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
+    // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
+    let tree = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut c = Collector {
+            walk: Walk::default(),
+            seen: HashSet::new(),
+            bytes: 0,
+            limits: *limits,
+        };
+        if let Some(m) = MessageParser::default().parse(raw) {
+            c.tree(&m, 0);
+        }
+        c
+    }));
+    match tree {
+        Ok(c) => w = c,
+        Err(_) => w.walk.parser_failed = true,
     }
     raw_blocks(raw, &mut w);
     w.walk
