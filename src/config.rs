@@ -41,6 +41,7 @@ pub struct Config {
     pub virus: Virus,
     pub spam: Spam,
     pub headers: Headers,
+    pub parts: Parts,
     pub metrics: Metrics,
     pub log: Log,
     /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
@@ -339,6 +340,35 @@ impl Default for Spam {
             kill_level: 6.31,
             subject_tag: "***Spam*** ".into(),
             action: Action::Pass,
+        }
+    }
+}
+
+/// `[parts]`: postsift's own MIME walk, whose decoded parts clamd scans besides the whole
+/// message (amavis's `$MAXFILES`, `$MAX_EXPANSION_QUOTA`, `$MAXLEVELS`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Parts {
+    /// Walk the MIME structure and have clamd scan every decoded part. Default true.
+    pub enabled: bool,
+    /// Messages larger than this (bytes) are scanned whole only. Default 16777216.
+    pub max_message_size: u64,
+    /// Decoded parts kept at most; more → UNCHECKED. Default 1000.
+    pub max_parts: usize,
+    /// Decoded bytes of all parts together at most; more → UNCHECKED. Default 33554432.
+    pub max_decoded_bytes: usize,
+    /// message/rfc822 nesting followed at most; deeper → UNCHECKED. Default 16.
+    pub max_depth: usize,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            enabled: true,
+            max_message_size: 16_777_216,
+            max_parts: 1000,
+            max_decoded_bytes: 33_554_432,
+            max_depth: 16,
         }
     }
 }

@@ -478,6 +478,16 @@ impl Message {
         Ok(())
     }
 
+    /// The whole message in memory (for the MIME walk, which bounds the size it asks for).
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        self.for_each_chunk(0, u64::MAX, |c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// At most `max` bytes from the start, cut after the last complete line: what spamd is sent
     /// (amavis truncates the same way rather than skipping big messages).
     pub fn prefix_for_spam_check(&self, max: usize) -> io::Result<Vec<u8>> {

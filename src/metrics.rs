@@ -57,6 +57,8 @@ pub struct Metrics {
     pub sessions_active: IntGauge,
     pub sessions: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Decoded parts the MIME walk found per message.
+    pub parts: Histogram,
     /// Bytes of message data held in memory by all spools (`server.max_memory` caps it).
     pub spool_memory: IntGauge,
     /// Spool files open (`server.max_spool_files` caps it).
@@ -185,6 +187,12 @@ impl Metrics {
                 "postsift_message_size_bytes",
                 "Size of received messages",
                 exponential_buckets(1024.0, 4.0, 9).expect("buckets"),
+            ),
+            parts: histogram(
+                &r,
+                "postsift_message_parts",
+                "Decoded parts the MIME walk found per message (clamd scans each)",
+                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
             ),
             spam_score: histogram(
                 &r,

@@ -102,7 +102,10 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             );
         }
     }
-    if matches!(report.virus, VirusScan::Failed(_)) {
+    // Not fully checked: clamd failed (and on_failure = "pass"), or the MIME walk stopped at
+    // a limit. Passed tagged ***UNCHECKED***, as amavis passes it.
+    let walk_limited = report.parts.as_ref().is_some_and(|p| p.limit.is_some());
+    if matches!(report.virus, VirusScan::Failed(_)) || walk_limited {
         return decision(Category::Unchecked, Disposition::Deliver);
     }
 
@@ -194,6 +197,7 @@ mod tests {
             spam,
             virus_time: Duration::ZERO,
             spam_time: Duration::ZERO,
+            parts: None,
         }
     }
 
@@ -243,6 +247,22 @@ mod tests {
         let mut c = Config::default();
         c.clamd.on_failure = OnFailure::Pass;
         let d = decide(&c, &report(failed(), scored(0.0)));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Unchecked, Disposition::Deliver)
+        );
+    }
+
+    #[test]
+    fn a_walk_stopped_by_a_limit_is_unchecked() {
+        let c = Config::default();
+        let mut r = report(VirusScan::Clean, scored(0.0));
+        r.parts = Some(crate::scan::PartsSummary {
+            count: 1000,
+            limit: Some("more than 1000 parts".into()),
+            infected: None,
+        });
+        let d = decide(&c, &r);
         assert_eq!(
             (d.category, d.disposition),
             (Category::Unchecked, Disposition::Deliver)

@@ -96,6 +96,12 @@ impl TransportProtocol for Transport<'_> {
     }
 }
 
+/// What goes to clamd: a whole spooled message, or one decoded part.
+enum Source<'a> {
+    Message(&'a Message),
+    Bytes(Bytes),
+}
+
 pub struct ClamdClient {
     endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
@@ -121,7 +127,8 @@ impl ClamdClient {
     pub async fn scan(&self, msg: &Message) -> Result<Verdict, Error> {
         let mut last = None;
         for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.scan_one(ep, msg)).await {
+            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Message(msg))).await
+            {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
@@ -141,17 +148,47 @@ impl ClamdClient {
         }))
     }
 
-    async fn scan_one(&self, ep: &Endpoint, msg: &Message) -> Result<Verdict, Error> {
+    /// Scans one decoded part (already in memory), with the same failover and timeout as
+    /// [`ClamdClient::scan`].
+    pub async fn scan_bytes(&self, data: Bytes) -> Result<Verdict, Error> {
+        let mut last = None;
+        for ep in &self.endpoints {
+            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Bytes(data.clone())))
+                .await
+            {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(Error::Timeout {
+                        endpoint: ep.name(),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Protocol {
+            endpoint: "-".into(),
+            detail: "no endpoints".into(),
+        }))
+    }
+
+    async fn scan_one(&self, ep: &Endpoint, source: Source<'_>) -> Result<Verdict, Error> {
         let transport = Transport {
             endpoint: ep,
             connect_timeout: self.connect_timeout,
         };
         let endpoint = ep.name();
-        let head = tokio_stream::iter(std::iter::once(Ok::<Bytes, io::Error>(msg.head().clone())));
-        let reply = match msg.reopen_tail().map_err(|source| Error::Io {
-            endpoint: endpoint.clone(),
-            source,
-        })? {
+        let (first, tail) = match source {
+            Source::Bytes(b) => (b, None),
+            Source::Message(msg) => (
+                msg.head().clone(),
+                msg.reopen_tail().map_err(|source| Error::Io {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?,
+            ),
+        };
+        let head = tokio_stream::iter(std::iter::once(Ok::<Bytes, io::Error>(first)));
+        let reply = match tail {
             None => clamav_client::tokio::scan_stream(head, &transport, Some(CHUNK)).await,
             Some(file) => {
                 let tail = tokio_util::io::ReaderStream::with_capacity(

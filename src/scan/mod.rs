@@ -12,6 +12,7 @@
 //! other checks.
 
 pub mod clamd;
+pub mod parts;
 pub mod rspamd;
 pub mod spamd;
 
@@ -115,6 +116,19 @@ pub struct ScanReport {
     pub spam: SpamScan,
     pub virus_time: Duration,
     pub spam_time: Duration,
+    /// What the MIME walk found (None: not walked).
+    pub parts: Option<PartsSummary>,
+}
+
+/// The MIME walk's part of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartsSummary {
+    /// Decoded parts scanned.
+    pub count: usize,
+    /// The limit that stopped the walk (the message is then UNCHECKED).
+    pub limit: Option<String>,
+    /// The part a virus was found in (its file name or type), when not the whole message.
+    pub infected: Option<String>,
 }
 
 /// The configured spam engine (check-config allows at most one).
@@ -142,6 +156,8 @@ impl SpamEngine {
 
 pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
+    /// The MIME walk's limits; None when `[parts] enabled = false`.
+    walk: Option<(parts::Limits, u64)>,
     spam: Option<SpamEngine>,
     spam_max_size: usize,
     spam_timeout: Duration,
@@ -181,6 +197,14 @@ impl Scanners {
                     Duration::from_secs(c.timeout),
                 )
             }),
+            walk: config.parts.enabled.then_some((
+                parts::Limits {
+                    max_parts: config.parts.max_parts,
+                    max_bytes: config.parts.max_decoded_bytes,
+                    max_depth: config.parts.max_depth,
+                },
+                config.parts.max_message_size,
+            )),
             spam,
             spam_max_size: if rspamd { r.max_size } else { s.max_size },
             spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
@@ -205,15 +229,11 @@ impl Scanners {
     pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
         let virus = async {
             let start = Instant::now();
-            let r = match &self.clamd {
-                None => VirusScan::Off,
-                Some(c) => match c.scan(msg).await {
-                    Ok(clamd::Verdict::Clean) => VirusScan::Clean,
-                    Ok(clamd::Verdict::Infected(names)) => VirusScan::Infected(names),
-                    Err(e) => VirusScan::Failed(Failure::new(e.kind(), e.to_string())),
-                },
+            let (r, parts) = match &self.clamd {
+                None => (VirusScan::Off, None),
+                Some(c) => self.virus_scan(c, msg).await,
             };
-            (r, start.elapsed())
+            (r, parts, start.elapsed())
         };
         let spam = async {
             let start = Instant::now();
@@ -250,7 +270,7 @@ impl Scanners {
             };
             (r, start.elapsed())
         };
-        let ((virus, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
+        let ((virus, parts, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
         let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
@@ -279,11 +299,74 @@ impl Scanners {
                 }
             }
         }
+        if let Some(p) = &parts {
+            metrics.parts.observe(p.count as f64);
+        }
         ScanReport {
             virus,
             spam,
             virus_time,
             spam_time,
+            parts,
         }
+    }
+
+    /// clamd on the whole message (its own parsers see things ours may not), then on every
+    /// part the MIME walk decoded, until one is infected. A failure on any of them fails the
+    /// virus check: a part that could not be scanned is not clean.
+    async fn virus_scan(
+        &self,
+        c: &clamd::ClamdClient,
+        msg: &Message,
+    ) -> (VirusScan, Option<PartsSummary>) {
+        let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
+        match c.scan(msg).await {
+            Ok(clamd::Verdict::Clean) => {}
+            Ok(clamd::Verdict::Infected(names)) => return (VirusScan::Infected(names), None),
+            Err(e) => return (fail(e), None),
+        }
+        let Some((limits, max_size)) = self.walk else {
+            return (VirusScan::Clean, None);
+        };
+        if msg.len() > max_size {
+            return (VirusScan::Clean, None);
+        }
+        let raw = match msg.read_all() {
+            Ok(raw) => raw,
+            Err(e) => {
+                let f = Failure::new(FailureKind::Protocol, format!("reading the spool: {e}"));
+                return (VirusScan::Failed(f), None);
+            }
+        };
+        // The walk is CPU work on up to max_message_size bytes: off the async threads.
+        let walk = match tokio::task::spawn_blocking(move || parts::walk(&raw, &limits)).await {
+            Ok(w) => w,
+            Err(e) => {
+                let f = Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"));
+                return (VirusScan::Failed(f), None);
+            }
+        };
+        if walk.parser_failed {
+            tracing::warn!(
+                "mail-parser failed on this message; its parts come from the raw reading only"
+            );
+        }
+        let mut summary = PartsSummary {
+            count: walk.parts.len(),
+            limit: walk.limit,
+            infected: None,
+        };
+        for part in walk.parts {
+            let label = part.label();
+            match c.scan_bytes(part.data.into()).await {
+                Ok(clamd::Verdict::Clean) => {}
+                Ok(clamd::Verdict::Infected(names)) => {
+                    summary.infected = Some(label);
+                    return (VirusScan::Infected(names), Some(summary));
+                }
+                Err(e) => return (fail(e), Some(summary)),
+            }
+        }
+        (VirusScan::Clean, Some(summary))
     }
 }

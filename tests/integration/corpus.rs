@@ -107,6 +107,7 @@ async fn real_world_corpus_passes_unharmed() {
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
     let mut checked = 0;
     let mut detected = 0;
+    let mut clamd_alone = 0;
     let mut separated = 0;
     let mut names: Vec<&String> = expect.keys().collect();
     names.sort();
@@ -123,27 +124,27 @@ async fn real_world_corpus_passes_unharmed() {
             &original,
         )
         .await;
-        // Debian's clamd 1.0 does not see through every MIME evasion trick in ClamAV's own test
-        // mails; postsift must catch exactly what clamd catches when handed the file directly.
-        let direct = if virus {
-            let sock = clamav_client::tokio::Socket {
-                socket_path: clamd.as_str(),
+        // Every virus mail is caught: clamd sees the whole message and each part postsift's
+        // own MIME walk decoded, so evasion tricks that defeat clamd's MIME parser (decoy
+        // boundaries, two Content-Type headers, a comment in a header name) do not matter.
+        if virus {
+            let direct = {
+                let sock = clamav_client::tokio::Socket {
+                    socket_path: clamd.as_str(),
+                };
+                let reply = clamav_client::tokio::scan_buffer(&original, sock, None)
+                    .await
+                    .unwrap();
+                !clamav_client::clean(&reply).unwrap()
             };
-            let reply = clamav_client::tokio::scan_buffer(&original, sock, None)
-                .await
-                .unwrap();
-            !clamav_client::clean(&reply).unwrap()
-        } else {
-            false
-        };
-        if direct {
             assert_eq!(r.code, 250, "{name}: {r:?}");
             assert!(
                 r.text.contains("INFECTED: Postsift.Test.ClamExe"),
-                "{name}: {r:?}"
+                "{name}: not caught: {r:?}"
             );
             assert_eq!(sink.count(), before, "{name}: virus delivered");
             detected += 1;
+            clamd_alone += usize::from(direct);
             continue;
         }
         assert_eq!(r.code, 250, "{name}: {r:?}");
@@ -170,9 +171,8 @@ async fn real_world_corpus_passes_unharmed() {
     }
     assert!(checked > 60, "only {checked} messages checked");
     eprintln!("corpus: {checked} passed unharmed, {separated} with a blank line put before a malformed header line");
-    assert!(
-        detected >= 3,
-        "clam.exe found in only {detected} corpus messages"
-    );
+    let viruses = expect.values().filter(|(v, _)| *v).count();
+    eprintln!("corpus: clam.exe caught in {detected} of {viruses} mails (clamd on the whole message alone: {clamd_alone})");
+    assert_eq!(detected, viruses);
     f.stop().await;
 }
