@@ -1,0 +1,39 @@
+//! postsift's MIME walk (`scan::parts::walk`) on arbitrary messages: it never panics (mail-parser
+//! 0.11 does on some inputs; the walk catches that by design and keeps its raw reading, so only
+//! a panic from anywhere else is a crash here), it stays within its limits (parts, decoded
+//! bytes), and every part it keeps has contents.
+#![no_main]
+
+use std::sync::Once;
+
+use libfuzzer_sys::fuzz_target;
+use postsift::scan::parts::{walk, Limits};
+
+const LIMITS: Limits = Limits {
+    max_parts: 50,
+    max_bytes: 256 * 1024,
+    max_depth: 4,
+};
+
+fuzz_target!(|data: &[u8]| {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // libfuzzer-sys aborts on every panic, even a caught one: let mail-parser's unwind to
+        // the walk's catch_unwind, abort on any other.
+        let fuzzer_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().contains("mail-parser"))
+            {
+                return;
+            }
+            fuzzer_hook(info);
+        }));
+    });
+    let w = walk(data, &LIMITS);
+    assert!(w.parts.len() <= LIMITS.max_parts, "{} parts", w.parts.len());
+    let bytes: usize = w.parts.iter().map(|p| p.data.len()).sum();
+    assert!(bytes <= LIMITS.max_bytes, "{bytes} decoded bytes");
+    assert!(w.parts.iter().all(|p| !p.data.is_empty()), "an empty part kept");
+});
