@@ -280,6 +280,7 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     let (report, decision) = rt.block_on(filter::judge(&shared, &msg, &env));
     println!("virus scan: {:?}", report.virus);
     println!("spam scan:  {:?}", report.spam);
+    print_parts(&shared.config, &msg, report.parts.as_ref());
     println!("category:   {}", decision.category.label());
     let outcome = match &decision.disposition {
         Disposition::Deliver => None,
@@ -311,4 +312,42 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
         (Category::Spam, _) => 1,
         (Category::Clean, _) => 0,
     })
+}
+
+/// The parts the MIME walk decoded, one line each (what clamd was given besides the whole
+/// message), so an administrator can see what postsift looked at.
+fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::PartsSummary>) {
+    match summary {
+        None => println!(
+            "parts:      not scanned by clamd (no clamd, [parts] off, or over parts.max_message_size)"
+        ),
+        Some(summary) => println!(
+            "parts:      {} scanned by clamd{}{}",
+            summary.count,
+            summary
+                .limit
+                .as_deref()
+                .map_or(String::new(), |l| format!(", stopped: {l}")),
+            summary
+                .infected
+                .as_deref()
+                .map_or(String::new(), |p| format!(", virus in: {p}")),
+        ),
+    }
+    let limits = postsift::scan::parts::Limits {
+        max_parts: config.parts.max_parts,
+        max_bytes: config.parts.max_decoded_bytes,
+        max_depth: config.parts.max_depth,
+    };
+    let Ok(raw) = msg.read_all() else { return };
+    for p in postsift::scan::parts::walk(&raw, &limits).parts {
+        println!(
+            "  - {:<30} {:<28} {:>9} bytes  ({} reading, depth {})",
+            p.name.as_deref().unwrap_or("-"),
+            p.declared.as_deref().unwrap_or("-"),
+            p.data.len(),
+            p.found,
+            p.depth
+        );
+    }
 }
