@@ -278,6 +278,10 @@ struct LogLine {
     score: String,
     rules: usize,
     virus: String,
+    /// The banned part, `-` if none.
+    banned: String,
+    /// Parts the MIME walk decoded (`-`: not walked), and why it stopped early.
+    parts: String,
     size: u64,
     receive: Duration,
     scan: Duration,
@@ -346,6 +350,17 @@ impl LogLine {
             score,
             rules,
             virus,
+            banned: match &decision.category {
+                Category::Banned { name, kind } => format!("{kind},{name}"),
+                _ => "-".into(),
+            },
+            parts: match &report.parts {
+                None => "-".into(),
+                Some(p) => match &p.limit {
+                    None => p.count.to_string(),
+                    Some(l) => format!("{} (stopped: {l})", p.count),
+                },
+            },
             size: r.msg.len(),
             receive,
             scan,
@@ -374,6 +389,8 @@ impl LogLine {
             score = %self.score,
             rules = self.rules,
             virus = %self.virus,
+            banned = %self.banned,
+            parts = %self.parts,
             size = self.size,
             receive_ms = self.receive.as_millis() as u64,
             scan_ms = self.scan.as_millis() as u64,

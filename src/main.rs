@@ -309,6 +309,7 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
     Ok(match (&decision.category, &decision.disposition) {
         (_, Disposition::Tempfail(_)) | (Category::Unchecked, _) => 3,
         (Category::Virus(_), _) => 2,
+        (Category::Banned { .. }, _) => 4,
         (Category::Spam, _) => 1,
         (Category::Clean, _) => 0,
     })

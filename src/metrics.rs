@@ -18,7 +18,7 @@ use prometheus::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "unchecked", "unscanned"];
+pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "banned", "unchecked", "unscanned"];
 pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail"];
 pub const RECIPIENT_RESULTS: &[&str] = &["delivered", "discarded", "rejected", "deferred"];
 pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];

@@ -8,6 +8,11 @@ use crate::scan::{Failure, ScanReport, SpamResult, SpamScan, VirusScan};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Category {
     Virus(Vec<String>),
+    /// A part a `[banned]` rule banned: its name and what it is.
+    Banned {
+        name: String,
+        kind: String,
+    },
     /// Not virus-scanned (scanner failed, passed by `on_failure = "pass"`).
     Unchecked,
     /// At or above the kill level.
@@ -19,6 +24,7 @@ impl Category {
     pub fn label(&self) -> &'static str {
         match self {
             Category::Virus(_) => "virus",
+            Category::Banned { .. } => "banned",
             Category::Unchecked => "unchecked",
             Category::Spam => "spam",
             Category::Clean => "clean",
@@ -83,6 +89,15 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
 
     if let VirusScan::Infected(names) = &report.virus {
         return decision(Category::Virus(names.clone()), action(config.virus.action));
+    }
+    // BANNED ranks below VIRUS and above everything else (amavis's order), and is known even
+    // when clamd failed: a banned file is refused rather than retried.
+    if let Some(b) = &report.banned {
+        let category = Category::Banned {
+            name: b.name.clone(),
+            kind: b.kind.clone(),
+        };
+        return decision(category, action(config.banned.action));
     }
     if let VirusScan::Failed(Failure { reason, .. }) = &report.virus {
         if config.clamd.on_failure == OnFailure::Tempfail {
@@ -198,6 +213,7 @@ mod tests {
             virus_time: Duration::ZERO,
             spam_time: Duration::ZERO,
             parts: None,
+            banned: None,
         }
     }
 
@@ -267,6 +283,24 @@ mod tests {
             (d.category, d.disposition),
             (Category::Unchecked, Disposition::Deliver)
         );
+    }
+
+    #[test]
+    fn banned_ranks_below_virus_and_above_a_clamd_failure() {
+        let c = Config::default();
+        let b = crate::scan::banned::Banned {
+            name: "invoice.pdf.exe".into(),
+            kind: "exe-ms".into(),
+            rule: 2,
+        };
+        let mut r = report(failed(), scored(0.0));
+        r.banned = Some(b.clone());
+        let d = decide(&c, &r);
+        assert_eq!(d.disposition, Disposition::Reject);
+        assert_eq!(d.category.label(), "banned");
+        let mut r = report(VirusScan::Infected(vec!["Eicar".into()]), scored(0.0));
+        r.banned = Some(b);
+        assert_eq!(decide(&c, &r).category.label(), "virus");
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub fn header_block(
             sanitize(&names.join(", "))
         );
     }
+    if let Category::Banned { name, kind } = &decision.category {
+        let _ = write!(
+            out,
+            "X-Amavis-Alert: BANNED, message contains {},{}\r\n",
+            sanitize(kind),
+            sanitize(name)
+        );
+    }
     if let Some(spam) = &decision.spam {
         if spam.score >= config.spam.tag_level {
             spam_headers(&mut out, config, spam);

@@ -11,6 +11,7 @@
 //! adding a check adds its module and its arm here, and touches neither the session nor the
 //! other checks.
 
+pub mod banned;
 pub mod clamd;
 pub mod parts;
 pub mod rspamd;
@@ -118,6 +119,19 @@ pub struct ScanReport {
     pub spam_time: Duration,
     /// What the MIME walk found (None: not walked).
     pub parts: Option<PartsSummary>,
+    /// The first part a `[banned]` rule banned.
+    pub banned: Option<banned::Banned>,
+}
+
+/// Messages up to this size are walked on the session's own task.
+const INLINE_WALK: usize = 128 * 1024;
+
+fn summary(w: &parts::Walk) -> PartsSummary {
+    PartsSummary {
+        count: w.parts.len(),
+        limit: w.limit.clone(),
+        infected: None,
+    }
 }
 
 /// The MIME walk's part of the report.
@@ -158,6 +172,7 @@ pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
     /// The MIME walk's limits; None when `[parts] enabled = false`.
     walk: Option<(parts::Limits, u64)>,
+    banned_rules: Vec<banned::Rule>,
     spam: Option<SpamEngine>,
     spam_max_size: usize,
     spam_timeout: Duration,
@@ -205,6 +220,11 @@ impl Scanners {
                 },
                 config.parts.max_message_size,
             )),
+            banned_rules: config
+                .banned
+                .rules
+                .clone()
+                .unwrap_or_else(banned::default_rules),
             spam,
             spam_max_size: if rspamd { r.max_size } else { s.max_size },
             spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
@@ -229,11 +249,16 @@ impl Scanners {
     pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
         let virus = async {
             let start = Instant::now();
-            let (r, parts) = match &self.clamd {
-                None => (VirusScan::Off, None),
-                Some(c) => self.virus_scan(c, msg).await,
+            let walk = self.walk(msg).await;
+            let banned = match &walk {
+                Ok(Some(w)) => banned::check(&self.banned_rules, &w.parts),
+                _ => None,
             };
-            (r, parts, start.elapsed())
+            let (r, parts) = match &self.clamd {
+                None => (VirusScan::Off, walk.ok().flatten().map(|w| summary(&w))),
+                Some(c) => self.virus_scan(c, msg, walk).await,
+            };
+            (r, parts, banned, start.elapsed())
         };
         let spam = async {
             let start = Instant::now();
@@ -270,7 +295,7 @@ impl Scanners {
             };
             (r, start.elapsed())
         };
-        let ((virus, parts, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
+        let ((virus, parts, banned, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
         let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
@@ -308,7 +333,39 @@ impl Scanners {
             virus_time,
             spam_time,
             parts,
+            banned,
         }
+    }
+
+    /// The MIME walk, when on and the message is not too large for it: Ok(None) when not
+    /// walked, Err when the message could not be read back.
+    async fn walk(&self, msg: &Message) -> Result<Option<parts::Walk>, Failure> {
+        let Some((limits, max_size)) = self.walk else {
+            return Ok(None);
+        };
+        if msg.len() > max_size {
+            return Ok(None);
+        }
+        let raw = msg
+            .read_all()
+            .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
+        // CPU work on up to max_message_size bytes: off the async threads, unless the message
+        // is small enough that the thread hand-off would cost more than the walk.
+        let walk = if raw.len() <= INLINE_WALK {
+            parts::walk(&raw, &limits)
+        } else {
+            tokio::task::spawn_blocking(move || parts::walk(&raw, &limits))
+                .await
+                .map_err(|e| {
+                    Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
+                })?
+        };
+        if walk.parser_failed {
+            tracing::warn!(
+                "mail-parser failed on this message; its parts come from the raw reading only"
+            );
+        }
+        Ok(Some(walk))
     }
 
     /// clamd on the whole message (its own parsers see things ours may not), then on every
@@ -318,44 +375,25 @@ impl Scanners {
         &self,
         c: &clamd::ClamdClient,
         msg: &Message,
+        walk: Result<Option<parts::Walk>, Failure>,
     ) -> (VirusScan, Option<PartsSummary>) {
         let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
         match c.scan(msg).await {
             Ok(clamd::Verdict::Clean) => {}
-            Ok(clamd::Verdict::Infected(names)) => return (VirusScan::Infected(names), None),
+            Ok(clamd::Verdict::Infected(names)) => {
+                return (
+                    VirusScan::Infected(names),
+                    walk.ok().flatten().map(|w| summary(&w)),
+                )
+            }
             Err(e) => return (fail(e), None),
         }
-        let Some((limits, max_size)) = self.walk else {
-            return (VirusScan::Clean, None);
+        let walk = match walk {
+            Ok(Some(w)) => w,
+            Ok(None) => return (VirusScan::Clean, None),
+            Err(f) => return (VirusScan::Failed(f), None),
         };
-        if msg.len() > max_size {
-            return (VirusScan::Clean, None);
-        }
-        let raw = match msg.read_all() {
-            Ok(raw) => raw,
-            Err(e) => {
-                let f = Failure::new(FailureKind::Protocol, format!("reading the spool: {e}"));
-                return (VirusScan::Failed(f), None);
-            }
-        };
-        // The walk is CPU work on up to max_message_size bytes: off the async threads.
-        let walk = match tokio::task::spawn_blocking(move || parts::walk(&raw, &limits)).await {
-            Ok(w) => w,
-            Err(e) => {
-                let f = Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"));
-                return (VirusScan::Failed(f), None);
-            }
-        };
-        if walk.parser_failed {
-            tracing::warn!(
-                "mail-parser failed on this message; its parts come from the raw reading only"
-            );
-        }
-        let mut summary = PartsSummary {
-            count: walk.parts.len(),
-            limit: walk.limit,
-            infected: None,
-        };
+        let mut summary = summary(&walk);
         for part in walk.parts {
             let label = part.label();
             match c.scan_bytes(part.data.into()).await {

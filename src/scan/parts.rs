@@ -32,6 +32,8 @@ pub struct Part {
     /// in the raw lines), with the nesting depth of message/rfc822.
     pub found: &'static str,
     pub depth: usize,
+    /// The archive it is a member of (`zip`, `tar`, …); None straight in the message.
+    pub container: Option<String>,
     pub data: Vec<u8>,
 }
 
@@ -165,6 +167,7 @@ impl Collector {
                 declared,
                 found: "mime",
                 depth,
+                container: None,
                 data,
             };
             if !self.add(part) {
@@ -189,6 +192,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
                     declared: None,
                     found: "raw",
                     depth: 0,
+                    container: None,
                     data,
                 });
             }
@@ -217,6 +221,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
                 declared: None,
                 found: "raw",
                 depth: 0,
+                container: None,
                 data,
             });
             continue;

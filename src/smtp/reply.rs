@@ -198,6 +198,10 @@ fn category_text(c: &Category) -> String {
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect(),
+        Category::Banned { name, .. } => format!("BANNED: {name}")
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
         Category::Spam => "spam".into(),
         Category::Unchecked => "UNCHECKED".into(),
         Category::Clean => "CLEAN".into(),

@@ -98,10 +98,16 @@ async fn real_world_corpus_passes_unharmed() {
     };
     let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
     let mut expect: HashMap<String, (bool, bool)> = HashMap::new();
+    let mut may_be_banned: HashMap<String, bool> = HashMap::new();
     for line in manifest.lines().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
         expect.insert(cols[0].to_owned(), (cols[2] == "yes", cols[3] == "yes"));
+        // "yes", or a file only content sniffing catches (a macro xlsm renamed to .jpg), which
+        // postsift's sniffed-type rule bans as the issue asks.
+        let sniffable = cols.get(5).is_some_and(|n| n.contains("sniffing"));
+        may_be_banned.insert(cols[0].to_owned(), cols.get(4) == Some(&"yes") || sniffable);
     }
+    let mut banned = 0;
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
     let f = start_filter(&config(Some(&clamd), Some(&spamd), sink.addr, "")).await;
@@ -147,6 +153,17 @@ async fn real_world_corpus_passes_unharmed() {
             clamd_alone += usize::from(direct);
             continue;
         }
+        // A banned attachment is refused (554 5.7.0 BANNED), and only where the corpus says the
+        // message carries one (no false positive).
+        if r.code == 554 && r.text.contains("BANNED: ") {
+            assert!(
+                may_be_banned[name],
+                "{name}: banned, but the corpus says not: {r:?}"
+            );
+            assert_eq!(sink.count(), before, "{name}: banned yet delivered");
+            banned += 1;
+            continue;
+        }
         assert_eq!(r.code, 250, "{name}: {r:?}");
         assert_eq!(sink.count(), before + 1, "{name}");
         let m = sink.last();
@@ -170,6 +187,14 @@ async fn real_world_corpus_passes_unharmed() {
         checked += 1;
     }
     assert!(checked > 60, "only {checked} messages checked");
+    let bannable = may_be_banned
+        .iter()
+        .filter(|(n, b)| **b && !expect[n.as_str()].0)
+        .count();
+    eprintln!("corpus: {banned} of {bannable} non-virus messages with a banned attachment refused");
+    // The macro-enabled Office file is found; the one inside an encrypted zip needs the
+    // archive listing, which postsift does not do yet.
+    assert!(banned >= 1, "no banned attachment found");
     eprintln!("corpus: {checked} passed unharmed, {separated} with a blank line put before a malformed header line");
     let viruses = expect.values().filter(|(v, _)| *v).count();
     eprintln!("corpus: clam.exe caught in {detected} of {viruses} mails (clamd on the whole message alone: {clamd_alone})");

@@ -390,3 +390,94 @@ async fn next_hop_without_pipelining_or_xforward() {
     assert_eq!(m.rcpts, vec!["RCPT TO:<one@example.com>".to_string()]);
     f.stop().await;
 }
+
+/// A message with one base64 attachment.
+fn with_attachment(name: &str, ctype: &str, data: &[u8]) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for c in data.chunks(3) {
+        let w = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            b64.push(if i <= c.len() {
+                A[(w >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    format!(
+        "From: a@example.org\r\nSubject: see attached\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: {ctype}; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_attachments_are_rejected_or_passed_with_an_alert() {
+    let sink = Capture::start().await;
+    // Banned-file checks need no scanner: the MIME walk runs with clamd off too.
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let pe = b"MZ\x90\x00 a pretend DOS program, enough bytes to be a file".to_vec();
+    for (name, ctype, data) in [
+        (
+            "invoice.pdf.exe",
+            "application/pdf",
+            &b"%PDF-1.4 not really"[..],
+        ),
+        ("photo.jpg", "image/jpeg", &pe[..]),
+        (
+            "report.xlsm",
+            "application/vnd.ms-excel.sheet.macroEnabled.12",
+            b"PK\x03\x04xl/vbaProject.bin",
+        ),
+    ] {
+        let r = send_one(
+            f.addr,
+            "a@example.org",
+            &["b@example.com"],
+            &with_attachment(name, ctype, data),
+        )
+        .await;
+        assert_eq!(r.code, 554, "{name}: {r:?}");
+        assert!(
+            r.text.contains(&format!("5.7.0 Reject, id="))
+                && r.text.contains(&format!("BANNED: {name}")),
+            "{r:?}"
+        );
+    }
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &with_attachment("report.pdf", "application/pdf", b"%PDF-1.4 fine"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 1, "only the PDF is delivered");
+
+    let f = start_filter(&config(
+        None,
+        None,
+        sink.addr,
+        "[banned]\naction = \"pass\"\n",
+    ))
+    .await;
+    let r = send_one(
+        f.addr,
+        "a@example.org",
+        &["b@example.com"],
+        &with_attachment("setup.exe", "application/octet-stream", &pe),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        sink.last()
+            .headers()
+            .contains("X-Amavis-Alert: BANNED, message contains exe-ms,setup.exe\r\n"),
+        "{}",
+        sink.last().headers()
+    );
+    f.stop().await;
+}
