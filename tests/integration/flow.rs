@@ -441,8 +441,7 @@ async fn banned_attachments_are_rejected_or_passed_with_an_alert() {
         .await;
         assert_eq!(r.code, 554, "{name}: {r:?}");
         assert!(
-            r.text.contains(&format!("5.7.0 Reject, id="))
-                && r.text.contains(&format!("BANNED: {name}")),
+            r.text.contains("5.7.0 Reject, id=") && r.text.contains(&format!("BANNED: {name}")),
             "{r:?}"
         );
     }
