@@ -408,8 +408,9 @@ pub struct BannedRule {
     pub declared_type: Vec<String>,
     /// The sniffed type: `exe-ms`, `elf`, `macho`, `script`, `office-macro`, `ole2`.
     pub sniffed: Vec<String>,
-    /// The archive the part is a member of (`zip`, `tar`, `rpm`, `cpio`, …). postsift does not
-    /// open archives yet, so such conditions match nothing today.
+    /// The archive the part is a member of. postsift lists zip archives (`zip`); other
+    /// formats (`tar`, `rpm`, `cpio`, …) are not opened yet, so such conditions match nothing
+    /// today.
     pub container: Vec<String>,
     /// Ban (true, default) or allow (false) a matching part.
     pub ban: bool,

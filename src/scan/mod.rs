@@ -395,6 +395,12 @@ impl Scanners {
         };
         let mut summary = summary(&walk);
         for part in walk.parts {
+            // A member of an archive postsift listed was scanned by clamd inside the archive
+            // part already (clamd opens zips itself); a member that could not be read (an
+            // encrypted one) has nothing to scan.
+            if part.container.is_some() || part.data.is_empty() {
+                continue;
+            }
             let label = part.label();
             match c.scan_bytes(part.data.into()).await {
                 Ok(clamd::Verdict::Clean) => {}

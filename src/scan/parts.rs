@@ -12,9 +12,15 @@
 //!   whatever the headers around it claim. This finds an attachment hidden behind a decoy
 //!   boundary that mail-parser (or clamd) followed instead of the real one.
 //!
-//! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting) stop the
-//! walk; the report says which limit was hit. Archives are not opened yet (clamd opens zip, tar
-//! and the rest itself when it scans each part).
+//! Zip archives (also zip in zip, up to `max_depth`) are listed and their members decompressed,
+//! each a part of its own with `container = "zip"`, so that banned-file rules see the names
+//! inside; an encrypted member cannot be read and stops the walk (UNCHECKED), and a member is
+//! decompressed only as far as the limits allow — a zip bomb costs at most the decoded-bytes
+//! quota. Office documents (OOXML are zips) are kept whole, not listed. Other archive formats
+//! are not opened yet (clamd opens tar, gzip and the rest itself when it scans each part).
+//!
+//! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting, expansion
+//! ratio) stop the walk; the report says which limit was hit.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -98,6 +104,17 @@ pub fn walk(raw: &[u8], limits: &Limits) -> Walk {
         Err(_) => w.walk.parser_failed = true,
     }
     raw_blocks(raw, &mut w);
+    // Archives found so far, and in their members, in turn (zip in zip).
+    let mut i = 0;
+    while i < w.walk.parts.len() && !w.full() {
+        if is_zip_archive(&w.walk.parts[i].data) {
+            let depth = w.walk.parts[i].depth + 1;
+            let data = std::mem::take(&mut w.walk.parts[i].data);
+            unzip(&data, depth, &mut w);
+            w.walk.parts[i].data = data;
+        }
+        i += 1;
+    }
     w.walk
 }
 
@@ -118,11 +135,14 @@ impl Collector {
         if self.full() {
             return false;
         }
-        if part.data.is_empty() {
+        // An empty part is kept only when it has a name (an archive member that could not be
+        // read still has a name for the banned-file rules).
+        if part.data.is_empty() && part.name.is_none() {
             return true;
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         part.data.hash(&mut h);
+        part.name.hash(&mut h);
         if !self.seen.insert(h.finish()) {
             return true;
         }
@@ -173,6 +193,86 @@ impl Collector {
             if !self.add(part) {
                 return;
             }
+        }
+    }
+}
+
+/// Members decompressed beyond this many times their compressed size stop the walk.
+const MAX_RATIO: u64 = 100;
+
+/// A zip archive that is not an Office document (OOXML files are zips with a content-types
+/// member; they are judged whole, by the sniffed type).
+fn is_zip_archive(data: &[u8]) -> bool {
+    data.starts_with(b"PK\x03\x04") && !contains(data, b"[Content_Types].xml")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Lists a zip archive and adds each member as a part, decompressed within the limits.
+fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
+    if depth > w.limits.max_depth {
+        w.walk.limit = Some(format!("archives nested deeper than {}", w.limits.max_depth));
+        return;
+    }
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(data)) else {
+        // Not a readable zip after all: clamd still scans the bytes.
+        return;
+    };
+    for i in 0..zip.len() {
+        if w.full() {
+            return;
+        }
+        let Ok(meta) = zip.by_index_raw(i) else {
+            continue;
+        };
+        if meta.is_dir() {
+            continue;
+        }
+        let full = meta.name().map(|n| n.into_owned()).unwrap_or_default();
+        let name = full.rsplit('/').next().unwrap_or("").to_owned();
+        let (encrypted, packed) = (meta.encrypted(), meta.compressed_size());
+        drop(meta);
+        let named = |data: Vec<u8>| Part {
+            name: (!name.is_empty()).then(|| name.clone()),
+            declared: None,
+            found: "zip",
+            depth,
+            container: Some("zip".into()),
+            data,
+        };
+        if encrypted {
+            // Its name is visible, its contents are not: keep the name (for the banned-file
+            // rules) and say why the message is not fully checked.
+            w.add(named(Vec::new()));
+            if w.walk.limit.is_none() {
+                w.walk.limit = Some(format!("encrypted archive member {name}"));
+            }
+            return;
+        }
+        let room = w.limits.max_bytes.saturating_sub(w.bytes) as u64;
+        let ratio_cap = packed.max(1).saturating_mul(MAX_RATIO).max(1 << 20);
+        let cap = room.min(ratio_cap);
+        let Ok(file) = zip.by_index(i) else {
+            continue;
+        };
+        let mut out = Vec::new();
+        // One byte more than allowed tells that the member goes on past the cap.
+        let read = std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut out);
+        if read.is_err() {
+            continue;
+        }
+        if out.len() as u64 > cap {
+            w.walk.limit = Some(if cap == ratio_cap {
+                format!("archive member {name} expands more than {MAX_RATIO} times")
+            } else {
+                format!("more than {} decoded bytes", w.limits.max_bytes)
+            });
+            return;
+        }
+        if !w.add(named(out)) {
+            return;
         }
     }
 }
@@ -368,6 +468,63 @@ mod tests {
             "{:?}",
             w.parts
         );
+    }
+
+    /// A zip with the given (name, contents) members, stored or deflated.
+    fn zip_of(members: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let method = if deflate {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        for (name, data) in members {
+            let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn mail_with(att: &[u8]) -> Vec<u8> {
+        format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+            b64(att)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn zip_members_and_zip_in_zip_become_parts() {
+        let inner = zip_of(&[("deep/tool.exe", b"MZ inner program bytes")], true);
+        let outer = zip_of(&[("readme.txt", b"read me please"), ("inner.zip", &inner)], true);
+        let w = walk(&mail_with(&outer), &LIMITS);
+        let names: Vec<(Option<&str>, Option<&str>, usize)> = w
+            .parts
+            .iter()
+            .map(|p| (p.name.as_deref(), p.container.as_deref(), p.depth))
+            .collect();
+        assert!(names.contains(&(Some("readme.txt"), Some("zip"), 1)), "{names:?}");
+        assert!(names.contains(&(Some("tool.exe"), Some("zip"), 2)), "{names:?}");
+        assert!(w.parts.iter().any(|p| p.data == b"MZ inner program bytes"));
+        assert_eq!(w.limit, None);
+    }
+
+    #[test]
+    fn a_zip_bomb_stops_at_the_ratio_and_costs_little() {
+        // 64 MiB of zeros deflate to about 64 KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = zip_of(&[("zeros.bin", &zeros)], true);
+        assert!(bomb.len() < 1 << 20);
+        let w = walk(&mail_with(&bomb), &Limits { max_bytes: 32 << 20, ..LIMITS });
+        assert!(
+            w.limit.as_deref().is_some_and(|l| l.contains("expands more than")),
+            "{:?}",
+            w.limit
+        );
+        let kept: usize = w.parts.iter().map(|p| p.data.len()).sum();
+        assert!(kept < 2 * bomb.len() + (1 << 20), "{kept} bytes kept");
     }
 
     #[test]
