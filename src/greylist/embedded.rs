@@ -46,6 +46,14 @@ pub(super) fn open(path: &Path) -> Result<Connection, Error> {
     Ok(c)
 }
 
+/// WAL size at which the writer checkpoints itself. Under steady load the checkpointer's
+/// passive checkpoints never see the WAL fully copied (new frames keep coming), so SQLite
+/// cannot start the WAL over and it would grow without end; the writer's own checkpoint,
+/// between two transactions, completes, and the next transaction restarts the WAL (truncated
+/// to this size by `journal_size_limit`). Most frames are already copied by then, so it costs
+/// little more than one fsync, once per some tens of thousands of decisions.
+const WAL_LIMIT: u64 = 64 << 20;
+
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 enum Job {
@@ -80,8 +88,11 @@ pub struct Embedded {
 impl Embedded {
     pub fn open(path: &Path) -> Result<Embedded, Error> {
         let conn = open(path)?;
-        // Checkpoints happen on the checkpointer's connection, not in a decision's commit.
+        // Checkpoints happen on the checkpointer's connection, not in a decision's commit; the
+        // writer checkpoints only when the WAL passes WAL_LIMIT (see `writer`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
             .map_err(sql)?;
         let (jobs, rx) = std_mpsc::channel();
         std::thread::Builder::new()
@@ -214,8 +225,22 @@ fn check_one(
 }
 
 fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
+    let wal = conn.path().map(|p| PathBuf::from(format!("{p}-wal")));
     let mut pending = Vec::new();
+    let mut batches = 0u64;
     while let Ok(job) = jobs.recv() {
+        batches += 1;
+        if batches.is_multiple_of(64) {
+            let big = wal
+                .as_ref()
+                .and_then(|w| std::fs::metadata(w).ok())
+                .is_some_and(|m| m.len() > WAL_LIMIT);
+            if big {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "greylist store: checkpoint failed");
+                }
+            }
+        }
         pending.push(job);
         // Everything that queued up meanwhile goes into the same transaction.
         pending.extend(jobs.try_iter().take(1023));

@@ -1,13 +1,14 @@
 //! Greylisting as postgrey does it, served to Postfix's `check_policy_service` over the policy
 //! delegation protocol: [`protocol`] frames requests and answers, [`whitelist`] reads
 //! postgrey's whitelist files, [`decide`] is postgrey's decision, [`store`] keeps the state in
-//! the [`embedded`] SQLite file or in [`redis`]. This module ties them together: one answer
+//! the [`embedded`] SQLite file or in [`redis`]; [`socket`] sets up its Unix sockets. This module ties them together: one answer
 //! per request, one log line and one metric per decision.
 
 pub mod decide;
 pub mod embedded;
 pub mod protocol;
 pub mod redis;
+pub mod socket;
 pub mod store;
 pub mod whitelist;
 

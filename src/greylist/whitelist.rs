@@ -2,7 +2,8 @@
 //! client name, IPv4 addresses (whole, `a.b.c` as a /24, or with a /mask), IPv6 addresses and
 //! networks, and domains (the name or any name under it); for recipients, `/regexp/`,
 //! `user@domain`, `user@` and `domain` (each also matching `user+extension`). Comments start
-//! with `#`; a missing `*.local` file is no error, as in postgrey.
+//! with `#`; a missing file is skipped with a warning (silently for `*.local`), as in postgrey;
+//! an unreadable one is an error.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -57,11 +58,12 @@ fn regex(re: &str, file: &Path, line: usize) -> Option<Regex> {
 fn lines(path: &Path) -> Result<Vec<(usize, String)>, Error> {
     let text = match std::fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && path.extension().is_some_and(|x| x == "local") =>
-        {
-            return Ok(Vec::new())
+        // As postgrey: a missing file is a warning (none for `*.local`), not a refusal to start.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if path.extension().is_none_or(|x| x != "local") {
+                tracing::warn!(file = %path.display(), "greylist whitelist file missing; skipped");
+            }
+            return Ok(Vec::new());
         }
         Err(source) => {
             return Err(Error::Read {

@@ -16,8 +16,17 @@ const TEXT: &str = "Greylisted for %s seconds (%r)";
 /// A postsift with only the policy service of interest: no scanners, metrics off, the policy
 /// listener on a free port. `store` is a path or a redis:// URL.
 async fn start_node(store: &str, whitelists: (&Path, &Path), extra: &str) -> (Filter, SocketAddr) {
+    start_node_with_metrics(store, whitelists, extra, None).await
+}
+
+async fn start_node_with_metrics(
+    store: &str,
+    whitelists: (&Path, &Path),
+    extra: &str,
+    metrics: Option<u16>,
+) -> (Filter, SocketAddr) {
     let port = harness::free_port();
-    let toml = util::config(
+    let mut toml = util::config(
         None,
         None,
         "127.0.0.1:9".parse().unwrap(),
@@ -29,6 +38,9 @@ async fn start_node(store: &str, whitelists: (&Path, &Path), extra: &str) -> (Fi
             whitelists.1.display()
         ),
     );
+    if let Some(m) = metrics {
+        toml = toml.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{m}\""));
+    }
     let f = start_filter(&toml).await;
     let addr = harness::localhost(port);
     let up = util::blocking(move || {
@@ -502,7 +514,8 @@ async fn greylist_redis_down_fails_open_or_closed_as_configured() {
     let (wc, wr) = greylist_peers::write_whitelists(dir.path());
     let mut redis = util::blocking(greylist_peers::redis).await;
     let url = format!("redis://{}/0", redis.addr);
-    let (open, open_addr) = start_node(&url, (&wc, &wr), "").await;
+    let mport = harness::free_port();
+    let (open, open_addr) = start_node_with_metrics(&url, (&wc, &wr), "", Some(mport)).await;
     let (closed, closed_addr) = start_node(&url, (&wc, &wr), "on_failure = \"tempfail\"\n").await;
     let ask = |addr: SocketAddr, rcpt: &'static str| {
         util::blocking(move || {
@@ -527,6 +540,26 @@ async fn greylist_redis_down_fails_open_or_closed_as_configured() {
         ask(closed_addr, "down@rcpt.example").await,
         "DEFER_IF_PERMIT 4.3.0 Greylisting temporarily unavailable"
     );
+    let (status, text) = util::http_get(harness::localhost(mport), "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "postsift_greylist_decisions_total{result=\"new\"} 1",
+        "postsift_greylist_decisions_total{result=\"error\"} 1",
+        "postsift_greylist_store_up 0",
+        "postsift_greylist_store_duration_seconds_count{store=\"redis\"} 2",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    let errors: u64 = ["redis", "timeout"]
+        .iter()
+        .map(|k| {
+            let prefix = format!("postsift_greylist_store_errors_total{{kind=\"{k}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .map_or(0, |v| v.parse().unwrap())
+        })
+        .sum();
+    assert_eq!(errors, 1, "{text}");
     open.stop().await;
     closed.stop().await;
 }
