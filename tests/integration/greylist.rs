@@ -827,3 +827,69 @@ async fn greylist_behind_real_postfix() {
     assert!(!socket.exists(), "socket removed at shutdown");
     drop(deliveries);
 }
+
+/// The filter's client ACL applies to policy clients; past `greylist.max_connections` a
+/// connection is closed while the open ones go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylist_acl_and_connection_limit() {
+    let dir = harness::private_dir("gl-acl-");
+    let (port, limited) = (harness::free_port(), harness::free_port());
+    let section = |p: u16, extra: &str| {
+        format!(
+            "[greylist]\nlisten = [\"127.0.0.1:{p}\"]\nstore = \"{}/gl-{p}.db\"\n\
+             whitelist_clients = []\nwhitelist_recipients = []\n{extra}",
+            dir.path().display()
+        )
+    };
+    let denied = util::config(
+        None,
+        None,
+        "127.0.0.1:9".parse().unwrap(),
+        &section(port, ""),
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nallow_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let a = start_filter(&denied).await;
+    let one = util::config(
+        None,
+        None,
+        "127.0.0.1:9".parse().unwrap(),
+        &section(limited, "max_connections = 1\n"),
+    );
+    let b = start_filter(&one).await;
+    util::blocking(move || {
+        let (a_addr, b_addr) = (harness::localhost(port), harness::localhost(limited));
+        assert!(harness::wait_until(Duration::from_secs(10), || {
+            harness::port_open(a_addr) && harness::port_open(b_addr)
+        }));
+        let req = request(
+            now(),
+            "192.0.2.1",
+            "unknown",
+            "a@b.example",
+            "c@d.example",
+            "i",
+        );
+        let mut c = PolicyClient::connect(a_addr).unwrap();
+        assert!(
+            c.ask(&req).is_err(),
+            "a client outside allow_networks is closed"
+        );
+
+        let mut first = PolicyClient::connect(b_addr).unwrap();
+        assert!(first.ask(&req).unwrap().starts_with("DEFER_IF_PERMIT"));
+        let mut second = PolicyClient::connect(b_addr).unwrap();
+        assert!(second.ask(&req).is_err(), "over max_connections: closed");
+        assert!(first.ask(&req).unwrap().starts_with("DEFER_IF_PERMIT"));
+        drop(first);
+        // The slot comes free when the first connection ends.
+        assert!(harness::wait_until(Duration::from_secs(10), || {
+            PolicyClient::connect(b_addr).is_ok_and(|mut c| c.ask(&req).is_ok())
+        }));
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
