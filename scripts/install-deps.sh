@@ -6,7 +6,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 PKGS="postfix clamav-daemon clamav-base clamav-testfiles spamd spamc spamassassin prometheus rspamd jq
-      iproute2 procps zip ca-certificates"
+      iproute2 procps zip ca-certificates postgrey redis-server"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

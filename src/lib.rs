@@ -12,13 +12,16 @@
 //! ```
 //!
 //! The `smtp` side speaks the protocol and turns the [`filter`]'s typed [`filter::Outcome`]
-//! into replies (`smtp::reply`); nothing below it imports `smtp`. [`config`] feeds every stage;
-//! [`metrics`] observes every stage and [`health`] probes the peers for `/readyz`. The client
-//! gets its reply only after the reinjection server answered, so Postfix keeps the message
-//! until it is safely back in its queue.
+//! into replies (`smtp::reply`); nothing below it imports `smtp`. Beside it, [`greylist`]
+//! answers Postfix's `check_policy_service` (postgrey's greylisting) on listeners of its own,
+//! under the same accept loop, drain and metrics. [`config`] feeds every stage; [`metrics`]
+//! observes every stage and [`health`] probes the peers for `/readyz`. The client gets its reply
+//! only after the reinjection server answered, so Postfix keeps the message until it is safely
+//! back in its queue.
 
 pub mod config;
 pub mod filter;
+pub mod greylist;
 pub mod health;
 pub mod message;
 pub mod metrics;
@@ -47,6 +50,9 @@ pub struct Shared {
     /// Memory and spool files all messages together may hold (kept across reloads).
     pub budget: std::sync::Arc<message::Budget>,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The policy service's answerer when `[greylist] listen` is set (the server fills it in;
+    /// its store outlives reloads).
+    pub greylist: Option<std::sync::Arc<greylist::Greylist>>,
 }
 
 impl Shared {
@@ -86,6 +92,7 @@ impl Shared {
             reinjector: reinject::Reinjector::new(&config),
             config,
             shutdown,
+            greylist: None,
         }
     }
 

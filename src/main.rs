@@ -1,4 +1,4 @@
-//! The `postsift` command: `run` (the daemon), `check-config`, `reload` and `scan`. Logging and
+//! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan` and `greylist`. Logging and
 //! the signals (SIGTERM drains, SIGHUP reloads) are set up here, and this is the only place that
 //! uses anyhow.
 
@@ -59,6 +59,24 @@ enum Command {
         config: Option<PathBuf>,
         message: PathBuf,
     },
+    /// The greylisting store named by `greylist.store` (works beside the running daemon).
+    Greylist {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: GreylistAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GreylistAction {
+    /// Print every triplet and auto-whitelisted client, one a line.
+    List,
+    /// Put a client address on the auto-whitelist (as if it had passed
+    /// `auto_whitelist_clients` times).
+    Whitelist { client: std::net::IpAddr },
+    /// Delete what is past `max_age` (or past `retry_window` without a pass).
+    Purge,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +85,8 @@ fn main() -> ExitCode {
         Command::Run { config }
         | Command::CheckConfig { config }
         | Command::Reload { config }
-        | Command::Scan { config, .. } => config.clone(),
+        | Command::Scan { config, .. }
+        | Command::Greylist { config, .. } => config.clone(),
     };
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
@@ -118,6 +137,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Greylist { action, .. } => match greylist(&config, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postsift: {e:#}");
+                ExitCode::from(EX_UNAVAILABLE)
+            }
+        },
         Command::Scan { message, .. } => {
             init_logging(&config);
             match scan(config, &message) {
@@ -265,6 +291,74 @@ fn signal_daemon(pid_file: &Path) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot signal process {pid} (from {shown})"));
     }
     Ok(pid)
+}
+
+/// `postsift greylist list|whitelist|purge`: straight on the store, so it works whether or not
+/// the daemon runs (SQLite's locking, or Redis).
+fn greylist(config: &Config, action: GreylistAction) -> anyhow::Result<()> {
+    use postsift::greylist::store::{Entry, Location, Store};
+    let g = &config.greylist;
+    let location = Location::parse(&g.store);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let time = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| t.to_string())
+    };
+    let now = chrono::Utc::now().timestamp();
+    let params = g.params();
+    rt.block_on(async {
+        let store = Store::open(&location, std::time::Duration::from_secs(g.store_timeout))
+            .with_context(|| format!("greylist.store {:?}", g.store))?;
+        match action {
+            GreylistAction::List => {
+                for e in store.list().await? {
+                    match e {
+                        Entry::Triplet { key, first, last } => {
+                            let state = if last - first >= params.delay {
+                                "passed"
+                            } else {
+                                "waiting"
+                            };
+                            println!(
+                                "triplet {key} first={} last={} {state}",
+                                time(first),
+                                time(last)
+                            );
+                        }
+                        Entry::Client { ip, count, last } => {
+                            let awl = params.awl_clients > 0 && count >= params.awl_clients;
+                            println!(
+                                "client {ip} passes={count} last={} {}",
+                                time(last),
+                                if awl { "whitelisted" } else { "counting" }
+                            );
+                        }
+                    }
+                }
+            }
+            GreylistAction::Whitelist { client } => {
+                if params.awl_clients == 0 {
+                    anyhow::bail!(
+                        "greylist.auto_whitelist_clients is 0 (auto-whitelist off): a whitelisted \
+                         client would not be honoured; add it to a whitelist_clients file instead"
+                    );
+                }
+                let ip = client.to_canonical().to_string();
+                store
+                    .whitelist(params, &ip, params.awl_clients, now)
+                    .await?;
+                println!("client {ip} auto-whitelisted");
+            }
+            GreylistAction::Purge => {
+                let (t, c) = store.purge(params, now).await?;
+                println!("purged {t} triplets, {c} clients");
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `postsift scan`: the pipeline's checks and policy on one file, and the header block it would

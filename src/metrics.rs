@@ -39,6 +39,16 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
 ];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
+pub const GREYLIST_RESULTS: &[&str] = &[
+    "new",
+    "early",
+    "passed",
+    "whitelisted",
+    "auto_whitelisted",
+    "error",
+];
+pub const GREYLIST_STORES: &[&str] = &["embedded", "redis"];
+pub const GREYLIST_STORE_ERRORS: &[&str] = &["embedded", "redis", "timeout"];
 pub const RELOAD_RESULTS: &[&str] = &["success", "failure"];
 
 pub struct Metrics {
@@ -68,6 +78,16 @@ pub struct Metrics {
     /// Unix time of the last configuration taken into use: set at start and at every
     /// successful reload.
     pub config_last_reload_success: Gauge,
+    /// Greylisting decisions by result.
+    pub greylist_decisions: IntCounterVec,
+    /// Time of one store operation (a whole decision), by store.
+    pub greylist_store_duration: HistogramVec,
+    pub greylist_store_errors: IntCounterVec,
+    /// 1 if the last store operation succeeded.
+    pub greylist_store_up: IntGauge,
+    /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
+    pub greylist_entries: IntGaugeVec,
+    pub greylist_connections_active: IntGauge,
     /// Set by the health probe: every configured peer answered at the last probe.
     pub ready: AtomicBool,
 }
@@ -167,7 +187,56 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(scanner_up.clone()))
             .expect("unique metric");
+        let greylist_entries = IntGaugeVec::new(
+            Opts::new(
+                "postsift_greylist_entries",
+                "Greylisting records stored, by kind (triplets, clients)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(greylist_entries.clone()))
+            .expect("unique metric");
+        for k in ["triplets", "clients"] {
+            greylist_entries.with_label_values(&[k]);
+        }
         Metrics {
+            greylist_decisions: counter(
+                &r,
+                "postsift_greylist_decisions_total",
+                "Greylisting policy decisions, by result",
+                &["result"],
+                &[GREYLIST_RESULTS],
+            ),
+            greylist_store_duration: histogram_vec(
+                &r,
+                "postsift_greylist_store_duration_seconds",
+                "Time of one greylisting store operation (a whole decision)",
+                "store",
+                GREYLIST_STORES,
+                vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            greylist_store_errors: counter(
+                &r,
+                "postsift_greylist_store_errors_total",
+                "Greylisting store failures (the on_failure answer was given), by kind",
+                &["kind"],
+                &[GREYLIST_STORE_ERRORS],
+            ),
+            greylist_store_up: gauge(
+                &r,
+                "postsift_greylist_store_up",
+                "1 if the last greylisting store operation succeeded",
+            ),
+            greylist_entries,
+            greylist_connections_active: gauge(
+                &r,
+                "postsift_greylist_connections_active",
+                "Open policy service connections",
+            ),
             messages: counter(
                 &r,
                 "postsift_messages_total",
@@ -304,6 +373,16 @@ impl Metrics {
 
     pub fn set_scanner_up(&self, scanner: &str, up: bool) {
         self.scanner_up.with_label_values(&[scanner]).set(up as i64);
+    }
+
+    pub fn set_greylist_entries(&self, triplets: u64, clients: u64) {
+        let set = |k: &str, v: u64| {
+            self.greylist_entries
+                .with_label_values(&[k])
+                .set(i64::try_from(v).unwrap_or(i64::MAX))
+        };
+        set("triplets", triplets);
+        set("clients", clients);
     }
 
     /// A configuration was taken into use (at start, or by a successful reload).

@@ -2,6 +2,11 @@
 //! graceful drain on shutdown (stop accepting, let messages in flight finish, `421 4.3.2` to
 //! idle sessions, give up after the grace period), and the configuration reload (SIGHUP): new
 //! sessions get the new configuration while sessions in flight finish under theirs.
+//!
+//! The same accept loop, client ACL, connection limit and drain serve the greylisting policy
+//! listeners (`[greylist] listen`, TCP or Unix sockets), with a limit of their own: every
+//! Postfix smtpd process keeps a policy connection open, and those must not take the content
+//! filter's session slots.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, PolicyListen};
+use crate::greylist::{self, store::Store, Greylist};
 use crate::metrics::Metrics;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Session;
@@ -31,6 +37,103 @@ pub enum ReloadError {
     Config(#[from] config::Error),
     #[error("cannot listen on {addr} (server.listen): {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("greylist: {0}")]
+    Greylist(#[from] greylist::whitelist::Error),
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// The content filter (SMTP/LMTP).
+    Filter,
+    /// The greylisting policy service.
+    Policy,
+}
+
+/// A bound listener of either family.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted connection.
+enum Conn {
+    Tcp(TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, p)| Conn::Tcp(s, p)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+/// The greylisting store (opened once: it outlives reloads), the policy listeners and their
+/// connection limit; `None` when `[greylist] listen` is empty at start.
+struct PolicyService {
+    store: Arc<Store>,
+    listeners: Vec<(String, Listener)>,
+    limit: Arc<Semaphore>,
+    /// Unix socket files to remove at exit.
+    sockets: Vec<std::path::PathBuf>,
+}
+
+impl PolicyService {
+    async fn bind(config: &Config) -> io::Result<Option<PolicyService>> {
+        let g = &config.greylist;
+        if !g.enabled() {
+            return Ok(None);
+        }
+        let location = greylist::store::Location::parse(&g.store);
+        let store = Store::open(&location, Duration::from_secs(g.store_timeout))
+            .map_err(|e| io::Error::other(format!("greylist.store {:?}: {e}", g.store)))?;
+        let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
+        for l in g.listeners() {
+            let bound = match &l {
+                PolicyListen::Tcp(addr) => TcpListener::bind(addr).await.map(Listener::Tcp),
+                PolicyListen::Unix(path) => greylist::socket::bind(path, g).map(Listener::Unix),
+            };
+            let name = match &l {
+                PolicyListen::Tcp(a) => a.to_string(),
+                PolicyListen::Unix(p) => format!("unix:{}", p.display()),
+            };
+            let listener = bound.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {name} (greylist.listen): {e}"),
+                )
+            })?;
+            if let PolicyListen::Unix(p) = l {
+                sockets.push(p);
+            }
+            tracing::info!(addr = %name, store = store.kind(), "greylisting policy service");
+            listeners.push((name, listener));
+        }
+        Ok(Some(PolicyService {
+            store: Arc::new(store),
+            listeners,
+            limit: Arc::new(Semaphore::new(g.max_connections)),
+            sockets,
+        }))
+    }
+}
+
+/// The generation's greylisting answerer, on the store kept across reloads.
+fn with_greylist(
+    mut shared: Shared,
+    policy: Option<&PolicyService>,
+) -> Result<Shared, greylist::whitelist::Error> {
+    if let Some(p) = policy {
+        let g = Greylist::new(&shared.config, p.store.clone(), shared.metrics.clone())?;
+        let (clients, recipients) = g.whitelist_len();
+        tracing::info!(clients, recipients, "greylist whitelists loaded");
+        shared.greylist = Some(Arc::new(g));
+    }
+    Ok(shared)
 }
 
 /// Serves on already bound listeners until `shutdown` is cancelled, then drains. Tests bind
@@ -65,7 +168,9 @@ pub async fn serve_with_reload(
         })?),
     };
     let configured = config.server.listen.clone();
-    let shared = Shared::new(config, shutdown.clone());
+    let mut policy = PolicyService::bind(&config).await?;
+    let shared = with_greylist(Shared::new(config, shutdown.clone()), policy.as_ref())
+        .map_err(io::Error::other)?;
     let metrics = shared.metrics.clone();
     metrics.config_applied();
     let limit = Arc::new(Semaphore::new(shared.config.server.max_sessions));
@@ -83,6 +188,15 @@ pub async fn serve_with_reload(
         ));
     }
     tracker.spawn(crate::health::probe_loop(current.subscribe()));
+    if let Some(p) = &policy {
+        let params = current.borrow().config.greylist.params();
+        tracker.spawn(greylist::maintenance(
+            p.store.clone(),
+            params,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let mut running = Running {
         current,
@@ -91,10 +205,27 @@ pub async fn serve_with_reload(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         accepting: Vec::new(),
+        policy: policy.as_ref().map(|p| (p.store.clone(), p.limit.clone())),
     };
     for (i, listener) in listeners.into_iter().enumerate() {
         let bound = listener.local_addr()?;
         running.accept_on(configured.get(i).copied().unwrap_or(bound), listener, bound);
+    }
+    let mut sockets = Vec::new();
+    if let Some(p) = policy.take() {
+        for (name, listener) in p.listeners {
+            tracker.spawn(accept_loop(
+                listener,
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                Service::Policy,
+                running.current.subscribe(),
+                p.limit.clone(),
+                tracker.clone(),
+                shutdown.child_token(),
+            ));
+            tracing::debug!(%name, "policy accept loop started");
+        }
+        sockets = p.sockets;
     }
 
     let mut reloads_open = true;
@@ -117,6 +248,9 @@ pub async fn serve_with_reload(
             "grace period over; unanswered messages stay queued in Postfix"
         );
     }
+    for s in sockets {
+        let _ = std::fs::remove_file(s);
+    }
     Ok(())
 }
 
@@ -133,6 +267,8 @@ struct Running {
     shutdown: CancellationToken,
     /// Configured address → the token that stops its accept loop.
     accepting: Vec<(SocketAddr, CancellationToken)>,
+    /// The greylisting store and policy connection limit, when the policy service runs.
+    policy: Option<(Arc<Store>, Arc<Semaphore>)>,
 }
 
 impl Running {
@@ -141,8 +277,9 @@ impl Running {
         let stop = self.shutdown.child_token();
         self.accepting.push((key, stop.clone()));
         self.tracker.spawn(accept_loop(
-            listener,
+            Listener::Tcp(listener),
             bound,
+            Service::Filter,
             self.current.subscribe(),
             self.limit.clone(),
             self.tracker.clone(),
@@ -200,6 +337,18 @@ impl Running {
                 "server.pid_file",
                 old.config.server.pid_file != new.server.pid_file,
             ),
+            (
+                "greylist.listen",
+                old.config.greylist.listen != new.greylist.listen,
+            ),
+            (
+                "greylist.store",
+                old.config.greylist.store != new.greylist.store,
+            ),
+            (
+                "greylist.max_connections",
+                old.config.greylist.max_connections != new.greylist.max_connections,
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -217,6 +366,16 @@ impl Running {
             self.metrics.clone(),
             old.budget.clone(),
         );
+        // The whitelist files are read again; the store and the policy listeners stay.
+        let shared = match &self.policy {
+            Some((store, _)) => {
+                let mut shared = shared;
+                let g = Greylist::new(&shared.config, store.clone(), self.metrics.clone())?;
+                shared.greylist = Some(Arc::new(g));
+                shared
+            }
+            None => shared,
+        };
         let (before, after) = (old.scanner_names(), shared.scanner_names());
         for name in before.iter().filter(|n| !after.contains(n)) {
             let _ = self.metrics.scanner_up.remove_label_values(&[name]);
@@ -263,15 +422,16 @@ impl Running {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     bound: SocketAddr,
+    service: Service,
     current: watch::Receiver<Arc<Shared>>,
     limit: Arc<Semaphore>,
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
+        let conn = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -286,13 +446,23 @@ async fn accept_loop(
         // The generation current at accept time serves this session to its end.
         let shared = current.borrow().clone();
         let permit = limit.clone().try_acquire_owned();
-        if permit.is_err() {
+        if permit.is_err() && service == Service::Filter {
             shared.metrics.replies.with_label_values(&["4xx"]).inc();
         }
         sessions.spawn(async move {
-            match permit {
-                Ok(_permit) => handle(stream, peer, bound, shared).await,
-                Err(_) => refuse(stream, reply::too_busy()).await,
+            match (service, conn, permit) {
+                (Service::Filter, Conn::Tcp(stream, peer), Ok(_permit)) => {
+                    handle(stream, peer, bound, shared).await
+                }
+                (Service::Filter, Conn::Tcp(stream, _), Err(_)) => {
+                    refuse(stream, reply::too_busy()).await
+                }
+                (Service::Policy, conn, Ok(_permit)) => handle_policy(conn, shared).await,
+                // Postfix retries on another connection, then applies its default_action.
+                (Service::Policy, _, Err(_)) => {
+                    tracing::warn!("greylist: greylist.max_connections reached; connection closed")
+                }
+                (Service::Filter, Conn::Unix(_), _) => {}
             }
         });
     }
@@ -313,6 +483,21 @@ async fn handle(stream: TcpStream, peer: SocketAddr, bound: SocketAddr, shared: 
         bound
     };
     Session::new(stream, peer, local, shared).run().await;
+}
+
+/// A policy client: the same ACL as the filter's for TCP (a Unix socket's ACL is its mode).
+async fn handle_policy(conn: Conn, shared: Arc<Shared>) {
+    match conn {
+        Conn::Tcp(stream, peer) => {
+            if !allowed(&shared.config, peer.ip()) {
+                tracing::warn!(%peer, "policy client not in server.allow_networks; closed");
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            greylist::serve_connection(stream, peer.to_string(), shared).await
+        }
+        Conn::Unix(stream) => greylist::serve_connection(stream, "unix".into(), shared).await,
+    }
 }
 
 async fn refuse(mut stream: TcpStream, r: Reply) {

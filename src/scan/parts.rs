@@ -213,7 +213,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Lists a zip archive and adds each member as a part, decompressed within the limits.
 fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
     if depth > w.limits.max_depth {
-        w.walk.limit = Some(format!("archives nested deeper than {}", w.limits.max_depth));
+        w.walk.limit = Some(format!(
+            "archives nested deeper than {}",
+            w.limits.max_depth
+        ));
         return;
     }
     let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(data)) else {
@@ -498,15 +501,24 @@ mod tests {
     #[test]
     fn zip_members_and_zip_in_zip_become_parts() {
         let inner = zip_of(&[("deep/tool.exe", b"MZ inner program bytes")], true);
-        let outer = zip_of(&[("readme.txt", b"read me please"), ("inner.zip", &inner)], true);
+        let outer = zip_of(
+            &[("readme.txt", b"read me please"), ("inner.zip", &inner)],
+            true,
+        );
         let w = walk(&mail_with(&outer), &LIMITS);
         let names: Vec<(Option<&str>, Option<&str>, usize)> = w
             .parts
             .iter()
             .map(|p| (p.name.as_deref(), p.container.as_deref(), p.depth))
             .collect();
-        assert!(names.contains(&(Some("readme.txt"), Some("zip"), 1)), "{names:?}");
-        assert!(names.contains(&(Some("tool.exe"), Some("zip"), 2)), "{names:?}");
+        assert!(
+            names.contains(&(Some("readme.txt"), Some("zip"), 1)),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&(Some("tool.exe"), Some("zip"), 2)),
+            "{names:?}"
+        );
         assert!(w.parts.iter().any(|p| p.data == b"MZ inner program bytes"));
         assert_eq!(w.limit, None);
     }
@@ -517,9 +529,17 @@ mod tests {
         let zeros = vec![0u8; 64 << 20];
         let bomb = zip_of(&[("zeros.bin", &zeros)], true);
         assert!(bomb.len() < 1 << 20);
-        let w = walk(&mail_with(&bomb), &Limits { max_bytes: 32 << 20, ..LIMITS });
+        let w = walk(
+            &mail_with(&bomb),
+            &Limits {
+                max_bytes: 32 << 20,
+                ..LIMITS
+            },
+        );
         assert!(
-            w.limit.as_deref().is_some_and(|l| l.contains("expands more than")),
+            w.limit
+                .as_deref()
+                .is_some_and(|l| l.contains("expands more than")),
             "{:?}",
             w.limit
         );

@@ -4,6 +4,7 @@
 
 mod capture; // a capturing / misbehaving reinjection server
 mod client; // a small async SMTP/LMTP client
+mod greylist_peers; // starts the greylisting peers: postgrey, redis-server; a policy client
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
 mod util; // postsift in-process on port 0, shared peers
@@ -12,6 +13,7 @@ mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
+mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
