@@ -35,5 +35,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(w.parts.len() <= LIMITS.max_parts, "{} parts", w.parts.len());
     let bytes: usize = w.parts.iter().map(|p| p.data.len()).sum();
     assert!(bytes <= LIMITS.max_bytes, "{bytes} decoded bytes");
-    assert!(w.parts.iter().all(|p| !p.data.is_empty()), "an empty part kept");
+    assert!(
+        w.parts.iter().all(|p| !p.data.is_empty()),
+        "an empty part kept"
+    );
 });

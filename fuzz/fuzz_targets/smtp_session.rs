@@ -69,7 +69,27 @@ fn shared() -> Arc<Shared> {
         .clone()
 }
 
+/// libfuzzer-sys aborts on every panic, even a caught one. The session's MIME walk catches
+/// mail-parser's own panics by design (it keeps its raw reading): let those unwind, abort on any
+/// other.
+fn let_mail_parser_panics_unwind() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let fuzzer_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().contains("mail-parser"))
+            {
+                return;
+            }
+            fuzzer_hook(info);
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    let_mail_parser_panics_unwind();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:10024".parse().unwrap();
     let shared = shared();
