@@ -479,13 +479,17 @@ impl Message {
     }
 
     /// The whole message in memory (for the MIME walk, which bounds the size it asks for).
-    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+    /// A message held wholly in memory is shared, not copied (the common, small case).
+    pub fn read_all(&self) -> io::Result<Bytes> {
+        if self.tail.is_none() {
+            return Ok(self.head.clone());
+        }
         let mut out = Vec::with_capacity(self.len as usize);
         self.for_each_chunk(0, u64::MAX, |c| {
             out.extend_from_slice(c);
             Ok(())
         })?;
-        Ok(out)
+        Ok(out.into())
     }
 
     /// At most `max` bytes from the start, cut after the last complete line: what spamd is sent

@@ -6,7 +6,7 @@
 //! in; within a rule every condition given must hold, and each condition is a list of
 //! alternatives.
 
-use crate::scan::parts::Part;
+use crate::scan::parts::{contains, Part};
 
 pub use crate::config::BannedRule as Rule;
 
@@ -182,10 +182,6 @@ fn is_pe(data: &[u8]) -> bool {
         // A DOS MZ program, or a header cut short: still executable.
         None => true,
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

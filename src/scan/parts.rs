@@ -206,7 +206,8 @@ fn is_zip_archive(data: &[u8]) -> bool {
     data.starts_with(b"PK\x03\x04") && !contains(data, b"[Content_Types].xml")
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+/// Whether `needle` occurs in `hay` (also used by the banned-file sniffing).
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 

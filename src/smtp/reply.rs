@@ -189,19 +189,19 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
     }
 }
 
+/// Virus names (clamd's signature database) and file names (the sender's) stay on one reply
+/// line: a control character becomes `?`.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// How a category is named in a reply, as amavis names it.
 fn category_text(c: &Category) -> String {
     match c {
-        // Names come from clamd's signature database: keep a control character out of the
-        // reply line.
-        Category::Virus(names) => format!("INFECTED: {}", names.join(", "))
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
-        Category::Banned { name, .. } => format!("BANNED: {name}")
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
+        Category::Virus(names) => one_line(&format!("INFECTED: {}", names.join(", "))),
+        Category::Banned { name, .. } => one_line(&format!("BANNED: {name}")),
         Category::Spam => "spam".into(),
         Category::Unchecked => "UNCHECKED".into(),
         Category::Clean => "CLEAN".into(),
