@@ -361,6 +361,31 @@ pub struct Parts {
     pub max_decoded_bytes: usize,
     /// message/rfc822 nesting followed at most; deeper → UNCHECKED. Default 16.
     pub max_depth: usize,
+    /// What a message gets when the walk stopped at `max_parts`. Default "pass".
+    pub on_max_parts: Unchecked,
+    /// … at `max_decoded_bytes`. Default "pass".
+    pub on_max_decoded_bytes: Unchecked,
+    /// … at `max_depth`. Default "pass".
+    pub on_max_depth: Unchecked,
+    /// … at an archive member expanding more than 100 times (a decompression bomb).
+    /// Default "pass".
+    pub on_ratio: Unchecked,
+    /// … at an encrypted archive member. Default "pass".
+    pub on_encrypted: Unchecked,
+}
+
+/// What a message the MIME walk could not finish gets (amavis passes it tagged
+/// `***UNCHECKED***`; a stricter site may tempfail or ban it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unchecked {
+    /// Deliver with `headers.unchecked_subject_tag` (`***UNCHECKED*** `) in the subject.
+    Pass,
+    /// `451 4.7.0`: the client keeps it queued and retries (Postfix bounces it when its
+    /// queue lifetime ends).
+    Tempfail,
+    /// Judged as a banned file: `[banned] action` decides.
+    Banned,
 }
 
 impl Default for Parts {
@@ -371,6 +396,11 @@ impl Default for Parts {
             max_parts: 1000,
             max_decoded_bytes: 33_554_432,
             max_depth: 16,
+            on_max_parts: Unchecked::Pass,
+            on_max_decoded_bytes: Unchecked::Pass,
+            on_max_depth: Unchecked::Pass,
+            on_ratio: Unchecked::Pass,
+            on_encrypted: Unchecked::Pass,
         }
     }
 }

@@ -193,6 +193,11 @@ async fn process(shared: &Shared, r: Received) -> Processed {
             Outcome::Tempfailed(t.clone())
         }
     };
+    if let Some(reason) = decision.unchecked_reason {
+        m.unchecked
+            .with_label_values(&[reason, outcome.action()])
+            .inc();
+    }
     let log = LogLine::new(
         &r,
         &report,
@@ -358,7 +363,7 @@ impl LogLine {
                 None => "-".into(),
                 Some(p) => match &p.limit {
                     None => p.count.to_string(),
-                    Some(l) => format!("{} (stopped: {l})", p.count),
+                    Some(l) => format!("{} (stopped: {}: {l})", p.count, l.kind.label()),
                 },
             },
             size: r.msg.len(),

@@ -421,8 +421,8 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
             summary.count,
             summary
                 .limit
-                .as_deref()
-                .map_or(String::new(), |l| format!(", stopped: {l}")),
+                .as_ref()
+                .map_or(String::new(), |l| format!(", stopped ({}): {l}", l.kind.label())),
             summary
                 .infected
                 .as_deref()

@@ -32,11 +32,15 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
     "spamd",
     "rspamd",
     "greylist",
+    "unchecked",
     "reinject",
     "spool",
     "resources",
     "shutdown",
 ];
+/// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
+pub const UNCHECKED_REASONS: &[&str] =
+    &["scanner", "parts", "bytes", "depth", "ratio", "encrypted"];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 pub const GREYLIST_RESULTS: &[&str] = &[
@@ -64,6 +68,8 @@ pub struct Metrics {
     pub scanner_errors: IntCounterVec,
     pub reinject_errors: IntCounterVec,
     pub tempfails: IntCounterVec,
+    /// Messages not fully checked, by reason and the action taken.
+    pub unchecked: IntCounterVec,
     pub sessions_active: IntGauge,
     pub sessions: IntCounterVec,
     pub in_flight: IntGauge,
@@ -314,6 +320,13 @@ impl Metrics {
                 "Temporary failures given to the client, by reason",
                 &["reason"],
                 &[TEMPFAIL_REASONS],
+            ),
+            unchecked: counter(
+                &r,
+                "postsift_unchecked_total",
+                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason and action",
+                &["reason", "action"],
+                &[UNCHECKED_REASONS, ACTIONS],
             ),
             sessions_active: gauge(&r, "postsift_sessions_active", "Open SMTP/LMTP sessions"),
             sessions: counter(

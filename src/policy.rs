@@ -2,7 +2,8 @@
 //! clean) and the configured action for it, as typed values (the reply texts are the SMTP
 //! side's, in `smtp::reply`). Pure functions of the report and the configuration.
 
-use crate::config::{Action, Config, OnFailure};
+use crate::config::{Action, Config, OnFailure, Unchecked};
+use crate::scan::parts::LimitKind;
 use crate::scan::{Failure, ScanReport, SpamResult, SpamScan, VirusScan};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,8 @@ pub enum Tempfail {
     SpamScan(String),
     /// rspamd's greylist or soft reject action.
     Greylist(String),
+    /// The MIME walk stopped at a limit and `[parts] on_… = "tempfail"`: the limit's detail.
+    Unchecked(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +65,25 @@ pub struct Decision {
     pub disposition: Disposition,
     /// The spam result that the headers report, if spam was checked.
     pub spam: Option<SpamResult>,
-    /// For a tempfail, what caused it (a metric label): "clamd", "spamd", "rspamd" or "greylist".
+    /// For a tempfail, what caused it (a metric label): "clamd", "spamd", "rspamd", "greylist"
+    /// or "unchecked".
     pub tempfail_reason: Option<&'static str>,
+    /// Why the message could not be fully checked, whatever was done with it (a metric label):
+    /// "scanner" (clamd failed) or the walk's limit ("parts", "bytes", "depth", "ratio",
+    /// "encrypted").
+    pub unchecked_reason: Option<&'static str>,
+}
+
+/// The configured answer to a walk stopped by `kind`.
+fn on_limit(config: &Config, kind: LimitKind) -> Unchecked {
+    let p = &config.parts;
+    match kind {
+        LimitKind::Parts => p.on_max_parts,
+        LimitKind::Bytes => p.on_max_decoded_bytes,
+        LimitKind::Depth => p.on_max_depth,
+        LimitKind::Ratio => p.on_ratio,
+        LimitKind::Encrypted => p.on_encrypted,
+    }
 }
 
 pub fn decide(config: &Config, report: &ScanReport) -> Decision {
@@ -76,6 +96,7 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
         disposition,
         spam: spam.clone(),
         tempfail_reason: None,
+        unchecked_reason: None,
     };
     let tempfail = |reason: &'static str, category: Category, t: Tempfail| Decision {
         tempfail_reason: Some(reason),
@@ -99,13 +120,42 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
         };
         return decision(category, action(config.banned.action));
     }
+    // A walk stopped at a limit: UNCHECKED, unless `[parts] on_…` asks to treat it as banned
+    // (same rank as a banned file) or to tempfail it.
+    let stop = report.parts.as_ref().and_then(|p| p.limit.as_ref());
+    if let Some(stop) = stop {
+        let unchecked = |d: Decision| Decision {
+            unchecked_reason: Some(stop.kind.label()),
+            ..d
+        };
+        match on_limit(config, stop.kind) {
+            Unchecked::Pass => {}
+            Unchecked::Banned => {
+                let category = Category::Banned {
+                    name: stop.detail.clone(),
+                    kind: "UNCHECKED".into(),
+                };
+                return unchecked(decision(category, action(config.banned.action)));
+            }
+            Unchecked::Tempfail => {
+                return unchecked(tempfail(
+                    "unchecked",
+                    Category::Unchecked,
+                    Tempfail::Unchecked(one_line(&stop.detail)),
+                ));
+            }
+        }
+    }
     if let VirusScan::Failed(Failure { reason, .. }) = &report.virus {
         if config.clamd.on_failure == OnFailure::Tempfail {
-            return tempfail(
-                "clamd",
-                Category::Unchecked,
-                Tempfail::VirusScan(one_line(reason)),
-            );
+            return Decision {
+                unchecked_reason: Some("scanner"),
+                ..tempfail(
+                    "clamd",
+                    Category::Unchecked,
+                    Tempfail::VirusScan(one_line(reason)),
+                )
+            };
         }
     }
     if let SpamScan::Failed(Failure { reason, .. }) = &report.spam {
@@ -119,9 +169,17 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
     }
     // Not fully checked: clamd failed (and on_failure = "pass"), or the MIME walk stopped at
     // a limit. Passed tagged ***UNCHECKED***, as amavis passes it.
-    let walk_limited = report.parts.as_ref().is_some_and(|p| p.limit.is_some());
-    if matches!(report.virus, VirusScan::Failed(_)) || walk_limited {
-        return decision(Category::Unchecked, Disposition::Deliver);
+    if matches!(report.virus, VirusScan::Failed(_)) {
+        return Decision {
+            unchecked_reason: Some("scanner"),
+            ..decision(Category::Unchecked, Disposition::Deliver)
+        };
+    }
+    if let Some(stop) = stop {
+        return Decision {
+            unchecked_reason: Some(stop.kind.label()),
+            ..decision(Category::Unchecked, Disposition::Deliver)
+        };
     }
 
     if let Some(s) = &spam {
@@ -269,20 +327,67 @@ mod tests {
         );
     }
 
+    fn stopped(kind: LimitKind, detail: &str) -> ScanReport {
+        let mut r = report(VirusScan::Clean, scored(0.0));
+        r.parts = Some(crate::scan::PartsSummary {
+            count: 3,
+            limit: Some(crate::scan::parts::Stop {
+                kind,
+                detail: detail.into(),
+            }),
+            infected: None,
+        });
+        r
+    }
+
     #[test]
     fn a_walk_stopped_by_a_limit_is_unchecked() {
         let c = Config::default();
-        let mut r = report(VirusScan::Clean, scored(0.0));
-        r.parts = Some(crate::scan::PartsSummary {
-            count: 1000,
-            limit: Some("more than 1000 parts".into()),
-            infected: None,
-        });
-        let d = decide(&c, &r);
+        let d = decide(&c, &stopped(LimitKind::Parts, "more than 1000 parts"));
+        assert_eq!(
+            (d.category, d.disposition, d.unchecked_reason),
+            (Category::Unchecked, Disposition::Deliver, Some("parts"))
+        );
+    }
+
+    #[test]
+    fn each_limit_has_its_own_configured_answer() {
+        let mut c = Config::default();
+        c.parts.on_encrypted = Unchecked::Banned;
+        c.parts.on_ratio = Unchecked::Tempfail;
+        let d = decide(
+            &c,
+            &stopped(LimitKind::Encrypted, "encrypted archive member a.exe"),
+        );
+        assert_eq!(
+            (d.category, d.disposition, d.unchecked_reason),
+            (
+                Category::Banned {
+                    name: "encrypted archive member a.exe".into(),
+                    kind: "UNCHECKED".into()
+                },
+                Disposition::Reject,
+                Some("encrypted")
+            )
+        );
+        let d = decide(&c, &stopped(LimitKind::Ratio, "archive member z expands"));
+        assert_eq!(
+            (d.disposition, d.tempfail_reason),
+            (
+                Disposition::Tempfail(Tempfail::Unchecked("archive member z expands".into())),
+                Some("unchecked")
+            )
+        );
+        // The other limits keep the default: passed, UNCHECKED.
+        let d = decide(&c, &stopped(LimitKind::Depth, "deep"));
         assert_eq!(
             (d.category, d.disposition),
             (Category::Unchecked, Disposition::Deliver)
         );
+        // A virus still outranks them all.
+        let mut r = stopped(LimitKind::Encrypted, "encrypted archive member a.exe");
+        r.virus = VirusScan::Infected(vec!["Eicar".into()]);
+        assert_eq!(decide(&c, &r).category.label(), "virus");
     }
 
     #[test]

@@ -247,6 +247,7 @@ mod tests {
                 action: None,
             }),
             tempfail_reason: None,
+            unchecked_reason: None,
         }
     }
 

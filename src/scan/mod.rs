@@ -140,7 +140,7 @@ pub struct PartsSummary {
     /// Decoded parts scanned.
     pub count: usize,
     /// The limit that stopped the walk (the message is then UNCHECKED).
-    pub limit: Option<String>,
+    pub limit: Option<parts::Stop>,
     /// The part a virus was found in (its file name or type), when not the whole message.
     pub infected: Option<String>,
 }

@@ -64,12 +64,55 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
+/// Why the walk could not look at everything: the message is then UNCHECKED, and `[parts]`
+/// says per reason what that leads to (`on_max_parts`, …). Also the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// More parts than `max_parts`.
+    Parts,
+    /// More decoded bytes than `max_decoded_bytes`.
+    Bytes,
+    /// message/rfc822 or archives nested deeper than `max_depth`.
+    Depth,
+    /// An archive member expanding more than `MAX_RATIO` times (a zip bomb).
+    Ratio,
+    /// An encrypted archive member: its name is known, its contents are not.
+    Encrypted,
+}
+
+impl LimitKind {
+    pub const ALL: &'static [&'static str] = &["parts", "bytes", "depth", "ratio", "encrypted"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Parts => "parts",
+            LimitKind::Bytes => "bytes",
+            LimitKind::Depth => "depth",
+            LimitKind::Ratio => "ratio",
+            LimitKind::Encrypted => "encrypted",
+        }
+    }
+}
+
+/// The limit that stopped the walk, with the detail for the log and the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub kind: LimitKind,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// What the walk found.
 #[derive(Debug, Default)]
 pub struct Walk {
     pub parts: Vec<Part>,
     /// The limit that stopped the walk early, if one did.
-    pub limit: Option<String>,
+    pub limit: Option<Stop>,
     /// mail-parser gave up (panicked) on this message: only the raw reading was taken.
     pub parser_failed: bool,
 }
@@ -130,6 +173,13 @@ impl Collector {
         self.walk.limit.is_some()
     }
 
+    /// Stops the walk for `kind`, unless it stopped already (the first reason is kept).
+    fn stop(&mut self, kind: LimitKind, detail: String) {
+        if self.walk.limit.is_none() {
+            self.walk.limit = Some(Stop { kind, detail });
+        }
+    }
+
     /// Keeps a part unless its contents were seen already; false once a limit is hit.
     fn add(&mut self, part: Part) -> bool {
         if self.full() {
@@ -147,11 +197,17 @@ impl Collector {
             return true;
         }
         if self.walk.parts.len() >= self.limits.max_parts {
-            self.walk.limit = Some(format!("more than {} parts", self.limits.max_parts));
+            self.stop(
+                LimitKind::Parts,
+                format!("more than {} parts", self.limits.max_parts),
+            );
             return false;
         }
         if self.bytes + part.data.len() > self.limits.max_bytes {
-            self.walk.limit = Some(format!("more than {} decoded bytes", self.limits.max_bytes));
+            self.stop(
+                LimitKind::Bytes,
+                format!("more than {} decoded bytes", self.limits.max_bytes),
+            );
             return false;
         }
         self.bytes += part.data.len();
@@ -161,10 +217,13 @@ impl Collector {
 
     fn tree(&mut self, m: &mail_parser::Message<'_>, depth: usize) {
         if depth > self.limits.max_depth {
-            self.walk.limit = Some(format!(
-                "message/rfc822 nested deeper than {}",
-                self.limits.max_depth
-            ));
+            self.stop(
+                LimitKind::Depth,
+                format!(
+                    "message/rfc822 nested deeper than {}",
+                    self.limits.max_depth
+                ),
+            );
             return;
         }
         for p in &m.parts {
@@ -214,10 +273,10 @@ pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Lists a zip archive and adds each member as a part, decompressed within the limits.
 fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
     if depth > w.limits.max_depth {
-        w.walk.limit = Some(format!(
-            "archives nested deeper than {}",
-            w.limits.max_depth
-        ));
+        w.stop(
+            LimitKind::Depth,
+            format!("archives nested deeper than {}", w.limits.max_depth),
+        );
         return;
     }
     let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(data)) else {
@@ -250,9 +309,10 @@ fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
             // Its name is visible, its contents are not: keep the name (for the banned-file
             // rules) and say why the message is not fully checked.
             w.add(named(Vec::new()));
-            if w.walk.limit.is_none() {
-                w.walk.limit = Some(format!("encrypted archive member {name}"));
-            }
+            w.stop(
+                LimitKind::Encrypted,
+                format!("encrypted archive member {name}"),
+            );
             return;
         }
         let room = w.limits.max_bytes.saturating_sub(w.bytes) as u64;
@@ -268,11 +328,17 @@ fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
             continue;
         }
         if out.len() as u64 > cap {
-            w.walk.limit = Some(if cap == ratio_cap {
-                format!("archive member {name} expands more than {MAX_RATIO} times")
+            if cap == ratio_cap {
+                w.stop(
+                    LimitKind::Ratio,
+                    format!("archive member {name} expands more than {MAX_RATIO} times"),
+                );
             } else {
-                format!("more than {} decoded bytes", w.limits.max_bytes)
-            });
+                w.stop(
+                    LimitKind::Bytes,
+                    format!("more than {} decoded bytes", w.limits.max_bytes),
+                );
+            }
             return;
         }
         if !w.add(named(out)) {
@@ -538,9 +604,9 @@ mod tests {
             },
         );
         assert!(
-            w.limit
-                .as_deref()
-                .is_some_and(|l| l.contains("expands more than")),
+            w.limit.as_ref().is_some_and(
+                |l| l.kind == LimitKind::Ratio && l.detail.contains("expands more than")
+            ),
             "{:?}",
             w.limit
         );
@@ -565,6 +631,12 @@ mod tests {
             },
         );
         assert_eq!(w.parts.len(), 5);
-        assert_eq!(w.limit.as_deref(), Some("more than 5 parts"));
+        assert_eq!(
+            w.limit,
+            Some(Stop {
+                kind: LimitKind::Parts,
+                detail: "more than 5 parts".into()
+            })
+        );
     }
 }

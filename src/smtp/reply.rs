@@ -225,6 +225,11 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
             "4.7.1",
             format!("Try again later, id={id} - rspamd: {what}"),
         ),
+        Tempfail::Unchecked(why) => Reply::new(
+            451,
+            "4.7.0",
+            format!("Try again later, id={id} - UNCHECKED: {why}"),
+        ),
     }
 }
 

@@ -480,3 +480,104 @@ async fn banned_attachments_are_rejected_or_passed_with_an_alert() {
     );
     f.stop().await;
 }
+
+/// A zip of one stored member whose encryption flag is set (general purpose bit 0, in the local
+/// and the central header): its name can be listed, its contents not.
+fn encrypted_zip(name: &str, data: &[u8]) -> Vec<u8> {
+    let crc = {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    };
+    let (n, len) = (name.len() as u16, data.len() as u32);
+    let mut z = Vec::new();
+    z.extend_from_slice(b"PK\x03\x04\x14\x00\x01\x00\x00\x00\x00\x00\x00\x00");
+    for v in [crc, len, len] {
+        z.extend_from_slice(&v.to_le_bytes());
+    }
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    z.extend_from_slice(data);
+    let central = z.len() as u32;
+    z.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x01\x00\x00\x00\x00\x00\x00\x00");
+    for v in [crc, len, len] {
+        z.extend_from_slice(&v.to_le_bytes());
+    }
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&[0u8; 12]); // extra, comment, disk, attributes
+    z.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+    z.extend_from_slice(name.as_bytes());
+    let size = z.len() as u32 - central;
+    z.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00");
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&central.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_archive_is_unchecked_and_its_answer_is_configurable() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let msg = with_attachment(
+        "minutes.zip",
+        "application/zip",
+        &encrypted_zip("minutes.txt", b"scrambled bytes nobody can read here"),
+    );
+    let send = |addr| send_one(addr, "a@example.org", &["b@example.com"], &msg);
+
+    // Default: passed, tagged as amavis tags it.
+    let f = start_filter(&config(Some(&clamd), None, sink.addr, "")).await;
+    let r = send(f.addr).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let h = sink.last().headers();
+    assert!(
+        h.contains("Subject: ***UNCHECKED*** see attached\r\n"),
+        "{h}"
+    );
+    f.stop().await;
+
+    let f = start_filter(&config(
+        Some(&clamd),
+        None,
+        sink.addr,
+        "[parts]\non_encrypted = \"tempfail\"\n",
+    ))
+    .await;
+    let r = send(f.addr).await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(
+        r.text.contains("4.7.0 Try again later, id=")
+            && r.text
+                .contains("UNCHECKED: encrypted archive member minutes.txt"),
+        "{r:?}"
+    );
+    f.stop().await;
+
+    let f = start_filter(&config(
+        Some(&clamd),
+        None,
+        sink.addr,
+        "[parts]\non_encrypted = \"banned\"\n",
+    ))
+    .await;
+    let r = send(f.addr).await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(
+        r.text
+            .contains("BANNED: encrypted archive member minutes.txt"),
+        "{r:?}"
+    );
+    f.stop().await;
+    assert_eq!(sink.count(), 1, "only the default run delivers");
+}
