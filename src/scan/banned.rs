@@ -195,6 +195,7 @@ mod tests {
             found: "mime",
             depth: 0,
             container: None,
+            verbatim: false,
             data: data.to_vec(),
         }
     }

@@ -2,6 +2,8 @@
 //! crate, endpoints (Unix socket paths or host:port) are tried in order, and clamd's answer is
 //! turned into clean / infected / error. clamav-client connects by itself and returns clamd's raw
 //! reply, so this module adds what it lacks: a connect timeout, failover, and reply parsing.
+//! A message with decoded parts to scan goes out over one connection in an `IDSESSION` (the
+//! message, then each part), which clamav-client does not offer: that framing is written here.
 
 use crate::scan::FailureKind;
 use std::io;
@@ -96,10 +98,11 @@ impl TransportProtocol for Transport<'_> {
     }
 }
 
-/// What goes to clamd: a whole spooled message, or one decoded part.
-enum Source<'a> {
-    Message(&'a Message),
-    Bytes(Bytes),
+/// Where a session found a virus: in the whole message, or in one of the parts given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Message,
+    Part(usize),
 }
 
 pub struct ClamdClient {
@@ -127,8 +130,7 @@ impl ClamdClient {
     pub async fn scan(&self, msg: &Message) -> Result<Verdict, Error> {
         let mut last = None;
         for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Message(msg))).await
-            {
+            match tokio::time::timeout(self.timeout, self.scan_one(ep, msg)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
@@ -148,45 +150,19 @@ impl ClamdClient {
         }))
     }
 
-    /// Scans one decoded part (already in memory), with the same failover and timeout as
-    /// [`ClamdClient::scan`].
-    pub async fn scan_bytes(&self, data: Bytes) -> Result<Verdict, Error> {
-        let mut last = None;
-        for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Bytes(data.clone())))
-                .await
-            {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    last = Some(Error::Timeout {
-                        endpoint: ep.name(),
-                    })
-                }
-            }
-        }
-        Err(last.unwrap_or(Error::Protocol {
-            endpoint: "-".into(),
-            detail: "no endpoints".into(),
-        }))
-    }
-
-    async fn scan_one(&self, ep: &Endpoint, source: Source<'_>) -> Result<Verdict, Error> {
+    async fn scan_one(&self, ep: &Endpoint, msg: &Message) -> Result<Verdict, Error> {
         let transport = Transport {
             endpoint: ep,
             connect_timeout: self.connect_timeout,
         };
         let endpoint = ep.name();
-        let (first, tail) = match source {
-            Source::Bytes(b) => (b, None),
-            Source::Message(msg) => (
-                msg.head().clone(),
-                msg.reopen_tail().map_err(|source| Error::Io {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?,
-            ),
-        };
+        let (first, tail) = (
+            msg.head().clone(),
+            msg.reopen_tail().map_err(|source| Error::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })?,
+        );
         let head = tokio_stream::iter(std::iter::once(Ok::<Bytes, io::Error>(first)));
         let reply = match tail {
             None => clamav_client::tokio::scan_stream(head, &transport, Some(CHUNK)).await,
@@ -214,6 +190,192 @@ impl ClamdClient {
             },
         })?;
         parse_reply(&reply).map_err(|detail| Error::Protocol { endpoint, detail })
+    }
+
+    /// Scans the whole message and then several decoded parts over one connection (clamd's
+    /// `IDSESSION`: one `zINSTREAM` per stream, each answered with `<n>: stream: …`), stream
+    /// after stream until one is infected: where ([`Found`]) and its signature names, or None
+    /// when all are clean. Same failover (a failed endpoint's session is started over on the
+    /// next) and one scan timeout for the whole session. clamav-client has no session API; this
+    /// is its INSTREAM framing (4-byte big-endian length, data, a zero length) written by hand.
+    pub async fn scan_with_parts(
+        &self,
+        msg: &Message,
+        parts: &[Bytes],
+    ) -> Result<Option<(Found, Vec<String>)>, Error> {
+        let mut last = None;
+        for ep in &self.endpoints {
+            match tokio::time::timeout(self.timeout, self.session(ep, msg, parts)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
+                    last = Some(e);
+                }
+                Err(_) => {
+                    tracing::warn!(endpoint = %ep.name(), "clamd timed out");
+                    last = Some(Error::Timeout {
+                        endpoint: ep.name(),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Protocol {
+            endpoint: "-".into(),
+            detail: "no endpoints".into(),
+        }))
+    }
+
+    async fn session(
+        &self,
+        ep: &Endpoint,
+        msg: &Message,
+        parts: &[Bytes],
+    ) -> Result<Option<(Found, Vec<String>)>, Error> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let endpoint = ep.name();
+        let io_err = |source: io::Error| Error::Io {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let transport = Transport {
+            endpoint: ep,
+            connect_timeout: self.connect_timeout,
+        };
+        let stream = transport
+            .connect()
+            .await
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::TimedOut => Error::Timeout {
+                    endpoint: endpoint.clone(),
+                },
+                _ => Error::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                },
+            })?;
+        let (rd, mut wr) = tokio::io::split(stream);
+        let mut tail = msg
+            .reopen_tail()
+            .map_err(io_err)?
+            .map(tokio::fs::File::from_std);
+        // All streams are written without waiting for replies (clamd scans a session's streams
+        // on several threads at once), while the replies are read as they come, in any order.
+        let writer = async {
+            let mut frame = Vec::with_capacity(CHUNK + 32);
+            frame.extend_from_slice(b"zIDSESSION\0");
+            let mut buf = Vec::new();
+            let put = |frame: &mut Vec<u8>, chunk: &[u8]| {
+                frame.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+                frame.extend_from_slice(chunk);
+            };
+            for n in 0..=parts.len() {
+                // One write per chunk with its frame (and the command before the first).
+                frame.extend_from_slice(b"zINSTREAM\0");
+                if n == 0 {
+                    for chunk in msg.head().chunks(CHUNK) {
+                        put(&mut frame, chunk);
+                        wr.write_all(&frame).await?;
+                        frame.clear();
+                    }
+                    if let Some(file) = tail.as_mut() {
+                        buf.resize(CHUNK, 0);
+                        loop {
+                            let got = file.read(&mut buf).await?;
+                            if got == 0 {
+                                break;
+                            }
+                            put(&mut frame, &buf[..got]);
+                            wr.write_all(&frame).await?;
+                            frame.clear();
+                        }
+                    }
+                } else {
+                    for chunk in parts[n - 1].chunks(CHUNK) {
+                        put(&mut frame, chunk);
+                        wr.write_all(&frame).await?;
+                        frame.clear();
+                    }
+                }
+                frame.extend_from_slice(&0u32.to_be_bytes());
+                wr.write_all(&frame).await?;
+                frame.clear();
+            }
+            Ok::<_, io::Error>(wr)
+        };
+        let reader = async {
+            let mut rd = BufReader::new(rd);
+            let mut answered = vec![false; parts.len() + 1];
+            let mut reply = Vec::new();
+            for _ in 0..answered.len() {
+                reply.clear();
+                rd.read_until(0, &mut reply).await.map_err(io_err)?;
+                // `<n>: stream: OK`, numbered from 1 in the order sent.
+                let text = String::from_utf8_lossy(&reply);
+                let (id, body) = text
+                    .split_once(": ")
+                    .and_then(|(id, body)| Some((id.trim().parse::<usize>().ok()?, body)))
+                    .filter(|(id, _)| (1..=answered.len()).contains(id) && !answered[id - 1])
+                    .ok_or_else(|| Error::Protocol {
+                        endpoint: endpoint.clone(),
+                        detail: format!(
+                            "unexpected session reply {:?}",
+                            text.trim_end_matches('\0')
+                        ),
+                    })?;
+                answered[id - 1] = true;
+                match parse_reply(body.as_bytes()) {
+                    Ok(Verdict::Clean) => {}
+                    Ok(Verdict::Infected(names)) => {
+                        let at = if id == 1 {
+                            Found::Message
+                        } else {
+                            Found::Part(id - 2)
+                        };
+                        return Ok(Some((at, names)));
+                    }
+                    Err(detail) => {
+                        return Err(Error::Protocol {
+                            endpoint: endpoint.clone(),
+                            detail,
+                        })
+                    }
+                }
+            }
+            Ok(None)
+        };
+        tokio::pin!(writer, reader);
+        let mut wr = None;
+        // The reader decides; a write error (clamd closed early, e.g. past StreamMaxLength)
+        // leaves the reader to pick up clamd's last words or the closed connection.
+        let found = loop {
+            tokio::select! {
+                w = &mut writer, if wr.is_none() => match w {
+                    Ok(w) => wr = Some(w),
+                    Err(_) => {
+                        break tokio::time::timeout(Duration::from_secs(1), &mut reader)
+                            .await
+                            .unwrap_or_else(|_| Err(Error::Protocol {
+                                endpoint: endpoint.clone(),
+                                detail: "clamd closed the session".into(),
+                            }))
+                            .and_then(|found| match found {
+                                // Not every stream got through: not a clean answer.
+                                None => Err(Error::Protocol {
+                                    endpoint: endpoint.clone(),
+                                    detail: "clamd closed the session".into(),
+                                }),
+                                some => Ok(some),
+                            });
+                    }
+                },
+                r = &mut reader => break r,
+            }
+        }?;
+        // Ends the session when every stream was sent; otherwise dropping the connection does.
+        if let Some(mut w) = wr {
+            let _ = w.write_all(b"zEND\0").await;
+        }
+        Ok(found)
     }
 
     /// `zPING`: true if the first reachable clamd answers PONG.
@@ -268,6 +430,129 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A clamd stand-in on a Unix socket for one session: reads `zIDSESSION`, then per
+    /// `zINSTREAM` the frames, and answers `<n>: ` + what `answer` says of the stream's bytes
+    /// (in order; clamd may answer out of order, which the client accepts too).
+    async fn fake_clamd(
+        answer: fn(&[u8]) -> &'static str,
+    ) -> (
+        tempfile::TempDir,
+        String,
+        tokio::task::JoinHandle<Vec<Vec<u8>>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut cmd = [0u8; 11];
+            s.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"zIDSESSION\0");
+            let mut streams = Vec::new();
+            loop {
+                let mut cmd = [0u8; 5];
+                // The client may hang up without zEND once it has its answer.
+                if s.read_exact(&mut cmd).await.is_err() || &cmd == b"zEND\0" {
+                    return streams;
+                }
+                let mut rest = [0u8; 5];
+                s.read_exact(&mut rest).await.unwrap();
+                assert_eq!([&cmd[..], &rest[..]].concat(), b"zINSTREAM\0");
+                let mut data = Vec::new();
+                loop {
+                    let len = s.read_u32().await.unwrap() as usize;
+                    if len == 0 {
+                        break;
+                    }
+                    let mut chunk = vec![0; len];
+                    s.read_exact(&mut chunk).await.unwrap();
+                    data.extend_from_slice(&chunk);
+                }
+                let reply = format!("{}: {}\0", streams.len() + 1, answer(&data));
+                streams.push(data);
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let ep = path.display().to_string();
+        (dir, ep, task)
+    }
+
+    fn client(ep: &str) -> ClamdClient {
+        ClamdClient::new(
+            &[ep.to_owned()],
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_session_carries_the_message_and_its_parts_and_names_the_infected_one() {
+        let (_dir, ep, task) = fake_clamd(|d| {
+            if d == b"bad part" {
+                "stream: Test.Sig FOUND"
+            } else {
+                "stream: OK"
+            }
+        })
+        .await;
+        let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        let big = Bytes::from(vec![7u8; CHUNK * 2 + 5]);
+        let parts = [
+            big.clone(),
+            Bytes::from_static(b"bad part"),
+            Bytes::from_static(b"clean too"),
+        ];
+        let found = client(&ep).scan_with_parts(&msg, &parts).await.unwrap();
+        assert_eq!(found, Some((Found::Part(1), vec!["Test.Sig".to_string()])));
+        let streams = task.await.unwrap();
+        assert_eq!(streams[0], b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(streams[1], big);
+    }
+
+    #[tokio::test]
+    async fn a_session_error_or_a_misnumbered_reply_fails_the_scan() {
+        let (_dir, ep, _task) = fake_clamd(|_| "INSTREAM size limit exceeded. ERROR").await;
+        let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        let e = client(&ep)
+            .scan_with_parts(&msg, &[Bytes::from_static(b"p")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Limit, "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"7: stream: OK\0").await;
+            let _ = s.read(&mut buf).await;
+        });
+        let e = client(&path.display().to_string())
+            .scan_with_parts(&msg, &[Bytes::from_static(b"p")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Protocol, "{e}");
+
+        // clamd gone mid-session (killed, restarted): a failure, never a clean answer.
+        let path = dir.path().join("d.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"1: stream: OK\0").await;
+        });
+        let big = Bytes::from(vec![1u8; 4 << 20]);
+        let e = client(&path.display().to_string())
+            .scan_with_parts(&msg, &[big])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Protocol, "{e}");
+    }
 
     #[test]
     fn replies() {

@@ -368,9 +368,18 @@ impl Scanners {
         Ok(Some(walk))
     }
 
-    /// clamd on the whole message (its own parsers see things ours may not), then on every
-    /// part the MIME walk decoded, until one is infected. A failure on any of them fails the
-    /// virus check: a part that could not be scanned is not clean.
+    /// clamd on the whole message (its own parsers see things ours may not) and on every part
+    /// the MIME walk decoded that clamd's scan of the message did not already see as it is, all
+    /// over one connection (`IDSESSION`), until one is infected. A failure on any of them fails
+    /// the virus check: a part that could not be scanned is not clean.
+    ///
+    /// Not sent again: members of archives postsift listed (clamd opens the archive part
+    /// itself), members that could not be read (encrypted: nothing to scan), and verbatim text
+    /// parts — a 7bit/8bit text part is the message's own bytes, which clamd's raw scan of the
+    /// whole message matched already; only clamd's type-specific handling of it (HTML
+    /// normalisation) is lost, and only when clamd's MIME parser missed the part. Anything that
+    /// sniffs as a file type, or holds a NUL byte, is sent whatever its encoding. A plain
+    /// message thus costs one INSTREAM, as without the walk.
     async fn virus_scan(
         &self,
         c: &clamd::ClamdClient,
@@ -378,39 +387,44 @@ impl Scanners {
         walk: Result<Option<parts::Walk>, Failure>,
     ) -> (VirusScan, Option<PartsSummary>) {
         let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
-        match c.scan(msg).await {
-            Ok(clamd::Verdict::Clean) => {}
-            Ok(clamd::Verdict::Infected(names)) => {
-                return (
-                    VirusScan::Infected(names),
-                    walk.ok().flatten().map(|w| summary(&w)),
-                )
-            }
-            Err(e) => return (fail(e), None),
-        }
         let walk = match walk {
-            Ok(Some(w)) => w,
-            Ok(None) => return (VirusScan::Clean, None),
+            Ok(w) => w,
             Err(f) => return (VirusScan::Failed(f), None),
         };
-        let mut summary = summary(&walk);
-        for part in walk.parts {
-            // A member of an archive postsift listed was scanned by clamd inside the archive
-            // part already (clamd opens zips itself); a member that could not be read (an
-            // encrypted one) has nothing to scan.
-            if part.container.is_some() || part.data.is_empty() {
-                continue;
-            }
-            let label = part.label();
-            match c.scan_bytes(part.data.into()).await {
-                Ok(clamd::Verdict::Clean) => {}
-                Ok(clamd::Verdict::Infected(names)) => {
-                    summary.infected = Some(label);
-                    return (VirusScan::Infected(names), Some(summary));
+        let mut summary = walk.as_ref().map(summary);
+        let (labels, data): (Vec<String>, Vec<bytes::Bytes>) = walk
+            .map(|w| w.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.container.is_none() && !p.data.is_empty() && !seen_whole(p))
+            .map(|p| (p.label(), p.data.into()))
+            .unzip();
+        let found = if data.is_empty() {
+            c.scan(msg).await.map(|v| match v {
+                clamd::Verdict::Clean => None,
+                clamd::Verdict::Infected(names) => Some((clamd::Found::Message, names)),
+            })
+        } else {
+            c.scan_with_parts(msg, &data).await
+        };
+        match found {
+            Ok(None) => (VirusScan::Clean, summary),
+            Ok(Some((at, names))) => {
+                if let (clamd::Found::Part(i), Some(s)) = (at, summary.as_mut()) {
+                    s.infected = labels.get(i).cloned();
                 }
-                Err(e) => return (fail(e), Some(summary)),
+                (VirusScan::Infected(names), summary)
             }
+            Err(e) => (fail(e), summary),
         }
-        (VirusScan::Clean, Some(summary))
     }
+}
+
+/// A verbatim text part: the message's own bytes, which clamd saw in its scan of the whole
+/// message (see [`Scanners::virus_scan`]).
+fn seen_whole(p: &parts::Part) -> bool {
+    p.verbatim
+        && p.declared.as_deref().is_none_or(|t| t.starts_with("text/"))
+        && !p.data.contains(&0)
+        && banned::sniff(&p.data).is_none()
 }

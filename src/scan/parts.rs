@@ -40,6 +40,9 @@ pub struct Part {
     pub depth: usize,
     /// The archive it is a member of (`zip`, `tar`, …); None straight in the message.
     pub container: Option<String>,
+    /// The decoded contents are the message's own bytes, unchanged (a 7bit/8bit/binary part):
+    /// clamd's scan of the whole message saw them as they are.
+    pub verbatim: bool,
     pub data: Vec<u8>,
 }
 
@@ -232,9 +235,15 @@ impl Collector {
                 None => c.ctype().to_ascii_lowercase(),
             });
             let name = p.attachment_name().map(str::to_owned);
-            let data = match &p.body {
-                PartType::Binary(b) | PartType::InlineBinary(b) => b.to_vec(),
-                PartType::Text(t) | PartType::Html(t) => t.as_bytes().to_vec(),
+            // mail-parser borrows a part's bytes from the message when it decoded nothing.
+            let (data, verbatim) = match &p.body {
+                PartType::Binary(b) | PartType::InlineBinary(b) => {
+                    (b.to_vec(), matches!(b, std::borrow::Cow::Borrowed(_)))
+                }
+                PartType::Text(t) | PartType::Html(t) => (
+                    t.as_bytes().to_vec(),
+                    matches!(t, std::borrow::Cow::Borrowed(_)),
+                ),
                 PartType::Message(inner) => {
                     self.tree(inner, depth + 1);
                     continue;
@@ -247,6 +256,7 @@ impl Collector {
                 found: "mime",
                 depth,
                 container: None,
+                verbatim,
                 data,
             };
             if !self.add(part) {
@@ -303,6 +313,7 @@ fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
             found: "zip",
             depth,
             container: Some("zip".into()),
+            verbatim: false,
             data,
         };
         if encrypted {
@@ -363,6 +374,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
                     found: "raw",
                     depth: 0,
                     container: None,
+                    verbatim: false,
                     data,
                 });
             }
@@ -392,6 +404,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
                 found: "raw",
                 depth: 0,
                 container: None,
+                verbatim: false,
                 data,
             });
             continue;
