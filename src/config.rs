@@ -46,6 +46,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub greylist: Greylist,
+    pub quarantine: Quarantine,
     /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
     /// for the built-in defaults. Serde fills every absent key with its default, so this is the
     /// only record of what the administrator actually configured: the spam-engine check and
@@ -296,13 +297,17 @@ pub enum Action {
     Discard,
     /// Answer 554 5.7.0; Postfix bounces to the sender.
     Reject,
+    /// Store in `[quarantine] dir`, then answer `250 2.7.0 Ok, quarantined` (451 if it
+    /// cannot be stored).
+    Quarantine,
 }
 
 /// `[virus]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Virus {
-    /// `"discard"` (default), `"reject"` or `"pass"` (then `X-Amavis-Alert` is added).
+    /// `"discard"` (default), `"reject"`, `"quarantine"` or `"pass"` (then `X-Amavis-Alert`
+    /// is added).
     pub action: Action,
 }
 
@@ -329,8 +334,11 @@ pub struct Spam {
     pub kill_level: f64,
     /// Prepended to the Subject at tag2. Default `"***Spam*** "`.
     pub subject_tag: String,
-    /// `"pass"` (default), `"discard"` or `"reject"`.
+    /// `"pass"` (default), `"discard"`, `"reject"` or `"quarantine"`.
     pub action: Action,
+    /// At or above this score spam is quarantined rather than delivered (a `discard` or
+    /// `reject` action at `kill_level` still wins). Default: unset (off).
+    pub quarantine_level: Option<f64>,
 }
 
 impl Default for Spam {
@@ -342,6 +350,7 @@ impl Default for Spam {
             kill_level: 6.31,
             subject_tag: "***Spam*** ".into(),
             action: Action::Pass,
+            quarantine_level: None,
         }
     }
 }
@@ -386,6 +395,8 @@ pub enum Unchecked {
     Tempfail,
     /// Judged as a banned file: `[banned] action` decides.
     Banned,
+    /// Stored in the quarantine (category UNCHECKED), `250 2.7.0 Ok, quarantined`.
+    Quarantine,
 }
 
 impl Default for Parts {
@@ -410,7 +421,7 @@ impl Default for Parts {
 #[serde(default, deny_unknown_fields)]
 pub struct Banned {
     /// `"reject"` (default: `554 5.7.0 Reject, id=… - BANNED: <name>`, Postfix bounces it),
-    /// `"discard"`, or `"pass"` (with `X-Amavis-Alert: BANNED, message contains <type>,<name>`).
+    /// `"discard"`, `"quarantine"`, or `"pass"` (with `X-Amavis-Alert: BANNED, message contains <type>,<name>`).
     pub action: Action,
     /// Ordered rules, first match decides, no match allows. Default: `scan::banned::default_rules`
     /// (documented in postsift.example.toml). An empty list bans nothing.
@@ -599,6 +610,37 @@ impl Default for Greylist {
     }
 }
 
+/// `[quarantine]`: where the `quarantine` action keeps messages, and how they are released.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quarantine {
+    /// The store: one file per message under `msgs/` and the index `index.db` (SQLite).
+    /// Default `"/var/lib/postsift/quarantine"`.
+    pub dir: PathBuf,
+    /// Days a quarantined message is kept; the daemon purges older ones hourly. Default 14.
+    pub retention_days: u64,
+    /// Where amavis's release protocol (AM.PDP, `request=release`, what `amavisd-release`
+    /// speaks) is served: `"127.0.0.1:9998"` or `"unix:/path"`. Default `""`: off.
+    pub release_listen: String,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine {
+            dir: "/var/lib/postsift/quarantine".into(),
+            retention_days: 14,
+            release_listen: String::new(),
+        }
+    }
+}
+
+impl Quarantine {
+    /// `release_listen`, parsed (validated at load); None when off.
+    pub fn release_listener(&self) -> Option<PolicyListen> {
+        parse_policy_listen(&self.release_listen)
+    }
+}
+
 /// A `greylist.listen` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyListen {
@@ -775,6 +817,22 @@ impl Config {
             return Err(bad("server.max_junk_commands", "must be at least 1"));
         }
         self.validate_greylist(&bad)?;
+        if self.quarantine.retention_days == 0 {
+            return Err(bad("quarantine.retention_days", "must be at least 1"));
+        }
+        if !self.quarantine.release_listen.is_empty()
+            && self.quarantine.release_listener().is_none()
+        {
+            return Err(bad(
+                "quarantine.release_listen",
+                "expected ip:port, unix:/absolute/path, or \"\" to switch it off",
+            ));
+        }
+        if let Some(q) = self.spam.quarantine_level {
+            if !q.is_finite() {
+                return Err(bad("spam.quarantine_level", "must be a finite number"));
+            }
+        }
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),
@@ -945,6 +1003,26 @@ impl Config {
             1 => format!("{} is", keys[0]),
             _ => format!("{} are", keys.join(", ")),
         }
+    }
+
+    /// Whether anything can put a message into the quarantine or release one from it: only
+    /// then is `[quarantine] dir` opened (and created).
+    pub fn uses_quarantine(&self) -> bool {
+        let q = Action::Quarantine;
+        let p = &self.parts;
+        self.virus.action == q
+            || self.banned.action == q
+            || self.spam.action == q
+            || self.spam.quarantine_level.is_some()
+            || [
+                p.on_max_parts,
+                p.on_max_decoded_bytes,
+                p.on_max_depth,
+                p.on_ratio,
+                p.on_encrypted,
+            ]
+            .contains(&Unchecked::Quarantine)
+            || !self.quarantine.release_listen.is_empty()
     }
 
     /// The host name used in the greeting, Received and X-Virus-Scanned.

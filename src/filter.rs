@@ -52,6 +52,8 @@ pub enum Outcome {
     Delivered(Delivery),
     /// Accepted and dropped by policy.
     Discarded(Category),
+    /// Stored in the quarantine (durably, before this value exists).
+    Quarantined(Category),
     /// Refused by policy.
     Rejected(Category),
     /// Not decided now: the client should retry.
@@ -186,6 +188,7 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         }
         Disposition::Discard => Outcome::Discarded(decision.category.clone()),
         Disposition::Reject => Outcome::Rejected(decision.category.clone()),
+        Disposition::Quarantine => quarantine(shared, &r, &decision).await,
         Disposition::Tempfail(t) => {
             m.tempfails
                 .with_label_values(&[decision.tempfail_reason.unwrap_or("clamd")])
@@ -214,12 +217,56 @@ async fn process(shared: &Shared, r: Received) -> Processed {
     }
 }
 
+/// Stores the message in the quarantine; a failure is a tempfail (the client keeps it).
+async fn quarantine(shared: &Shared, r: &Received, decision: &Decision) -> Outcome {
+    let m = &shared.metrics;
+    let failed = |why: String| {
+        tracing::error!(id = %r.id, error = %why, "cannot quarantine: answering 451");
+        m.tempfails.with_label_values(&["quarantine"]).inc();
+        Outcome::Tempfailed(Tempfail::Quarantine(why))
+    };
+    let Some(q) = &shared.quarantine else {
+        return failed("the quarantine is not open (restart postsift after enabling it)".into());
+    };
+    let category = decision.category.label();
+    let mut meta = crate::quarantine::Meta::new(&r.id, &r.env, &r.msg, category, reason(decision));
+    meta.helo = r.hop.helo.clone();
+    let start = Instant::now();
+    match crate::quarantine::store_message(q.clone(), meta, &r.msg).await {
+        Ok(()) => {
+            m.quarantine_store_duration
+                .observe(start.elapsed().as_secs_f64());
+            m.quarantined.with_label_values(&[category]).inc();
+            m.quarantine_entries.inc();
+            m.quarantine_bytes.add(r.msg.len() as i64);
+            Outcome::Quarantined(decision.category.clone())
+        }
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+/// What the index records as the reason: virus names, the banned part, the score, or why the
+/// message was not checked.
+fn reason(decision: &Decision) -> String {
+    match &decision.category {
+        Category::Virus(names) => names.join(", "),
+        Category::Banned { name, kind } => format!("{kind},{name}"),
+        Category::Spam => decision.spam.as_ref().map_or_else(
+            || "-".into(),
+            |s| format!("score={}", rewrite::score(s.score)),
+        ),
+        Category::Unchecked => decision.unchecked_reason.unwrap_or("-").to_owned(),
+        Category::Clean => "-".into(),
+    }
+}
+
 impl Outcome {
     /// The metric label of the action taken: pass (delivered to every recipient), discard,
-    /// reject, tempfail.
+    /// reject, tempfail, quarantine.
     pub fn action(&self) -> &'static str {
         match self {
             Outcome::Discarded(_) => "discard",
+            Outcome::Quarantined(_) => "quarantine",
             Outcome::Rejected(_) | Outcome::HeaderTooBig => "reject",
             Outcome::Tempfailed(_) => "tempfail",
             Outcome::Delivered(d) => {
@@ -242,6 +289,7 @@ impl Outcome {
     pub fn recipient_result(&self, i: usize) -> &'static str {
         match self {
             Outcome::Discarded(_) => "discarded",
+            Outcome::Quarantined(_) => "quarantined",
             Outcome::Rejected(_) | Outcome::HeaderTooBig => "rejected",
             Outcome::Tempfailed(_) => "deferred",
             Outcome::Delivered(d) => match d.rcpts.get(i) {
@@ -350,6 +398,10 @@ impl LogLine {
                 Disposition::Deliver => "pass",
                 Disposition::Discard => "discard",
                 Disposition::Reject => "reject",
+                Disposition::Quarantine => match outcome {
+                    Outcome::Quarantined(_) => "quarantine",
+                    _ => "tempfail",
+                },
                 Disposition::Tempfail(_) => "tempfail",
             },
             score,
@@ -418,6 +470,7 @@ impl fmt::Display for Outcome {
                 None => write!(f, "not delivered"),
             },
             Outcome::Discarded(c) => write!(f, "discarded ({})", c.label()),
+            Outcome::Quarantined(c) => write!(f, "quarantined ({})", c.label()),
             Outcome::Rejected(c) => write!(f, "rejected ({})", c.label()),
             Outcome::Tempfailed(t) => write!(f, "tempfailed ({t:?})"),
             Outcome::HeaderTooBig => write!(f, "header section too big"),

@@ -15,7 +15,9 @@
 //! into replies (`smtp::reply`); nothing below it imports `smtp`. Beside it, [`greylist`]
 //! answers Postfix's `check_policy_service` (postgrey's greylisting) on listeners of its own,
 //! under the same accept loop, drain and metrics. [`config`] feeds every stage; [`metrics`]
-//! observes every stage and [`health`] probes the peers for `/readyz`. The client gets its reply
+//! observes every stage and [`health`] probes the peers for `/readyz`. What policy sends to
+//! [`quarantine`] is stored durably before the client's 250, and released from there (CLI,
+//! AM.PDP) through the same reinjection. The client gets its reply
 //! only after the reinjection server answered, so Postfix keeps the message until it is safely
 //! back in its queue.
 
@@ -26,6 +28,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod quarantine;
 pub mod reinject;
 pub mod rewrite;
 pub mod scan;
@@ -53,6 +56,9 @@ pub struct Shared {
     /// The policy service's answerer when `[greylist] listen` is set (the server fills it in;
     /// its store outlives reloads).
     pub greylist: Option<std::sync::Arc<greylist::Greylist>>,
+    /// The quarantine, when the configuration can quarantine or release (the server opens it
+    /// once; it outlives reloads).
+    pub quarantine: Option<std::sync::Arc<quarantine::Quarantine>>,
 }
 
 impl Shared {
@@ -93,6 +99,7 @@ impl Shared {
             config,
             shutdown,
             greylist: None,
+            quarantine: None,
         }
     }
 

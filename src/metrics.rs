@@ -19,8 +19,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "banned", "unchecked", "unscanned"];
-pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail"];
-pub const RECIPIENT_RESULTS: &[&str] = &["delivered", "discarded", "rejected", "deferred"];
+pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail", "quarantine"];
+pub const RECIPIENT_RESULTS: &[&str] = &[
+    "delivered",
+    "discarded",
+    "rejected",
+    "deferred",
+    "quarantined",
+];
+/// The categories a message can be quarantined for.
+pub const QUARANTINE_CATEGORIES: &[&str] = &["virus", "banned", "spam", "unchecked"];
+/// What a release did for one recipient: sent, not sent again (released before, or claimed by
+/// another release), or refused/failed at the next hop.
+pub const RELEASE_RESULTS: &[&str] = &["released", "duplicate", "failed"];
 pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];
 pub const SCANNERS: &[&str] = &["clamd", "spamd", "rspamd"];
 pub const SCANNER_ERRORS: &[&str] = crate::scan::FailureKind::ALL;
@@ -37,6 +48,7 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
     "spool",
     "resources",
     "shutdown",
+    "quarantine",
 ];
 /// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
 pub const UNCHECKED_REASONS: &[&str] =
@@ -94,6 +106,17 @@ pub struct Metrics {
     /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
     pub greylist_entries: IntGaugeVec,
     pub greylist_connections_active: IntGauge,
+    /// Messages stored in the quarantine, by category.
+    pub quarantined: IntCounterVec,
+    /// Entries in the quarantine and the bytes of their messages (refreshed every minute
+    /// and after each store).
+    pub quarantine_entries: IntGauge,
+    pub quarantine_bytes: IntGauge,
+    /// Time to store one message durably (file, fsyncs, index commit).
+    pub quarantine_store_duration: Histogram,
+    /// Recipients released by the daemon (AM.PDP), by result; `postsift quarantine release`
+    /// runs in its own process and logs instead.
+    pub quarantine_releases: IntCounterVec,
     /// Set by the health probe: every configured peer answered at the last probe.
     pub ready: AtomicBool,
 }
@@ -292,7 +315,7 @@ impl Metrics {
                 "Time each scanner took per message",
                 "scanner",
                 SCANNERS,
-                time_buckets,
+                time_buckets.clone(),
             ),
             scanner_up,
             reinject_up: gauge(
@@ -369,6 +392,36 @@ impl Metrics {
                 &r,
                 "postsift_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration taken into use (start or reload)",
+            ),
+            quarantined: counter(
+                &r,
+                "postsift_quarantined_total",
+                "Messages stored in the quarantine, by category",
+                &["category"],
+                &[QUARANTINE_CATEGORIES],
+            ),
+            quarantine_entries: gauge(
+                &r,
+                "postsift_quarantine_entries",
+                "Messages in the quarantine",
+            ),
+            quarantine_bytes: gauge(
+                &r,
+                "postsift_quarantine_bytes",
+                "Bytes of the messages in the quarantine",
+            ),
+            quarantine_store_duration: histogram(
+                &r,
+                "postsift_quarantine_store_duration_seconds",
+                "Time to store one message in the quarantine, fsyncs and index commit included",
+                time_buckets.clone(),
+            ),
+            quarantine_releases: counter(
+                &r,
+                "postsift_quarantine_releases_total",
+                "Recipients released from the quarantine through AM.PDP, by result",
+                &["result"],
+                &[RELEASE_RESULTS],
             ),
             ready: AtomicBool::new(false),
             registry: r,

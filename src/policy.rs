@@ -42,6 +42,8 @@ pub enum Disposition {
     Discard,
     /// Refuse (5xx; Postfix bounces to the sender).
     Reject,
+    /// Keep in the quarantine, then accept (2xx); a 4xx if it cannot be stored.
+    Quarantine,
     /// Retry later (4xx): a check failed and policy says so, or rspamd asked to greylist.
     Tempfail(Tempfail),
 }
@@ -57,6 +59,8 @@ pub enum Tempfail {
     Greylist(String),
     /// The MIME walk stopped at a limit and `[parts] on_… = "tempfail"`: the limit's detail.
     Unchecked(String),
+    /// The message was to be quarantined and could not be stored: why.
+    Quarantine(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +110,7 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
         Action::Pass => Disposition::Deliver,
         Action::Discard => Disposition::Discard,
         Action::Reject => Disposition::Reject,
+        Action::Quarantine => Disposition::Quarantine,
     };
 
     if let VirusScan::Infected(names) = &report.virus {
@@ -136,6 +141,9 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
                     kind: "UNCHECKED".into(),
                 };
                 return unchecked(decision(category, action(config.banned.action)));
+            }
+            Unchecked::Quarantine => {
+                return unchecked(decision(Category::Unchecked, Disposition::Quarantine));
             }
             Unchecked::Tempfail => {
                 return unchecked(tempfail(
@@ -192,8 +200,17 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
                 Tempfail::Greylist(one_line(what)),
             );
         }
+        let quarantine = config.spam.quarantine_level.is_some_and(|q| s.score >= q);
         if level == SpamLevel::Kill {
-            return decision(Category::Spam, action(config.spam.action));
+            let d = action(config.spam.action);
+            if quarantine && d == Disposition::Deliver {
+                return decision(Category::Spam, Disposition::Quarantine);
+            }
+            return decision(Category::Spam, d);
+        }
+        // Below the kill level (quarantine_level set lower): spam for the quarantine's sake.
+        if quarantine {
+            return decision(Category::Spam, Disposition::Quarantine);
         }
     }
     decision(Category::Clean, Disposition::Deliver)
@@ -424,6 +441,57 @@ mod tests {
         c.spam.action = Action::Reject;
         let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)));
         assert_eq!(d.disposition, Disposition::Reject);
+    }
+
+    #[test]
+    fn quarantine_is_an_action_of_every_category() {
+        let mut c = Config::default();
+        c.virus.action = Action::Quarantine;
+        let d = decide(
+            &c,
+            &report(VirusScan::Infected(vec!["Eicar".into()]), SpamScan::Off),
+        );
+        assert_eq!(d.disposition, Disposition::Quarantine);
+        c.spam.action = Action::Quarantine;
+        let d = decide(&c, &report(VirusScan::Clean, scored(7.0)));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Spam, Disposition::Quarantine)
+        );
+        c.parts.on_max_depth = Unchecked::Quarantine;
+        let d = decide(&c, &stopped(LimitKind::Depth, "deep"));
+        assert_eq!(
+            (d.category, d.disposition, d.unchecked_reason),
+            (Category::Unchecked, Disposition::Quarantine, Some("depth"))
+        );
+    }
+
+    #[test]
+    fn quarantine_level_takes_spam_out_of_the_inbox() {
+        let mut c = Config::default();
+        c.spam.quarantine_level = Some(10.0);
+        // Between kill and quarantine level: passed, tagged.
+        let d = decide(&c, &report(VirusScan::Clean, scored(8.0)));
+        assert_eq!(d.disposition, Disposition::Deliver);
+        let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Spam, Disposition::Quarantine)
+        );
+        // A stronger action at the kill level wins; below it the quarantine level applies.
+        c.spam.action = Action::Reject;
+        c.spam.quarantine_level = Some(5.0);
+        let d = decide(&c, &report(VirusScan::Clean, scored(1000.0)));
+        assert_eq!(d.disposition, Disposition::Reject);
+        let d = decide(&c, &report(VirusScan::Clean, scored(5.5)));
+        assert_eq!(
+            (d.category, d.disposition),
+            (Category::Spam, Disposition::Quarantine)
+        );
+        assert_eq!(
+            decide(&c, &report(VirusScan::Clean, scored(4.9))).disposition,
+            Disposition::Deliver
+        );
     }
 
     #[test]

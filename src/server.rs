@@ -122,6 +122,84 @@ impl PolicyService {
     }
 }
 
+/// The quarantine, when the configuration can quarantine or release.
+fn open_quarantine(config: &Config) -> io::Result<Option<Arc<crate::quarantine::Quarantine>>> {
+    if !config.uses_quarantine() {
+        return Ok(None);
+    }
+    let dir = &config.quarantine.dir;
+    crate::quarantine::Quarantine::open(dir)
+        .map(|q| Some(Arc::new(q)))
+        .map_err(|e| io::Error::other(format!("quarantine.dir {}: {e}", dir.display())))
+}
+
+/// Binds `[quarantine] release_listen` (a Unix socket gets mode 0600: the protocol has no
+/// authentication of its own).
+async fn bind_release(l: &PolicyListen) -> io::Result<(String, Listener)> {
+    let (name, bound) = match l {
+        PolicyListen::Tcp(a) => (a.to_string(), TcpListener::bind(a).await.map(Listener::Tcp)),
+        PolicyListen::Unix(p) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(p)?;
+            }
+            let bound = UnixListener::bind(p).and_then(|u| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Listener::Unix(u))
+            });
+            (format!("unix:{}", p.display()), bound)
+        }
+    };
+    let l = bound.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {name} (quarantine.release_listen): {e}"),
+        )
+    })?;
+    Ok((name, l))
+}
+
+/// Accepts AM.PDP release connections until shutdown; each gets the generation current when
+/// it connected.
+async fn release_loop(
+    listener: Listener,
+    current: watch::Receiver<Arc<Shared>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        let shared = current.borrow().clone();
+        match conn {
+            Ok(Conn::Tcp(s, peer)) => {
+                if !allowed(&shared.config, peer.ip()) {
+                    tracing::warn!(%peer, "release client not in server.allow_networks; closed");
+                    continue;
+                }
+                tracker.spawn(async move {
+                    if let Err(e) = crate::quarantine::ampdp::serve_conn(s, shared).await {
+                        tracing::debug!(error = %e, "release connection");
+                    }
+                });
+            }
+            Ok(Conn::Unix(s)) => {
+                tracker.spawn(async move {
+                    if let Err(e) = crate::quarantine::ampdp::serve_conn(s, shared).await {
+                        tracing::debug!(error = %e, "release connection");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "release accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The generation's greylisting answerer, on the store kept across reloads.
 fn with_greylist(
     mut shared: Shared,
@@ -169,8 +247,15 @@ pub async fn serve_with_reload(
     };
     let configured = config.server.listen.clone();
     let mut policy = PolicyService::bind(&config).await?;
-    let shared = with_greylist(Shared::new(config, shutdown.clone()), policy.as_ref())
+    let quarantine = open_quarantine(&config)?;
+    let release_listener = match config.quarantine.release_listener() {
+        None => None,
+        Some(l) => Some(bind_release(&l).await?),
+    };
+    let retention_days = config.quarantine.retention_days;
+    let mut shared = with_greylist(Shared::new(config, shutdown.clone()), policy.as_ref())
         .map_err(io::Error::other)?;
+    shared.quarantine = quarantine.clone();
     let metrics = shared.metrics.clone();
     metrics.config_applied();
     let limit = Arc::new(Semaphore::new(shared.config.server.max_sessions));
@@ -198,6 +283,28 @@ pub async fn serve_with_reload(
         ));
     }
 
+    if let Some(q) = &quarantine {
+        tracker.spawn(crate::quarantine::maintenance(
+            q.clone(),
+            retention_days,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let mut sockets = Vec::new();
+    if let Some((name, l)) = release_listener {
+        tracing::info!(addr = %name, "quarantine release service (AM.PDP)");
+        if let Listener::Unix(_) = &l {
+            sockets.push(std::path::PathBuf::from(name.trim_start_matches("unix:")));
+        }
+        tracker.spawn(release_loop(
+            l,
+            current.subscribe(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let mut running = Running {
         current,
         metrics,
@@ -206,12 +313,12 @@ pub async fn serve_with_reload(
         shutdown: shutdown.clone(),
         accepting: Vec::new(),
         policy: policy.as_ref().map(|p| (p.store.clone(), p.limit.clone())),
+        quarantine,
     };
     for (i, listener) in listeners.into_iter().enumerate() {
         let bound = listener.local_addr()?;
         running.accept_on(configured.get(i).copied().unwrap_or(bound), listener, bound);
     }
-    let mut sockets = Vec::new();
     if let Some(p) = policy.take() {
         for (name, listener) in p.listeners {
             tracker.spawn(accept_loop(
@@ -225,7 +332,7 @@ pub async fn serve_with_reload(
             ));
             tracing::debug!(%name, "policy accept loop started");
         }
-        sockets = p.sockets;
+        sockets.extend(p.sockets);
     }
 
     let mut reloads_open = true;
@@ -269,6 +376,8 @@ struct Running {
     accepting: Vec<(SocketAddr, CancellationToken)>,
     /// The greylisting store and policy connection limit, when the policy service runs.
     policy: Option<(Arc<Store>, Arc<Semaphore>)>,
+    /// The quarantine, opened once (at start, or at the first reload that needs it).
+    quarantine: Option<Arc<crate::quarantine::Quarantine>>,
 }
 
 impl Running {
@@ -349,6 +458,18 @@ impl Running {
                 "greylist.max_connections",
                 old.config.greylist.max_connections != new.greylist.max_connections,
             ),
+            (
+                "quarantine.dir",
+                self.quarantine.is_some() && old.config.quarantine.dir != new.quarantine.dir,
+            ),
+            (
+                "quarantine.release_listen",
+                old.config.quarantine.release_listen != new.quarantine.release_listen,
+            ),
+            (
+                "quarantine.retention_days",
+                old.config.quarantine.retention_days != new.quarantine.retention_days,
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -376,6 +497,15 @@ impl Running {
             }
             None => shared,
         };
+        if self.quarantine.is_none() && shared.config.uses_quarantine() {
+            // A failure leaves it closed: quarantined messages get 451 and stay with the client.
+            match open_quarantine(&shared.config) {
+                Ok(q) => self.quarantine = q,
+                Err(e) => tracing::error!(error = %e, "cannot open the quarantine"),
+            }
+        }
+        let mut shared = shared;
+        shared.quarantine = self.quarantine.clone();
         let (before, after) = (old.scanner_names(), shared.scanner_names());
         for name in before.iter().filter(|n| !after.contains(n)) {
             let _ = self.metrics.scanner_up.remove_label_values(&[name]);

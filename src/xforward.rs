@@ -17,7 +17,8 @@ const MAX_VALUE: usize = 255;
 
 /// The original client's attributes, as Postfix forwarded them. `None` = never sent;
 /// `Some("[UNAVAILABLE]")` is kept as is, so it can be forwarded again as Postfix sent it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Attrs {
     pub name: Option<String>,
     pub addr: Option<String>,

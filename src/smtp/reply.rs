@@ -177,6 +177,11 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
             "2.7.0",
             format!("Ok, discarded, id={id} - {}", category_text(c)),
         )),
+        Outcome::Quarantined(c) => same(Reply::new(
+            250,
+            "2.7.0",
+            format!("Ok, quarantined, id={id} - {}", category_text(c)),
+        )),
         Outcome::Rejected(c) => same(Reply::new(
             554,
             "5.7.0",
@@ -229,6 +234,14 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
             451,
             "4.7.0",
             format!("Try again later, id={id} - UNCHECKED: {why}"),
+        ),
+        Tempfail::Quarantine(why) => Reply::new(
+            451,
+            "4.3.0",
+            format!(
+                "Error in processing, id={id}, quarantine FAILED: {}",
+                one_line(why)
+            ),
         ),
     }
 }

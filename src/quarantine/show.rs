@@ -1,0 +1,142 @@
+//! A safe text rendering of a quarantined message for `postsift quarantine show`: the header
+//! section as it is, the body's text as mail-parser decodes it (HTML turned into text, never
+//! loaded, nothing fetched), the attachments by name, type and size — every control character
+//! escaped, so no byte of a hostile message reaches the terminal as an escape sequence.
+
+use std::fmt::Write;
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+/// Text shown of the body at most (bytes); `show --full` lifts it.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// `s` with every control character but tab escaped (`\x1b`, `\r`, `\n`, …).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push('\t'),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() || is_bidi(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bidirectional overrides can make a terminal show text in another order than it is.
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` on one line, control characters escaped.
+pub fn one_line(s: &str) -> String {
+    escape(s.trim())
+}
+
+/// Escapes each line of `text` (kept as lines).
+fn lines(text: &str, out: &mut String) {
+    for l in text.split('\n') {
+        out.push_str(&escape(l.trim_end_matches('\r')));
+        out.push('\n');
+    }
+}
+
+/// The rendering: headers, a blank line, the body's text, the attachments.
+pub fn render(raw: &[u8], limit: Option<usize>) -> String {
+    let mut out = String::new();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 2);
+    lines(
+        String::from_utf8_lossy(&raw[..end]).trim_end_matches("\r\n"),
+        &mut out,
+    );
+    out.push('\n');
+    let Some(m) = MessageParser::new().parse(raw) else {
+        out.push_str("[the message could not be parsed]\n");
+        return out;
+    };
+    let mut text = String::new();
+    for i in 0.. {
+        match m.body_text(i) {
+            Some(t) => {
+                if i > 0 {
+                    text.push_str("\n----\n");
+                }
+                text.push_str(&t);
+            }
+            None => break,
+        }
+    }
+    let limit = limit.unwrap_or(usize::MAX);
+    if text.len() > limit {
+        let mut cut = limit;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n[… cut; --full shows all]");
+    }
+    lines(&text, &mut out);
+    let attachments: Vec<String> = m
+        .attachments()
+        .map(|a| {
+            let ty = a
+                .content_type()
+                .map_or("application/octet-stream".into(), |t| match t.subtype() {
+                    Some(s) => format!("{}/{}", t.ctype(), s),
+                    None => t.ctype().to_string(),
+                });
+            let size = match &a.body {
+                PartType::Binary(b) | PartType::InlineBinary(b) => b.len(),
+                PartType::Text(t) | PartType::Html(t) => t.len(),
+                PartType::Message(m) => m.raw_message.len(),
+                PartType::Multipart(_) => 0,
+            };
+            format!(
+                "  - {} ({}, {} bytes)",
+                one_line(a.attachment_name().unwrap_or("-")),
+                one_line(&ty),
+                size
+            )
+        })
+        .collect();
+    if !attachments.is_empty() {
+        out.push_str("\nattachments (not opened):\n");
+        for a in attachments {
+            out.push_str(&a);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_terminal_controls_and_bidi() {
+        assert_eq!(escape("a\x1b[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(escape("tab\there"), "tab\there");
+    }
+
+    #[test]
+    fn renders_text_and_names_attachments() {
+        let raw = b"From: a@b\r\nSubject: hi\x1b]0;pwn\x07\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/html\r\n\r\n<p>Hello <img src=\"http://tracker/x.png\"> world</p>\r\n--x\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--x--\r\n";
+        let r = render(raw, Some(BODY_LIMIT));
+        assert!(r.contains("Subject: hi\\u{1b}]0;pwn\\u{7}"), "{r}");
+        assert!(r.contains("Hello"), "{r}");
+        assert!(!r.contains('\x1b'));
+        assert!(
+            r.contains("a.exe (application/octet-stream, 4 bytes)"),
+            "{r}"
+        );
+    }
+}
