@@ -19,6 +19,7 @@ mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down
 mod prometheus; // every dashboard and alert expression against a real Prometheus
+mod quarantine; // quarantine of each category, release (CLI, amavisd-release), store failures, kill -9, purge
 mod regression; // one test per defect found by probing (issue 12), named after what broke
 mod reload; // SIGHUP reload: new config for new sessions, sessions in flight finish, postsift reload
 mod rspamd; // rspamd as the spam engine
