@@ -490,7 +490,9 @@ impl Quarantine {
         now: i64,
     ) -> Result<Claim, Error> {
         let mut c = self.conn();
-        let tx = c.transaction()?;
+        // IMMEDIATE: the write lock is taken first, so a release in another process (the CLI
+        // beside the daemon) waits for this one instead of both reading `held`.
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut claimed = Vec::new();
         let mut not = Vec::new();
         for a in addresses {

@@ -11,7 +11,7 @@
 //! hop's log (which has the message's original XFORWARD IDENT and the released header).
 
 use crate::message::Message;
-use crate::reinject::{RcptResult, Reinjector};
+use crate::reinject::{Fault, RcptResult, Reinjector};
 
 use super::{Error, Quarantine, RecipientState, RELEASED, RELEASING};
 
@@ -139,7 +139,7 @@ pub async fn release(
             },
             RcptResult::Failed(f) => Result1::Failed {
                 code: 450,
-                text: format!("4.4.1 {f:?}"),
+                text: fault(f),
             },
         };
         let released = matches!(result, Result1::Released(_));
@@ -154,4 +154,14 @@ pub async fn release(
         results.push((addr.clone(), result));
     }
     Ok(results)
+}
+
+/// A reinjection fault as the text of a 450 (enhanced code first).
+fn fault(f: &Fault) -> String {
+    match f {
+        Fault::Connect { to, detail } => format!("4.4.1 Can't connect to {to}: {detail}"),
+        Fault::Timeout { to, stage } => format!("4.4.2 Timed out during {stage} to {to}"),
+        Fault::Lost { stage, detail } => format!("4.4.2 Lost connection during {stage}: {detail}"),
+        Fault::Spool { detail } => format!("4.3.0 Reading the quarantined copy: {detail}"),
+    }
 }

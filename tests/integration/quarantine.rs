@@ -791,3 +791,60 @@ async fn retention_purge_by_the_daemon_and_the_cli() {
     f.stop().await;
     harness::finish_dir(Some(tmp));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_the_next_hop_refuses_stays_held_for_a_later_release() {
+    let tmp = harness::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start_with(crate::capture::Behaviour {
+        refuse_rcpt: vec![(
+            "bob@".into(),
+            "450 4.2.0 <bob@example.com>: mailbox busy".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let toml = qconfig(
+        &dir,
+        None,
+        None,
+        sink.addr,
+        "[banned]\naction = \"quarantine\"\n",
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    let id = quarantined_id(&lmtp_two(f.addr, BANNED.as_bytes()).await[0]);
+    f.stop().await;
+
+    let release = |args: Vec<String>| {
+        let cfg = cfg.clone();
+        util::blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&cfg, &args)
+        })
+    };
+    let (code, out, _) = release(vec!["release".into(), id.clone()]).await;
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("<bob@example.com>: 450 4.2.0"), "{out}");
+    assert!(out.contains("<carol@example.com>: 250 2.0.0 Ok"), "{out}");
+    assert_eq!(
+        sink.wait_for(1).await[0].rcpts,
+        ["RCPT TO:<carol@example.com>"]
+    );
+    let (_, out, _) = cli(&cfg, &["list"]);
+    assert!(
+        out.contains("bob@example.com=held,carol@example.com=released"),
+        "{out}"
+    );
+
+    // The next hop takes bob now: he gets it, carol not again.
+    sink.set(crate::capture::Behaviour::default());
+    let (code, out, _) = release(vec!["release".into(), id.clone()]).await;
+    assert_eq!(code, 0, "{out}");
+    let all = sink.wait_for(2).await;
+    assert_eq!(all[1].rcpts, ["RCPT TO:<bob@example.com>"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 2);
+    harness::finish_dir(Some(tmp));
+}
