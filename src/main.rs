@@ -474,7 +474,9 @@ fn utc(t: i64) -> String {
 fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<u8> {
     use postsift::quarantine::{release, show, Filter, Quarantine};
     let dir = &config.quarantine.dir;
-    let q = Quarantine::open(dir).with_context(|| format!("quarantine.dir {}", dir.display()))?;
+    let q = std::sync::Arc::new(
+        Quarantine::open(dir).with_context(|| format!("quarantine.dir {}", dir.display()))?,
+    );
     let now = chrono::Utc::now().timestamp();
     match action {
         QuarantineAction::List {

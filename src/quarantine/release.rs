@@ -10,6 +10,8 @@
 //! of the claim, and `release --force` sends it again after the administrator checked the next
 //! hop's log (which has the message's original XFORWARD IDENT and the released header).
 
+use std::sync::Arc;
+
 use crate::message::Message;
 use crate::reinject::{Fault, RcptResult, Reinjector};
 
@@ -67,12 +69,16 @@ impl Result1 {
 
 /// Releases entry `id` per `req`: (address, result) for each address asked for.
 pub async fn release(
-    q: &Quarantine,
+    q: &Arc<Quarantine>,
     reinjector: &Reinjector,
     id: &str,
     req: &Request,
 ) -> Result<Vec<(String, Result1)>, Error> {
-    let (meta, data) = q.read(id)?;
+    let (meta, data) = blocking(q, {
+        let id = id.to_owned();
+        move |q| q.read(&id)
+    })
+    .await?;
     let targets: Vec<String> = if !req.to.is_empty() {
         req.to.clone()
     } else if req.recipients.is_empty() {
@@ -92,7 +98,11 @@ pub async fn release(
         req.recipients.clone()
     };
     let now = chrono::Utc::now().timestamp();
-    let (claimed, not) = q.claim(id, &targets, req.force, now)?;
+    let (claimed, not) = blocking(q, {
+        let (id, force) = (id.to_owned(), req.force);
+        move |q| q.claim(&id, &targets, force, now)
+    })
+    .await?;
     let mut results: Vec<(String, Result1)> = not
         .into_iter()
         .map(|(a, s): (String, RecipientState)| {
@@ -147,13 +157,29 @@ pub async fn release(
             Result1::Released(r) => r.clone(),
             other => other.reply(id),
         };
-        if let Err(e) = q.finish(id, addr, released, &detail, done) {
+        let recorded = blocking(q, {
+            let (id, addr) = (id.to_owned(), addr.clone());
+            move |q| q.finish(&id, &addr, released, &detail, done)
+        })
+        .await;
+        if let Err(e) = recorded {
             // Sent, but not recorded: it stays `releasing`, so it is not sent again unasked.
             tracing::error!(%id, rcpt = %addr, error = %e, "release not recorded");
         }
         results.push((addr.clone(), result));
     }
     Ok(results)
+}
+
+/// Runs `f` (file reads, SQLite commits) on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    q: &Arc<Quarantine>,
+    f: impl FnOnce(&Quarantine) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let q = q.clone();
+    tokio::task::spawn_blocking(move || f(&q))
+        .await
+        .map_err(|e| Error::Corrupt(format!("quarantine task: {e}")))?
 }
 
 /// A reinjection fault as the text of a 450 (enhanced code first).
