@@ -575,9 +575,12 @@ fn write_durably(
     len: u64,
 ) -> Result<(), Error> {
     let what = || format!("cannot write {}", tmp.display());
+    use std::os::unix::fs::OpenOptionsExt;
+    // Mail of others: readable by postsift's user (and root's CLI) only.
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(tmp)
         .map_err(io_err(what()))?;
     let r = (|| {

@@ -817,6 +817,19 @@ mod tests {
                 "552 5.3.4 Message header section exceeds fixed limit",
                 "",
             ),
+            (
+                Outcome::Quarantined(Category::Banned {
+                    name: "a.pdf.exe".into(),
+                    kind: "exe-ms".into(),
+                }),
+                "250 2.7.0 Ok, quarantined, id=",
+                " - BANNED: a.pdf.exe",
+            ),
+            (
+                Outcome::Tempfailed(Tempfail::Quarantine("no space\nleft".into())),
+                "451 4.3.0 Error in processing, id=",
+                ", quarantine FAILED: no space?left",
+            ),
         ];
         for (outcome, start, end) in cases {
             let out = converse(
