@@ -17,7 +17,7 @@ mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod metrics; // /metrics after real traffic, /healthz, /readyz
-mod postfix; // end to end through a real Postfix; mail queued while postsift is down
+mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
 mod prometheus; // every dashboard and alert expression against a real Prometheus
 mod quarantine; // quarantine of each category, release (CLI, amavisd-release), store failures, kill -9, purge
 mod regression; // one test per defect found by probing (issue 12), named after what broke

@@ -299,3 +299,103 @@ async fn smtp_feed_works_like_lmtp() {
     assert_eq!(pf.queue_count(), 0, "mail left in Postfix's queue");
     assert_eq!(sink.count(), 1, "EICAR arrived");
 }
+
+/// Quarantine and release the whole way: Postfix → postsift (EICAR quarantined: Postfix logs
+/// `2.7.0 Ok, quarantined` and keeps nothing queued) → `postsift quarantine release` → Postfix's
+/// reinjection smtpd → the sink, once, though released twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_through_postfix_and_released_once() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let pf = start_postfix(filter_addr, sink.addr).await;
+    let tmp = harness::private_dir("quarantine-pf-");
+    let toml = config(
+        Some(&clamd),
+        None,
+        pf.reinject_addr(),
+        &format!(
+            "[virus]\naction = \"quarantine\"\n[quarantine]\ndir = \"{}\"\n",
+            tmp.path().join("q").display()
+        ),
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let f = start_filter_on(filter_addr, &toml).await;
+    let (replies, code) = send(
+        pf.smtp_addr(),
+        &["bob@example.com", "carol@example.com"],
+        fixture("eicar-zip.eml"),
+    )
+    .await;
+    assert_eq!(code, 250, "{replies:?}");
+    let log_dir = pf.dir.clone();
+    let logged = util::blocking(move || {
+        harness::wait_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(log_dir.join("maillog"))
+                .is_ok_and(|l| l.matches("2.7.0 Ok, quarantined, id=").count() >= 2)
+        })
+    })
+    .await;
+    assert!(logged, "no quarantine in Postfix's log:\n{}", pf.log());
+    settle(&pf, f).await;
+    assert_eq!(pf.queue_count(), 0);
+    assert_eq!(sink.count(), 0, "EICAR arrived");
+
+    let release = |cfg: std::path::PathBuf| {
+        util::blocking(move || {
+            let list = Command::new(env!("CARGO_BIN_EXE_postsift"))
+                .args(["quarantine", "--config"])
+                .arg(&cfg)
+                .arg("list")
+                .output()
+                .unwrap();
+            let list = String::from_utf8_lossy(&list.stdout).into_owned();
+            let id = list
+                .split_whitespace()
+                .next()
+                .expect("one entry")
+                .to_owned();
+            let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+                .args(["quarantine", "--config"])
+                .arg(&cfg)
+                .args(["release", &id])
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+    };
+    let (code, out) = release(cfg.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("250 2.0.0 Ok, id=").count(), 2, "{out}");
+    let arrived = sink.wait_for(1).await;
+    // Below the Received: line Postfix's reinjection smtpd adds.
+    let headers = arrived[0].headers();
+    assert!(headers.contains("\r\nX-Quarantine-Released: "), "{headers}");
+    assert!(
+        headers.contains("Message-ID: <eicar-zip@example.org>"),
+        "{headers}"
+    );
+    let (code, out) = release(cfg).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("released before").count(), 2, "{out}");
+    // Postfix's queue empty again: whatever was released has reached the sink.
+    let etc = pf.etc();
+    assert!(
+        util::blocking(move || {
+            harness::wait_until(Duration::from_secs(60), || undeferred(&etc) == Some(0))
+        })
+        .await
+    );
+    let arrived = sink.all();
+    assert_eq!(arrived.len(), 1, "released twice");
+    let mut rcpts = arrived[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts.len(), 2, "{rcpts:?}");
+    harness::finish_dir(Some(tmp));
+}
