@@ -14,6 +14,9 @@ import statistics
 import sys
 
 FILTER_ORDER = {"ceiling": 0, "postsift": 1, "amavisd": 2}
+WALK_FILTERS = ("postsift-walk", "postsift-whole")
+WALK_KINDS = {"synthetic": "synthetic (smtp-source)", "mix": "mix (bench/mix.py)",
+              "attach": "attach-1.eml (PDF + zip)"}
 FOREIGN_FLAG = 10  # % of the machine's CPU used by others during a cell: flagged
 MODE_ORDER = {"-": 0, "noscan": 1, "clamd": 2, "clamd+spamd": 3, "clamd+rspamd": 4}
 
@@ -48,6 +51,8 @@ def size_label(b):
         return f"{b // 1048576} MiB"
     if b % 1024 == 0:
         return f"{b // 1024} KiB"
+    if b >= 10240:
+        return f"{b / 1024:.1f} KiB"
     return f"{b} B"
 
 
@@ -142,6 +147,38 @@ def summarize(key, runs):
     return d
 
 
+def walk_cells(rows):
+    """The walk comparison's cells: summarize(), with throughput and CPU taken from loadgen when a
+    cell has no smtp-source runs (the mix: smtp-source sends only its own body)."""
+    out = {}
+    for k, runs in cells(rows).items():
+        d = summarize(k, runs)
+        d["load1"] = median([fnum(r.get("load1")) for r in runs])
+        if not d["runs"]:
+            lg = [r for r in runs if r["tool"] == "loadgen"]
+            d["runs"] = len(lg)
+            lg_mps = [m for m in (fnum(r["mps"]) for r in lg) if m is not None]
+            d["mps"] = d["lg_mps"]
+            d["mps_min"], d["mps_max"] = min(lg_mps, default=None), max(lg_mps, default=None)
+            d["cpu_ms"] = median([fnum(r.get("cpu_filter_ms")) for r in lg])
+            d["cpu_clamd_ms"] = median([fnum(r.get("cpu_clamd_ms")) for r in lg])
+            d["tool"] = "loadgen"
+        else:
+            d["tool"] = "smtp-source"
+        tool = d["tool"]
+        d["run_mps"] = {int(r["run"]): fnum(r["mps"]) for r in runs if r["tool"] == tool}
+        out[(k[0], k[2], k[4])] = d  # (filter, kind, conc)
+    return out
+
+
+def paired_ratio(walk, whole):
+    """Median over run numbers of walk msgs/s / whole msgs/s: the runs alternate (walk run r, then
+    whole run r), so each pair saw nearly the same machine; a drifting machine moves both."""
+    rs = [walk["run_mps"][r] / whole["run_mps"][r] for r in walk["run_mps"]
+          if r in whole["run_mps"] and walk["run_mps"][r] and whole["run_mps"][r]]
+    return (median(rs), min(rs), max(rs)) if rs else (None, None, None)
+
+
 def added_latency(work, mode):
     """Joins postsift's per-message log lines (queue_id = XFORWARD IDENT) to loadgen's times."""
     tag = mode.replace("+", "_")
@@ -207,6 +244,8 @@ def main():
     sweep_rows = [r for r in rows if r["filter"] == "amavisd-sweep"]
     mem_rows = [r for r in rows if r["filter"].endswith("-mem")]
     info_rows = [r for r in rows if r["filter"] == "postsift-info"]
+    walk_rows = [r for r in rows if r["filter"] in WALK_FILTERS]
+    W = walk_cells(walk_rows)
     C = {k: summarize(k, v) for k, v in cells(grid_rows).items()}
     ordered = sorted(C.values(), key=lambda d: (MODE_ORDER.get(d["mode"], 9), d["size"], d["conc"],
                                                 FILTER_ORDER[d["filter"]]))
@@ -223,8 +262,13 @@ def main():
     w("")
     w(f"postsift `{meta.get('postsift_rev', '?')}` · {meta.get('nproc', '?')} CPUs (`nproc`) · "
       f"{int(meta.get('mem_total_kb', '0') or 0) // 1048576} GiB RAM · kernel {meta.get('kernel', '?')} · "
-      f"loopback-only netns `{meta.get('netns', '?')}`" + (" · **QUICK=1 smoke run**" if meta.get('knob_QUICK') == '1' else ""))
+      f"loopback-only netns `{meta.get('netns', '?')}`" + (" · **QUICK=1 smoke run**" if meta.get('knob_QUICK') == '1' else "")
+      + (f" · `bench/run {meta['action']}`" if meta.get("action", "all") != "all" else ""))
     w("")
+    if meta.get("loadavg_start"):
+        w(f"Load average (1, 5, 15 min) at the start: {meta['loadavg_start']}; at the end: "
+          f"{meta.get('loadavg_end', '?')} (the machine is shared: see 'other work %' and load1 per cell).")
+        w("")
     w("| package | version |")
     w("|---|---|")
     for p, label in [("postfix", "postfix (smtp-source, smtp-sink)"), ("amavisd-new", "amavisd-new"),
@@ -234,55 +278,57 @@ def main():
         w(f"| {label} | {meta.get('pkg_' + p, '?') or '–'} |")
     w(f"| amavisd -V | {meta.get('amavisd_version', '?')} |")
     w("")
+    grid = bool(grid_rows)  # False for `bench/run walk` (or memory): no side-by-side grid
     spamd_children = meta.get("knob_SPAMD_CHILDREN", "?")
     sweep = meta.get("knob_AMAVIS_SWEEP", "")
-    w(f"Settings: postsift `max_sessions = 64`, log level warn, spamd with {spamd_children} children "
-      f"(`--min-children = --max-children = {spamd_children}`) for postsift; amavisd runs SpamAssassin "
-      f"in-process in each of its `$max_servers` children, " +
-      (f"chosen per mode as the best of {sweep} at {size_label(meta.get('knob_SWEEP_SIZE', 4096))} conc "
-       f"{meta.get('knob_SWEEP_CONC', '16')} (sweep below) and then used for every cell of that mode: "
-       if not meta.get("knob_AMAVIS_SERVERS") else f"fixed at {meta.get('knob_AMAVIS_SERVERS')}: ") +
-      ", ".join(f"{m} → {v}" for m, v in best_ms.items()) + ".")
-    w("")
+    if grid:
+        w(f"Settings: postsift `max_sessions = 64`, log level warn, spamd with {spamd_children} children "
+          f"(`--min-children = --max-children = {spamd_children}`) for postsift; amavisd runs SpamAssassin "
+          f"in-process in each of its `$max_servers` children, " +
+          (f"chosen per mode as the best of {sweep} at {size_label(meta.get('knob_SWEEP_SIZE', 4096))} conc "
+           f"{meta.get('knob_SWEEP_CONC', '16')} (sweep below) and then used for every cell of that mode: "
+           if not meta.get("knob_AMAVIS_SERVERS") else f"fixed at {meta.get('knob_AMAVIS_SERVERS')}: ") +
+          ", ".join(f"{m} → {v}" for m, v in best_ms.items()) + ".")
+        w("")
 
-    # --- side by side
-    w("## Throughput and latency, side by side")
-    w("")
-    w("msgs/s = median of the smtp-source runs (end to end: until smtp-sink counted every message). "
-      "p99 = 99th percentile of per-message latency from `bench/loadgen` (connect → reply to the final dot). "
-      "RSS = peak of the filter (amavisd: master + children, summed; with SpamAssassin that includes SA, "
-      "which postsift has in spamd: its peak, parent + children, is shown as + spamd). CPU ms/msg = user + system "
-      "CPU time of the filter's processes during the smtp-source runs / messages (median of the runs); "
-      "clamd's share is in the detail table.")
-    w("")
-    w("| mode | size | conc | ceiling msgs/s | postsift msgs/s | amavisd msgs/s | postsift / amavisd | postsift % of ceiling | postsift p99 ms | amavisd p99 ms | postsift CPU ms/msg | amavisd CPU ms/msg | postsift RSS MiB | amavisd RSS MiB (procs) |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    seen = set()
-    for d in ordered:
-        if d["filter"] == "ceiling":
-            continue
-        k = (d["mode"], d["size"], d["conc"])
-        if k in seen:
-            continue
-        seen.add(k)
-        ce = get("ceiling", "-", d["size"], d["conc"])
-        ps = get("postsift", *k)
-        am = get("amavisd", *k)
-        ratio = (ps["mps"] / am["mps"]) if ps and am and ps["mps"] and am["mps"] else None
-        flag = lambda c: " †" if c and (c.get("foreign_pct") or 0) >= FOREIGN_FLAG else ""
-        ofc = (100 * ps["mps"] / ce["mps"]) if ps and ce and ps["mps"] and ce["mps"] else None
-        w(f"| {d['mode']} | {size_label(d['size'])} | {d['conc']} | {fmt(ce and ce['mps'], 0)}{flag(ce)} | "
-          f"{fmt(ps and ps['mps'])}{flag(ps)} | {fmt(am and am['mps'])}{flag(am)} | {fmt(ratio, 2) + '×' if ratio else '–'} | "
-          f"{fmt(ofc) + ' %' if ofc else '–'} | {fmt(ps and ps['lg_p99_ms'])} | {fmt(am and am['lg_p99_ms'])} | "
-          f"{fmt(ps and ps['cpu_ms'], 2)}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(ps['cpu_spamd_ms'], 1)) if ps and 'spamd' in d['mode'] and ps['cpu_spamd_ms'] else ''} | "
-          f"{fmt(am and am['cpu_ms'], 2)} | "
-          f"{fmt(mib(ps and ps['rss_kb']))}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(mib(ps['spamd_kb']), 0)) if ps and 'spamd' in d['mode'] and ps['spamd_kb'] else ''} | "
-          f"{fmt(mib(am and am['rss_kb']))}{(' (' + str(am['nprocs']) + ')') if am else ''} |")
-    w("")
-    w(f"† median CPU share taken by work outside the benchmark (other processes on the machine, and "
-      f"hypervisor steal) was ≥ {FOREIGN_FLAG} % during that cell's runs: treat it with caution "
-      f"(column 'other work %' in the detail table).")
-    w("")
+        # --- side by side
+        w("## Throughput and latency, side by side")
+        w("")
+        w("msgs/s = median of the smtp-source runs (end to end: until smtp-sink counted every message). "
+          "p99 = 99th percentile of per-message latency from `bench/loadgen` (connect → reply to the final dot). "
+          "RSS = peak of the filter (amavisd: master + children, summed; with SpamAssassin that includes SA, "
+          "which postsift has in spamd: its peak, parent + children, is shown as + spamd). CPU ms/msg = user + system "
+          "CPU time of the filter's processes during the smtp-source runs / messages (median of the runs); "
+          "clamd's share is in the detail table.")
+        w("")
+        w("| mode | size | conc | ceiling msgs/s | postsift msgs/s | amavisd msgs/s | postsift / amavisd | postsift % of ceiling | postsift p99 ms | amavisd p99 ms | postsift CPU ms/msg | amavisd CPU ms/msg | postsift RSS MiB | amavisd RSS MiB (procs) |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        seen = set()
+        for d in ordered:
+            if d["filter"] == "ceiling":
+                continue
+            k = (d["mode"], d["size"], d["conc"])
+            if k in seen:
+                continue
+            seen.add(k)
+            ce = get("ceiling", "-", d["size"], d["conc"])
+            ps = get("postsift", *k)
+            am = get("amavisd", *k)
+            ratio = (ps["mps"] / am["mps"]) if ps and am and ps["mps"] and am["mps"] else None
+            flag = lambda c: " †" if c and (c.get("foreign_pct") or 0) >= FOREIGN_FLAG else ""
+            ofc = (100 * ps["mps"] / ce["mps"]) if ps and ce and ps["mps"] and ce["mps"] else None
+            w(f"| {d['mode']} | {size_label(d['size'])} | {d['conc']} | {fmt(ce and ce['mps'], 0)}{flag(ce)} | "
+              f"{fmt(ps and ps['mps'])}{flag(ps)} | {fmt(am and am['mps'])}{flag(am)} | {fmt(ratio, 2) + '×' if ratio else '–'} | "
+              f"{fmt(ofc) + ' %' if ofc else '–'} | {fmt(ps and ps['lg_p99_ms'])} | {fmt(am and am['lg_p99_ms'])} | "
+              f"{fmt(ps and ps['cpu_ms'], 2)}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(ps['cpu_spamd_ms'], 1)) if ps and 'spamd' in d['mode'] and ps['cpu_spamd_ms'] else ''} | "
+              f"{fmt(am and am['cpu_ms'], 2)} | "
+              f"{fmt(mib(ps and ps['rss_kb']))}{(' + ' + ('rspamd' if 'rspamd' in d['mode'] else 'spamd') + ' ' + fmt(mib(ps['spamd_kb']), 0)) if ps and 'spamd' in d['mode'] and ps['spamd_kb'] else ''} | "
+              f"{fmt(mib(am and am['rss_kb']))}{(' (' + str(am['nprocs']) + ')') if am else ''} |")
+        w("")
+        w(f"† median CPU share taken by work outside the benchmark (other processes on the machine, and "
+          f"hypervisor steal) was ≥ {FOREIGN_FLAG} % during that cell's runs: treat it with caution "
+          f"(column 'other work %' in the detail table).")
+        w("")
 
     # --- target ratios
     w("## Target ratios")
@@ -313,6 +359,25 @@ def main():
             if p and n and p["mps"] and n["mps"]:
                 TR.append((f"postsift noscan / postsift clamd+rspamd ({size_label(size)}, conc {conc})",
                            f"{n['mps'] / p['mps']:.2f}× ({fmt(n['mps'])} vs {fmt(p['mps'])} msgs/s)"))
+    # The MIME walk: postsift's own CPU per message with it (target ≤ 0.5 ms at 4 KiB; 0.33 ms
+    # before the walk existed), and clamd-mode msgs/s with it within 10 % of whole-message scanning.
+    for conc in (16, 1):
+        for kind in WALK_KINDS:
+            wk, wh = W.get(("postsift-walk", kind, conc)), W.get(("postsift-whole", kind, conc))
+            if not (wk and wh):
+                continue
+            label = f"{WALK_KINDS[kind]}, {size_label(wk['size'])}{' mean' if kind == 'mix' else ''}, conc {conc}"
+            if wk["cpu_ms"] is not None:
+                target = " — target ≤ 0.5 ms (0.33 before the walk)" if kind == "synthetic" else ""
+                TR.append((f"postsift's own CPU per message, clamd mode with the walk ({label}){target}",
+                           f"{fmt(wk['cpu_ms'], 2)} ms (whole-message only, same run: {fmt(wh['cpu_ms'], 2)} ms; "
+                           f"clamd {fmt(wk['cpu_clamd_ms'], 2)} vs {fmt(wh['cpu_clamd_ms'], 2)} ms)"))
+            pr, lo, hi = paired_ratio(wk, wh)
+            if pr:
+                target = " — target ≥ 90 %" if kind == "synthetic" else ""
+                TR.append((f"clamd-mode msgs/s with the walk as % of whole-message scanning ({label}){target}",
+                           f"{100 * pr:.1f} % (median of {len(wk['run_mps'])} paired runs, {100 * lo:.0f}–{100 * hi:.0f} %; "
+                           f"medians {fmt(wk['mps'])} vs {fmt(wh['mps'])} msgs/s)"))
     AL = [x for x in (added_latency(a.work, m) for m in ("noscan", "clamd", "clamd+spamd", "clamd+rspamd")) if x]
     for x in AL:
         if x["mode"] == "clamd+spamd" and x["n"]:
@@ -336,6 +401,37 @@ def main():
     for k, v in TR:
         w(f"| {k} | {v} |")
     w("")
+
+    # --- the MIME walk
+    if W:
+        w("## MIME walk: clamd mode with the walk and whole-message only")
+        w("")
+        w("Two postsifts in clamd mode run side by side, their runs alternating: `walk` with the default "
+          "`[parts]` (clamd scans the whole message, then every part the walk decoded) and `whole` with "
+          "`[parts] enabled = false` (the whole message only). msgs/s and CPU per message: median over "
+          "the runs (smtp-source for the synthetic message, loadgen for the mix, whose messages it sends "
+          "in turn). walk / whole: the median, over the run numbers, of walk run r's msgs/s divided by "
+          "whole run r's (each pair ran back to back, so a machine whose speed drifts moves both), with "
+          "its range. CPU = user + system time of postsift's process and of clamd's, per message.")
+        w("")
+        w("| message | conc | runs × msgs | walk msgs/s | whole msgs/s | walk / whole | postsift CPU ms/msg walk / whole | "
+          "clamd CPU ms/msg walk / whole | p99 ms walk / whole (loadgen) | load1 | other work % | exactly once |")
+        w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for kind in WALK_KINDS:
+            for conc in sorted({k[2] for k in W if k[1] == kind}):
+                wk, wh = W.get(("postsift-walk", kind, conc)), W.get(("postsift-whole", kind, conc))
+                if not (wk and wh):
+                    continue
+                pr, lo, hi = paired_ratio(wk, wh)
+                ratio = f"{100 * pr:.1f} % ({100 * lo:.0f}–{100 * hi:.0f})" if pr else "–"
+                once = "yes" if wk["once"].startswith("yes") and wh["once"].startswith("yes") else f"walk: {wk['once']}; whole: {wh['once']}"
+                w(f"| {WALK_KINDS[kind]}, {size_label(wk['size'])}{' mean' if kind == 'mix' else ''} | {conc} | "
+                  f"{wk['runs']}×{wk['msgs']} ({wk['tool']}) | {fmt(wk['mps'])} ({fmt(wk['mps_min'])}–{fmt(wk['mps_max'])}) | "
+                  f"{fmt(wh['mps'])} ({fmt(wh['mps_min'])}–{fmt(wh['mps_max'])}) | {ratio} | "
+                  f"{fmt(wk['cpu_ms'], 2)} / {fmt(wh['cpu_ms'], 2)} | {fmt(wk['cpu_clamd_ms'], 2)} / {fmt(wh['cpu_clamd_ms'], 2)} | "
+                  f"{fmt(wk['lg_p99_ms'])} / {fmt(wh['lg_p99_ms'])} | {fmt(wk['load1'], 2)} | "
+                  f"{fmt(wk['foreign_pct'], 0)} / {fmt(wh['foreign_pct'], 0)} ({fmt(max(wk['foreign_max'] or 0, wh['foreign_max'] or 0), 0)}) | {once} |")
+        w("")
 
     # --- added latency detail
     if AL:
@@ -389,20 +485,21 @@ def main():
         w("")
 
     # --- details
-    w("## All cells")
-    w("")
-    w("| filter | mode | setting | size | conc | runs × msgs | msgs/s median (min–max) | mean latency ms (Little) | "
-      "loadgen msgs/s | loadgen mean / p50 / p99 / max ms | CPU ms/msg filter / clamd / spamd | peak RSS MiB (largest proc, procs) | clamd / spamd MiB | other work % (max) | exactly once |")
-    w("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for d in ordered:
-        w(f"| {d['filter']} | {d['mode']} | {d['setting']} | {size_label(d['size'])} | {d['conc']} | "
-          f"{d['runs']}×{d['msgs']} | {fmt(d['mps'])} ({fmt(d['mps_min'])}–{fmt(d['mps_max'])}) | "
-          f"{fmt(d['lat_little_ms'], 2)} | {fmt(d['lg_mps'])} | {fmt(d['lg_mean_ms'], 2)} / {fmt(d['lg_p50_ms'], 2)} / "
-          f"{fmt(d['lg_p99_ms'], 2)} / {fmt(d['lg_max_ms'], 2)} | "
-          f"{fmt(d['cpu_ms'], 2)} / {fmt(d['cpu_clamd_ms'], 2)} / {fmt(d['cpu_spamd_ms'], 1)} | "
-          f"{fmt(mib(d['rss_kb']))} ({fmt(mib(d['rss_proc_kb']))}, {d['nprocs']}) | "
-          f"{fmt(mib(d['clamd_kb']))} / {fmt(mib(d['spamd_kb']))} | {fmt(d['foreign_pct'], 0)} ({fmt(d['foreign_max'], 0)}) | {d['once']} |")
-    w("")
+    if grid:
+        w("## All cells")
+        w("")
+        w("| filter | mode | setting | size | conc | runs × msgs | msgs/s median (min–max) | mean latency ms (Little) | "
+          "loadgen msgs/s | loadgen mean / p50 / p99 / max ms | CPU ms/msg filter / clamd / spamd | peak RSS MiB (largest proc, procs) | clamd / spamd MiB | other work % (max) | exactly once |")
+        w("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for d in ordered:
+            w(f"| {d['filter']} | {d['mode']} | {d['setting']} | {size_label(d['size'])} | {d['conc']} | "
+              f"{d['runs']}×{d['msgs']} | {fmt(d['mps'])} ({fmt(d['mps_min'])}–{fmt(d['mps_max'])}) | "
+              f"{fmt(d['lat_little_ms'], 2)} | {fmt(d['lg_mps'])} | {fmt(d['lg_mean_ms'], 2)} / {fmt(d['lg_p50_ms'], 2)} / "
+              f"{fmt(d['lg_p99_ms'], 2)} / {fmt(d['lg_max_ms'], 2)} | "
+              f"{fmt(d['cpu_ms'], 2)} / {fmt(d['cpu_clamd_ms'], 2)} / {fmt(d['cpu_spamd_ms'], 1)} | "
+              f"{fmt(mib(d['rss_kb']))} ({fmt(mib(d['rss_proc_kb']))}, {d['nprocs']}) | "
+              f"{fmt(mib(d['clamd_kb']))} / {fmt(mib(d['spamd_kb']))} | {fmt(d['foreign_pct'], 0)} ({fmt(d['foreign_max'], 0)}) | {d['once']} |")
+        w("")
     probs = [d for d in ordered if d["notes"]]
     if probs:
         w("Errors reported by the load generators:")
@@ -436,14 +533,16 @@ def main():
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
         # the amavisd sweep and the memory runs, same columns
-        for k, v in sorted(cells(sweep_rows + info_rows + mem_rows).items()):
+        for k, v in sorted(cells(sweep_rows + info_rows + mem_rows + walk_rows).items()):
             d = summarize(k, v)
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
-    shutil.copyfile(os.path.join(a.out, f"{a.ts}.md"), os.path.join(a.out, "latest.md"))
-    shutil.copyfile(os.path.join(a.out, f"{a.ts}.csv"), os.path.join(a.out, "latest.csv"))
+    # latest.* is the latest run of the grid; a partial run (`bench/run walk`, `memory`) leaves it.
+    if meta.get("action", "all") in ("all", "throughput"):
+        shutil.copyfile(os.path.join(a.out, f"{a.ts}.md"), os.path.join(a.out, "latest.md"))
+        shutil.copyfile(os.path.join(a.out, f"{a.ts}.csv"), os.path.join(a.out, "latest.csv"))
     sys.stdout.write(md)
-    bad = [d for d in ordered if not d["once"].startswith("yes")]
+    bad = [d for d in ordered + list(W.values()) if not d["once"].startswith("yes")]
     return 1 if bad else 0
 
 

@@ -566,6 +566,12 @@ impl Clamd {
     /// Starts clamd with `StreamMaxLength <stream_max_len>` (clamd syntax: "60M", "1M", "512K"),
     /// blocks until it answers `zPING` (60 s, then panics with the log's tail).
     pub fn start_with(stream_max_len: &str) -> Clamd {
+        Clamd::start_with_conf(stream_max_len, "")
+    }
+
+    /// Like [`Clamd::start_with`], with `extra` (whole clamd.conf lines) appended to the
+    /// config, e.g. `"ScanMail no\n"`.
+    pub fn start_with_conf(stream_max_len: &str, extra: &str) -> Clamd {
         let mut peer = Peer::new("clamd-");
         let dir = peer.dir.clone();
         let db = dir.join("db");
@@ -605,7 +611,8 @@ impl Clamd {
                  LogTime yes\n\
                  LogVerbose no\n\
                  StreamMaxLength {stream_max_len}\n\
-                 MaxThreads 8\n",
+                 MaxThreads 8\n\
+                 {extra}",
                 sock = socket.display(),
                 db = db.display(),
                 dir = dir.display(),

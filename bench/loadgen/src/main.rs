@@ -27,7 +27,7 @@ use tokio::time::timeout;
 
 const USAGE: &str = "usage: loadgen --target HOST:PORT --conc N --count N --size BYTES
        [--from ADDR] [--to ADDR] [--helo NAME] [--ident PREFIX] [--timeout SECS]
-       [--deadline SECS] [--per-msg FILE] [--message FILE]
+       [--deadline SECS] [--per-msg FILE] [--message FILE]...
 
   --size      body bytes (like smtp-source -l): 78 'X' + CRLF per line
   --ident     send XFORWARD IDENT=<PREFIX><seq> when the server offers XFORWARD
@@ -35,7 +35,8 @@ const USAGE: &str = "usage: loadgen --target HOST:PORT --conc N --count N --size
   --deadline  give up after SECS in total: unfinished messages count as aborted (0 = never)
   --per-msg   write one CSV line per message: seq,ident,start_ms,latency_ms,session_ms,code,error
   --message   send this RFC 5322 file (headers and body; line ends made CRLF, dot-stuffed)
-              instead of the synthetic message; --size is then ignored
+              instead of the synthetic message; --size is then ignored. Repeatable: message
+              number i is file i mod n, in the order given (a mix; repeat a file to weight it)
   Exit status: 0 if every message got a 2xx reply to its final dot, else 1.
   With --message, the last reply to the final dot is printed on stderr (reply=...).";
 
@@ -51,7 +52,8 @@ struct Opts {
     step_timeout: Duration,
     deadline: Option<Duration>,
     per_msg: Option<String>,
-    message: Option<String>,
+    /// The files given with --message, in order (empty: the synthetic message).
+    message: Vec<String>,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -65,7 +67,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut step_timeout = Duration::from_secs(300);
     let mut deadline = None;
     let mut per_msg = None;
-    let mut message = None;
+    let mut message = Vec::new();
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         let num = |s: String, name: &str| {
@@ -95,7 +97,7 @@ fn parse_args() -> Result<Opts, String> {
                 deadline = (d > 0).then(|| Duration::from_secs(d as u64));
             }
             "--per-msg" => per_msg = Some(val("--per-msg")?),
-            "--message" => message = Some(val("--message")?),
+            "--message" => message.push(val("--message")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -268,7 +270,8 @@ impl Conn {
 
 struct Shared {
     opts: Opts,
-    body: Vec<u8>,
+    /// The bodies sent in turn (message `seq` gets `bodies[seq % len]`).
+    bodies: Vec<Vec<u8>>,
     date: String,
     next: AtomicUsize,
     t0: Instant,
@@ -308,7 +311,7 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
     c.cmd(format!("RCPT TO:<{}>\r\n", o.to), "RCPT", 250)
         .await?;
     c.cmd("DATA\r\n".to_string(), "DATA", 354).await?;
-    let headers = if o.message.is_some() {
+    let headers = if !o.message.is_empty() {
         String::new()
     } else {
         format!(
@@ -324,10 +327,10 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
     if !headers.is_empty() {
         c.send(headers.as_bytes(), "headers").await?;
     }
-    c.send(&sh.body, "body").await?;
+    c.send(&sh.bodies[seq % sh.bodies.len()], "body").await?;
     let (code, text) = c.reply("end of data").await?;
     let latency = start.elapsed();
-    if o.message.is_some() {
+    if !o.message.is_empty() {
         *sh.last_reply.lock().unwrap() = text.lines().last().unwrap_or("").trim_end().to_string();
     }
     // QUIT: part of the session, not of the latency; errors here don't fail the message.
@@ -396,15 +399,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let body = match &opts.message {
-        Some(path) => file_message(path),
-        None => body(opts.size),
+    let bodies = if opts.message.is_empty() {
+        vec![body(opts.size)]
+    } else {
+        opts.message.iter().map(|p| file_message(p)).collect()
     };
     let conc = opts.conc.min(opts.count.max(1));
     let deadline = opts.deadline;
     let sh = Arc::new(Shared {
         opts,
-        body,
+        bodies,
         date: rfc5322_now(),
         next: AtomicUsize::new(0),
         t0: Instant::now(),
@@ -469,7 +473,7 @@ async fn main() {
             *kinds.entry(e.clone()).or_default() += 1;
         }
     }
-    if sh.opts.message.is_some() {
+    if !sh.opts.message.is_empty() {
         eprintln!("reply={}", sh.last_reply.lock().unwrap());
     }
     if timed_out {
