@@ -453,7 +453,7 @@ fn print_auth(config: &Config, decision: &postsift::policy::Decision) {
     let header =
         postsift::rewrite::authentication_results(&config.authserv_id(), a, decision.dmarc);
     for line in header.trim_end().lines().skip(1) {
-        println!("auth:      {}", line.trim_end_matches(';'));
+        println!("auth:       {}", line.trim().trim_end_matches(';'));
     }
     let rules = postsift::scan::auth::rules(a, config);
     println!(

@@ -8,14 +8,17 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 
 use crate::capture::{Capture, Transaction};
 use crate::client::{Client, Reply};
 use crate::dns_peer::Unbound;
-use crate::util::{config, spamd, start_filter};
+use crate::harness;
+use crate::util::{config, http_get, spamd, start_filter};
 
 /// The client address postsift is told of by XFORWARD; SPF records below authorise it or not.
 const CLIENT: &str = "192.0.2.10";
@@ -88,10 +91,12 @@ fn world() -> &'static World {
                 "-out",
                 spki.to_str().unwrap(),
             ]);
-            records.push(format!(
-                "{sel}._domainkey.dkim.test. 3600 IN TXT {}",
-                txt(&format!("v=DKIM1; k=rsa; p={}", base64(&spki)))
-            ));
+            let record = txt(&format!("v=DKIM1; k=rsa; p={}", base64(&spki)));
+            records.push(format!("{sel}._domainkey.dkim.test. 3600 IN TXT {record}"));
+            if sel == "r2048" {
+                // The mailing list's ARC key.
+                records.push(format!("arc._domainkey.lists.test. 3600 IN TXT {record}"));
+            }
             keys.push((sel, Key::Rsa(std::fs::read(der).unwrap())));
         }
         let ed = d.join("ed.der");
@@ -196,6 +201,25 @@ fn signed(selector: &str, msg: &str, expire: u64) -> String {
             .unwrap(),
     };
     format!("{}{msg}", sig.to_header())
+}
+
+/// `msg` as a mailing list at lists.test forwards it: ARC-sealed (i=1) with the r2048 key.
+fn arc_sealed(msg: &str) -> String {
+    let Key::Rsa(der) = &world().keys.iter().find(|(s, _)| *s == "r2048").unwrap().1 else {
+        unreachable!()
+    };
+    let key =
+        RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs1(der.clone().into()))
+            .unwrap();
+    let parsed = AuthenticatedMessage::parse(msg.as_bytes()).unwrap();
+    let results = AuthenticationResults::new("lists.test");
+    let set = ArcSealer::from_key(key)
+        .domain("lists.test")
+        .selector("arc")
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .seal(&parsed, &results, &ArcOutput::default())
+        .unwrap();
+    format!("{}{msg}", set.to_header())
 }
 
 fn message(from: &str, extra: &str) -> String {
@@ -529,4 +553,153 @@ async fn authentication_rules_count_in_the_spam_score() {
         assert!(status.contains(rule), "{rule} missing: {status}");
     }
     f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmarc_reject_is_waived_for_a_trusted_arc_sealer() {
+    let sink = Capture::start().await;
+    let from = "a@dmarc-reject.test";
+    let body = arc_sealed(&message(from, ""));
+    // Without trust in the list: refused.
+    let f = start_filter(&auth_config(&sink, false, "dmarc_policy = \"enforce\"")).await;
+    let r = send(f.addr, Some(&xf("mx.spf-pass.test")), from, &body).await;
+    assert_eq!(r.code, 550, "{r:?}");
+    f.stop().await;
+    // The list trusted: delivered, the chain and the waiver in the header.
+    let f = start_filter(&auth_config(
+        &sink,
+        false,
+        "dmarc_policy = \"enforce\"\ntrusted_arc_sealers = [\"lists.test\"]",
+    ))
+    .await;
+    let r = send(f.addr, Some(&xf("mx.spf-pass.test")), from, &body).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let ar = auth_results(&sink.last());
+    assert!(ar.contains("arc=pass (i=1 d=lists.test)"), "{ar}");
+    assert!(
+        ar.contains("dmarc=fail (p=reject sp=quarantine dis=none)"),
+        "{ar}"
+    );
+    // A broken chain (the body changed after sealing) is no exception.
+    let broken = body.replace("Hello.", "Hello, changed.");
+    let r = send(f.addr, Some(&xf("mx.spf-pass.test")), from, &broken).await;
+    assert_eq!(r.code, 550, "{r:?}");
+    f.stop().await;
+}
+
+/// The value of the series `line` starts with in a /metrics text (0 when absent).
+fn series(text: &str, line: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_and_auth_metrics_after_real_traffic() {
+    let sink = Capture::start().await;
+    let maddr = harness::localhost(harness::free_port());
+    let cfg = auth_config(&sink, false, "").replace(
+        "[metrics]\nlisten = \"\"",
+        &format!("[metrics]\nlisten = \"{maddr}\""),
+    );
+    let f = start_filter(&cfg).await;
+    let from = "a@dkim.test";
+    for _ in 0..2 {
+        let body = signed("r1024", &message(from, ""), 0);
+        let r = send(f.addr, Some(&xf("mx.spf-pass.test")), from, &body).await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let (_, text) = http_get(maddr, "/metrics").await;
+    // The second message found every record of the first in the cache.
+    assert!(
+        series(
+            &text,
+            "postsift_dns_cache_requests_total{result=\"hit\",type=\"txt\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            "postsift_dns_lookups_total{outcome=\"answer\",type=\"txt\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            "postsift_dns_lookup_duration_seconds_count{type=\"txt\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "postsift_auth_results_total{method=\"dkim\",result=\"pass\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "postsift_auth_results_total{method=\"spf\",result=\"fail\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "postsift_auth_duration_seconds_count"), 2.0);
+    f.stop().await;
+}
+
+#[test]
+fn postsift_scan_shows_the_results_and_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("postsift.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname = \"mx.test.local\"\n[clamd]\nendpoints = []\n\
+             [spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n\
+             [dns]\nservers = [\"{}\"]\ntimeout = 1\n",
+            world().dns.addr
+        ),
+    )
+    .unwrap();
+    let msg = dir.path().join("m.eml");
+    std::fs::write(&msg, signed("ed", &message("a@dkim.test", ""), 0)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        .args(["scan", "--config", cfg.to_str().unwrap()])
+        .args(["--client-ip", CLIENT, "--helo", "mx.spf-pass.test"])
+        .args(["--mail-from", "a@spf-pass.test", msg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "auth:       dkim=pass header.d=dkim.test header.s=ed",
+        "auth:       spf=pass smtp.mailfrom=a@spf-pass.test",
+        "auth:       dmarc=pass (p=none dis=none) header.from=dkim.test",
+        "auth rules: DKIM_SIGNED=0.1, DKIM_VALID=-0.1, DKIM_VALID_AU=-0.1, DMARC_PASS=-0.001",
+        "---\nAuthentication-Results: mx.test.local;\r\n dkim=pass",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    // Without --client-ip: SPF not checked, and the output says why.
+    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        .args([
+            "scan",
+            "--config",
+            cfg.to_str().unwrap(),
+            msg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("spf not checked: no client address from XFORWARD ADDR"),
+        "{text}"
+    );
 }
