@@ -143,8 +143,13 @@ pub fn dmarc_action(config: &Config, auth: Option<&AuthReport>) -> DmarcAction {
 }
 
 /// The spam engine's result with the authentication rules added (score and list, sorted by
-/// name as SpamAssassin sorts its own).
+/// name as SpamAssassin sorts its own). A rule the engine already fired itself (a SpamAssassin
+/// with its SPF/DKIM plugins and DNS on) is not counted twice: the engine's stays.
 fn with_auth_rules(mut r: SpamResult, rules: Vec<(String, f64)>) -> SpamResult {
+    let rules: Vec<(String, f64)> = rules
+        .into_iter()
+        .filter(|(n, _)| !r.rules.iter().any(|(m, _)| m == n))
+        .collect();
     if rules.is_empty() {
         return r;
     }
@@ -618,6 +623,21 @@ mod tests {
         let s = d.spam.unwrap();
         assert!((s.score - (1.0 + 1.797 - 0.001)).abs() < 1e-9, "{s:?}");
         assert!(s.rules.contains(&("DMARC_REJECT".into(), 1.797)));
+        // A rule the engine fired itself is not counted twice.
+        let mut twice = r.clone();
+        twice.spam = SpamScan::Scored(SpamResult {
+            rules: vec![("DMARC_REJECT".into(), 2.0)],
+            ..match scored(1.0) {
+                SpamScan::Scored(s) => s,
+                _ => unreachable!(),
+            }
+        });
+        let s = decide(&c, &twice).spam.unwrap();
+        assert!((s.score - (1.0 - 0.001)).abs() < 1e-9, "{s:?}");
+        assert_eq!(
+            s.rules.iter().filter(|(n, _)| n == "DMARC_REJECT").count(),
+            1
+        );
         c.auth.dmarc_policy = DmarcPolicy::Enforce;
         let d = decide(&c, &r);
         assert_eq!(
