@@ -720,6 +720,9 @@ pub struct Auth {
     /// Seconds all the checks of one message may take together; a method not finished by
     /// then gives `temperror`. Default 20.
     pub timeout: u64,
+    /// Messages larger than this (bytes) get SPF only: DKIM, ARC and DMARC need the whole
+    /// message in memory, and are left out rather than guessed. Default 16777216.
+    pub max_message_size: u64,
     /// Scores by rule name, over SpamAssassin's defaults (`SPF_PASS = -0.001`, …; the full
     /// list is in postsift.example.toml). A rule scored 0 is off. Default: SpamAssassin's.
     pub scores: BTreeMap<String, f64>,
@@ -737,6 +740,7 @@ impl Default for Auth {
             dmarc_policy: DmarcPolicy::Score,
             trusted_arc_sealers: Vec::new(),
             timeout: 20,
+            max_message_size: 16_777_216,
             scores: BTreeMap::new(),
         }
     }

@@ -451,6 +451,9 @@ fn auth_summary(a: &crate::scan::auth::AuthReport) -> String {
     if let Some(x) = &a.arc {
         out.push(format!("arc={}", x.result.label()));
     }
+    if let Some(why) = a.message_skipped {
+        out.push(format!("dkim,dmarc,arc=unchecked({why})"));
+    }
     out.join(" ")
 }
 

@@ -609,6 +609,7 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
             }),
             spf_helo: None,
             spf_skipped: None,
+            message_skipped: None,
             dkim: Some(vec![
                 Dkim {
                     result: Verdict::Pass,

@@ -182,6 +182,8 @@ pub struct AuthReport {
     pub spf_helo: Option<Spf>,
     /// Why SPF was not checked at all.
     pub spf_skipped: Option<&'static str>,
+    /// Why DKIM, DMARC and ARC were not checked (a message too large, or not parseable).
+    pub message_skipped: Option<&'static str>,
     /// One per signature; None: DKIM not checked.
     pub dkim: Option<Vec<Dkim>>,
     pub dmarc: Option<Dmarc>,
@@ -231,6 +233,7 @@ pub struct Checker {
     /// The receiving host, for SPF's `%{r}` macro.
     hostname: String,
     timeout: Duration,
+    max_message_size: u64,
 }
 
 /// The cache views of one method's check, for mail-auth's `Parameters`.
@@ -288,7 +291,14 @@ impl Checker {
             arc: a.arc,
             hostname: config.hostname(),
             timeout: Duration::from_secs(a.timeout),
+            max_message_size: a.max_message_size,
         }))
+    }
+
+    /// Larger messages are checked with SPF only (call [`Checker::check`] with an empty
+    /// message).
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message_size
     }
 
     /// The shared resolver (its cache, for tests and `postsift scan`).
@@ -296,12 +306,17 @@ impl Checker {
         &self.resolver
     }
 
-    /// Every enabled method on `raw` (the whole message as received).
+    /// Every enabled method on `raw` (the whole message as received); an empty `raw` (a message
+    /// over `max_message_size`) gets SPF only.
     pub async fn check(&self, raw: &[u8], client: &Client, metrics: &Metrics) -> AuthReport {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let a = &self.resolver.authenticator;
-        let parsed = AuthenticatedMessage::parse(raw);
+        let parsed = if raw.is_empty() {
+            None
+        } else {
+            AuthenticatedMessage::parse(raw)
+        };
         let dm = &metrics.dns;
         let sender = client.mail_from.as_str();
         let envelope_domain = sender
@@ -367,7 +382,7 @@ impl Checker {
             Some(Ok(v)) => v,
             _ => Vec::new(),
         };
-        let dkim = if !self.dkim {
+        let dkim = if !self.dkim || parsed.is_none() {
             None
         } else if dkim_timed_out {
             Some(vec![Dkim {
@@ -426,10 +441,16 @@ impl Checker {
             result: Verdict::from_spf(o.result()),
             identity: bounded(helo),
         });
+        let message_skipped = match (&parsed, raw.is_empty()) {
+            (Some(_), _) => None,
+            (None, true) => Some("message over auth.max_message_size"),
+            (None, false) => Some("message not parseable"),
+        };
         let report = AuthReport {
             spf,
             spf_helo,
             spf_skipped,
+            message_skipped,
             dkim,
             dmarc,
             arc,
@@ -708,6 +729,7 @@ mod tests {
                 identity: "mx.example.org".into(),
             }),
             spf_skipped: None,
+            message_skipped: None,
             dkim: Some(vec![Dkim {
                 result: Verdict::Pass,
                 reason: None,
@@ -824,5 +846,25 @@ mod tests {
         assert!(trusted_arc(&r, &trusted));
         r.arc.as_mut().unwrap().result = Verdict::Fail;
         assert!(!trusted_arc(&r, &trusted));
+    }
+
+    /// No DNS is asked: no client address (no SPF), no message (too large).
+    #[tokio::test]
+    async fn a_message_over_the_limit_gets_spf_only_and_says_why() {
+        let mut c = Config::default();
+        c.dns.servers = vec!["127.0.0.1:9".into()];
+        let checker = Checker::new(&c).unwrap().unwrap();
+        let m = Metrics::new();
+        let r = checker.check(b"", &Client::default(), &m).await;
+        assert_eq!(
+            (r.spf_skipped, r.message_skipped),
+            (
+                Some("no client address from XFORWARD ADDR"),
+                Some("message over auth.max_message_size")
+            )
+        );
+        assert_eq!((r.spf, r.dkim, r.dmarc, r.arc), (None, None, None, None));
+        c.auth.enabled = false;
+        assert!(Checker::new(&c).unwrap().is_none());
     }
 }

@@ -313,6 +313,10 @@ impl Scanners {
         };
         let auth = async {
             let checker = self.auth.as_ref()?;
+            // Over the limit: SPF only (it needs no part of the message).
+            if msg.len() > checker.max_message_size() {
+                return Some(checker.check(b"", &env.client, metrics).await);
+            }
             match msg.read_all() {
                 Ok(raw) => Some(checker.check(&raw, &env.client, metrics).await),
                 Err(e) => {
