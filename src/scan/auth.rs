@@ -324,14 +324,18 @@ impl Checker {
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
 
+        // A loopback client is a local submission (or postsift's own hop): SPF says nothing
+        // about it, and a fail there would only be noise.
         let spf_skipped = match (self.spf, client.ip) {
             (false, _) => None,
             (true, None) => Some("no client address from XFORWARD ADDR"),
+            (true, Some(ip)) if ip.is_loopback() => Some("client address is loopback"),
             (true, Some(_)) => None,
         };
+        let spf_ip = client.ip.filter(|_| self.spf && spf_skipped.is_none());
         let helo = client.helo.as_deref().unwrap_or("");
         let spf_mail = async {
-            let ip = client.ip.filter(|_| self.spf && !sender.is_empty())?;
+            let ip = spf_ip.filter(|_| !sender.is_empty())?;
             let l = self.resolver.lookups(dm);
             let v = Views::of(&l);
             let p = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
@@ -339,7 +343,7 @@ impl Checker {
             Some(out.unwrap_or_else(|_| SpfOutput::default().with_result(SpfResult::TempError)))
         };
         let spf_helo = async {
-            let ip = client.ip.filter(|_| self.spf && !helo.is_empty())?;
+            let ip = spf_ip.filter(|_| !helo.is_empty())?;
             let l = self.resolver.lookups(dm);
             let v = Views::of(&l);
             let p = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
@@ -864,6 +868,10 @@ mod tests {
             )
         );
         assert_eq!((r.spf, r.dkim, r.dmarc, r.arc), (None, None, None, None));
+        let local = Client::from_xforward(Some("127.0.0.1"), Some("localhost"), "a@example.org");
+        let r = checker.check(b"", &local, &m).await;
+        assert_eq!(r.spf_skipped, Some("client address is loopback"));
+        assert_eq!((r.spf, r.spf_helo), (None, None));
         c.auth.enabled = false;
         assert!(Checker::new(&c).unwrap().is_none());
     }
