@@ -119,12 +119,18 @@ impl DmarcAction {
 }
 
 /// The DMARC disposition under `[auth] dmarc_policy`: only `"enforce"` acts, only on a
-/// `fail`, and a p=reject becomes nothing when the ARC chain passes with a trusted sealer.
+/// `fail` with SPF checked, and a p=reject becomes nothing when the ARC chain passes with a
+/// trusted sealer.
 pub fn dmarc_action(config: &Config, auth: Option<&AuthReport>) -> DmarcAction {
     let Some(a) = auth else {
         return DmarcAction::None;
     };
     if config.auth.dmarc_policy != DmarcPolicy::Enforce {
+        return DmarcAction::None;
+    }
+    // SPF could not be checked (no client address): a fail may only mean that SPF, which
+    // would have passed, was missing. Reported, not enforced.
+    if a.spf_skipped.is_some() {
         return DmarcAction::None;
     }
     match &a.dmarc {
@@ -658,6 +664,11 @@ mod tests {
         c.auth.trusted_arc_sealers = vec!["lists.example.net".into()];
         let d = decide(&c, &r);
         assert_eq!((d.category, d.dmarc), (Category::Clean, DmarcAction::None));
+        // Without the client's address SPF was not checked: not enforced.
+        c.auth.trusted_arc_sealers.clear();
+        let mut unknown = r.clone();
+        unknown.auth.as_mut().unwrap().spf_skipped = Some("no client address from XFORWARD ADDR");
+        assert_eq!(decide(&c, &unknown).dmarc, DmarcAction::None);
         // p=quarantine: spam, with the spam action.
         r.auth = Some(dmarc_fail(DmarcPolicyKind::Quarantine));
         c.spam.action = Action::Discard;
