@@ -47,6 +47,8 @@ pub struct Config {
     pub log: Log,
     pub greylist: Greylist,
     pub quarantine: Quarantine,
+    pub dns: Dns,
+    pub auth: Auth,
     /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
     /// for the built-in defaults. Serde fills every absent key with its default, so this is the
     /// only record of what the administrator actually configured: the spam-engine check and
@@ -684,6 +686,108 @@ fn parse_policy_listen(s: &str) -> Option<PolicyListen> {
     s.parse().ok().map(PolicyListen::Tcp)
 }
 
+/// `[dns]`: the resolver mail authentication (`[auth]`) asks. Answers are cached in-process,
+/// shared by all sessions, for as long as their TTL says (see `dns`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dns {
+    /// Name servers as `"ip:port"` (`"127.0.0.1:53"`, `"[::1]:5353"`), asked in order.
+    /// Default `[]`: the `nameserver` lines of /etc/resolv.conf, port 53.
+    pub servers: Vec<String>,
+    /// Seconds to wait for one answer. Default 5.
+    pub timeout: u64,
+    /// Tries per query before it fails (then the check that asked gives `temperror`).
+    /// Default 2.
+    pub attempts: usize,
+    /// Answers kept in postsift's own record cache, per record type (TXT, MX, A, AAAA, PTR);
+    /// the resolver below it keeps as many raw answers, negative ones included. Default 10000.
+    pub cache_size: usize,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            timeout: 5,
+            attempts: 2,
+            cache_size: 10_000,
+        }
+    }
+}
+
+impl Dns {
+    /// The servers, parsed (validated at load).
+    pub fn server_addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+}
+
+/// What a DMARC failure does (`[auth] dmarc_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcPolicy {
+    /// Reported in Authentication-Results only.
+    Ignore,
+    /// Reported, and its score (`DMARC_*`) added to the spam score.
+    Score,
+    /// Scored, and the domain's policy applied: p=reject → `550 5.7.1`, p=quarantine → spam.
+    Enforce,
+}
+
+/// `[auth]`: mail authentication (SPF, DKIM, DMARC, ARC) checked on every message, written to
+/// `Authentication-Results` and scored like SpamAssassin's rules of the same names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Check and add `Authentication-Results` (and remove forged ones carrying
+    /// `authserv_id`). Default true.
+    pub enabled: bool,
+    /// The authserv-id of the `Authentication-Results` header postsift writes and removes.
+    /// Default: `server.hostname`.
+    pub authserv_id: Option<String>,
+    /// SPF for MAIL FROM and HELO, with the client's address and HELO from XFORWARD (without
+    /// XFORWARD ADDR, SPF is not checked). Default true.
+    pub spf: bool,
+    /// Every DKIM signature. Default true.
+    pub dkim: bool,
+    /// DMARC for the From domain. Default true.
+    pub dmarc: bool,
+    /// The ARC chain. Default true.
+    pub arc: bool,
+    /// `"ignore"`, `"score"` (default) or `"enforce"`.
+    pub dmarc_policy: DmarcPolicy,
+    /// ARC sealers (the `d=` of the newest ARC-Seal) whose passing chain exempts a message
+    /// from a DMARC reject (mailing lists, forwarders). Default `[]`.
+    pub trusted_arc_sealers: Vec<String>,
+    /// Seconds all the checks of one message may take together; a method not finished by
+    /// then gives `temperror`. Default 20.
+    pub timeout: u64,
+    /// Messages larger than this (bytes) get SPF only: DKIM, ARC and DMARC need the whole
+    /// message in memory, and are left out rather than guessed. Default 16777216.
+    pub max_message_size: u64,
+    /// Scores by rule name, over SpamAssassin's defaults (`SPF_PASS = -0.001`, …; the full
+    /// list is in postsift.example.toml). A rule scored 0 is off. Default: SpamAssassin's.
+    pub scores: BTreeMap<String, f64>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            enabled: true,
+            authserv_id: None,
+            spf: true,
+            dkim: true,
+            dmarc: true,
+            arc: true,
+            dmarc_policy: DmarcPolicy::Score,
+            trusted_arc_sealers: Vec::new(),
+            timeout: 20,
+            max_message_size: 16_777_216,
+            scores: BTreeMap::new(),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -833,6 +937,7 @@ impl Config {
                 return Err(bad("spam.quarantine_level", "must be a finite number"));
             }
         }
+        self.validate_auth(&bad)?;
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),
@@ -848,6 +953,8 @@ impl Config {
             ("rspamd.connect_timeout", self.rspamd.connect_timeout),
             ("rspamd.timeout", self.rspamd.timeout),
             ("metrics.probe_interval", self.metrics.probe_interval),
+            ("dns.timeout", self.dns.timeout),
+            ("auth.timeout", self.auth.timeout),
         ] {
             if secs == 0 {
                 return Err(bad(key, "must be at least 1 second"));
@@ -887,6 +994,61 @@ impl Config {
                      [{other}] if no spam check is meant)"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self, bad: &dyn Fn(&'static str, &str) -> Error) -> Result<(), Error> {
+        for s in &self.dns.servers {
+            if s.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    "dns.servers",
+                    &format!("{s:?}: expected ip:port, such as \"127.0.0.1:53\""),
+                ));
+            }
+        }
+        if self.dns.attempts == 0 {
+            return Err(bad("dns.attempts", "must be at least 1"));
+        }
+        if self.dns.cache_size == 0 {
+            return Err(bad("dns.cache_size", "must be at least 1"));
+        }
+        if let Some(id) = &self.auth.authserv_id {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                return Err(bad(
+                    "auth.authserv_id",
+                    "must be a host name: printable ASCII without spaces or ';'",
+                ));
+            }
+        }
+        for (name, score) in &self.auth.scores {
+            if !crate::scan::auth::RULES.iter().any(|(r, _)| r == name) {
+                return Err(bad(
+                    "auth.scores",
+                    &format!(
+                        "unknown rule {name:?}; known: {}",
+                        crate::scan::auth::RULES
+                            .iter()
+                            .map(|(r, _)| *r)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if !score.is_finite() {
+                return Err(bad(
+                    "auth.scores",
+                    &format!("{name}: must be a finite number"),
+                ));
+            }
+        }
+        for d in &self.auth.trusted_arc_sealers {
+            if d.is_empty() || d.contains(char::is_whitespace) {
+                return Err(bad(
+                    "auth.trusted_arc_sealers",
+                    &format!("{d:?}: expected a domain name"),
+                ));
+            }
         }
         Ok(())
     }
@@ -972,6 +1134,24 @@ impl Config {
                 ));
             }
         }
+        if !self.auth.enabled {
+            if self.present.contains_key("dns") {
+                out.push(
+                    "[dns] is not used: auth.enabled is false, and only mail authentication \
+                     asks DNS"
+                        .to_owned(),
+                );
+            }
+            if let Some(keys) = self.present.get("auth") {
+                let unused = keys.iter().filter(|k| *k != "enabled");
+                if unused.clone().next().is_some() {
+                    out.push(format!(
+                        "{} not used: auth.enabled is false",
+                        Self::describe("auth", unused)
+                    ));
+                }
+            }
+        }
         // Only the non-default value: it asks for 451s that will never be given.
         if engine == "rspamd"
             && !self.rspamd.use_action
@@ -1023,6 +1203,14 @@ impl Config {
             ]
             .contains(&Unchecked::Quarantine)
             || !self.quarantine.release_listen.is_empty()
+    }
+
+    /// The authserv-id of `Authentication-Results`: `auth.authserv_id`, else the host name.
+    pub fn authserv_id(&self) -> String {
+        self.auth
+            .authserv_id
+            .clone()
+            .unwrap_or_else(|| self.hostname())
     }
 
     /// The host name used in the greeting, Received and X-Virus-Scanned.
@@ -1284,5 +1472,38 @@ mod tests {
         );
         let with_action = format!("{base}use_action = true\n");
         assert!(parse(&with_action).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn auth_and_dns_keys_are_checked_by_name() {
+        refused("[dns]\nservers = [\"localhost:53\"]\n", "dns.servers");
+        refused("[dns]\nattempts = 0\n", "dns.attempts");
+        refused("[dns]\ntimeout = 0\n", "dns.timeout");
+        let e = refused("[auth.scores]\nSPF_PAS = 1.0\n", "auth.scores");
+        assert!(e.contains("SPF_PASS"), "the known rules are listed: {e}");
+        refused("[auth.scores]\nSPF_PASS = nan\n", "auth.scores");
+        refused("[auth]\nauthserv_id = \"mx example\"\n", "auth.authserv_id");
+        let e = parse("[auth]\ndmarc_policy = \"strict\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dmarc_policy") && e.contains("enforce"), "{e}");
+        let c = parse("[dns]\nservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n[auth]\ndmarc_policy = \"enforce\"\n[auth.scores]\nSPF_FAIL = 2.5\n").unwrap();
+        assert_eq!(c.dns.server_addrs().len(), 2);
+        assert_eq!(c.auth.dmarc_policy, DmarcPolicy::Enforce);
+        assert!(c.warnings().is_empty());
+        let mut h = parse("[server]\nhostname = \"mx.example.com\"\n").unwrap();
+        assert_eq!(h.authserv_id(), "mx.example.com");
+        h.auth.authserv_id = Some("auth.example.com".into());
+        assert_eq!(h.authserv_id(), "auth.example.com");
+    }
+
+    #[test]
+    fn dns_and_auth_keys_with_auth_off_are_a_warning() {
+        let w = parse("[auth]\nenabled = false\ndmarc_policy = \"enforce\"\n[dns]\ntimeout = 2\n")
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("[dns] is not used"), "{w:?}");
+        assert!(w[1].starts_with("auth.dmarc_policy is not used"), "{w:?}");
     }
 }

@@ -152,6 +152,11 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         from: r.env.sender.clone(),
         rcpts: r.env.recipients.iter().map(|x| x.address.clone()).collect(),
         queue_id: xf.ident.clone(),
+        client: crate::scan::auth::Client::from_xforward(
+            xf.addr.as_deref(),
+            xf.helo.as_deref(),
+            &r.env.sender,
+        ),
     };
     let (report, decision) = judge(shared, &r.msg, &scan_env).await;
     let scan_time = scan_start.elapsed();
@@ -256,6 +261,7 @@ fn reason(decision: &Decision) -> String {
             |s| format!("score={}", rewrite::score(s.score)),
         ),
         Category::Unchecked => decision.unchecked_reason.unwrap_or("-").to_owned(),
+        Category::DmarcReject { domain } => format!("DMARC p=reject for {domain}"),
         Category::Clean => "-".into(),
     }
 }
@@ -335,6 +341,8 @@ struct LogLine {
     banned: String,
     /// Parts the MIME walk decoded (`-`: not walked), and why it stopped early.
     parts: String,
+    /// Mail authentication, one word per method (`-`: off).
+    auth: String,
     size: u64,
     receive: Duration,
     scan: Duration,
@@ -418,6 +426,10 @@ impl LogLine {
                     Some(l) => format!("{} (stopped: {}: {l})", p.count, l.kind.label()),
                 },
             },
+            auth: report
+                .auth
+                .as_ref()
+                .map_or_else(|| "-".into(), auth_summary),
             size: r.msg.len(),
             receive,
             scan,
@@ -448,6 +460,7 @@ impl LogLine {
             virus = %self.virus,
             banned = %self.banned,
             parts = %self.parts,
+            auth = %self.auth,
             size = self.size,
             receive_ms = self.receive.as_millis() as u64,
             scan_ms = self.scan.as_millis() as u64,
@@ -460,6 +473,41 @@ impl LogLine {
             "message"
         );
     }
+}
+
+/// `spf=pass spf_helo=none dkim=pass,fail dmarc=pass arc=none`; SPF that could not be checked
+/// says why (`spf=unchecked(no client address from XFORWARD ADDR)`).
+fn auth_summary(a: &crate::scan::auth::AuthReport) -> String {
+    let mut out = Vec::new();
+    match (&a.spf, a.spf_skipped) {
+        (Some(s), _) => out.push(format!("spf={}", s.result.label())),
+        (None, Some(why)) => out.push(format!("spf=unchecked({why})")),
+        _ => {}
+    }
+    if let Some(s) = &a.spf_helo {
+        out.push(format!("spf_helo={}", s.result.label()));
+    }
+    if let Some(d) = &a.dkim {
+        let r: Vec<&str> = d.iter().map(|s| s.result.label()).collect();
+        out.push(format!(
+            "dkim={}",
+            if r.is_empty() {
+                "none".into()
+            } else {
+                r.join(",")
+            }
+        ));
+    }
+    if let Some(d) = &a.dmarc {
+        out.push(format!("dmarc={}", d.result.label()));
+    }
+    if let Some(x) = &a.arc {
+        out.push(format!("arc={}", x.result.label()));
+    }
+    if let Some(why) = a.message_skipped {
+        out.push(format!("dkim,dmarc,arc=unchecked({why})"));
+    }
+    out.join(" ")
 }
 
 impl fmt::Display for Outcome {

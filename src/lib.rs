@@ -22,6 +22,7 @@
 //! back in its queue.
 
 pub mod config;
+pub mod dns;
 pub mod filter;
 pub mod greylist;
 pub mod health;

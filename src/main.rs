@@ -55,11 +55,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Scan one message file with the configured scanners; print the verdict and the headers
-    /// that would be added. Exit code: 0 clean, 1 spam, 2 virus, 3 not checked (scanner failure).
+    /// Scan one message file with the configured scanners; print the verdict, the mail
+    /// authentication results and the headers that would be added. Exit code: 0 clean, 1 spam,
+    /// 2 virus, 3 not checked (scanner failure), 4 banned, 5 rejected by DMARC policy.
     Scan {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The original client's address, for SPF (as XFORWARD ADDR would give it). Without
+        /// it SPF is not checked.
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+        /// The original client's HELO name, for SPF's HELO identity.
+        #[arg(long)]
+        helo: Option<String>,
+        /// The envelope sender (MAIL FROM), for SPF and DMARC.
+        #[arg(long, default_value = "")]
+        mail_from: String,
         message: PathBuf,
     },
     /// The greylisting store named by `greylist.store` (works beside the running daemon).
@@ -211,9 +222,20 @@ fn main() -> ExitCode {
                 }
             }
         },
-        Command::Scan { message, .. } => {
+        Command::Scan {
+            message,
+            client_ip,
+            helo,
+            mail_from,
+            ..
+        } => {
             init_logging(&config);
-            match scan(config, &message) {
+            let client = postsift::scan::auth::Client {
+                ip: client_ip,
+                helo,
+                mail_from,
+            };
+            match scan(config, &message, client) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("postsift: {e:#}");
@@ -587,17 +609,26 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<u8> {
 
 /// `postsift scan`: the pipeline's checks and policy on one file, and the header block it would
 /// write; nothing is delivered.
-fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
+fn scan(
+    config: Config,
+    path: &std::path::Path,
+    client: postsift::scan::auth::Client,
+) -> anyhow::Result<u8> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let msg = Message::from_bytes(&data);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let shared = postsift::Shared::new(config, CancellationToken::new());
-    let env = postsift::scan::ScanEnvelope::default();
+    let env = postsift::scan::ScanEnvelope {
+        from: client.mail_from.clone(),
+        client,
+        ..Default::default()
+    };
     let (report, decision) = rt.block_on(filter::judge(&shared, &msg, &env));
     println!("virus scan: {:?}", report.virus);
     println!("spam scan:  {:?}", report.spam);
+    print_auth(&shared.config, &decision);
     print_parts(&shared.config, &msg, report.parts.as_ref());
     println!("category:   {}", decision.category.label());
     let outcome = match &decision.disposition {
@@ -630,8 +661,38 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
         (Category::Virus(_), _) => 2,
         (Category::Banned { .. }, _) => 4,
         (Category::Spam, _) => 1,
+        (Category::DmarcReject { .. }, _) => 5,
         (Category::Clean, _) => 0,
     })
+}
+
+/// The mail authentication results, one method a line, and the rules they scored.
+fn print_auth(config: &Config, decision: &postsift::policy::Decision) {
+    let Some(a) = &decision.auth else {
+        println!("auth:       off");
+        return;
+    };
+    if let Some(why) = a.spf_skipped {
+        println!("auth:       spf not checked: {why} (give --client-ip, --helo, --mail-from)");
+    }
+    let header =
+        postsift::rewrite::authentication_results(&config.authserv_id(), a, decision.dmarc);
+    for line in header.trim_end().lines().skip(1) {
+        println!("auth:       {}", line.trim().trim_end_matches(';'));
+    }
+    let rules = postsift::scan::auth::rules(a, config);
+    println!(
+        "auth rules: {}",
+        if rules.is_empty() {
+            "none".to_string()
+        } else {
+            rules
+                .iter()
+                .map(|(n, s)| format!("{n}={}", postsift::rewrite::score(*s)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
 }
 
 /// The parts the MIME walk decoded, one line each (what clamd was given besides the whole

@@ -18,7 +18,15 @@ use prometheus::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub const VERDICTS: &[&str] = &["clean", "spam", "virus", "banned", "unchecked", "unscanned"];
+pub const VERDICTS: &[&str] = &[
+    "clean",
+    "spam",
+    "virus",
+    "banned",
+    "unchecked",
+    "dmarc",
+    "unscanned",
+];
 pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail", "quarantine"];
 pub const RECIPIENT_RESULTS: &[&str] = &[
     "delivered",
@@ -66,6 +74,19 @@ pub const GREYLIST_RESULTS: &[&str] = &[
 pub const GREYLIST_STORES: &[&str] = &["embedded", "redis"];
 pub const GREYLIST_STORE_ERRORS: &[&str] = &["embedded", "redis", "timeout"];
 pub const RELOAD_RESULTS: &[&str] = &["success", "failure"];
+/// Mail authentication methods (`spf` is the MAIL FROM identity).
+pub const AUTH_METHODS: &[&str] = &["spf", "spf_helo", "dkim", "dmarc", "arc"];
+/// Their results (RFC 8601's words).
+pub const AUTH_RESULTS: &[&str] = &[
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "policy",
+    "none",
+    "temperror",
+    "permerror",
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -117,6 +138,12 @@ pub struct Metrics {
     /// Recipients released by the daemon (AM.PDP), by result; `postsift quarantine release`
     /// runs in its own process and logs instead.
     pub quarantine_releases: IntCounterVec,
+    /// Mail authentication results, by method (one per DKIM signature) and result.
+    pub auth_results: IntCounterVec,
+    /// Time all authentication checks of one message took together.
+    pub auth_duration: Histogram,
+    /// The DNS lookups and cache of mail authentication (see `dns`).
+    pub dns: crate::dns::DnsMetrics,
     /// Set by the health probe: every configured peer answered at the last probe.
     pub ready: AtomicBool,
 }
@@ -229,7 +256,51 @@ impl Metrics {
         for k in ["triplets", "clients"] {
             greylist_entries.with_label_values(&[k]);
         }
+        let dns = crate::dns::DnsMetrics {
+            lookups: counter(
+                &r,
+                "postsift_dns_lookups_total",
+                "DNS lookups mail authentication handed to the resolver (misses of postsift's cache), by record type and outcome",
+                &["type", "outcome"],
+                &[crate::dns::TYPES, crate::dns::OUTCOMES],
+            ),
+            duration: histogram_vec(
+                &r,
+                "postsift_dns_lookup_duration_seconds",
+                "Time of one DNS lookup, by record type (for lookups without an answer: an upper bound)",
+                "type",
+                crate::dns::TYPES,
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+            cache: counter(
+                &r,
+                "postsift_dns_cache_requests_total",
+                "Requests to postsift's DNS record cache, by record type and result (hit, miss)",
+                &["type", "result"],
+                &[crate::dns::TYPES, &["hit", "miss"]],
+            ),
+        };
         Metrics {
+            auth_results: counter(
+                &r,
+                "postsift_auth_results_total",
+                "Mail authentication results, by method (one per DKIM signature) and result",
+                &["method", "result"],
+                &[AUTH_METHODS, AUTH_RESULTS],
+            ),
+            auth_duration: histogram(
+                &r,
+                "postsift_auth_duration_seconds",
+                "Time the mail authentication checks of one message took together",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            ),
+            dns,
             greylist_decisions: counter(
                 &r,
                 "postsift_greylist_decisions_total",

@@ -1,8 +1,20 @@
-//! Judging a scan: the content category in amavis order (virus > unchecked > spam at kill level >
-//! clean) and the configured action for it, as typed values (the reply texts are the SMTP
-//! side's, in `smtp::reply`). Pure functions of the report and the configuration.
+//! Judging a scan: the content category in amavis order (virus > banned > unchecked > DMARC
+//! reject > spam at kill level > clean) and the configured action for it, as typed values (the
+//! reply texts are the SMTP side's, in `smtp::reply`). Pure functions of the report and the
+//! configuration.
+//!
+//! Mail authentication counts in two ways. Its rules (`SPF_PASS`, `DKIM_VALID_AU`, …) are added
+//! to the spam engine's score and listed with its rules, as SpamAssassin would list its own.
+//! Without a spam engine (none configured, or it failed and was passed) there is no spam score
+//! and so no X-Spam-* headers: a score of authentication alone cannot reach any spam level
+//! worth the name, and a header saying "No, score=-0.1" would tell mailbox rules that the
+//! content was scanned when it was not; the results are still in Authentication-Results.
+//! With `[auth] dmarc_policy = "enforce"`, a DMARC failure is judged by the domain's policy:
+//! p=reject refuses the message (unless a trusted ARC sealer vouches for it), p=quarantine makes
+//! it spam.
 
-use crate::config::{Action, Config, OnFailure, Unchecked};
+use crate::config::{Action, Config, DmarcPolicy, OnFailure, Unchecked};
+use crate::scan::auth::{self, AuthReport, DmarcPolicyKind, Verdict};
 use crate::scan::parts::LimitKind;
 use crate::scan::{Failure, ScanReport, SpamResult, SpamScan, VirusScan};
 
@@ -16,6 +28,11 @@ pub enum Category {
     },
     /// Not virus-scanned (scanner failed, passed by `on_failure = "pass"`).
     Unchecked,
+    /// Failed DMARC for a domain whose policy is p=reject, with `dmarc_policy = "enforce"`.
+    DmarcReject {
+        /// The From domain.
+        domain: String,
+    },
     /// At or above the kill level.
     Spam,
     Clean,
@@ -27,6 +44,7 @@ impl Category {
             Category::Virus(_) => "virus",
             Category::Banned { .. } => "banned",
             Category::Unchecked => "unchecked",
+            Category::DmarcReject { .. } => "dmarc",
             Category::Spam => "spam",
             Category::Clean => "clean",
         }
@@ -76,6 +94,79 @@ pub struct Decision {
     /// "scanner" (clamd failed) or the walk's limit ("parts", "bytes", "depth", "ratio",
     /// "encrypted").
     pub unchecked_reason: Option<&'static str>,
+    /// The mail authentication results the headers report (None: `[auth]` off).
+    pub auth: Option<AuthReport>,
+    /// What DMARC enforcement did (the `dis=` of Authentication-Results).
+    pub dmarc: DmarcAction,
+}
+
+/// What DMARC enforcement does to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmarcAction {
+    /// Nothing: DMARC passed, is not enforced, or the policy is p=none.
+    #[default]
+    None,
+    /// Treated as spam (p=quarantine).
+    Quarantine,
+    /// Refused (p=reject).
+    Reject,
+}
+
+impl DmarcAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            DmarcAction::None => "none",
+            DmarcAction::Quarantine => "quarantine",
+            DmarcAction::Reject => "reject",
+        }
+    }
+}
+
+/// The DMARC disposition under `[auth] dmarc_policy`: only `"enforce"` acts, only on a
+/// `fail` with SPF checked, and a p=reject becomes nothing when the ARC chain passes with a
+/// trusted sealer.
+pub fn dmarc_action(config: &Config, auth: Option<&AuthReport>) -> DmarcAction {
+    let Some(a) = auth else {
+        return DmarcAction::None;
+    };
+    if config.auth.dmarc_policy != DmarcPolicy::Enforce {
+        return DmarcAction::None;
+    }
+    // SPF could not be checked (no client address): a fail may only mean that SPF, which
+    // would have passed, was missing. Reported, not enforced.
+    if a.spf_skipped.is_some() {
+        return DmarcAction::None;
+    }
+    match &a.dmarc {
+        Some(d) if d.result == Verdict::Fail => match d.policy {
+            Some(DmarcPolicyKind::Reject)
+                if auth::trusted_arc(a, &config.auth.trusted_arc_sealers) =>
+            {
+                DmarcAction::None
+            }
+            Some(DmarcPolicyKind::Reject) => DmarcAction::Reject,
+            Some(DmarcPolicyKind::Quarantine) => DmarcAction::Quarantine,
+            _ => DmarcAction::None,
+        },
+        _ => DmarcAction::None,
+    }
+}
+
+/// The spam engine's result with the authentication rules added (score and list, sorted by
+/// name as SpamAssassin sorts its own). A rule the engine already fired itself (a SpamAssassin
+/// with its SPF/DKIM plugins and DNS on) is not counted twice: the engine's stays.
+fn with_auth_rules(mut r: SpamResult, rules: Vec<(String, f64)>) -> SpamResult {
+    let rules: Vec<(String, f64)> = rules
+        .into_iter()
+        .filter(|(n, _)| !r.rules.iter().any(|(m, _)| m == n))
+        .collect();
+    if rules.is_empty() {
+        return r;
+    }
+    r.score += rules.iter().map(|(_, s)| s).sum::<f64>();
+    r.rules.extend(rules);
+    r.rules.sort_by(|a, b| a.0.cmp(&b.0));
+    r
 }
 
 /// The configured answer to a walk stopped by `kind`.
@@ -91,16 +182,26 @@ fn on_limit(config: &Config, kind: LimitKind) -> Unchecked {
 }
 
 pub fn decide(config: &Config, report: &ScanReport) -> Decision {
+    let auth_rules = || {
+        report
+            .auth
+            .as_ref()
+            .map(|a| auth::rules(a, config))
+            .unwrap_or_default()
+    };
     let spam = match &report.spam {
-        SpamScan::Scored(r) => Some(r.clone()),
+        SpamScan::Scored(r) => Some(with_auth_rules(r.clone(), auth_rules())),
         _ => None,
     };
+    let dmarc = dmarc_action(config, report.auth.as_ref());
     let decision = |category: Category, disposition| Decision {
         category,
         disposition,
         spam: spam.clone(),
         tempfail_reason: None,
         unchecked_reason: None,
+        auth: report.auth.clone(),
+        dmarc,
     };
     let tempfail = |reason: &'static str, category: Category, t: Tempfail| Decision {
         tempfail_reason: Some(reason),
@@ -175,6 +276,16 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             );
         }
     }
+    // A DMARC reject needs no content verdict: the domain's owner asked for it.
+    if dmarc == DmarcAction::Reject {
+        let domain = report
+            .auth
+            .as_ref()
+            .and_then(|a| a.dmarc.as_ref())
+            .map(|d| d.domain.clone())
+            .unwrap_or_default();
+        return decision(Category::DmarcReject { domain }, Disposition::Reject);
+    }
     // Not fully checked: clamd failed (and on_failure = "pass"), or the MIME walk stopped at
     // a limit. Passed tagged ***UNCHECKED***, as amavis passes it.
     if matches!(report.virus, VirusScan::Failed(_)) {
@@ -212,6 +323,9 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
         if quarantine {
             return decision(Category::Spam, Disposition::Quarantine);
         }
+    }
+    if dmarc == DmarcAction::Quarantine {
+        return decision(Category::Spam, action(config.spam.action));
     }
     decision(Category::Clean, Disposition::Deliver)
 }
@@ -289,6 +403,7 @@ mod tests {
             spam_time: Duration::ZERO,
             parts: None,
             banned: None,
+            auth: None,
         }
     }
 
@@ -551,5 +666,97 @@ mod tests {
             decide(&c, &report(VirusScan::Clean, fail)).disposition,
             Disposition::Tempfail(_)
         ));
+    }
+
+    fn dmarc_fail(policy: DmarcPolicyKind) -> AuthReport {
+        AuthReport {
+            dmarc: Some(crate::scan::auth::Dmarc {
+                result: Verdict::Fail,
+                domain: "example.org".into(),
+                policy: Some(policy),
+                p: Some(policy),
+                sp: Some(policy),
+                testing: false,
+            }),
+            arc: Some(crate::scan::auth::Arc {
+                result: Verdict::Pass,
+                sealer: Some(("lists.example.net".into(), 1)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dmarc_enforce_rejects_quarantines_and_honours_trusted_arc() {
+        let mut c = Config::default();
+        let mut r = report(VirusScan::Clean, scored(1.0));
+        r.auth = Some(dmarc_fail(DmarcPolicyKind::Reject));
+        // "score" (default): scored, not enforced.
+        let d = decide(&c, &r);
+        assert_eq!(d.category, Category::Clean);
+        let s = d.spam.unwrap();
+        assert!((s.score - (1.0 + 1.797 - 0.001)).abs() < 1e-9, "{s:?}");
+        assert!(s.rules.contains(&("DMARC_REJECT".into(), 1.797)));
+        // A rule the engine fired itself is not counted twice.
+        let mut twice = r.clone();
+        twice.spam = SpamScan::Scored(SpamResult {
+            rules: vec![("DMARC_REJECT".into(), 2.0)],
+            ..match scored(1.0) {
+                SpamScan::Scored(s) => s,
+                _ => unreachable!(),
+            }
+        });
+        let s = decide(&c, &twice).spam.unwrap();
+        assert!((s.score - (1.0 - 0.001)).abs() < 1e-9, "{s:?}");
+        assert_eq!(
+            s.rules.iter().filter(|(n, _)| n == "DMARC_REJECT").count(),
+            1
+        );
+        c.auth.dmarc_policy = DmarcPolicy::Enforce;
+        let d = decide(&c, &r);
+        assert_eq!(
+            (d.category, d.disposition, d.dmarc),
+            (
+                Category::DmarcReject {
+                    domain: "example.org".into()
+                },
+                Disposition::Reject,
+                DmarcAction::Reject
+            )
+        );
+        // A virus still outranks it.
+        let mut v = r.clone();
+        v.virus = VirusScan::Infected(vec!["Eicar".into()]);
+        assert_eq!(decide(&c, &v).category.label(), "virus");
+        // A trusted sealer's passing chain exempts it.
+        c.auth.trusted_arc_sealers = vec!["lists.example.net".into()];
+        let d = decide(&c, &r);
+        assert_eq!((d.category, d.dmarc), (Category::Clean, DmarcAction::None));
+        // Without the client's address SPF was not checked: not enforced.
+        c.auth.trusted_arc_sealers.clear();
+        let mut unknown = r.clone();
+        unknown.auth.as_mut().unwrap().spf_skipped = Some("no client address from XFORWARD ADDR");
+        assert_eq!(decide(&c, &unknown).dmarc, DmarcAction::None);
+        // p=quarantine: spam, with the spam action.
+        r.auth = Some(dmarc_fail(DmarcPolicyKind::Quarantine));
+        c.spam.action = Action::Discard;
+        let d = decide(&c, &r);
+        assert_eq!(
+            (d.category, d.disposition, d.dmarc),
+            (
+                Category::Spam,
+                Disposition::Discard,
+                DmarcAction::Quarantine
+            )
+        );
+    }
+
+    #[test]
+    fn without_a_spam_engine_authentication_makes_no_spam_score() {
+        let mut r = report(VirusScan::Clean, SpamScan::Off);
+        r.auth = Some(dmarc_fail(DmarcPolicyKind::None));
+        let d = decide(&Config::default(), &r);
+        assert_eq!((d.category, d.spam), (Category::Clean, None));
+        assert!(d.auth.is_some());
     }
 }

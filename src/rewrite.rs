@@ -1,14 +1,17 @@
 //! The header block that goes out in place of the original header section: postsift's own
-//! `X-Virus-Scanned`, `X-Spam-*` and `Received:` lines in the exact amavisd-new form (mailbox
-//! rules match on them), incoming copies of those headers removed so senders cannot forge them,
-//! and the subject tag. Everything else in the header section is copied byte for byte.
+//! `Authentication-Results` (RFC 8601) at the top, then `X-Virus-Scanned`, `X-Spam-*` and
+//! `Received:` lines in the exact amavisd-new form (mailbox rules match on them), incoming copies
+//! of those headers removed so senders cannot forge them — `Authentication-Results` only where
+//! it carries postsift's own authserv-id, however written — and the subject tag. Everything else
+//! in the header section is copied byte for byte.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
 
 use crate::config::Config;
 use crate::message::{field_name, fields};
-use crate::policy::{spam_level, Category, Decision, SpamLevel};
+use crate::policy::{spam_level, Category, Decision, DmarcAction, SpamLevel};
+use crate::scan::auth::{AuthReport, Verdict};
 use crate::scan::SpamResult;
 
 /// What the Received line says about the hop into postsift.
@@ -30,6 +33,195 @@ pub fn is_stripped(name: &[u8]) -> bool {
     lower.starts_with(b"x-spam-") || lower == b"x-virus-scanned" || lower == b"x-amavis-alert"
 }
 
+/// Whether an incoming header field is an `Authentication-Results` carrying `authserv_id`
+/// (RFC 8601 §5: a receiver removes those, so no sender can forge its verdict). The id is read
+/// as a mail reader would: the field unfolded, comments (nested, with quoted pairs) skipped, a
+/// quoted-string unquoted, compared without case and without a trailing dot. A value that cannot
+/// be read that way (an unclosed comment or quote) is removed when it holds the id anywhere.
+pub fn is_forged_auth_results(field: &[u8], authserv_id: &str) -> bool {
+    let Some(name) = field_name(field) else {
+        return false;
+    };
+    if !name.eq_ignore_ascii_case(b"authentication-results") {
+        return false;
+    }
+    let colon = field.iter().position(|&b| b == b':').expect("a field");
+    let value: Vec<u8> = field[colon + 1..]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
+    let ours = authserv_id.trim_end_matches('.').as_bytes();
+    match first_value(&value) {
+        Some(id) => {
+            let id = id.strip_suffix(b".").unwrap_or(&id);
+            id.eq_ignore_ascii_case(ours)
+        }
+        None => value
+            .to_ascii_lowercase()
+            .windows(ours.len().max(1))
+            .any(|w| w.eq_ignore_ascii_case(ours)),
+    }
+}
+
+/// The first token or quoted-string of an unfolded header value, after whitespace and
+/// comments; None when a comment or quoted-string never closes.
+fn first_value(v: &[u8]) -> Option<Vec<u8>> {
+    let mut i = 0;
+    // Leading CFWS.
+    loop {
+        while i < v.len() && (v[i] == b' ' || v[i] == b'\t') {
+            i += 1;
+        }
+        if v.get(i) != Some(&b'(') {
+            break;
+        }
+        let mut depth = 0usize;
+        loop {
+            match v.get(i) {
+                None => return None,
+                Some(b'\\') => i += 1,
+                Some(b'(') => depth += 1,
+                Some(b')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        i += 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    if v.get(i) == Some(&b'"') {
+        i += 1;
+        loop {
+            match v.get(i) {
+                None => return None,
+                Some(b'"') => return Some(out),
+                Some(b'\\') => {
+                    i += 1;
+                    out.push(*v.get(i)?);
+                }
+                Some(&b) => out.push(b),
+            }
+            i += 1;
+        }
+    }
+    while let Some(&b) = v.get(i) {
+        if b == b' ' || b == b'\t' || b == b';' || b == b'(' || b == b'"' {
+            break;
+        }
+        out.push(b);
+        i += 1;
+    }
+    Some(out)
+}
+
+/// `Authentication-Results` for `report`, one method a line, in the order and form people
+/// expect (RFC 8601; `dis=` is what DMARC enforcement did).
+pub fn authentication_results(authserv_id: &str, report: &AuthReport, dis: DmarcAction) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(sigs) = &report.dkim {
+        if sigs.is_empty() {
+            parts.push("dkim=none".into());
+        }
+        for d in sigs {
+            let mut p = format!("dkim={}", d.result.label());
+            if let Some(r) = &d.reason {
+                let _ = write!(p, " ({r})");
+            }
+            if !d.domain.is_empty() {
+                let _ = write!(p, " header.d={}", pvalue(&d.domain));
+            }
+            if !d.selector.is_empty() {
+                let _ = write!(p, " header.s={}", pvalue(&d.selector));
+            }
+            if !d.b.is_empty() {
+                let _ = write!(p, " header.b={}", pvalue(&d.b));
+            }
+            parts.push(p);
+        }
+    }
+    if let Some(s) = &report.spf {
+        parts.push(format!(
+            "spf={} smtp.mailfrom={}",
+            s.result.label(),
+            pvalue(&s.identity)
+        ));
+    }
+    if let Some(s) = &report.spf_helo {
+        parts.push(format!(
+            "spf={} smtp.helo={}",
+            s.result.label(),
+            pvalue(&s.identity)
+        ));
+    }
+    if let Some(d) = &report.dmarc {
+        let mut p = format!("dmarc={}", d.result.label());
+        if let Some(policy) = d.p {
+            let _ = write!(p, " (p={}", policy.label());
+            if let Some(sp) = d.sp.filter(|sp| *sp != policy) {
+                let _ = write!(p, " sp={}", sp.label());
+            }
+            if d.testing {
+                p.push_str(" t=y");
+            }
+            let _ = write!(p, " dis={})", dis.label());
+        }
+        if !d.domain.is_empty() {
+            let _ = write!(p, " header.from={}", pvalue(&d.domain));
+        }
+        parts.push(p);
+    }
+    if let Some(a) = &report.arc {
+        let mut p = format!("arc={}", a.result.label());
+        if let (Some((d, i)), Verdict::Pass | Verdict::Fail) = (&a.sealer, a.result) {
+            let _ = write!(p, " (i={i} d={})", pvalue(d));
+        }
+        parts.push(p);
+    }
+    let mut out = format!("Authentication-Results: {authserv_id}");
+    if parts.is_empty() {
+        out.push_str("; none\r\n");
+        return out;
+    }
+    for p in parts {
+        out.push_str(";\r\n ");
+        out.push_str(&p);
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// A property value: as it is when it is a dot-atom (with at most one `@`), else a
+/// quoted-string; control characters never get through.
+fn pvalue(s: &str) -> String {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    let at_ok = s.matches('@').count() <= 1
+        && !s.starts_with('@')
+        && !s.ends_with('@')
+        && s.chars().all(|c| atext(c) || c == '@');
+    if !s.is_empty() && at_ok {
+        return s.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Builds the new header section (ending in CRLF, without the blank line) from the original one.
 pub fn header_block(
     config: &Config,
@@ -39,6 +231,10 @@ pub fn header_block(
 ) -> Vec<u8> {
     let hostname = config.hostname();
     let mut out = String::with_capacity(1024);
+    let authserv_id = config.auth.enabled.then(|| config.authserv_id());
+    if let (Some(id), Some(report)) = (&authserv_id, &decision.auth) {
+        out.push_str(&authentication_results(id, report, decision.dmarc));
+    }
 
     let scanned = config.headers.virus_scanned.clone().unwrap_or_else(|| {
         let domain = hostname
@@ -68,7 +264,7 @@ pub fn header_block(
     }
     if let Some(spam) = &decision.spam {
         if spam.score >= config.spam.tag_level {
-            spam_headers(&mut out, config, spam);
+            spam_headers(&mut out, config, spam, flagged(config, decision));
         }
     }
     let _ = write!(
@@ -93,6 +289,12 @@ pub fn header_block(
             continue;
         };
         if is_stripped(name) {
+            continue;
+        }
+        if authserv_id
+            .as_deref()
+            .is_some_and(|id| is_forged_auth_results(field, id))
+        {
             continue;
         }
         if !subject_done && name.eq_ignore_ascii_case(b"subject") {
@@ -127,19 +329,20 @@ fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
     if decision.category == Category::Unchecked {
         return Some(config.headers.unchecked_subject_tag.as_str()).filter(|t| !t.is_empty());
     }
-    match &decision.spam {
-        Some(s)
-            if spam_level(config, s) >= SpamLevel::Flagged
-                && !config.spam.subject_tag.is_empty() =>
-        {
-            Some(config.spam.subject_tag.as_str())
-        }
-        _ => None,
-    }
+    (flagged(config, decision) && !config.spam.subject_tag.is_empty())
+        .then_some(config.spam.subject_tag.as_str())
 }
 
-fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult) {
-    let flagged = spam_level(config, spam) >= SpamLevel::Flagged;
+/// Flagged as spam: at or above tag2, or judged spam for another reason (DMARC quarantine).
+fn flagged(config: &Config, decision: &Decision) -> bool {
+    decision.category == Category::Spam
+        || decision
+            .spam
+            .as_ref()
+            .is_some_and(|s| spam_level(config, s) >= SpamLevel::Flagged)
+}
+
+fn spam_headers(out: &mut String, config: &Config, spam: &SpamResult, flagged: bool) {
     let _ = write!(
         out,
         "X-Spam-Flag: {}\r\n",
@@ -248,6 +451,8 @@ mod tests {
             }),
             tempfail_reason: None,
             unchecked_reason: None,
+            auth: None,
+            dmarc: DmarcAction::None,
         }
     }
 
@@ -347,5 +552,136 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
             incoming,
             "Subject : ***Spam***  Hi\r\nX-Spammy: kept? no\r\nX-Virus-Scanned-By: kept\r\n"
         );
+    }
+
+    fn auth_config() -> Config {
+        let mut c = config();
+        c.auth.authserv_id = Some("mx.example.com".into());
+        c
+    }
+
+    /// Hostile spellings of postsift's own authserv-id: each must go.
+    #[test]
+    fn forged_authentication_results_with_our_id_are_removed() {
+        let id = "mx.example.com";
+        for forged in [
+            "Authentication-Results: mx.example.com; spf=pass\r\n",
+            "authentication-results:mx.example.com;dkim=pass\r\n",
+            "AUTHENTICATION-RESULTS : MX.Example.COM; dmarc=pass\r\n",
+            "Authentication-Results:\tmx.example.com (x); spf=pass\r\n",
+            "Authentication-Results: (a comment) mx.example.com; spf=pass\r\n",
+            "Authentication-Results: (nested (comment \\) here)) mx.example.com;\r\n spf=pass\r\n",
+            "Authentication-Results:\r\n mx.example.com;\r\n\tdkim=pass header.d=example.org\r\n",
+            "Authentication-Results: \"mx.example.com\"; spf=pass\r\n",
+            "Authentication-Results: mx.example.com. ; spf=pass\r\n",
+            "Authentication-Results: mx.example.com 1; spf=pass\r\n",
+            "Authentication-Results: mx.example.com(comment);spf=pass\r\n",
+            "Authentication-Results: (unclosed comment mx.example.com; spf=pass\r\n",
+            "Authentication-Results: \"mx.example.com; spf=pass\r\n",
+        ] {
+            assert!(
+                is_forged_auth_results(forged.as_bytes(), id),
+                "kept: {forged:?}"
+            );
+        }
+        for kept in [
+            "Authentication-Results: mx.example.org; spf=pass\r\n",
+            "Authentication-Results: other.example.com; spf=pass smtp.mailfrom=a@mx.example.com\r\n",
+            "Authentication-Results: mx.example.com.evil.net; spf=pass\r\n",
+            "Authentication-Results: (mx.example.com) relay.example.net; spf=pass\r\n",
+            "ARC-Authentication-Results: i=1; mx.example.com; spf=pass\r\n",
+            "X-Authentication-Results: mx.example.com; spf=pass\r\n",
+        ] {
+            assert!(
+                !is_forged_auth_results(kept.as_bytes(), id),
+                "removed: {kept:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authentication_results_at_the_top_forged_ones_removed() {
+        use crate::scan::auth::{Arc as ArcR, AuthReport, Dkim, Dmarc, DmarcPolicyKind, Spf};
+        let report = AuthReport {
+            spf: Some(Spf {
+                result: Verdict::Pass,
+                identity: "sender@example.org".into(),
+            }),
+            spf_helo: None,
+            spf_skipped: None,
+            message_skipped: None,
+            dkim: Some(vec![
+                Dkim {
+                    result: Verdict::Pass,
+                    reason: None,
+                    domain: "example.org".into(),
+                    selector: "sel1".into(),
+                    b: "AbCdEfGh".into(),
+                },
+                Dkim {
+                    result: Verdict::Neutral,
+                    reason: Some("body hash did not verify".into()),
+                    domain: "ex ample\"org".into(),
+                    selector: "s2".into(),
+                    b: String::new(),
+                },
+            ]),
+            dmarc: Some(Dmarc {
+                result: Verdict::Pass,
+                domain: "example.org".into(),
+                policy: Some(DmarcPolicyKind::Reject),
+                p: Some(DmarcPolicyKind::Reject),
+                sp: Some(DmarcPolicyKind::Reject),
+                testing: false,
+            }),
+            arc: Some(ArcR {
+                result: Verdict::None,
+                sealer: None,
+            }),
+            envelope_domain: "example.org".into(),
+            time: Default::default(),
+        };
+        let mut d = decision(0.0, &[]);
+        d.auth = Some(report);
+        let orig = "Authentication-Results: mx.example.com; spf=pass\r\n\
+                    Authentication-Results: relay.example.net; spf=fail\r\n\
+                    ARC-Authentication-Results: i=1; mx.example.com; spf=pass\r\n\
+                    authentication-results :\r\n (x) MX.EXAMPLE.COM; dkim=pass\r\nFrom: a@b\r\n";
+        let b =
+            String::from_utf8(header_block(&auth_config(), &d, &trace(), orig.as_bytes())).unwrap();
+        assert!(
+            b.starts_with(
+                "Authentication-Results: mx.example.com;\r\n \
+                 dkim=pass header.d=example.org header.s=sel1 header.b=AbCdEfGh;\r\n \
+                 dkim=neutral (body hash did not verify) header.d=\"ex ample\\\"org\" header.s=s2;\r\n \
+                 spf=pass smtp.mailfrom=sender@example.org;\r\n \
+                 dmarc=pass (p=reject dis=none) header.from=example.org;\r\n \
+                 arc=none\r\nX-Virus-Scanned: "
+            ),
+            "{b}"
+        );
+        let incoming = b.split_once(" with ESMTP id abc123; ").unwrap().1;
+        let incoming = incoming.split_once("\r\n").unwrap().1;
+        assert_eq!(
+            incoming,
+            "Authentication-Results: relay.example.net; spf=fail\r\n\
+             ARC-Authentication-Results: i=1; mx.example.com; spf=pass\r\nFrom: a@b\r\n"
+        );
+        // Authentication off: nothing added, nothing removed.
+        let mut c = auth_config();
+        c.auth.enabled = false;
+        let b = String::from_utf8(header_block(&c, &d, &trace(), orig.as_bytes())).unwrap();
+        assert!(!b.starts_with("Authentication-Results"));
+        assert!(b.contains("\r\nAuthentication-Results: mx.example.com; spf=pass\r\n"));
+    }
+
+    #[test]
+    fn property_values_are_quoted_when_they_are_not_atoms() {
+        assert_eq!(pvalue("a.b-c@example.org"), "a.b-c@example.org");
+        assert_eq!(pvalue("a b@x"), "\"a b@x\"");
+        assert_eq!(pvalue("a\r\nInjected: x"), "\"a??Injected: x\"");
+        assert_eq!(pvalue("\"q\"@x"), "\"\\\"q\\\"@x\"");
+        assert_eq!(pvalue("a@b@c"), "\"a@b@c\"");
+        assert_eq!(pvalue(""), "\"\"");
     }
 }

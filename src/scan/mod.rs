@@ -11,6 +11,7 @@
 //! adding a check adds its module and its arm here, and touches neither the session nor the
 //! other checks.
 
+pub mod auth;
 pub mod banned;
 pub mod clamd;
 pub mod parts;
@@ -121,6 +122,8 @@ pub struct ScanReport {
     pub parts: Option<PartsSummary>,
     /// The first part a `[banned]` rule banned.
     pub banned: Option<banned::Banned>,
+    /// Mail authentication (None: `[auth]` off).
+    pub auth: Option<auth::AuthReport>,
 }
 
 /// Messages up to this size are walked on the session's own task.
@@ -177,6 +180,8 @@ pub struct Scanners {
     spam_max_size: usize,
     spam_timeout: Duration,
     spam_on_failure: OnFailure,
+    /// Mail authentication; None when `[auth]` is off (or no resolver could be built).
+    auth: Option<auth::Checker>,
 }
 
 impl Scanners {
@@ -229,7 +234,18 @@ impl Scanners {
             spam_max_size: if rspamd { r.max_size } else { s.max_size },
             spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
             spam_on_failure: if rspamd { r.on_failure } else { s.on_failure },
+            auth: auth::Checker::new(config).unwrap_or_else(|e| {
+                tracing::error!(
+                    "mail authentication is off: {e}; set [dns] servers (or auth.enabled = false)"
+                );
+                None
+            }),
         }
+    }
+
+    /// The mail authentication checker, when `[auth]` is on.
+    pub fn auth(&self) -> Option<&auth::Checker> {
+        self.auth.as_ref()
     }
 
     pub fn clamd(&self) -> Option<&clamd::ClamdClient> {
@@ -295,7 +311,22 @@ impl Scanners {
             };
             (r, start.elapsed())
         };
-        let ((virus, parts, banned, virus_time), (spam, spam_time)) = tokio::join!(virus, spam);
+        let auth = async {
+            let checker = self.auth.as_ref()?;
+            // Over the limit: SPF only (it needs no part of the message).
+            if msg.len() > checker.max_message_size() {
+                return Some(checker.check(b"", &env.client, metrics).await);
+            }
+            match msg.read_all() {
+                Ok(raw) => Some(checker.check(&raw, &env.client, metrics).await),
+                Err(e) => {
+                    tracing::warn!("mail authentication not run: reading the spool: {e}");
+                    None
+                }
+            }
+        };
+        let ((virus, parts, banned, virus_time), (spam, spam_time), auth) =
+            tokio::join!(virus, spam, auth);
         let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
@@ -334,6 +365,7 @@ impl Scanners {
             spam_time,
             parts,
             banned,
+            auth,
         }
     }
 

@@ -31,6 +31,9 @@ pub struct Envelope {
     pub rcpts: Vec<String>,
     /// Postfix's queue id (XFORWARD IDENT).
     pub queue_id: Option<String>,
+    /// The original client for mail authentication: XFORWARD ADDR and HELO only, never the
+    /// address of the hop into postsift (SPF must not check Postfix's 127.0.0.1).
+    pub client: crate::scan::auth::Client,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -182,6 +182,14 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
             "2.7.0",
             format!("Ok, quarantined, id={id} - {}", category_text(c)),
         )),
+        Outcome::Rejected(Category::DmarcReject { domain }) => same(Reply::new(
+            550,
+            "5.7.1",
+            one_line(&format!(
+                "Rejected by DMARC policy for {domain}, id={id}: the From domain asks receivers \
+                 to reject mail that fails DMARC"
+            )),
+        )),
         Outcome::Rejected(c) => same(Reply::new(
             554,
             "5.7.0",
@@ -209,6 +217,7 @@ fn category_text(c: &Category) -> String {
         Category::Banned { name, .. } => one_line(&format!("BANNED: {name}")),
         Category::Spam => "spam".into(),
         Category::Unchecked => "UNCHECKED".into(),
+        Category::DmarcReject { domain } => one_line(&format!("DMARC reject: {domain}")),
         Category::Clean => "CLEAN".into(),
     }
 }

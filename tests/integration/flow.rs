@@ -37,9 +37,15 @@ async fn clean_message_arrives_with_amavis_headers_and_unchanged_body() {
 
     let m = sink.last();
     let text = m.text();
+    // Authentication-Results first (mail authentication is on by default), then amavis's
+    // headers in amavis's order.
     assert!(
-        text.starts_with(
-            "X-Virus-Scanned: postsift at test.local\r\nX-Spam-Flag: NO\r\nX-Spam-Score: "
+        text.starts_with("Authentication-Results: filter.test.local;"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\r\nX-Virus-Scanned: postsift at test.local\r\nX-Spam-Flag: NO\r\nX-Spam-Score: "
         ),
         "{text}"
     );

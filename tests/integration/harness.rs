@@ -839,7 +839,7 @@ pub fn retry_if_port_taken<T>(what: &str, mut try_start: impl FnMut() -> Result<
     unreachable!()
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
 }
 

@@ -4,11 +4,13 @@
 
 mod capture; // a capturing / misbehaving reinjection server
 mod client; // a small async SMTP/LMTP client
+mod dns_peer; // starts a real DNS server: unbound with the tests' local data
 mod greylist_peers; // starts the greylisting peers: postgrey, redis-server; a policy client
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
 mod util; // postsift in-process on port 0, shared peers
 
+mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Results; enforcement
 mod clamd_cost; // clamd per-part scanning: one IDSESSION against a connection per part (--ignored)
 mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed

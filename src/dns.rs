@@ -1,0 +1,445 @@
+//! The DNS resolver behind mail authentication (`[dns]`): hickory's resolver (through
+//! mail-auth) pointed at the configured servers, and an in-process cache shared by every session
+//! and check, observed for the metrics.
+//!
+//! Two layers cache, both honouring TTLs. postsift's own [`Cache`] sits in mail-auth's cache
+//! hooks and keeps *parsed* answers (an SPF record, a DKIM key already decoded) until the
+//! answer's TTL runs out, so a warm message costs neither a query nor a parse; it is bounded by
+//! `dns.cache_size` per record type. mail-auth 0.13 hands its hooks positive answers only, so
+//! the resolver's own cache (hickory's, as large) is kept below it for negative answers
+//! (NXDOMAIN/NODATA for their SOA's negative TTL) — the common "this HELO name has no SPF
+//! record" case. A DNS failure is never cached.
+//!
+//! What the metrics can see: mail-auth does its queries itself, so lookups are observed at the
+//! hooks. A miss in postsift's cache is a lookup handed to the resolver; the answer's arrival
+//! (mail-auth stores it) ends it with outcome `answer` and its latency. A lookup that never
+//! stores anything got no usable answer — NXDOMAIN, NODATA, SERVFAIL or a timeout, which the
+//! hooks cannot tell apart — and is counted `no_answer`, or `timeout` when it lasted
+//! `dns.timeout` or longer; its latency runs until the same check's next lookup or its end (the
+//! checks of one method run their lookups one after another), so for those it is an upper
+//! bound. A `no_answer` may have come from the resolver's negative cache without a query.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mail_auth::common::verify::DomainKey;
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use mail_auth::{MessageAuthenticator, RecordSet, ResolverCache, Txt, MX};
+use prometheus::{HistogramVec, IntCounterVec};
+
+use crate::config::Dns as Settings;
+
+/// Record types, as metric labels.
+pub const TYPES: &[&str] = &["txt", "mx", "a", "aaaa", "ptr"];
+/// How a lookup ended (see the module comment).
+pub const OUTCOMES: &[&str] = &["answer", "no_answer", "timeout"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no DNS servers: dns.servers is empty and /etc/resolv.conf gave none ({0})")]
+    NoServers(String),
+    #[error("cannot build the DNS resolver: {0}")]
+    Build(String),
+}
+
+/// The metric handles the cache records into.
+#[derive(Clone)]
+pub struct DnsMetrics {
+    /// `postsift_dns_lookups_total{type, outcome}`
+    pub lookups: IntCounterVec,
+    /// `postsift_dns_lookup_duration_seconds{type}`
+    pub duration: HistogramVec,
+    /// `postsift_dns_cache_requests_total{type, result}` (hit, miss)
+    pub cache: IntCounterVec,
+}
+
+/// The resolver and the cache all sessions share.
+pub struct Resolver {
+    pub authenticator: MessageAuthenticator,
+    pub cache: Cache,
+    timeout: Duration,
+}
+
+impl Resolver {
+    pub fn new(settings: &Settings) -> Result<Resolver, Error> {
+        let servers: Vec<NameServerConfig> = if settings.servers.is_empty() {
+            let (system, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| Error::NoServers(e.to_string()))?;
+            system.name_servers
+        } else {
+            settings.server_addrs().iter().map(name_server).collect()
+        };
+        if servers.is_empty() {
+            return Err(Error::NoServers("none configured".into()));
+        }
+        let mut config = ResolverConfig::default();
+        config.name_servers = servers;
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(settings.timeout);
+        opts.attempts = settings.attempts;
+        opts.cache_size = settings.cache_size as u64;
+        opts.use_hosts_file = ResolveHosts::Never;
+        // Names are always absolute; never try them under a search domain.
+        opts.ndots = 0;
+        let authenticator =
+            MessageAuthenticator::new(config, opts).map_err(|e| Error::Build(e.to_string()))?;
+        Ok(Resolver {
+            authenticator,
+            cache: Cache::new(settings.cache_size),
+            timeout: Duration::from_secs(settings.timeout),
+        })
+    }
+
+    /// A view of the cache for one method's check of one message, recording into `metrics`.
+    pub fn lookups<'a>(&'a self, metrics: &'a DnsMetrics) -> Lookups<'a> {
+        let tracker = Tracker {
+            pending: Mutex::new(Vec::new()),
+            metrics,
+            timeout: self.timeout,
+        };
+        Lookups {
+            cache: &self.cache,
+            tracker,
+        }
+    }
+}
+
+/// UDP, then TCP for truncated answers, on `addr`'s port.
+fn name_server(addr: &SocketAddr) -> NameServerConfig {
+    let conn = |protocol| {
+        let mut c = ConnectionConfig::new(protocol);
+        c.port = addr.port();
+        c
+    };
+    NameServerConfig::new(
+        addr.ip(),
+        true,
+        vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
+    )
+}
+
+/// One record type's answers until they expire; at most `capacity` of them.
+pub struct Table<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    capacity: usize,
+    label: &'static str,
+}
+
+impl<K: Hash + Eq, V: Clone> Table<K, V> {
+    fn new(capacity: usize, label: &'static str) -> Self {
+        Table {
+            map: Mutex::new(HashMap::new()),
+            capacity,
+            label,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
+        // A panic while holding the lock leaves a map of complete entries: still usable.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some((v, until)) if *until > Instant::now() => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, key: K, value: V, until: Instant) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= self.capacity {
+            map.retain(|_, (_, u)| *u > now);
+            // Still full: drop an arbitrary eighth rather than grow.
+            if map.len() >= self.capacity {
+                let drop = (self.capacity / 8).max(1);
+                let mut n = 0;
+                map.retain(|_, _| {
+                    n += 1;
+                    n > drop
+                });
+            }
+        }
+        map.insert(key, (value, until));
+    }
+
+    /// Entries held (expired ones included until they are next touched).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// postsift's record cache: parsed answers per record type.
+pub struct Cache {
+    pub txt: Table<Box<str>, Txt>,
+    pub mx: Table<Box<str>, RecordSet<MX>>,
+    pub ipv4: Table<Box<str>, RecordSet<Ipv4Addr>>,
+    pub ipv6: Table<Box<str>, RecordSet<Ipv6Addr>>,
+    pub ptr: Table<IpAddr, RecordSet<Box<str>>>,
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Cache {
+        Cache {
+            txt: Table::new(capacity, "txt"),
+            mx: Table::new(capacity, "mx"),
+            ipv4: Table::new(capacity, "a"),
+            ipv6: Table::new(capacity, "aaaa"),
+            ptr: Table::new(capacity, "ptr"),
+        }
+    }
+
+    /// The size in bits of the RSA key published at `selector._domainkey.domain` as the cache
+    /// holds it (just looked up by the DKIM check); None for an Ed25519 key or when not held.
+    pub fn dkim_key_bits(&self, domain: &str, selector: &str) -> Option<usize> {
+        let name = format!("{selector}._domainkey.{domain}.").to_ascii_lowercase();
+        let map = self.txt.lock();
+        match map.get(name.as_str()) {
+            Some((Txt::DomainKey(key), _)) => bits(key),
+            _ => None,
+        }
+    }
+}
+
+fn bits(key: &DomainKey) -> Option<usize> {
+    Some(key.p.public_key_bits()).filter(|b| *b != usize::MAX)
+}
+
+/// Lookups in flight for one check: started at a cache miss, ended by the answer's insertion,
+/// or (no usable answer) by the check's next miss or its end.
+struct Tracker<'a> {
+    pending: Mutex<Vec<(&'static str, u64, Instant)>>,
+    metrics: &'a DnsMetrics,
+    timeout: Duration,
+}
+
+impl Tracker<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, u64, Instant)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hit(&self, label: &'static str) {
+        self.metrics.cache.with_label_values(&[label, "hit"]).inc();
+    }
+
+    fn miss(&self, label: &'static str, key: u64) {
+        self.metrics.cache.with_label_values(&[label, "miss"]).inc();
+        let mut pending = self.lock();
+        for (l, _, start) in pending.drain(..) {
+            self.unanswered(l, start);
+        }
+        pending.push((label, key, Instant::now()));
+    }
+
+    fn answered(&self, label: &'static str, key: u64) {
+        let mut pending = self.lock();
+        if let Some(i) = pending
+            .iter()
+            .position(|(l, k, _)| *l == label && *k == key)
+        {
+            let (_, _, start) = pending.swap_remove(i);
+            self.observe(label, "answer", start.elapsed());
+        }
+    }
+
+    fn unanswered(&self, label: &'static str, start: Instant) {
+        let took = start.elapsed();
+        let outcome = if took >= self.timeout {
+            "timeout"
+        } else {
+            "no_answer"
+        };
+        self.observe(label, outcome, took);
+    }
+
+    fn observe(&self, label: &'static str, outcome: &str, took: Duration) {
+        self.metrics
+            .lookups
+            .with_label_values(&[label, outcome])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[label])
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        let pending: Vec<_> = self.lock().drain(..).collect();
+        for (l, _, start) in pending {
+            self.unanswered(l, start);
+        }
+    }
+}
+
+/// The cache as one check sees it: mail-auth's hooks, per record type.
+pub struct Lookups<'a> {
+    cache: &'a Cache,
+    tracker: Tracker<'a>,
+}
+
+impl<'a> Lookups<'a> {
+    pub fn txt(&self) -> View<'_, Box<str>, Txt> {
+        self.view(&self.cache.txt)
+    }
+    pub fn mx(&self) -> View<'_, Box<str>, RecordSet<MX>> {
+        self.view(&self.cache.mx)
+    }
+    pub fn ipv4(&self) -> View<'_, Box<str>, RecordSet<Ipv4Addr>> {
+        self.view(&self.cache.ipv4)
+    }
+    pub fn ipv6(&self) -> View<'_, Box<str>, RecordSet<Ipv6Addr>> {
+        self.view(&self.cache.ipv6)
+    }
+    pub fn ptr(&self) -> View<'_, IpAddr, RecordSet<Box<str>>> {
+        self.view(&self.cache.ptr)
+    }
+
+    fn view<'v, K, V>(&'v self, table: &'v Table<K, V>) -> View<'v, K, V> {
+        View {
+            table,
+            tracker: &self.tracker,
+        }
+    }
+}
+
+/// One record type's table as one check sees it.
+pub struct View<'a, K, V> {
+    table: &'a Table<K, V>,
+    tracker: &'a Tracker<'a>,
+}
+
+/// The same hash for a key and anything it borrows as (`Borrow`'s contract), so a lookup
+/// started with a `&str` is matched by the `Box<str>` stored for it.
+fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for View<'_, K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let v = self.table.get(name);
+        match v {
+            Some(_) => self.tracker.hit(self.table.label),
+            None => self.tracker.miss(self.table.label, key_hash(name)),
+        }
+        v
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.table.lock().remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        self.tracker.answered(self.table.label, key_hash(&key));
+        self.table.insert(key, value, valid_until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> DnsMetrics {
+        let m = crate::metrics::Metrics::new();
+        m.dns.clone()
+    }
+
+    fn rs(ip: [u8; 4]) -> RecordSet<Ipv4Addr> {
+        RecordSet {
+            rrset: vec![Ipv4Addr::from(ip)].into(),
+            dnssec_status: Default::default(),
+        }
+    }
+
+    #[test]
+    fn entries_live_until_their_ttl() {
+        let t: Table<Box<str>, RecordSet<Ipv4Addr>> = Table::new(10, "a");
+        let now = Instant::now();
+        t.insert(
+            "a.example.".into(),
+            rs([192, 0, 2, 1]),
+            now + Duration::from_secs(60),
+        );
+        t.insert("b.example.".into(), rs([192, 0, 2, 2]), now);
+        assert!(t.get("a.example.").is_some());
+        assert!(t.get("b.example.").is_none(), "expired at once (TTL 0)");
+        assert_eq!(t.len(), 1, "an expired entry is dropped when touched");
+    }
+
+    #[test]
+    fn a_full_table_drops_expired_then_arbitrary_entries() {
+        let t: Table<Box<str>, RecordSet<Ipv4Addr>> = Table::new(16, "a");
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..40 {
+            t.insert(format!("h{i}.example.").into(), rs([192, 0, 2, 1]), later);
+            assert!(t.len() <= 16);
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_answers_are_counted_per_type() {
+        let m = metrics();
+        let cache = Cache::new(100);
+        let lookups = Lookups {
+            cache: &cache,
+            tracker: Tracker {
+                pending: Mutex::new(Vec::new()),
+                metrics: &m,
+                timeout: Duration::from_secs(5),
+            },
+        };
+        let view = lookups.ipv4();
+        assert!(view.get::<str>("a.example.").is_none());
+        view.insert(
+            "a.example.".into(),
+            rs([192, 0, 2, 1]),
+            Instant::now() + Duration::from_secs(60),
+        );
+        assert!(view.get::<str>("a.example.").is_some());
+        // A miss never answered: counted when the next lookup starts or the check ends.
+        assert!(view.get::<str>("nx.example.").is_none());
+        drop(lookups);
+        let get = |l: &[&str]| m.cache.with_label_values(l).get();
+        assert_eq!((get(&["a", "hit"]), get(&["a", "miss"])), (1, 2));
+        let lk = |o: &str| m.lookups.with_label_values(&["a", o]).get();
+        assert_eq!((lk("answer"), lk("no_answer"), lk("timeout")), (1, 1, 0));
+        assert_eq!(m.duration.with_label_values(&["a"]).get_sample_count(), 2);
+    }
+
+    #[test]
+    fn configured_servers_keep_their_port() {
+        let ns = name_server(&"127.0.0.1:5353".parse().unwrap());
+        assert_eq!(ns.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(ns.connections.iter().all(|c| c.port == 5353));
+    }
+}

@@ -1,0 +1,113 @@
+//! Starts a private unbound (Debian's /usr/sbin/unbound) on a loopback port as the tests' DNS
+//! server: every name it answers is written by the test as `local-data`, every other name is
+//! NXDOMAIN (`local-zone: "." static`), so nothing is ever asked of another host. One zone can
+//! be forwarded to a UDP socket that never answers (a domain whose lookups time out: the one
+//! fault a real server cannot give on demand).
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{free_port, localhost, read_lossy, retry_if_port_taken, write_file, Peer};
+
+pub struct Unbound {
+    /// 127.0.0.1:<free port>, UDP and TCP.
+    pub addr: SocketAddr,
+    /// Stops unbound when dropped.
+    _peer: Peer,
+    /// Held open, never read: the server of `silent_zone`.
+    _silent: Option<UdpSocket>,
+}
+
+impl Unbound {
+    /// Starts unbound answering `records` (zone-file lines: `name. TTL IN TYPE data`), and
+    /// forwarding `silent_zone` (if any) to a socket that never answers. Blocks until it
+    /// answers a query (30 s, then panics with its log).
+    pub fn start(records: &[String], silent_zone: Option<&str>) -> Unbound {
+        retry_if_port_taken("unbound", || Unbound::try_start(records, silent_zone))
+    }
+
+    fn try_start(records: &[String], silent_zone: Option<&str>) -> Result<Unbound, String> {
+        let mut peer = Peer::new("unbound-");
+        let dir = peer.dir.clone();
+        let port = free_port();
+        let addr = localhost(port);
+        let silent = silent_zone.map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind silent"));
+        let mut conf = format!(
+            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  \
+             username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  \
+             logfile: \"{d}/unbound.log\"\n  use-syslog: no\n  verbosity: 1\n  do-ip6: no\n  \
+             access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n  \
+             module-config: \"iterator\"\n  qname-minimisation: no\n  \
+             local-zone: \".\" static\n  \
+             local-data: \". 3600 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60\"\n",
+            d = dir.display()
+        );
+        for r in records {
+            let _ = writeln!(conf, "  local-data: '{r}'");
+        }
+        if let (Some(zone), Some(s)) = (silent_zone, &silent) {
+            let _ = writeln!(conf, "  local-zone: \"{zone}.\" transparent");
+            let _ = write!(
+                conf,
+                "forward-zone:\n  name: \"{zone}.\"\n  forward-addr: 127.0.0.1@{}\n",
+                s.local_addr().unwrap().port()
+            );
+        }
+        conf.push_str("remote-control:\n  control-enable: no\n");
+        let conf_path = dir.join("unbound.conf");
+        write_file(&conf_path, &conf);
+        let check = Command::new("/usr/sbin/unbound-checkconf")
+            .arg(&conf_path)
+            .output()
+            .expect("unbound-checkconf");
+        assert!(
+            check.status.success(),
+            "unbound-checkconf: {}{}\n{conf}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let mut cmd = Command::new("/usr/sbin/unbound");
+        cmd.arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("unbound.err")).expect("create unbound.err"));
+        peer.spawn(cmd);
+        peer.wait_ready(
+            "unbound (a query)",
+            Duration::from_secs(30),
+            || answers(addr),
+            &["unbound.log", "unbound.err"],
+        )?;
+        Ok(Unbound {
+            addr,
+            _peer: peer,
+            _silent: silent,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        read_lossy(&self._peer.dir.join("unbound.log"))
+    }
+}
+
+/// Whether the server answers a query for `. SOA` over UDP.
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    // id 0x1234, RD, one question: root, SOA (6), IN.
+    let q = [
+        0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1,
+    ];
+    if s.send_to(&q, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(s.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[..2] == [0x12, 0x34])
+}
