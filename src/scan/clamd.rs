@@ -15,6 +15,7 @@ use tokio_stream::StreamExt;
 use tokio_util::either::Either;
 
 use crate::message::Message;
+use crate::scan::parts::Contents;
 
 /// What clamd said about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +97,11 @@ impl TransportProtocol for Transport<'_> {
     }
 }
 
-/// What goes to clamd: a whole spooled message, or one decoded part.
+/// What goes to clamd: a whole spooled message, or one decoded part (in memory, or its head
+/// and its spill file, streamed like a spooled message).
 enum Source<'a> {
     Message(&'a Message),
-    Bytes(Bytes),
+    Part(&'a Contents),
 }
 
 pub struct ClamdClient {
@@ -148,14 +150,11 @@ impl ClamdClient {
         }))
     }
 
-    /// Scans one decoded part (already in memory), with the same failover and timeout as
-    /// [`ClamdClient::scan`].
-    pub async fn scan_bytes(&self, data: Bytes) -> Result<Verdict, Error> {
+    /// Scans one decoded part, with the same failover and timeout as [`ClamdClient::scan`].
+    pub async fn scan_part(&self, part: &Contents) -> Result<Verdict, Error> {
         let mut last = None;
         for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Bytes(data.clone())))
-                .await
-            {
+            match tokio::time::timeout(self.timeout, self.scan_one(ep, Source::Part(part))).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
@@ -177,16 +176,14 @@ impl ClamdClient {
             connect_timeout: self.connect_timeout,
         };
         let endpoint = ep.name();
-        let (first, tail) = match source {
-            Source::Bytes(b) => (b, None),
-            Source::Message(msg) => (
-                msg.head().clone(),
-                msg.reopen_tail().map_err(|source| Error::Io {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?,
-            ),
+        let opened = match source {
+            Source::Part(c) => c.stream(),
+            Source::Message(msg) => msg.reopen_tail().map(|tail| (msg.head().clone(), tail)),
         };
+        let (first, tail) = opened.map_err(|source| Error::Io {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
         let head = tokio_stream::iter(std::iter::once(Ok::<Bytes, io::Error>(first)));
         let reply = match tail {
             None => clamav_client::tokio::scan_stream(head, &transport, Some(CHUNK)).await,

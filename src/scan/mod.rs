@@ -170,8 +170,9 @@ impl SpamEngine {
 
 pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
-    /// The MIME walk's limits; None when `[parts] enabled = false`.
-    walk: Option<(parts::Limits, u64)>,
+    /// The MIME walk's limits, `max_message_size` and spool directory; None when
+    /// `[parts] enabled = false`.
+    walk: Option<(parts::Limits, u64, std::path::PathBuf)>,
     banned_rules: Vec<banned::Rule>,
     spam: Option<SpamEngine>,
     spam_max_size: usize,
@@ -212,14 +213,13 @@ impl Scanners {
                     Duration::from_secs(c.timeout),
                 )
             }),
-            walk: config.parts.enabled.then_some((
-                parts::Limits {
-                    max_parts: config.parts.max_parts,
-                    max_bytes: config.parts.max_decoded_bytes,
-                    max_depth: config.parts.max_depth,
-                },
-                config.parts.max_message_size,
-            )),
+            walk: config.parts.enabled.then(|| {
+                (
+                    parts::Limits::from_config(&config.parts),
+                    config.parts.max_message_size,
+                    config.spool_dir(),
+                )
+            }),
             banned_rules: config
                 .banned
                 .rules
@@ -340,26 +340,30 @@ impl Scanners {
     /// The MIME walk, when on and the message is not too large for it: Ok(None) when not
     /// walked, Err when the message could not be read back.
     async fn walk(&self, msg: &Message) -> Result<Option<parts::Walk>, Failure> {
-        let Some((limits, max_size)) = self.walk else {
+        let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
         };
-        if msg.len() > max_size {
+        if msg.len() > *max_size {
             return Ok(None);
         }
+        let limits = *limits;
         let raw = msg
             .read_all()
             .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
         // CPU work on up to max_message_size bytes: off the async threads, unless the message
         // is small enough that the thread hand-off would cost more than the walk.
-        let walk = if raw.len() <= INLINE_WALK {
-            parts::walk(&raw, &limits)
+        let walked = if raw.len() <= INLINE_WALK {
+            parts::walk(&raw, &limits, spool)
         } else {
-            tokio::task::spawn_blocking(move || parts::walk(&raw, &limits))
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || parts::walk(&raw, &limits, &spool))
                 .await
                 .map_err(|e| {
                     Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
                 })?
         };
+        let walk =
+            walked.map_err(|e| Failure::new(FailureKind::Protocol, format!("MIME walk: {e}")))?;
         if walk.parser_failed {
             tracing::warn!(
                 "mail-parser failed on this message; its parts come from the raw reading only"
@@ -396,13 +400,13 @@ impl Scanners {
         let mut summary = summary(&walk);
         for part in walk.parts {
             // A member of an archive postsift listed was scanned by clamd inside the archive
-            // part already (clamd opens zips itself); a member that could not be read (an
-            // encrypted one) has nothing to scan.
-            if part.container.is_some() || part.data.is_empty() {
+            // part already (clamd opens zip, tar, gzip, bzip2 and xz itself, nested too); a
+            // member that could not be read (an encrypted one) has nothing to scan.
+            if !part.containers.is_empty() || part.contents.is_empty() {
                 continue;
             }
             let label = part.label();
-            match c.scan_bytes(part.data.into()).await {
+            match c.scan_part(&part.contents).await {
                 Ok(clamd::Verdict::Clean) => {}
                 Ok(clamd::Verdict::Infected(names)) => {
                     summary.infected = Some(label);
