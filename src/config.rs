@@ -1030,6 +1030,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("clamd.endpoints"), "{e}");
+        let e = parse("[parts]\nmax_memory = 4096\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("parts.max_memory"), "{e}");
     }
 
     #[test]

@@ -20,12 +20,18 @@
 //! bzip2 or xz file has one member, the decompressed stream, named by its header or by the
 //! file's own name less the suffix. Members are opened in turn, so a zip in a .tar.gz or a tar
 //! in a zip is listed too, up to `max_depth`. A member is decompressed only as far as the
-//! limits allow — at most [`MAX_RATIO`] (100) times its packed size (at least 1 MiB) and at most what
-//! is left of `max_decoded_bytes` — so a decompression bomb costs at most that quota. An
-//! encrypted zip member cannot be read and stops the walk (UNCHECKED); a corrupt archive is
-//! not an error (clamd still scans its bytes), and a member that breaks off is kept with what
-//! was read of it. Office documents (OOXML are zips) are kept whole, not listed. 7z and rar are
-//! not opened: rar has no maintained pure-Rust decoder, and 7z (sevenz-rust2) is left for later;
+//! limits allow — at most [`MAX_RATIO`] (100) times its packed size (at least 1 MiB) and at
+//! most what is left of `max_decoded_bytes` — so a decompression bomb costs at most that
+//! quota. An encrypted zip member cannot be read and stops the walk (UNCHECKED); a corrupt
+//! archive is not an error (clamd still scans its bytes), and a member that breaks off is kept
+//! with what was read of it. Office documents (OOXML are zips) are kept whole, not listed.
+//! Members are not sent to clamd again (`Scanners::virus_scan`): clamd opens zip, tar, gzip,
+//! bzip2 and xz itself, nested too, when it scans the archive part.
+//!
+//! 7z and rar are not opened. rar has no maintained pure-Rust decoder (the `unrar` crate binds
+//! RARLAB's C++ library under its own licence). 7z has one (sevenz-rust2, on the same
+//! lzma-rust2), but its archives keep their directory at the end, compress many files as one
+//! solid block and may be encrypted as a whole, so bounding it takes more than this change;
 //! clamd opens both itself when it scans the part.
 //!
 //! Decoded contents stay in memory up to the walk's budget (`max_memory`); past it a part's
