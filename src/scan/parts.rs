@@ -562,7 +562,10 @@ impl Collector {
     /// `data` as contents (spilled past the budget); None when spilling failed.
     fn contents(&mut self, data: &[u8]) -> Option<Contents> {
         let mut s = self.sink();
-        let done = s.write_all(data).and_then(|()| s.finish());
+        let done = match s.write_all(data) {
+            Ok(()) => s.finish(),
+            Err(e) => Err(s.failed.take().unwrap_or(e)),
+        };
         done.map_err(|e| self.fail(e)).ok()
     }
 
@@ -1696,5 +1699,29 @@ mod tests {
             w.parts.iter().all(|p| p.containers.is_empty()),
             "not listed"
         );
+    }
+
+    #[test]
+    fn a_spilled_zip_is_listed_from_its_file() {
+        let filler = noise(200 * 1024);
+        let z = zip_of(
+            &[("filler.bin", &filler), ("last.txt", b"the last member")],
+            false,
+        );
+        let w = walk(
+            &mail_named("big.zip", &z),
+            &Limits {
+                max_memory: 65_536,
+                ..LIMITS
+            },
+        );
+        assert!(w.parts[0].contents.is_spilled());
+        assert!(
+            has(&w, "filler.bin", &["zip"], &filler),
+            "{:?}",
+            listing(&w)
+        );
+        assert!(has(&w, "last.txt", &["zip"], b"the last member"));
+        assert!(w.memory() <= 65_536, "{}", w.memory());
     }
 }
