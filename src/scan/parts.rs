@@ -684,7 +684,7 @@ impl Collector {
     /// tell a member that goes on past it.
     fn read_member(&mut self, r: impl Read, cap: Cap, name: &str) -> Got {
         let mut sink = self.sink();
-        let read = io::copy(&mut r.take(cap.bytes + 1), &mut sink);
+        let read = io::copy(&mut r.take(cap.bytes.saturating_add(1)), &mut sink);
         if let Some(e) = sink.failed.take() {
             self.fail(e);
             return Got::Nothing;
