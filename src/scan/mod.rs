@@ -123,7 +123,7 @@ pub struct ScanReport {
     pub banned: Option<banned::Banned>,
 }
 
-/// Messages up to this size are walked on the session's own task.
+/// Messages up to this size are walked on the session's own task, unless they hold an archive.
 const INLINE_WALK: usize = 128 * 1024;
 
 fn summary(w: &parts::Walk) -> PartsSummary {
@@ -350,17 +350,23 @@ impl Scanners {
         let raw = msg
             .read_all()
             .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
-        // CPU work on up to max_message_size bytes: off the async threads, unless the message
-        // is small enough that the thread hand-off would cost more than the walk.
-        let walked = if raw.len() <= INLINE_WALK {
-            parts::walk(&raw, &limits, spool)
-        } else {
-            let spool = spool.clone();
-            tokio::task::spawn_blocking(move || parts::walk(&raw, &limits, &spool))
-                .await
-                .map_err(|e| {
-                    Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
-                })?
+        // CPU work on up to max_message_size bytes (and archives decompressed up to
+        // max_decoded_bytes): off the async threads, unless the message is small enough and
+        // holds no archive, so that the thread hand-off would cost more than the walk.
+        let inline = match raw.len() <= INLINE_WALK {
+            true => parts::walk_unless_archives(&raw, &limits, spool).transpose(),
+            false => None,
+        };
+        let walked = match inline {
+            Some(w) => w,
+            None => {
+                let spool = spool.clone();
+                tokio::task::spawn_blocking(move || parts::walk(&raw, &limits, &spool))
+                    .await
+                    .map_err(|e| {
+                        Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
+                    })?
+            }
         };
         let walk =
             walked.map_err(|e| Failure::new(FailureKind::Protocol, format!("MIME walk: {e}")))?;

@@ -465,6 +465,17 @@ const MIN_RAW_BLOCK: usize = 32;
 /// Walks `raw` within `limits`, spilling decoded data past `limits.max_memory` to unlinked
 /// temp files in `spool`. Err only when a spill file could not be written.
 pub fn walk(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Walk> {
+    walk_to(raw, limits, spool, true).map(|w| w.expect("archives opened"))
+}
+
+/// The walk, when it opens no archive: the readings of a small message cost less than a
+/// thread hand-off, decompressing an archive (up to `max_decoded_bytes`, bzip2 at some tens
+/// of MB/s) may not, so None tells the caller to run [`walk`] where it may block.
+pub fn walk_unless_archives(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Option<Walk>> {
+    walk_to(raw, limits, spool, false)
+}
+
+fn walk_to(raw: &[u8], limits: &Limits, spool: &Path, archives: bool) -> io::Result<Option<Walk>> {
     let spool: Arc<Path> = spool.into();
     let mut w = Collector::new(limits, &spool);
     // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
@@ -485,6 +496,9 @@ pub fn walk(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Walk> {
     let mut i = 0;
     while i < w.walk.parts.len() && !w.full() {
         if let Some(kind) = Archive::sniff(&w.walk.parts[i].contents) {
+            if !archives {
+                return Ok(None);
+            }
             let parent = w.walk.parts[i].clone();
             if w.listed.insert(parent.contents.digest) {
                 w.open(kind, &parent);
@@ -494,7 +508,7 @@ pub fn walk(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Walk> {
     }
     match w.error {
         Some(e) => Err(e),
-        None => Ok(w.walk),
+        None => Ok(Some(w.walk)),
     }
 }
 
@@ -1511,6 +1525,18 @@ mod tests {
             listing(&w)
         );
         assert_eq!(w.limit, None);
+    }
+
+    #[test]
+    fn only_a_walk_without_archives_is_done_inline() {
+        let tmp = std::env::temp_dir();
+        let plain = mail_named("a.txt", b"just some text in an attachment, nothing packed");
+        let w = walk_unless_archives(&plain, &LIMITS, &tmp).unwrap();
+        assert!(w.is_some_and(|w| w.parts.len() == 1));
+        let packed = mail_named("a.txt.gz", &gzip(b"packed", None));
+        assert!(walk_unless_archives(&packed, &LIMITS, &tmp)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
