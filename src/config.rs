@@ -446,8 +446,8 @@ pub struct BannedRule {
     /// The sniffed type: `exe-ms`, `elf`, `macho`, `script`, `office-macro`, `ole2`.
     pub sniffed: Vec<String>,
     /// An archive the part sits in, at any depth (a file in a zip in a tar is in both).
-    /// postsift opens `zip`, `tar`, `gzip`, `bzip2` and `xz`; other formats (`rpm`, `cpio`,
-    /// `7z`, `rar`, …) are not opened, so such conditions match nothing.
+    /// postsift opens `zip`, `7z`, `tar`, `gzip`, `bzip2` and `xz`; other formats (`rpm`,
+    /// `cpio`, `rar`, …) are not opened, so such conditions match nothing.
     pub container: Vec<String>,
     /// Ban (true, default) or allow (false) a matching part.
     pub ban: bool,

@@ -406,7 +406,7 @@ impl Scanners {
         let mut summary = summary(&walk);
         for part in walk.parts {
             // A member of an archive postsift listed was scanned by clamd inside the archive
-            // part already (clamd opens zip, tar, gzip, bzip2 and xz itself, nested too); a
+            // part already (clamd opens zip, 7z, tar, gzip, bzip2 and xz itself, nested too); a
             // member that could not be read (an encrypted one) has nothing to scan.
             if !part.containers.is_empty() || part.contents.is_empty() {
                 continue;

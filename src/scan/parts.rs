@@ -13,8 +13,9 @@
 //!   boundary that mail-parser (or clamd) followed instead of the real one.
 //!
 //! Archives are recognised by their first bytes, never by their names, and opened: zip (the
-//! `zip` crate), tar (ustar and GNU; `tar`), gzip (`flate2`), bzip2 (`bzip2` with its pure-Rust
-//! libbz2-rs-sys) and xz (`lzma-rust2`, the pure-Rust decoder the zip crate uses too). Each
+//! `zip` crate), 7z (`sevenz-rust2`, pure Rust), tar (ustar and GNU; `tar`), gzip (`flate2`),
+//! bzip2 (`bzip2` with its pure-Rust libbz2-rs-sys) and xz (`lzma-rust2`, the pure-Rust decoder
+//! the zip crate uses too). Each
 //! member becomes a part of its own, one level deeper, with the archives it sits in
 //! (`containers`, innermost first), so that banned-file rules see the names inside; a gzip,
 //! bzip2 or xz file has one member, the decompressed stream, named by its header or by the
@@ -22,17 +23,14 @@
 //! in a zip is listed too, up to `max_depth`. A member is decompressed only as far as the
 //! limits allow — at most [`MAX_RATIO`] (100) times its packed size (at least 1 MiB) and at
 //! most what is left of `max_decoded_bytes` — so a decompression bomb costs at most that
-//! quota. An encrypted zip member cannot be read and stops the walk (UNCHECKED); a corrupt
+//! quota. An encrypted zip or 7z member cannot be read and stops the walk (UNCHECKED); a corrupt
 //! archive is not an error (clamd still scans its bytes), and a member that breaks off is kept
 //! with what was read of it. Office documents (OOXML are zips) are kept whole, not listed.
-//! Members are not sent to clamd again (`Scanners::virus_scan`): clamd opens zip, tar, gzip,
-//! bzip2 and xz itself, nested too, when it scans the archive part.
+//! Members are not sent to clamd again (`Scanners::virus_scan`): clamd opens zip, 7z, tar,
+//! gzip, bzip2 and xz itself, nested too, when it scans the archive part.
 //!
-//! 7z and rar are not opened. rar has no maintained pure-Rust decoder (the `unrar` crate binds
-//! RARLAB's C++ library under its own licence). 7z has one (sevenz-rust2, on the same
-//! lzma-rust2), but its archives keep their directory at the end, compress many files as one
-//! solid block and may be encrypted as a whole, so bounding it takes more than this change;
-//! clamd opens both itself when it scans the part.
+//! rar is not opened: it has no maintained pure-Rust decoder (the `unrar` crate binds RARLAB's
+//! C++ library under its own licence); clamd opens it itself when it scans the part.
 //!
 //! Decoded contents stay in memory up to the walk's budget (`max_memory`); past it a part's
 //! first bytes stay in memory ([`HEAD`]) and the rest goes to an unlinked temp file in the spool
@@ -41,8 +39,8 @@
 //! its first bytes, `contains` (OOXML and VBA markers) streams the whole file in 64 KiB
 //! pieces, and clamd is sent the file as a stream (see [`Contents`]). Two things still live in
 //! memory whole: the message itself (mail-parser borrows from it; `max_message_size` bounds
-//! it) and the window of an xz decoder, which grows with its output up to the dictionary size
-//! (64 MiB at most, as `xz -9` writes it; an xz stream asking for more is not opened).
+//! it) and the window of an xz or 7z decoder, which grows with its output up to the dictionary
+//! size (64 MiB at most, as `xz -9` writes it; a stream asking for more is not opened).
 //!
 //! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting, expansion
 //! ratio) stop the walk; the report says which limit was hit.
@@ -751,8 +749,72 @@ impl Collector {
         match kind {
             Archive::Zip => self.unzip(parent, &member),
             Archive::Tar => self.untar(parent, &member),
+            Archive::SevenZ => self.un7z(parent, &member),
             Archive::Gzip | Archive::Bzip2 | Archive::Xz => self.unpack(kind, parent, &member),
         }
+    }
+
+    /// A 7z's files, each decompressed within the limits. Files compressed together (a solid
+    /// block) are decoded in order, so reading one decodes those before it; the ratio is
+    /// taken against the whole archive's packed size.
+    fn un7z(&mut self, parent: &Part, m: &Member) {
+        use sevenz_rust2::{ArchiveReader, EntryDecision, Error, Password};
+        let mut src = parent.contents.reader();
+        let archive = match sevenz_rust2::Archive::read_with_memory_limit(
+            &mut src,
+            &Password::empty(),
+            SEVENZ_MEMORY_KB,
+        ) {
+            Ok(a) => a,
+            // An encrypted header: not even the names can be read.
+            Err(Error::PasswordRequired | Error::MaybeBadPassword(_)) => {
+                self.stop(
+                    LimitKind::Encrypted,
+                    "encrypted 7z archive (names encrypted too)".into(),
+                );
+                return;
+            }
+            // Not a readable 7z (or beyond the decoder memory limit): clamd still scans it.
+            Err(_) => return,
+        };
+        // Encrypted contents under names in the clear: keep the names, say why it stops.
+        let locked: Vec<Option<String>> = (0..archive.files.len())
+            .filter(|&i| archive.is_file_encrypted(i) && archive.files[i].has_stream())
+            .map(|i| base_name(archive.files[i].name()))
+            .collect();
+        if let Some(first) = locked.first() {
+            let detail = format!(
+                "encrypted archive member {}",
+                first.as_deref().unwrap_or("-")
+            );
+            for name in &locked {
+                self.add(m.part(name.clone(), Contents::default()));
+            }
+            self.stop(LimitKind::Encrypted, detail);
+            return;
+        }
+        let packed: u64 = archive.pack_sizes().iter().sum();
+        let mut reader = ArchiveReader::from_archive(archive, src, Password::empty());
+        reader.set_thread_count(1);
+        // An error ends the listing: a broken block, a bad checksum (clamd still scans it).
+        let _ = reader.for_each_entries_with_decision(|entry, r| {
+            if entry.is_directory() {
+                return Ok(EntryDecision::Continue);
+            }
+            let name = base_name(entry.name());
+            let cap = self.cap(Some(packed));
+            let label = name.clone().unwrap_or_else(|| "-".into());
+            Ok(match self.read_member(r, cap, &label) {
+                Got::Member(contents, broken) => {
+                    if !self.add(m.part(name, contents)) || broken {
+                        EntryDecision::Stop
+                    } else {
+                        EntryDecision::Continue
+                    }
+                }
+                Got::Nothing => EntryDecision::Stop,
+            })
+        });
     }
 
     /// A zip's members, each decompressed within the limits.
@@ -946,10 +1008,15 @@ fn xz_memory_limit_kb() -> u32 {
     lzma_rust2::lzma2_get_memory_usage(XZ_MAX_DICT)
 }
 
+/// The decoder memory (header buffers, and dictionaries each) a 7z may ask for, in KiB: as
+/// for xz, 64 MiB.
+const SEVENZ_MEMORY_KB: usize = 64 << 10;
+
 /// The archive formats the walk opens, told by their first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Archive {
     Zip,
+    SevenZ,
     Tar,
     Gzip,
     Bzip2,
@@ -963,6 +1030,9 @@ impl Archive {
             // OOXML files are zips with a content-types member; they are judged whole, by the
             // sniffed type.
             return (!c.contains(b"[Content_Types].xml")).then_some(Archive::Zip);
+        }
+        if head.starts_with(b"7z\xBC\xAF\x27\x1C") {
+            return Some(Archive::SevenZ);
         }
         if head.starts_with(b"\x1f\x8b\x08") {
             return Some(Archive::Gzip);
@@ -984,6 +1054,7 @@ impl Archive {
     fn label(self) -> &'static str {
         match self {
             Archive::Zip => "zip",
+            Archive::SevenZ => "7z",
             Archive::Tar => "tar",
             Archive::Gzip => "gzip",
             Archive::Bzip2 => "bzip2",
@@ -998,7 +1069,7 @@ impl Archive {
             Archive::Gzip => (&[".gz", ".z"], &[".tgz", ".taz"]),
             Archive::Bzip2 => (&[".bz2", ".bz"], &[".tbz", ".tbz2", ".tb2"]),
             Archive::Xz => (&[".xz"], &[".txz"]),
-            Archive::Zip | Archive::Tar => return None,
+            Archive::Zip | Archive::SevenZ | Archive::Tar => return None,
         };
         let lower = file.to_ascii_lowercase();
         let cut = |suffix: &str| file[..file.len() - suffix.len()].to_owned();
@@ -1525,6 +1596,62 @@ mod tests {
             listing(&w)
         );
         assert_eq!(w.limit, None);
+    }
+
+    /// A 7z of (name, contents) files: each compressed on its own, or all in one solid block.
+    fn sevenz(members: &[(&str, &[u8])], solid: bool) -> Vec<u8> {
+        use sevenz_rust2::{ArchiveEntry, ArchiveWriter, SourceReader};
+        let mut w = ArchiveWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
+        w.set_encrypt_header(false);
+        if solid {
+            let entries = members.iter().map(|(n, _)| ArchiveEntry::new_file(n));
+            let readers = members.iter().map(|(_, d)| SourceReader::new(*d)).collect();
+            w.push_archive_entries(entries.collect(), readers).unwrap();
+        } else {
+            for (name, data) in members {
+                w.push_archive_entry(ArchiveEntry::new_file(name), Some(*data))
+                    .unwrap();
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn seven_z_files_become_parts_solid_or_not() {
+        let files: &[(&str, &[u8])] = &[
+            ("dir/readme.txt", b"read me first"),
+            ("dir/tool.exe", b"MZ a program inside a 7z archive"),
+        ];
+        for solid in [false, true] {
+            let w = walk(&mail_named("bundle.7z", &sevenz(files, solid)), &LIMITS);
+            assert!(
+                has(&w, "readme.txt", &["7z"], b"read me first"),
+                "{:?}",
+                listing(&w)
+            );
+            assert!(
+                has(&w, "tool.exe", &["7z"], b"MZ a program inside a 7z archive"),
+                "{:?}",
+                listing(&w)
+            );
+            assert_eq!(w.limit, None);
+        }
+        // A 7z bomb stops at the ratio, like the others.
+        let zeros = vec![0u8; 2 << 20];
+        let w = walk(
+            &mail_named("z.7z", &sevenz(&[("zeros", &zeros)], false)),
+            &Limits {
+                max_bytes: 32 << 20,
+                ..LIMITS
+            },
+        );
+        assert_eq!(w.limit.as_ref().map(|l| l.kind), Some(LimitKind::Ratio));
+        // A broken one is only not listed.
+        let mut broken = sevenz(files, true);
+        let n = broken.len();
+        broken[n / 2..].fill(0);
+        let w = walk(&mail_named("broken.7z", &broken), &LIMITS);
+        assert!(w.parts.iter().any(|p| data(p) == broken));
     }
 
     #[test]
