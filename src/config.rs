@@ -370,8 +370,13 @@ pub struct Parts {
     pub max_parts: usize,
     /// Decoded bytes of all parts together at most; more → UNCHECKED. Default 33554432.
     pub max_decoded_bytes: usize,
-    /// message/rfc822 nesting followed at most; deeper → UNCHECKED. Default 16.
+    /// message/rfc822 and archive nesting followed at most; deeper → UNCHECKED. Default 16.
     pub max_depth: usize,
+    /// Decoded bytes one message's walk holds in memory, all parts together; past it, parts
+    /// spill to unlinked temp files in `server.spool_dir` (keeping their first 4 KiB in
+    /// memory while this lasts), so a decompression bomb costs disk, not RAM. At least 65536.
+    /// Default 4194304 (4 MiB).
+    pub max_memory: usize,
     /// What a message gets when the walk stopped at `max_parts`. Default "pass".
     pub on_max_parts: Unchecked,
     /// … at `max_decoded_bytes`. Default "pass".
@@ -409,6 +414,7 @@ impl Default for Parts {
             max_parts: 1000,
             max_decoded_bytes: 33_554_432,
             max_depth: 16,
+            max_memory: 4_194_304,
             on_max_parts: Unchecked::Pass,
             on_max_decoded_bytes: Unchecked::Pass,
             on_max_depth: Unchecked::Pass,
@@ -452,9 +458,9 @@ pub struct BannedRule {
     pub declared_type: Vec<String>,
     /// The sniffed type: `exe-ms`, `elf`, `macho`, `script`, `office-macro`, `ole2`.
     pub sniffed: Vec<String>,
-    /// The archive the part is a member of. postsift lists zip archives (`zip`); other
-    /// formats (`tar`, `rpm`, `cpio`, …) are not opened yet, so such conditions match nothing
-    /// today.
+    /// An archive the part sits in, at any depth (a file in a zip in a tar is in both).
+    /// postsift opens `zip`, `7z`, `tar`, `gzip`, `bzip2` and `xz`; other formats (`rpm`,
+    /// `cpio`, `rar`, …) are not opened, so such conditions match nothing.
     pub container: Vec<String>,
     /// Ban (true, default) or allow (false) a matching part.
     pub ban: bool,
@@ -917,6 +923,9 @@ impl Config {
         if self.server.max_spool_files == 0 {
             return Err(bad("server.max_spool_files", "must be at least 1"));
         }
+        if self.parts.max_memory < 65_536 {
+            return Err(bad("parts.max_memory", "must be at least 65536 bytes"));
+        }
         if self.server.max_junk_commands == 0 {
             return Err(bad("server.max_junk_commands", "must be at least 1"));
         }
@@ -1287,6 +1296,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("clamd.endpoints"), "{e}");
+        let e = parse("[parts]\nmax_memory = 4096\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("parts.max_memory"), "{e}");
     }
 
     #[test]

@@ -715,18 +715,30 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
                 .map_or(String::new(), |p| format!(", virus in: {p}")),
         ),
     }
-    let limits = postsift::scan::parts::Limits {
-        max_parts: config.parts.max_parts,
-        max_bytes: config.parts.max_decoded_bytes,
-        max_depth: config.parts.max_depth,
-    };
+    let limits = postsift::scan::parts::Limits::from_config(&config.parts);
     let Ok(raw) = msg.read_all() else { return };
-    for p in postsift::scan::parts::walk(&raw, &limits).parts {
+    let walk = match postsift::scan::parts::walk(&raw, &limits, &config.spool_dir()) {
+        Ok(w) => w,
+        Err(e) => {
+            println!("  (the walk failed: {e})");
+            return;
+        }
+    };
+    for p in walk.parts {
+        let inside = match p.containers.is_empty() {
+            true => String::new(),
+            false => format!(", in {}", p.containers.join(" in ")),
+        };
         println!(
-            "  - {:<30} {:<28} {:>9} bytes  ({} reading, depth {})",
+            "  - {:<30} {:<28} {:>9} bytes{}  ({} reading, depth {}{inside})",
             p.name.as_deref().unwrap_or("-"),
             p.declared.as_deref().unwrap_or("-"),
-            p.data.len(),
+            p.contents.len(),
+            if p.contents.is_spilled() {
+                " on disk"
+            } else {
+                ""
+            },
             p.found,
             p.depth
         );

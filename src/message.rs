@@ -432,16 +432,7 @@ impl Message {
 
     /// A second handle on the spool file with its own offset, for a concurrent reader.
     pub fn reopen_tail(&self) -> io::Result<Option<File>> {
-        match &self.tail {
-            None => Ok(None),
-            // /proc/self/fd gives an independent open file description (own offset), which
-            // File::try_clone (dup) would not.
-            Some(f) => {
-                use std::os::fd::AsRawFd;
-                let path = format!("/proc/self/fd/{}", f.as_raw_fd());
-                Ok(Some(File::open(path)?))
-            }
-        }
+        self.tail.as_ref().map(reopen).transpose()
     }
 
     /// Calls `f` with consecutive pieces of the message from byte `from` of the head onwards,
@@ -507,6 +498,13 @@ impl Message {
         }
         Ok(out)
     }
+}
+
+/// A second handle on an (unlinked) spool file with its own offset: /proc/self/fd gives an
+/// independent open file description, which File::try_clone (dup) would not.
+pub(crate) fn reopen(f: &File) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 /// The name of a header field line (`name WSP* ":" …`), without the whitespace before the

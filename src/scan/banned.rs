@@ -2,11 +2,16 @@
 //! the first rule that matches a part decides (ban or allow), no match allows. A rule matches
 //! on any combination of the part's declared name (its last extension, or a double extension
 //! such as `invoice.pdf.exe`), its declared MIME type, its type as its first bytes show it
-//! (sniffed: PE, ELF, Mach-O, scripts, Office files carrying VBA macros), and the archive it sits
-//! in; within a rule every condition given must hold, and each condition is a list of
+//! (sniffed: PE, ELF, Mach-O, scripts, Office files carrying VBA macros), and the archives it sits
+//! in (any of them, as amavis matches a part's whole ancestry: a file in a zip in a tar is in a
+//! tar); within a rule every condition given must hold, and each condition is a list of
 //! alternatives.
+//!
+//! Sniffing reads a part's first bytes (and a PE header wherever `e_lfanew` points); the VBA
+//! markers are searched through the whole part, also when it was spilled to disk (read back in
+//! pieces), because an Office file's directory can sit anywhere in it.
 
-use crate::scan::parts::{contains, Part};
+use crate::scan::parts::{Contents, Part};
 
 pub use crate::config::BannedRule as Rule;
 
@@ -22,12 +27,20 @@ fn list(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// The rules when `[banned] rules` is not given, in order: members of tar/rpm/cpio allowed;
-/// double extensions ending in an executable one banned; executable MIME types banned; sniffed
-/// executables and macro-carrying Office files banned; executable and macro-enabled Office
-/// extensions banned.
+/// The rules when `[banned] rules` is not given, in amavis's order: Windows executables (by
+/// their bytes) banned anywhere, also inside archives (amavis's first rule,
+/// `qr'^\.(exe-ms|dll)$'`); everything else inside tar/rpm/cpio allowed (amavis's
+/// `[qr'^\.(rpm|cpio|tar)$' => 0]`, so a Unix archive may carry `setup.exe` as text, ELF
+/// binaries and scripts); double extensions ending in an executable one banned; executable MIME
+/// types banned; sniffed executables and macro-carrying Office files banned; executable and
+/// macro-enabled Office extensions banned.
 pub fn default_rules() -> Vec<Rule> {
     vec![
+        Rule {
+            sniffed: list(&["exe-ms"]),
+            ban: true,
+            ..Rule::default()
+        },
         Rule {
             container: list(&["tar", "rpm", "cpio"]),
             ban: false,
@@ -92,12 +105,17 @@ fn judge(rules: &[Rule], p: &Part) -> Option<Banned> {
     // "a.pdf.exe" → ["exe", "pdf", "a"]: the last extension, and whether another precedes it.
     let last = (exts.len() >= 2).then(|| exts[0]);
     let double = (exts.len() >= 3 && !exts[1].is_empty()).then(|| exts[0]);
-    let sniffed = sniff(&p.data);
+    let sniffed = sniff(&p.contents);
     let declared = p.declared.as_deref();
-    let container = p.container.as_deref();
     for (i, r) in rules.iter().enumerate() {
         let cond = |want: &Vec<String>, have: Option<&str>| {
             want.is_empty() || have.is_some_and(|h| want.iter().any(|w| w.eq_ignore_ascii_case(h)))
+        };
+        let within = |want: &Vec<String>| {
+            want.is_empty()
+                || p.containers
+                    .iter()
+                    .any(|c| want.iter().any(|w| w.eq_ignore_ascii_case(c)))
         };
         let any_given = !(r.extension.is_empty()
             && r.double_extension.is_empty()
@@ -109,7 +127,7 @@ fn judge(rules: &[Rule], p: &Part) -> Option<Banned> {
             && cond(&r.double_extension, double)
             && cond(&r.declared_type, declared)
             && cond(&r.sniffed, sniffed)
-            && cond(&r.container, container)
+            && within(&r.container)
         {
             if !r.ban {
                 return None;
@@ -129,9 +147,11 @@ fn judge(rules: &[Rule], p: &Part) -> Option<Banned> {
 }
 
 /// The type a file's first bytes show, in amavis's short names where it has one.
-pub fn sniff(data: &[u8]) -> Option<&'static str> {
+pub fn sniff(c: &Contents) -> Option<&'static str> {
     const OLE2: &[u8] = b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1";
-    if data.starts_with(b"MZ") && is_pe(data) {
+    let data = c.prefix(64);
+    let data = &data[..];
+    if data.starts_with(b"MZ") && is_pe(c) {
         return Some("exe-ms");
     }
     if data.starts_with(b"\x7fELF") {
@@ -152,7 +172,7 @@ pub fn sniff(data: &[u8]) -> Option<&'static str> {
         return Some("script");
     }
     // OOXML (a zip) carrying a VBA project: its member name is stored in the clear.
-    if data.starts_with(b"PK\x03\x04") && contains(data, b"vbaProject.bin") {
+    if data.starts_with(b"PK\x03\x04") && c.contains(b"vbaProject.bin") {
         return Some("office-macro");
     }
     // OLE2 (doc/xls/ppt) with a VBA storage: the directory names are UTF-16LE.
@@ -161,7 +181,7 @@ pub fn sniff(data: &[u8]) -> Option<&'static str> {
             .encode_utf16()
             .flat_map(u16::to_le_bytes)
             .collect::<Vec<u8>>();
-        return Some(if contains(data, &vba) {
+        return Some(if c.contains(&vba) {
             "office-macro"
         } else {
             "ole2"
@@ -172,15 +192,18 @@ pub fn sniff(data: &[u8]) -> Option<&'static str> {
 
 /// An MZ header whose `e_lfanew` points at a `PE\0\0` signature (plain DOS programs too: a bare
 /// MZ with no PE header is still an executable for Windows).
-fn is_pe(data: &[u8]) -> bool {
-    let Some(off) = data.get(0x3c..0x40) else {
-        return data.len() >= 2;
+fn is_pe(c: &Contents) -> bool {
+    let head = c.prefix(0x40);
+    let Some(off) = head.get(0x3c..0x40) else {
+        return c.len() >= 2;
     };
-    let off = u32::from_le_bytes([off[0], off[1], off[2], off[3]]) as usize;
-    match data.get(off..off + 4) {
-        Some(sig) => sig == b"PE\0\0" || sig.starts_with(b"NE") || sig.starts_with(b"LE"),
+    let off = u32::from_le_bytes([off[0], off[1], off[2], off[3]]) as u64;
+    match c.slice(off, 4) {
+        Ok(sig) if sig.len() == 4 => {
+            &sig[..] == b"PE\0\0" || sig.starts_with(b"NE") || sig.starts_with(b"LE")
+        }
         // A DOS MZ program, or a header cut short: still executable.
-        None => true,
+        _ => true,
     }
 }
 
@@ -194,9 +217,9 @@ mod tests {
             declared: declared.map(str::to_owned),
             found: "mime",
             depth: 0,
-            container: None,
+            containers: Vec::new(),
             verbatim: false,
-            data: data.to_vec(),
+            contents: data.into(),
         }
     }
 
@@ -220,21 +243,23 @@ mod tests {
             b"%PDF",
         ))
         .unwrap();
-        assert_eq!((b.name.as_str(), b.rule), ("invoice.pdf.exe", 2));
-        assert_eq!(banned(part(Some("setup.EXE"), None, b"x")).unwrap().rule, 5);
+        assert_eq!((b.name.as_str(), b.rule), ("invoice.pdf.exe", 3));
+        assert_eq!(banned(part(Some("setup.EXE"), None, b"x")).unwrap().rule, 6);
         assert_eq!(
             banned(part(Some("a"), Some("application/x-msdownload"), b"x"))
                 .unwrap()
                 .rule,
-            3
+            4
         );
         let b = banned(part(Some("photo.jpg"), Some("image/jpeg"), &pe)).unwrap();
-        assert_eq!((b.kind.as_str(), b.rule), ("exe-ms", 4));
+        assert_eq!((b.kind.as_str(), b.rule), ("exe-ms", 1));
+        let elf = banned(part(Some("tool"), None, b"\x7fELF\x02\x01")).unwrap();
+        assert_eq!((elf.kind.as_str(), elf.rule), ("elf", 5));
         assert_eq!(
             banned(part(Some("report.xlsm"), None, b"PK\x03\x04"))
                 .unwrap()
                 .rule,
-            5
+            6
         );
         let docm = b"PK\x03\x04....word/vbaProject.bin....";
         assert_eq!(
@@ -256,10 +281,34 @@ mod tests {
             None
         );
         assert_eq!(banned(part(None, Some("text/plain"), b"hello")), None);
-        // A tar member is allowed by the first rule, whatever it is.
-        let mut member = part(Some("tool.exe"), None, &pe);
-        member.container = Some("tar".into());
-        assert_eq!(banned(member), None);
+    }
+
+    #[test]
+    fn inside_a_unix_archive_only_windows_executables_are_banned() {
+        let pe = b"MZ\x90\0 a DOS program".to_vec();
+        let in_tar = |name: &str, data: &[u8], containers: &[&'static str]| {
+            let mut p = part(Some(name), None, data);
+            p.containers = containers.to_vec();
+            banned(p)
+        };
+        // amavis allows anything in a tar (its second rule) but what its first rule bans
+        // anywhere: Windows executables by their bytes.
+        assert_eq!(
+            in_tar("setup.exe", b"echo not really a program", &["tar"]),
+            None
+        );
+        assert_eq!(in_tar("invoice.pdf.exe", b"%PDF", &["tar", "gzip"]), None);
+        assert_eq!(in_tar("install.sh", b"#!/bin/sh\n", &["tar"]), None);
+        assert_eq!(in_tar("a.out", b"\x7fELF\x02\x01", &["tar"]), None);
+        // The whole ancestry counts: a file in a zip in a tar is in a tar.
+        assert_eq!(in_tar("setup.exe", b"text", &["zip", "tar", "gzip"]), None);
+        let b = in_tar("setup.exe", &pe, &["tar", "gzip"]).unwrap();
+        assert_eq!((b.kind.as_str(), b.rule), ("exe-ms", 1));
+        // Members of a zip or a plain gzip are judged like attachments.
+        assert_eq!(in_tar("setup.exe", b"text", &["zip"]).unwrap().rule, 6);
+        assert_eq!(in_tar("setup.exe", b"text", &["gzip"]).unwrap().rule, 6);
+        // And straight in the message, .exe is banned whatever it holds.
+        assert_eq!(in_tar("setup.exe", b"text", &[]).unwrap().rule, 6);
     }
 
     #[test]
@@ -284,13 +333,11 @@ mod tests {
     fn ole2_with_vba_is_a_macro() {
         let mut d = b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1".to_vec();
         d.extend("_VBA_PROJECT".encode_utf16().flat_map(u16::to_le_bytes));
-        assert_eq!(sniff(&d), Some("office-macro"));
-        assert_eq!(
-            sniff(b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1plain"),
-            Some("ole2")
-        );
-        assert_eq!(sniff(b"\x7fELF\x02"), Some("elf"));
-        assert_eq!(sniff(b"#!/bin/sh\n"), Some("script"));
-        assert_eq!(sniff(b"plain text"), None);
+        assert_eq!(sniff(&d.into()), Some("office-macro"));
+        let s = |b: &[u8]| sniff(&b.into());
+        assert_eq!(s(b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1plain"), Some("ole2"));
+        assert_eq!(s(b"\x7fELF\x02"), Some("elf"));
+        assert_eq!(s(b"#!/bin/sh\n"), Some("script"));
+        assert_eq!(s(b"plain text"), None);
     }
 }

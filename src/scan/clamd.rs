@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 use tokio_util::either::Either;
 
 use crate::message::Message;
+use crate::scan::parts::Contents;
 
 /// What clamd said about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +202,7 @@ impl ClamdClient {
     pub async fn scan_with_parts(
         &self,
         msg: &Message,
-        parts: &[Bytes],
+        parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
         let mut last = None;
         for ep in &self.endpoints {
@@ -229,7 +230,7 @@ impl ClamdClient {
         &self,
         ep: &Endpoint,
         msg: &Message,
-        parts: &[Bytes],
+        parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let endpoint = ep.name();
@@ -254,10 +255,17 @@ impl ClamdClient {
                 },
             })?;
         let (rd, mut wr) = tokio::io::split(stream);
-        let mut tail = msg
-            .reopen_tail()
-            .map_err(io_err)?
-            .map(tokio::fs::File::from_std);
+        // Every stream opened before the first byte goes out: the message (its head and the
+        // rest of its spool file) and each part (in memory, or its head and its spill file).
+        let mut streams = Vec::with_capacity(parts.len() + 1);
+        streams.push(
+            msg.reopen_tail()
+                .map(|t| (msg.head().clone(), t))
+                .map_err(io_err)?,
+        );
+        for p in parts {
+            streams.push(p.stream().map_err(io_err)?);
+        }
         // All streams are written without waiting for replies (clamd scans a session's streams
         // on several threads at once), while the replies are read as they come, in any order.
         let writer = async {
@@ -268,30 +276,23 @@ impl ClamdClient {
                 frame.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
                 frame.extend_from_slice(chunk);
             };
-            for n in 0..=parts.len() {
+            for (head, tail) in streams {
                 // One write per chunk with its frame (and the command before the first).
                 frame.extend_from_slice(b"zINSTREAM\0");
-                if n == 0 {
-                    for chunk in msg.head().chunks(CHUNK) {
-                        put(&mut frame, chunk);
-                        wr.write_all(&frame).await?;
-                        frame.clear();
-                    }
-                    if let Some(file) = tail.as_mut() {
-                        buf.resize(CHUNK, 0);
-                        loop {
-                            let got = file.read(&mut buf).await?;
-                            if got == 0 {
-                                break;
-                            }
-                            put(&mut frame, &buf[..got]);
-                            wr.write_all(&frame).await?;
-                            frame.clear();
+                for chunk in head.chunks(CHUNK) {
+                    put(&mut frame, chunk);
+                    wr.write_all(&frame).await?;
+                    frame.clear();
+                }
+                if let Some(file) = tail {
+                    let mut file = tokio::fs::File::from_std(file);
+                    buf.resize(CHUNK, 0);
+                    loop {
+                        let got = file.read(&mut buf).await?;
+                        if got == 0 {
+                            break;
                         }
-                    }
-                } else {
-                    for chunk in parts[n - 1].chunks(CHUNK) {
-                        put(&mut frame, chunk);
+                        put(&mut frame, &buf[..got]);
                         wr.write_all(&frame).await?;
                         frame.clear();
                     }
@@ -504,7 +505,9 @@ mod tests {
             Bytes::from_static(b"bad part"),
             Bytes::from_static(b"clean too"),
         ];
-        let found = client(&ep).scan_with_parts(&msg, &parts).await.unwrap();
+        let contents: Vec<Contents> = parts.iter().map(|p| p.to_vec().into()).collect();
+        let refs: Vec<&Contents> = contents.iter().collect();
+        let found = client(&ep).scan_with_parts(&msg, &refs).await.unwrap();
         assert_eq!(found, Some((Found::Part(1), vec!["Test.Sig".to_string()])));
         let streams = task.await.unwrap();
         assert_eq!(streams[0], b"Subject: x\r\n\r\nbody\r\n");
@@ -516,7 +519,7 @@ mod tests {
         let (_dir, ep, _task) = fake_clamd(|_| "INSTREAM size limit exceeded. ERROR").await;
         let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
         let e = client(&ep)
-            .scan_with_parts(&msg, &[Bytes::from_static(b"p")])
+            .scan_with_parts(&msg, &[&Contents::from(&b"p"[..])])
             .await
             .unwrap_err();
         assert_eq!(e.kind(), FailureKind::Limit, "{e}");
@@ -532,7 +535,7 @@ mod tests {
             let _ = s.read(&mut buf).await;
         });
         let e = client(&path.display().to_string())
-            .scan_with_parts(&msg, &[Bytes::from_static(b"p")])
+            .scan_with_parts(&msg, &[&Contents::from(&b"p"[..])])
             .await
             .unwrap_err();
         assert_eq!(e.kind(), FailureKind::Protocol, "{e}");
@@ -548,7 +551,7 @@ mod tests {
         });
         let big = Bytes::from(vec![1u8; 4 << 20]);
         let e = client(&path.display().to_string())
-            .scan_with_parts(&msg, &[big])
+            .scan_with_parts(&msg, &[&Contents::from(big.to_vec())])
             .await
             .unwrap_err();
         assert_eq!(e.kind(), FailureKind::Protocol, "{e}");

@@ -126,7 +126,7 @@ pub struct ScanReport {
     pub auth: Option<auth::AuthReport>,
 }
 
-/// Messages up to this size are walked on the session's own task.
+/// Messages up to this size are walked on the session's own task, unless they hold an archive.
 const INLINE_WALK: usize = 128 * 1024;
 
 fn summary(w: &parts::Walk) -> PartsSummary {
@@ -173,8 +173,9 @@ impl SpamEngine {
 
 pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
-    /// The MIME walk's limits; None when `[parts] enabled = false`.
-    walk: Option<(parts::Limits, u64)>,
+    /// The MIME walk's limits, `max_message_size` and spool directory; None when
+    /// `[parts] enabled = false`.
+    walk: Option<(parts::Limits, u64, std::path::PathBuf)>,
     banned_rules: Vec<banned::Rule>,
     spam: Option<SpamEngine>,
     spam_max_size: usize,
@@ -217,14 +218,13 @@ impl Scanners {
                     Duration::from_secs(c.timeout),
                 )
             }),
-            walk: config.parts.enabled.then_some((
-                parts::Limits {
-                    max_parts: config.parts.max_parts,
-                    max_bytes: config.parts.max_decoded_bytes,
-                    max_depth: config.parts.max_depth,
-                },
-                config.parts.max_message_size,
-            )),
+            walk: config.parts.enabled.then(|| {
+                (
+                    parts::Limits::from_config(&config.parts),
+                    config.parts.max_message_size,
+                    config.spool_dir(),
+                )
+            }),
             banned_rules: config
                 .banned
                 .rules
@@ -372,26 +372,36 @@ impl Scanners {
     /// The MIME walk, when on and the message is not too large for it: Ok(None) when not
     /// walked, Err when the message could not be read back.
     async fn walk(&self, msg: &Message) -> Result<Option<parts::Walk>, Failure> {
-        let Some((limits, max_size)) = self.walk else {
+        let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
         };
-        if msg.len() > max_size {
+        if msg.len() > *max_size {
             return Ok(None);
         }
+        let limits = *limits;
         let raw = msg
             .read_all()
             .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
-        // CPU work on up to max_message_size bytes: off the async threads, unless the message
-        // is small enough that the thread hand-off would cost more than the walk.
-        let walk = if raw.len() <= INLINE_WALK {
-            parts::walk(&raw, &limits)
-        } else {
-            tokio::task::spawn_blocking(move || parts::walk(&raw, &limits))
-                .await
-                .map_err(|e| {
-                    Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
-                })?
+        // CPU work on up to max_message_size bytes (and archives decompressed up to
+        // max_decoded_bytes): off the async threads, unless the message is small enough and
+        // holds no archive, so that the thread hand-off would cost more than the walk.
+        let inline = match raw.len() <= INLINE_WALK {
+            true => parts::walk_unless_archives(&raw, &limits, spool).transpose(),
+            false => None,
         };
+        let walked = match inline {
+            Some(w) => w,
+            None => {
+                let spool = spool.clone();
+                tokio::task::spawn_blocking(move || parts::walk(&raw, &limits, &spool))
+                    .await
+                    .map_err(|e| {
+                        Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
+                    })?
+            }
+        };
+        let walk =
+            walked.map_err(|e| Failure::new(FailureKind::Protocol, format!("MIME walk: {e}")))?;
         if walk.parser_failed {
             tracing::warn!(
                 "mail-parser failed on this message; its parts come from the raw reading only"
@@ -424,26 +434,27 @@ impl Scanners {
             Err(f) => return (VirusScan::Failed(f), None),
         };
         let mut summary = walk.as_ref().map(summary);
-        let (labels, data): (Vec<String>, Vec<bytes::Bytes>) = walk
-            .map(|w| w.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| p.container.is_none() && !p.data.is_empty() && !seen_whole(p))
-            .map(|p| (p.label(), p.data.into()))
-            .unzip();
-        let found = if data.is_empty() {
+        let parts = walk.map(|w| w.parts).unwrap_or_default();
+        // Members of archives clamd opens itself (zip, 7z, tar, gzip, bzip2, xz, nested too),
+        // unreadable (encrypted) members and verbatim text parts are not sent again.
+        let send: Vec<&parts::Part> = parts
+            .iter()
+            .filter(|p| p.containers.is_empty() && !p.contents.is_empty() && !seen_whole(p))
+            .collect();
+        let contents: Vec<&parts::Contents> = send.iter().map(|p| &p.contents).collect();
+        let found = if contents.is_empty() {
             c.scan(msg).await.map(|v| match v {
                 clamd::Verdict::Clean => None,
                 clamd::Verdict::Infected(names) => Some((clamd::Found::Message, names)),
             })
         } else {
-            c.scan_with_parts(msg, &data).await
+            c.scan_with_parts(msg, &contents).await
         };
         match found {
             Ok(None) => (VirusScan::Clean, summary),
             Ok(Some((at, names))) => {
                 if let (clamd::Found::Part(i), Some(s)) = (at, summary.as_mut()) {
-                    s.infected = labels.get(i).cloned();
+                    s.infected = send.get(i).map(|p| p.label());
                 }
                 (VirusScan::Infected(names), summary)
             }
@@ -455,8 +466,13 @@ impl Scanners {
 /// A verbatim text part: the message's own bytes, which clamd saw in its scan of the whole
 /// message (see [`Scanners::virus_scan`]).
 fn seen_whole(p: &parts::Part) -> bool {
+    // Verbatim parts are slices of the message, so in memory up to the walk's budget; a
+    // spilled one is simply sent.
+    let Some(data) = p.contents.in_memory() else {
+        return false;
+    };
     p.verbatim
         && p.declared.as_deref().is_none_or(|t| t.starts_with("text/"))
-        && !p.data.contains(&0)
-        && banned::sniff(&p.data).is_none()
+        && !data.contains(&0)
+        && banned::sniff(&p.contents).is_none()
 }

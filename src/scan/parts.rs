@@ -12,38 +12,71 @@
 //!   whatever the headers around it claim. This finds an attachment hidden behind a decoy
 //!   boundary that mail-parser (or clamd) followed instead of the real one.
 //!
-//! Zip archives (also zip in zip, up to `max_depth`) are listed and their members decompressed,
-//! each a part of its own with `container = "zip"`, so that banned-file rules see the names
-//! inside; an encrypted member cannot be read and stops the walk (UNCHECKED), and a member is
-//! decompressed only as far as the limits allow — a zip bomb costs at most the decoded-bytes
-//! quota. Office documents (OOXML are zips) are kept whole, not listed. Other archive formats
-//! are not opened yet (clamd opens tar, gzip and the rest itself when it scans each part).
+//! Archives are recognised by their first bytes, never by their names, and opened: zip (the
+//! `zip` crate), 7z (`sevenz-rust2`, pure Rust), tar (ustar and GNU; `tar`), gzip (`flate2`),
+//! bzip2 (`bzip2` with its pure-Rust libbz2-rs-sys) and xz (`lzma-rust2`, the pure-Rust decoder
+//! the zip crate uses too). Each
+//! member becomes a part of its own, one level deeper, with the archives it sits in
+//! (`containers`, innermost first), so that banned-file rules see the names inside; a gzip,
+//! bzip2 or xz file has one member, the decompressed stream, named by its header or by the
+//! file's own name less the suffix. Members are opened in turn, so a zip in a .tar.gz or a tar
+//! in a zip is listed too, up to `max_depth`. A member is decompressed only as far as the
+//! limits allow — at most [`MAX_RATIO`] (100) times its packed size (at least 1 MiB) and at
+//! most what is left of `max_decoded_bytes` — so a decompression bomb costs at most that
+//! quota. An encrypted zip or 7z member cannot be read and stops the walk (UNCHECKED); a corrupt
+//! archive is not an error (clamd still scans its bytes), and a member that breaks off is kept
+//! with what was read of it. Office documents (OOXML are zips) are kept whole, not listed.
+//! Members are not sent to clamd again (`Scanners::virus_scan`): clamd opens zip, 7z, tar,
+//! gzip, bzip2 and xz itself, nested too, when it scans the archive part.
+//!
+//! rar is not opened: it has no maintained pure-Rust decoder (the `unrar` crate binds RARLAB's
+//! C++ library under its own licence); clamd opens it itself when it scans the part.
+//!
+//! Decoded contents stay in memory up to the walk's budget (`max_memory`); past it a part's
+//! first bytes stay in memory ([`HEAD`]) and the rest goes to an unlinked temp file in the spool
+//! directory, written as it is decoded, so a 64 MiB member costs its budget, not 64 MiB of RAM.
+//! Everything that looks at contents reads a spilled part back from its file: sniffing reads
+//! its first bytes, `contains` (OOXML and VBA markers) streams the whole file in 64 KiB
+//! pieces, and clamd is sent the file as a stream (see [`Contents`]). Two things still live in
+//! memory whole: the message itself (mail-parser borrows from it; `max_message_size` bounds
+//! it) and the window of an xz or 7z decoder, which grows with its output up to the dictionary
+//! size (64 MiB at most, as `xz -9` writes it; a stream asking for more is not opened).
 //!
 //! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting, expansion
 //! ratio) stop the walk; the report says which limit was hit.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::fs::File;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 /// One decoded leaf part.
 #[derive(Debug, Clone)]
 pub struct Part {
-    /// The declared file name (Content-Disposition `filename=` or Content-Type `name=`).
+    /// The declared file name (Content-Disposition `filename=` or Content-Type `name=`; an
+    /// archive member's name, without its directories).
     pub name: Option<String>,
     /// The declared MIME type, lower case.
     pub declared: Option<String>,
-    /// Where it was found: "mime" (the MIME tree) or "raw" (a base64 / uuencoded block found
-    /// in the raw lines), with the nesting depth of message/rfc822.
+    /// Where it was found: "mime" (the MIME tree), "raw" (a base64 / uuencoded block found in
+    /// the raw lines), or the archive format it was listed from ("zip", "tar", …).
     pub found: &'static str,
+    /// The nesting depth: message/rfc822 levels, plus one per archive it sits in.
     pub depth: usize,
-    /// The archive it is a member of (`zip`, `tar`, …); None straight in the message.
-    pub container: Option<String>,
+    /// The archives it is a member of, innermost first (`["tar", "gzip"]` for a file in a
+    /// .tar.gz); empty for a part straight in the message.
+    pub containers: Vec<&'static str>,
     /// The decoded contents are the message's own bytes, unchanged (a 7bit/8bit/binary part):
     /// clamd's scan of the whole message saw them as they are.
     pub verbatim: bool,
-    pub data: Vec<u8>,
+    pub contents: Contents,
 }
 
 impl Part {
@@ -52,7 +85,12 @@ impl Part {
         self.name
             .clone()
             .or_else(|| self.declared.clone())
-            .unwrap_or_else(|| format!("part ({} bytes)", self.data.len()))
+            .unwrap_or_else(|| format!("part ({} bytes)", self.contents.len()))
+    }
+
+    /// The archive it is a member of (the innermost), if any.
+    pub fn container(&self) -> Option<&'static str> {
+        self.containers.first().copied()
     }
 }
 
@@ -65,6 +103,23 @@ pub struct Limits {
     pub max_bytes: usize,
     /// message/rfc822 nesting followed at most.
     pub max_depth: usize,
+    /// Decoded bytes held in memory at most, all parts together; the rest spills to files.
+    pub max_memory: usize,
+    /// An archive member may decompress to this many times its packed size (but always to
+    /// 1 MiB); more stops the walk. [`MAX_RATIO`] in service.
+    pub max_ratio: u64,
+}
+
+impl Limits {
+    pub fn from_config(p: &crate::config::Parts) -> Limits {
+        Limits {
+            max_parts: p.max_parts,
+            max_bytes: p.max_decoded_bytes,
+            max_depth: p.max_depth,
+            max_memory: p.max_memory,
+            max_ratio: MAX_RATIO,
+        }
+    }
 }
 
 /// Why the walk could not look at everything: the message is then UNCHECKED, and `[parts]`
@@ -120,26 +175,314 @@ pub struct Walk {
     pub parser_failed: bool,
 }
 
+impl Walk {
+    /// Decoded bytes held in memory (at most `max_memory`).
+    pub fn memory(&self) -> usize {
+        self.parts.iter().map(|p| p.contents.memory()).sum()
+    }
+
+    /// Decoded bytes, in memory or spilled.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.contents.len()).sum()
+    }
+}
+
+/// Bytes of a spilled part kept in memory (within the budget): enough for every magic number
+/// and header the sniffing and the archive detection look at first.
+pub const HEAD: usize = 4096;
+
+/// Pieces in which spilled contents are read back.
+const CHUNK: usize = 64 * 1024;
+
+/// A part's decoded bytes: all in memory, or (spilled) the first bytes in memory and the rest
+/// in an unlinked temp file. Cloning shares the file.
+#[derive(Clone, Default)]
+pub struct Contents {
+    /// The whole contents, or the first bytes of spilled ones.
+    head: Bytes,
+    /// Spilled: the bytes after `head`.
+    tail: Option<Arc<File>>,
+    len: u64,
+    /// Keyed hash of the bytes (set by the walk, for keeping identical contents once).
+    digest: u64,
+}
+
+impl std::fmt::Debug for Contents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contents")
+            .field("len", &self.len)
+            .field("memory", &self.head.len())
+            .field("spilled", &self.tail.is_some())
+            .finish()
+    }
+}
+
+impl From<Vec<u8>> for Contents {
+    fn from(v: Vec<u8>) -> Contents {
+        Contents {
+            len: v.len() as u64,
+            head: v.into(),
+            tail: None,
+            digest: 0,
+        }
+    }
+}
+
+impl From<&[u8]> for Contents {
+    fn from(v: &[u8]) -> Contents {
+        v.to_vec().into()
+    }
+}
+
+impl Contents {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held in memory.
+    pub fn memory(&self) -> usize {
+        self.head.len()
+    }
+
+    /// Part of the contents lives in a spill file.
+    pub fn is_spilled(&self) -> bool {
+        self.tail.is_some()
+    }
+
+    /// The whole contents, when they are all in memory.
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        self.tail.is_none().then_some(&self.head)
+    }
+
+    /// Reads at byte `offset` of the contents, like `pread`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let h = self.head.len() as u64;
+        if offset < h {
+            let from = &self.head[offset as usize..];
+            let n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+            return Ok(n);
+        }
+        match &self.tail {
+            Some(f) if offset < self.len => {
+                let want = ((self.len - offset) as usize).min(buf.len());
+                f.read_at(&mut buf[..want], offset - h)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// The bytes `offset..offset + n` (fewer at the end), from memory when the head holds them.
+    pub fn slice(&self, offset: u64, n: usize) -> io::Result<Cow<'_, [u8]>> {
+        let end = offset.saturating_add(n as u64).min(self.len);
+        if end <= self.head.len() as u64 {
+            let start = (offset as usize).min(end as usize);
+            return Ok(Cow::Borrowed(&self.head[start..end as usize]));
+        }
+        let mut out = vec![0u8; end.saturating_sub(offset) as usize];
+        let mut got = 0;
+        while got < out.len() {
+            match self.read_at(&mut out[got..], offset + got as u64)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        out.truncate(got);
+        Ok(Cow::Owned(out))
+    }
+
+    /// The first `n` bytes (fewer if shorter, or if a spill file cannot be read back).
+    pub fn prefix(&self, n: usize) -> Cow<'_, [u8]> {
+        self.slice(0, n).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading back a spilled part");
+            Cow::Borrowed(&self.head[..n.min(self.head.len())])
+        })
+    }
+
+    /// Whether `needle` occurs anywhere in the contents; a spilled part is read back in pieces
+    /// (a read error counts as not found, with a warning).
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        if let Some(all) = self.in_memory() {
+            return contains(all, needle);
+        }
+        let mut r = self.reader();
+        let mut buf = vec![0u8; CHUNK + needle.len()];
+        let mut have = 0;
+        loop {
+            let got = match r.read(&mut buf[have..]) {
+                Ok(0) => return false,
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading back a spilled part");
+                    return false;
+                }
+            };
+            have += got;
+            if contains(&buf[..have], needle) {
+                return true;
+            }
+            // Keep the last needle.len() - 1 bytes: a match may straddle two pieces.
+            let keep = (needle.len().saturating_sub(1)).min(have);
+            buf.copy_within(have - keep..have, 0);
+            have = keep;
+        }
+    }
+
+    /// A reader over the whole contents, with its own position.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader { c: self, pos: 0 }
+    }
+
+    /// The whole contents in memory: for small parts and tests.
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(self.len as usize);
+        self.reader().read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    /// What a scanner streams: the head, then (spilled) a handle of its own on the spill file,
+    /// at its start — independent of any other reader, so a scan abandoned at a timeout
+    /// cannot disturb the next one.
+    pub fn stream(&self) -> io::Result<(Bytes, Option<File>)> {
+        let tail = match &self.tail {
+            None => None,
+            Some(f) => Some(crate::message::reopen(f)?),
+        };
+        Ok((self.head.clone(), tail))
+    }
+}
+
+/// A positioned reader over [`Contents`] (reads a spill file with `pread`, so many readers
+/// can share it).
+pub struct Reader<'a> {
+    c: &'a Contents,
+    pos: u64,
+}
+
+impl Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.c.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Reader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.c.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Where new contents are written as they are decoded: memory while the walk's budget
+/// (`room`) lasts, then the spill file.
+struct Sink {
+    head: Vec<u8>,
+    tail: Option<BufWriter<File>>,
+    len: u64,
+    room: usize,
+    dir: Arc<Path>,
+    hasher: std::hash::DefaultHasher,
+    /// Writing the spill file failed: the walk ends with this error (a read error of the
+    /// archive being decompressed, by contrast, only ends that member).
+    failed: Option<io::Error>,
+}
+
+impl Sink {
+    fn spill(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.tail.is_none() {
+            // tempfile() unlinks at once: nothing is left behind, whatever happens.
+            let f = tempfile::tempfile_in(&self.dir)?;
+            let mut f = BufWriter::with_capacity(CHUNK, f);
+            let h = HEAD.min(self.room);
+            if self.head.len() > h {
+                f.write_all(&self.head[h..])?;
+                self.head.truncate(h);
+                self.head.shrink_to_fit();
+            }
+            self.tail = Some(f);
+        }
+        let h = HEAD.min(self.room);
+        let take = h.saturating_sub(self.head.len()).min(data.len());
+        self.head.extend_from_slice(&data[..take]);
+        self.tail
+            .as_mut()
+            .expect("set above")
+            .write_all(&data[take..])
+    }
+
+    fn finish(mut self) -> io::Result<Contents> {
+        self.hasher.write_u64(self.len);
+        let tail = match self.tail {
+            None => None,
+            Some(w) => Some(Arc::new(w.into_inner().map_err(|e| e.into_error())?)),
+        };
+        Ok(Contents {
+            head: self.head.into(),
+            tail,
+            len: self.len,
+            digest: self.hasher.finish(),
+        })
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hasher.write(data);
+        self.len += data.len() as u64;
+        if self.tail.is_none() && self.head.len() + data.len() <= self.room {
+            self.head.extend_from_slice(data);
+            return Ok(data.len());
+        }
+        match self.spill(data) {
+            Ok(()) => Ok(data.len()),
+            Err(e) => {
+                let kept = io::Error::new(e.kind(), format!("spilling a decoded part: {e}"));
+                self.failed = Some(kept);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Smallest decoded block worth a scan from the raw reading (shorter runs are mostly words
 /// that happen to use only base64 letters).
 const MIN_RAW_BLOCK: usize = 32;
 
-pub fn walk(raw: &[u8], limits: &Limits) -> Walk {
-    let mut w = Collector {
-        walk: Walk::default(),
-        seen: HashSet::new(),
-        bytes: 0,
-        limits: *limits,
-    };
+/// Walks `raw` within `limits`, spilling decoded data past `limits.max_memory` to unlinked
+/// temp files in `spool`. Err only when a spill file could not be written.
+pub fn walk(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Walk> {
+    walk_to(raw, limits, spool, true).map(|w| w.expect("archives opened"))
+}
+
+/// The walk, when it opens no archive: the readings of a small message cost less than a
+/// thread hand-off, decompressing an archive (up to `max_decoded_bytes`, bzip2 at some tens
+/// of MB/s) may not, so None tells the caller to run [`walk`] where it may block.
+pub fn walk_unless_archives(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Option<Walk>> {
+    walk_to(raw, limits, spool, false)
+}
+
+fn walk_to(raw: &[u8], limits: &Limits, spool: &Path, archives: bool) -> io::Result<Option<Walk>> {
+    let spool: Arc<Path> = spool.into();
+    let mut w = Collector::new(limits, &spool);
     // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
     // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
     let tree = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut c = Collector {
-            walk: Walk::default(),
-            seen: HashSet::new(),
-            bytes: 0,
-            limits: *limits,
-        };
+        let mut c = Collector::new(limits, &spool);
         if let Some(m) = MessageParser::default().parse(raw) {
             c.tree(&m, 0);
         }
@@ -150,30 +493,61 @@ pub fn walk(raw: &[u8], limits: &Limits) -> Walk {
         Err(_) => w.walk.parser_failed = true,
     }
     raw_blocks(raw, &mut w);
-    // Archives found so far, and in their members, in turn (zip in zip).
+    // Archives found so far, and archives among their members, in turn (a zip in a .tar.gz).
     let mut i = 0;
     while i < w.walk.parts.len() && !w.full() {
-        if is_zip_archive(&w.walk.parts[i].data) {
-            let depth = w.walk.parts[i].depth + 1;
-            let data = std::mem::take(&mut w.walk.parts[i].data);
-            unzip(&data, depth, &mut w);
-            w.walk.parts[i].data = data;
+        if let Some(kind) = Archive::sniff(&w.walk.parts[i].contents) {
+            if !archives {
+                return Ok(None);
+            }
+            let parent = w.walk.parts[i].clone();
+            if w.listed.insert(parent.contents.digest) {
+                w.open(kind, &parent);
+            }
         }
         i += 1;
     }
-    w.walk
+    match w.error {
+        Some(e) => Err(e),
+        None => Ok(Some(w.walk)),
+    }
 }
 
 struct Collector {
     walk: Walk,
+    /// Keyed hashes of (contents, name) kept, and of contents kept.
     seen: HashSet<u64>,
+    contents_seen: HashSet<u64>,
+    /// Contents of the archives listed (the same archive attached twice is listed once).
+    listed: HashSet<u64>,
     bytes: usize,
+    memory: usize,
     limits: Limits,
+    spool: Arc<Path>,
+    /// Keys the contents hashes: random per walk, so nobody can make two parts collide.
+    hash: RandomState,
+    /// A spill file could not be written: the walk ends, and fails.
+    error: Option<io::Error>,
 }
 
 impl Collector {
+    fn new(limits: &Limits, spool: &Arc<Path>) -> Collector {
+        Collector {
+            walk: Walk::default(),
+            seen: HashSet::new(),
+            contents_seen: HashSet::new(),
+            listed: HashSet::new(),
+            bytes: 0,
+            memory: 0,
+            limits: *limits,
+            spool: spool.clone(),
+            hash: RandomState::new(),
+            error: None,
+        }
+    }
+
     fn full(&self) -> bool {
-        self.walk.limit.is_some()
+        self.walk.limit.is_some() || self.error.is_some()
     }
 
     /// Stops the walk for `kind`, unless it stopped already (the first reason is kept).
@@ -183,6 +557,33 @@ impl Collector {
         }
     }
 
+    fn fail(&mut self, e: io::Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// A place for new contents, in memory as far as the budget goes.
+    fn sink(&self) -> Sink {
+        Sink {
+            head: Vec::new(),
+            tail: None,
+            len: 0,
+            room: self.limits.max_memory.saturating_sub(self.memory),
+            dir: self.spool.clone(),
+            hasher: self.hash.build_hasher(),
+            failed: None,
+        }
+    }
+
+    /// `data` as contents (spilled past the budget); None when spilling failed.
+    fn contents(&mut self, data: &[u8]) -> Option<Contents> {
+        let mut s = self.sink();
+        let done = match s.write_all(data) {
+            Ok(()) => s.finish(),
+            Err(e) => Err(s.failed.take().unwrap_or(e)),
+        };
+        done.map_err(|e| self.fail(e)).ok()
+    }
+
     /// Keeps a part unless its contents were seen already; false once a limit is hit.
     fn add(&mut self, part: Part) -> bool {
         if self.full() {
@@ -190,13 +591,20 @@ impl Collector {
         }
         // An empty part is kept only when it has a name (an archive member that could not be
         // read still has a name for the banned-file rules).
-        if part.data.is_empty() && part.name.is_none() {
+        if part.contents.is_empty() && part.name.is_none() {
             return true;
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        part.data.hash(&mut h);
+        // Named parts with the same contents are each kept (the banned-file rules judge each
+        // name); a part without a name adds nothing to one with the same contents (the raw
+        // reading finds most attachments a second time).
+        let mut h = self.hash.build_hasher();
+        part.contents.digest.hash(&mut h);
         part.name.hash(&mut h);
-        if !self.seen.insert(h.finish()) {
+        let named = h.finish();
+        let contents = part.contents.digest;
+        if self.seen.contains(&named)
+            || part.name.is_none() && self.contents_seen.contains(&contents)
+        {
             return true;
         }
         if self.walk.parts.len() >= self.limits.max_parts {
@@ -206,14 +614,18 @@ impl Collector {
             );
             return false;
         }
-        if self.bytes + part.data.len() > self.limits.max_bytes {
+        let len = usize::try_from(part.contents.len()).unwrap_or(usize::MAX);
+        if self.bytes.saturating_add(len) > self.limits.max_bytes {
             self.stop(
                 LimitKind::Bytes,
                 format!("more than {} decoded bytes", self.limits.max_bytes),
             );
             return false;
         }
-        self.bytes += part.data.len();
+        self.seen.insert(named);
+        self.contents_seen.insert(contents);
+        self.bytes += len;
+        self.memory += part.contents.memory();
         self.walk.parts.push(part);
         true
     }
@@ -230,132 +642,483 @@ impl Collector {
             return;
         }
         for p in &m.parts {
+            if self.full() {
+                return;
+            }
             let declared = p.content_type().map(|c| match c.subtype() {
                 Some(sub) => format!("{}/{}", c.ctype(), sub).to_ascii_lowercase(),
                 None => c.ctype().to_ascii_lowercase(),
             });
             let name = p.attachment_name().map(str::to_owned);
             // mail-parser borrows a part's bytes from the message when it decoded nothing.
-            let (data, verbatim) = match &p.body {
+            let (data, verbatim): (&[u8], bool) = match &p.body {
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
-                    (b.to_vec(), matches!(b, std::borrow::Cow::Borrowed(_)))
+                    (b, matches!(b, std::borrow::Cow::Borrowed(_)))
                 }
-                PartType::Text(t) | PartType::Html(t) => (
-                    t.as_bytes().to_vec(),
-                    matches!(t, std::borrow::Cow::Borrowed(_)),
-                ),
+                PartType::Text(t) | PartType::Html(t) => {
+                    (t.as_bytes(), matches!(t, std::borrow::Cow::Borrowed(_)))
+                }
                 PartType::Message(inner) => {
                     self.tree(inner, depth + 1);
                     continue;
                 }
                 PartType::Multipart(_) => continue,
             };
+            let Some(contents) = self.contents(data) else {
+                return;
+            };
             let part = Part {
                 name,
                 declared,
                 found: "mime",
                 depth,
-                container: None,
+                containers: Vec::new(),
                 verbatim,
-                data,
+                contents,
             };
             if !self.add(part) {
                 return;
             }
         }
     }
+
+    /// How much one member may decompress to: what is left of `max_decoded_bytes`, and for a
+    /// compressed member of `packed` bytes also `max_ratio` times that (at least 1 MiB).
+    fn cap(&self, packed: Option<u64>) -> Cap {
+        let room = self.limits.max_bytes.saturating_sub(self.bytes) as u64;
+        match packed {
+            Some(p) => {
+                let ratio = p.max(1).saturating_mul(self.limits.max_ratio).max(1 << 20);
+                Cap {
+                    bytes: room.min(ratio),
+                    ratio: ratio <= room,
+                }
+            }
+            None => Cap {
+                bytes: room,
+                ratio: false,
+            },
+        }
+    }
+
+    /// Decompresses one member from `r` within `cap`, reading one byte more than allowed to
+    /// tell a member that goes on past it.
+    fn read_member(&mut self, r: impl Read, cap: Cap, name: &str) -> Got {
+        let mut sink = self.sink();
+        let read = io::copy(&mut r.take(cap.bytes.saturating_add(1)), &mut sink);
+        if let Some(e) = sink.failed.take() {
+            self.fail(e);
+            return Got::Nothing;
+        }
+        let contents = match sink.finish() {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(e);
+                return Got::Nothing;
+            }
+        };
+        if contents.len() > cap.bytes {
+            if cap.ratio {
+                self.stop(
+                    LimitKind::Ratio,
+                    format!(
+                        "archive member {name} expands more than {} times",
+                        self.limits.max_ratio
+                    ),
+                );
+            } else {
+                self.stop(
+                    LimitKind::Bytes,
+                    format!("more than {} decoded bytes", self.limits.max_bytes),
+                );
+            }
+            return Got::Nothing;
+        }
+        Got::Member(contents, read.is_err())
+    }
+
+    /// Lists one archive part and adds its members.
+    fn open(&mut self, kind: Archive, parent: &Part) {
+        let depth = parent.depth + 1;
+        if depth > self.limits.max_depth {
+            self.stop(
+                LimitKind::Depth,
+                format!("archives nested deeper than {}", self.limits.max_depth),
+            );
+            return;
+        }
+        let mut containers = Vec::with_capacity(parent.containers.len() + 1);
+        containers.push(kind.label());
+        containers.extend_from_slice(&parent.containers);
+        let member = Member {
+            found: kind.label(),
+            depth,
+            containers,
+        };
+        match kind {
+            Archive::Zip => self.unzip(parent, &member),
+            Archive::Tar => self.untar(parent, &member),
+            Archive::SevenZ => self.un7z(parent, &member),
+            Archive::Gzip | Archive::Bzip2 | Archive::Xz => self.unpack(kind, parent, &member),
+        }
+    }
+
+    /// A 7z's files, each decompressed within the limits. Files compressed together (a solid
+    /// block) are decoded in order, so reading one decodes those before it; the ratio is
+    /// taken against the whole archive's packed size.
+    fn un7z(&mut self, parent: &Part, m: &Member) {
+        use sevenz_rust2::{ArchiveReader, EntryDecision, Error, Password};
+        let mut src = parent.contents.reader();
+        let archive = match sevenz_rust2::Archive::read_with_memory_limit(
+            &mut src,
+            &Password::empty(),
+            SEVENZ_MEMORY_KB,
+        ) {
+            Ok(a) => a,
+            // An encrypted header: not even the names can be read.
+            Err(Error::PasswordRequired | Error::MaybeBadPassword(_)) => {
+                self.stop(
+                    LimitKind::Encrypted,
+                    "encrypted 7z archive (names encrypted too)".into(),
+                );
+                return;
+            }
+            // Not a readable 7z (or beyond the decoder memory limit): clamd still scans it.
+            Err(_) => return,
+        };
+        // Encrypted contents under names in the clear: keep the names, say why it stops.
+        let locked: Vec<Option<String>> = (0..archive.files.len())
+            .filter(|&i| archive.is_file_encrypted(i) && archive.files[i].has_stream())
+            .map(|i| base_name(archive.files[i].name()))
+            .collect();
+        if let Some(first) = locked.first() {
+            let detail = format!(
+                "encrypted archive member {}",
+                first.as_deref().unwrap_or("-")
+            );
+            for name in &locked {
+                self.add(m.part(name.clone(), Contents::default()));
+            }
+            self.stop(LimitKind::Encrypted, detail);
+            return;
+        }
+        let packed: u64 = archive.pack_sizes().iter().sum();
+        let mut reader = ArchiveReader::from_archive(archive, src, Password::empty());
+        reader.set_thread_count(1);
+        // An error ends the listing: a broken block, a bad checksum (clamd still scans it).
+        let _ = reader.for_each_entries_with_decision(|entry, r| {
+            if entry.is_directory() {
+                return Ok(EntryDecision::Continue);
+            }
+            let name = base_name(entry.name());
+            let cap = self.cap(Some(packed));
+            let label = name.clone().unwrap_or_else(|| "-".into());
+            Ok(match self.read_member(r, cap, &label) {
+                Got::Member(contents, broken) => {
+                    if !self.add(m.part(name, contents)) || broken {
+                        EntryDecision::Stop
+                    } else {
+                        EntryDecision::Continue
+                    }
+                }
+                Got::Nothing => EntryDecision::Stop,
+            })
+        });
+    }
+
+    /// A zip's members, each decompressed within the limits.
+    fn unzip(&mut self, parent: &Part, m: &Member) {
+        let Ok(mut zip) = zip::ZipArchive::new(parent.contents.reader()) else {
+            // Not a readable zip after all: clamd still scans the bytes.
+            return;
+        };
+        for i in 0..zip.len() {
+            if self.full() {
+                return;
+            }
+            let Ok(meta) = zip.by_index_raw(i) else {
+                continue;
+            };
+            if meta.is_dir() {
+                continue;
+            }
+            let full = meta.name().map(|n| n.into_owned()).unwrap_or_default();
+            let name = base_name(&full);
+            let (encrypted, packed) = (meta.encrypted(), meta.compressed_size());
+            drop(meta);
+            if encrypted {
+                // Its name is visible, its contents are not: keep the name (for the banned-file
+                // rules) and say why the message is not fully checked.
+                self.add(m.part(name.clone(), Contents::default()));
+                self.stop(
+                    LimitKind::Encrypted,
+                    format!("encrypted archive member {}", name.unwrap_or_default()),
+                );
+                return;
+            }
+            let cap = self.cap(Some(packed));
+            let got = match zip.by_index(i) {
+                Ok(file) => self.read_member(file, cap, name.as_deref().unwrap_or("-")),
+                // A compression method postsift does not read (clamd may): the name still
+                // counts for the banned-file rules.
+                Err(_) => Got::Member(Contents::default(), true),
+            };
+            match got {
+                Got::Member(contents, _) => {
+                    if !self.add(m.part(name, contents)) {
+                        return;
+                    }
+                }
+                Got::Nothing => return,
+            }
+        }
+    }
+
+    /// A tar's regular files (ustar, GNU long names, pax `path`), read up to the limits.
+    fn untar(&mut self, parent: &Part, m: &Member) {
+        let mut tar = tar::Archive::new(parent.contents.reader());
+        let Ok(entries) = tar.entries() else {
+            return;
+        };
+        // Raw entries: the long-name and pax headers come to us, to be read within a bound
+        // (the tar crate would read them whole, whatever their size).
+        let mut long_name: Option<String> = None;
+        for entry in entries.raw(true) {
+            if self.full() {
+                return;
+            }
+            // A broken header ends the listing: what follows cannot be trusted to line up.
+            let Ok(mut e) = entry else {
+                return;
+            };
+            let t = e.header().entry_type();
+            if t.is_gnu_longname() {
+                let mut v = Vec::new();
+                let _ = (&mut e).take(MAX_NAME).read_to_end(&mut v);
+                let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+                long_name = Some(String::from_utf8_lossy(&v[..end]).into_owned());
+                continue;
+            }
+            if t.is_pax_local_extensions() {
+                let mut v = Vec::new();
+                let _ = (&mut e).take(MAX_NAME).read_to_end(&mut v);
+                if let Some(p) = pax_path(&v) {
+                    long_name = Some(p);
+                }
+                continue;
+            }
+            if t.is_gnu_longlink() || t.is_pax_global_extensions() {
+                continue;
+            }
+            if !(t.is_file() || t.is_contiguous() || t.is_gnu_sparse()) {
+                long_name = None;
+                continue;
+            }
+            let full = long_name
+                .take()
+                .unwrap_or_else(|| String::from_utf8_lossy(&e.header().path_bytes()).into_owned());
+            let name = base_name(&full);
+            // Stored, not compressed: only the decoded-bytes quota bounds a member.
+            let cap = self.cap(None);
+            match self.read_member(&mut e, cap, name.as_deref().unwrap_or("-")) {
+                Got::Member(contents, broken) => {
+                    if !self.add(m.part(name, contents)) || broken {
+                        return;
+                    }
+                }
+                Got::Nothing => return,
+            }
+        }
+    }
+
+    /// The one member of a gzip, bzip2 or xz file: its decompressed stream.
+    fn unpack(&mut self, kind: Archive, parent: &Part, m: &Member) {
+        let cap = self.cap(Some(parent.contents.len()));
+        let outer = parent.name.as_deref().and_then(|n| kind.member_name(n));
+        let label = outer.clone().unwrap_or_else(|| "-".into());
+        let src = parent.contents.reader();
+        let (got, name) = match kind {
+            Archive::Gzip => {
+                let mut d = flate2::read::MultiGzDecoder::new(src);
+                let got = self.read_member(&mut d, cap, &label);
+                let inner = d
+                    .header()
+                    .and_then(|h| h.filename())
+                    .and_then(|f| base_name(&String::from_utf8_lossy(f)));
+                (got, inner.or(outer))
+            }
+            Archive::Bzip2 => {
+                let d = bzip2::read::MultiBzDecoder::new(src);
+                (self.read_member(d, cap, &label), outer)
+            }
+            _ => {
+                let d = lzma_rust2::XzReader::new_mem_limit(src, true, xz_memory_limit_kb());
+                (self.read_member(d, cap, &label), outer)
+            }
+        };
+        if let Got::Member(contents, _) = got {
+            // Nothing decoded: not this format after all (or unreadable): clamd still scans it.
+            if !contents.is_empty() {
+                self.add(m.part(name, contents));
+            }
+        }
+    }
 }
 
-/// Members decompressed beyond this many times their compressed size stop the walk.
-const MAX_RATIO: u64 = 100;
+/// How much one member may decompress to, and whether the ratio (rather than what is left of
+/// the decoded-bytes quota) sets it.
+#[derive(Debug, Clone, Copy)]
+struct Cap {
+    bytes: u64,
+    ratio: bool,
+}
 
-/// A zip archive that is not an Office document (OOXML files are zips with a content-types
-/// member; they are judged whole, by the sniffed type).
-fn is_zip_archive(data: &[u8]) -> bool {
-    data.starts_with(b"PK\x03\x04") && !contains(data, b"[Content_Types].xml")
+/// What reading one archive member gave.
+enum Got {
+    /// Its contents; true when the archive broke off in it (what was read is kept).
+    Member(Contents, bool),
+    /// Nothing to keep: a limit stopped the walk, or a spill file failed.
+    Nothing,
+}
+
+/// What the members of one archive share.
+struct Member {
+    found: &'static str,
+    depth: usize,
+    containers: Vec<&'static str>,
+}
+
+impl Member {
+    fn part(&self, name: Option<String>, contents: Contents) -> Part {
+        Part {
+            name,
+            declared: None,
+            found: self.found,
+            depth: self.depth,
+            containers: self.containers.clone(),
+            verbatim: false,
+            contents,
+        }
+    }
+}
+
+/// Members decompressed beyond this many times their compressed size stop the walk (amavis's
+/// `$MAX_EXPANSION_QUOTA` is relative to the mail's size; a per-member ratio catches a bomb
+/// however small the mail around it).
+pub const MAX_RATIO: u64 = 100;
+
+/// Bytes of a GNU long name or a pax header read at most (Linux's PATH_MAX is 4096).
+const MAX_NAME: u64 = 64 * 1024;
+
+/// The largest xz dictionary opened: 64 MiB, what `xz -9` uses. The decoder's window grows
+/// with its output up to this size.
+const XZ_MAX_DICT: u32 = 64 << 20;
+
+fn xz_memory_limit_kb() -> u32 {
+    lzma_rust2::lzma2_get_memory_usage(XZ_MAX_DICT)
+}
+
+/// The decoder memory (header buffers, and dictionaries each) a 7z may ask for, in KiB: as
+/// for xz, 64 MiB.
+const SEVENZ_MEMORY_KB: usize = 64 << 10;
+
+/// The archive formats the walk opens, told by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Archive {
+    Zip,
+    SevenZ,
+    Tar,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Archive {
+    fn sniff(c: &Contents) -> Option<Archive> {
+        let head = c.prefix(262);
+        if head.starts_with(b"PK\x03\x04") {
+            // OOXML files are zips with a content-types member; they are judged whole, by the
+            // sniffed type.
+            return (!c.contains(b"[Content_Types].xml")).then_some(Archive::Zip);
+        }
+        if head.starts_with(b"7z\xBC\xAF\x27\x1C") {
+            return Some(Archive::SevenZ);
+        }
+        if head.starts_with(b"\x1f\x8b\x08") {
+            return Some(Archive::Gzip);
+        }
+        if head.starts_with(b"BZh") && head.get(3).is_some_and(|b| (b'1'..=b'9').contains(b)) {
+            return Some(Archive::Bzip2);
+        }
+        if head.starts_with(b"\xFD7zXZ\x00") {
+            return Some(Archive::Xz);
+        }
+        // POSIX ustar ("ustar\000") and GNU ("ustar  \0") both start so at offset 257.
+        if head.get(257..262) == Some(b"ustar") {
+            return Some(Archive::Tar);
+        }
+        None
+    }
+
+    /// The `container` name rules match on, and the `found` of its members.
+    fn label(self) -> &'static str {
+        match self {
+            Archive::Zip => "zip",
+            Archive::SevenZ => "7z",
+            Archive::Tar => "tar",
+            Archive::Gzip => "gzip",
+            Archive::Bzip2 => "bzip2",
+            Archive::Xz => "xz",
+        }
+    }
+
+    /// The name of a compressed file's one member, from the file's own name:
+    /// `report.pdf.gz` → `report.pdf`, `src.tgz` → `src.tar`; None when it has no such suffix.
+    fn member_name(self, file: &str) -> Option<String> {
+        let (plain, tar): (&[&str], &[&str]) = match self {
+            Archive::Gzip => (&[".gz", ".z"], &[".tgz", ".taz"]),
+            Archive::Bzip2 => (&[".bz2", ".bz"], &[".tbz", ".tbz2", ".tb2"]),
+            Archive::Xz => (&[".xz"], &[".txz"]),
+            Archive::Zip | Archive::SevenZ | Archive::Tar => return None,
+        };
+        let lower = file.to_ascii_lowercase();
+        let cut = |suffix: &str| file[..file.len() - suffix.len()].to_owned();
+        if let Some(s) = plain.iter().find(|s| lower.ends_with(**s)) {
+            return Some(cut(s)).filter(|n| !n.is_empty());
+        }
+        tar.iter()
+            .find(|s| lower.ends_with(**s))
+            .map(|s| cut(s) + ".tar")
+    }
+}
+
+/// The last component of an archive path; None when empty.
+fn base_name(path: &str) -> Option<String> {
+    let name = path.rsplit(['/', '\\']).next().unwrap_or("");
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The `path` record of a pax extended header (`<len> path=<value>\n` records).
+fn pax_path(mut data: &[u8]) -> Option<String> {
+    let mut path = None;
+    while let Some(sp) = data.iter().position(|&b| b == b' ') {
+        let len: usize = std::str::from_utf8(&data[..sp]).ok()?.parse().ok()?;
+        if len <= sp || len > data.len() {
+            break;
+        }
+        let record = &data[sp + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(v) = record.strip_prefix(b"path=") {
+            path = Some(String::from_utf8_lossy(v).into_owned());
+        }
+        data = &data[len..];
+    }
+    path
 }
 
 /// Whether `needle` occurs in `hay` (also used by the banned-file sniffing).
 pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Lists a zip archive and adds each member as a part, decompressed within the limits.
-fn unzip(data: &[u8], depth: usize, w: &mut Collector) {
-    if depth > w.limits.max_depth {
-        w.stop(
-            LimitKind::Depth,
-            format!("archives nested deeper than {}", w.limits.max_depth),
-        );
-        return;
-    }
-    let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(data)) else {
-        // Not a readable zip after all: clamd still scans the bytes.
-        return;
-    };
-    for i in 0..zip.len() {
-        if w.full() {
-            return;
-        }
-        let Ok(meta) = zip.by_index_raw(i) else {
-            continue;
-        };
-        if meta.is_dir() {
-            continue;
-        }
-        let full = meta.name().map(|n| n.into_owned()).unwrap_or_default();
-        let name = full.rsplit('/').next().unwrap_or("").to_owned();
-        let (encrypted, packed) = (meta.encrypted(), meta.compressed_size());
-        drop(meta);
-        let named = |data: Vec<u8>| Part {
-            name: (!name.is_empty()).then(|| name.clone()),
-            declared: None,
-            found: "zip",
-            depth,
-            container: Some("zip".into()),
-            verbatim: false,
-            data,
-        };
-        if encrypted {
-            // Its name is visible, its contents are not: keep the name (for the banned-file
-            // rules) and say why the message is not fully checked.
-            w.add(named(Vec::new()));
-            w.stop(
-                LimitKind::Encrypted,
-                format!("encrypted archive member {name}"),
-            );
-            return;
-        }
-        let room = w.limits.max_bytes.saturating_sub(w.bytes) as u64;
-        let ratio_cap = packed.max(1).saturating_mul(MAX_RATIO).max(1 << 20);
-        let cap = room.min(ratio_cap);
-        let Ok(file) = zip.by_index(i) else {
-            continue;
-        };
-        let mut out = Vec::new();
-        // One byte more than allowed tells that the member goes on past the cap.
-        let read = std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut out);
-        if read.is_err() {
-            continue;
-        }
-        if out.len() as u64 > cap {
-            if cap == ratio_cap {
-                w.stop(
-                    LimitKind::Ratio,
-                    format!("archive member {name} expands more than {MAX_RATIO} times"),
-                );
-            } else {
-                w.stop(
-                    LimitKind::Bytes,
-                    format!("more than {} decoded bytes", w.limits.max_bytes),
-                );
-            }
-            return;
-        }
-        if !w.add(named(out)) {
-            return;
-        }
-    }
 }
 
 /// The structure-blind reading: base64 runs and uuencoded blocks in the raw lines.
@@ -368,15 +1131,17 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
         if run.len() >= MIN_RAW_BLOCK * 4 / 3 {
             let data = base64_lenient(run);
             if data.len() >= MIN_RAW_BLOCK {
-                w.add(Part {
-                    name: None,
-                    declared: None,
-                    found: "raw",
-                    depth: 0,
-                    container: None,
-                    verbatim: false,
-                    data,
-                });
+                if let Some(contents) = w.contents(&data) {
+                    w.add(Part {
+                        name: None,
+                        declared: None,
+                        found: "raw",
+                        depth: 0,
+                        containers: Vec::new(),
+                        verbatim: false,
+                        contents,
+                    });
+                }
             }
         }
         run.clear();
@@ -398,14 +1163,17 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
                 }
                 uudecode_line(l, &mut data);
             }
+            let Some(contents) = w.contents(&data) else {
+                return;
+            };
             w.add(Part {
                 name: (!name.is_empty()).then_some(name),
                 declared: None,
                 found: "raw",
                 depth: 0,
-                container: None,
+                containers: Vec::new(),
                 verbatim: false,
-                data,
+                contents,
             });
             continue;
         }
@@ -494,7 +1262,17 @@ mod tests {
         max_parts: 100,
         max_bytes: 1 << 20,
         max_depth: 5,
+        max_memory: 1 << 20,
+        max_ratio: MAX_RATIO,
     };
+
+    fn walk(raw: &[u8], limits: &Limits) -> Walk {
+        super::walk(raw, limits, &std::env::temp_dir()).expect("spill files can be written")
+    }
+
+    fn data(p: &Part) -> Vec<u8> {
+        p.contents.to_vec().unwrap()
+    }
 
     fn b64(data: &[u8]) -> String {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -537,7 +1315,7 @@ mod tests {
             b64(file)
         );
         let w = walk(msg.as_bytes(), &LIMITS);
-        assert!(w.parts.iter().any(|p| p.data == file), "{:?}", w.parts);
+        assert!(w.parts.iter().any(|p| data(p) == file), "{:?}", w.parts);
     }
 
     #[test]
@@ -547,7 +1325,7 @@ mod tests {
         assert!(
             w.parts
                 .iter()
-                .any(|p| p.data == b"Cat" && p.name.as_deref() == Some("cat.txt")),
+                .any(|p| data(p) == b"Cat" && p.name.as_deref() == Some("cat.txt")),
             "{:?}",
             w.parts
         );
@@ -589,7 +1367,7 @@ mod tests {
         let names: Vec<(Option<&str>, Option<&str>, usize)> = w
             .parts
             .iter()
-            .map(|p| (p.name.as_deref(), p.container.as_deref(), p.depth))
+            .map(|p| (p.name.as_deref(), p.container(), p.depth))
             .collect();
         assert!(
             names.contains(&(Some("readme.txt"), Some("zip"), 1)),
@@ -599,7 +1377,7 @@ mod tests {
             names.contains(&(Some("tool.exe"), Some("zip"), 2)),
             "{names:?}"
         );
-        assert!(w.parts.iter().any(|p| p.data == b"MZ inner program bytes"));
+        assert!(w.parts.iter().any(|p| data(p) == b"MZ inner program bytes"));
         assert_eq!(w.limit, None);
     }
 
@@ -623,7 +1401,7 @@ mod tests {
             "{:?}",
             w.limit
         );
-        let kept: usize = w.parts.iter().map(|p| p.data.len()).sum();
+        let kept = w.bytes() as usize;
         assert!(kept < 2 * bomb.len() + (1 << 20), "{kept} bytes kept");
     }
 
@@ -651,5 +1429,464 @@ mod tests {
                 detail: "more than 5 parts".into()
             })
         );
+    }
+
+    /// A deterministic, incompressible filler.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A tar (GNU headers: long names work) of (path, contents) files, with a directory.
+    fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_size(0);
+        dir.set_mode(0o755);
+        b.append_data(&mut dir, "top/", &[][..]).unwrap();
+        for (path, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8], name: Option<&str>) -> Vec<u8> {
+        let mut b = flate2::GzBuilder::new();
+        if let Some(n) = name {
+            b = b.filename(n);
+        }
+        let mut e = b.write(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn bzip2(data: &[u8]) -> Vec<u8> {
+        let mut e = ::bzip2::write::BzEncoder::new(Vec::new(), ::bzip2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut e =
+            lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(6)).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A mail with one base64 attachment of that name.
+    fn mail_named(name: &str, att: &[u8]) -> Vec<u8> {
+        format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/octet-stream; name={name}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+            b64(att)
+        )
+        .into_bytes()
+    }
+
+    /// Name, containers and depth of each part.
+    fn listing(w: &Walk) -> Vec<(Option<String>, Vec<&'static str>, usize)> {
+        w.parts
+            .iter()
+            .map(|p| (p.name.clone(), p.containers.clone(), p.depth))
+            .collect()
+    }
+
+    fn has(w: &Walk, name: &str, containers: &[&str], contents: &[u8]) -> bool {
+        w.parts.iter().any(|p| {
+            p.name.as_deref() == Some(name) && p.containers == containers && data(p) == contents
+        })
+    }
+
+    #[test]
+    fn tar_members_become_parts_and_directories_do_not() {
+        let long = format!("top/{}/deep.txt", "d".repeat(120));
+        let tar = tar_of(&[("top/readme.txt", b"read me"), (&long, b"a long path")]);
+        let w = walk(&mail_named("src.tar", &tar), &LIMITS);
+        assert!(
+            has(&w, "readme.txt", &["tar"], b"read me"),
+            "{:?}",
+            listing(&w)
+        );
+        assert!(
+            has(&w, "deep.txt", &["tar"], b"a long path"),
+            "{:?}",
+            listing(&w)
+        );
+        assert_eq!(w.parts.iter().filter(|p| p.found == "tar").count(), 2);
+        assert_eq!(w.limit, None);
+    }
+
+    #[test]
+    fn a_pax_path_names_the_member() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", &b"dir/real name.exe"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(4);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "shortname", &b"data"[..]).unwrap();
+        let w = walk(&mail_named("a.tar", &b.into_inner().unwrap()), &LIMITS);
+        assert!(
+            has(&w, "real name.exe", &["tar"], b"data"),
+            "{:?}",
+            listing(&w)
+        );
+    }
+
+    #[test]
+    fn gzip_bzip2_and_xz_have_one_member_named_by_header_or_file_name() {
+        let doc = b"%PDF-1.4 a document that compresses well well well well well";
+        let w = walk(&mail_named("report.pdf.gz", &gzip(doc, None)), &LIMITS);
+        assert!(has(&w, "report.pdf", &["gzip"], doc), "{:?}", listing(&w));
+        let w = walk(
+            &mail_named("x.gz", &gzip(doc, Some("dir/inner.pdf"))),
+            &LIMITS,
+        );
+        assert!(has(&w, "inner.pdf", &["gzip"], doc), "{:?}", listing(&w));
+        let w = walk(&mail_named("report.pdf.bz2", &bzip2(doc)), &LIMITS);
+        assert!(has(&w, "report.pdf", &["bzip2"], doc), "{:?}", listing(&w));
+        let w = walk(&mail_named("report.pdf.xz", &xz(doc)), &LIMITS);
+        assert!(has(&w, "report.pdf", &["xz"], doc), "{:?}", listing(&w));
+        // Told by their bytes, not by their names.
+        let w = walk(&mail_named("photo.jpg", &xz(doc)), &LIMITS);
+        assert!(
+            w.parts
+                .iter()
+                .any(|p| p.container() == Some("xz") && data(p) == doc && p.name.is_none()),
+            "{:?}",
+            listing(&w)
+        );
+        assert_eq!(w.limit, None);
+    }
+
+    #[test]
+    fn a_zip_in_a_tar_gz_and_a_tar_in_a_zip_are_listed() {
+        let inner = zip_of(&[("tool.exe", b"MZ inner program bytes")], true);
+        let tgz = gzip(&tar_of(&[("top/inner.zip", &inner)]), None);
+        let w = walk(&mail_named("src.tar.gz", &tgz), &LIMITS);
+        let l = listing(&w);
+        assert!(
+            l.contains(&(Some("src.tar".into()), vec!["gzip"], 1)),
+            "{l:?}"
+        );
+        assert!(
+            l.contains(&(Some("inner.zip".into()), vec!["tar", "gzip"], 2)),
+            "{l:?}"
+        );
+        assert!(
+            has(
+                &w,
+                "tool.exe",
+                &["zip", "tar", "gzip"],
+                b"MZ inner program bytes"
+            ),
+            "{l:?}"
+        );
+        assert_eq!(w.parts[w.parts.len() - 1].depth, 3);
+
+        let z = zip_of(
+            &[(
+                "bundle.tar.bz2",
+                &bzip2(&tar_of(&[("a/b.sh", b"#!/bin/sh\n")])),
+            )],
+            true,
+        );
+        let w = walk(&mail_with(&z), &LIMITS);
+        assert!(
+            has(&w, "b.sh", &["tar", "bzip2", "zip"], b"#!/bin/sh\n"),
+            "{:?}",
+            listing(&w)
+        );
+        assert_eq!(w.limit, None);
+    }
+
+    /// A 7z of (name, contents) files: each compressed on its own, or all in one solid block.
+    fn sevenz(members: &[(&str, &[u8])], solid: bool) -> Vec<u8> {
+        use sevenz_rust2::{ArchiveEntry, ArchiveWriter, SourceReader};
+        let mut w = ArchiveWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
+        w.set_encrypt_header(false);
+        if solid {
+            let entries = members.iter().map(|(n, _)| ArchiveEntry::new_file(n));
+            let readers = members.iter().map(|(_, d)| SourceReader::new(*d)).collect();
+            w.push_archive_entries(entries.collect(), readers).unwrap();
+        } else {
+            for (name, data) in members {
+                w.push_archive_entry(ArchiveEntry::new_file(name), Some(*data))
+                    .unwrap();
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn seven_z_files_become_parts_solid_or_not() {
+        let files: &[(&str, &[u8])] = &[
+            ("dir/readme.txt", b"read me first"),
+            ("dir/tool.exe", b"MZ a program inside a 7z archive"),
+        ];
+        for solid in [false, true] {
+            let w = walk(&mail_named("bundle.7z", &sevenz(files, solid)), &LIMITS);
+            assert!(
+                has(&w, "readme.txt", &["7z"], b"read me first"),
+                "{:?}",
+                listing(&w)
+            );
+            assert!(
+                has(&w, "tool.exe", &["7z"], b"MZ a program inside a 7z archive"),
+                "{:?}",
+                listing(&w)
+            );
+            assert_eq!(w.limit, None);
+        }
+        // A 7z bomb stops at the ratio, like the others.
+        let zeros = vec![0u8; 2 << 20];
+        let w = walk(
+            &mail_named("z.7z", &sevenz(&[("zeros", &zeros)], false)),
+            &Limits {
+                max_bytes: 32 << 20,
+                ..LIMITS
+            },
+        );
+        assert_eq!(w.limit.as_ref().map(|l| l.kind), Some(LimitKind::Ratio));
+        // A broken one is only not listed.
+        let mut broken = sevenz(files, true);
+        let n = broken.len();
+        broken[n / 2..].fill(0);
+        let w = walk(&mail_named("broken.7z", &broken), &LIMITS);
+        assert!(w.parts.iter().any(|p| data(p) == broken));
+    }
+
+    #[test]
+    fn only_a_walk_without_archives_is_done_inline() {
+        let tmp = std::env::temp_dir();
+        let plain = mail_named("a.txt", b"just some text in an attachment, nothing packed");
+        let w = walk_unless_archives(&plain, &LIMITS, &tmp).unwrap();
+        assert!(w.is_some_and(|w| w.parts.len() == 1));
+        let packed = mail_named("a.txt.gz", &gzip(b"packed", None));
+        assert!(walk_unless_archives(&packed, &LIMITS, &tmp)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn archives_nested_past_max_depth_stop_the_walk() {
+        let mut data = b"the innermost file".to_vec();
+        for _ in 0..4 {
+            data = gzip(&data, None);
+        }
+        let w = walk(
+            &mail_named("a.gz", &data),
+            &Limits {
+                max_depth: 2,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            w.limit.as_ref().map(|l| l.kind),
+            Some(LimitKind::Depth),
+            "{:?}",
+            listing(&w)
+        );
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_ratio() {
+        let bomb = gzip(&vec![0u8; 8 << 20], None);
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        let w = walk(
+            &mail_named("zeros.gz", &bomb),
+            &Limits {
+                max_bytes: 32 << 20,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            w.limit,
+            Some(Stop {
+                kind: LimitKind::Ratio,
+                detail: "archive member zeros expands more than 100 times".into()
+            })
+        );
+        // No more than the 1 MiB floor of the cap was decoded (and none of it kept).
+        assert!(w.bytes() < 1 << 20, "{}", w.bytes());
+        // Within the quota instead, the quota stops it.
+        let w = walk(&mail_named("zeros.gz", &bomb), &LIMITS);
+        assert_eq!(w.limit.as_ref().map(|l| l.kind), Some(LimitKind::Bytes));
+    }
+
+    #[test]
+    fn corrupt_and_truncated_archives_do_not_panic_and_stay_parts() {
+        let tgz = gzip(
+            &tar_of(&[("a.txt", &noise(20_000)), ("b.txt", b"second")]),
+            None,
+        );
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "junk.gz",
+                b"\x1f\x8b\x08\x00garbage that is not deflate at all".to_vec(),
+            ),
+            ("cut.tar.gz", tgz[..tgz.len() / 2].to_vec()),
+            (
+                "junk.bz2",
+                b"BZh9 not really bzip2 data, only the magic".to_vec(),
+            ),
+            (
+                "junk.xz",
+                b"\xFD7zXZ\x00 not really xz data behind the magic".to_vec(),
+            ),
+            ("junk.tar", {
+                let mut t = vec![b'x'; 1024];
+                t[257..263].copy_from_slice(b"ustar\0");
+                t
+            }),
+            (
+                "junk.zip",
+                b"PK\x03\x04 not a zip after all, just the magic".to_vec(),
+            ),
+        ];
+        for (name, att) in cases {
+            let w = walk(&mail_named(name, &att), &LIMITS);
+            assert!(
+                w.parts.iter().any(|p| data(p) == att),
+                "{name}: the archive itself is still a part"
+            );
+            assert_eq!(w.limit, None, "{name}");
+        }
+        // The truncated .tar.gz: what was decompressed is kept, and lists the first file.
+        let w = walk(&mail_named("cut.tar.gz", &tgz[..tgz.len() / 2]), &LIMITS);
+        assert!(
+            w.parts
+                .iter()
+                .any(|p| p.name.as_deref() == Some("a.txt") && p.containers == ["tar", "gzip"]),
+            "{:?}",
+            listing(&w)
+        );
+    }
+
+    #[test]
+    fn spilled_contents_read_back_whole() {
+        let spool: Arc<Path> = std::env::temp_dir().into();
+        let mut c = Collector::new(
+            &Limits {
+                max_memory: 10,
+                ..LIMITS
+            },
+            &spool,
+        );
+        let mut bytes = noise(3 * CHUNK);
+        // A needle straddling the first read-back piece's end.
+        bytes[CHUNK - 3..CHUNK + 4].copy_from_slice(b"NEEDLE!");
+        let s = c.contents(&bytes).unwrap();
+        assert!(s.is_spilled());
+        assert_eq!(s.memory(), 10);
+        assert_eq!(s.len(), bytes.len() as u64);
+        assert_eq!(s.to_vec().unwrap(), bytes);
+        assert!(s.contains(b"NEEDLE!"));
+        assert!(!s.contains(b"not in there at all"));
+        assert_eq!(&s.slice(5, 10).unwrap()[..], &bytes[5..15]);
+        assert_eq!(&s.slice(CHUNK as u64, 3).unwrap()[..], b"DLE");
+        let mut r = s.reader();
+        r.seek(SeekFrom::End(-2)).unwrap();
+        let mut end = Vec::new();
+        r.read_to_end(&mut end).unwrap();
+        assert_eq!(end, &bytes[bytes.len() - 2..]);
+        let (head, tail) = s.stream().unwrap();
+        let mut all = head.to_vec();
+        tail.unwrap().read_to_end(&mut all).unwrap();
+        assert_eq!(all, bytes);
+    }
+
+    #[test]
+    fn a_64_mib_member_spills_and_memory_stays_within_the_budget() {
+        // 64 MiB of zeros deflate to about 64 KiB; quota and ratio raised so that it is read.
+        let zeros = vec![0u8; 64 << 20];
+        let z = zip_of(&[("zeros.bin", &zeros)], true);
+        drop(zeros);
+        let limits = Limits {
+            max_bytes: 128 << 20,
+            max_ratio: 10_000,
+            max_memory: 1 << 20,
+            ..LIMITS
+        };
+        let w = walk(&mail_with(&z), &limits);
+        assert_eq!(w.limit, None);
+        let m = w
+            .parts
+            .iter()
+            .find(|p| p.name.as_deref() == Some("zeros.bin"))
+            .expect("the member is kept");
+        assert_eq!(m.contents.len(), 64 << 20);
+        assert!(m.contents.is_spilled());
+        assert!(m.contents.memory() <= HEAD);
+        assert!(w.memory() <= limits.max_memory, "{} in memory", w.memory());
+        assert_eq!(&m.contents.slice((64 << 20) - 4, 8).unwrap()[..], [0; 4]);
+    }
+
+    #[test]
+    fn a_spilled_office_file_is_still_sniffed_and_kept_whole() {
+        // A macro workbook whose VBA member comes after 200 KiB of other members.
+        let xlsm = zip_of(
+            &[
+                ("[Content_Types].xml", b"<Types/>"),
+                ("xl/media/image1.bin", &noise(200 * 1024)),
+                ("xl/vbaProject.bin", b"\xD0\xCF\x11\xE0 vba"),
+            ],
+            false,
+        );
+        let w = walk(
+            &mail_named("budget.xlsx", &xlsm),
+            &Limits {
+                max_memory: 65_536,
+                ..LIMITS
+            },
+        );
+        let p = w
+            .parts
+            .iter()
+            .find(|p| p.name.as_deref() == Some("budget.xlsx"))
+            .unwrap();
+        assert!(p.contents.is_spilled());
+        assert_eq!(
+            crate::scan::banned::sniff(&p.contents),
+            Some("office-macro")
+        );
+        assert!(
+            w.parts.iter().all(|p| p.containers.is_empty()),
+            "not listed"
+        );
+    }
+
+    #[test]
+    fn a_spilled_zip_is_listed_from_its_file() {
+        let filler = noise(200 * 1024);
+        let z = zip_of(
+            &[("filler.bin", &filler), ("last.txt", b"the last member")],
+            false,
+        );
+        let w = walk(
+            &mail_named("big.zip", &z),
+            &Limits {
+                max_memory: 65_536,
+                ..LIMITS
+            },
+        );
+        assert!(w.parts[0].contents.is_spilled());
+        assert!(
+            has(&w, "filler.bin", &["zip"], &filler),
+            "{:?}",
+            listing(&w)
+        );
+        assert!(has(&w, "last.txt", &["zip"], b"the last member"));
+        assert!(w.memory() <= 65_536, "{}", w.memory());
     }
 }

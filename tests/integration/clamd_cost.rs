@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use postsift::message::Message;
 use postsift::scan::clamd::ClamdClient;
+use postsift::scan::parts::Contents;
 
 use crate::harness;
 
@@ -85,6 +86,7 @@ async fn clamd_session_cost() {
     }
     raw.extend_from_slice(b"--b--\r\n");
     let msg = Message::from_bytes(&raw);
+    let contents: Vec<Contents> = parts.iter().map(|p| p.to_vec().into()).collect();
     let n = 300;
     println!(
         "{n} messages of {} bytes with {} parts ({} bytes decoded), one at a time:",
@@ -121,7 +123,8 @@ async fn clamd_session_cost() {
                         }
                     }
                     _ => {
-                        assert_eq!(client.scan_with_parts(&msg, &parts).await.unwrap(), None);
+                        let refs: Vec<&Contents> = contents.iter().collect();
+                        assert_eq!(client.scan_with_parts(&msg, &refs).await.unwrap(), None);
                     }
                 }
             }

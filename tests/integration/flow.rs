@@ -1,6 +1,7 @@
 //! The normal paths against real clamd and spamd: clean mail gets amavis-style headers and
 //! arrives byte for byte; EICAR never arrives; GTUBE arrives flagged; 8-bit, SMTPUTF8, DSN
-//! parameters, XFORWARD, LMTP with several recipients, pipelining and a 50 MB message.
+//! parameters, XFORWARD, LMTP with several recipients, pipelining and a 50 MB message; archives
+//! (EICAR in a .tar.gz, tar members and the banned-file rules).
 
 use crate::capture::{Behaviour, Capture};
 use crate::client::{send_one, Client};
@@ -485,6 +486,156 @@ async fn banned_attachments_are_rejected_or_passed_with_an_alert() {
         sink.last().headers()
     );
     f.stop().await;
+}
+
+/// A .tar.gz of (path, contents) files.
+fn tar_gz(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Incompressible filler, the same every run.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eicar_inside_a_tar_gz_is_discarded_also_when_the_walk_spills_to_disk() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    // 100 KiB of filler and a 64 KiB budget: the archive and its members spill to disk.
+    let f = start_filter(&config(
+        Some(&clamd),
+        None,
+        sink.addr,
+        "[parts]\nmax_memory = 65536\n",
+    ))
+    .await;
+    let tgz = tar_gz(&[
+        ("src/filler.bin", &noise(100 * 1024)),
+        ("src/eicar.com", EICAR),
+    ]);
+    let msg = with_attachment("src.tar.gz", "application/gzip", &tgz);
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(r.text.contains("2.7.0 Ok, discarded, id="), "{r:?}");
+    assert!(r.text.contains("- INFECTED: Postsift.Test.EICAR"), "{r:?}");
+    assert_eq!(sink.count(), 0);
+    f.stop().await;
+
+    // The walk's own view: the attachment is spilled, its members listed, and clamd finds
+    // EICAR in the spilled part streamed from its file.
+    let limits = postsift::scan::parts::Limits {
+        max_memory: 65536,
+        ..postsift::scan::parts::Limits::from_config(&Default::default())
+    };
+    let walk = postsift::scan::parts::walk(&msg, &limits, &std::env::temp_dir()).unwrap();
+    assert!(walk.memory() <= 65536, "{}", walk.memory());
+    let names: Vec<(Option<&str>, &[&str])> = walk
+        .parts
+        .iter()
+        .map(|p| (p.name.as_deref(), &p.containers[..]))
+        .collect();
+    assert!(
+        names.contains(&(Some("eicar.com"), &["tar", "gzip"][..])),
+        "{names:?}"
+    );
+    let archive = walk
+        .parts
+        .iter()
+        .find(|p| p.name.as_deref() == Some("src.tar.gz"))
+        .unwrap();
+    assert!(archive.contents.is_spilled());
+    let c = postsift::scan::clamd::ClamdClient::new(
+        &[clamd],
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(20),
+    );
+    // The spilled part streamed from its file in a session after a clean message.
+    let clean = postsift::message::Message::from_bytes(b"Subject: clean\r\n\r\nhello\r\n");
+    match c
+        .scan_with_parts(&clean, &[&archive.contents])
+        .await
+        .unwrap()
+    {
+        Some((postsift::scan::clamd::Found::Part(0), names)) => {
+            assert!(names[0].starts_with("Postsift.Test.EICAR"), "{names:?}")
+        }
+        v => panic!("{v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_member_passes_the_default_banned_rules_unless_it_is_a_windows_program() {
+    let sink = Capture::start().await;
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let script = b"#!/bin/sh\necho a shell script with a Windows name\n";
+    let pe = b"MZ\x90\x00 a pretend DOS program, enough bytes to be a file".to_vec();
+    let send = |msg: Vec<u8>| async move {
+        send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await
+    };
+    // In a tar: allowed (amavis's `[qr'^\.(rpm|cpio|tar)$' => 0]`).
+    let r = send(with_attachment(
+        "tools.tar.gz",
+        "application/gzip",
+        &tar_gz(&[("tools/setup.exe", script)]),
+    ))
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(sink.count(), 1);
+    let h = sink.last().headers();
+    assert!(!h.contains("X-Amavis-Alert"), "{h}");
+    // Attached as it is: banned by its extension.
+    let r = send(with_attachment(
+        "setup.exe",
+        "application/octet-stream",
+        script,
+    ))
+    .await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("BANNED: setup.exe"), "{r:?}");
+    // A Windows program is banned inside a tar too (amavis's first rule, exe-ms anywhere).
+    let r = send(with_attachment(
+        "tools.tar.gz",
+        "application/gzip",
+        &tar_gz(&[("tools/setup.exe", &pe)]),
+    ))
+    .await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("BANNED: setup.exe"), "{r:?}");
+    // In a plain gzip, the name counts as if attached (no allowance for gzip members).
+    let mut gz = flate2::GzBuilder::new()
+        .filename("setup.exe")
+        .write(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, script).unwrap();
+    let r = send(with_attachment(
+        "tools.gz",
+        "application/gzip",
+        &gz.finish().unwrap(),
+    ))
+    .await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text.contains("BANNED: setup.exe"), "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 1, "only the tar with the script is delivered");
 }
 
 /// A zip of one stored member whose encryption flag is set (general purpose bit 0, in the local
