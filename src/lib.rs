@@ -21,6 +21,7 @@
 //! only after the reinjection server answered, so Postfix keeps the message until it is safely
 //! back in its queue.
 
+pub mod banks;
 pub mod config;
 pub mod filter;
 pub mod greylist;

@@ -161,6 +161,11 @@ fn main() -> ExitCode {
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
+            // Each bank with the settings in effect where it applies, so a typo in a level or
+            // an action shows before mail does.
+            for i in 0..config.policy.len() {
+                println!("{}", postsift::banks::describe(&config, i));
+            }
             println!("configuration ok");
             ExitCode::SUCCESS
         }
