@@ -90,6 +90,7 @@ impl Shared {
         budget: std::sync::Arc<message::Budget>,
     ) -> Shared {
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
+        metrics.declare_banks(&config);
         Shared {
             metrics,
             budget,

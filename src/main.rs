@@ -624,6 +624,7 @@ fn scan(config: Config, path: &std::path::Path) -> anyhow::Result<u8> {
             helo: "localhost".into(),
             peer: "127.0.0.1:0".parse().expect("literal"),
             local: "127.0.0.1:10024".parse().expect("literal"),
+            listener: None,
             protocol: "ESMTP",
         };
         let block = filter::header_block(&shared, &decision, &hop, "scan", &msg);

@@ -22,6 +22,17 @@ pub enum Category {
 }
 
 impl Category {
+    /// amavis's order, most important first (0: virus).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Category::Virus(_) => 0,
+            Category::Banned { .. } => 1,
+            Category::Unchecked => 2,
+            Category::Spam => 3,
+            Category::Clean => 4,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Category::Virus(_) => "virus",

@@ -205,6 +205,18 @@ impl Reinjector {
         }
     }
 
+    /// Nothing sent for `env`'s recipients: another part of the message failed first and the
+    /// client takes one reply for all (see `filter`).
+    pub fn withheld(&self, env: &Envelope) -> Delivery {
+        Delivery {
+            rcpts: vec![RcptResult::Withheld; env.recipients.len()],
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: None,
+        }
+    }
+
     fn failed_all(&self, env: &Envelope, f: Failure) -> Delivery {
         let label = f.label;
         let r = f.result();

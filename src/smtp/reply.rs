@@ -189,6 +189,25 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
         )),
         Outcome::Tempfailed(t) => same(tempfailed(id, t)),
         Outcome::HeaderTooBig => same(header_too_big()),
+        Outcome::Split { groups, lead } => {
+            let id_of = |g: &crate::filter::GroupOutcome| g.id.clone().unwrap_or_else(|| id.into());
+            if !per_recipient {
+                let g = &groups[*lead];
+                return for_outcome(&id_of(g), &g.outcome, false, n);
+            }
+            let mut out = vec![None; n];
+            for g in groups {
+                let replies = for_outcome(&id_of(g), &g.outcome, true, g.rcpts.len());
+                for (&i, r) in g.rcpts.iter().zip(replies) {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or_else(|| Reply::new(451, "4.3.0", "Error in processing")))
+                .collect()
+        }
         Outcome::Delivered(d) if per_recipient => d.rcpts.iter().map(|r| recipient(d, r)).collect(),
         Outcome::Delivered(d) => vec![overall(d)],
     }
