@@ -478,4 +478,37 @@ spam.subject_tag = "[SPAM] "
         );
         assert!(!c.uses_quarantine());
     }
+
+    /// The banks the example file shows, uncommented (with the second listener they need),
+    /// parse and mean what their comments say.
+    #[test]
+    fn example_file_banks_work_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postsift.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [[policy]]").expect("example banks");
+        let mut out = text[..start].replacen(
+            "listen = [\"127.0.0.1:10024\"]",
+            "listen = [\"127.0.0.1:10024\", \"127.0.0.1:10026\"]",
+            1,
+        );
+        for line in text[start..].lines() {
+            let l = line.strip_prefix("# ").unwrap_or(line);
+            let key = l == "[[policy]]" || l.split_once(" = ").is_some();
+            out.push_str(if key { l } else { line });
+            out.push('\n');
+        }
+        let c = parse(&out);
+        let names: Vec<&str> = c.policy.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["originating", "partner", "strict"]);
+        let out = ctx("127.0.0.1:10026", "127.0.0.1", "me@example.com");
+        assert_eq!(for_recipient(&c, &out, "x@example.net"), vec![0]);
+        let partner = ctx("127.0.0.1:10024", "2001:db8:42::1", "p@partner.example");
+        assert_eq!(
+            for_recipient(&c, &partner, "ann@finance.example.com"),
+            vec![1, 2]
+        );
+        let e = effective(&c, &[1, 2]);
+        assert!(e.spamd.endpoints.is_empty());
+        assert_eq!(e.spam.action, Action::Quarantine);
+    }
 }

@@ -277,6 +277,39 @@ async fn smtp_mixed_groups_one_refused_refuse_the_whole_message() {
     f.stop().await;
 }
 
+/// The three-recipient message through a real Postfix: its LMTP client takes the three
+/// replies, its reinjection smtpd takes the two copies, nothing stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_outcomes_through_a_real_postfix() {
+    let spamd = util::blocking(util::spamd).await;
+    let tmp = harness::private_dir("banks-pf-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let pf = crate::postfix::start_postfix(filter_addr, sink.addr).await;
+    let extra = format!("[quarantine]\ndir = \"{}\"\n{THREE_BANKS}", dir.display());
+    let f = util::start_filter_on(
+        filter_addr,
+        &config(None, Some(&spamd), pf.reinject_addr(), &extra),
+    )
+    .await;
+    let (replies, code) = crate::postfix::send(pf.smtp_addr(), &THREE, fixture("gtube.eml")).await;
+    assert_eq!(code, 250, "Postfix did not queue it: {replies:?}");
+    sink.wait_for(2).await;
+    crate::postfix::settle(&pf, f).await;
+    assert_eq!(pf.queue_count(), 0, "mail left in Postfix's queue");
+    let log = pf.log();
+    assert!(
+        log.contains("to=<carol@strict.example>") && log.contains("2.7.0 Ok, quarantined"),
+        "{log}"
+    );
+    check_three_at_the_sink(&sink.all());
+    check_three_in_the_quarantine(&dir);
+    harness::finish_dir(Some(tmp));
+}
+
 #[test]
 fn check_config_prints_banks_and_refuses_one_that_cannot_match() {
     let tmp = harness::private_dir("banks-cli-");
