@@ -511,4 +511,21 @@ spam.subject_tag = "[SPAM] "
         assert!(e.spamd.endpoints.is_empty());
         assert_eq!(e.spam.action, Action::Quarantine);
     }
+
+    #[test]
+    fn bank_metric_shows_every_configured_bank_from_the_start() {
+        let c = parse(BANKS);
+        let m = crate::metrics::Metrics::new();
+        m.declare_banks(&c);
+        m.bank("strict");
+        let text = m.encode();
+        assert!(
+            text.contains("postsift_policy_bank_total{bank=\"originating\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postsift_policy_bank_total{bank=\"strict\"} 1"),
+            "{text}"
+        );
+    }
 }

@@ -210,29 +210,7 @@ async fn process(shared: &Shared, r: Received) -> Processed {
             false => Cow::Owned(banks::effective(&shared.config, &g.banks)),
         })
         .collect();
-    // One scan for all groups, with every scanner some group needs.
-    let mut needs = Needs {
-        virus: false,
-        spam: false,
-        banned_rules: Vec::new(),
-    };
-    let mut rule_set = Vec::new();
-    for c in &configs {
-        needs.virus |= !c.clamd.endpoints.is_empty();
-        needs.spam |= spam_on(c);
-        rule_set.push(if c.banned.rules == shared.config.banned.rules {
-            None
-        } else {
-            let rules = c.banned.rules.clone().unwrap_or_else(banned::default_rules);
-            Some(match needs.banned_rules.iter().position(|x| *x == rules) {
-                Some(i) => i,
-                None => {
-                    needs.banned_rules.push(rules);
-                    needs.banned_rules.len() - 1
-                }
-            })
-        });
-    }
+    let (needs, rule_set) = needs(&shared.config, &configs);
     let (report, banned_by) = shared.scanners.scan_for(&r.msg, &scan_env, m, &needs).await;
     let judged: Vec<(ScanReport, Decision)> = configs
         .iter()
@@ -436,6 +414,35 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         verdict,
         log,
     }
+}
+
+/// One scan serves every group: the scanners some group needs, and the banned rules of each
+/// group whose rules are not `[banned] rules` (for each group: its index in
+/// `Needs::banned_rules`, None for the defaults).
+fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usize>>) {
+    let mut needs = Needs {
+        virus: false,
+        spam: false,
+        banned_rules: Vec::new(),
+    };
+    let mut rule_set = Vec::new();
+    for c in groups {
+        needs.virus |= !c.clamd.endpoints.is_empty();
+        needs.spam |= spam_on(c);
+        rule_set.push(if c.banned.rules == config.banned.rules {
+            None
+        } else {
+            let rules = c.banned.rules.clone().unwrap_or_else(banned::default_rules);
+            Some(match needs.banned_rules.iter().position(|x| *x == rules) {
+                Some(i) => i,
+                None => {
+                    needs.banned_rules.push(rules);
+                    needs.banned_rules.len() - 1
+                }
+            })
+        });
+    }
+    (needs, rule_set)
 }
 
 /// Whether the spam engine in use is on in `c` (a bank may bypass it).
