@@ -312,28 +312,47 @@ async fn process(shared: &Shared, r: Received) -> Processed {
             }
         };
     }
-    for (i, (_, d)) in judged.iter().enumerate() {
-        if outcomes[i].is_some() {
-            continue;
-        }
-        let env = &envs[i];
-        if failed && !r.per_recipient {
-            outcomes[i] = Some(Outcome::Delivered(shared.reinjector.withheld(env)));
-            continue;
-        }
-        let block = header_block_with(&configs[i], d, &r.hop, &r.id, &r.msg);
-        let o = deliver(shared, env, &block, &r.msg, !r.per_recipient).await;
-        if !r.per_recipient && matches!(&o, Outcome::Delivered(d) if !d.all_accepted()) {
-            failed = true;
-            lead.get_or_insert(i);
-            if outcomes
-                .iter()
-                .any(|o| matches!(o, Some(Outcome::Delivered(_))))
-            {
-                tracing::warn!(id = %r.id, "recipients in several policy groups over SMTP: a later group's reinjection failed after an earlier one was delivered; the client's retry delivers the earlier group again");
+    let delivering: Vec<usize> = (0..groups.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    let blocks: Vec<Vec<u8>> = delivering
+        .iter()
+        .map(|&i| header_block_with(&configs[i], &judged[i].1, &r.hop, &r.id, &r.msg))
+        .collect();
+    if r.per_recipient || delivering.len() < 2 || failed {
+        // Each group on its own (LMTP: each recipient has its own reply anyway).
+        for (&i, block) in delivering.iter().zip(&blocks) {
+            let env = &envs[i];
+            let d = if failed && !r.per_recipient {
+                shared.reinjector.withheld(env)
+            } else {
+                deliver(shared, env, block, &r.msg, !r.per_recipient).await
+            };
+            if !r.per_recipient && !d.all_accepted() {
+                lead.get_or_insert(i);
             }
+            outcomes[i] = Some(Outcome::Delivered(d));
         }
-        outcomes[i] = Some(o);
+    } else {
+        // SMTP, several copies: all envelopes accepted before any data goes.
+        let parts: Vec<(&Envelope, &[u8])> = delivering
+            .iter()
+            .zip(&blocks)
+            .map(|(&i, b)| (&*envs[i], &b[..]))
+            .collect();
+        let results = shared.reinjector.send_together(&parts, &r.msg).await;
+        let mut sent = false;
+        for (&i, d) in delivering.iter().zip(results) {
+            record_delivery(shared, &d);
+            if !d.all_accepted() && d.failure.is_some() {
+                if sent {
+                    tracing::warn!(id = %r.id, "recipients in several policy groups over SMTP: a copy failed at its end of data after an earlier one was accepted; the client's retry sends the earlier one again");
+                }
+                lead.get_or_insert(i);
+            }
+            sent |= d.all_accepted();
+            outcomes[i] = Some(Outcome::Delivered(d));
+        }
     }
     if outcomes
         .iter()
@@ -468,12 +487,18 @@ async fn deliver(
     block: &[u8],
     msg: &Message,
     all_or_nothing: bool,
-) -> Outcome {
-    let m = &shared.metrics;
+) -> Delivery {
     let d = shared
         .reinjector
         .send(env, block, msg, all_or_nothing)
         .await;
+    record_delivery(shared, &d);
+    d
+}
+
+/// The reinjection metrics for one copy.
+fn record_delivery(shared: &Shared, d: &Delivery) {
+    let m = &shared.metrics;
     if let Some(kind) = d.failure {
         m.reinject_errors.with_label_values(&[kind]).inc();
         if d.rcpts.iter().any(|x| matches!(x, RcptResult::Failed(_)))
@@ -488,7 +513,6 @@ async fn deliver(
         d.failure,
         Some("connect") | Some("timeout") | Some("network")
     ) as i64);
-    Outcome::Delivered(d)
 }
 
 /// Stores the message in the quarantine; a failure is a tempfail (the client keeps it).

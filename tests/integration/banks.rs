@@ -13,7 +13,7 @@ use postsift::quarantine::{Filter as ListFilter, Quarantine};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{Capture, Transaction};
+use crate::capture::{Behaviour, Capture, Transaction};
 use crate::client::Client;
 use crate::harness;
 use crate::util::{self, config, fixture, start_filter, Filter};
@@ -275,6 +275,43 @@ async fn smtp_mixed_groups_one_refused_refuse_the_whole_message() {
         "nothing went out for the SMTP message: {all:?}"
     );
     f.stop().await;
+}
+
+/// SMTP, two delivering copies: the next hop refusing one copy's recipient means neither copy
+/// is sent (every envelope is accepted before any data goes), so the client's retry
+/// duplicates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_mixed_groups_send_no_copy_unless_every_envelope_is_accepted() {
+    let spamd = util::blocking(util::spamd).await;
+    let tmp = harness::private_dir("banks-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start_with(Behaviour {
+        refuse_rcpt: vec![("dave@".into(), "450 4.2.0 try later".into())],
+        ..Default::default()
+    })
+    .await;
+    let extra = format!("[quarantine]\ndir = \"{}\"\n{THREE_BANKS}", dir.display());
+    let f = start_filter(&config(None, Some(&spamd), sink.addr, &extra)).await;
+    let mut c = Client::greeted(f.addr).await;
+    let r = c
+        .transaction(false, "a@example.org", &THREE, &fixture("gtube.eml"))
+        .await;
+    assert_eq!(r[0].code, 450, "{r:?}");
+    assert_eq!(
+        sink.count(),
+        0,
+        "bob's copy went out before dave's was refused"
+    );
+    // Once the next hop takes dave again, the retry delivers each copy once.
+    sink.set(Behaviour::default());
+    let mut c = Client::greeted(f.addr).await;
+    let r = c
+        .transaction(false, "a@example.org", &THREE, &fixture("gtube.eml"))
+        .await;
+    assert_eq!(r[0].code, 250, "{r:?}");
+    check_three_at_the_sink(&sink.wait_for(2).await);
+    f.stop().await;
+    harness::finish_dir(Some(tmp));
 }
 
 /// The three-recipient message through a real Postfix: its LMTP client takes the three
