@@ -347,6 +347,47 @@ async fn three_outcomes_through_a_real_postfix() {
     harness::finish_dir(Some(tmp));
 }
 
+/// The real `postsift run`: one log line per recipient group, each naming its banks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_line_names_the_banks_of_each_group() {
+    let sink = Capture::start().await;
+    let (p1, p2) = (harness::free_port(), harness::free_port());
+    let banks = format!(
+        "[[policy]]\nname = \"originating\"\nmatch.listener = [\"127.0.0.1:{p2}\"]\n\
+         [[policy]]\nname = \"vip\"\nmatch.recipient = [\"vip@example.com\"]\n\
+         spam.subject_tag = \"[SPAM] \"\n"
+    );
+    let toml = crate::reload::cfg(&[p1, p2], sink.addr, "", &banks);
+    let mut d = crate::reload::Daemon::start(&toml, p1).await;
+    let body = b"Subject: hi\r\n\r\nhello\r\n";
+    let r = crate::client::send_one(
+        harness::localhost(p1),
+        "a@example.org",
+        &["b@example.com"],
+        body,
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let line = d.wait_log("to=b@example.com", 1).await;
+    assert!(line.contains("bank=- "), "{line}");
+    let mut c = Client::greeted(harness::localhost(p2)).await;
+    let r = c
+        .transaction(
+            true,
+            "b@example.com",
+            &["x@example.net", "vip@example.com"],
+            body,
+        )
+        .await;
+    assert!(r.iter().all(|r| r.code == 250), "{r:?}");
+    let line = d.wait_log("to=x@example.net", 1).await;
+    assert!(line.contains("bank=originating "), "{line}");
+    let line = d.wait_log("to=vip@example.com", 1).await;
+    assert!(line.contains("bank=originating,vip "), "{line}");
+    assert_eq!(sink.wait_for(3).await.len(), 3);
+    d.stop().await;
+}
+
 #[test]
 fn check_config_prints_banks_and_refuses_one_that_cannot_match() {
     let tmp = harness::private_dir("banks-cli-");
