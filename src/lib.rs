@@ -11,6 +11,9 @@
 //! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀──── verdict ──────┘
 //! ```
 //!
+//! Before the scan, [`banks`] groups the recipients by the `[[policy]]` banks that apply to
+//! them; the filter scans once for all groups, then decides, rewrites and reinjects per group.
+//!
 //! The `smtp` side speaks the protocol and turns the [`filter`]'s typed [`filter::Outcome`]
 //! into replies (`smtp::reply`); nothing below it imports `smtp`. Beside it, [`greylist`]
 //! answers Postfix's `check_policy_service` (postgrey's greylisting) on listeners of its own,
