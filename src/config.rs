@@ -679,7 +679,8 @@ pub struct Bank {
 pub struct BankMatch {
     /// Addresses from `server.listen` (e.g. an originating listener on `127.0.0.1:10026`).
     pub listener: Vec<SocketAddr>,
-    /// The original client's network (XFORWARD ADDR; without it, the connecting client).
+    /// The original client's network: XFORWARD ADDR (`[UNAVAILABLE]`, as for local
+    /// submissions, matches no network); without XFORWARD, the connecting client.
     pub client: Vec<IpNet>,
     /// The envelope sender's domain; `.example.com` also matches its subdomains.
     pub sender_domain: Vec<String>,

@@ -191,11 +191,12 @@ async fn process(shared: &Shared, r: Received) -> Processed {
     // Recipients grouped by their policy banks; each group has its own settings.
     let ctx = banks::Context {
         listener: r.hop.listener,
-        client: xf
-            .addr
-            .as_deref()
-            .and_then(|a| a.strip_prefix("IPv6:").unwrap_or(a).parse().ok())
-            .or(Some(r.hop.peer.ip())),
+        // XFORWARD ADDR=[UNAVAILABLE] (local submission): not known, so no client network
+        // matches; without XFORWARD the connecting client is the original one.
+        client: match xf.addr.as_deref() {
+            Some(a) => a.strip_prefix("IPv6:").unwrap_or(a).parse().ok(),
+            None => Some(r.hop.peer.ip()),
+        },
         sender: &r.env.sender,
     };
     let groups = banks::group(

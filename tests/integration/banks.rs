@@ -95,13 +95,18 @@ async fn originating_listener_skips_the_spam_check() {
 async fn partner_network_from_xforward_bypasses_spam() {
     let spamd = util::blocking(util::spamd).await;
     let sink = Capture::start().await;
+    // The test client connects from 127.0.0.1, which XFORWARD ADDR replaces: a loopback bank
+    // matches none of these, not even ADDR=[UNAVAILABLE] (a local submission: unknown).
     let bank = "[[policy]]\nname = \"partner\"\nmatch.client = [\"192.0.2.0/24\"]\n\
+                bypass_spam_checks = true\n\
+                [[policy]]\nname = \"loopback\"\nmatch.client = [\"127.0.0.0/8\"]\n\
                 bypass_spam_checks = true\n";
     let f = start_filter(&config(None, Some(&spamd), sink.addr, bank)).await;
     let gtube = fixture("gtube.eml");
     for (addr, rcpt) in [
         ("192.0.2.77", "p@example.com"),
         ("198.51.100.1", "q@example.com"),
+        ("[UNAVAILABLE]", "r@example.com"),
     ] {
         let mut c = Client::greeted(f.addr).await;
         c.expect("EHLO test.local", 250).await;
@@ -116,9 +121,16 @@ async fn partner_network_from_xforward_bypasses_spam() {
         c.body(&gtube).await;
         assert_eq!(c.reply().await.code, 250);
     }
-    let all = sink.wait_for(2).await;
+    let all = sink.wait_for(3).await;
     assert!(!to(&all, "p@example.com").headers().contains("X-Spam-"));
     assert!(flagged(to(&all, "q@example.com")));
+    assert!(flagged(to(&all, "r@example.com")));
+    // Without XFORWARD the connecting client (127.0.0.1) is the original one.
+    let r = crate::client::send_one(f.addr, "x@example.org", &["s@example.com"], &gtube).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(!to(&sink.wait_for(4).await, "s@example.com")
+        .headers()
+        .contains("X-Spam-"));
     f.stop().await;
 }
 
