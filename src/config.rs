@@ -49,6 +49,9 @@ pub struct Config {
     pub quarantine: Quarantine,
     pub dns: Dns,
     pub auth: Auth,
+    /// `[[policy]]`: policy banks, applied in order on top of the settings above (see
+    /// [`crate::banks`]). Default: none.
+    pub policy: Vec<Bank>,
     /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
     /// for the built-in defaults. Serde fills every absent key with its default, so this is the
     /// only record of what the administrator actually configured: the spam-engine check and
@@ -649,6 +652,104 @@ impl Quarantine {
     }
 }
 
+/// One `[[policy]]` bank: settings that replace the top-level ones for the mail it matches.
+/// Every key but `name` and `match` is optional; what a bank leaves out stays as the defaults
+/// (and earlier banks) set it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bank {
+    /// Shown in the log line (`bank=`), the metric label and `check-config`. Required, unique.
+    pub name: String,
+    /// When the bank applies: every condition given must hold, each a list of alternatives.
+    #[serde(rename = "match")]
+    pub when: BankMatch,
+    /// Don't ask clamd for this mail (amavis's `bypass_virus_checks`). If clamd is asked
+    /// anyway, for other recipients of the same message, and finds a virus, the virus still
+    /// counts: a bypass saves the scan, it does not deliver a known virus (set
+    /// `virus.action = "pass"` in the bank for that).
+    pub bypass_virus_checks: Option<bool>,
+    /// Don't ask the spam engine (amavis's `bypass_spam_checks`): no `X-Spam-*` headers, never
+    /// spam, even if the engine ran for other recipients of the same message.
+    pub bypass_spam_checks: Option<bool>,
+    pub spam: BankSpam,
+    pub virus: BankVirus,
+    pub banned: BankBanned,
+    pub parts: BankParts,
+    // DKIM signing (`[dkim_sign]`) and DMARC enforcement (`[auth]`) are switched per bank by
+    // the authentication work when it lands: an optional `dkim_sign` / `dmarc_enforce` key
+    // here, merged like the others in `banks::effective`.
+}
+
+/// `[policy.match]`. Listener, client and sender are the message's; `recipient` and
+/// `recipient_domain` are each recipient's, and make one message split into groups.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BankMatch {
+    /// Addresses from `server.listen` (e.g. an originating listener on `127.0.0.1:10026`).
+    pub listener: Vec<SocketAddr>,
+    /// The original client's network: XFORWARD ADDR (`[UNAVAILABLE]`, as for local
+    /// submissions, matches no network); without XFORWARD, the connecting client.
+    pub client: Vec<IpNet>,
+    /// The envelope sender's domain; `.example.com` also matches its subdomains.
+    pub sender_domain: Vec<String>,
+    /// Recipient addresses (`user@example.com`, any case).
+    pub recipient: Vec<String>,
+    /// The recipient's domain; `.example.com` also matches its subdomains.
+    pub recipient_domain: Vec<String>,
+}
+
+impl BankMatch {
+    /// Whether a condition matches on the recipient (not the whole message).
+    pub fn per_recipient(&self) -> bool {
+        !self.recipient.is_empty() || !self.recipient_domain.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.listener.is_empty()
+            && self.client.is_empty()
+            && self.sender_domain.is_empty()
+            && !self.per_recipient()
+    }
+}
+
+/// `[policy.spam]`: the `[spam]` keys a bank may set.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BankSpam {
+    pub tag_level: Option<f64>,
+    pub tag2_level: Option<f64>,
+    pub kill_level: Option<f64>,
+    pub subject_tag: Option<String>,
+    pub action: Option<Action>,
+    pub quarantine_level: Option<f64>,
+}
+
+/// `[policy.virus]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BankVirus {
+    pub action: Option<Action>,
+}
+
+/// `[policy.banned]`: the action, and rules that replace `[banned] rules` whole.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BankBanned {
+    pub action: Option<Action>,
+    pub rules: Option<Vec<BannedRule>>,
+}
+
+/// `[policy.parts]`: what an UNCHECKED message gets (`[parts] on_…`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BankParts {
+    pub on_max_parts: Option<Unchecked>,
+    pub on_max_decoded_bytes: Option<Unchecked>,
+    pub on_max_depth: Option<Unchecked>,
+    pub on_ratio: Option<Unchecked>,
+    pub on_encrypted: Option<Unchecked>,
+}
+
 /// A `greylist.listen` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyListen {
@@ -930,6 +1031,7 @@ impl Config {
             return Err(bad("server.max_junk_commands", "must be at least 1"));
         }
         self.validate_greylist(&bad)?;
+        self.validate_banks(&bad)?;
         if self.quarantine.retention_days == 0 {
             return Err(bad("quarantine.retention_days", "must be at least 1"));
         }
@@ -1057,6 +1159,80 @@ impl Config {
                     "auth.trusted_arc_sealers",
                     &format!("{d:?}: expected a domain name"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A bank must be able to match, and what it sets must be valid on its own.
+    fn validate_banks(&self, bad: &dyn Fn(&'static str, &str) -> Error) -> Result<(), Error> {
+        let mut names = BTreeSet::new();
+        for (i, b) in self.policy.iter().enumerate() {
+            let this = if b.name.is_empty() {
+                format!("bank #{}", i + 1)
+            } else {
+                format!("bank \"{}\"", b.name)
+            };
+            let no = |key: &'static str, what: &str| Err(bad(key, &format!("{this}: {what}")));
+            if b.name.is_empty() || b.name.contains(|c: char| c.is_whitespace() || c == ',') {
+                return no(
+                    "policy.name",
+                    "every bank needs a name, without spaces or commas",
+                );
+            }
+            if !names.insert(b.name.as_str()) {
+                return no("policy.name", "the name is used by an earlier bank");
+            }
+            let m = &b.when;
+            if m.is_empty() {
+                return no(
+                    "policy.match",
+                    "matches nothing: give at least one of listener, client, sender_domain, \
+                     recipient, recipient_domain",
+                );
+            }
+            if let Some(l) = m.listener.iter().find(|l| !self.server.listen.contains(l)) {
+                return no(
+                    "policy.match.listener",
+                    &format!("{l} is not in server.listen, so no mail arrives there"),
+                );
+            }
+            for (key, domains) in [
+                ("policy.match.sender_domain", &m.sender_domain),
+                ("policy.match.recipient_domain", &m.recipient_domain),
+            ] {
+                if let Some(d) = domains.iter().find(|d| {
+                    let d = d.strip_prefix('.').unwrap_or(d);
+                    d.is_empty() || d.contains(['@', ' ']) || d.starts_with('.')
+                }) {
+                    return no(key, &format!("{d:?} is not a domain"));
+                }
+            }
+            if let Some(r) = m.recipient.iter().find(|r| {
+                r.rsplit_once('@')
+                    .is_none_or(|(l, d)| l.is_empty() || d.is_empty() || r.contains(' '))
+            }) {
+                return no(
+                    "policy.match.recipient",
+                    &format!("{r:?} is not an address"),
+                );
+            }
+            for (key, level) in [
+                ("policy.spam.tag_level", b.spam.tag_level),
+                ("policy.spam.tag2_level", b.spam.tag2_level),
+                ("policy.spam.kill_level", b.spam.kill_level),
+                ("policy.spam.quarantine_level", b.spam.quarantine_level),
+            ] {
+                if level.is_some_and(|l| !l.is_finite()) {
+                    return no(key, "must be a finite number");
+                }
+            }
+            let e = crate::banks::effective(self, &[i]);
+            if e.spam.tag2_level < e.spam.tag_level {
+                return no(
+                    "policy.spam.tag2_level",
+                    "is below the tag_level in effect for this bank",
+                );
             }
         }
         Ok(())
@@ -1212,6 +1388,19 @@ impl Config {
             ]
             .contains(&Unchecked::Quarantine)
             || !self.quarantine.release_listen.is_empty()
+            || self.policy.iter().any(|b| {
+                let p = &b.parts;
+                [b.virus.action, b.banned.action, b.spam.action].contains(&Some(q))
+                    || b.spam.quarantine_level.is_some()
+                    || [
+                        p.on_max_parts,
+                        p.on_max_decoded_bytes,
+                        p.on_max_depth,
+                        p.on_ratio,
+                        p.on_encrypted,
+                    ]
+                    .contains(&Some(Unchecked::Quarantine))
+            })
     }
 
     /// The authserv-id of `Authentication-Results`: `auth.authserv_id`, else the host name.

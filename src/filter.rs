@@ -7,17 +7,20 @@
 //! (not an enum of known pipelines) so that the session can be tested against a stand-in with
 //! no peers at all, and so that new stages change this module only.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::banks;
+use crate::config::{Config, SpamEngine};
 use crate::message::{Envelope, Message};
 use crate::policy::{self, Category, Decision, Disposition, Tempfail};
 use crate::reinject::{Delivery, RcptResult};
 use crate::rewrite;
-use crate::scan::{ScanEnvelope, ScanReport, SpamScan, VirusScan};
+use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
 use crate::Shared;
 
 /// The client side of the hop into postsift, for the `Received:` line and the scanners.
@@ -27,6 +30,8 @@ pub struct Hop {
     pub helo: String,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The configured `server.listen` address it came in on, if known.
+    pub listener: Option<SocketAddr>,
     /// "ESMTP", "SMTP" or "LMTP".
     pub protocol: &'static str,
 }
@@ -60,6 +65,23 @@ pub enum Outcome {
     Tempfailed(Tempfail),
     /// The header section was larger than `server.max_header_size`: not checked, refused.
     HeaderTooBig,
+    /// Recipients in groups with different settings (policy banks), each decided and
+    /// delivered apart. Over SMTP (one reply) `lead` is the group whose outcome is the reply:
+    /// the first that failed, else the first delivered, else the first quarantined.
+    Split {
+        groups: Vec<GroupOutcome>,
+        lead: usize,
+    },
+}
+
+/// One group's part of a [`Outcome::Split`].
+#[derive(Debug, Clone)]
+pub struct GroupOutcome {
+    /// Indices of the envelope's recipients.
+    pub rcpts: Vec<usize>,
+    pub outcome: Outcome,
+    /// The quarantine id, when it is not the message's (a second quarantined group).
+    pub id: Option<String>,
 }
 
 /// The outcome with what the log line and the metrics need.
@@ -67,7 +89,8 @@ pub struct Processed {
     pub outcome: Outcome,
     /// Metric label of the content category ("unscanned" when no check ran).
     pub verdict: &'static str,
-    log: Option<LogLine>,
+    /// One line per recipient group (one for a message without policy banks).
+    log: Vec<LogLine>,
 }
 
 /// The stages the pipeline runs.
@@ -109,6 +132,17 @@ pub fn header_block(
     id: &str,
     msg: &Message,
 ) -> Vec<u8> {
+    header_block_with(&shared.config, decision, hop, id, msg)
+}
+
+/// [`header_block`] under `config` (a recipient group's effective settings).
+fn header_block_with(
+    config: &Config,
+    decision: &Decision,
+    hop: &Hop,
+    id: &str,
+    msg: &Message,
+) -> Vec<u8> {
     let trace = rewrite::Trace {
         helo: &hop.helo,
         peer: hop.peer,
@@ -116,7 +150,7 @@ pub fn header_block(
         protocol: hop.protocol,
         id,
     };
-    let mut block = rewrite::header_block(&shared.config, decision, &trace, msg.header_section());
+    let mut block = rewrite::header_block(config, decision, &trace, msg.header_section());
     if msg.needs_separator() {
         block.extend_from_slice(b"\r\n");
     }
@@ -135,7 +169,7 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         return Processed {
             outcome: Outcome::HeaderTooBig,
             verdict: "unscanned",
-            log: None,
+            log: Vec::new(),
         };
     }
 
@@ -158,75 +192,346 @@ async fn process(shared: &Shared, r: Received) -> Processed {
             &r.env.sender,
         ),
     };
-    let (report, decision) = judge(shared, &r.msg, &scan_env).await;
+
+    // Recipients grouped by their policy banks; each group has its own settings.
+    let ctx = banks::Context {
+        listener: r.hop.listener,
+        // XFORWARD ADDR=[UNAVAILABLE] (local submission): not known, so no client network
+        // matches; without XFORWARD the connecting client is the original one.
+        client: match xf.addr.as_deref() {
+            Some(a) => a.strip_prefix("IPv6:").unwrap_or(a).parse().ok(),
+            None => Some(r.hop.peer.ip()),
+        },
+        sender: &r.env.sender,
+    };
+    let groups = banks::group(
+        &shared.config,
+        &ctx,
+        r.env.recipients.iter().map(|x| x.address.as_str()),
+    );
+    let configs: Vec<Cow<'_, Config>> = groups
+        .iter()
+        .map(|g| match g.banks.is_empty() {
+            true => Cow::Borrowed(&shared.config),
+            false => Cow::Owned(banks::effective(&shared.config, &g.banks)),
+        })
+        .collect();
+    let (needs, rule_set) = needs(&shared.config, &configs);
+    let (report, banned_by) = shared.scanners.scan_for(&r.msg, &scan_env, m, &needs).await;
+    let judged: Vec<(ScanReport, Decision)> = configs
+        .iter()
+        .zip(&rule_set)
+        .map(|(c, set)| {
+            let mut report = report.clone();
+            // A bypassed check ran for others: its answer is not this group's, except a virus
+            // found (a bypass saves the scan; it does not deliver a known virus).
+            if c.clamd.endpoints.is_empty() && !matches!(report.virus, VirusScan::Infected(_)) {
+                report.virus = VirusScan::Off;
+            }
+            if !spam_on(c) {
+                report.spam = SpamScan::Off;
+            }
+            if let Some(i) = set {
+                report.banned = banned_by[*i].clone();
+            }
+            let decision = policy::decide(c, &report);
+            (report, decision)
+        })
+        .collect();
     let scan_time = scan_start.elapsed();
     m.stage_duration
         .with_label_values(&["scan"])
         .observe(scan_time.as_secs_f64());
 
     let reinject_start = Instant::now();
-    let outcome = match &decision.disposition {
-        Disposition::Deliver => {
-            let block = header_block(shared, &decision, &r.hop, &r.id, &r.msg);
-            let d = shared
-                .reinjector
-                .send(&r.env, &block, &r.msg, !r.per_recipient)
-                .await;
-            if let Some(kind) = d.failure {
-                m.reinject_errors.with_label_values(&[kind]).inc();
-                if d.rcpts.iter().any(|x| matches!(x, RcptResult::Failed(_)))
-                    || d.rcpts
-                        .iter()
-                        .any(|x| matches!(x, RcptResult::Refused(u) if u.is_transient()))
-                {
-                    m.tempfails.with_label_values(&["reinject"]).inc();
-                }
+    let split = groups.len() > 1;
+    let envs: Vec<Cow<'_, Envelope>> = groups
+        .iter()
+        .map(|g| match split {
+            false => Cow::Borrowed(&r.env),
+            true => Cow::Owned(sub_envelope(&r.env, &g.rcpts)),
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; groups.len()];
+    let mut ids: Vec<Option<String>> = vec![None; groups.len()];
+    // SMTP gives one reply for all recipients: a tempfail or a reject of one group is the
+    // whole message's, decided before anything is stored or sent.
+    let mut lead = None;
+    if split && !r.per_recipient {
+        let tempfail = judged
+            .iter()
+            .position(|(_, d)| matches!(d.disposition, Disposition::Tempfail(_)));
+        let reject = judged
+            .iter()
+            .position(|(_, d)| d.disposition == Disposition::Reject);
+        let whole = match (tempfail, reject) {
+            (Some(i), _) => {
+                let d = &judged[i].1;
+                m.tempfails
+                    .with_label_values(&[d.tempfail_reason.unwrap_or("clamd")])
+                    .inc();
+                let Disposition::Tempfail(t) = &d.disposition else {
+                    unreachable!("found as a tempfail")
+                };
+                Some((i, Outcome::Tempfailed(t.clone())))
             }
-            m.reinject_up.set(!matches!(
-                d.failure,
-                Some("connect") | Some("timeout") | Some("network")
-            ) as i64);
-            m.stage_duration
-                .with_label_values(&["reinject"])
-                .observe(reinject_start.elapsed().as_secs_f64());
-            Outcome::Delivered(d)
+            (None, Some(i)) => Some((i, Outcome::Rejected(judged[i].1.category.clone()))),
+            (None, None) => None,
+        };
+        if let Some((i, o)) = whole {
+            outcomes = vec![Some(o); groups.len()];
+            lead = Some(i);
         }
-        Disposition::Discard => Outcome::Discarded(decision.category.clone()),
-        Disposition::Reject => Outcome::Rejected(decision.category.clone()),
-        Disposition::Quarantine => quarantine(shared, &r, &decision).await,
-        Disposition::Tempfail(t) => {
-            m.tempfails
-                .with_label_values(&[decision.tempfail_reason.unwrap_or("clamd")])
-                .inc();
-            Outcome::Tempfailed(t.clone())
-        }
-    };
-    if let Some(reason) = decision.unchecked_reason {
-        m.unchecked
-            .with_label_values(&[reason, outcome.action()])
-            .inc();
     }
-    let log = LogLine::new(
-        &r,
-        &report,
-        &decision,
-        &outcome,
-        received,
-        scan_time,
-        reinject_start.elapsed(),
-    );
+    // Everything but delivery first: a failed quarantine then withholds the deliveries of an
+    // SMTP message (its 4xx makes the client send it again).
+    let mut failed = false;
+    let mut quarantined = 0;
+    for (i, (_, d)) in judged.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        outcomes[i] = match &d.disposition {
+            Disposition::Deliver => continue,
+            Disposition::Discard => Some(Outcome::Discarded(d.category.clone())),
+            Disposition::Reject => Some(Outcome::Rejected(d.category.clone())),
+            Disposition::Tempfail(t) => {
+                m.tempfails
+                    .with_label_values(&[d.tempfail_reason.unwrap_or("clamd")])
+                    .inc();
+                Some(Outcome::Tempfailed(t.clone()))
+            }
+            Disposition::Quarantine => {
+                // Each quarantined group is its own entry with its own recipients.
+                let id = match quarantined {
+                    0 => r.id.clone(),
+                    k => format!("{}-{}", r.id, k + 1),
+                };
+                quarantined += 1;
+                let o = quarantine(shared, &r, &id, &envs[i], d).await;
+                if matches!(o, Outcome::Tempfailed(_)) {
+                    failed = true;
+                    lead.get_or_insert(i);
+                }
+                ids[i] = (id != r.id).then_some(id);
+                Some(o)
+            }
+        };
+    }
+    let delivering: Vec<usize> = (0..groups.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    let blocks: Vec<Vec<u8>> = delivering
+        .iter()
+        .map(|&i| header_block_with(&configs[i], &judged[i].1, &r.hop, &r.id, &r.msg))
+        .collect();
+    if r.per_recipient || delivering.len() < 2 || failed {
+        // Each group on its own (LMTP: each recipient has its own reply anyway).
+        for (&i, block) in delivering.iter().zip(&blocks) {
+            let env = &envs[i];
+            let d = if failed && !r.per_recipient {
+                shared.reinjector.withheld(env)
+            } else {
+                deliver(shared, env, block, &r.msg, !r.per_recipient).await
+            };
+            if !r.per_recipient && !d.all_accepted() {
+                lead.get_or_insert(i);
+            }
+            outcomes[i] = Some(Outcome::Delivered(d));
+        }
+    } else {
+        // SMTP, several copies: all envelopes accepted before any data goes.
+        let parts: Vec<(&Envelope, &[u8])> = delivering
+            .iter()
+            .zip(&blocks)
+            .map(|(&i, b)| (&*envs[i], &b[..]))
+            .collect();
+        let results = shared.reinjector.send_together(&parts, &r.msg).await;
+        let mut sent = false;
+        for (&i, d) in delivering.iter().zip(results) {
+            record_delivery(shared, &d);
+            if !d.all_accepted() && d.failure.is_some() {
+                if sent {
+                    tracing::warn!(id = %r.id, "recipients in several policy groups over SMTP: a copy failed at its end of data after an earlier one was accepted; the client's retry sends the earlier one again");
+                }
+                lead.get_or_insert(i);
+            }
+            sent |= d.all_accepted();
+            outcomes[i] = Some(Outcome::Delivered(d));
+        }
+    }
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Some(Outcome::Delivered(_))))
+    {
+        m.stage_duration
+            .with_label_values(&["reinject"])
+            .observe(reinject_start.elapsed().as_secs_f64());
+    }
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every group decided"))
+        .collect();
+    for (o, (_, d)) in outcomes.iter().zip(&judged) {
+        if let Some(reason) = d.unchecked_reason {
+            m.unchecked.with_label_values(&[reason, o.action()]).inc();
+        }
+    }
+    let applied: std::collections::BTreeSet<usize> = groups
+        .iter()
+        .flat_map(|g| g.banks.iter().copied())
+        .collect();
+    for b in applied {
+        m.bank(&shared.config.policy[b].name);
+    }
+    let reinject_time = reinject_start.elapsed();
+    let log = groups
+        .iter()
+        .zip(&judged)
+        .zip(&outcomes)
+        .zip(&envs)
+        .map(|(((g, (report, decision)), outcome), env)| {
+            LogLine::new(
+                &r,
+                env,
+                g,
+                banks::names(&shared.config, &g.banks),
+                report,
+                decision,
+                outcome,
+                received,
+                scan_time,
+                reinject_time,
+            )
+        })
+        .collect();
+    // The message's verdict (one metric sample) is its most severe group's.
+    let verdict = judged
+        .iter()
+        .map(|(_, d)| &d.category)
+        .min_by_key(|c| c.rank())
+        .map_or("clean", |c| c.label());
+    let outcome = if split {
+        let lead = lead.unwrap_or_else(|| {
+            let first = |f: fn(&Outcome) -> bool| outcomes.iter().position(f);
+            first(|o| matches!(o, Outcome::Delivered(_)))
+                .or_else(|| first(|o| matches!(o, Outcome::Quarantined(_))))
+                .unwrap_or(0)
+        });
+        Outcome::Split {
+            groups: groups
+                .iter()
+                .zip(outcomes)
+                .zip(ids)
+                .map(|((g, outcome), id)| GroupOutcome {
+                    rcpts: g.rcpts.clone(),
+                    outcome,
+                    id,
+                })
+                .collect(),
+            lead,
+        }
+    } else {
+        outcomes.into_iter().next().expect("one group")
+    };
     Processed {
         outcome,
-        verdict: decision.category.label(),
-        log: Some(log),
+        verdict,
+        log,
     }
 }
 
+/// One scan serves every group: the scanners some group needs, and the banned rules of each
+/// group whose rules are not `[banned] rules` (for each group: its index in
+/// `Needs::banned_rules`, None for the defaults).
+fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usize>>) {
+    let mut needs = Needs {
+        virus: false,
+        spam: false,
+        banned_rules: Vec::new(),
+    };
+    let mut rule_set = Vec::new();
+    for c in groups {
+        needs.virus |= !c.clamd.endpoints.is_empty();
+        needs.spam |= spam_on(c);
+        rule_set.push(if c.banned.rules == config.banned.rules {
+            None
+        } else {
+            let rules = c.banned.rules.clone().unwrap_or_else(banned::default_rules);
+            Some(match needs.banned_rules.iter().position(|x| *x == rules) {
+                Some(i) => i,
+                None => {
+                    needs.banned_rules.push(rules);
+                    needs.banned_rules.len() - 1
+                }
+            })
+        });
+    }
+    (needs, rule_set)
+}
+
+/// Whether the spam engine in use is on in `c` (a bank may bypass it).
+fn spam_on(c: &Config) -> bool {
+    match c.spam.engine {
+        SpamEngine::Spamd => !c.spamd.endpoints.is_empty(),
+        SpamEngine::Rspamd => !c.rspamd.endpoints.is_empty(),
+    }
+}
+
+/// `env` with only the recipients at `rcpts`.
+fn sub_envelope(env: &Envelope, rcpts: &[usize]) -> Envelope {
+    Envelope {
+        recipients: rcpts.iter().map(|&i| env.recipients[i].clone()).collect(),
+        ..env.clone()
+    }
+}
+
+/// Reinjects one group's copy, recording the reinjection's metrics.
+async fn deliver(
+    shared: &Shared,
+    env: &Envelope,
+    block: &[u8],
+    msg: &Message,
+    all_or_nothing: bool,
+) -> Delivery {
+    let d = shared
+        .reinjector
+        .send(env, block, msg, all_or_nothing)
+        .await;
+    record_delivery(shared, &d);
+    d
+}
+
+/// The reinjection metrics for one copy.
+fn record_delivery(shared: &Shared, d: &Delivery) {
+    let m = &shared.metrics;
+    if let Some(kind) = d.failure {
+        m.reinject_errors.with_label_values(&[kind]).inc();
+        if d.rcpts.iter().any(|x| matches!(x, RcptResult::Failed(_)))
+            || d.rcpts
+                .iter()
+                .any(|x| matches!(x, RcptResult::Refused(u) if u.is_transient()))
+        {
+            m.tempfails.with_label_values(&["reinject"]).inc();
+        }
+    }
+    m.reinject_up.set(!matches!(
+        d.failure,
+        Some("connect") | Some("timeout") | Some("network")
+    ) as i64);
+}
+
 /// Stores the message in the quarantine; a failure is a tempfail (the client keeps it).
-async fn quarantine(shared: &Shared, r: &Received, decision: &Decision) -> Outcome {
+async fn quarantine(
+    shared: &Shared,
+    r: &Received,
+    id: &str,
+    env: &Envelope,
+    decision: &Decision,
+) -> Outcome {
     let m = &shared.metrics;
     let failed = |why: String| {
-        tracing::error!(id = %r.id, error = %why, "cannot quarantine: answering 451");
+        tracing::error!(%id, error = %why, "cannot quarantine: answering 451");
         m.tempfails.with_label_values(&["quarantine"]).inc();
         Outcome::Tempfailed(Tempfail::Quarantine(why))
     };
@@ -234,7 +539,7 @@ async fn quarantine(shared: &Shared, r: &Received, decision: &Decision) -> Outco
         return failed("the quarantine is not open (restart postsift after enabling it)".into());
     };
     let category = decision.category.label();
-    let mut meta = crate::quarantine::Meta::new(&r.id, &r.env, &r.msg, category, reason(decision));
+    let mut meta = crate::quarantine::Meta::new(id, env, &r.msg, category, reason(decision));
     meta.helo = r.hop.helo.clone();
     let start = Instant::now();
     match crate::quarantine::store_message(q.clone(), meta, &r.msg).await {
@@ -275,6 +580,7 @@ impl Outcome {
             Outcome::Quarantined(_) => "quarantine",
             Outcome::Rejected(_) | Outcome::HeaderTooBig => "reject",
             Outcome::Tempfailed(_) => "tempfail",
+            Outcome::Split { groups, lead } => groups[*lead].outcome.action(),
             Outcome::Delivered(d) => {
                 if d.rcpts.contains(&RcptResult::Accepted) {
                     "pass"
@@ -298,6 +604,13 @@ impl Outcome {
             Outcome::Quarantined(_) => "quarantined",
             Outcome::Rejected(_) | Outcome::HeaderTooBig => "rejected",
             Outcome::Tempfailed(_) => "deferred",
+            Outcome::Split { groups, .. } => groups
+                .iter()
+                .find_map(|g| {
+                    let j = g.rcpts.iter().position(|&x| x == i)?;
+                    Some(g.outcome.recipient_result(j))
+                })
+                .unwrap_or("deferred"),
             Outcome::Delivered(d) => match d.rcpts.get(i) {
                 Some(RcptResult::Accepted) => "delivered",
                 Some(RcptResult::Refused(u)) if u.code >= 500 => "rejected",
@@ -313,14 +626,15 @@ impl Processed {
         Processed {
             outcome,
             verdict,
-            log: None,
+            log: Vec::new(),
         }
     }
 
-    /// Writes the one log line for this message, with the reply the client got.
-    pub fn log(&self, reply: &str) {
-        if let Some(l) = &self.log {
-            l.write(reply);
+    /// Writes the message's log lines (one per recipient group), each with the reply its
+    /// first recipient got: `reply(i)` is recipient `i`'s.
+    pub fn log(&self, reply: &dyn Fn(usize) -> String) {
+        for l in &self.log {
+            l.write(&reply(l.first_rcpt));
         }
     }
 }
@@ -332,6 +646,10 @@ struct LogLine {
     client: String,
     from: String,
     to: String,
+    /// The policy banks applied, `-` for none.
+    bank: String,
+    /// The group's first recipient (whose reply the line shows).
+    first_rcpt: usize,
     verdict: &'static str,
     action: &'static str,
     score: String,
@@ -357,6 +675,9 @@ impl LogLine {
     #[allow(clippy::too_many_arguments)]
     fn new(
         r: &Received,
+        env: &Envelope,
+        group: &banks::Group,
+        bank: String,
         report: &ScanReport,
         decision: &Decision,
         outcome: &Outcome,
@@ -394,23 +715,32 @@ impl LogLine {
             queue_id: r.env.xforward.ident.clone().unwrap_or_else(|| "-".into()),
             client: r.env.xforward.addr.clone().unwrap_or_else(|| "-".into()),
             from: format!("<{}>", r.env.sender),
-            to: r
-                .env
+            to: env
                 .recipients
                 .iter()
                 .map(|x| x.address.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
+            bank,
+            first_rcpt: group.rcpts.first().copied().unwrap_or(0),
             verdict: decision.category.label(),
-            action: match &decision.disposition {
-                Disposition::Deliver => "pass",
-                Disposition::Discard => "discard",
-                Disposition::Reject => "reject",
-                Disposition::Quarantine => match outcome {
-                    Outcome::Quarantined(_) => "quarantine",
-                    _ => "tempfail",
+            action: match (&decision.disposition, outcome) {
+                // Over SMTP another group's reject or tempfail became this one's.
+                (Disposition::Deliver | Disposition::Discard | Disposition::Quarantine, o)
+                    if matches!(o, Outcome::Rejected(_) | Outcome::Tempfailed(_)) =>
+                {
+                    o.action()
+                }
+                (d, _) => match d {
+                    Disposition::Deliver => "pass",
+                    Disposition::Discard => "discard",
+                    Disposition::Reject => "reject",
+                    Disposition::Quarantine => match outcome {
+                        Outcome::Quarantined(_) => "quarantine",
+                        _ => "tempfail",
+                    },
+                    Disposition::Tempfail(_) => "tempfail",
                 },
-                Disposition::Tempfail(_) => "tempfail",
             },
             score,
             rules,
@@ -453,6 +783,7 @@ impl LogLine {
             client = %self.client,
             from = %self.from,
             to = %self.to,
+            bank = %self.bank,
             verdict = self.verdict,
             action = self.action,
             score = %self.score,
@@ -522,6 +853,13 @@ impl fmt::Display for Outcome {
             Outcome::Rejected(c) => write!(f, "rejected ({})", c.label()),
             Outcome::Tempfailed(t) => write!(f, "tempfailed ({t:?})"),
             Outcome::HeaderTooBig => write!(f, "header section too big"),
+            Outcome::Split { groups, .. } => {
+                for (i, g) in groups.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(f, "{sep}recipients {:?}: {}", g.rcpts, g.outcome)?;
+                }
+                Ok(())
+            }
         }
     }
 }

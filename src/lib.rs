@@ -11,6 +11,9 @@
 //! Postfix ◀──SMTP + XFORWARD── reinject ◀── rewrite (headers) ◀──── verdict ──────┘
 //! ```
 //!
+//! Before the scan, [`banks`] groups the recipients by the `[[policy]]` banks that apply to
+//! them; the filter scans once for all groups, then decides, rewrites and reinjects per group.
+//!
 //! The `smtp` side speaks the protocol and turns the [`filter`]'s typed [`filter::Outcome`]
 //! into replies (`smtp::reply`); nothing below it imports `smtp`. Beside it, [`greylist`]
 //! answers Postfix's `check_policy_service` (postgrey's greylisting) on listeners of its own,
@@ -21,6 +24,7 @@
 //! only after the reinjection server answered, so Postfix keeps the message until it is safely
 //! back in its queue.
 
+pub mod banks;
 pub mod config;
 pub mod dns;
 pub mod filter;
@@ -90,6 +94,7 @@ impl Shared {
         budget: std::sync::Arc<message::Budget>,
     ) -> Shared {
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
+        metrics.declare_banks(&config);
         Shared {
             metrics,
             budget,

@@ -172,6 +172,11 @@ fn main() -> ExitCode {
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
+            // Each bank with the settings in effect where it applies, so a typo in a level or
+            // an action shows before mail does.
+            for i in 0..config.policy.len() {
+                println!("{}", postsift::banks::describe(&config, i));
+            }
             println!("configuration ok");
             ExitCode::SUCCESS
         }
@@ -650,6 +655,7 @@ fn scan(
             helo: "localhost".into(),
             peer: "127.0.0.1:0".parse().expect("literal"),
             local: "127.0.0.1:10024".parse().expect("literal"),
+            listener: None,
             protocol: "ESMTP",
         };
         let block = filter::header_block(&shared, &decision, &hop, "scan", &msg);

@@ -91,6 +91,9 @@ pub const AUTH_RESULTS: &[&str] = &[
 pub struct Metrics {
     pub registry: Registry,
     pub messages: IntCounterVec,
+    /// Messages a policy bank applied to (to some recipient), by bank name: names come from
+    /// `[[policy]]` only, a small set fixed by the configuration.
+    pub policy_banks: IntCounterVec,
     pub recipients: IntCounterVec,
     pub message_size: Histogram,
     pub spam_score: Histogram,
@@ -494,6 +497,18 @@ impl Metrics {
                 &["result"],
                 &[RELEASE_RESULTS],
             ),
+            policy_banks: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "postsift_policy_bank_total",
+                        "Messages a policy bank ([[policy]]) applied to, for some or all recipients",
+                    ),
+                    &["bank"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             ready: AtomicBool::new(false),
             registry: r,
         }
@@ -506,6 +521,18 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("text format is UTF-8")
+    }
+
+    /// Shows every configured bank at 0 before its first message (at start and reload).
+    pub fn declare_banks(&self, config: &crate::config::Config) {
+        for b in &config.policy {
+            self.policy_banks.with_label_values(&[&b.name]);
+        }
+    }
+
+    /// Counts a message that bank `name` applied to.
+    pub fn bank(&self, name: &str) {
+        self.policy_banks.with_label_values(&[name]).inc();
     }
 
     pub fn set_scanner_up(&self, scanner: &str, up: bool) {

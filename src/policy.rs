@@ -39,6 +39,18 @@ pub enum Category {
 }
 
 impl Category {
+    /// amavis's order, most important first (0: virus).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Category::Virus(_) => 0,
+            Category::Banned { .. } => 1,
+            Category::Unchecked => 2,
+            Category::DmarcReject { .. } => 3,
+            Category::Spam => 4,
+            Category::Clean => 5,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Category::Virus(_) => "virus",

@@ -181,27 +181,114 @@ impl Reinjector {
         msg: &Message,
         all_or_nothing: bool,
     ) -> Delivery {
+        let total = header_block.len() as u64 + msg.len() - msg.header_end() as u64;
+        match self.open(env, total, all_or_nothing).await {
+            Ok(Opened::Done(d)) => d,
+            Ok(Opened::Ready(p)) => match self.finish(p, header_block, msg).await {
+                Ok(d) => d,
+                Err(f) => self.failed_all(env, f),
+            },
+            Err(f) => self.failed_all(env, f),
+        }
+    }
+
+    /// Sends several copies of `msg`, each `(envelope, header block)` its own transaction,
+    /// for a client that takes one reply for all of them (SMTP): every transaction is opened
+    /// (MAIL, RCPT, each on its own connection) before any data is sent, and none is sent
+    /// unless every one took all its recipients. Then the data goes out, one after the
+    /// other; only a failure at a later one's end of data (after an earlier one's was
+    /// accepted) still leaves the copies apart. One result per part, in order; parts not
+    /// sent because another failed are [`RcptResult::Withheld`].
+    pub async fn send_together(
+        &self,
+        parts: &[(&Envelope, &[u8])],
+        msg: &Message,
+    ) -> Vec<Delivery> {
+        let body = msg.len() - msg.header_end() as u64;
+        let mut opened = Vec::new();
+        let mut failed = None;
+        for (i, (env, block)) in parts.iter().enumerate() {
+            match self.open(env, block.len() as u64 + body, true).await {
+                Ok(Opened::Ready(p)) => opened.push(p),
+                Ok(Opened::Done(d)) => {
+                    failed = Some((i, d));
+                    break;
+                }
+                Err(f) => {
+                    failed = Some((i, self.failed_all(env, f)));
+                    break;
+                }
+            }
+        }
+        if let Some((i, d)) = failed {
+            for mut p in opened {
+                if self.command(&mut p.p, Rset, "RSET", false).await.is_ok() {
+                    self.put_idle(p.p);
+                }
+            }
+            let mut out: Vec<Delivery> = parts.iter().map(|(env, _)| self.withheld(env)).collect();
+            out[i] = d;
+            return out;
+        }
+        let mut out = Vec::new();
+        let mut stop = false;
+        for (p, (env, block)) in opened.into_iter().zip(parts) {
+            if stop {
+                // An earlier copy failed at its end of data: this one is not sent either.
+                let mut p = p;
+                if self.command(&mut p.p, Rset, "RSET", false).await.is_ok() {
+                    self.put_idle(p.p);
+                }
+                out.push(self.withheld(env));
+                continue;
+            }
+            let d = match self.finish(p, block, msg).await {
+                Ok(d) => d,
+                Err(f) => self.failed_all(env, f),
+            };
+            stop = !d.all_accepted();
+            out.push(d);
+        }
+        out
+    }
+
+    /// MAIL and RCPT for `env` (`total` bytes to come) on a pooled or new connection; a
+    /// reused connection the server had closed is replaced once.
+    async fn open(
+        &self,
+        env: &Envelope,
+        total: u64,
+        all_or_nothing: bool,
+    ) -> Result<Opened, Failure> {
         let mut first = true;
         loop {
             let (pooled, reused) = match self.take_idle() {
                 Some(p) if first => (p, true),
-                _ => match self.connect().await {
-                    Ok(p) => (p, false),
-                    Err(f) => return self.failed_all(env, f),
-                },
+                _ => (self.connect().await?, false),
             };
             first = false;
             match self
-                .transaction(pooled, env, header_block, msg, all_or_nothing)
+                .envelope_phase(pooled, env, total, all_or_nothing)
                 .await
             {
-                Ok(outcome) => return outcome,
                 Err(f) if f.retry && reused => {
                     tracing::debug!("reused reinjection connection failed early, reconnecting");
                     continue;
                 }
-                Err(f) => return self.failed_all(env, f),
+                r => return r,
             }
+        }
+    }
+
+    /// Nothing sent for `env`'s recipients: another part of the message failed first and the
+    /// client takes one reply for all (see `filter`).
+    pub fn withheld(&self, env: &Envelope) -> Delivery {
+        Delivery {
+            rcpts: vec![RcptResult::Withheld; env.recipients.len()],
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: None,
         }
     }
 
@@ -358,17 +445,16 @@ impl Reinjector {
         Ok(out)
     }
 
-    async fn transaction(
+    /// XFORWARD, MAIL and RCPT: the transaction ready for its data, or already answered (a
+    /// refusal; with `all_or_nothing`, any refused recipient).
+    async fn envelope_phase(
         &self,
         mut p: Pooled,
         env: &Envelope,
-        header_block: &[u8],
-        msg: &Message,
+        total: u64,
         all_or_nothing: bool,
-    ) -> Result<Delivery, Failure> {
+    ) -> Result<Opened, Failure> {
         let xforward = env.xforward.commands(&p.xforward);
-        let body_len = msg.len() - msg.header_end() as u64;
-        let total = header_block.len() as u64 + body_len;
         let mail = MailCmd {
             env,
             size: total,
@@ -407,7 +493,10 @@ impl Reinjector {
                 let _ = self.command(&mut p, Rset, "RSET", false).await;
                 self.put_idle(p);
                 let n = env.recipients.len();
-                return Ok(done(vec![RcptResult::Refused(r); n], Some("rejected")));
+                return Ok(Opened::Done(done(
+                    vec![RcptResult::Refused(r); n],
+                    Some("rejected"),
+                )));
             }
         }
         let refusals: Vec<Option<Upstream>> = replies.map(|r| r.err()).collect();
@@ -422,11 +511,33 @@ impl Reinjector {
                 .into_iter()
                 .map(|r| r.map_or(RcptResult::Withheld, RcptResult::Refused))
                 .collect();
-            return Ok(done(
+            return Ok(Opened::Done(done(
                 rcpts,
                 Some(if all_perm { "rejected" } else { "tempfail" }),
-            ));
+            )));
         }
+        Ok(Opened::Ready(Pending { p, refusals, total }))
+    }
+
+    /// DATA and the message for an opened transaction.
+    async fn finish(
+        &self,
+        pending: Pending,
+        header_block: &[u8],
+        msg: &Message,
+    ) -> Result<Delivery, Failure> {
+        let Pending {
+            mut p,
+            refusals,
+            total,
+        } = pending;
+        let done = |rcpts: Vec<RcptResult>, label: Option<&'static str>| Delivery {
+            rcpts,
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: label,
+        };
         self.command(&mut p, Data, "DATA", false).await?;
 
         // The body: header block, then the message after its original header section, less
@@ -484,6 +595,23 @@ impl Reinjector {
             failure: None,
         })
     }
+}
+
+/// A transaction after MAIL and RCPT.
+enum Opened {
+    /// Every recipient needed was accepted: the data may go.
+    Ready(Pending),
+    /// Answered without data (refused).
+    Done(Delivery),
+}
+
+/// An open transaction waiting for its data.
+struct Pending {
+    p: Pooled,
+    /// Per recipient: its refusal, None if accepted.
+    refusals: Vec<Option<Upstream>>,
+    /// Bytes the data will be (the header block and the body after the original header).
+    total: u64,
 }
 
 /// `127.0.0.1:10025` as Postfix writes a next hop: `[127.0.0.1]:10025`.

@@ -323,7 +323,10 @@ pub async fn serve_with_reload(
         for (name, listener) in p.listeners {
             tracker.spawn(accept_loop(
                 listener,
-                SocketAddr::from(([0, 0, 0, 0], 0)),
+                (
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                ),
                 Service::Policy,
                 running.current.subscribe(),
                 p.limit.clone(),
@@ -387,7 +390,7 @@ impl Running {
         self.accepting.push((key, stop.clone()));
         self.tracker.spawn(accept_loop(
             Listener::Tcp(listener),
-            bound,
+            (key, bound),
             Service::Filter,
             self.current.subscribe(),
             self.limit.clone(),
@@ -551,9 +554,10 @@ impl Running {
     }
 }
 
+/// `(key, bound)`: the listener's configured address and the one it got (see [`handle`]).
 async fn accept_loop(
     listener: Listener,
-    bound: SocketAddr,
+    (key, bound): (SocketAddr, SocketAddr),
     service: Service,
     current: watch::Receiver<Arc<Shared>>,
     limit: Arc<Semaphore>,
@@ -582,7 +586,7 @@ async fn accept_loop(
         sessions.spawn(async move {
             match (service, conn, permit) {
                 (Service::Filter, Conn::Tcp(stream, peer), Ok(_permit)) => {
-                    handle(stream, peer, bound, shared).await
+                    handle(stream, peer, key, bound, shared).await
                 }
                 (Service::Filter, Conn::Tcp(stream, _), Err(_)) => {
                     refuse(stream, reply::too_busy()).await
@@ -598,9 +602,16 @@ async fn accept_loop(
     }
 }
 
-/// `bound` is the listener's address: the session's local address unless the listener is on a
-/// wildcard address (saves a getsockname per connection).
-async fn handle(stream: TcpStream, peer: SocketAddr, bound: SocketAddr, shared: Arc<Shared>) {
+/// `key` is the listener's configured address (what policy banks match), `bound` the address
+/// it got: the session's local address unless the listener is on a wildcard address (saves a
+/// getsockname per connection).
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    key: SocketAddr,
+    bound: SocketAddr,
+    shared: Arc<Shared>,
+) {
     if !allowed(&shared.config, peer.ip()) {
         tracing::warn!(%peer, "client not in server.allow_networks");
         shared.metrics.replies.with_label_values(&["5xx"]).inc();
@@ -612,7 +623,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, bound: SocketAddr, shared: 
     } else {
         bound
     };
-    Session::new(stream, peer, local, shared).run().await;
+    Session::new(stream, peer, local, shared)
+        .on_listener(key)
+        .run()
+        .await;
 }
 
 /// A policy client: the same ACL as the filter's for TCP (a Unix socket's ACL is its mode).

@@ -171,6 +171,26 @@ impl SpamEngine {
     }
 }
 
+/// Which checks a message needs: the scanners are asked only when some recipient's settings
+/// want them.
+#[derive(Debug, Clone)]
+pub struct Needs {
+    pub virus: bool,
+    pub spam: bool,
+    /// Banned rules besides `[banned] rules`, from policy banks.
+    pub banned_rules: Vec<Vec<banned::Rule>>,
+}
+
+impl Default for Needs {
+    fn default() -> Self {
+        Needs {
+            virus: true,
+            spam: true,
+            banned_rules: Vec::new(),
+        }
+    }
+}
+
 pub struct Scanners {
     clamd: Option<clamd::ClamdClient>,
     /// The MIME walk's limits, `max_message_size` and spool directory; None when
@@ -263,22 +283,44 @@ impl Scanners {
 
     /// Runs every configured scanner on `msg` at once, recording durations, errors and health.
     pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
+        self.scan_for(msg, env, metrics, &Needs::default()).await.0
+    }
+
+    /// Like [`Scanners::scan`], asking only the scanners `needs` names (policy banks bypass
+    /// some), and also judging the MIME walk's parts by each of `needs.banned_rules`: their
+    /// findings come back in that order.
+    pub async fn scan_for(
+        &self,
+        msg: &Message,
+        env: &ScanEnvelope,
+        metrics: &Metrics,
+        needs: &Needs,
+    ) -> (ScanReport, Vec<Option<banned::Banned>>) {
+        let clamd = self.clamd.as_ref().filter(|_| needs.virus);
+        let spam_engine = self.spam.as_ref().filter(|_| needs.spam);
         let virus = async {
             let start = Instant::now();
             let walk = self.walk(msg).await;
-            let banned = match &walk {
-                Ok(Some(w)) => banned::check(&self.banned_rules, &w.parts),
-                _ => None,
+            let (banned, banned_by) = match &walk {
+                Ok(Some(w)) => (
+                    banned::check(&self.banned_rules, &w.parts),
+                    needs
+                        .banned_rules
+                        .iter()
+                        .map(|rules| banned::check(rules, &w.parts))
+                        .collect(),
+                ),
+                _ => (None, vec![None; needs.banned_rules.len()]),
             };
-            let (r, parts) = match &self.clamd {
+            let (r, parts) = match clamd {
                 None => (VirusScan::Off, walk.ok().flatten().map(|w| summary(&w))),
                 Some(c) => self.virus_scan(c, msg, walk).await,
             };
-            (r, parts, banned, start.elapsed())
+            (r, parts, (banned, banned_by), start.elapsed())
         };
         let spam = async {
             let start = Instant::now();
-            let r = match &self.spam {
+            let r = match spam_engine {
                 None => SpamScan::Off,
                 Some(engine) => match msg.prefix_for_spam_check(self.spam_max_size) {
                     Err(e) => SpamScan::Failed(Failure::new(
@@ -325,7 +367,7 @@ impl Scanners {
                 }
             }
         };
-        let ((virus, parts, banned, virus_time), (spam, spam_time), auth) =
+        let ((virus, parts, (banned, banned_by), virus_time), (spam, spam_time), auth) =
             tokio::join!(virus, spam, auth);
         let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
             metrics
@@ -345,7 +387,7 @@ impl Scanners {
             VirusScan::Failed(f) => record("clamd", Some(f.kind), virus_time),
             _ => record("clamd", None, virus_time),
         }
-        if let Some(engine) = &self.spam {
+        if let Some(engine) = spam_engine {
             match &spam {
                 SpamScan::Off => {}
                 SpamScan::Failed(f) => record(engine.name(), Some(f.kind), spam_time),
@@ -358,7 +400,7 @@ impl Scanners {
         if let Some(p) = &parts {
             metrics.parts.observe(p.count as f64);
         }
-        ScanReport {
+        let report = ScanReport {
             virus,
             spam,
             virus_time,
@@ -366,7 +408,8 @@ impl Scanners {
             parts,
             banned,
             auth,
-        }
+        };
+        (report, banned_by)
     }
 
     /// The MIME walk, when on and the message is not too large for it: Ok(None) when not

@@ -197,6 +197,25 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
         )),
         Outcome::Tempfailed(t) => same(tempfailed(id, t)),
         Outcome::HeaderTooBig => same(header_too_big()),
+        Outcome::Split { groups, lead } => {
+            let id_of = |g: &crate::filter::GroupOutcome| g.id.clone().unwrap_or_else(|| id.into());
+            if !per_recipient {
+                let g = &groups[*lead];
+                return for_outcome(&id_of(g), &g.outcome, false, n);
+            }
+            let mut out = vec![None; n];
+            for g in groups {
+                let replies = for_outcome(&id_of(g), &g.outcome, true, g.rcpts.len());
+                for (&i, r) in g.rcpts.iter().zip(replies) {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or_else(|| Reply::new(451, "4.3.0", "Error in processing")))
+                .collect()
+        }
         Outcome::Delivered(d) if per_recipient => d.rcpts.iter().map(|r| recipient(d, r)).collect(),
         Outcome::Delivered(d) => vec![overall(d)],
     }
@@ -353,5 +372,43 @@ mod tests {
         let r = Reply::raw(250, "mx\nPIPELINING\nSIZE 10");
         assert_eq!(wire(&r), "250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
         assert_eq!(wire(&Reply::raw(354, "")), "354 \r\n");
+    }
+
+    /// Recipients decided apart get their own group's reply over LMTP, in RCPT order; over
+    /// SMTP the lead group's reply stands for all.
+    #[test]
+    fn split_outcome_replies_per_group() {
+        use crate::filter::GroupOutcome;
+        let split = Outcome::Split {
+            groups: vec![
+                GroupOutcome {
+                    rcpts: vec![0, 2],
+                    outcome: Outcome::Quarantined(Category::Spam),
+                    id: None,
+                },
+                GroupOutcome {
+                    rcpts: vec![1],
+                    outcome: Outcome::Quarantined(Category::Spam),
+                    id: Some("abc-2".into()),
+                },
+                GroupOutcome {
+                    rcpts: vec![3],
+                    outcome: Outcome::Rejected(Category::Spam),
+                    id: None,
+                },
+            ],
+            lead: 2,
+        };
+        let r: Vec<String> = for_outcome("abc", &split, true, 4)
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert!(r[0].contains("quarantined, id=abc -"), "{r:?}");
+        assert!(r[1].contains("quarantined, id=abc-2 -"), "{r:?}");
+        assert!(r[2].contains("quarantined, id=abc -"), "{r:?}");
+        assert!(r[3].starts_with("554 5.7.0 Reject, id=abc"), "{r:?}");
+        let one = for_outcome("abc", &split, false, 4);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].code, 554);
     }
 }

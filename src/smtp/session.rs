@@ -59,6 +59,8 @@ pub struct Session<S, P = Filter> {
     pipeline: P,
     peer: SocketAddr,
     local: SocketAddr,
+    /// The configured `server.listen` address the session came in on (policy banks match it).
+    listener: Option<SocketAddr>,
     state: State,
     protocol: Protocol,
     helo: String,
@@ -77,6 +79,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S, Filter> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
+    /// Names the configured listener the session came in on, for `[[policy]] match.listener`.
+    pub fn on_listener(mut self, listener: SocketAddr) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
     /// A session handing its messages to `pipeline`; `shared` gives the limits, the budget
     /// and the metrics of the protocol side.
     pub fn with_pipeline(
@@ -101,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             pipeline,
             peer,
             local,
+            listener: None,
             state: State::Greeted,
             protocol: Protocol::Esmtp,
             helo: String::new(),
@@ -552,6 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
                             helo: self.helo.clone(),
                             peer: self.peer,
                             local: self.local,
+                            listener: self.listener,
                             protocol: self.protocol.name(),
                         },
                         started,
@@ -581,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             metrics.recipients.with_label_values(&[result]).inc();
         }
         if let Some(p) = &processed {
-            p.log(&replies[0].to_string());
+            p.log(&|i| replies.get(i).unwrap_or(&replies[0]).to_string());
         }
         // One reply per recipient in LMTP; in SMTP the single reply stands for all of them.
         for i in 0..if lmtp { n } else { 1 } {

@@ -11,6 +11,7 @@ mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off
 mod util; // postsift in-process on port 0, shared peers
 
 mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Results; enforcement
+mod banks; // policy banks: originating listener, client network, recipient domain, mixed groups over LMTP and SMTP
 mod clamd_cost; // clamd per-part scanning: one IDSESSION against a connection per part (--ignored)
 mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed

@@ -57,7 +57,7 @@ fn undeferred(etc: &Path) -> Option<usize> {
 /// ended once `stop` returns, so whatever postsift passed on is then in Postfix's queue; once
 /// nothing there is waiting to go out, it has reached the sink. After this the sink's count is
 /// final: a late delivery is counted, not missed by a fixed sleep that was too short.
-async fn settle(pf: &Postfix, f: Filter) {
+pub(crate) async fn settle(pf: &Postfix, f: Filter) {
     f.stop().await;
     let etc = pf.etc();
     let settled = util::blocking(move || {
@@ -67,7 +67,7 @@ async fn settle(pf: &Postfix, f: Filter) {
     assert!(settled, "Postfix's queue never settled:\n{}", pf.log());
 }
 
-async fn start_postfix(filter: SocketAddr, final_dest: SocketAddr) -> Postfix {
+pub(crate) async fn start_postfix(filter: SocketAddr, final_dest: SocketAddr) -> Postfix {
     util::blocking(move || {
         Postfix::start(PostfixOpts {
             filter,
@@ -79,7 +79,7 @@ async fn start_postfix(filter: SocketAddr, final_dest: SocketAddr) -> Postfix {
 }
 
 /// Sends through Postfix's front door; returns all replies and the end-of-data one.
-async fn send(
+pub(crate) async fn send(
     pf: SocketAddr,
     rcpts: &'static [&'static str],
     body: Vec<u8>,

@@ -157,7 +157,9 @@ async fn every_dashboard_and_alert_expression_evaluates_on_real_data() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
     let port = harness::free_port();
-    let cfg = config(Some(&clamd), Some(&spamd), sink.addr, "").replace(
+    // A policy bank that changes nothing, for the bank panel's series.
+    let bank = "[[policy]]\nname = \"local\"\nmatch.client = [\"127.0.0.0/8\"]\n";
+    let cfg = config(Some(&clamd), Some(&spamd), sink.addr, bank).replace(
         "listen = \"\"",
         &format!("listen = \"127.0.0.1:{port}\"\nprobe_interval = 1"),
     );

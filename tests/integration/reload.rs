@@ -22,7 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A test config: scanners off, listening on `listen`, reinjecting to `reinject`; `server` is
 /// added to `[server]`, `extra` at the end.
-fn cfg(listen: &[u16], reinject: SocketAddr, server: &str, extra: &str) -> String {
+pub(crate) fn cfg(listen: &[u16], reinject: SocketAddr, server: &str, extra: &str) -> String {
     let listen: Vec<String> = listen
         .iter()
         .map(|p| format!("\"127.0.0.1:{p}\""))
@@ -35,7 +35,7 @@ fn cfg(listen: &[u16], reinject: SocketAddr, server: &str, extra: &str) -> Strin
 }
 
 /// `postsift run` as a child process, its stderr collected line by line.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     config: PathBuf,
@@ -44,7 +44,7 @@ struct Daemon {
 
 impl Daemon {
     /// Starts on `toml` and waits until `first` (a `server.listen` port) accepts.
-    async fn start(toml: &str, first: u16) -> Daemon {
+    pub(crate) async fn start(toml: &str, first: u16) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("postsift.toml");
         std::fs::write(&config, toml).unwrap();
@@ -101,7 +101,7 @@ impl Daemon {
     }
 
     /// Waits until `n` log lines contain `needle`; returns the n-th.
-    async fn wait_log(&mut self, needle: &str, n: usize) -> String {
+    pub(crate) async fn wait_log(&mut self, needle: &str, n: usize) -> String {
         let end = Instant::now() + PATIENCE;
         loop {
             let hits: Vec<String> = {
@@ -137,7 +137,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for a clean exit.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.signal(libc::SIGTERM);
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
