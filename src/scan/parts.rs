@@ -528,6 +528,10 @@ struct Collector {
     hash: RandomState,
     /// A spill file could not be written: the walk ends, and fails.
     error: Option<io::Error>,
+    /// A count limit (parts, decoded bytes) was hit: nothing more is read. The other stops
+    /// (too deep, a bomb, an encrypted member) end only that branch: the other parts, and the
+    /// structure-blind reading, still count (a virus one level too deep is still found).
+    halted: bool,
 }
 
 impl Collector {
@@ -543,15 +547,20 @@ impl Collector {
             spool: spool.clone(),
             hash: RandomState::new(),
             error: None,
+            halted: false,
         }
     }
 
     fn full(&self) -> bool {
-        self.walk.limit.is_some() || self.error.is_some()
+        self.halted || self.error.is_some()
     }
 
-    /// Stops the walk for `kind`, unless it stopped already (the first reason is kept).
+    /// Records why the walk could not look at everything (the first reason is kept); a count
+    /// limit also ends the walk.
     fn stop(&mut self, kind: LimitKind, detail: String) {
+        if matches!(kind, LimitKind::Parts | LimitKind::Bytes) {
+            self.halted = true;
+        }
         if self.walk.limit.is_none() {
             self.walk.limit = Some(Stop { kind, detail });
         }
@@ -1127,8 +1136,12 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let mut run: Vec<u8> = Vec::new();
-    let flush = |run: &mut Vec<u8>, w: &mut Collector| {
-        if run.len() >= MIN_RAW_BLOCK * 4 / 3 {
+    // Only runs after the word "base64" (any case, anywhere: a Content-Transfer-Encoding
+    // header, however mangled) are decoded: no mail client decodes base64 it was not told of,
+    // and lines of letters in a plain text (smtp-source's XXXX…) are no attachment.
+    let mut armed = false;
+    let flush = |run: &mut Vec<u8>, w: &mut Collector, armed: bool| {
+        if armed && run.len() >= MIN_RAW_BLOCK * 4 / 3 {
             let data = base64_lenient(run);
             if data.len() >= MIN_RAW_BLOCK {
                 if let Some(contents) = w.contents(&data) {
@@ -1151,7 +1164,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
             return;
         }
         if line.starts_with(b"begin ") && is_uu_begin(line) {
-            flush(&mut run, w);
+            flush(&mut run, w, armed);
             let name =
                 String::from_utf8_lossy(line.splitn(3, |&b| b == b' ').nth(2).unwrap_or(b""))
                     .trim()
@@ -1180,10 +1193,11 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
         if is_base64_line(line) {
             run.extend_from_slice(line);
         } else {
-            flush(&mut run, w);
+            flush(&mut run, w, armed);
+            armed = armed || line.windows(6).any(|x| x.eq_ignore_ascii_case(b"base64"));
         }
     }
-    flush(&mut run, w);
+    flush(&mut run, w, armed);
 }
 
 /// A line that could belong to a base64 body: base64 letters only (and `=` padding at the
@@ -1315,6 +1329,38 @@ mod tests {
             b64(file)
         );
         let w = walk(msg.as_bytes(), &LIMITS);
+        assert!(w.parts.iter().any(|p| data(p) == file), "{:?}", w.parts);
+    }
+
+    #[test]
+    fn letters_in_a_plain_text_are_not_an_attachment() {
+        // smtp-source's body: lines of one letter, which are base64 letters too. Nothing says
+        // base64, so the only part is the (verbatim) text.
+        let line = "X".repeat(72);
+        let msg = format!("Subject: load\r\n\r\n{line}\r\n{line}\r\n{line}\r\n");
+        let w = walk(msg.as_bytes(), &LIMITS);
+        assert_eq!(w.parts.len(), 1, "{:?}", w.parts);
+        assert!(w.parts[0].verbatim && w.parts[0].found == "mime");
+    }
+
+    #[test]
+    fn a_part_one_level_too_deep_is_still_read_structure_blind() {
+        let file = b"MZ\x90\0this is a pretend executable with enough bytes to count";
+        let mut msg = format!(
+            "Content-Type: application/octet-stream; name=a.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            b64(file)
+        );
+        for _ in 0..3 {
+            msg = format!("Content-Type: message/rfc822\r\n\r\n{msg}");
+        }
+        let w = walk(
+            msg.as_bytes(),
+            &Limits {
+                max_depth: 1,
+                ..LIMITS
+            },
+        );
+        assert_eq!(w.limit.as_ref().map(|l| l.kind), Some(LimitKind::Depth));
         assert!(w.parts.iter().any(|p| data(p) == file), "{:?}", w.parts);
     }
 

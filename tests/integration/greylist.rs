@@ -878,8 +878,20 @@ async fn greylist_acl_and_connection_limit() {
             "a client outside allow_networks is closed"
         );
 
-        let mut first = PolicyClient::connect(b_addr).unwrap();
-        assert!(first.ask(&req).unwrap().starts_with("DEFER_IF_PERMIT"));
+        // The port probe above held b's only slot for a moment: the first connection is the
+        // first one that gets an answer.
+        let mut first = None;
+        assert!(harness::wait_until(Duration::from_secs(10), || {
+            let Ok(mut c) = PolicyClient::connect(b_addr) else {
+                return false;
+            };
+            let answered = c.ask(&req).is_ok_and(|r| r.starts_with("DEFER_IF_PERMIT"));
+            if answered {
+                first = Some(c);
+            }
+            answered
+        }));
+        let mut first = first.unwrap();
         let mut second = PolicyClient::connect(b_addr).unwrap();
         assert!(second.ask(&req).is_err(), "over max_connections: closed");
         assert!(first.ask(&req).unwrap().starts_with("DEFER_IF_PERMIT"));
