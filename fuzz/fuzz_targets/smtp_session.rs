@@ -41,6 +41,11 @@ endpoints = []
 
 [metrics]
 listen = ""
+
+# The fuzzer runs outside the tests' loopback-only namespace: mail authentication would send
+# DNS queries to the system's resolver. It is not what this target fuzzes.
+[auth]
+enabled = false
 "#;
 
 /// Far longer than any session may take: once the client has sent everything and closed, and
