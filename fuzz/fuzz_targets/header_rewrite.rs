@@ -39,6 +39,9 @@ fn decision(category: Category, score: f64, rules: &[(&str, f64)]) -> Decision {
             action: None,
         }),
         tempfail_reason: None,
+        unchecked_reason: None,
+        auth: None,
+        dmarc: postsift::policy::DmarcAction::None,
     }
 }
 
