@@ -638,12 +638,11 @@ async fn a_thirty_megabyte_part_is_scanned_whole_and_delivered() {
 }
 
 /// The same message with the walk allowed to run (parts.max_message_size = 64 MiB): one part of
-/// 30,000,000 decoded bytes is under max_decoded_bytes (32 MiB), so it should be scanned and
-/// delivered clean. It is not today: the MIME tree's part (named big.bin) and the raw
-/// reading's copy of the same base64 run (no name) hash differently, both are kept, and their
-/// 60 MB together stop the walk at max_decoded_bytes (UNCHECKED, "bytes").
+/// 30,000,000 decoded bytes is under max_decoded_bytes (32 MiB), so it is scanned and delivered
+/// clean. Regression: the MIME tree's part (named big.bin) and the raw reading's copy of the
+/// same base64 run (no name) were both kept, and their 60 MB together stopped the walk at
+/// max_decoded_bytes (UNCHECKED, "bytes").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect in src/scan/parts.rs: a named base64 attachment is kept twice (tree + raw reading)"]
 async fn a_thirty_megabyte_part_walked_is_counted_once() {
     let msg = util::blocking(thirty_megabyte_part).await;
     let sink = Capture::start().await;
