@@ -298,9 +298,14 @@ impl Scanners {
     ) -> (ScanReport, Vec<Option<banned::Banned>>) {
         let clamd = self.clamd.as_ref().filter(|_| needs.virus);
         let spam_engine = self.spam.as_ref().filter(|_| needs.spam);
+        // The whole message, read from the spool once for the MIME walk and mail
+        // authentication together, by whichever asks first.
+        let whole = tokio::sync::OnceCell::new();
+        let read_whole =
+            || whole.get_or_init(|| async { msg.read_all().map_err(|e| e.to_string()) });
         let virus = async {
             let start = Instant::now();
-            let walk = self.walk(msg).await;
+            let walk = self.walk(msg, read_whole).await;
             let (banned, banned_by) = match &walk {
                 Ok(Some(w)) => (
                     banned::check(&self.banned_rules, &w.parts),
@@ -359,8 +364,8 @@ impl Scanners {
             if msg.len() > checker.max_message_size() {
                 return Some(checker.check(b"", &env.client, metrics).await);
             }
-            match msg.read_all() {
-                Ok(raw) => Some(checker.check(&raw, &env.client, metrics).await),
+            match read_whole().await {
+                Ok(raw) => Some(checker.check(raw, &env.client, metrics).await),
                 Err(e) => {
                     tracing::warn!("mail authentication not run: reading the spool: {e}");
                     None
@@ -414,7 +419,14 @@ impl Scanners {
 
     /// The MIME walk, when on and the message is not too large for it: Ok(None) when not
     /// walked, Err when the message could not be read back.
-    async fn walk(&self, msg: &Message) -> Result<Option<parts::Walk>, Failure> {
+    async fn walk<'a, F>(
+        &self,
+        msg: &Message,
+        read_whole: impl FnOnce() -> F,
+    ) -> Result<Option<parts::Walk>, Failure>
+    where
+        F: std::future::Future<Output = &'a Result<bytes::Bytes, String>>,
+    {
         let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
         };
@@ -422,8 +434,9 @@ impl Scanners {
             return Ok(None);
         }
         let limits = *limits;
-        let raw = msg
-            .read_all()
+        let raw = read_whole()
+            .await
+            .clone()
             .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
         // CPU work on up to max_message_size bytes (and archives decompressed up to
         // max_decoded_bytes): off the async threads, unless the message is small enough and
