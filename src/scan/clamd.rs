@@ -306,6 +306,9 @@ impl ClamdClient {
         let reader = async {
             let mut rd = BufReader::new(rd);
             let mut answered = vec![false; parts.len() + 1];
+            // clamd answers in any order; the first infected stream in the order sent is named
+            // (the message before its parts), so the same message always gets the same answer.
+            let mut first: Option<(usize, Vec<String>)> = None;
             let mut reply = Vec::new();
             for _ in 0..answered.len() {
                 reply.clear();
@@ -327,12 +330,9 @@ impl ClamdClient {
                 match parse_reply(body.as_bytes()) {
                     Ok(Verdict::Clean) => {}
                     Ok(Verdict::Infected(names)) => {
-                        let at = if id == 1 {
-                            Found::Message
-                        } else {
-                            Found::Part(id - 2)
-                        };
-                        return Ok(Some((at, names)));
+                        if first.as_ref().is_none_or(|(f, _)| id < *f) {
+                            first = Some((id, names));
+                        }
                     }
                     Err(detail) => {
                         return Err(Error::Protocol {
@@ -341,8 +341,22 @@ impl ClamdClient {
                         })
                     }
                 }
+                // Every stream before the first infected one is answered: nothing earlier can
+                // take its place.
+                if let Some((f, _)) = &first {
+                    if answered[..*f].iter().all(|&a| a) {
+                        break;
+                    }
+                }
             }
-            Ok(None)
+            Ok(first.map(|(id, names)| {
+                let at = if id == 1 {
+                    Found::Message
+                } else {
+                    Found::Part(id - 2)
+                };
+                (at, names)
+            }))
         };
         tokio::pin!(writer, reader);
         let mut wr = None;
