@@ -1,7 +1,8 @@
 //! SMTP load generator for `bench/run`.
 //!
 //! Sends `--count` messages to `--target` over `--conc` parallel sessions, one TCP connection
-//! per message (connect, greeting, EHLO, [XFORWARD IDENT], MAIL, RCPT, DATA, body, ".", QUIT),
+//! per message (connect, greeting, EHLO, [XFORWARD attributes], [XFORWARD IDENT], MAIL, RCPT,
+//! DATA, body, ".", QUIT),
 //! like Postfix's `smtp-source -s CONC -m COUNT -l SIZE`, and times every message.
 //!
 //! Per-message latency = from the start of connect() until the reply to the final "." arrived
@@ -26,11 +27,14 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 const USAGE: &str = "usage: loadgen --target HOST:PORT --conc N --count N --size BYTES
-       [--from ADDR] [--to ADDR] [--helo NAME] [--ident PREFIX] [--timeout SECS]
+       [--from ADDR] [--to ADDR] [--helo NAME] [--ident PREFIX] [--xforward ATTRS]
+       [--timeout SECS]
        [--deadline SECS] [--per-msg FILE] [--message FILE]...
 
   --size      body bytes (like smtp-source -l): 78 'X' + CRLF per line
   --ident     send XFORWARD IDENT=<PREFIX><seq> when the server offers XFORWARD
+  --xforward  send `XFORWARD <ATTRS>` (e.g. ADDR=192.0.2.10 HELO=mx.example) when the server
+              offers XFORWARD, before IDENT: the original client as Postfix would forward it
   --timeout   seconds allowed for each SMTP step (default 300)
   --deadline  give up after SECS in total: unfinished messages count as aborted (0 = never)
   --per-msg   write one CSV line per message: seq,ident,start_ms,latency_ms,session_ms,code,error
@@ -49,6 +53,7 @@ struct Opts {
     to: String,
     helo: String,
     ident: Option<String>,
+    xforward: Option<String>,
     step_timeout: Duration,
     deadline: Option<Duration>,
     per_msg: Option<String>,
@@ -64,6 +69,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut to = "rcpt@example.org".to_string();
     let mut helo = "bench.localdomain".to_string();
     let mut ident = None;
+    let mut xforward = None;
     let mut step_timeout = Duration::from_secs(300);
     let mut deadline = None;
     let mut per_msg = None;
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Opts, String> {
             "--to" => to = val("--to")?,
             "--helo" => helo = val("--helo")?,
             "--ident" => ident = Some(val("--ident")?),
+            "--xforward" => xforward = Some(val("--xforward")?),
             "--timeout" => {
                 step_timeout = Duration::from_secs(num(val("--timeout")?, "--timeout")? as u64)
             }
@@ -115,6 +122,7 @@ fn parse_args() -> Result<Opts, String> {
         to,
         helo,
         ident,
+        xforward,
         step_timeout,
         deadline,
         per_msg,
@@ -300,6 +308,11 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
         return Err(fail(code, format!("greeting: {}", text.trim_end())));
     }
     let (_, ehlo) = c.cmd(format!("EHLO {}\r\n", o.helo), "EHLO", 250).await?;
+    let xforward = ehlo.to_ascii_uppercase().contains("XFORWARD");
+    if let Some(attrs) = o.xforward.as_ref().filter(|_| xforward) {
+        c.cmd(format!("XFORWARD {attrs}\r\n"), "XFORWARD", 250)
+            .await?;
+    }
     if let Some(prefix) = &o.ident {
         if ehlo.to_ascii_uppercase().contains("XFORWARD") {
             c.cmd(format!("XFORWARD IDENT={prefix}{seq}\r\n"), "XFORWARD", 250)
