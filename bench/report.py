@@ -3,7 +3,9 @@
 
 Input (in --work): runs.csv (one row per measured run), meta.env (versions, knobs), notes.csv
 (sanity checks, amavisd's best $max_servers, idle RSS), postsift/<mode>-info.log +
-<mode>-info.permsg.csv (the added-latency runs). Standard library only.
+<mode>-info.permsg.csv (the added-latency runs), auth/metrics/<tag>-{before,after}.prom and
+<tag>.log (the auth comparison: postsift's auth/DNS series around each run, the cold postsift's
+log lines of the run). Standard library only.
 """
 import argparse
 import csv
@@ -15,6 +17,7 @@ import sys
 
 FILTER_ORDER = {"ceiling": 0, "postsift": 1, "amavisd": 2}
 WALK_FILTERS = ("postsift-walk", "postsift-whole")
+AUTH_FILTERS = ("postsift-auth", "postsift-noauth", "postsift-authcold")
 WALK_KINDS = {"synthetic": "synthetic (smtp-source)", "mix": "mix (bench/mix.py)",
               "attach": "attach-1.eml (PDF + zip)"}
 FOREIGN_FLAG = 10  # % of the machine's CPU used by others during a cell: flagged
@@ -228,6 +231,219 @@ def added_latency(work, mode):
     }
 
 
+def read_prom(path):
+    """{series: value} of a Prometheus text file (the lines bench/run kept)."""
+    out = {}
+    if os.path.exists(path):
+        for line in open(path):
+            if line.startswith("#") or " " not in line:
+                continue
+            k, v = line.rsplit(" ", 1)
+            out[k] = fnum(v) or 0.0
+    return out
+
+
+def prom_delta(work, tag):
+    a = read_prom(os.path.join(work, "auth", "metrics", f"{tag}-before.prom"))
+    b = read_prom(os.path.join(work, "auth", "metrics", f"{tag}-after.prom"))
+    return {k: v - a.get(k, 0.0) for k, v in b.items()} if b else None
+
+
+def hist_quantile(d, name, q):
+    """histogram_quantile() over the bucket deltas of `name` (linear within a bucket), seconds."""
+    bs = []
+    for k, v in d.items():
+        m = re.match(re.escape(name) + r'_bucket\{(?:[^}]*,)?le="([^"]+)"', k)
+        if m:
+            bs.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), v))
+    bs.sort()
+    if not bs or bs[-1][1] <= 0:
+        return None
+    rank, prev_le, prev_c = q * bs[-1][1], 0.0, 0.0
+    for le, c in bs:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_le, prev_c = le, c
+    return None
+
+
+def auth_stats(d):
+    """From one run's metric deltas: what the auth checks and their DNS lookups did per message."""
+    if not d:
+        return None
+    n = d.get("postsift_auth_duration_seconds_count", 0)
+    if not n:
+        return None
+    tot = lambda pat: sum(v for k, v in d.items() if re.match(pat, k))
+    look = tot(r"postsift_dns_lookups_total\{")
+    ans = tot(r'postsift_dns_lookups_total\{outcome="answer"')
+    dsum, dcnt = tot(r"postsift_dns_lookup_duration_seconds_sum"), tot(r"postsift_dns_lookup_duration_seconds_count")
+    hit, miss = tot(r'postsift_dns_cache_requests_total\{result="hit"'), tot(r'postsift_dns_cache_requests_total\{result="miss"')
+    return {
+        "n": n,
+        "mean_ms": 1000 * d.get("postsift_auth_duration_seconds_sum", 0) / n,
+        "p50_ms": 1000 * (hist_quantile(d, "postsift_auth_duration_seconds", 0.5) or 0),
+        "p99_ms": 1000 * (hist_quantile(d, "postsift_auth_duration_seconds", 0.99) or 0),
+        "lookups": look / n,
+        "answered": ans / n,
+        "lookup_ms": 1000 * dsum / dcnt if dcnt else None,
+        "lookup_sum_ms": 1000 * dsum / n,
+        "hit_ratio": hit / (hit + miss) if hit + miss else None,
+        "cache_req": (hit + miss) / n,
+    }
+
+
+def dns_count(path):
+    if not os.path.exists(path):
+        return None
+    return sum(int(v) for v in re.findall(r"=(\d+)", open(path).read()))
+
+
+def log_scan_ms(work, tag):
+    xs = []
+    path = os.path.join(work, "auth", "metrics", f"{tag}.log")
+    if os.path.exists(path):
+        for line in open(path):
+            m = re.search(r" scan_ms=(\d+)", line)
+            if m:
+                xs.append(int(m.group(1)))
+    return xs
+
+
+def auth_section(work, rows, meta, TR):
+    """The mail-authentication comparison: warm pairs (auth-warm / auth-off) and cold runs."""
+    L = []
+    w = L.append
+    R = [r for r in rows if r["filter"] in AUTH_FILTERS]
+    if not R:
+        return L
+    delay = meta.get("knob_DNS_DELAY_MS", "?")
+    byk = {}
+    for r in R:
+        byk.setdefault((r["setting"].split(";")[0] + (";cold-pair" if "cold-pair" in r["setting"] else ""),
+                        int(r["conc"])), []).append(r)
+
+    def cell(setting, conc):
+        rs = byk.get((setting, conc), [])
+        if not rs:
+            return None
+        d = summarize((rs[0]["filter"], "noscan", setting, int(rs[0]["size"]), conc), rs)
+        d["runs"] = len(rs)
+        d["mps"] = median([fnum(r["mps"]) for r in rs])
+        d["cpu_ms"] = median([fnum(r.get("cpu_filter_ms")) for r in rs])
+        d["load1"] = median([fnum(r.get("load1")) for r in rs])
+        d["by_run"] = {int(r["run"]): r for r in rs}
+        return d
+
+    w("## Mail authentication: `[auth]` on and off, warm and cold DNS cache")
+    w("")
+    w("Three postsifts in noscan mode (no clamd, no spam engine: only the authentication differs; the "
+      "MIME walk runs in all three) side by side: `auth-warm` (`[auth] enabled = true`, `[dns] servers` = "
+      "a private unbound on loopback), `auth-off` (`[auth] enabled = false`) and `auth-cold` (`[auth]` on, "
+      f"`[dns]` = `bench/dnsdelay.py` in front of the same unbound, {delay} ms before each query is passed "
+      "on). loadgen sends `bench/authmsg.py`'s DKIM-signed message (rsa-sha256 2048 bit, relaxed/relaxed, "
+      f"{R[0]['size']} bytes) with `XFORWARD ADDR=192.0.2.10 HELO=mx.<domain>`; SPF (MAIL FROM and HELO), "
+      "DKIM and DMARC pass, ARC is none. The warm domain's records have TTL 3600 (after the first message "
+      "every lookup is a hit in postsift's cache); the cold domain's have TTL 0 and its zone's negative "
+      "TTL is 0, so every lookup of every cold message is a DNS query with one round trip.")
+    w("")
+    w("### Warm cache: CPU and latency, `[auth]` on against off (runs alternating)")
+    w("")
+    w("CPU = user + system time of the postsift process over the run / messages (loadgen runs); "
+      "on − off = median over run numbers of (auth run r − off run r). Latency: loadgen, connect → "
+      "reply to the final dot. auth ms: `postsift_auth_duration_seconds` over the run (mean; p50/p99 "
+      "interpolated in its buckets).")
+    w("")
+    w("| conc | runs × msgs | msgs/s on / off | postsift CPU ms/msg on / off | on − off ms (range) | "
+      "p50 ms on / off | p99 ms on / off | auth ms mean (p50 / p99) | DNS cache hit % | lookups/msg | "
+      "load1 | other work % on / off (max) | exactly once |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for conc in sorted({k[1] for k in byk if k[0] == "auth-warm"}):
+        on, off = cell("auth-warm", conc), cell("auth-off", conc)
+        if not (on and off):
+            continue
+        diffs = [fnum(on["by_run"][r].get("cpu_filter_ms")) - fnum(off["by_run"][r].get("cpu_filter_ms"))
+                 for r in on["by_run"] if r in off["by_run"]
+                 and fnum(on["by_run"][r].get("cpu_filter_ms")) is not None
+                 and fnum(off["by_run"][r].get("cpu_filter_ms")) is not None]
+        st = [auth_stats(prom_delta(work, f"auth-warm-c{conc}-r{r}")) for r in sorted(on["by_run"])]
+        st = [x for x in st if x]
+        am = median([x["mean_ms"] for x in st])
+        hr = median([x["hit_ratio"] for x in st if x["hit_ratio"] is not None])
+        lk = median([x["lookups"] for x in st])
+        dm = median(diffs)
+        once = "yes" if on["once"].startswith("yes") and off["once"].startswith("yes") else f"on: {on['once']}; off: {off['once']}"
+        w(f"| {conc} | {on['runs']}×{on['msgs']} | {fmt(on['mps'])} / {fmt(off['mps'])} | "
+          f"{fmt(on['cpu_ms'], 2)} / {fmt(off['cpu_ms'], 2)} | "
+          f"{'–' if dm is None else f'{dm:+.2f}'} ({fmt(min(diffs, default=None), 2)} … {fmt(max(diffs, default=None), 2)}) | "
+          f"{fmt(on['lg_p50_ms'], 2)} / {fmt(off['lg_p50_ms'], 2)} | {fmt(on['lg_p99_ms'], 2)} / {fmt(off['lg_p99_ms'], 2)} | "
+          f"{fmt(am, 2)} ({fmt(median([x['p50_ms'] for x in st]), 2)} / {fmt(median([x['p99_ms'] for x in st]), 2)}) | "
+          f"{fmt(None if hr is None else 100 * hr, 1)} | {fmt(lk, 2)} | {fmt(on['load1'], 2)} | "
+          f"{fmt(on['foreign_pct'], 0)} / {fmt(off['foreign_pct'], 0)} ({fmt(max(on['foreign_max'] or 0, off['foreign_max'] or 0), 0)}) | {once} |")
+        TR.append((f"postsift's own CPU per message, [auth] on (warm cache) − off, DKIM-signed {size_label(on['size'])}, "
+                   f"{conc} session(s) — target ≤ 0.3 ms",
+                   f"{'–' if dm is None else f'{dm:+.2f}'} ms ({fmt(on['cpu_ms'], 2)} on / {fmt(off['cpu_ms'], 2)} off; "
+                   f"paired runs {fmt(min(diffs, default=None), 2)} … {fmt(max(diffs, default=None), 2)}) — "
+                   + ("met" if dm is not None and dm <= 0.3 else "not met")))
+    w("")
+    w(f"### Cold cache: every lookup a DNS query, {delay} ms round trip")
+    w("")
+    w("auth ms: `postsift_auth_duration_seconds` (mean exact; p50/p99 interpolated in its buckets); "
+      "scan_ms: the cold postsift's log line (noscan: the authentication, with the MIME walk beside it; "
+      "whole ms). round trip: the mean of `postsift_dns_lookup_duration_seconds` over the run (the "
+      f"{delay} ms of dnsdelay.py plus its and unbound's own time). lookups/msg and their summed "
+      "latency per message: `postsift_dns_lookups_total` and the duration histogram's sum. DNS "
+      "queries/msg: what dnsdelay.py passed on to unbound during the run, per message (fewer than the "
+      "lookups when concurrent messages ask the same name at once: the resolver sends one query for "
+      "them all). "
+      "in round trips = auth mean / round trip. added p50 = loadgen p50 of auth-cold − auth-off in "
+      "runs alternating with it (same load, the warm message).")
+    w("")
+    w("| conc | runs × msgs | auth ms mean (p50 / p99) | scan_ms p50 / p99 | round trip ms | lookups/msg (answered) | "
+      "sum of lookup ms/msg | DNS queries/msg | auth in round trips | loadgen p50 / p99 ms cold / off | added p50 ms | load1 | other work % | exactly once |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for conc in sorted({k[1] for k in byk if k[0] == "auth-cold"}):
+        co, off = cell("auth-cold", conc), cell("auth-off;cold-pair", conc)
+        if not co:
+            continue
+        st = [auth_stats(prom_delta(work, f"auth-cold-c{conc}-r{r}")) for r in sorted(co["by_run"])]
+        st = [x for x in st if x]
+        if not st:
+            continue
+        scan = [x for r in sorted(co["by_run"]) for x in log_scan_ms(work, f"auth-cold-c{conc}-r{r}")]
+        qpm = []  # DNS queries dnsdelay.py passed on, per message (runs alternate: only ours)
+        for r in sorted(co["by_run"]):
+            q = [dns_count(os.path.join(work, "auth", "metrics", f"auth-cold-c{conc}-r{r}-{x}.dns")) for x in ("before", "after")]
+            if None not in q and int(co["by_run"][r]["ok"] or 0):
+                qpm.append((q[1] - q[0]) / int(co["by_run"][r]["ok"]))
+        g = lambda k: median([x[k] for x in st if x[k] is not None])
+        am, rt = g("mean_ms"), g("lookup_ms")
+        ratio = am / rt if am and rt else None
+        added = (co["lg_p50_ms"] - off["lg_p50_ms"]) if off and co["lg_p50_ms"] is not None and off["lg_p50_ms"] is not None else None
+        once = "yes" if co["once"].startswith("yes") and (not off or off["once"].startswith("yes")) else f"cold: {co['once']}; off: {off and off['once']}"
+        w(f"| {conc} | {co['runs']}×{co['msgs']} | {fmt(am, 1)} ({fmt(g('p50_ms'), 1)} / {fmt(g('p99_ms'), 1)}) | "
+          f"{fmt(pct(scan, 50), 0)} / {fmt(pct(scan, 99), 0)} | {fmt(rt, 1)} | {fmt(g('lookups'), 2)} ({fmt(g('answered'), 2)}) | "
+          f"{fmt(g('lookup_sum_ms'), 1)} | {fmt(median(qpm), 2)} | {fmt(ratio, 2)} | "
+          f"{fmt(co['lg_p50_ms'], 1)} / {fmt(co['lg_p99_ms'], 1)} · {fmt(off and off['lg_p50_ms'], 1)} / {fmt(off and off['lg_p99_ms'], 1)} | "
+          f"{fmt(added, 1)} | {fmt(co['load1'], 2)} | {fmt(co['foreign_pct'], 0)} ({fmt(co['foreign_max'], 0)}) | {once} |")
+        TR.append((f"cold cache, {conc} session(s): authentication latency against one DNS round trip "
+                   "(target: one round trip per lookup chain, not their sum)",
+                   f"{fmt(am, 1)} ms mean = {fmt(ratio, 2)} round trips of {fmt(rt, 1)} ms; "
+                   f"{fmt(g('lookups'), 1)} lookups per message, their latencies summing to {fmt(g('lookup_sum_ms'), 1)} ms"))
+    w("")
+    w("Lookup chains of the cold message (each step waits for the one before): SPF MAIL FROM "
+      "`cold.test` TXT → `include:_spf.cold.test` TXT (2); SPF HELO `mx.cold.test` TXT (1); DKIM "
+      "`bench._domainkey.cold.test` TXT (1); DMARC `_dmarc.cold.test` TXT → `_dmarc.test` TXT "
+      "(DMARCbis tree walk, NXDOMAIN) (2); ARC: no ARC headers (0). Six lookups; the longest chain "
+      "is 2 deep. All concurrent: about 2 round trips; SPF, DKIM and ARC concurrent and DMARC after "
+      "them (how `src/scan/auth.rs` runs them: `tokio::join!` of SPF, SPF HELO, DKIM and ARC, then "
+      "`verify_dmarc`, which needs their results): about 4; all one after another: 6.")
+    w("")
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -245,6 +461,7 @@ def main():
     mem_rows = [r for r in rows if r["filter"].endswith("-mem")]
     info_rows = [r for r in rows if r["filter"] == "postsift-info"]
     walk_rows = [r for r in rows if r["filter"] in WALK_FILTERS]
+    auth_rows = [r for r in rows if r["filter"] in AUTH_FILTERS]
     W = walk_cells(walk_rows)
     C = {k: summarize(k, v) for k, v in cells(grid_rows).items()}
     ordered = sorted(C.values(), key=lambda d: (MODE_ORDER.get(d["mode"], 9), d["size"], d["conc"],
@@ -396,6 +613,7 @@ def main():
     for (f, st), r in sorted(MEM.items()):
         TR.append((f"peak RSS {f.replace('-mem', '')}, {st.replace('sessions=', '')} session(s) × {size_label(r['size'])}",
                    f"{fmt(mib(fnum(r['rss_kb'])))} MiB ({r['ok']}/{r['msgs']} delivered, {r['nprocs']} procs)"))
+    AUTH_L = auth_section(a.work, auth_rows, meta, TR)
     w("| target | value |")
     w("|---|---|")
     for k, v in TR:
@@ -432,6 +650,8 @@ def main():
                   f"{fmt(wk['lg_p99_ms'])} / {fmt(wh['lg_p99_ms'])} | {fmt(wk['load1'], 2)} | "
                   f"{fmt(wk['foreign_pct'], 0)} / {fmt(wh['foreign_pct'], 0)} ({fmt(max(wk['foreign_max'] or 0, wh['foreign_max'] or 0), 0)}) | {once} |")
         w("")
+
+    L.extend(AUTH_L)
 
     # --- added latency detail
     if AL:
@@ -533,7 +753,7 @@ def main():
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
         # the amavisd sweep and the memory runs, same columns
-        for k, v in sorted(cells(sweep_rows + info_rows + mem_rows + walk_rows).items()):
+        for k, v in sorted(cells(sweep_rows + info_rows + mem_rows + walk_rows + auth_rows).items()):
             d = summarize(k, v)
             cw.writerow([meta.get("postsift_rev", ""), meta.get("nproc", "")] +
                         [("" if d[c] is None else (f"{d[c]:.3f}" if isinstance(d[c], float) else d[c])) for c in cols])
@@ -543,6 +763,7 @@ def main():
         shutil.copyfile(os.path.join(a.out, f"{a.ts}.csv"), os.path.join(a.out, "latest.csv"))
     sys.stdout.write(md)
     bad = [d for d in ordered + list(W.values()) if not d["once"].startswith("yes")]
+    bad += [d for d in (summarize(k, v) for k, v in cells(auth_rows).items()) if not d["once"].startswith("yes")]
     return 1 if bad else 0
 
 
