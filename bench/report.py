@@ -491,7 +491,7 @@ def main():
     for p, label in [("postfix", "postfix (smtp-source, smtp-sink)"), ("amavisd-new", "amavisd-new"),
                      ("clamav-daemon", "clamav-daemon"), ("libclamav12", "libclamav12"),
                      ("spamassassin", "spamassassin"), ("spamd", "spamd"), ("rspamd", "rspamd"), ("perl", "perl"),
-                     ("libnet-server-perl", "libnet-server-perl")]:
+                     ("libnet-server-perl", "libnet-server-perl"), ("unbound", "unbound (auth comparison)")]:
         w(f"| {label} | {meta.get('pkg_' + p, '?') or '–'} |")
     w(f"| amavisd -V | {meta.get('amavisd_version', '?')} |")
     w("")
