@@ -20,6 +20,8 @@ const EX_USAGE: u8 = 64;
 /// sysexits.h: the daemon to signal is not there.
 const EX_UNAVAILABLE: u8 = 69;
 const EX_IOERR: u8 = 74;
+/// sysexits.h: an output file cannot be created.
+const EX_CANTCREAT: u8 = 73;
 /// sysexits.h: a temporary failure (a release the next hop did not take).
 const EX_TEMPFAIL: u8 = 75;
 
@@ -80,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         action: GreylistAction,
     },
+    /// DKIM keys for `[dkim_sign]`.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// The quarantine in `quarantine.dir` (works beside the running daemon and on a stopped
     /// one's files).
     Quarantine {
@@ -135,6 +142,33 @@ enum QuarantineAction {
 }
 
 #[derive(Subcommand)]
+enum DkimAction {
+    /// Writes a new private key (PEM, mode 0600) and prints the DNS TXT record to publish at
+    /// `<selector>._domainkey.<domain>`; then add a `[[dkim_sign.keys]]` entry for it.
+    Genkey {
+        /// The domain it signs for (the From domain, the signature's d=).
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=), e.g. the year and month: "202612".
+        #[arg(long)]
+        selector: String,
+        /// "rsa-sha256" or "ed25519-sha256" (not every verifier knows Ed25519 yet: publish an
+        /// RSA key beside it).
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// The private key file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum GreylistAction {
     /// Print every triplet and auto-whitelisted client, one a line.
     List,
@@ -147,6 +181,9 @@ enum GreylistAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Dkim { action } = cli.command {
+        return dkim(action);
+    }
     let config_path = match &cli.command {
         Command::Run { config }
         | Command::CheckConfig { config }
@@ -154,6 +191,7 @@ fn main() -> ExitCode {
         | Command::Scan { config, .. }
         | Command::Greylist { config, .. }
         | Command::Quarantine { config, .. } => config.clone(),
+        Command::Dkim { .. } => unreachable!("handled above"),
     };
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
@@ -209,6 +247,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dkim { .. } => unreachable!("handled above"),
         Command::Greylist { action, .. } => match greylist(&config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -249,6 +288,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `postsift dkim genkey`: no configuration needed. Exit 64 for a bad argument or an existing
+/// file, 73 (EX_CANTCREAT) when the file cannot be written.
+fn dkim(action: DkimAction) -> ExitCode {
+    use postsift::config::SignAlgorithm;
+    use postsift::sign;
+    let DkimAction::Genkey {
+        domain,
+        selector,
+        algorithm,
+        bits,
+        out,
+        force,
+    } = action;
+    let algorithm = match algorithm.as_str() {
+        "rsa-sha256" => SignAlgorithm::RsaSha256,
+        "ed25519-sha256" => SignAlgorithm::Ed25519Sha256,
+        other => {
+            eprintln!("postsift: --algorithm {other:?}: expected rsa-sha256 or ed25519-sha256");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    if !name_ok(&domain) || !name_ok(&selector) {
+        eprintln!("postsift: --domain and --selector take letters, digits, '-', '.' and '_'");
+        return ExitCode::from(EX_USAGE);
+    }
+    let generated = match sign::generate(algorithm, bits) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("postsift: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Err(e) = sign::write_key(&out, &generated.pem, force) {
+        eprintln!("postsift: {e}");
+        return ExitCode::from(match e {
+            sign::Error::Exists(_) => EX_USAGE,
+            _ => EX_CANTCREAT,
+        });
+    }
+    eprintln!(
+        "postsift: private key written to {} (mode 0600); publish this record, then add to \
+         postsift.toml:\n\n[[dkim_sign.keys]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\n\
+         key = \"{}\"\nalgorithm = \"{}\"\n",
+        out.display(),
+        out.display(),
+        algorithm.name()
+    );
+    println!(
+        "{}",
+        sign::txt_record(&domain, &selector, &generated.record)
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_logging(config: &Config) {

@@ -271,6 +271,14 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
                 one_line(why)
             ),
         ),
+        Tempfail::Sign(why) => Reply::new(
+            451,
+            "4.3.0",
+            format!(
+                "Error in processing, id={id}, dkim_sign FAILED: {}",
+                one_line(why)
+            ),
+        ),
     }
 }
 
