@@ -73,6 +73,10 @@ enum Command {
         /// The envelope sender (MAIL FROM), for SPF and DMARC.
         #[arg(long, default_value = "")]
         mail_from: String,
+        /// Treat it as outgoing mail: show the DKIM-Signature `[dkim_sign]` would add (with
+        /// signing enabled and a key for the From domain).
+        #[arg(long)]
+        dkim_sign: bool,
         message: PathBuf,
     },
     /// The greylisting store named by `greylist.store` (works beside the running daemon).
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
             client_ip,
             helo,
             mail_from,
+            dkim_sign,
             ..
         } => {
             init_logging(&config);
@@ -279,7 +284,7 @@ fn main() -> ExitCode {
                 helo,
                 mail_from,
             };
-            match scan(config, &message, client) {
+            match scan(config, &message, client, dkim_sign) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("postsift: {e:#}");
@@ -716,6 +721,7 @@ fn scan(
     config: Config,
     path: &std::path::Path,
     client: postsift::scan::auth::Client,
+    dkim_sign: bool,
 ) -> anyhow::Result<u8> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let msg = Message::from_bytes(&data);
@@ -756,7 +762,27 @@ fn scan(
             listener: None,
             protocol: "ESMTP",
         };
-        let block = filter::header_block(&shared, &decision, &hop, "scan", &msg);
+        let mut block = filter::header_block(&shared, &decision, &hop, "scan", &msg);
+        if dkim_sign {
+            use postsift::sign::{self, Signed};
+            let mut c = shared.config.dkim_sign.clone();
+            // As if an originating listener had it; `enabled` still decides.
+            c.by_bank = Some(true);
+            if !sign::wanted(&c, None, None) {
+                println!("dkim_sign:  off ([dkim_sign] enabled = false)");
+            } else {
+                match rt.block_on(sign::sign(&c, &block, &msg)) {
+                    Ok(Signed::Signed { headers, domain }) => {
+                        println!("dkim_sign:  signed for {domain} (signature on top, below)");
+                        block.splice(0..0, headers);
+                    }
+                    Ok(Signed::NoKey) => println!(
+                        "dkim_sign:  not signed: no single From address, or no key for its domain"
+                    ),
+                    Err(e) => println!("dkim_sign:  failed: {e}"),
+                }
+            }
+        }
         println!("---");
         print!("{}", String::from_utf8_lossy(&block));
     }

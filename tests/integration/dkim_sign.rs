@@ -349,7 +349,13 @@ async fn networks_listeners_keys_and_banks_decide_what_is_signed() {
     let sink = Capture::start().await;
     let bank = "[[policy]]\nname = \"nosign\"\nmatch.client = [\"192.0.2.99/32\"]\n\
                 dkim_sign = false\n";
-    let (f, originating) = start_two(&sign_config(&sink, bank)).await;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
+    let toml = sign_config(&sink, bank).replacen(
+        "[metrics]\nlisten = \"\"",
+        &format!("[metrics]\nlisten = \"{metrics}\""),
+        1,
+    );
+    let (f, originating) = start_two(&toml).await;
     let from = "ann@sign.test";
     let cases: [(SocketAddr, Option<&str>, &str, bool); 7] = [
         (f.addr, None, from, false),
@@ -378,6 +384,16 @@ async fn networks_listeners_keys_and_banks_decide_what_is_signed() {
             // Unsigned, and otherwise unharmed.
             assert!(t.text().ends_with("\r\n\r\nHello.\r\n"), "case {i}");
         }
+    }
+    // Counted per outgoing copy: the two signed, the one without a key; inbound mail not at all.
+    let (_, text) = crate::util::http_get(metrics, "/metrics").await;
+    for line in [
+        "postsift_dkim_signed_total{result=\"signed\"} 2",
+        "postsift_dkim_signed_total{result=\"no_key\"} 1",
+        "postsift_dkim_signed_total{result=\"error\"} 0",
+        "postsift_dkim_sign_duration_seconds_count 2",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
     }
     f.stop().await;
 }
@@ -471,4 +487,41 @@ fn bad_keys_are_named_and_genkey_keeps_existing_files() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert_eq!(std::fs::read_to_string(&junk).unwrap(), "not a key\n");
+}
+
+/// `postsift scan --dkim-sign` shows the signature outgoing mail would get, on top of the
+/// header block.
+#[test]
+fn scan_shows_the_signature_it_would_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[auth]\nenabled = false\n\
+             [metrics]\nlisten = \"\"\n[dkim_sign]\nenabled = true\n\
+             [[dkim_sign.keys]]\ndomain = \"sign.test\"\nselector = \"r2048\"\nkey = \"{}\"\n",
+            world().key("r2048.sign.test.pem").display()
+        ),
+    )
+    .unwrap();
+    let msg = dir.path().join("m.eml");
+    let scan = |from: &str| {
+        std::fs::write(&msg, message(from, "scan", "Hello.\r\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+            .args(["scan", "--dkim-sign", "--config"])
+            .arg(&cfg)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = scan("ann@sign.test");
+    assert!(out.contains("dkim_sign:  signed for sign.test"), "{out}");
+    let block = out.split("---\n").nth(1).unwrap();
+    assert!(block.starts_with("DKIM-Signature: "), "{out}");
+    let out = scan("ann@nokey.test");
+    assert!(out.contains("dkim_sign:  not signed"), "{out}");
+    assert!(!out.contains("DKIM-Signature"), "{out}");
 }
