@@ -375,6 +375,16 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_dkim_signature_is_a_tempfail_naming_it() {
+        let o = Outcome::Tempfailed(Tempfail::Sign("spool unreadable".into()));
+        let r = for_outcome("abc", &o, false, 1);
+        assert_eq!(
+            wire(&r[0]),
+            "451 4.3.0 Error in processing, id=abc, dkim_sign FAILED: spool unreadable\r\n"
+        );
+    }
+
+    #[test]
     fn single_and_multi_line() {
         assert_eq!(wire(&ok()), "250 2.0.0 Ok\r\n");
         let r = Reply::raw(250, "mx\nPIPELINING\nSIZE 10");

@@ -525,3 +525,38 @@ fn scan_shows_the_signature_it_would_add() {
     assert!(out.contains("dkim_sign:  not signed"), "{out}");
     assert!(!out.contains("DKIM-Signature"), "{out}");
 }
+
+/// Recipients in two policy groups (a bank switches signing off for one recipient domain), over
+/// SMTP (both copies sent together) and LMTP (each on its own): each copy is signed, or not,
+/// over its own header block, and the signed one verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_recipient_group_gets_its_own_signature() {
+    let sink = Capture::start().await;
+    let bank = "[[policy]]\nname = \"partner\"\nmatch.recipient_domain = [\"partner.test\"]\n\
+                dkim_sign = false\nspam.subject_tag = \"[partner spam] \"\n";
+    let (f, originating) = start_two(&sign_config(&sink, bank)).await;
+    let rcpts = ["b@example.net", "p@partner.test"];
+    for lmtp in [false, true] {
+        let before = sink.count();
+        let data = message("ann@sign.test", &format!("groups-{lmtp}"), "Hello.\r\n");
+        let mut c = Client::greeted(originating).await;
+        let replies = c
+            .transaction(lmtp, "ann@sign.test", &rcpts, data.as_bytes())
+            .await;
+        assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
+        let all = sink.wait_for(before + 2).await;
+        let copy = |rcpt: &str| {
+            all[before..]
+                .iter()
+                .find(|t| t.rcpts.iter().any(|r| r.contains(rcpt)))
+                .unwrap_or_else(|| panic!("no copy for {rcpt}"))
+                .clone()
+        };
+        let ours = copy("b@example.net");
+        assert_eq!(signatures(&ours).len(), 1, "lmtp={lmtp}");
+        assert_eq!(dkimpy(&ours.data), ["pass"], "lmtp={lmtp}");
+        let theirs = copy("p@partner.test");
+        assert!(signatures(&theirs).is_empty(), "lmtp={lmtp}");
+    }
+    f.stop().await;
+}
