@@ -1544,6 +1544,40 @@ impl Config {
                     .to_owned(),
             );
         }
+        out.extend(self.dkim_sign_warnings());
+        out
+    }
+
+    /// `[dkim_sign]` written so that nothing is ever signed.
+    fn dkim_sign_warnings(&self) -> Vec<String> {
+        let d = &self.dkim_sign;
+        let mut out = Vec::new();
+        if !d.enabled {
+            if !d.keys.is_empty() {
+                out.push(
+                    "[[dkim_sign.keys]] are not used: dkim_sign.enabled is false, so nothing is \
+                     signed"
+                        .to_owned(),
+                );
+            }
+            return out;
+        }
+        if d.keys.is_empty() {
+            out.push(
+                "dkim_sign.enabled is true but no [[dkim_sign.keys]] are configured: nothing is \
+                 signed"
+                    .to_owned(),
+            );
+        }
+        let by_bank = self.policy.iter().any(|b| b.dkim_sign == Some(true));
+        if d.originating_listeners.is_empty() && d.networks.is_empty() && !by_bank {
+            out.push(
+                "dkim_sign.enabled is true but no mail is outgoing: set \
+                 dkim_sign.originating_listeners or dkim_sign.networks, or dkim_sign = true in a \
+                 [[policy]] bank"
+                    .to_owned(),
+            );
+        }
         out
     }
 
@@ -1650,6 +1684,40 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, Error> {
         Config::parse(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn dkim_sign_that_signs_nothing_warns() {
+        let w = |t: &str| parse(t).unwrap().warnings().join("\n");
+        assert_eq!(w("[dkim_sign]\nenabled = false\n"), "");
+        assert!(w("[dkim_sign]\nenabled = true\n").contains("no [[dkim_sign.keys]]"));
+        assert!(w("[dkim_sign]\nenabled = true\n").contains("no mail is outgoing"));
+        let banked = "[dkim_sign]\nenabled = true\n[[policy]]\nname = \"o\"\n\
+                      match.client = [\"192.0.2.0/24\"]\ndkim_sign = true\n";
+        assert!(!w(banked).contains("no mail is outgoing"), "{}", w(banked));
+        let e = parse("[dkim_sign]\noriginating_listeners = [\"127.0.0.1:10026\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dkim_sign.originating_listeners`"), "{e}");
+        let e = parse("[dkim_sign]\nheaders = [\"To\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dkim_sign.headers`"), "{e}");
+        let e = parse(
+            "[[dkim_sign.keys]]\ndomain = \"a b\"\nselector = \"s\"\nkey = \"/nonexistent\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`dkim_sign.keys[0].domain`"), "{e}");
+        let e = parse(
+            "[[dkim_sign.keys]]\ndomain = \"a.test\"\nselector = \"s\"\nkey = \"/nonexistent\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`dkim_sign.keys[0].key`") && e.contains("/nonexistent"),
+            "{e}"
+        );
     }
 
     #[test]
