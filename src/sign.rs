@@ -349,7 +349,7 @@ fn sign_blocking(
         }
     }
     let mut out = Vec::new();
-    // The last key's signature ends up on top; order among them does not matter.
+    // In key order, the first on top; verifiers check each on its own.
     for (s, k) in streams.into_iter().zip(keys) {
         let sig = s.finish().map_err(|e| failed(k, e.to_string()))?;
         out.extend_from_slice(sig.to_header().as_bytes());
