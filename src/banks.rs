@@ -134,6 +134,9 @@ pub fn effective(config: &Config, banks: &[usize]) -> Config {
         if let Some(r) = &b.banned.rules {
             c.banned.rules = Some(r.clone());
         }
+        if let Some(v) = b.dkim_sign {
+            c.dkim_sign.by_bank = Some(v);
+        }
         let p = &b.parts;
         for (to, v) in [
             (&mut c.parts.on_max_parts, p.on_max_parts),
@@ -207,7 +210,7 @@ pub fn describe(config: &Config, i: usize) -> String {
         "\n  virus check: {}, spam check: {}\n  spam: tag_level={} tag2_level={} kill_level={} \
          quarantine_level={} subject_tag={:?} action={}\n  actions: virus={} banned={}, \
          banned rules: {}\n  unchecked: on_max_parts={} on_max_decoded_bytes={} \
-         on_max_depth={} on_ratio={} on_encrypted={}",
+         on_max_depth={} on_ratio={} on_encrypted={}\n  dkim_sign: {}",
         on(e.clamd.endpoints.is_empty()),
         on(match e.spam.engine {
             crate::config::SpamEngine::Spamd => e.spamd.endpoints.is_empty(),
@@ -231,6 +234,12 @@ pub fn describe(config: &Config, i: usize) -> String {
         unchecked(e.parts.on_max_depth),
         unchecked(e.parts.on_ratio),
         unchecked(e.parts.on_encrypted),
+        match (e.dkim_sign.enabled, e.dkim_sign.by_bank) {
+            (false, _) => "off ([dkim_sign] enabled = false)",
+            (true, Some(true)) => "on (for a From domain with a key)",
+            (true, Some(false)) => "off (by this bank)",
+            (true, None) => "as [dkim_sign] decides",
+        },
     );
     out
 }

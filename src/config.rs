@@ -28,6 +28,13 @@ pub enum Error {
         key: &'static str,
         message: String,
     },
+    /// Like `Invalid`, for a key inside an array of tables (`dkim_sign.keys[1].key`).
+    #[error("{path}: invalid value for `{key}`: {message}")]
+    InvalidAt {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -49,6 +56,7 @@ pub struct Config {
     pub quarantine: Quarantine,
     pub dns: Dns,
     pub auth: Auth,
+    pub dkim_sign: DkimSign,
     /// `[[policy]]`: policy banks, applied in order on top of the settings above (see
     /// [`crate::banks`]). Default: none.
     pub policy: Vec<Bank>,
@@ -675,9 +683,11 @@ pub struct Bank {
     pub virus: BankVirus,
     pub banned: BankBanned,
     pub parts: BankParts,
-    // DKIM signing (`[dkim_sign]`) and DMARC enforcement (`[auth]`) are switched per bank by
-    // the authentication work when it lands: an optional `dkim_sign` / `dmarc_enforce` key
-    // here, merged like the others in `banks::effective`.
+    /// DKIM-sign the mail this bank matches (`true`, even if neither `[dkim_sign]
+    /// originating_listeners` nor `networks` matches it) or not (`false`, even if they do).
+    /// `[dkim_sign] enabled` must still be true and a key exist for the From domain.
+    /// Default: unset (the listeners and networks decide).
+    pub dkim_sign: Option<bool>,
 }
 
 /// `[policy.match]`. Listener, client and sender are the message's; `recipient` and
@@ -895,6 +905,112 @@ impl Default for Auth {
     }
 }
 
+/// What a DKIM signing failure does (`[dkim_sign] on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignOnError {
+    /// Logged and counted; the message goes on unsigned.
+    Pass,
+    /// `451 4.3.0`: the client keeps the message and retries.
+    Tempfail,
+}
+
+/// The signing algorithm of a `[[dkim_sign.keys]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SignAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl SignAlgorithm {
+    /// As the file and the `a=` tag write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignAlgorithm::RsaSha256 => "rsa-sha256",
+            SignAlgorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+}
+
+/// `[dkim_sign]`: DKIM signatures on outgoing mail (see [`crate::sign`]). A message is signed
+/// when signing is enabled, it came in on an originating listener or from a client in
+/// `networks` (or a policy bank says `dkim_sign = true`), and a key is configured for the
+/// domain of its one `From:` address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DkimSign {
+    /// Sign at all. Default false.
+    pub enabled: bool,
+    /// Addresses from `server.listen` whose mail is outgoing (amavis's ORIGINATING bank on
+    /// `127.0.0.1:10026`). Default `[]`.
+    pub originating_listeners: Vec<SocketAddr>,
+    /// Networks of the original client (XFORWARD ADDR) whose mail is outgoing, e.g. your
+    /// `mynetworks`. A message without XFORWARD ADDR, or with `[UNAVAILABLE]`, matches none.
+    /// Default `[]`.
+    pub networks: Vec<IpNet>,
+    /// `"pass"` (default: the message goes on unsigned, logged and counted) or `"tempfail"`
+    /// (`451 4.3.0`, the client retries).
+    pub on_error: SignOnError,
+    /// The header fields signed, those present in the message (each instance), in this order.
+    /// Default: From, To, Cc, Subject, Date, Message-ID, Reply-To, In-Reply-To, References,
+    /// MIME-Version, Content-Type, Content-Transfer-Encoding and the List-* fields.
+    pub headers: Vec<String>,
+    /// Sign `From` once more than it occurs, so that a second From added on the way breaks
+    /// the signature. Default true.
+    pub oversign_from: bool,
+    /// Keys, one or more per domain (each signs: RSA and Ed25519 side by side). Default none.
+    pub keys: Vec<DkimKey>,
+    /// Set by a policy bank's `dkim_sign` (`banks::effective`), never by the file.
+    #[serde(skip)]
+    pub by_bank: Option<bool>,
+    /// The keys, loaded and checked at load (`Config::parse`); shared by clones.
+    #[serde(skip)]
+    pub loaded: crate::sign::Keys,
+}
+
+impl Default for DkimSign {
+    fn default() -> Self {
+        DkimSign {
+            enabled: false,
+            originating_listeners: Vec::new(),
+            networks: Vec::new(),
+            on_error: SignOnError::Pass,
+            headers: crate::sign::DEFAULT_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            oversign_from: true,
+            keys: Vec::new(),
+            by_bank: None,
+            loaded: crate::sign::Keys::default(),
+        }
+    }
+}
+
+/// One `[[dkim_sign.keys]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// The From domain it signs for, and the signature's `d=` (exact: a key for example.com
+    /// does not sign mail from sub.example.com). Required.
+    pub domain: String,
+    /// The `s=` selector; the public key is published at `<selector>._domainkey.<domain>`.
+    /// Required.
+    pub selector: String,
+    /// The private key: a PEM file (RSA in PKCS#1 or PKCS#8, Ed25519 in PKCS#8), as `postsift
+    /// dkim genkey` writes it. Required.
+    pub key: PathBuf,
+    /// `"rsa-sha256"` (default) or `"ed25519-sha256"`; must be the key's kind.
+    #[serde(default = "rsa_sha256")]
+    pub algorithm: SignAlgorithm,
+}
+
+fn rsa_sha256() -> SignAlgorithm {
+    SignAlgorithm::RsaSha256
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -961,7 +1077,7 @@ impl Config {
     }
 
     /// Refuses what cannot work. Each check names exactly one key, the one to change.
-    fn validate(&self, path: &Path) -> Result<(), Error> {
+    fn validate(&mut self, path: &Path) -> Result<(), Error> {
         let bad = |key: &'static str, message: &str| Error::Invalid {
             path: path.to_owned(),
             key,
@@ -1049,6 +1165,7 @@ impl Config {
             }
         }
         self.validate_auth(&bad)?;
+        self.validate_dkim_sign(path)?;
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),
@@ -1161,6 +1278,85 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The signing keys are loaded here, so a bad key file stops `check-config`, `run` and a
+    /// reload, naming the entry.
+    fn validate_dkim_sign(&mut self, path: &Path) -> Result<(), Error> {
+        let at = |key: String, message: String| Error::InvalidAt {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let d = &self.dkim_sign;
+        if let Some(l) = d
+            .originating_listeners
+            .iter()
+            .find(|l| !self.server.listen.contains(l))
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                key: "dkim_sign.originating_listeners",
+                message: format!("{l} is not in server.listen, so no mail arrives there"),
+            });
+        }
+        if let Some(h) = d
+            .headers
+            .iter()
+            .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+        {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                key: "dkim_sign.headers",
+                message: format!("{h:?} is not a header field name"),
+            });
+        }
+        if !d.headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                key: "dkim_sign.headers",
+                message: "must include From (RFC 6376 5.4)".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for (i, k) in d.keys.iter().enumerate() {
+            let name = |field: &str| format!("dkim_sign.keys[{i}].{field}");
+            let domain_ok = |s: &str| {
+                !s.is_empty()
+                    && !s.starts_with('.')
+                    && !s.ends_with('.')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            };
+            if !domain_ok(&k.domain) {
+                return Err(at(
+                    name("domain"),
+                    format!("{:?} is not a domain", k.domain),
+                ));
+            }
+            if !domain_ok(&k.selector) {
+                return Err(at(
+                    name("selector"),
+                    format!(
+                        "{:?} is not a selector (letters, digits, '-', '.', '_')",
+                        k.selector
+                    ),
+                ));
+            }
+            if !seen.insert((
+                k.domain.to_ascii_lowercase(),
+                k.selector.to_ascii_lowercase(),
+            )) {
+                return Err(at(
+                    name("selector"),
+                    format!("{}/{} is configured twice", k.domain, k.selector),
+                ));
+            }
+        }
+        let loaded = crate::sign::Keys::load(&d.keys)
+            .map_err(|(i, e)| at(format!("dkim_sign.keys[{i}].key"), e.to_string()))?;
+        self.dkim_sign.loaded = loaded;
         Ok(())
     }
 
@@ -1348,6 +1544,40 @@ impl Config {
                     .to_owned(),
             );
         }
+        out.extend(self.dkim_sign_warnings());
+        out
+    }
+
+    /// `[dkim_sign]` written so that nothing is ever signed.
+    fn dkim_sign_warnings(&self) -> Vec<String> {
+        let d = &self.dkim_sign;
+        let mut out = Vec::new();
+        if !d.enabled {
+            if !d.keys.is_empty() {
+                out.push(
+                    "[[dkim_sign.keys]] are not used: dkim_sign.enabled is false, so nothing is \
+                     signed"
+                        .to_owned(),
+                );
+            }
+            return out;
+        }
+        if d.keys.is_empty() {
+            out.push(
+                "dkim_sign.enabled is true but no [[dkim_sign.keys]] are configured: nothing is \
+                 signed"
+                    .to_owned(),
+            );
+        }
+        let by_bank = self.policy.iter().any(|b| b.dkim_sign == Some(true));
+        if d.originating_listeners.is_empty() && d.networks.is_empty() && !by_bank {
+            out.push(
+                "dkim_sign.enabled is true but no mail is outgoing: set \
+                 dkim_sign.originating_listeners or dkim_sign.networks, or dkim_sign = true in a \
+                 [[policy]] bank"
+                    .to_owned(),
+            );
+        }
         out
     }
 
@@ -1454,6 +1684,40 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, Error> {
         Config::parse(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn dkim_sign_that_signs_nothing_warns() {
+        let w = |t: &str| parse(t).unwrap().warnings().join("\n");
+        assert_eq!(w("[dkim_sign]\nenabled = false\n"), "");
+        assert!(w("[dkim_sign]\nenabled = true\n").contains("no [[dkim_sign.keys]]"));
+        assert!(w("[dkim_sign]\nenabled = true\n").contains("no mail is outgoing"));
+        let banked = "[dkim_sign]\nenabled = true\n[[policy]]\nname = \"o\"\n\
+                      match.client = [\"192.0.2.0/24\"]\ndkim_sign = true\n";
+        assert!(!w(banked).contains("no mail is outgoing"), "{}", w(banked));
+        let e = parse("[dkim_sign]\noriginating_listeners = [\"127.0.0.1:10026\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dkim_sign.originating_listeners`"), "{e}");
+        let e = parse("[dkim_sign]\nheaders = [\"To\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dkim_sign.headers`"), "{e}");
+        let e = parse(
+            "[[dkim_sign.keys]]\ndomain = \"a b\"\nselector = \"s\"\nkey = \"/nonexistent\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`dkim_sign.keys[0].domain`"), "{e}");
+        let e = parse(
+            "[[dkim_sign.keys]]\ndomain = \"a.test\"\nselector = \"s\"\nkey = \"/nonexistent\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`dkim_sign.keys[0].key`") && e.contains("/nonexistent"),
+            "{e}"
+        );
     }
 
     #[test]

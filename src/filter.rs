@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::banks;
-use crate::config::{Config, SpamEngine};
+use crate::config::{Config, DkimSign, SignOnError, SpamEngine};
 use crate::message::{Envelope, Message};
 use crate::policy::{self, Category, Decision, Disposition, Tempfail};
 use crate::reinject::{Delivery, RcptResult};
 use crate::rewrite;
 use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
+use crate::sign::Signed;
 use crate::Shared;
 
 /// The client side of the hop into postsift, for the `Received:` line and the scanners.
@@ -321,10 +322,35 @@ async fn process(shared: &Shared, r: Received) -> Processed {
     let delivering: Vec<usize> = (0..groups.len())
         .filter(|&i| outcomes[i].is_none())
         .collect();
-    let blocks: Vec<Vec<u8>> = delivering
+    let mut blocks: Vec<Vec<u8>> = delivering
         .iter()
         .map(|&i| header_block_with(&configs[i], &judged[i].1, &r.hop, &r.id, &r.msg))
         .collect();
+    // Outgoing copies are signed over what goes out: the rewritten header block and the body.
+    let mut dkim: Vec<String> = vec!["-".into(); groups.len()];
+    for (&i, block) in delivering.iter().zip(blocks.iter_mut()) {
+        let c = &configs[i].dkim_sign;
+        if !crate::sign::wanted(c, r.hop.listener, xf.addr.as_deref()) {
+            continue;
+        }
+        dkim[i] = match dkim_sign(shared, c, block, &r.msg, &r.id).await {
+            Ok(word) => word,
+            Err(why) if c.on_error == SignOnError::Tempfail => {
+                m.tempfails.with_label_values(&["dkim_sign"]).inc();
+                outcomes[i] = Some(Outcome::Tempfailed(Tempfail::Sign(why)));
+                // Over SMTP the other copies are withheld: the client sends them all again.
+                failed = true;
+                lead.get_or_insert(i);
+                "error".into()
+            }
+            Err(_) => "error".into(),
+        };
+    }
+    let (delivering, blocks): (Vec<usize>, Vec<Vec<u8>>) = delivering
+        .into_iter()
+        .zip(blocks)
+        .filter(|(i, _)| outcomes[*i].is_none())
+        .unzip();
     if r.per_recipient || delivering.len() < 2 || failed {
         // Each group on its own (LMTP: each recipient has its own reply anyway).
         for (&i, block) in delivering.iter().zip(&blocks) {
@@ -390,7 +416,8 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         .zip(&judged)
         .zip(&outcomes)
         .zip(&envs)
-        .map(|(((g, (report, decision)), outcome), env)| {
+        .zip(dkim)
+        .map(|((((g, (report, decision)), outcome), env), dkim)| {
             LogLine::new(
                 &r,
                 env,
@@ -402,6 +429,7 @@ async fn process(shared: &Shared, r: Received) -> Processed {
                 received,
                 scan_time,
                 reinject_time,
+                dkim,
             )
         })
         .collect();
@@ -483,6 +511,41 @@ fn sub_envelope(env: &Envelope, rcpts: &[usize]) -> Envelope {
     Envelope {
         recipients: rcpts.iter().map(|&i| env.recipients[i].clone()).collect(),
         ..env.clone()
+    }
+}
+
+/// DKIM-signs one copy: the signatures go on top of `block`. Returns the log word (the
+/// signing domain, or `no_key`), or why signing failed (logged and counted here; the caller
+/// applies `on_error`).
+async fn dkim_sign(
+    shared: &Shared,
+    c: &DkimSign,
+    block: &mut Vec<u8>,
+    msg: &Message,
+    id: &str,
+) -> Result<String, String> {
+    let m = &shared.metrics.dkim_sign;
+    let start = Instant::now();
+    match crate::sign::sign(c, block, msg).await {
+        Ok(Signed::Signed { headers, domain }) => {
+            m.duration.observe(start.elapsed().as_secs_f64());
+            m.signed.with_label_values(&["signed"]).inc();
+            block.splice(0..0, headers);
+            Ok(domain)
+        }
+        Ok(Signed::NoKey) => {
+            m.signed.with_label_values(&["no_key"]).inc();
+            Ok("no_key".into())
+        }
+        Err(e) => {
+            m.signed.with_label_values(&["error"]).inc();
+            let action = match c.on_error {
+                SignOnError::Pass => "delivered unsigned",
+                SignOnError::Tempfail => "answering 451",
+            };
+            tracing::error!(%id, error = %e, "DKIM signing failed: {action}");
+            Err(e.to_string())
+        }
     }
 }
 
@@ -661,6 +724,8 @@ struct LogLine {
     parts: String,
     /// Mail authentication, one word per method (`-`: off).
     auth: String,
+    /// DKIM signing: the signing domain, `no_key`, `error`, or `-` (not outgoing mail).
+    dkim_signed: String,
     size: u64,
     receive: Duration,
     scan: Duration,
@@ -684,6 +749,7 @@ impl LogLine {
         receive: Duration,
         scan: Duration,
         reinject: Duration,
+        dkim_signed: String,
     ) -> LogLine {
         let (score, rules) = match &decision.spam {
             Some(s) => (rewrite::score(s.score), s.rules.len()),
@@ -760,6 +826,7 @@ impl LogLine {
                 .auth
                 .as_ref()
                 .map_or_else(|| "-".into(), auth_summary),
+            dkim_signed,
             size: r.msg.len(),
             receive,
             scan,
@@ -792,6 +859,7 @@ impl LogLine {
             banned = %self.banned,
             parts = %self.parts,
             auth = %self.auth,
+            dkim_signed = %self.dkim_signed,
             size = self.size,
             receive_ms = self.receive.as_millis() as u64,
             scan_ms = self.scan.as_millis() as u64,

@@ -20,7 +20,8 @@
 //! under the same accept loop, drain and metrics. [`config`] feeds every stage; [`metrics`]
 //! observes every stage and [`health`] probes the peers for `/readyz`. What policy sends to
 //! [`quarantine`] is stored durably before the client's 250, and released from there (CLI,
-//! AM.PDP) through the same reinjection. The client gets its reply
+//! AM.PDP) through the same reinjection. Outgoing mail is DKIM-signed by [`sign`] after its
+//! headers are rewritten, just before it is reinjected. The client gets its reply
 //! only after the reinjection server answered, so Postfix keeps the message until it is safely
 //! back in its queue.
 
@@ -38,6 +39,7 @@ pub mod reinject;
 pub mod rewrite;
 pub mod scan;
 pub mod server;
+pub mod sign;
 pub mod smtp;
 pub mod xforward;
 

@@ -20,6 +20,8 @@ const EX_USAGE: u8 = 64;
 /// sysexits.h: the daemon to signal is not there.
 const EX_UNAVAILABLE: u8 = 69;
 const EX_IOERR: u8 = 74;
+/// sysexits.h: an output file cannot be created.
+const EX_CANTCREAT: u8 = 73;
 /// sysexits.h: a temporary failure (a release the next hop did not take).
 const EX_TEMPFAIL: u8 = 75;
 
@@ -71,6 +73,10 @@ enum Command {
         /// The envelope sender (MAIL FROM), for SPF and DMARC.
         #[arg(long, default_value = "")]
         mail_from: String,
+        /// Treat it as outgoing mail: show the DKIM-Signature `[dkim_sign]` would add (with
+        /// signing enabled and a key for the From domain).
+        #[arg(long)]
+        dkim_sign: bool,
         message: PathBuf,
     },
     /// The greylisting store named by `greylist.store` (works beside the running daemon).
@@ -79,6 +85,11 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: GreylistAction,
+    },
+    /// DKIM keys for `[dkim_sign]`.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
     },
     /// The quarantine in `quarantine.dir` (works beside the running daemon and on a stopped
     /// one's files).
@@ -135,6 +146,33 @@ enum QuarantineAction {
 }
 
 #[derive(Subcommand)]
+enum DkimAction {
+    /// Writes a new private key (PEM, mode 0600) and prints the DNS TXT record to publish at
+    /// `<selector>._domainkey.<domain>`; then add a `[[dkim_sign.keys]]` entry for it.
+    Genkey {
+        /// The domain it signs for (the From domain, the signature's d=).
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=), e.g. the year and month: "202612".
+        #[arg(long)]
+        selector: String,
+        /// "rsa-sha256" or "ed25519-sha256" (not every verifier knows Ed25519 yet: publish an
+        /// RSA key beside it).
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// The private key file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum GreylistAction {
     /// Print every triplet and auto-whitelisted client, one a line.
     List,
@@ -147,6 +185,9 @@ enum GreylistAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Dkim { action } = cli.command {
+        return dkim(action);
+    }
     let config_path = match &cli.command {
         Command::Run { config }
         | Command::CheckConfig { config }
@@ -154,6 +195,7 @@ fn main() -> ExitCode {
         | Command::Scan { config, .. }
         | Command::Greylist { config, .. }
         | Command::Quarantine { config, .. } => config.clone(),
+        Command::Dkim { .. } => unreachable!("handled above"),
     };
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
@@ -209,6 +251,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dkim { .. } => unreachable!("handled above"),
         Command::Greylist { action, .. } => match greylist(&config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -232,6 +275,7 @@ fn main() -> ExitCode {
             client_ip,
             helo,
             mail_from,
+            dkim_sign,
             ..
         } => {
             init_logging(&config);
@@ -240,7 +284,7 @@ fn main() -> ExitCode {
                 helo,
                 mail_from,
             };
-            match scan(config, &message, client) {
+            match scan(config, &message, client, dkim_sign) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("postsift: {e:#}");
@@ -249,6 +293,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `postsift dkim genkey`: no configuration needed. Exit 64 for a bad argument or an existing
+/// file, 73 (EX_CANTCREAT) when the file cannot be written.
+fn dkim(action: DkimAction) -> ExitCode {
+    use postsift::config::SignAlgorithm;
+    use postsift::sign;
+    let DkimAction::Genkey {
+        domain,
+        selector,
+        algorithm,
+        bits,
+        out,
+        force,
+    } = action;
+    let algorithm = match algorithm.as_str() {
+        "rsa-sha256" => SignAlgorithm::RsaSha256,
+        "ed25519-sha256" => SignAlgorithm::Ed25519Sha256,
+        other => {
+            eprintln!("postsift: --algorithm {other:?}: expected rsa-sha256 or ed25519-sha256");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    if !name_ok(&domain) || !name_ok(&selector) {
+        eprintln!("postsift: --domain and --selector take letters, digits, '-', '.' and '_'");
+        return ExitCode::from(EX_USAGE);
+    }
+    let generated = match sign::generate(algorithm, bits) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("postsift: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Err(e) = sign::write_key(&out, &generated.pem, force) {
+        eprintln!("postsift: {e}");
+        return ExitCode::from(match e {
+            sign::Error::Exists(_) => EX_USAGE,
+            _ => EX_CANTCREAT,
+        });
+    }
+    eprintln!(
+        "postsift: private key written to {} (mode 0600); publish this record, then add to \
+         postsift.toml:\n\n[[dkim_sign.keys]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\n\
+         key = \"{}\"\nalgorithm = \"{}\"\n",
+        out.display(),
+        out.display(),
+        algorithm.name()
+    );
+    println!(
+        "{}",
+        sign::txt_record(&domain, &selector, &generated.record)
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_logging(config: &Config) {
@@ -618,6 +721,7 @@ fn scan(
     config: Config,
     path: &std::path::Path,
     client: postsift::scan::auth::Client,
+    dkim_sign: bool,
 ) -> anyhow::Result<u8> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let msg = Message::from_bytes(&data);
@@ -658,7 +762,27 @@ fn scan(
             listener: None,
             protocol: "ESMTP",
         };
-        let block = filter::header_block(&shared, &decision, &hop, "scan", &msg);
+        let mut block = filter::header_block(&shared, &decision, &hop, "scan", &msg);
+        if dkim_sign {
+            use postsift::sign::{self, Signed};
+            let mut c = shared.config.dkim_sign.clone();
+            // As if an originating listener had it; `enabled` still decides.
+            c.by_bank = Some(true);
+            if !sign::wanted(&c, None, None) {
+                println!("dkim_sign:  off ([dkim_sign] enabled = false)");
+            } else {
+                match rt.block_on(sign::sign(&c, &block, &msg)) {
+                    Ok(Signed::Signed { headers, domain }) => {
+                        println!("dkim_sign:  signed for {domain} (signature on top, below)");
+                        block.splice(0..0, headers);
+                    }
+                    Ok(Signed::NoKey) => println!(
+                        "dkim_sign:  not signed: no single From address, or no key for its domain"
+                    ),
+                    Err(e) => println!("dkim_sign:  failed: {e}"),
+                }
+            }
+        }
         println!("---");
         print!("{}", String::from_utf8_lossy(&block));
     }

@@ -469,6 +469,21 @@ impl Message {
         Ok(())
     }
 
+    /// The message from byte `from` of the head to its end, as an owned reader (for work on
+    /// another thread): the head's bytes shared, the spool file through its own handle.
+    pub fn reader_from(&self, from: usize) -> io::Result<impl Read + Send + 'static> {
+        let head = self.head.slice(from.min(self.head.len())..);
+        let rest = self.len - self.head.len() as u64;
+        let tail: Box<dyn Read + Send> = match self.reopen_tail()? {
+            Some(mut f) => {
+                f.seek(SeekFrom::Start(0))?;
+                Box::new(f.take(rest))
+            }
+            None => Box::new(io::empty()),
+        };
+        Ok(io::Cursor::new(head).chain(tail))
+    }
+
     /// The whole message in memory (for the MIME walk, which bounds the size it asks for).
     /// A message held wholly in memory is shared, not copied (the common, small case).
     pub fn read_all(&self) -> io::Result<Bytes> {

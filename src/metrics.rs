@@ -57,6 +57,7 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
     "resources",
     "shutdown",
     "quarantine",
+    "dkim_sign",
 ];
 /// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
 pub const UNCHECKED_REASONS: &[&str] =
@@ -147,11 +148,13 @@ pub struct Metrics {
     pub auth_duration: Histogram,
     /// The DNS lookups and cache of mail authentication (see `dns`).
     pub dns: crate::dns::DnsMetrics,
+    /// DKIM signing of outgoing mail (see `sign`).
+    pub dkim_sign: crate::sign::SignMetrics,
     /// Set by the health probe: every configured peer answered at the last probe.
     pub ready: AtomicBool,
 }
 
-fn counter(
+pub(crate) fn counter(
     r: &Registry,
     name: &str,
     help: &str,
@@ -191,7 +194,7 @@ fn histogram_vec(
     h
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+pub(crate) fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
@@ -304,6 +307,7 @@ impl Metrics {
                 ],
             ),
             dns,
+            dkim_sign: crate::sign::SignMetrics::register(&r),
             greylist_decisions: counter(
                 &r,
                 "postsift_greylist_decisions_total",

@@ -91,6 +91,8 @@ pub enum Tempfail {
     Unchecked(String),
     /// The message was to be quarantined and could not be stored: why.
     Quarantine(String),
+    /// DKIM signing failed and `[dkim_sign] on_error = "tempfail"`: why.
+    Sign(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]

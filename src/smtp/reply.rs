@@ -271,6 +271,14 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
                 one_line(why)
             ),
         ),
+        Tempfail::Sign(why) => Reply::new(
+            451,
+            "4.3.0",
+            format!(
+                "Error in processing, id={id}, dkim_sign FAILED: {}",
+                one_line(why)
+            ),
+        ),
     }
 }
 
@@ -364,6 +372,16 @@ mod tests {
         let mut v = Vec::new();
         r.write_to(&mut v);
         String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn a_failed_dkim_signature_is_a_tempfail_naming_it() {
+        let o = Outcome::Tempfailed(Tempfail::Sign("spool unreadable".into()));
+        let r = for_outcome("abc", &o, false, 1);
+        assert_eq!(
+            wire(&r[0]),
+            "451 4.3.0 Error in processing, id=abc, dkim_sign FAILED: spool unreadable\r\n"
+        );
     }
 
     #[test]

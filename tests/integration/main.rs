@@ -15,6 +15,7 @@ mod banks; // policy banks: originating listener, client network, recipient doma
 mod clamd_cost; // clamd per-part scanning: one IDSESSION against a connection per part (--ignored)
 mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed
+mod dkim_sign; // DKIM signing of outgoing mail, verified by mail-auth and by dkimpy against a real DNS server
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input

@@ -1,7 +1,8 @@
 //! SIGHUP reloads the configuration of the real `postsift run`: new sessions follow the new file
 //! while a message in flight finishes under the old one, a bad file or an address that cannot be
-//! bound leaves the old configuration in force, listeners follow `server.listen`, and
-//! `postsift reload` validates before it signals the pid in `server.pid_file`.
+//! bound leaves the old configuration in force, listeners follow `server.listen`, the DKIM
+//! signing keys are read again (a bad one keeps the old), and `postsift reload` validates before
+//! it signals the pid in `server.pid_file`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -448,4 +449,87 @@ async fn reload_command_checks_the_config_then_signals_the_pid_file() {
     d.assert_alive();
     d.stop().await;
     assert!(!pid_file.exists(), "pid file left behind at exit");
+}
+
+/// The DKIM signing keys are read again on SIGHUP, with the rest of the file; a key file that
+/// went bad keeps the running configuration, keys and all, and the log names the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_dkim_keys_again_and_a_bad_one_keeps_the_old() {
+    let sink = Capture::start().await;
+    let port = harness::free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let genkey = |selector: &str| {
+        let out = keys.path().join(format!("{selector}.pem"));
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+            .args([
+                "dkim",
+                "genkey",
+                "--domain",
+                "sign.test",
+                "--selector",
+                selector,
+            ])
+            .args(["--algorithm", "ed25519-sha256", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+        out
+    };
+    let (a, b) = (genkey("a"), genkey("b"));
+    let junk = keys.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let toml = |selector: &str, key: &Path| {
+        cfg(
+            &[port],
+            sink.addr,
+            "",
+            &format!(
+                "[auth]\nenabled = false\n[dkim_sign]\nenabled = true\n\
+                 networks = [\"192.0.2.0/24\"]\n[[dkim_sign.keys]]\ndomain = \"sign.test\"\n\
+                 selector = \"{selector}\"\nkey = \"{}\"\nalgorithm = \"ed25519-sha256\"\n",
+                key.display()
+            ),
+        )
+    };
+    let selector = |sink: &Capture| {
+        let h = sink.last().headers().replace(['\r', '\n', '\t', ' '], "");
+        assert!(h.starts_with("DKIM-Signature:"), "{h}");
+        h.split(";s=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let send = || async {
+        let mut c = Client::greeted(localhost(port)).await;
+        c.expect("EHLO test.local", 250).await;
+        c.expect("XFORWARD ADDR=192.0.2.10", 250).await;
+        c.expect("MAIL FROM:<ann@sign.test>", 250).await;
+        c.expect("RCPT TO:<b@example.net>", 250).await;
+        c.expect("DATA", 354).await;
+        c.body(b"From: <ann@sign.test>\r\nSubject: reload\r\n\r\nHello.\r\n")
+            .await;
+        let r = c.reply().await;
+        assert_eq!(r.code, 250, "{r:?}");
+    };
+    let mut d = Daemon::start(&toml("a", &a), port).await;
+    send().await;
+    assert_eq!(selector(&sink), "a");
+    d.write_config(&toml("b", &b));
+    d.reload(RELOADED, 1).await;
+    send().await;
+    assert_eq!(selector(&sink), "b");
+    d.write_config(&toml("c", &junk));
+    let log = d.reload(FAILED, 1).await;
+    assert!(log.contains("dkim_sign.keys[0].key"), "{log}");
+    send().await;
+    assert_eq!(selector(&sink), "b", "the running keys stay");
+    d.stop().await;
 }
