@@ -497,13 +497,23 @@ impl Checker {
             ),
             None => Default::default(),
         };
+        let short = match r {
+            DkimResult::Pass | DkimResult::Fail(MaError::Crypto(_)) => {
+                self.resolver.cache.dkim_key_bits(&domain, &selector)
+            }
+            _ => None,
+        };
         let (result, reason) = match r {
-            DkimResult::Pass => match self.resolver.cache.dkim_key_bits(&domain, &selector) {
-                Some(bits) if bits < 1024 => {
-                    (Verdict::Policy, Some(format!("key too short: {bits} bits")))
-                }
-                _ => (Verdict::Pass, None),
-            },
+            // RFC 8301: a key under 1024 bits is not to be trusted. ring (mail-auth's crypto
+            // here) will not even verify with one, so a signature under such a key comes back
+            // as a crypto failure; either way the answer is `policy`, saying why.
+            DkimResult::Pass | DkimResult::Fail(MaError::Crypto(_))
+                if short.is_some_and(|bits| bits < 1024) =>
+            {
+                let bits = short.unwrap_or(0);
+                (Verdict::Policy, Some(format!("key too short: {bits} bits")))
+            }
+            DkimResult::Pass => (Verdict::Pass, None),
             DkimResult::Neutral(e) => (Verdict::Neutral, Some(reason(e))),
             DkimResult::Fail(e) => (Verdict::Fail, Some(reason(e))),
             DkimResult::PermError(e) => (Verdict::PermError, Some(reason(e))),
@@ -520,7 +530,6 @@ impl Checker {
     }
 }
 
-/// The first From address's domain, lower case.
 /// The names DMARC's policy discovery (mail-auth 0.13's DMARCbis tree walk) asks for the From
 /// domain: `_dmarc.` + the domain, then (past eight labels, from the seventh) each parent down
 /// to the top-level domain. None for a From with several domains, which DMARC exempts.
@@ -571,6 +580,7 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: impl Iterator
     .await
 }
 
+/// The first From address's domain, lower case.
 fn from_domain(m: &AuthenticatedMessage<'_>) -> String {
     m.from
         .first()

@@ -1,5 +1,5 @@
 //! DKIM signing of outgoing mail, against a real DNS server: keys made by `postsift dkim
-//! genkey` (RSA 2048, RSA 1024, Ed25519), their printed TXT records published in a private
+//! genkey` (RSA 2048, RSA 3072, Ed25519), their printed TXT records published in a private
 //! unbound; messages sent on an originating listener, or on the inbound one with XFORWARD ADDR
 //! inside or outside `[dkim_sign] networks`; what reaches the reinjection sink verified by
 //! mail-auth (a second, inbound postsift's Authentication-Results) and by an independent
@@ -79,7 +79,7 @@ fn world() -> &'static World {
         let d = dir.path();
         let records = vec![
             genkey(d, "sign.test", "r2048", "rsa-sha256", 2048),
-            genkey(d, "both.test", "r1024", "rsa-sha256", 1024),
+            genkey(d, "both.test", "r3072", "rsa-sha256", 3072),
             genkey(d, "both.test", "ed", "ed25519-sha256", 0),
             "sign.test. 3600 IN TXT \"v=spf1 -all\"".to_string(),
         ];
@@ -106,12 +106,12 @@ fn sign_config(sink: &Capture, extra: &str) -> String {
              [dkim_sign]\nenabled = true\noriginating_listeners = [\"127.0.0.1:10026\"]\n\
              networks = [\"192.0.2.0/24\"]\n\
              [[dkim_sign.keys]]\ndomain = \"sign.test\"\nselector = \"r2048\"\nkey = \"{k1}\"\n\
-             [[dkim_sign.keys]]\ndomain = \"both.test\"\nselector = \"r1024\"\nkey = \"{k2}\"\n\
+             [[dkim_sign.keys]]\ndomain = \"both.test\"\nselector = \"r3072\"\nkey = \"{k2}\"\n\
              [[dkim_sign.keys]]\ndomain = \"both.test\"\nselector = \"ed\"\nkey = \"{k3}\"\n\
              algorithm = \"ed25519-sha256\"\n{extra}",
             dns = w.dns.addr,
             k1 = key("r2048.sign.test.pem"),
-            k2 = key("r1024.both.test.pem"),
+            k2 = key("r3072.both.test.pem"),
             k3 = key("ed.both.test.pem"),
         ),
     )
@@ -398,7 +398,7 @@ async fn networks_listeners_keys_and_banks_decide_what_is_signed() {
     f.stop().await;
 }
 
-/// Two keys for one domain (RSA 1024 and Ed25519): two signatures, both verified by mail-auth
+/// Two keys for one domain (RSA 3072 and Ed25519): two signatures, both verified by mail-auth
 /// and by dkimpy; a message larger than the spool threshold is signed over the body read back
 /// from the spool file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +424,7 @@ async fn ed25519_beside_rsa_and_a_spooled_body() {
     assert_eq!(dkimpy(&t.data), ["pass", "pass"], "dkimpy");
     let ar = mail_auth(&t.data, "bob@both.test").await;
     assert!(
-        ar.contains("dkim=pass header.d=both.test header.s=r1024"),
+        ar.contains("dkim=pass header.d=both.test header.s=r3072"),
         "{ar}"
     );
     assert!(
@@ -478,6 +478,45 @@ fn bad_keys_are_named_and_genkey_keeps_existing_files() {
         good.display()
     ));
     assert_eq!(code, Some(0), "{err}");
+    // A 1024-bit key verifies (RFC 8301's floor) but is not signed with: the signer takes
+    // 2048 bits and up, and says so by size.
+    let short = dir.path().join("short.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+        ])
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (code, err) = check(&format!(
+        "[[dkim_sign.keys]]\ndomain = \"a.test\"\nselector = \"s\"\nkey = \"{}\"\n",
+        short.display()
+    ));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("1024 bits") && err.contains("2048"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        .args([
+            "dkim",
+            "genkey",
+            "--domain",
+            "a.test",
+            "--selector",
+            "s",
+            "--bits",
+            "1024",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("new.pem"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!dir.path().join("new.pem").exists());
 
     let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
         .args(["dkim", "genkey", "--domain", "a.test", "--selector", "s"])
