@@ -1311,10 +1311,7 @@ fn is_base64_line(line: &[u8]) -> bool {
         .strip_suffix(b"==")
         .or_else(|| line.strip_suffix(b"="))
         .unwrap_or(line);
-    line.len() >= 16
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    line.len() >= 16 && body.iter().all(|&b| BASE64[b as usize] < PAD)
 }
 
 fn is_uu_begin(line: &[u8]) -> bool {
