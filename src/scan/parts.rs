@@ -51,6 +51,14 @@
 //!
 //! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting, expansion
 //! ratio) stop the walk; the report says which limit was hit.
+//!
+//! What it costs (`examples/walkcost.rs`, release, CPU per walk on the shared 2-vCPU bench
+//! machine, bench/results/20261202T050744Z.md for the whole filter): about 20 µs for
+//! smtp-source's 4 KiB message (postsift's CPU per message with and without the walk is the same
+//! within the noise: 0.72 / 0.75 ms), 0.3 ms for a 30 KiB quoted-printable newsletter, 1.0 ms
+//! for a 94 KiB mail with a PDF and a zip (2.2 ms before the raw reading stopped decoding the
+//! bodies the tree decoded): a third mail-parser's base64 decoding, a fifth inflating the zip's
+//! members, the rest reading lines, hashing and copying.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
