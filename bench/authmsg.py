@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/authmsg.py OUTDIR DOMAIN:TTL... -- the mail-authentication benchmark's message and zone.
+"""bench/authmsg.py OUTDIR DOMAIN:TTL|@FILE... -- the mail-authentication benchmark's messages and zone.
 
 For each DOMAIN (with the TTL its records get), writes OUTDIR/DOMAIN.eml: a 4 KiB plain-text
 message From sender@DOMAIN, DKIM-signed (rsa-sha256, relaxed/relaxed, d=DOMAIN, s=bench) with
@@ -11,6 +11,9 @@ the RSA 2048 key OUTDIR/dkim.key (made with openssl if absent), and appends to O
   mx.DOMAIN           TXT "v=spf1 ip4:192.0.2.10 -all"     (the HELO identity)
   bench._domainkey.DOMAIN TXT "v=DKIM1; k=rsa; p=..."      (the DKIM key)
   _dmarc.DOMAIN       TXT "v=DMARC1; p=reject"             (DMARC)
+
+@FILE: one DOMAIN:TTL a line (the cold runs' domains, a new one per message: too many for a
+command line). Prints DOMAIN<TAB>size of its message for each.
 
 The client to send it as: XFORWARD ADDR=192.0.2.10 HELO=mx.DOMAIN, MAIL FROM sender@DOMAIN.
 Every check passes. Deterministic apart from the key (and so b= and p=): fixed text, Date,
@@ -68,7 +71,12 @@ def dkim_record(key):
     return " ".join(f'"{txt[i:i + 250]}"' for i in range(0, len(txt), 250))
 
 
-def message(domain, key, body_len):
+def sign(key, data):
+    return subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=data,
+                          check=True, capture_output=True).stdout
+
+
+def message(domain, key, body_len, signer=sign):
     headers = [
         ("From", f"Bench Sender <sender@{domain}>"),
         ("To", "<rcpt@example.org>"),
@@ -84,8 +92,7 @@ def message(domain, key, body_len):
            f"\tt=1796184000; h={':'.join(SIGNED)};\r\n\tbh={bh};\r\n\tb=")
     data = "".join(relaxed_header(n, v) for n, v in headers)
     data += relaxed_header("DKIM-Signature", sig).rstrip("\r\n")
-    b = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=data.encode(),
-                       check=True, capture_output=True).stdout
+    b = signer(key, data.encode())
     b64 = base64.b64encode(b).decode()
     folded = "\r\n\t".join(b64[i:i + 72] for i in range(0, len(b64), 72))
     out = f"DKIM-Signature: {sig}{folded}\r\n"
@@ -104,10 +111,18 @@ def main():
                         "rsa_keygen_bits:2048", "-out", key], check=True, capture_output=True)
     record = dkim_record(key)
     zone = []
+    specs = []
     for arg in sys.argv[2:]:
+        if arg.startswith("@"):
+            specs += [line.strip() for line in open(arg[1:]) if line.strip()]
+        else:
+            specs.append(arg)
+    # A 2048-bit key's signature is 256 bytes whatever it signs: a stand-in sizes the headers.
+    key_bytes = len(sign(key, b"size"))
+    for arg in specs:
         domain, ttl = arg.split(":")
-        # Fill to SIZE bytes in all: the headers' length is known once signed once.
-        head = len(message(domain, key, 100).split("\r\n\r\n", 1)[0]) + 4
+        # Fill to SIZE bytes in all: the headers' length is known once signed (here: sized) once.
+        head = len(message(domain, key, 100, lambda k, d: b"\0" * key_bytes).split("\r\n\r\n", 1)[0]) + 4
         msg = message(domain, key, SIZE - head)
         with open(os.path.join(out, f"{domain}.eml"), "w", newline="") as f:
             f.write(msg)

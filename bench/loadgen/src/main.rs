@@ -40,7 +40,9 @@ const USAGE: &str = "usage: loadgen --target HOST:PORT --conc N --count N --size
   --per-msg   write one CSV line per message: seq,ident,start_ms,latency_ms,session_ms,code,error
   --message   send this RFC 5322 file (headers and body; line ends made CRLF, dot-stuffed)
               instead of the synthetic message; --size is then ignored. Repeatable: message
-              number i is file i mod n, in the order given (a mix; repeat a file to weight it)
+              number i is file i mod n, in the order given (a mix; repeat a file to weight it).
+              `{name}` in --from and --xforward is replaced by the message file's name without
+              its directory and `.eml` (one envelope per file: e.g. a domain per message)
   Exit status: 0 if every message got a 2xx reply to its final dot, else 1.
   With --message, the last reply to the final dot is printed on stderr (reply=...).";
 
@@ -280,6 +282,8 @@ struct Shared {
     opts: Opts,
     /// The bodies sent in turn (message `seq` gets `bodies[seq % len]`).
     bodies: Vec<Vec<u8>>,
+    /// Their files' names without directory and `.eml`: what `{name}` stands for.
+    names: Vec<String>,
     date: String,
     next: AtomicUsize,
     t0: Instant,
@@ -290,6 +294,10 @@ struct Shared {
 /// One message on its own connection. Returns (reply code to ".", latency to that reply).
 async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
     let o = &sh.opts;
+    let name = sh
+        .names
+        .get(seq % sh.names.len().max(1))
+        .map_or("", |n| n.as_str());
     let start = Instant::now();
     let stream = timeout(o.step_timeout, TcpStream::connect(o.target))
         .await
@@ -310,6 +318,7 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
     let (_, ehlo) = c.cmd(format!("EHLO {}\r\n", o.helo), "EHLO", 250).await?;
     let xforward = ehlo.to_ascii_uppercase().contains("XFORWARD");
     if let Some(attrs) = o.xforward.as_ref().filter(|_| xforward) {
+        let attrs = attrs.replace("{name}", name);
         c.cmd(format!("XFORWARD {attrs}\r\n"), "XFORWARD", 250)
             .await?;
     }
@@ -319,7 +328,8 @@ async fn one(sh: &Shared, seq: usize) -> Result<(u16, Duration), Fail> {
                 .await?;
         }
     }
-    c.cmd(format!("MAIL FROM:<{}>\r\n", o.from), "MAIL", 250)
+    let from = o.from.replace("{name}", name);
+    c.cmd(format!("MAIL FROM:<{from}>\r\n"), "MAIL", 250)
         .await?;
     c.cmd(format!("RCPT TO:<{}>\r\n", o.to), "RCPT", 250)
         .await?;
@@ -417,11 +427,20 @@ async fn main() {
     } else {
         opts.message.iter().map(|p| file_message(p)).collect()
     };
+    let names = opts
+        .message
+        .iter()
+        .map(|p| {
+            let base = p.rsplit('/').next().unwrap_or(p);
+            base.strip_suffix(".eml").unwrap_or(base).to_string()
+        })
+        .collect();
     let conc = opts.conc.min(opts.count.max(1));
     let deadline = opts.deadline;
     let sh = Arc::new(Shared {
         opts,
         bodies,
+        names,
         date: rfc5322_now(),
         next: AtomicUsize::new(0),
         t0: Instant::now(),
