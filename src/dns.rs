@@ -208,6 +208,12 @@ impl Cache {
         }
     }
 
+    /// Whether a live TXT answer for `name` (a fully qualified, lower-case name) is held; not
+    /// counted as a cache request.
+    pub fn holds_txt(&self, name: &str) -> bool {
+        self.txt.get(name).is_some()
+    }
+
     /// The size in bits of the RSA key published at `selector._domainkey.domain` as the cache
     /// holds it (just looked up by the DKIM check); None for an Ed25519 key or when not held.
     pub fn dkim_key_bits(&self, domain: &str, selector: &str) -> Option<usize> {

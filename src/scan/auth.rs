@@ -387,16 +387,22 @@ impl Checker {
             let Some(m) = parsed.as_ref().filter(|_| self.dmarc) else {
                 return;
             };
-            let l = self.resolver.lookups(dm);
-            let v = Views::of(&l);
             let names = dmarc_walk_names(m);
-            let asks = names.iter().map(|name| {
-                let txt = &v.txt;
-                async move {
-                    let ask = a.txt_lookup::<mail_auth::dmarc::Dmarc>(name.as_str(), Some(txt));
-                    // The answer lands in the caches; its value (or error) is DMARC's business.
-                    let _ = tokio::time::timeout_at(deadline, ask).await;
-                }
+            // Warm (the From domain's own record held): DMARC will find what it needs at once,
+            // and asking again would only add lookups of the parents' NXDOMAIN.
+            if names
+                .first()
+                .is_none_or(|n| self.resolver.cache.holds_txt(n))
+            {
+                return;
+            }
+            let asks = names.iter().map(|name| async move {
+                // Each name its own lookup: the metrics time a check's lookups one at a time.
+                let l = self.resolver.lookups(dm);
+                let txt = l.txt();
+                let ask = a.txt_lookup::<mail_auth::dmarc::Dmarc>(name.as_str(), Some(&txt));
+                // The answer lands in the caches; its value (or error) is DMARC's business.
+                let _ = tokio::time::timeout_at(deadline, ask).await;
             });
             futures_join_all(asks).await;
         };
