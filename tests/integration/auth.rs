@@ -4,7 +4,6 @@
 //! in the spam score. DKIM keys (RSA 512/1024/2048, Ed25519) are made by openssl at start and
 //! the test messages signed with mail-auth's signer.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -19,7 +18,7 @@ use crate::capture::{Capture, Transaction};
 use crate::client::{Client, Reply};
 use crate::dns_peer::Unbound;
 use crate::harness;
-use crate::util::{config, http_get, spamd, start_filter};
+use crate::util::{base64, config, http_get, spamd, start_filter};
 
 /// The client address postsift is told of by XFORWARD; SPF records below authorise it or not.
 const CLIENT: &str = "192.0.2.10";
@@ -45,10 +44,6 @@ fn openssl(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-fn base64(path: &Path) -> String {
-    String::from_utf8(openssl(&["base64", "-A", "-in", path.to_str().unwrap()])).unwrap()
 }
 
 /// A TXT record's data in strings of at most 250 characters.
@@ -92,7 +87,10 @@ fn world() -> &'static World {
                 "-out",
                 spki.to_str().unwrap(),
             ]);
-            let record = txt(&format!("v=DKIM1; k=rsa; p={}", base64(&spki)));
+            let record = txt(&format!(
+                "v=DKIM1; k=rsa; p={}",
+                base64(&std::fs::read(&spki).unwrap())
+            ));
             records.push(format!("{sel}._domainkey.dkim.test. 3600 IN TXT {record}"));
             if sel == "r2048" {
                 // The mailing list's ARC key.
@@ -114,11 +112,9 @@ fn world() -> &'static World {
         let ed_pub = Ed25519Key::from_pkcs8_maybe_unchecked_der(&ed_der)
             .unwrap()
             .public_key();
-        let raw = d.join("ed.raw");
-        std::fs::write(&raw, &ed_pub).unwrap();
         records.push(format!(
             "ed._domainkey.dkim.test. 3600 IN TXT \"v=DKIM1; k=ed25519; p={}\"",
-            base64(&raw)
+            base64(&ed_pub)
         ));
         keys.push(("ed", Key::Ed25519(ed_der)));
         let t = |name: &str, data: &str| format!("{name}. 3600 IN TXT {}", txt(data));

@@ -12,6 +12,7 @@ use postsift::scan::clamd::ClamdClient;
 use postsift::scan::parts::Contents;
 
 use crate::harness;
+use crate::util;
 
 /// clamd's user + system CPU so far, in milliseconds (from /proc/<pid>/stat).
 fn cpu_ms(pid: u32) -> f64 {
@@ -20,37 +21,6 @@ fn cpu_ms(pid: u32) -> f64 {
     let f: Vec<&str> = after.split(' ').collect();
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     ticks * 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let w = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            s.push(if i <= c.len() {
-                A[(w >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    s
-}
-
-/// Deterministic bytes that look like nothing in particular.
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,9 +38,9 @@ async fn clamd_session_cost() {
     );
     // Decoded parts as the walk would give them: a text, a PDF-like file, a zip-like file.
     let mut pdf = b"%PDF-1.4\n".to_vec();
-    pdf.extend(noise(30_000, 1));
+    pdf.extend(util::noise(30_000, 1));
     let mut zip = b"PK\x03\x04".to_vec();
-    zip.extend(noise(20_000, 2));
+    zip.extend(util::noise(20_000, 2));
     let parts: Vec<Bytes> = vec![
         Bytes::from("Dear reader, the minutes are attached.\r\n".repeat(50)),
         Bytes::from(pdf),
@@ -79,7 +49,7 @@ async fn clamd_session_cost() {
     let mut raw = b"From: a@example.org\r\nSubject: minutes\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
     for p in &parts {
         raw.extend_from_slice(b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n");
-        for line in base64(p).as_bytes().chunks(76) {
+        for line in util::base64(p).as_bytes().chunks(76) {
             raw.extend_from_slice(line);
             raw.extend_from_slice(b"\r\n");
         }

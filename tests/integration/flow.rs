@@ -502,19 +502,6 @@ fn tar_gz(members: &[(&str, &[u8])]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-/// Incompressible filler, the same every run.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,7 +517,7 @@ async fn eicar_inside_a_tar_gz_is_discarded_also_when_the_walk_spills_to_disk() 
     ))
     .await;
     let tgz = tar_gz(&[
-        ("src/filler.bin", &noise(100 * 1024)),
+        ("src/filler.bin", &util::noise(100 * 1024, 0)),
         ("src/eicar.com", EICAR),
     ]);
     let msg = with_attachment("src.tar.gz", "application/gzip", &tgz);

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use crate::capture::Capture;
 use crate::client::send_one;
 use crate::harness;
-use crate::util::{self, config, http_get, start_filter, Filter};
+use crate::util::{self, base64, config, http_get, start_filter, Filter};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -30,24 +30,6 @@ fn mail_blind_clamd() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Message builders
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len() * 4 / 3 + 4);
-    for c in data.chunks(3) {
-        let w = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            s.push(if i <= c.len() {
-                A[(w >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    s
-}
 
 /// `text` cut into CRLF-ended lines whose lengths cycle through `widths`.
 fn wrap(text: &str, widths: &[usize]) -> String {

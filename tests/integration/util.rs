@@ -135,3 +135,22 @@ pub fn rspamd_config(
         &format!("[rspamd]\nendpoints = [\"{rspamd}\"]\ntimeout = 20\n[metrics]\n"),
     ) + "\n[spam]\nengine = \"rspamd\"\n"
 }
+
+/// Standard base64 with padding, on one line (tests wrap it as their message needs).
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Incompressible filler, the same bytes every run for a given `seed` (xorshift64).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
