@@ -601,46 +601,19 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
 
     #[test]
     fn authentication_results_at_the_top_forged_ones_removed() {
-        use crate::scan::auth::{Arc as ArcR, AuthReport, Dkim, Dmarc, DmarcPolicyKind, Spf};
-        let report = AuthReport {
-            spf: Some(Spf {
-                result: Verdict::Pass,
-                identity: "sender@example.org".into(),
-            }),
-            spf_helo: None,
-            spf_skipped: None,
-            message_skipped: None,
-            dkim: Some(vec![
-                Dkim {
-                    result: Verdict::Pass,
-                    reason: None,
-                    domain: "example.org".into(),
-                    selector: "sel1".into(),
-                    b: "AbCdEfGh".into(),
-                },
-                Dkim {
-                    result: Verdict::Neutral,
-                    reason: Some("body hash did not verify".into()),
-                    domain: "ex ample\"org".into(),
-                    selector: "s2".into(),
-                    b: String::new(),
-                },
-            ]),
-            dmarc: Some(Dmarc {
-                result: Verdict::Pass,
-                domain: "example.org".into(),
-                policy: Some(DmarcPolicyKind::Reject),
-                p: Some(DmarcPolicyKind::Reject),
-                sp: Some(DmarcPolicyKind::Reject),
-                testing: false,
-            }),
-            arc: Some(ArcR {
-                result: Verdict::None,
-                sealer: None,
-            }),
-            envelope_domain: "example.org".into(),
-            time: Default::default(),
-        };
+        use crate::scan::auth::{sample_report, Dkim};
+        let mut report = sample_report();
+        report.spf.as_mut().unwrap().identity = "sender@example.org".into();
+        report.spf_helo = None;
+        let dkim = report.dkim.as_mut().unwrap();
+        dkim[0].selector = "sel1".into();
+        dkim.push(Dkim {
+            result: Verdict::Neutral,
+            reason: Some("body hash did not verify".into()),
+            domain: "ex ample\"org".into(),
+            selector: "s2".into(),
+            b: String::new(),
+        });
         let mut d = decision(0.0, &[]);
         d.auth = Some(report);
         let orig = "Authentication-Results: mx.example.com; spf=pass\r\n\

@@ -807,45 +807,48 @@ pub fn score(config: &Config, rule: &str) -> f64 {
     })
 }
 
+/// A report where everything passes (SPF, DKIM by example.org's s1, DMARC under p=reject),
+/// for the tests here and in `rewrite`.
+#[cfg(test)]
+pub(crate) fn sample_report() -> AuthReport {
+    AuthReport {
+        spf: Some(Spf {
+            result: Verdict::Pass,
+            identity: "a@example.org".into(),
+        }),
+        spf_helo: Some(Spf {
+            result: Verdict::None,
+            identity: "mx.example.org".into(),
+        }),
+        spf_skipped: None,
+        message_skipped: None,
+        dkim: Some(vec![Dkim {
+            result: Verdict::Pass,
+            reason: None,
+            domain: "example.org".into(),
+            selector: "s1".into(),
+            b: "AbCdEfGh".into(),
+        }]),
+        dmarc: Some(Dmarc {
+            result: Verdict::Pass,
+            domain: "example.org".into(),
+            policy: Some(DmarcPolicyKind::Reject),
+            p: Some(DmarcPolicyKind::Reject),
+            sp: Some(DmarcPolicyKind::Reject),
+            testing: false,
+        }),
+        arc: Some(Arc {
+            result: Verdict::None,
+            sealer: None,
+        }),
+        envelope_domain: "example.org".into(),
+        time: Duration::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn report() -> AuthReport {
-        AuthReport {
-            spf: Some(Spf {
-                result: Verdict::Pass,
-                identity: "a@example.org".into(),
-            }),
-            spf_helo: Some(Spf {
-                result: Verdict::None,
-                identity: "mx.example.org".into(),
-            }),
-            spf_skipped: None,
-            message_skipped: None,
-            dkim: Some(vec![Dkim {
-                result: Verdict::Pass,
-                reason: None,
-                domain: "example.org".into(),
-                selector: "s1".into(),
-                b: "AbCdEfGh".into(),
-            }]),
-            dmarc: Some(Dmarc {
-                result: Verdict::Pass,
-                domain: "example.org".into(),
-                policy: Some(DmarcPolicyKind::Reject),
-                p: Some(DmarcPolicyKind::Reject),
-                sp: Some(DmarcPolicyKind::Reject),
-                testing: false,
-            }),
-            arc: Some(Arc {
-                result: Verdict::None,
-                sealer: None,
-            }),
-            envelope_domain: "example.org".into(),
-            time: Duration::ZERO,
-        }
-    }
 
     fn names(r: &[(String, f64)]) -> Vec<&str> {
         r.iter().map(|(n, _)| n.as_str()).collect()
@@ -854,7 +857,7 @@ mod tests {
     #[test]
     fn a_clean_signed_message_fires_spamassassins_rules() {
         let c = Config::default();
-        let r = rules(&report(), &c);
+        let r = rules(&sample_report(), &c);
         assert_eq!(
             names(&r),
             [
@@ -876,7 +879,7 @@ mod tests {
         let mut c = Config::default();
         c.auth.scores.insert("SPF_FAIL".into(), 3.5);
         c.auth.scores.insert("DKIM_SIGNED".into(), 0.0);
-        let mut r = report();
+        let mut r = sample_report();
         r.spf.as_mut().unwrap().result = Verdict::Fail;
         r.spf_helo.as_mut().unwrap().result = Verdict::TempError;
         r.dkim.as_mut().unwrap()[0].result = Verdict::Neutral;
@@ -954,7 +957,7 @@ mod tests {
 
     #[test]
     fn trusted_sealer_needs_a_passing_chain() {
-        let mut r = report();
+        let mut r = sample_report();
         let trusted = vec!["Lists.Example.net".to_string()];
         r.arc = Some(Arc {
             result: Verdict::Pass,
