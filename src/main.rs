@@ -32,6 +32,10 @@ const EX_TEMPFAIL: u8 = 75;
     about = "After-queue content filter for Postfix (clamd + spamd)"
 )]
 struct Cli {
+    /// Configuration file (default: /etc/postsift/postsift.toml if it exists, else built-in
+    /// defaults). Accepted before or after any subcommand.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,29 +44,17 @@ struct Cli {
 enum Command {
     /// Run the filter in the foreground; logs go to stderr. SIGTERM/SIGINT drain gracefully;
     /// SIGHUP reloads the configuration file.
-    Run {
-        /// Configuration file (default: /etc/postsift/postsift.toml if it exists, else built-in defaults).
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Run,
     /// Validate the configuration and exit (64 on error, naming the bad key).
-    CheckConfig {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    CheckConfig,
     /// Validate the configuration (64 on error, naming the bad key), then send SIGHUP to the
     /// running daemon, whose pid is read from `server.pid_file`. Without a pid file: 64; use
     /// `kill -HUP $(pidof postsift)` instead. 69 if the daemon cannot be signalled.
-    Reload {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Reload,
     /// Scan one message file with the configured scanners; print the verdict, the mail
     /// authentication results and the headers that would be added. Exit code: 0 clean, 1 spam,
     /// 2 virus, 3 not checked (scanner failure), 4 banned, 5 rejected by DMARC policy.
     Scan {
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// The original client's address, for SPF (as XFORWARD ADDR would give it). Without
         /// it SPF is not checked.
         #[arg(long)]
@@ -81,8 +73,6 @@ enum Command {
     },
     /// The greylisting store named by `greylist.store` (works beside the running daemon).
     Greylist {
-        #[arg(long)]
-        config: Option<PathBuf>,
         #[command(subcommand)]
         action: GreylistAction,
     },
@@ -94,8 +84,6 @@ enum Command {
     /// The quarantine in `quarantine.dir` (works beside the running daemon and on a stopped
     /// one's files).
     Quarantine {
-        #[arg(long)]
-        config: Option<PathBuf>,
         #[command(subcommand)]
         action: QuarantineAction,
     },
@@ -188,27 +176,19 @@ fn main() -> ExitCode {
     if let Command::Dkim { action } = cli.command {
         return dkim(action);
     }
-    let config_path = match &cli.command {
-        Command::Run { config }
-        | Command::CheckConfig { config }
-        | Command::Reload { config }
-        | Command::Scan { config, .. }
-        | Command::Greylist { config, .. }
-        | Command::Quarantine { config, .. } => config.clone(),
-        Command::Dkim { .. } => unreachable!("handled above"),
-    };
+    let config_path = cli.config.clone();
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postsift: {e}");
-            if matches!(cli.command, Command::Reload { .. }) {
+            if matches!(cli.command, Command::Reload) {
                 eprintln!("postsift: not reloading; the daemon keeps running on its configuration");
             }
             return ExitCode::from(EX_USAGE);
         }
     };
     match cli.command {
-        Command::CheckConfig { .. } => {
+        Command::CheckConfig => {
             // Warnings name what the file configures but postsift will not use; the
             // configuration still works, so the exit code stays 0.
             for w in config.warnings() {
@@ -222,7 +202,7 @@ fn main() -> ExitCode {
             println!("configuration ok");
             ExitCode::SUCCESS
         }
-        Command::Reload { .. } => {
+        Command::Reload => {
             let Some(pid_file) = &config.server.pid_file else {
                 eprintln!(
                     "postsift: server.pid_file is not set, so the daemon's pid is unknown; set it \
@@ -241,7 +221,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { .. } => {
+        Command::Run => {
             init_logging(&config);
             match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,

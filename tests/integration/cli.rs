@@ -129,3 +129,42 @@ fn scan_exits_by_verdict_against_real_scanners() {
     let (code, text) = postsift(&["scan", "--config", &down, &msg("clean.eml")]);
     assert_eq!(code, 3, "{text}");
 }
+
+/// An admin types `postsift quarantine release ID --config F`; it used to be refused
+/// ("unexpected argument '--config'") while `postsift quarantine --config F release ID` worked.
+#[test]
+fn config_is_taken_after_any_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("postsift.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[quarantine]\ndir = \"{0}/q\"\n[greylist]\nstore = \"{0}/greylist.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--config", cfg],
+        vec!["--config", cfg, "check-config"],
+        vec!["quarantine", "list", "--config", cfg],
+        vec!["quarantine", "--config", cfg, "list"],
+        vec!["--config", cfg, "quarantine", "list"],
+        vec!["greylist", "list", "--config", cfg],
+    ] {
+        let (code, text) = postsift(&args);
+        assert_eq!(code, 0, "{args:?}: {text}");
+        assert!(!text.contains("unexpected argument"), "{args:?}: {text}");
+    }
+    // The file is really read wherever the flag stands: a bad one is refused, naming the key.
+    std::fs::write(dir.path().join("bad.toml"), "[spam]\nkill_levle = 5\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let (code, text) = postsift(&["quarantine", "list", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("kill_levle"), "{text}");
+    // A release with the flag last gets as far as looking the id up.
+    let (code, text) = postsift(&["quarantine", "release", "nosuchid", "--config", cfg]);
+    assert_eq!(code, 64, "{text}");
+    assert!(!text.contains("unexpected argument"), "{text}");
+}
