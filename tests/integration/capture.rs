@@ -108,9 +108,9 @@ impl Capture {
             .expect("no message captured")
     }
 
-    /// Waits until `n` messages arrived (or panics after 60 s).
+    /// Waits until `n` messages arrived (or panics after 180 s: a hang guard, not a timing).
     pub async fn wait_for(&self, n: usize) -> Vec<Transaction> {
-        for _ in 0..600 {
+        for _ in 0..1800 {
             if self.count() >= n {
                 return self.all();
             }

@@ -413,7 +413,8 @@ async fn sigterm_drains_messages_in_flight() {
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut connected = None;
-    for _ in 0..100 {
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < end {
         if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
             connected = Some(s);
             break;

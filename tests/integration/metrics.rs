@@ -30,8 +30,10 @@ async fn metrics_count_every_outcome() {
 
     let (status, _) = http_get(maddr, "/healthz").await;
     assert_eq!(status, 200);
+    // Waits for the probe's answer; bounded only so that a regression fails, not hangs.
     let mut ready = false;
-    for _ in 0..50 {
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < end {
         if http_get(maddr, "/readyz").await.0 == 200 {
             ready = true;
             break;
@@ -109,7 +111,8 @@ async fn metrics_count_every_outcome() {
     assert_eq!(sample(&text, "postsift_reinject_up"), 1.0);
     // A session is counted when it ends, just after its QUIT reply.
     let mut sessions = 0.0;
-    for _ in 0..50 {
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < end {
         let (_, text) = http_get(maddr, "/metrics").await;
         sessions = sample(&text, "postsift_sessions_total{protocol=\"esmtp\"}");
         if sessions >= 3.0 {

@@ -426,27 +426,23 @@ async fn memory_budget_full_means_452_not_growth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_file_budget_full_means_452_and_nothing_lost() {
     let sink = Capture::start().await;
+    let spool = tempfile::tempdir().unwrap();
     let f = start_filter(&config(None, None, sink.addr, "").replace(
         "[server]\n",
-        "[server]\nspool_threshold = 1024\nmax_spool_files = 1\n",
+        &format!(
+            "[server]\nspool_threshold = 1024\nmax_spool_files = 1\nspool_dir = \"{}\"\n",
+            spool.path().display()
+        ),
     ))
     .await;
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(4000));
-    // The first message spills to a spool file and holds it.
+    // The first message spills to a spool file and holds it. Nothing tells the client when
+    // postsift has read that far, so wait for the event itself: the filter runs in this
+    // process, and its (unlinked) spool file shows among our descriptors.
     let mut a = hold_in_data(f.addr, big.as_bytes()).await;
-    // Until postsift has read that far (nothing tells the client when), a second message still
-    // gets a file, and is delivered: counted, and tried again.
-    let mut early = 0;
-    let r = loop {
-        let r =
-            crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], big.as_bytes())
-                .await;
-        if r.code != 250 || early == 50 {
-            break r;
-        }
-        early += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    wait_for_open_file_under(spool.path()).await;
+    let r =
+        crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], big.as_bytes()).await;
     assert_eq!(r.code, 452, "{r:?}");
     assert!(r.text.contains("4.3.1"), "{r:?}");
     a.send(b".\r\n").await;
@@ -456,5 +452,25 @@ async fn spool_file_budget_full_means_452_and_nothing_lost() {
         crate::client::send_one(f.addr, "a@example.org", &["b@example.com"], big.as_bytes()).await;
     assert_eq!(r.code, 250, "{r:?}");
     f.stop().await;
-    assert_eq!(sink.count(), 2 + early);
+    assert_eq!(sink.count(), 2);
+}
+
+/// Waits until this process holds a file descriptor on a file in `dir` (an unlinked spool file
+/// shows in /proc/self/fd as `<dir>/.tmpXXXX (deleted)`). Bounded only so that a regression
+/// fails instead of hanging the suite.
+async fn wait_for_open_file_under(dir: &std::path::Path) {
+    let dir = dir.canonicalize().unwrap();
+    let found = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target.starts_with(&dir))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while !found() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("no spool file was opened within 120 s");
 }

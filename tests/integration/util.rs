@@ -94,7 +94,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The endpoint is bound inside serve(), which may not have run yet.
     let mut s = None;
-    for _ in 0..100 {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < end {
         if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
             s = Some(c);
             break;
