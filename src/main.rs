@@ -214,6 +214,9 @@ fn main() -> ExitCode {
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
+            for w in postsift::fsmode::warnings(&config) {
+                eprintln!("warning: {w}");
+            }
             // Each bank with the settings in effect where it applies, so a typo in a level or
             // an action shows before mail does.
             for i in 0..config.policy.len() {
@@ -243,6 +246,9 @@ fn main() -> ExitCode {
         }
         Command::Run { .. } => {
             init_logging(&config);
+            // Everything the daemon creates is its own (stores, quarantine, spool files).
+            postsift::fsmode::restrict_umask();
+            postsift::fsmode::raise_nofile_limit();
             match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -383,6 +389,9 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         for w in config.warnings() {
             tracing::warn!("configuration: {w}");
+        }
+        for w in postsift::fsmode::warnings(&config) {
+            tracing::warn!("file modes: {w}");
         }
         let mut listeners = Vec::new();
         for addr in &config.server.listen {

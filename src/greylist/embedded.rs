@@ -33,9 +33,12 @@ fn sql(e: rusqlite::Error) -> Error {
 
 pub(super) fn open(path: &Path) -> Result<Connection, Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        crate::fsmode::create_private_dir(dir)
             .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", dir.display())))?;
     }
+    // 0600 before SQLite opens it: its -wal and -shm take the database file's mode.
+    crate::fsmode::create_private_file(path)
+        .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", path.display())))?;
     let c =
         Connection::open(path).map_err(|e| Error::Embedded(format!("{}: {e}", path.display())))?;
     c.busy_timeout(Duration::from_secs(5)).map_err(sql)?;

@@ -168,6 +168,12 @@ async fn answer(
         .map(|(_, v)| v.trim_matches(['<', '>']).to_owned())
         .filter(|v| !v.is_empty())
         .collect();
+    // Refused here with a clear answer (the reinjection boundary would refuse it too).
+    if let Some(bad) = to.iter().find(|a| release::bad_address(a)) {
+        return vec![setreply(&format!(
+            "553 5.1.3 recipient {bad:?}: bad address syntax (RFC 5321), nothing released"
+        ))];
+    }
     let by = get("requested_by").unwrap_or("-");
     let req = Request {
         to,
