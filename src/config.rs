@@ -506,6 +506,9 @@ pub struct Metrics {
     /// Seconds between health probes of clamd, spamd and the reinjection server (they set
     /// `postsift_scanner_up`, `postsift_reinject_up` and `/readyz`). Default 10.
     pub probe_interval: u64,
+    /// Connections the HTTP endpoint serves at once; more are closed at once (counted in
+    /// `postsift_listener_refused_total{listener="metrics"}`). Default 32.
+    pub max_connections: usize,
 }
 
 impl Default for Metrics {
@@ -513,6 +516,7 @@ impl Default for Metrics {
         Metrics {
             listen: "127.0.0.1:9724".into(),
             probe_interval: 10,
+            max_connections: 32,
         }
     }
 }
@@ -641,6 +645,10 @@ pub struct Quarantine {
     /// Where amavis's release protocol (AM.PDP, `request=release`, what `amavisd-release`
     /// speaks) is served: `"127.0.0.1:9998"` or `"unix:/path"`. Default `""`: off.
     pub release_listen: String,
+    /// AM.PDP connections served at once; more are closed at once (counted in
+    /// `postsift_listener_refused_total{listener="release"}`). An idle one is closed after
+    /// `server.read_timeout`, and at shutdown between requests. Default 8.
+    pub release_max_connections: usize,
 }
 
 impl Default for Quarantine {
@@ -649,6 +657,7 @@ impl Default for Quarantine {
             dir: "/var/lib/postsift/quarantine".into(),
             retention_days: 14,
             release_listen: String::new(),
+            release_max_connections: 8,
         }
     }
 }
@@ -1166,6 +1175,17 @@ impl Config {
         }
         self.validate_auth(&bad)?;
         self.validate_dkim_sign(path)?;
+        for (key, n) in [
+            ("metrics.max_connections", self.metrics.max_connections),
+            (
+                "quarantine.release_max_connections",
+                self.quarantine.release_max_connections,
+            ),
+        ] {
+            if n == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),

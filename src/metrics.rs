@@ -131,6 +131,9 @@ pub struct Metrics {
     /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
     pub greylist_entries: IntGaugeVec,
     pub greylist_connections_active: IntGauge,
+    /// Connections closed at accept because their listener's limit was reached, by listener
+    /// ("policy", "release", "metrics").
+    pub listener_refused: IntCounterVec,
     /// Messages stored in the quarantine, by category.
     pub quarantined: IntCounterVec,
     /// Entries in the quarantine and the bytes of their messages (refreshed every minute
@@ -343,6 +346,13 @@ impl Metrics {
                 &r,
                 "postsift_greylist_connections_active",
                 "Open policy service connections",
+            ),
+            listener_refused: counter(
+                &r,
+                "postsift_listener_refused_total",
+                "Connections closed at accept: the listener's connection limit was reached",
+                &["listener"],
+                &[&["policy", "release", "metrics"]],
             ),
             messages: counter(
                 &r,
@@ -571,8 +581,17 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`: at most `max_connections` at
+/// once (more are closed at accept, so a flood of connections cannot take the descriptors the
+/// mail listeners need), each request's header within 10 s, each connection 30 s at most, and
+/// every connection closed at shutdown.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -584,15 +603,31 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: 
                 }
             },
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics
+                .listener_refused
+                .with_label_values(&["metrics"])
+                .inc();
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(respond(&metrics, req.uri().path())) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            tokio::select! {
+                _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn) => {}
+                _ = shutdown.cancelled() => {}
+            }
         });
     }
 }

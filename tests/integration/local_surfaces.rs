@@ -98,3 +98,151 @@ async fn stores_were_world_readable() {
     );
     harness::finish_dir(Some(tmp));
 }
+
+/// How many connections wait in the accept queue of the listening TCP socket on `port`
+/// (`/proc/net/tcp`: a LISTEN socket's rx_queue); None when no such socket.
+fn accept_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if local_port != port || *f.get(3)? != "0A" {
+            return None;
+        }
+        u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// An idle AM.PDP connection was never closed, and SIGTERM waited for it the whole
+/// `shutdown_grace` (120 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ampdp_connection_held_up_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let tmp = harness::private_dir("surfaces-");
+    let sock = tmp.path().join("amavisd.sock");
+    let sink = Capture::start().await;
+    let toml = config(
+        None,
+        None,
+        sink.addr,
+        &format!(
+            "[quarantine]\ndir = \"{}\"\nrelease_listen = \"unix:{}\"\n",
+            tmp.path().join("q").display(),
+            sock.display()
+        ),
+    )
+    .replace("shutdown_grace = 30", "shutdown_grace = 3600");
+    let f = start_filter(&toml).await;
+    assert!(
+        harness::wait_until(std::time::Duration::from_secs(30), || sock.exists()),
+        "release socket"
+    );
+    let mut idle = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    // One full request first, so the connection is surely being served (not in the backlog).
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"request=nothing\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("setreply=550"));
+
+    f.shutdown.cancel();
+    // The drain ends with the idle connection closed, long before the grace period.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(120), f.handle).await;
+    assert!(
+        drained.is_ok(),
+        "the drain waited for an idle AM.PDP connection"
+    );
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    harness::finish_dir(Some(tmp));
+}
+
+/// 1,100 connections to the metrics port or AM.PDP exhausted the descriptors (RLIMIT_NOFILE
+/// 1024) and mail on the SMTP listener stalled (`accept failed: Too many open files`). Here
+/// the child runs with a hard limit of 256 (so raising the soft limit does not help) and gets
+/// 300 AM.PDP and 100 metrics connections: the listeners' own limits keep the descriptors
+/// for mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
+    let tmp = harness::private_dir("surfaces-");
+    let sink = Capture::start().await;
+    let (smtp, metrics, release) = (
+        harness::free_port(),
+        harness::free_port(),
+        harness::free_port(),
+    );
+    let toml = config(
+        None,
+        None,
+        sink.addr,
+        &format!(
+            "[quarantine]\ndir = \"{}\"\nrelease_listen = \"127.0.0.1:{release}\"\n\
+             [log]\nlevel = \"warn\"\n",
+            tmp.path().join("q").display(),
+        ),
+    )
+    .replace(
+        "[server]\n",
+        &format!("[server]\nlisten = [\"127.0.0.1:{smtp}\"]\n"),
+    )
+    .replace(
+        "[metrics]\nlisten = \"\"",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\""),
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let mut child = Command::new("prlimit")
+        .args([
+            "--nofile=256:256",
+            env!("CARGO_BIN_EXE_postsift"),
+            "run",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ports = [smtp, metrics, release];
+    assert!(
+        harness::wait_until(std::time::Duration::from_secs(30), || ports
+            .iter()
+            .all(|&p| harness::port_open(harness::localhost(p)))),
+        "postsift did not start"
+    );
+    let mut flood = Vec::new();
+    for (port, n) in [(release, 300), (metrics, 100)] {
+        for _ in 0..n {
+            flood.push(std::net::TcpStream::connect(harness::localhost(port)).unwrap());
+        }
+    }
+    // Every connection is taken off the accept queues (served, or closed over the limit)...
+    let drained = harness::wait_until(std::time::Duration::from_secs(60), || {
+        accept_queue(release) == Some(0) && accept_queue(metrics) == Some(0)
+    });
+    // ...and mail still flows, while the flood's connections are all still open on our side.
+    let replies = crate::util::blocking(move || {
+        harness::smtp_send(
+            harness::localhost(smtp),
+            "alice@example.org",
+            &["bob@example.com"],
+            b"Subject: flood\r\n\r\nhello\r\n",
+        )
+    })
+    .await;
+    assert!(drained, "accept queues never drained");
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.0 == 250 && r.1.contains("queued as")),
+        "{replies:?}"
+    );
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+    drop(flood);
+    let _ = child.kill();
+    let _ = child.wait();
+    harness::finish_dir(Some(tmp));
+}

@@ -19,9 +19,9 @@ mod dkim_sign; // DKIM signing of outgoing mail, verified by mail-auth and by dk
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input
-mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); the walk's limits
+mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
 mod prometheus; // every dashboard and alert expression against a real Prometheus
