@@ -30,7 +30,7 @@ pub fn restrict_umask() {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, so the mail listeners keep descriptors
 /// for themselves whatever the other listeners hold (Debian's default soft limit is 1024).
 /// Returns the soft limit now in force.
-pub fn raise_nofile_limit() -> u64 {
+pub fn raise_nofile_limit() -> libc::rlim_t {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -44,11 +44,11 @@ pub fn raise_nofile_limit() -> u64 {
             let was = rl.rlim_cur;
             rl.rlim_cur = rl.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
-                return was as u64;
+                return was;
             }
         }
     }
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }
 
 /// Creates `dir` (and its missing parents) with mode 0700; an existing one is left as it is.

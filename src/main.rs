@@ -248,7 +248,8 @@ fn main() -> ExitCode {
             init_logging(&config);
             // Everything the daemon creates is its own (stores, quarantine, spool files).
             postsift::fsmode::restrict_umask();
-            postsift::fsmode::raise_nofile_limit();
+            let nofile = postsift::fsmode::raise_nofile_limit();
+            tracing::debug!(nofile, "descriptor limit (RLIMIT_NOFILE, soft raised to hard)");
             match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
