@@ -1413,6 +1413,14 @@ impl Config {
                     &format!("{l} is not in server.listen, so no mail arrives there"),
                 );
             }
+            if let Some(key) = crate::banks::trust_by_sender_only(b) {
+                return no(
+                    key,
+                    "matches on sender_domain only, which any Internet sender can type in \
+                     MAIL FROM; also match a listener or client networks (e.g. an originating \
+                     listener)",
+                );
+            }
             for (key, domains) in [
                 ("policy.match.sender_domain", &m.sender_domain),
                 ("policy.match.recipient_domain", &m.recipient_domain),
@@ -1510,6 +1518,14 @@ impl Config {
     /// exits 0; `run` logs them at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for name in crate::banks::client_banks_matching_postfix(self) {
+            out.push(format!(
+                "policy bank \"{name}\": match.client includes server.allow_networks, so when \
+                 Postfix sends no XFORWARD the client is Postfix itself and the bank applies to \
+                 every message; set lmtp_send_xforward_command = yes (or \
+                 smtp_send_xforward_command) on postsift's transport in master.cf"
+            ));
+        }
         let [(engine, engine_endpoints), (other, _)] = self.spam_engines();
         if self.present.contains_key(other) {
             out.push(format!(

@@ -249,7 +249,10 @@ fn main() -> ExitCode {
             // Everything the daemon creates is its own (stores, quarantine, spool files).
             postsift::fsmode::restrict_umask();
             let nofile = postsift::fsmode::raise_nofile_limit();
-            tracing::debug!(nofile, "descriptor limit (RLIMIT_NOFILE, soft raised to hard)");
+            tracing::debug!(
+                nofile,
+                "descriptor limit (RLIMIT_NOFILE, soft raised to hard)"
+            );
             match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

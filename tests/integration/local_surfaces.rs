@@ -246,3 +246,60 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
     let _ = child.wait();
     harness::finish_dir(Some(tmp));
 }
+
+/// A bank matching on `sender_domain` alone that signed or bypassed checks passed
+/// check-config: any Internet sender typing that domain in MAIL FROM got its mail signed with
+/// the domain's key (or unchecked). And a bank matching client networks that include the
+/// address Postfix connects from silently applied to every message without XFORWARD.
+#[test]
+fn sender_domain_bank_signing_forged_mail_passed_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postsift.toml");
+    let check = |toml: &str| {
+        std::fs::write(&path, toml).unwrap();
+        postsift_out(&["check-config", "--config", path.to_str().unwrap()])
+    };
+    for (setting, key) in [
+        ("dkim_sign = true", "policy.dkim_sign"),
+        ("bypass_spam_checks = true", "policy.bypass_spam_checks"),
+        ("bypass_virus_checks = true", "policy.bypass_virus_checks"),
+        ("virus.action = \"pass\"", "policy.virus.action"),
+    ] {
+        let (code, out, err) = check(&format!(
+            "[[policy]]\nname = \"ours\"\nmatch.sender_domain = [\"example.com\"]\n{setting}\n"
+        ));
+        assert_eq!(code, 64, "{setting}: {out}{err}");
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+        assert!(err.contains("sender_domain"), "{err}");
+    }
+    // With a listener (an originating one) or client networks as well, it is fine.
+    let (code, out, err) = check(
+        "[server]\nlisten = [\"127.0.0.1:10024\", \"127.0.0.1:10026\"]\n\
+         [[policy]]\nname = \"ours\"\nmatch.sender_domain = [\"example.com\"]\n\
+         match.listener = [\"127.0.0.1:10026\"]\ndkim_sign = true\nbypass_spam_checks = true\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // Tagging by sender domain trusts nothing: allowed.
+    let (code, out, err) = check(
+        "[[policy]]\nname = \"ours\"\nmatch.sender_domain = [\"example.com\"]\n\
+         spam.subject_tag = \"[x] \"\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A client bank over the networks Postfix connects from: a warning; elsewhere none.
+    let (code, out, err) = check(
+        "[[policy]]\nname = \"local\"\nmatch.client = [\"127.0.0.0/8\"]\nbypass_spam_checks = true\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: policy bank \"local\": match.client includes server.allow_networks")
+            && err.contains("lmtp_send_xforward_command"),
+        "{err}"
+    );
+    let (code, out, err) = check(
+        "[[policy]]\nname = \"partner\"\nmatch.client = [\"192.0.2.0/24\"]\nbypass_spam_checks = true\n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
