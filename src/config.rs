@@ -828,6 +828,13 @@ pub struct Dns {
     /// Answers kept in postsift's own record cache, per record type (TXT, MX, A, AAAA, PTR);
     /// the resolver below it keeps as many raw answers, negative ones included. Default 10000.
     pub cache_size: usize,
+    /// Bytes postsift's record cache keeps per record type (an estimate of each parsed
+    /// answer's size, key included); the entries nearest their expiry go first. Default
+    /// 8388608 (8 MiB).
+    pub cache_bytes: usize,
+    /// Largest answer kept in the cache, in bytes (estimated as for `cache_bytes`); a larger one
+    /// is used for the message that asked and not kept. Default 16384.
+    pub max_record_bytes: usize,
 }
 
 impl Default for Dns {
@@ -837,6 +844,8 @@ impl Default for Dns {
             timeout: 5,
             attempts: 2,
             cache_size: 10_000,
+            cache_bytes: 8 << 20,
+            max_record_bytes: 16 << 10,
         }
     }
 }
@@ -1257,6 +1266,12 @@ impl Config {
         }
         if self.dns.attempts == 0 {
             return Err(bad("dns.attempts", "must be at least 1"));
+        }
+        if self.dns.cache_bytes < self.dns.max_record_bytes {
+            return Err(bad(
+                "dns.cache_bytes",
+                "must be at least dns.max_record_bytes",
+            ));
         }
         if self.dns.cache_size == 0 {
             return Err(bad("dns.cache_size", "must be at least 1"));
