@@ -826,7 +826,8 @@ pub struct Dns {
     /// Default 2.
     pub attempts: usize,
     /// Answers kept in postsift's own record cache, per record type (TXT, MX, A, AAAA, PTR);
-    /// the resolver below it keeps as many raw answers, negative ones included. Default 10000.
+    /// the resolver below it keeps `cache_bytes / 64 KiB` raw answers (at most as many).
+    /// Default 10000.
     pub cache_size: usize,
     /// Bytes postsift's record cache keeps per record type (an estimate of each parsed
     /// answer's size, key included); the entries nearest their expiry go first. Default
@@ -900,6 +901,10 @@ pub struct Auth {
     /// Messages larger than this (bytes) get SPF only: DKIM, ARC and DMARC need the whole
     /// message in memory, and are left out rather than guessed. Default 16777216.
     pub max_message_size: u64,
+    /// DKIM results written in `Authentication-Results` at most (passes first, then in the
+    /// message's order); the header says how many more there were, and
+    /// `postsift_auth_dkim_results_omitted_total` counts them. Default 10.
+    pub max_dkim_results: usize,
     /// Scores by rule name, over SpamAssassin's defaults (`SPF_PASS = -0.001`, …; the full
     /// list is in postsift.example.toml). A rule scored 0 is off. Default: SpamAssassin's.
     pub scores: BTreeMap<String, f64>,
@@ -918,6 +923,7 @@ impl Default for Auth {
             trusted_arc_sealers: Vec::new(),
             timeout: 20,
             max_message_size: 16_777_216,
+            max_dkim_results: 10,
             scores: BTreeMap::new(),
         }
     }
@@ -1266,6 +1272,9 @@ impl Config {
         }
         if self.dns.attempts == 0 {
             return Err(bad("dns.attempts", "must be at least 1"));
+        }
+        if self.auth.max_dkim_results == 0 {
+            return Err(bad("auth.max_dkim_results", "must be at least 1"));
         }
         if self.dns.cache_bytes < self.dns.max_record_bytes {
             return Err(bad(

@@ -9,11 +9,11 @@
 //! estimated from its parsed form), and an answer over `dns.max_record_bytes` is not kept: a
 //! sender's zone full of 60 KB key records cannot grow the process. A DKIM key whose size
 //! mail-auth does not tell (Ed25519, or RSA bytes that are not a DER key) is not kept either.
-//! mail-auth 0.13 hands its hooks positive answers only, so the resolver's own cache (hickory's,
-//! as many entries) is kept below it for negative answers (NXDOMAIN/NODATA for their SOA's
-//! negative TTL) — the common "this HELO name has no SPF record" case; it keeps no positive
-//! answer (their TTL is capped at 0: they are postsift's cache's, bounded by bytes). A DNS
-//! failure is never cached.
+//! mail-auth 0.13 hands its hooks positive answers only, so the resolver's own cache (hickory's)
+//! is kept below it for negative answers (NXDOMAIN/NODATA for their SOA's negative TTL) — the
+//! common "this HELO name has no SPF record" case; it counts answers, not bytes, so it keeps
+//! `dns.cache_bytes / 64 KiB` of them (a DNS message is at most 64 KiB). A DNS failure is
+//! never cached.
 //!
 //! What the metrics can see: mail-auth does its queries itself, so lookups are observed at the
 //! hooks. A miss in postsift's cache is a lookup handed to the resolver; the answer's arrival
@@ -88,9 +88,7 @@ impl Resolver {
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(settings.timeout);
         opts.attempts = settings.attempts;
-        opts.cache_size = settings.cache_size as u64;
-        // Positive answers live in postsift's byte-bounded cache, not in hickory's.
-        opts.positive_max_ttl = Some(Duration::ZERO);
+        opts.cache_size = hickory_entries(settings) as u64;
         opts.use_hosts_file = ResolveHosts::Never;
         // Names are always absolute; never try them under a search domain.
         opts.ndots = 0;
@@ -119,6 +117,12 @@ impl Resolver {
             tracker,
         }
     }
+}
+
+/// The resolver's own cache counts answers, not bytes, and a DNS message can be 64 KiB: it
+/// keeps `dns.cache_bytes / 64 KiB` of them (at least 16, at most `dns.cache_size`).
+fn hickory_entries(settings: &Settings) -> usize {
+    (settings.cache_bytes / (64 << 10)).clamp(16, settings.cache_size.max(16))
 }
 
 /// UDP, then TCP for truncated answers, on `addr`'s port.

@@ -818,8 +818,12 @@ fn print_auth(config: &Config, decision: &postsift::policy::Decision) {
     if let Some(why) = a.spf_skipped {
         println!("auth:       spf not checked: {why} (give --client-ip, --helo, --mail-from)");
     }
-    let header =
-        postsift::rewrite::authentication_results(&config.authserv_id(), a, decision.dmarc);
+    let header = postsift::rewrite::authentication_results_capped(
+        &config.authserv_id(),
+        a,
+        decision.dmarc,
+        config.auth.max_dkim_results,
+    );
     for line in header.trim_end().lines().skip(1) {
         println!("auth:       {}", line.trim().trim_end_matches(';'));
     }

@@ -12,8 +12,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -147,6 +147,8 @@ pub struct Metrics {
     pub quarantine_releases: IntCounterVec,
     /// Mail authentication results, by method (one per DKIM signature) and result.
     pub auth_results: IntCounterVec,
+    /// DKIM results left out of `Authentication-Results` (over `auth.max_dkim_results`).
+    pub auth_dkim_results_omitted: IntCounter,
     /// Time all authentication checks of one message took together.
     pub auth_duration: Histogram,
     /// The DNS lookups and cache of mail authentication (see `dns`).
@@ -293,6 +295,15 @@ impl Metrics {
             ),
         };
         Metrics {
+            auth_dkim_results_omitted: {
+                let c = IntCounter::new(
+                    "postsift_auth_dkim_results_omitted_total",
+                    "DKIM results left out of Authentication-Results (over auth.max_dkim_results)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             auth_results: counter(
                 &r,
                 "postsift_auth_results_total",
