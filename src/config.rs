@@ -575,6 +575,11 @@ pub struct Greylist {
     /// Policy connections open at once (every Postfix smtpd process keeps one); more are
     /// closed at once. Default 256.
     pub max_connections: usize,
+    /// Triplets the embedded store keeps at most (about 430 bytes each on disk); past it the
+    /// daemon deletes the least recently seen, down to nine tenths, every five minutes
+    /// (`postsift_greylist_evicted_total`). 0: no cap (the hourly purge only). Redis keys
+    /// expire after `max_age` by themselves; cap Redis with its own `maxmemory`. Default 500000.
+    pub max_triplets: u64,
     /// Honour postgrey's `policy_test_time` attribute (the request's clock), for tests only.
     /// Default false.
     pub policy_test_time: bool,
@@ -628,6 +633,7 @@ impl Default for Greylist {
             on_failure: OnFailure::Pass,
             store_timeout: 2,
             max_connections: 256,
+            max_triplets: 500_000,
             policy_test_time: false,
         }
     }

@@ -131,6 +131,8 @@ pub struct Metrics {
     /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
     pub greylist_entries: IntGaugeVec,
     pub greylist_connections_active: IntGauge,
+    /// Triplets deleted because the store passed `greylist.max_triplets`.
+    pub greylist_evicted: IntCounter,
     /// Connections closed at accept because their listener's limit was reached, by listener
     /// ("policy", "release", "metrics").
     pub listener_refused: IntCounterVec,
@@ -353,6 +355,15 @@ impl Metrics {
                 "1 if the last greylisting store operation succeeded",
             ),
             greylist_entries,
+            greylist_evicted: {
+                let c = IntCounter::new(
+                    "postsift_greylist_evicted_total",
+                    "Greylisting triplets deleted, least recently seen first, over greylist.max_triplets",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             greylist_connections_active: gauge(
                 &r,
                 "postsift_greylist_connections_active",

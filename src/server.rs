@@ -299,6 +299,7 @@ pub async fn serve_with_reload(
         tracker.spawn(greylist::maintenance(
             p.store.clone(),
             params,
+            current.borrow().config.greylist.max_triplets,
             metrics.clone(),
             shutdown.clone(),
         ));
