@@ -195,17 +195,27 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
     );
     let cfg = tmp.path().join("postsift.toml");
     harness::write_file(&cfg, &toml);
-    let mut child = Command::new("prlimit")
-        .args([
-            "--nofile=256:256",
-            env!("CARGO_BIN_EXE_postsift"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Ends the child however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(
+        Command::new("prlimit")
+            .args([
+                "--nofile=256:256",
+                env!("CARGO_BIN_EXE_postsift"),
+                "run",
+                "--config",
+            ])
+            .arg(&cfg)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let ports = [smtp, metrics, release];
     assert!(
         harness::wait_until(std::time::Duration::from_secs(30), || ports
@@ -242,8 +252,6 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
     );
     assert_eq!(sink.wait_for(1).await.len(), 1);
     drop(flood);
-    let _ = child.kill();
-    let _ = child.wait();
     harness::finish_dir(Some(tmp));
 }
 
