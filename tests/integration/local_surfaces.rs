@@ -311,3 +311,44 @@ fn sender_domain_bank_signing_forged_mail_passed_check_config() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// The mail listeners had only the soft descriptor limit (1024 on Debian) whatever the hard
+/// limit allowed: `postsift run` now raises the soft limit to the hard one at start.
+#[test]
+fn soft_nofile_limit_was_left_below_the_hard_limit() {
+    let tmp = harness::private_dir("surfaces-");
+    let smtp = harness::free_port();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:{smtp}\"]\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n\
+         [metrics]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n"
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let mut child = Command::new("prlimit")
+        .args([
+            "--nofile=256:2048",
+            env!("CARGO_BIN_EXE_postsift"),
+            "run",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = harness::wait_until(std::time::Duration::from_secs(30), || {
+        harness::port_open(harness::localhost(smtp))
+    });
+    // prlimit execs postsift: the same pid.
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "postsift did not start");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.get(3..5), Some(&["2048", "2048"][..]), "{limits}");
+    harness::finish_dir(Some(tmp));
+}
