@@ -570,6 +570,51 @@ async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
     harness::finish_dir(Some(tmp));
 }
 
+/// Issue 17: NOTIFY= (and the sender) of a release came from the quarantine file unchecked: a
+/// file edited to hold CRLF in them injected commands into the reinjection connection. The
+/// reinjection client now checks every address and parameter it writes, whatever its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
+    let tmp = harness::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let toml = qconfig(
+        &dir,
+        None,
+        None,
+        sink.addr,
+        "[banned]\naction = \"quarantine\"\n",
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
+    let id = quarantined_id(&replies[0]);
+    f.stop().await;
+
+    // The file: "postsift-quarantine 1 <len>\n<json>\n<message>".
+    let path = dir.join("msgs").join(&id);
+    let data = std::fs::read(&path).unwrap();
+    let nl = data.iter().position(|&b| b == b'\n').unwrap();
+    let first = std::str::from_utf8(&data[..nl]).unwrap();
+    let (magic, len) = first.rsplit_once(' ').unwrap();
+    let len: usize = len.parse().unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&data[nl + 1..nl + 1 + len]).unwrap();
+    meta["recipients"][0]["notify"] =
+        "SUCCESS\r\nNOOP INJECTED-1\r\nRCPT TO:<injected@evil.example>".into();
+    let json = serde_json::to_string(&meta).unwrap();
+    let mut out = format!("{magic} {}\n{json}", json.len()).into_bytes();
+    out.extend_from_slice(&data[nl + 1 + len..]);
+    std::fs::write(&path, out).unwrap();
+
+    let (code, out, err) = cli(&cfg, &["release", &id]);
+    assert_eq!(code, 75, "{out} {err}");
+    assert!(out.contains("501 5.5.4"), "{out}");
+    assert!(!out.contains('\r'), "{out:?}");
+    assert_eq!(sink.count(), 0, "{:?}", sink.all());
+    harness::finish_dir(Some(tmp));
+}
+
 /// `postsift run` as a child in a mount namespace of its own, where `msgs` is a tmpfs mounted
 /// with `mount_opts`. Returns the child and its SMTP address.
 fn run_with_msgs_mount(
