@@ -67,6 +67,73 @@ pub fn matches(bank: &Bank, ctx: &Context, rcpt: &str) -> bool {
         })
 }
 
+/// The setting of `bank` that trusts the mail it matches (signs it, or skips a check), when the
+/// bank matches on `sender_domain` and on neither a listener nor a client network: MAIL FROM is
+/// whatever the sender types, so any Internet sender would get it. Returns the key.
+pub fn trust_by_sender_only(bank: &Bank) -> Option<&'static str> {
+    let m = &bank.when;
+    if m.sender_domain.is_empty() || !m.listener.is_empty() || !m.client.is_empty() {
+        return None;
+    }
+    [
+        ("policy.dkim_sign", bank.dkim_sign == Some(true)),
+        (
+            "policy.bypass_virus_checks",
+            bank.bypass_virus_checks == Some(true),
+        ),
+        (
+            "policy.bypass_spam_checks",
+            bank.bypass_spam_checks == Some(true),
+        ),
+        (
+            "policy.virus.action",
+            bank.virus.action == Some(Action::Pass),
+        ),
+        (
+            "policy.banned.action",
+            bank.banned.action == Some(Action::Pass),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key))
+}
+
+/// Banks whose client networks include a network Postfix connects from
+/// (`server.allow_networks`): when Postfix sends no XFORWARD (`lmtp_send_xforward_command` and
+/// `smtp_send_xforward_command` are off by default), the client is Postfix itself, and such a
+/// bank applies to every message. Their names.
+pub fn client_banks_matching_postfix(config: &Config) -> Vec<&str> {
+    let overlap =
+        |a: &ipnet::IpNet, b: &ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    config
+        .policy
+        .iter()
+        .filter(|b| {
+            b.when
+                .client
+                .iter()
+                .any(|n| config.server.allow_networks.iter().any(|a| overlap(n, a)))
+        })
+        .map(|b| b.name.as_str())
+        .collect()
+}
+
+/// Logs once per process, at the first message that came without XFORWARD ADDR, when a bank
+/// matches client networks: that bank then sees Postfix as the client.
+pub fn warn_once_without_xforward(config: &Config) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if config.policy.iter().any(|b| !b.when.client.is_empty())
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "a message came without XFORWARD: [[policy]] banks matching match.client see the \
+             connecting Postfix as the client; set lmtp_send_xforward_command = yes (or \
+             smtp_send_xforward_command) on postsift's transport in master.cf"
+        );
+    }
+}
+
 /// The banks that apply to `rcpt`, in order.
 pub fn for_recipient(config: &Config, ctx: &Context, rcpt: &str) -> Vec<usize> {
     (0..config.policy.len())

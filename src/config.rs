@@ -506,6 +506,9 @@ pub struct Metrics {
     /// Seconds between health probes of clamd, spamd and the reinjection server (they set
     /// `postsift_scanner_up`, `postsift_reinject_up` and `/readyz`). Default 10.
     pub probe_interval: u64,
+    /// Connections the HTTP endpoint serves at once; more are closed at once (counted in
+    /// `postsift_listener_refused_total{listener="metrics"}`). Default 32.
+    pub max_connections: usize,
 }
 
 impl Default for Metrics {
@@ -513,6 +516,7 @@ impl Default for Metrics {
         Metrics {
             listen: "127.0.0.1:9724".into(),
             probe_interval: 10,
+            max_connections: 32,
         }
     }
 }
@@ -571,6 +575,11 @@ pub struct Greylist {
     /// Policy connections open at once (every Postfix smtpd process keeps one); more are
     /// closed at once. Default 256.
     pub max_connections: usize,
+    /// Triplets the embedded store keeps at most (about 430 bytes each on disk); past it the
+    /// daemon deletes the least recently seen, down to nine tenths, every five minutes
+    /// (`postsift_greylist_evicted_total`). 0: no cap (the hourly purge only). Redis keys
+    /// expire after `max_age` by themselves; cap Redis with its own `maxmemory`. Default 500000.
+    pub max_triplets: u64,
     /// Honour postgrey's `policy_test_time` attribute (the request's clock), for tests only.
     /// Default false.
     pub policy_test_time: bool,
@@ -624,6 +633,7 @@ impl Default for Greylist {
             on_failure: OnFailure::Pass,
             store_timeout: 2,
             max_connections: 256,
+            max_triplets: 500_000,
             policy_test_time: false,
         }
     }
@@ -641,6 +651,10 @@ pub struct Quarantine {
     /// Where amavis's release protocol (AM.PDP, `request=release`, what `amavisd-release`
     /// speaks) is served: `"127.0.0.1:9998"` or `"unix:/path"`. Default `""`: off.
     pub release_listen: String,
+    /// AM.PDP connections served at once; more are closed at once (counted in
+    /// `postsift_listener_refused_total{listener="release"}`). An idle one is closed after
+    /// `server.read_timeout`, and at shutdown between requests. Default 8.
+    pub release_max_connections: usize,
 }
 
 impl Default for Quarantine {
@@ -649,6 +663,7 @@ impl Default for Quarantine {
             dir: "/var/lib/postsift/quarantine".into(),
             retention_days: 14,
             release_listen: String::new(),
+            release_max_connections: 8,
         }
     }
 }
@@ -817,8 +832,16 @@ pub struct Dns {
     /// Default 2.
     pub attempts: usize,
     /// Answers kept in postsift's own record cache, per record type (TXT, MX, A, AAAA, PTR);
-    /// the resolver below it keeps as many raw answers, negative ones included. Default 10000.
+    /// the resolver below it keeps `cache_bytes / 64 KiB` raw answers (at most as many).
+    /// Default 10000.
     pub cache_size: usize,
+    /// Bytes postsift's record cache keeps per record type (an estimate of each parsed
+    /// answer's size, key included); the entries nearest their expiry go first. Default
+    /// 8388608 (8 MiB).
+    pub cache_bytes: usize,
+    /// Largest answer kept in the cache, in bytes (estimated as for `cache_bytes`); a larger one
+    /// is used for the message that asked and not kept. Default 16384.
+    pub max_record_bytes: usize,
 }
 
 impl Default for Dns {
@@ -828,6 +851,8 @@ impl Default for Dns {
             timeout: 5,
             attempts: 2,
             cache_size: 10_000,
+            cache_bytes: 8 << 20,
+            max_record_bytes: 16 << 10,
         }
     }
 }
@@ -882,6 +907,10 @@ pub struct Auth {
     /// Messages larger than this (bytes) get SPF only: DKIM, ARC and DMARC need the whole
     /// message in memory, and are left out rather than guessed. Default 16777216.
     pub max_message_size: u64,
+    /// DKIM results written in `Authentication-Results` at most (passes first, then in the
+    /// message's order); the header says how many more there were, and
+    /// `postsift_auth_dkim_results_omitted_total` counts them. Default 10.
+    pub max_dkim_results: usize,
     /// Scores by rule name, over SpamAssassin's defaults (`SPF_PASS = -0.001`, …; the full
     /// list is in postsift.example.toml). A rule scored 0 is off. Default: SpamAssassin's.
     pub scores: BTreeMap<String, f64>,
@@ -900,6 +929,7 @@ impl Default for Auth {
             trusted_arc_sealers: Vec::new(),
             timeout: 20,
             max_message_size: 16_777_216,
+            max_dkim_results: 10,
             scores: BTreeMap::new(),
         }
     }
@@ -1166,6 +1196,17 @@ impl Config {
         }
         self.validate_auth(&bad)?;
         self.validate_dkim_sign(path)?;
+        for (key, n) in [
+            ("metrics.max_connections", self.metrics.max_connections),
+            (
+                "quarantine.release_max_connections",
+                self.quarantine.release_max_connections,
+            ),
+        ] {
+            if n == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
         // A zero timeout fails every operation it guards, so it is never what was meant.
         for (key, secs) in [
             ("server.read_timeout", self.server.read_timeout),
@@ -1237,6 +1278,15 @@ impl Config {
         }
         if self.dns.attempts == 0 {
             return Err(bad("dns.attempts", "must be at least 1"));
+        }
+        if self.auth.max_dkim_results == 0 {
+            return Err(bad("auth.max_dkim_results", "must be at least 1"));
+        }
+        if self.dns.cache_bytes < self.dns.max_record_bytes {
+            return Err(bad(
+                "dns.cache_bytes",
+                "must be at least dns.max_record_bytes",
+            ));
         }
         if self.dns.cache_size == 0 {
             return Err(bad("dns.cache_size", "must be at least 1"));
@@ -1393,6 +1443,14 @@ impl Config {
                     &format!("{l} is not in server.listen, so no mail arrives there"),
                 );
             }
+            if let Some(key) = crate::banks::trust_by_sender_only(b) {
+                return no(
+                    key,
+                    "matches on sender_domain only, which any Internet sender can type in \
+                     MAIL FROM; also match a listener or client networks (e.g. an originating \
+                     listener)",
+                );
+            }
             for (key, domains) in [
                 ("policy.match.sender_domain", &m.sender_domain),
                 ("policy.match.recipient_domain", &m.recipient_domain),
@@ -1490,6 +1548,14 @@ impl Config {
     /// exits 0; `run` logs them at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for name in crate::banks::client_banks_matching_postfix(self) {
+            out.push(format!(
+                "policy bank \"{name}\": match.client includes server.allow_networks, so when \
+                 Postfix sends no XFORWARD the client is Postfix itself and the bank applies to \
+                 every message; set lmtp_send_xforward_command = yes (or \
+                 smtp_send_xforward_command) on postsift's transport in master.cf"
+            ));
+        }
         let [(engine, engine_endpoints), (other, _)] = self.spam_engines();
         if self.present.contains_key(other) {
             out.push(format!(

@@ -5,10 +5,15 @@
 //! Two layers cache, both honouring TTLs. postsift's own [`Cache`] sits in mail-auth's cache
 //! hooks and keeps *parsed* answers (an SPF record, a DKIM key already decoded) until the
 //! answer's TTL runs out, so a warm message costs neither a query nor a parse; it is bounded by
-//! `dns.cache_size` per record type. mail-auth 0.13 hands its hooks positive answers only, so
-//! the resolver's own cache (hickory's, as large) is kept below it for negative answers
-//! (NXDOMAIN/NODATA for their SOA's negative TTL) — the common "this HELO name has no SPF
-//! record" case. A DNS failure is never cached.
+//! `dns.cache_size` entries and `dns.cache_bytes` bytes per record type (each answer's size
+//! estimated from its parsed form), and an answer over `dns.max_record_bytes` is not kept: a
+//! sender's zone full of 60 KB key records cannot grow the process. A DKIM key whose size
+//! mail-auth does not tell (Ed25519, or RSA bytes that are not a DER key) is not kept either.
+//! mail-auth 0.13 hands its hooks positive answers only, so the resolver's own cache (hickory's)
+//! is kept below it for negative answers (NXDOMAIN/NODATA for their SOA's negative TTL) — the
+//! common "this HELO name has no SPF record" case; it counts answers, not bytes, so it keeps
+//! `dns.cache_bytes / 64 KiB` of them (a DNS message is at most 64 KiB). A DNS failure is
+//! never cached.
 //!
 //! What the metrics can see: mail-auth does its queries itself, so lookups are observed at the
 //! hooks. A miss in postsift's cache is a lookup handed to the resolver; the answer's arrival
@@ -83,7 +88,7 @@ impl Resolver {
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(settings.timeout);
         opts.attempts = settings.attempts;
-        opts.cache_size = settings.cache_size as u64;
+        opts.cache_size = hickory_entries(settings) as u64;
         opts.use_hosts_file = ResolveHosts::Never;
         // Names are always absolute; never try them under a search domain.
         opts.ndots = 0;
@@ -91,7 +96,11 @@ impl Resolver {
             MessageAuthenticator::new(config, opts).map_err(|e| Error::Build(e.to_string()))?;
         Ok(Resolver {
             authenticator,
-            cache: Cache::new(settings.cache_size),
+            cache: Cache::with_bytes(
+                settings.cache_size,
+                settings.cache_bytes,
+                settings.max_record_bytes,
+            ),
             timeout: Duration::from_secs(settings.timeout),
         })
     }
@@ -110,6 +119,12 @@ impl Resolver {
     }
 }
 
+/// The resolver's own cache counts answers, not bytes, and a DNS message can be 64 KiB: it
+/// keeps `dns.cache_bytes / 64 KiB` of them (at least 16, at most `dns.cache_size`).
+fn hickory_entries(settings: &Settings) -> usize {
+    (settings.cache_bytes / (64 << 10)).clamp(16, settings.cache_size.max(16))
+}
+
 /// UDP, then TCP for truncated answers, on `addr`'s port.
 fn name_server(addr: &SocketAddr) -> NameServerConfig {
     let conn = |protocol| {
@@ -124,23 +139,130 @@ fn name_server(addr: &SocketAddr) -> NameServerConfig {
     )
 }
 
-/// One record type's answers until they expire; at most `capacity` of them.
+/// The bytes a cached answer takes, estimated from its parsed form (heap included, roughly);
+/// None when it cannot be told, and then the answer is not kept.
+pub trait Weigh {
+    fn weight(&self) -> Option<usize>;
+}
+
+/// Per entry: the map's own slot, the expiry, the Arc and the record set around a value.
+const ENTRY_OVERHEAD: usize = 96;
+
+impl Weigh for Box<str> {
+    fn weight(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+impl Weigh for IpAddr {
+    fn weight(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl Weigh for RecordSet<Ipv4Addr> {
+    fn weight(&self) -> Option<usize> {
+        Some(self.rrset.len() * 4)
+    }
+}
+
+impl Weigh for RecordSet<Ipv6Addr> {
+    fn weight(&self) -> Option<usize> {
+        Some(self.rrset.len() * 16)
+    }
+}
+
+impl Weigh for RecordSet<Box<str>> {
+    fn weight(&self) -> Option<usize> {
+        Some(self.rrset.iter().map(|n| n.len() + 16).sum())
+    }
+}
+
+impl Weigh for RecordSet<MX> {
+    fn weight(&self) -> Option<usize> {
+        Some(
+            self.rrset
+                .iter()
+                .flat_map(|mx| mx.exchanges.iter())
+                .map(|n| n.len() + 16)
+                .sum::<usize>()
+                + self.rrset.len() * 24,
+        )
+    }
+}
+
+impl Weigh for Txt {
+    fn weight(&self) -> Option<usize> {
+        match self {
+            // A directive holds at most a domain-spec macro (a name, up to 255 bytes).
+            Txt::Spf(spf) => Some(
+                std::mem::size_of::<mail_auth::spf::Spf>()
+                    + spf.directives.len()
+                        * (std::mem::size_of::<mail_auth::spf::Directive>() + 64),
+            ),
+            Txt::Dmarc(d) => Some(256 + (d.rua.len() + d.ruf.len()) * 320),
+            // The key's own bytes: an RSA modulus (its DER adds a few bytes). mail-auth keeps
+            // whatever p= decoded to and tells no size for Ed25519 or a malformed key, and
+            // ring takes no RSA key over 8192 bits: those are not kept.
+            Txt::DomainKey(k) => bits(k).filter(|&b| b > 0 && b <= 16384).map(|b| b / 8 + 64),
+            Txt::Error(_) => Some(64),
+            _ => Some(512),
+        }
+    }
+}
+
+/// One record type's answers until they expire; at most `capacity` of them and `max_bytes`
+/// bytes (estimated, see [`Weigh`]), none over `max_entry` bytes.
 pub struct Table<K, V> {
-    map: Mutex<HashMap<K, (V, Instant)>>,
+    map: Mutex<Map<K, V>>,
     capacity: usize,
+    max_bytes: usize,
+    max_entry: usize,
     label: &'static str,
 }
 
-impl<K: Hash + Eq, V: Clone> Table<K, V> {
+/// The entries (value, expiry, weight) and the sum of their weights.
+struct Map<K, V> {
+    entries: HashMap<K, (V, Instant, usize)>,
+    bytes: usize,
+}
+
+impl<K: Hash + Eq, V> Map<K, V> {
+    fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let (v, _, w) = self.entries.remove(key)?;
+        self.bytes -= w;
+        Some(v)
+    }
+}
+
+impl<K: Hash + Eq + Weigh, V: Clone + Weigh> Table<K, V> {
+    #[cfg(test)]
     fn new(capacity: usize, label: &'static str) -> Self {
+        Self::with_bytes(capacity, usize::MAX, usize::MAX, label)
+    }
+
+    fn with_bytes(
+        capacity: usize,
+        max_bytes: usize,
+        max_entry: usize,
+        label: &'static str,
+    ) -> Self {
         Table {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Map {
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
             capacity,
+            max_bytes,
+            max_entry,
             label,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map<K, V>> {
         // A panic while holding the lock leaves a map of complete entries: still usable.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -150,8 +272,8 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         K: Borrow<Q>,
     {
         let mut map = self.lock();
-        match map.get(key) {
-            Some((v, until)) if *until > Instant::now() => Some(v.clone()),
+        match map.entries.get(key) {
+            Some((v, until, _)) if *until > Instant::now() => Some(v.clone()),
             Some(_) => {
                 map.remove(key);
                 None
@@ -161,30 +283,76 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
     }
 
     fn insert(&self, key: K, value: V, until: Instant) {
+        let weight = match (key.weight(), value.weight()) {
+            (Some(k), Some(v)) => k + v + ENTRY_OVERHEAD,
+            // Size unknown: used by the check that asked, not kept.
+            _ => return,
+        };
+        if weight > self.max_entry || weight > self.max_bytes {
+            return;
+        }
         let now = Instant::now();
         let mut map = self.lock();
-        if map.len() >= self.capacity {
-            map.retain(|_, (_, u)| *u > now);
-            // Still full: drop an arbitrary eighth rather than grow.
-            if map.len() >= self.capacity {
-                let drop = (self.capacity / 8).max(1);
-                let mut n = 0;
-                map.retain(|_, _| {
-                    n += 1;
-                    n > drop
+        map.remove(&key);
+        if map.entries.len() >= self.capacity || map.bytes + weight > self.max_bytes {
+            let mut freed = 0;
+            map.entries.retain(|_, (_, u, w)| {
+                let keep = *u > now;
+                if !keep {
+                    freed += *w;
+                }
+                keep
+            });
+            map.bytes -= freed;
+        }
+        if map.entries.len() >= self.capacity || map.bytes + weight > self.max_bytes {
+            // Still full: the entries nearest their expiry go, down to seven eighths of the
+            // limits, so that the next inserts do not each pay for a sort.
+            let mut by_expiry: Vec<(Instant, usize)> =
+                map.entries.values().map(|(_, u, w)| (*u, *w)).collect();
+            by_expiry.sort_unstable_by_key(|(u, _)| *u);
+            let (cap_n, cap_b) = (
+                self.capacity - self.capacity / 8,
+                self.max_bytes - self.max_bytes / 8,
+            );
+            let (mut n, mut b) = (map.entries.len(), map.bytes);
+            let mut cut = None;
+            for (u, w) in by_expiry {
+                if n < cap_n && b + weight <= cap_b {
+                    break;
+                }
+                n -= 1;
+                b -= w;
+                cut = Some(u);
+            }
+            if let Some(cut) = cut {
+                let mut freed = 0;
+                map.entries.retain(|_, (_, u, w)| {
+                    let keep = *u > cut;
+                    if !keep {
+                        freed += *w;
+                    }
+                    keep
                 });
+                map.bytes -= freed;
             }
         }
-        map.insert(key, (value, until));
+        map.bytes += weight;
+        map.entries.insert(key, (value, until, weight));
     }
 
     /// Entries held (expired ones included until they are next touched).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The estimated bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -198,14 +366,29 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// `capacity` entries per record type, no byte bound (tests).
     pub fn new(capacity: usize) -> Cache {
+        Cache::with_bytes(capacity, usize::MAX, usize::MAX)
+    }
+
+    /// `capacity` entries and `bytes` bytes per record type; no entry over `max_entry` bytes.
+    pub fn with_bytes(capacity: usize, bytes: usize, max_entry: usize) -> Cache {
         Cache {
-            txt: Table::new(capacity, "txt"),
-            mx: Table::new(capacity, "mx"),
-            ipv4: Table::new(capacity, "a"),
-            ipv6: Table::new(capacity, "aaaa"),
-            ptr: Table::new(capacity, "ptr"),
+            txt: Table::with_bytes(capacity, bytes, max_entry, "txt"),
+            mx: Table::with_bytes(capacity, bytes, max_entry, "mx"),
+            ipv4: Table::with_bytes(capacity, bytes, max_entry, "a"),
+            ipv6: Table::with_bytes(capacity, bytes, max_entry, "aaaa"),
+            ptr: Table::with_bytes(capacity, bytes, max_entry, "ptr"),
         }
+    }
+
+    /// The estimated bytes held, all record types together.
+    pub fn bytes(&self) -> usize {
+        self.txt.bytes()
+            + self.mx.bytes()
+            + self.ipv4.bytes()
+            + self.ipv6.bytes()
+            + self.ptr.bytes()
     }
 
     /// Whether a live TXT answer for `name` (a fully qualified, lower-case name) is held; not
@@ -219,8 +402,8 @@ impl Cache {
     pub fn dkim_key_bits(&self, domain: &str, selector: &str) -> Option<usize> {
         let name = format!("{selector}._domainkey.{domain}.").to_ascii_lowercase();
         let map = self.txt.lock();
-        match map.get(name.as_str()) {
-            Some((Txt::DomainKey(key), _)) => bits(key),
+        match map.entries.get(name.as_str()) {
+            Some((Txt::DomainKey(key), _, _)) => bits(key),
             _ => None,
         }
     }
@@ -343,7 +526,7 @@ fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
     h.finish()
 }
 
-impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for View<'_, K, V> {
+impl<K: Hash + Eq + Weigh, V: Clone + Weigh> ResolverCache<K, V> for View<'_, K, V> {
     fn get<Q>(&self, name: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -362,7 +545,7 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for View<'_, K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.table.lock().remove(name).map(|(v, _)| v)
+        self.table.lock().remove(name)
     }
 
     fn insert(&self, key: K, value: V, valid_until: Instant) {
@@ -440,6 +623,83 @@ mod tests {
         let lk = |o: &str| m.lookups.with_label_values(&["a", o]).get();
         assert_eq!((lk("answer"), lk("no_answer"), lk("timeout")), (1, 1, 0));
         assert_eq!(m.duration.with_label_values(&["a"]).get_sample_count(), 2);
+    }
+
+    /// A DKIM TXT record whose RSA key has a modulus of `n` bytes (a DER RSAPublicKey).
+    fn rsa_key_record(n: usize, seed: u8) -> Txt {
+        use base64::Engine as _;
+        use mail_auth::common::parse::TxtRecordParser;
+        let der_len = |len: usize| -> Vec<u8> {
+            if len < 128 {
+                vec![len as u8]
+            } else {
+                let b = (len as u32).to_be_bytes();
+                let skip = b.iter().position(|&x| x != 0).unwrap();
+                let mut v = vec![0x80 | (4 - skip) as u8];
+                v.extend_from_slice(&b[skip..]);
+                v
+            }
+        };
+        let mut modulus = vec![0u8]; // positive INTEGER
+        modulus.extend((0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 0x80));
+        let mut body = vec![0x02];
+        body.extend(der_len(modulus.len()));
+        body.extend(modulus);
+        body.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+        let mut der = vec![0x30];
+        der.extend(der_len(body.len()));
+        der.extend(body);
+        let p = base64::engine::general_purpose::STANDARD.encode(der);
+        let rec = format!("v=DKIM1; k=rsa; p={p}");
+        Txt::DomainKey(std::sync::Arc::new(
+            DomainKey::parse(rec.as_bytes()).unwrap(),
+        ))
+    }
+
+    /// Issue 17: 40 messages with 400 distinct 60 KB key records each took RSS from 14 to 531
+    /// MB: the cache was bounded by entries only. Now by bytes, and a 60 KB key is not kept.
+    #[test]
+    fn sixty_kb_key_records_grew_the_dns_cache_without_bound() {
+        let cache = Cache::with_bytes(10_000, 256 << 10, 16 << 10);
+        let m = metrics();
+        let lookups = Lookups {
+            cache: &cache,
+            tracker: Tracker {
+                pending: Mutex::new(Vec::new()),
+                metrics: &m,
+                timeout: Duration::from_secs(5),
+            },
+        };
+        let later = Instant::now() + Duration::from_secs(3600);
+        let view = lookups.txt();
+        let big = rsa_key_record(60_000, 1);
+        assert!(big.weight().is_none_or(|w| w > 16 << 10));
+        for i in 0..400 {
+            view.insert(
+                format!("s{i}._domainkey.evil.example.").into(),
+                big.clone(),
+                later,
+            );
+        }
+        assert!(cache.txt.is_empty(), "a 60 KB key is not kept");
+        // Ordinary 2048-bit keys: kept, up to the byte bound, the oldest expiry going first.
+        for i in 0..4000u32 {
+            let until = later + Duration::from_secs(u64::from(i));
+            view.insert(
+                format!("s{i}._domainkey.example.").into(),
+                rsa_key_record(256, i as u8),
+                until,
+            );
+            assert!(cache.bytes() <= 256 << 10, "{}", cache.bytes());
+        }
+        assert!(cache.txt.len() > 100, "{}", cache.txt.len());
+        assert!(view.get::<str>("s3999._domainkey.example.").is_some());
+        assert!(view.get::<str>("s0._domainkey.example.").is_none());
+        assert_eq!(
+            cache.dkim_key_bits("example", "s3999"),
+            Some(2048),
+            "the newest key is kept whole"
+        );
     }
 
     #[test]

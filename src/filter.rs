@@ -201,7 +201,10 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         // matches; without XFORWARD the connecting client is the original one.
         client: match xf.addr.as_deref() {
             Some(a) => a.strip_prefix("IPv6:").unwrap_or(a).parse().ok(),
-            None => Some(r.hop.peer.ip()),
+            None => {
+                banks::warn_once_without_xforward(&shared.config);
+                Some(r.hop.peer.ip())
+            }
         },
         sender: &r.env.sender,
     };

@@ -29,6 +29,7 @@ pub mod banks;
 pub mod config;
 pub mod dns;
 pub mod filter;
+pub mod fsmode;
 pub mod greylist;
 pub mod health;
 pub mod message;

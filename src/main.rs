@@ -194,6 +194,9 @@ fn main() -> ExitCode {
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
+            for w in postsift::fsmode::warnings(&config) {
+                eprintln!("warning: {w}");
+            }
             // Each bank with the settings in effect where it applies, so a typo in a level or
             // an action shows before mail does.
             for i in 0..config.policy.len() {
@@ -223,6 +226,13 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             init_logging(&config);
+            // Everything the daemon creates is its own (stores, quarantine, spool files).
+            postsift::fsmode::restrict_umask();
+            let nofile = postsift::fsmode::raise_nofile_limit();
+            tracing::debug!(
+                nofile,
+                "descriptor limit (RLIMIT_NOFILE, soft raised to hard)"
+            );
             match run(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -363,6 +373,9 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         for w in config.warnings() {
             tracing::warn!("configuration: {w}");
+        }
+        for w in postsift::fsmode::warnings(&config) {
+            tracing::warn!("file modes: {w}");
         }
         let mut listeners = Vec::new();
         for addr in &config.server.listen {
@@ -785,8 +798,12 @@ fn print_auth(config: &Config, decision: &postsift::policy::Decision) {
     if let Some(why) = a.spf_skipped {
         println!("auth:       spf not checked: {why} (give --client-ip, --helo, --mail-from)");
     }
-    let header =
-        postsift::rewrite::authentication_results(&config.authserv_id(), a, decision.dmarc);
+    let header = postsift::rewrite::authentication_results_capped(
+        &config.authserv_id(),
+        a,
+        decision.dmarc,
+        config.auth.max_dkim_results,
+    );
     for line in header.trim_end().lines().skip(1) {
         println!("auth:       {}", line.trim().trim_end_matches(';'));
     }

@@ -12,8 +12,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -131,6 +131,11 @@ pub struct Metrics {
     /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
     pub greylist_entries: IntGaugeVec,
     pub greylist_connections_active: IntGauge,
+    /// Triplets deleted because the store passed `greylist.max_triplets`.
+    pub greylist_evicted: IntCounter,
+    /// Connections closed at accept because their listener's limit was reached, by listener
+    /// ("policy", "release", "metrics").
+    pub listener_refused: IntCounterVec,
     /// Messages stored in the quarantine, by category.
     pub quarantined: IntCounterVec,
     /// Entries in the quarantine and the bytes of their messages (refreshed every minute
@@ -144,6 +149,8 @@ pub struct Metrics {
     pub quarantine_releases: IntCounterVec,
     /// Mail authentication results, by method (one per DKIM signature) and result.
     pub auth_results: IntCounterVec,
+    /// DKIM results left out of `Authentication-Results` (over `auth.max_dkim_results`).
+    pub auth_dkim_results_omitted: IntCounter,
     /// Time all authentication checks of one message took together.
     pub auth_duration: Histogram,
     /// The DNS lookups and cache of mail authentication (see `dns`).
@@ -290,6 +297,15 @@ impl Metrics {
             ),
         };
         Metrics {
+            auth_dkim_results_omitted: {
+                let c = IntCounter::new(
+                    "postsift_auth_dkim_results_omitted_total",
+                    "DKIM results left out of Authentication-Results (over auth.max_dkim_results)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             auth_results: counter(
                 &r,
                 "postsift_auth_results_total",
@@ -339,10 +355,26 @@ impl Metrics {
                 "1 if the last greylisting store operation succeeded",
             ),
             greylist_entries,
+            greylist_evicted: {
+                let c = IntCounter::new(
+                    "postsift_greylist_evicted_total",
+                    "Greylisting triplets deleted, least recently seen first, over greylist.max_triplets",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             greylist_connections_active: gauge(
                 &r,
                 "postsift_greylist_connections_active",
                 "Open policy service connections",
+            ),
+            listener_refused: counter(
+                &r,
+                "postsift_listener_refused_total",
+                "Connections closed at accept: the listener's connection limit was reached",
+                &["listener"],
+                &[&["policy", "release", "metrics"]],
             ),
             messages: counter(
                 &r,
@@ -571,8 +603,17 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`: at most `max_connections` at
+/// once (more are closed at accept, so a flood of connections cannot take the descriptors the
+/// mail listeners need), each request's header within 10 s, each connection 30 s at most, and
+/// every connection closed at shutdown.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -584,15 +625,31 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: 
                 }
             },
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics
+                .listener_refused
+                .with_label_values(&["metrics"])
+                .inc();
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(respond(&metrics, req.uri().path())) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            tokio::select! {
+                _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn) => {}
+                _ = shutdown.cancelled() => {}
+            }
         });
     }
 }

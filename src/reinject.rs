@@ -181,6 +181,9 @@ impl Reinjector {
         msg: &Message,
         all_or_nothing: bool,
     ) -> Delivery {
+        if let Err(refused) = check_envelope(env) {
+            return self.refused_all(env, refused);
+        }
         let total = header_block.len() as u64 + msg.len() - msg.header_end() as u64;
         match self.open(env, total, all_or_nothing).await {
             Ok(Opened::Done(d)) => d,
@@ -208,6 +211,10 @@ impl Reinjector {
         let mut opened = Vec::new();
         let mut failed = None;
         for (i, (env, block)) in parts.iter().enumerate() {
+            if let Err(refused) = check_envelope(env) {
+                failed = Some((i, self.refused_all(env, refused)));
+                break;
+            }
             match self.open(env, block.len() as u64 + body, true).await {
                 Ok(Opened::Ready(p)) => opened.push(p),
                 Ok(Opened::Done(d)) => {
@@ -289,6 +296,18 @@ impl Reinjector {
             to: self.to.clone(),
             queue_id: None,
             failure: None,
+        }
+    }
+
+    /// Nothing sent: `env` failed [`check_envelope`].
+    fn refused_all(&self, env: &Envelope, refused: Upstream) -> Delivery {
+        tracing::error!(reply = %refused.one_line(), "reinjection: envelope refused before sending");
+        Delivery {
+            rcpts: vec![RcptResult::Refused(refused); env.recipients.len()],
+            accepted: None,
+            to: self.to.clone(),
+            queue_id: None,
+            failure: Some("rejected"),
         }
     }
 
@@ -721,6 +740,60 @@ fn rcpt_cmd(r: &crate::message::Recipient, dsn: bool) -> String {
     s
 }
 
+/// The reinjection boundary: every address and parameter written on the connection passes the
+/// inbound session's RFC 5321 check (`smtp::address`), whatever it came from (an SMTP client,
+/// the CLI, AM.PDP, a quarantine file). A CR, LF, space or `>` in an address or a `NOTIFY=`
+/// would otherwise end the command and start another (`RCPT TO:<x>\r\nNOOP …`). `ORCPT=`,
+/// `ENVID=` and the XFORWARD values are xtext-encoded, `RET=` and `BODY=` are constants.
+/// The refusal is the reply every recipient gets; nothing is sent.
+pub fn check_envelope(env: &Envelope) -> Result<(), Upstream> {
+    use crate::smtp::address::Address;
+    let refuse = |code: u16, text: String| Upstream { code, text };
+    if !env.sender.is_empty() && Address::parse(&env.sender, env.smtputf8).is_err() {
+        return Err(refuse(
+            553,
+            format!(
+                "5.1.7 Sender {:?}: bad address syntax, not reinjected",
+                env.sender
+            ),
+        ));
+    }
+    for r in &env.recipients {
+        if r.address.is_empty() || Address::parse(&r.address, env.smtputf8).is_err() {
+            return Err(refuse(
+                553,
+                format!(
+                    "5.1.3 Recipient {:?}: bad address syntax, not reinjected",
+                    r.address
+                ),
+            ));
+        }
+        if let Some(n) = &r.notify {
+            if !valid_notify(n) {
+                return Err(refuse(
+                    501,
+                    format!(
+                        "5.5.4 NOTIFY={n:?} of {:?}: invalid, not reinjected",
+                        r.address
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3461 §4.1: `NEVER`, or a comma-separated list of `SUCCESS`, `FAILURE`, `DELAY`.
+pub fn valid_notify(n: &str) -> bool {
+    n.eq_ignore_ascii_case("NEVER")
+        || (!n.is_empty()
+            && n.split(',').all(|w| {
+                ["SUCCESS", "FAILURE", "DELAY"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k))
+            }))
+}
+
 /// The message body for lettre's `message_iter`: the new header block, then the original
 /// message after its header section, read from memory and from the spool file in 64 KiB
 /// pieces. A read error is recorded and the guard set, so lettre's final dot is never written.
@@ -892,5 +965,51 @@ impl AsyncWrite for GuardedStream {
 impl AsyncTokioStream for GuardedStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Recipient;
+
+    fn env(sender: &str, rcpt: &str, notify: Option<&str>) -> Envelope {
+        Envelope {
+            sender: sender.into(),
+            recipients: vec![Recipient {
+                address: rcpt.into(),
+                notify: notify.map(Into::into),
+                orcpt: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn crlf_in_a_recipient_or_notify_never_reaches_the_reinjection_server() {
+        assert!(check_envelope(&env(
+            "a@example.org",
+            "b@example.com",
+            Some("SUCCESS,DELAY")
+        ))
+        .is_ok());
+        assert!(check_envelope(&env("", "\"a b\"@example.com", Some("NEVER"))).is_ok());
+        let injected = "x@evil.example>\r\nNOOP INJECTED-1\r\nRCPT TO:<injected@evil.example";
+        let e = check_envelope(&env("a@example.org", injected, None)).unwrap_err();
+        assert_eq!(e.code, 553);
+        assert!(e.text.starts_with("5.1.3 "), "{e:?}");
+        assert!(!e.text.contains('\r') && !e.text.contains('\n'), "{e:?}");
+        let e = check_envelope(&env(
+            "a@example.org",
+            "b@example.com",
+            Some("SUCCESS\r\nNOOP X"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, 501);
+        assert!(
+            check_envelope(&env("a@example.org> NOTIFY=NEVER", "b@example.com", None)).is_err()
+        );
+        assert!(check_envelope(&env("a@example.org", "", None)).is_err());
+        assert!(check_envelope(&env("a@example.org", "b@example.com x", None)).is_err());
     }
 }

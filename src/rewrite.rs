@@ -120,15 +120,42 @@ fn first_value(v: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// DKIM results `authentication_results_capped` leaves out of the header at `max`.
+pub fn dkim_results_omitted(report: &AuthReport, max: usize) -> usize {
+    report
+        .dkim
+        .as_ref()
+        .map_or(0, |s| s.len().saturating_sub(max))
+}
+
 /// `Authentication-Results` for `report`, one method a line, in the order and form people
-/// expect (RFC 8601; `dis=` is what DMARC enforcement did).
+/// expect (RFC 8601; `dis=` is what DMARC enforcement did), with the default cap on DKIM
+/// results (see [`authentication_results_capped`]).
 pub fn authentication_results(authserv_id: &str, report: &AuthReport, dis: DmarcAction) -> String {
+    let max = crate::config::Auth::default().max_dkim_results;
+    authentication_results_capped(authserv_id, report, dis, max)
+}
+
+/// Like [`authentication_results`] with at most `max_dkim` DKIM results: a message with 1,000
+/// signatures made a 103 KB header. Passes go first (what the next hop acts on), then the
+/// others in the message's order; the last one shown carries a comment saying how many more
+/// there were.
+pub fn authentication_results_capped(
+    authserv_id: &str,
+    report: &AuthReport,
+    dis: DmarcAction,
+    max_dkim: usize,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(sigs) = &report.dkim {
         if sigs.is_empty() {
             parts.push("dkim=none".into());
         }
-        for d in sigs {
+        let mut shown: Vec<_> = sigs.iter().collect();
+        shown.sort_by_key(|d| d.result != Verdict::Pass);
+        shown.truncate(max_dkim);
+        let omitted = sigs.len() - shown.len();
+        for (i, d) in shown.iter().enumerate() {
             let mut p = format!("dkim={}", d.result.label());
             if let Some(r) = &d.reason {
                 let _ = write!(p, " ({r})");
@@ -141,6 +168,9 @@ pub fn authentication_results(authserv_id: &str, report: &AuthReport, dis: Dmarc
             }
             if !d.b.is_empty() {
                 let _ = write!(p, " header.b={}", pvalue(&d.b));
+            }
+            if omitted > 0 && i + 1 == shown.len() {
+                let _ = write!(p, " ({omitted} more DKIM results not shown)");
             }
             parts.push(p);
         }
@@ -233,7 +263,12 @@ pub fn header_block(
     let mut out = String::with_capacity(1024);
     let authserv_id = config.auth.enabled.then(|| config.authserv_id());
     if let (Some(id), Some(report)) = (&authserv_id, &decision.auth) {
-        out.push_str(&authentication_results(id, report, decision.dmarc));
+        out.push_str(&authentication_results_capped(
+            id,
+            report,
+            decision.dmarc,
+            config.auth.max_dkim_results,
+        ));
     }
 
     let scanned = config.headers.virus_scanned.clone().unwrap_or_else(|| {
@@ -416,6 +451,45 @@ fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: 1,000 DKIM signatures made a 103 KB Authentication-Results. Now at most
+    /// `auth.max_dkim_results` are written, passes first, and the header says how many more.
+    #[test]
+    fn authentication_results_reached_103_kb_with_1000_signatures() {
+        use crate::scan::auth::{sample_report, Dkim};
+        let mut report = sample_report();
+        let mut sigs: Vec<Dkim> = (0..1000)
+            .map(|i| Dkim {
+                result: Verdict::Fail,
+                reason: Some("signature did not verify".into()),
+                domain: format!("d{i}.example"),
+                selector: format!("selector{i}"),
+                b: "AbCdEfGh".into(),
+            })
+            .collect();
+        sigs[700].result = Verdict::Pass;
+        sigs[700].domain = "example.org".into();
+        report.dkim = Some(sigs);
+        let h = authentication_results_capped("mx.example.com", &report, DmarcAction::None, 10);
+        assert!(h.len() < 4096, "{} bytes", h.len());
+        assert_eq!(h.matches("dkim=").count(), 10, "{h}");
+        let first = h.lines().nth(1).unwrap();
+        assert!(
+            first.contains("dkim=pass") && first.contains("header.d=example.org"),
+            "{h}"
+        );
+        assert!(h.contains("(990 more DKIM results not shown)"), "{h}");
+        assert!(h.contains("spf=pass") && h.contains("dmarc=pass"), "{h}");
+        assert_eq!(dkim_results_omitted(&report, 10), 990);
+        // Under the cap nothing is said.
+        let h = authentication_results_capped(
+            "mx.example.com",
+            &sample_report(),
+            DmarcAction::None,
+            10,
+        );
+        assert!(!h.contains("not shown"), "{h}");
+    }
     use crate::policy::Disposition;
 
     fn trace() -> Trace<'static> {

@@ -160,41 +160,61 @@ async fn bind_release(l: &PolicyListen) -> io::Result<(String, Listener)> {
 }
 
 /// Accepts AM.PDP release connections until shutdown; each gets the generation current when
-/// it connected.
+/// it connected. At most `quarantine.release_max_connections` at once: more are closed at
+/// accept, so idle connections cannot take the descriptors the mail listeners need.
 async fn release_loop(
     listener: Listener,
     current: watch::Receiver<Arc<Shared>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    // Taken from the configuration at start (a restart-only key, like the listener).
+    let limit = Arc::new(Semaphore::new(
+        current.borrow().config.quarantine.release_max_connections,
+    ));
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
             c = listener.accept() => c,
         };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "release accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let shared = current.borrow().clone();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .listener_refused
+                .with_label_values(&["release"])
+                .inc();
+            tracing::warn!("quarantine.release_max_connections reached; release connection closed");
+            continue;
+        };
         match conn {
-            Ok(Conn::Tcp(s, peer)) => {
+            Conn::Tcp(s, peer) => {
                 if !allowed(&shared.config, peer.ip()) {
                     tracing::warn!(%peer, "release client not in server.allow_networks; closed");
                     continue;
                 }
                 tracker.spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = crate::quarantine::ampdp::serve_conn(s, shared).await {
                         tracing::debug!(error = %e, "release connection");
                     }
                 });
             }
-            Ok(Conn::Unix(s)) => {
+            Conn::Unix(s) => {
                 tracker.spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = crate::quarantine::ampdp::serve_conn(s, shared).await {
                         tracing::debug!(error = %e, "release connection");
                     }
                 });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "release accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -269,6 +289,7 @@ pub async fn serve_with_reload(
         tracker.spawn(crate::metrics::serve_http(
             l,
             metrics.clone(),
+            current.borrow().config.metrics.max_connections,
             shutdown.clone(),
         ));
     }
@@ -278,6 +299,7 @@ pub async fn serve_with_reload(
         tracker.spawn(greylist::maintenance(
             p.store.clone(),
             params,
+            current.borrow().config.greylist.max_triplets,
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -470,6 +492,15 @@ impl Running {
                 old.config.quarantine.release_listen != new.quarantine.release_listen,
             ),
             (
+                "quarantine.release_max_connections",
+                old.config.quarantine.release_max_connections
+                    != new.quarantine.release_max_connections,
+            ),
+            (
+                "metrics.max_connections",
+                old.config.metrics.max_connections != new.metrics.max_connections,
+            ),
+            (
                 "quarantine.retention_days",
                 old.config.quarantine.retention_days != new.quarantine.retention_days,
             ),
@@ -594,6 +625,11 @@ async fn accept_loop(
                 (Service::Policy, conn, Ok(_permit)) => handle_policy(conn, shared).await,
                 // Postfix retries on another connection, then applies its default_action.
                 (Service::Policy, _, Err(_)) => {
+                    shared
+                        .metrics
+                        .listener_refused
+                        .with_label_values(&["policy"])
+                        .inc();
                     tracing::warn!("greylist: greylist.max_connections reached; connection closed")
                 }
                 (Service::Filter, Conn::Unix(_), _) => {}

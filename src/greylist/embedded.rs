@@ -33,9 +33,12 @@ fn sql(e: rusqlite::Error) -> Error {
 
 pub(super) fn open(path: &Path) -> Result<Connection, Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        crate::fsmode::create_private_dir(dir)
             .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", dir.display())))?;
     }
+    // 0600 before SQLite opens it: its -wal and -shm take the database file's mode.
+    crate::fsmode::create_private_file(path)
+        .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", path.display())))?;
     let c =
         Connection::open(path).map_err(|e| Error::Embedded(format!("{}: {e}", path.display())))?;
     c.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
@@ -74,6 +77,10 @@ enum Job {
         params: Params,
         now: i64,
         reply: Reply<(u64, u64)>,
+    },
+    Evict {
+        max: u64,
+        reply: Reply<u64>,
     },
 }
 
@@ -158,6 +165,12 @@ impl Embedded {
 
     pub async fn purge(&self, params: Params, now: i64) -> Result<(u64, u64), Error> {
         self.call(|reply| Job::Purge { params, now, reply }).await
+    }
+
+    /// Past `max` triplets, deletes the least recently seen down to nine tenths of `max`;
+    /// returns how many went.
+    pub async fn evict(&self, max: u64) -> Result<u64, Error> {
+        self.call(|reply| Job::Evict { max, reply }).await
     }
 
     /// On a connection of its own, like [`Embedded::list`].
@@ -306,6 +319,9 @@ fn other_job(conn: &mut Connection, job: Job) {
         Job::Purge { params, now, reply } => {
             let _ = reply.send(purge(conn, &params, now).map_err(sql));
         }
+        Job::Evict { max, reply } => {
+            let _ = reply.send(evict(conn, max).map_err(sql));
+        }
     }
 }
 
@@ -350,8 +366,62 @@ pub(super) fn purge(conn: &mut Connection, p: &Params, now: i64) -> rusqlite::Re
     Ok((t as u64, c as u64))
 }
 
+/// The store's size cap: past `max` triplets, the least recently seen go, down to nine tenths
+/// of `max` (so the next check does not find it full again at once).
+pub(super) fn evict(conn: &mut Connection, max: u64) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM triplets", [], |r| r.get(0))?;
+    let n = n as u64;
+    if max == 0 || n <= max {
+        return Ok(0);
+    }
+    let gone = n - max + max / 10;
+    let tx = conn.transaction()?;
+    let d = tx.execute(
+        "DELETE FROM triplets WHERE key IN (SELECT key FROM triplets ORDER BY last LIMIT ?1)",
+        params![gone as i64],
+    )?;
+    tx.commit()?;
+    Ok(d as u64)
+}
+
 pub(super) fn count(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
     let t: i64 = conn.query_row("SELECT count(*) FROM triplets", [], |r| r.get(0))?;
     let c: i64 = conn.query_row("SELECT count(*) FROM clients", [], |r| r.get(0))?;
     Ok((t.max(0) as u64, c.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17: the store had no size cap (200,000 distinct triplets made 86 MB). Past
+    /// `max_triplets` the least recently seen go first.
+    #[test]
+    fn greylist_store_grew_without_a_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("greylist.db")).unwrap();
+        for i in 0..150i64 {
+            conn.execute(
+                "INSERT INTO triplets (key, first, last) VALUES (?1, ?2, ?2)",
+                params![
+                    format!("192.0.2.0/a{i}@example.org/b@example.com"),
+                    1000 + i
+                ],
+            )
+            .unwrap();
+        }
+        assert_eq!(evict(&mut conn, 200).unwrap(), 0, "under the cap");
+        assert_eq!(evict(&mut conn, 0).unwrap(), 0, "0: no cap");
+        assert_eq!(
+            evict(&mut conn, 100).unwrap(),
+            60,
+            "down to nine tenths of 100"
+        );
+        let (t, _) = count(&conn).unwrap();
+        assert_eq!(t, 90);
+        let oldest: i64 = conn
+            .query_row("SELECT min(last) FROM triplets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 1060, "the least recently seen went");
+    }
 }

@@ -273,6 +273,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn maintenance(
     store: Arc<Store>,
     params: Params,
+    max_triplets: u64,
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -293,6 +294,18 @@ pub async fn maintenance(
             }
         }
         n += 1;
+        match store.evict(max_triplets).await {
+            Ok(0) => {}
+            Ok(gone) => {
+                metrics.greylist_evicted.inc_by(gone);
+                tracing::warn!(
+                    triplets = gone,
+                    max_triplets,
+                    "greylist: store over greylist.max_triplets; least recently seen deleted"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "greylist: eviction failed"),
+        }
         if let Ok((t, c)) = store.count().await {
             metrics.set_greylist_entries(t, c);
         }

@@ -123,6 +123,15 @@ impl Store {
         }
     }
 
+    /// The embedded store's size cap (see [`super::embedded::evict`]); Redis expires its keys
+    /// itself and is capped by its own `maxmemory`. Triplets deleted.
+    pub async fn evict(&self, max: u64) -> Result<u64, Error> {
+        match self {
+            Store::Embedded(s) => s.evict(max).await,
+            Store::Redis(_) => Ok(0),
+        }
+    }
+
     /// (triplets, clients) stored.
     pub async fn count(&self) -> Result<(u64, u64), Error> {
         match self {

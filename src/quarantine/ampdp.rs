@@ -11,6 +11,9 @@
 //! lines send the message to those addresses instead of the original recipients, as amavis
 //! does. `secret_id` is accepted and not checked: postsift keeps no secrets per message, so
 //! the listener is for administrators only (loopback, or a Unix socket of mode 0600).
+//!
+//! A connection is closed after `server.read_timeout` without a line, and at shutdown between
+//! requests; the listener takes `quarantine.release_max_connections` at once (`server.rs`).
 
 use std::sync::Arc;
 
@@ -89,12 +92,24 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut s = BufReader::new(stream);
     let mut attrs: Vec<(String, String)> = Vec::new();
     let mut line = Vec::new();
+    // A read deadline per line, and shutdown between requests (a release under way finishes
+    // first): an idle connection neither lives for ever nor holds up the drain.
+    let read_timeout = shared.config.read_timeout();
     loop {
         line.clear();
-        let n = (&mut s)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let read = async {
+            (&mut s)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+        };
+        let n = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(read_timeout, read) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
+        };
         if n == 0 {
             return Ok(());
         }
@@ -168,6 +183,12 @@ async fn answer(
         .map(|(_, v)| v.trim_matches(['<', '>']).to_owned())
         .filter(|v| !v.is_empty())
         .collect();
+    // Refused here with a clear answer (the reinjection boundary would refuse it too).
+    if let Some(bad) = to.iter().find(|a| release::bad_address(a)) {
+        return vec![setreply(&format!(
+            "553 5.1.3 recipient {bad:?}: bad address syntax (RFC 5321), nothing released"
+        ))];
+    }
     let by = get("requested_by").unwrap_or("-");
     let req = Request {
         to,

@@ -238,8 +238,12 @@ impl Quarantine {
     /// Opens (creating if need be) `dir`, `dir/msgs` and `dir/index.db`.
     pub fn open(dir: &Path) -> Result<Quarantine, Error> {
         let msgs = dir.join("msgs");
-        fs::create_dir_all(&msgs).map_err(io_err(format!("cannot create {}", msgs.display())))?;
+        crate::fsmode::create_private_dir(&msgs)
+            .map_err(io_err(format!("cannot create {}", msgs.display())))?;
         let path = dir.join("index.db");
+        // 0600 before SQLite opens it: its -wal and -shm take the database file's mode.
+        crate::fsmode::create_private_file(&path)
+            .map_err(io_err(format!("cannot create {}", path.display())))?;
         let c = Connection::open(&path)?;
         c.busy_timeout(Duration::from_secs(10))?;
         c.pragma_update(None, "journal_mode", "WAL")?;

@@ -74,6 +74,16 @@ pub async fn release(
     id: &str,
     req: &Request,
 ) -> Result<Vec<(String, Result1)>, Error> {
+    if let Some(bad) = req
+        .to
+        .iter()
+        .chain(&req.recipients)
+        .find(|a| bad_address(a))
+    {
+        return Err(Error::Usage(format!(
+            "{bad:?}: bad address syntax (RFC 5321), nothing released"
+        )));
+    }
     let (meta, data) = blocking(q, {
         let id = id.to_owned();
         move |q| q.read(&id)
@@ -169,6 +179,12 @@ pub async fn release(
         results.push((addr.clone(), result));
     }
     Ok(results)
+}
+
+/// True when `a` fails the inbound session's RFC 5321 check (SMTPUTF8 allowed): a release
+/// address from the CLI or AM.PDP is refused before anything is claimed or sent.
+pub fn bad_address(a: &str) -> bool {
+    a.is_empty() || crate::smtp::address::Address::parse(a, true).is_err()
 }
 
 /// Runs `f` (file reads, SQLite commits) on tokio's blocking threads.

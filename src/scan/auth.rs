@@ -234,6 +234,8 @@ pub struct Checker {
     hostname: String,
     timeout: Duration,
     max_message_size: u64,
+    /// `auth.max_dkim_results`: more are counted as omitted from the header.
+    max_dkim_results: usize,
 }
 
 /// The cache views of one method's check, for mail-auth's `Parameters`.
@@ -292,6 +294,7 @@ impl Checker {
             hostname: config.hostname(),
             timeout: Duration::from_secs(a.timeout),
             max_message_size: a.max_message_size,
+            max_dkim_results: a.max_dkim_results,
         }))
     }
 
@@ -491,6 +494,10 @@ impl Checker {
             time: start.elapsed(),
         };
         record(metrics, &report);
+        let omitted = crate::rewrite::dkim_results_omitted(&report, self.max_dkim_results);
+        if omitted > 0 {
+            metrics.auth_dkim_results_omitted.inc_by(omitted as u64);
+        }
         report
     }
 

@@ -21,6 +21,7 @@ mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); the walk's limits
+mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
 mod prometheus; // every dashboard and alert expression against a real Prometheus

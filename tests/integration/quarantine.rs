@@ -493,6 +493,128 @@ async fn debian_amavisd_release_releases_over_ampdp() {
     harness::finish_dir(Some(tmp));
 }
 
+/// Debian's `amavisd-release`, its socket path (fixed in a BEGIN block) pointed at `sock`.
+fn debian_release_script(tmp: &Path, sock: &Path) -> PathBuf {
+    let script = std::fs::read_to_string("/usr/sbin/amavisd-release")
+        .expect("amavisd-new is installed (scripts/install-deps.sh)");
+    let script = script.replace(
+        "'/var/lib/amavis/amavisd.sock'",
+        &format!("'{}'", sock.display()),
+    );
+    let path = tmp.join("amavisd-release");
+    harness::write_file(&path, script);
+    harness::chmod(&path, 0o755);
+    path
+}
+
+/// Issue 17: an AM.PDP `recipient` (and a CLI `--to`) with CRLF in it was %-decoded and written
+/// into RCPT TO as it was: the next hop got `NOOP INJECTED-1` and a copy went to a second,
+/// injected address. Both entries now refuse it, nothing is claimed, nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
+    let tmp = harness::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sock = tmp.path().join("amavisd.sock");
+    let sink = Capture::start().await;
+    let toml = qconfig(
+        &dir,
+        None,
+        None,
+        sink.addr,
+        &format!(
+            "release_listen = \"unix:{}\"\n[banned]\naction = \"quarantine\"\n",
+            sock.display()
+        ),
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
+    let id = quarantined_id(&replies[0]);
+    let script = debian_release_script(tmp.path(), &sock);
+    let evil = "x@evil.example>\r\nNOOP INJECTED-1\r\nRCPT TO:<injected@evil.example";
+
+    let i = id.clone();
+    let (code, err) = util::blocking(move || {
+        let out = Command::new(&script)
+            .args([i.as_str(), evil])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await;
+    // The script prints the setreply and exits 0 whatever it says.
+    assert!(err.contains("553 5.1.3"), "{code} {err}");
+    assert!(err.contains("bad address syntax"), "{err}");
+
+    let (code, out, err) = cli(&cfg, &["release", &id, "--to", evil]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("bad address syntax"), "{err}");
+    // A well-formed release afterwards still works: nothing was claimed by the refused ones.
+    let (code, out, err) = cli(&cfg, &["release", &id]);
+    assert_eq!(code, 0, "{out} {err}");
+    let all = sink.wait_for(1).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        all[0].rcpts,
+        ["RCPT TO:<bob@example.com>", "RCPT TO:<carol@example.com>"]
+    );
+    assert!(!all
+        .iter()
+        .any(|t| t.rcpts.iter().any(|r| r.contains("injected"))));
+    f.stop().await;
+    harness::finish_dir(Some(tmp));
+}
+
+/// Issue 17: NOTIFY= (and the sender) of a release came from the quarantine file unchecked: a
+/// file edited to hold CRLF in them injected commands into the reinjection connection. The
+/// reinjection client now checks every address and parameter it writes, whatever its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
+    let tmp = harness::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let toml = qconfig(
+        &dir,
+        None,
+        None,
+        sink.addr,
+        "[banned]\naction = \"quarantine\"\n",
+    );
+    let cfg = tmp.path().join("postsift.toml");
+    harness::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
+    let id = quarantined_id(&replies[0]);
+    f.stop().await;
+
+    // The file: "postsift-quarantine 1 <len>\n<json>\n<message>".
+    let path = dir.join("msgs").join(&id);
+    let data = std::fs::read(&path).unwrap();
+    let nl = data.iter().position(|&b| b == b'\n').unwrap();
+    let first = std::str::from_utf8(&data[..nl]).unwrap();
+    let (magic, len) = first.rsplit_once(' ').unwrap();
+    let len: usize = len.parse().unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&data[nl + 1..nl + 1 + len]).unwrap();
+    meta["recipients"][0]["notify"] =
+        "SUCCESS\r\nNOOP INJECTED-1\r\nRCPT TO:<injected@evil.example>".into();
+    let json = serde_json::to_string(&meta).unwrap();
+    let mut out = format!("{magic} {}\n{json}", json.len()).into_bytes();
+    out.extend_from_slice(&data[nl + 1 + len..]);
+    std::fs::write(&path, out).unwrap();
+
+    let (code, out, err) = cli(&cfg, &["release", &id]);
+    assert_eq!(code, 75, "{out} {err}");
+    assert!(out.contains("501 5.5.4"), "{out}");
+    assert!(!out.contains('\r'), "{out:?}");
+    assert_eq!(sink.count(), 0, "{:?}", sink.all());
+    harness::finish_dir(Some(tmp));
+}
+
 /// `postsift run` as a child in a mount namespace of its own, where `msgs` is a tmpfs mounted
 /// with `mount_opts`. Returns the child and its SMTP address.
 fn run_with_msgs_mount(
