@@ -164,7 +164,7 @@ pub async fn release(
         .await;
         if let Err(e) = recorded {
             // Sent, but not recorded: it stays `releasing`, so it is not sent again unasked.
-            tracing::error!(%id, rcpt = %addr, error = %e, "release not recorded");
+            tracing::error!(id = %crate::escape::Shown(id), rcpt = %crate::escape::Shown(addr), error = %e, "release not recorded");
         }
         results.push((addr.clone(), result));
     }
