@@ -875,13 +875,25 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
         }
     };
     for p in walk.parts {
+        // Every name the part declares, each escaped (the banned-file rules judge them all).
+        let names: Vec<String> = p
+            .name
+            .iter()
+            .chain(&p.other_names)
+            .map(|n| escape::text(n))
+            .collect();
+        let names = if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(" | ")
+        };
         let inside = match p.containers.is_empty() {
             true => String::new(),
             false => format!(", in {}", p.containers.join(" in ")),
         };
         println!(
             "  - {:<30} {:<28} {:>9} bytes{}  ({} reading, depth {}{inside})",
-            escape::text(p.name.as_deref().unwrap_or("-")),
+            names,
             escape::text(p.declared.as_deref().unwrap_or("-")),
             p.contents.len(),
             if p.contents.is_spilled() {
