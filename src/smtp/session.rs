@@ -635,11 +635,11 @@ fn parse_request(line: &[u8]) -> Result<Request<String>, Reply> {
             Reply::new(501, "5.1.3", "Bad recipient address syntax")
         }
         ProtoError::SyntaxError { syntax } => {
-            reply::syntax(&format!("Syntax: {}", crate::escape::text(&syntax)))
+            reply::syntax(&format!("Syntax: {}", crate::escape::text(syntax)))
         }
         ProtoError::InvalidParameter { param } => reply::syntax(&format!(
             "Invalid value for parameter {}",
-            crate::escape::text(&param)
+            crate::escape::text(param)
         )),
         ProtoError::UnsupportedParameter { param } => Reply::new(
             555,
