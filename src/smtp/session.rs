@@ -843,7 +843,7 @@ mod tests {
             (
                 Outcome::Tempfailed(Tempfail::Quarantine("no space\nleft".into())),
                 "451 4.3.0 Error in processing, id=",
-                ", quarantine FAILED: no space?left",
+                ", quarantine FAILED: no space\\x0aleft",
             ),
         ];
         for (outcome, start, end) in cases {
