@@ -149,7 +149,8 @@ async fn answer(
     let request = get("request").unwrap_or("").to_ascii_lowercase();
     if request != "release" {
         return vec![setreply(&format!(
-            "550 5.5.1 request={request:?} not supported by postsift (only release)"
+            "550 5.5.1 request={} not supported by postsift (only release)",
+            crate::escape::text(&request)
         ))];
     }
     // amavisd-release sends mail_id parsed from its argument; mail_file is the argument.

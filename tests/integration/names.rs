@@ -218,3 +218,88 @@ fn postsift_scan_printed_terminal_escapes_in_part_names() {
         "{stdout}"
     );
 }
+
+/// One AM.PDP request on the unix socket at `sock`; the reply's lines.
+async fn ampdp(sock: &std::path::Path, lines: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let mut req = lines.join("\r\n");
+    req.push_str("\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(b"\r\n\r\n") && !out.ends_with(b"\n\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt() {
+    let tmp = harness::private_dir("names-");
+    let sock = tmp.path().join("amavisd.sock");
+    let sink = Capture::start().await;
+    let port = harness::free_port();
+    let extra = format!(
+        "[quarantine]\ndir = \"{}\"\nrelease_listen = \"unix:{}\"\n[banned]\naction = \"quarantine\"\n",
+        tmp.path().join("q").display(),
+        sock.display()
+    );
+    let mut d = Daemon::start(&cfg(&[port], sink.addr, "", &extra), port).await;
+    let msg = attached(
+        "Content-Type: application/octet-stream; name=\"setup.exe\"\r\n",
+        b"x",
+    );
+    let r = send_one(
+        harness::localhost(port),
+        "a@example.org",
+        &["b@example.com"],
+        &msg,
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let id = r.text.split("id=").nth(1).unwrap();
+    let id = id.split_whitespace().next().unwrap().to_owned();
+    // A recipient that would add a RCPT of its own: refused, nothing sent.
+    let reply = ampdp(
+        &sock,
+        &[
+            "request=release",
+            &format!("mail_id={id}"),
+            "recipient=<ok@example.com>%0D%0ARCPT%20TO:<evil@example.net>%0D%0A2026-12-04T00:00:00Z%20%20INFO%20postsift::quarantine:%20FORGED",
+        ],
+    )
+    .await;
+    assert!(reply.contains("550"), "{reply}");
+    // A requested_by with a CR LF: released, logged on one line.
+    let reply = ampdp(
+        &sock,
+        &[
+            "request=release",
+            &format!("mail_id={id}"),
+            "recipient=<postmaster@example.com>",
+            "requested_by=<admin>%0D%0A2026-12-04T00:00:00Z%20%20INFO%20postsift::quarantine:%20FORGED",
+        ],
+    )
+    .await;
+    assert!(reply.contains("250"), "{reply}");
+    let line = d.wait_log("requested_by=", 1).await;
+    assert!(
+        line.contains("requested_by=<admin>\\x0d\\x0a2026"),
+        "{line}"
+    );
+    let m = sink.wait_for(1).await.pop().unwrap();
+    assert_eq!(m.rcpts, ["RCPT TO:<postmaster@example.com>"]);
+    let log = d.log_text();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-04T00:00:00Z")),
+        "a forged line:\n{log}"
+    );
+    assert!(log.contains("release (AM.PDP) failed"), "{log}");
+    d.stop().await;
+    harness::finish_dir(Some(tmp));
+}
