@@ -7,8 +7,9 @@ the repository. Prints "kind<TAB>bytes" per file.
 Kinds (all sent with the scanners off, as in the issue's probe):
   nest-rfc822     message/rfc822 nested 25,000 deep (a header, a blank line, repeated)
   zip-cd-overlap  a zip whose 2,000 central-directory entries all point at one 15 MiB member
-                  (same base name in 2,000 folders)
-  zip-10k         a zip of 10,000 members of 1 MiB each (bzip2: ~50 bytes per member)
+                  (same base name in 2,000 folders; ~50:1, under the walk's ratio limit)
+  zip-10k         10,000 central-directory entries of 1 MiB each, same base name in 10,000
+                  folders, all pointing at one deflated 1 MiB member
   7z-solid        a solid 7z block of 2,000 members of 1 MiB each (needs `7z`, p7zip-full)
   xz-huge-dict    setup.exe.xz: a PE in an xz stream whose header asks for a 1.5 GiB dictionary
   trailing-dot    evil.js. / evil.vbs... / evil.hta. attached and as zip members
@@ -87,7 +88,14 @@ def raw_zip(entries, shared=None):
 
 
 def zip_cd_overlap():
-    data = bytes(15 * MiB)
+    # Zeros with a random byte every 160: deflates about 50:1, under the walk's 100:1 ratio
+    # limit, so the member is read in full (as in the 375 KB probe).
+    import random
+    rnd = random.Random(16)
+    buf = bytearray(15 * MiB)
+    for i in range(0, len(buf), 160):
+        buf[i] = rnd.randrange(256)
+    data = bytes(buf)
     packed = zlib_raw(data)
     crc = binascii.crc32(data)
     shared = ("d0/same.bin", 8, crc, len(packed), len(data), packed)
@@ -102,11 +110,15 @@ def zlib_raw(data):
 
 
 def zip_10k():
+    # 10,000 central-directory entries, the same base name in 10,000 folders, all pointing at one
+    # deflated 1 MiB member (a member may always expand to 1 MiB, whatever its ratio): 10,000 x
+    # 1 MiB to inflate from a 0.6 MB zip, as in the 712 KB probe.
     data = bytes(MiB)
-    packed = bz2.compress(data, 9)
+    packed = zlib_raw(data)
     crc = binascii.crc32(data)
-    entries = [(f"f{i}.bin", 12, crc, len(packed), len(data), packed) for i in range(10000)]
-    return with_files("zip-10k", [("files.zip", "application/zip", raw_zip(entries))])
+    shared = ("d0/same.bin", 8, crc, len(packed), len(data), packed)
+    entries = [(f"d{i}/same.bin", 8, crc, len(packed), len(data), b"") for i in range(10000)]
+    return with_files("zip-10k", [("files.zip", "application/zip", raw_zip(entries, shared))])
 
 
 def solid_7z():
