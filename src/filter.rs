@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::banks;
 use crate::config::{Config, DkimSign, SignOnError, SpamEngine};
+use crate::escape;
 use crate::message::{Envelope, Message};
 use crate::policy::{self, Category, Decision, Disposition, Tempfail};
 use crate::reinject::{Delivery, RcptResult};
@@ -546,7 +547,7 @@ async fn dkim_sign(
                 SignOnError::Pass => "delivered unsigned",
                 SignOnError::Tempfail => "answering 451",
             };
-            tracing::error!(%id, error = %e, "DKIM signing failed: {action}");
+            tracing::error!(%id, error = %escape::Shown(&e.to_string()), "DKIM signing failed: {action}");
             Err(e.to_string())
         }
     }
@@ -597,7 +598,7 @@ async fn quarantine(
 ) -> Outcome {
     let m = &shared.metrics;
     let failed = |why: String| {
-        tracing::error!(%id, error = %why, "cannot quarantine: answering 451");
+        tracing::error!(%id, error = %escape::Shown(&why), "cannot quarantine: answering 451");
         m.tempfails.with_label_values(&["quarantine"]).inc();
         Outcome::Tempfailed(Tempfail::Quarantine(why))
     };
@@ -759,7 +760,7 @@ impl LogLine {
             None => ("-".into(), 0),
         };
         let virus = match &decision.category {
-            Category::Virus(names) => names.join(","),
+            Category::Virus(names) => escape::text(&names.join(",")),
             _ => "-".into(),
         };
         let problems: Vec<String> = [
@@ -781,13 +782,23 @@ impl LogLine {
         };
         LogLine {
             id: r.id.clone(),
-            queue_id: r.env.xforward.ident.clone().unwrap_or_else(|| "-".into()),
-            client: r.env.xforward.addr.clone().unwrap_or_else(|| "-".into()),
-            from: format!("<{}>", r.env.sender),
+            queue_id: r
+                .env
+                .xforward
+                .ident
+                .as_deref()
+                .map_or_else(|| "-".into(), escape::text),
+            client: r
+                .env
+                .xforward
+                .addr
+                .as_deref()
+                .map_or_else(|| "-".into(), escape::text),
+            from: format!("<{}>", escape::text(&r.env.sender)),
             to: env
                 .recipients
                 .iter()
-                .map(|x| x.address.as_str())
+                .map(|x| escape::text(&x.address))
                 .collect::<Vec<_>>()
                 .join(","),
             bank,
@@ -815,14 +826,21 @@ impl LogLine {
             rules,
             virus,
             banned: match &decision.category {
-                Category::Banned { name, kind } => format!("{kind},{name}"),
+                Category::Banned { name, kind } => {
+                    format!("{},{}", escape::text(kind), escape::text(name))
+                }
                 _ => "-".into(),
             },
             parts: match &report.parts {
                 None => "-".into(),
                 Some(p) => match &p.limit {
                     None => p.count.to_string(),
-                    Some(l) => format!("{} (stopped: {}: {l})", p.count, l.kind.label()),
+                    Some(l) => format!(
+                        "{} (stopped: {}: {})",
+                        p.count,
+                        l.kind.label(),
+                        escape::text(&l.to_string())
+                    ),
                 },
             },
             auth: report
@@ -840,8 +858,8 @@ impl LogLine {
             } else {
                 Duration::ZERO
             },
-            queued_as: queued_as.unwrap_or_else(|| "-".into()),
-            problems: problems.join("; "),
+            queued_as: queued_as.map_or_else(|| "-".into(), |q| escape::text(&q)),
+            problems: escape::text(&problems.join("; ")),
         }
     }
 
@@ -870,7 +888,7 @@ impl LogLine {
             spamd_ms = self.spamd.as_millis() as u64,
             reinject_ms = self.reinject.as_millis() as u64,
             queued_as = %self.queued_as,
-            reply = %reply,
+            reply = %escape::Shown(reply),
             problems = %self.problems,
             "message"
         );

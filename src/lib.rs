@@ -28,6 +28,7 @@
 pub mod banks;
 pub mod config;
 pub mod dns;
+pub mod escape;
 pub mod filter;
 pub mod fsmode;
 pub mod greylist;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postsift::config::{Config, LogFormat};
+use postsift::escape;
 use postsift::filter::{self, Outcome};
 use postsift::message::Message;
 use postsift::policy::{Category, Disposition};
@@ -352,7 +353,7 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(|| postsift::escape::OneLine(std::io::stderr()));
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),
@@ -656,10 +657,10 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<u8> {
             let xf = &meta.xforward;
             println!(
                 "client:     {} [{}] helo={} queue_id={}",
-                xf.name.as_deref().unwrap_or("-"),
-                xf.addr.as_deref().unwrap_or("-"),
+                show::one_line(xf.name.as_deref().unwrap_or("-")),
+                show::one_line(xf.addr.as_deref().unwrap_or("-")),
                 show::one_line(xf.helo.as_deref().unwrap_or("-")),
-                xf.ident.as_deref().unwrap_or("-"),
+                show::one_line(xf.ident.as_deref().unwrap_or("-")),
             );
             println!("---");
             print!(
@@ -686,7 +687,11 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<u8> {
             let results = rt.block_on(release::release(&q, &reinjector, &id, &req))?;
             let mut ok = true;
             for (rcpt, r) in &results {
-                println!("<{rcpt}>: {}", r.reply(&id));
+                println!(
+                    "<{}>: {}",
+                    show::one_line(rcpt),
+                    show::one_line(&r.reply(&id))
+                );
                 ok &= matches!(
                     r,
                     release::Result1::Released(_) | release::Result1::AlreadyReleased { .. }
@@ -728,8 +733,14 @@ fn scan(
         ..Default::default()
     };
     let (report, decision) = rt.block_on(filter::judge(&shared, &msg, &env));
-    println!("virus scan: {:?}", report.virus);
-    println!("spam scan:  {:?}", report.spam);
+    println!(
+        "virus scan: {}",
+        escape::text(&format!("{:?}", report.virus))
+    );
+    println!(
+        "spam scan:  {}",
+        escape::text(&format!("{:?}", report.spam))
+    );
     print_auth(&shared.config, &decision);
     print_parts(&shared.config, &msg, report.parts.as_ref());
     println!("category:   {}", decision.category.label());
@@ -777,7 +788,12 @@ fn scan(
             }
         }
         println!("---");
-        print!("{}", String::from_utf8_lossy(&block));
+        for line in String::from_utf8_lossy(&block).split_inclusive('\n') {
+            println!(
+                "{}",
+                postsift::quarantine::show::escape(line.trim_end_matches(['\r', '\n']))
+            );
+        }
     }
     Ok(match (&decision.category, &decision.disposition) {
         (_, Disposition::Tempfail(_)) | (Category::Unchecked, _) => 3,
@@ -835,11 +851,15 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
             summary
                 .limit
                 .as_ref()
-                .map_or(String::new(), |l| format!(", stopped ({}): {l}", l.kind.label())),
+                .map_or(String::new(), |l| format!(
+                    ", stopped ({}): {}",
+                    l.kind.label(),
+                    escape::text(&l.to_string())
+                )),
             summary
                 .infected
                 .as_deref()
-                .map_or(String::new(), |p| format!(", virus in: {p}")),
+                .map_or(String::new(), |p| format!(", virus in: {}", escape::text(p))),
         ),
     }
     let limits = postsift::scan::parts::Limits::from_config(&config.parts);
@@ -847,19 +867,31 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
     let walk = match postsift::scan::parts::walk(&raw, &limits, &config.spool_dir()) {
         Ok(w) => w,
         Err(e) => {
-            println!("  (the walk failed: {e})");
+            println!("  (the walk failed: {})", escape::text(&e.to_string()));
             return;
         }
     };
     for p in walk.parts {
+        // Every name the part declares, each escaped (the banned-file rules judge them all).
+        let names: Vec<String> = p
+            .name
+            .iter()
+            .chain(&p.other_names)
+            .map(|n| escape::text(n))
+            .collect();
+        let names = if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(" | ")
+        };
         let inside = match p.containers.is_empty() {
             true => String::new(),
             false => format!(", in {}", p.containers.join(" in ")),
         };
         println!(
             "  - {:<30} {:<28} {:>9} bytes{}  ({} reading, depth {}{inside})",
-            p.name.as_deref().unwrap_or("-"),
-            p.declared.as_deref().unwrap_or("-"),
+            names,
+            escape::text(p.declared.as_deref().unwrap_or("-")),
             p.contents.len(),
             if p.contents.is_spilled() {
                 " on disk"

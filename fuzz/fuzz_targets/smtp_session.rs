@@ -124,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
     check_replies(&replies);
 });
 
-/// Every line is `NNN[ -]…<CRLF>`, 200 ≤ NNN ≤ 599, no CR or LF inside a line; a `-` line is
+/// Every line is `NNN[ -]…<CRLF>`, 200 ≤ NNN ≤ 599, at most 512 octets, no CR or LF inside a line; a `-` line is
 /// followed by a line with the same code; the greeting comes first and the last line is final.
 fn check_replies(out: &[u8]) {
     let shown = || String::from_utf8_lossy(&out[out.len().saturating_sub(2000)..]).into_owned();
@@ -149,6 +149,9 @@ fn check_replies(out: &[u8]) {
         let text = String::from_utf8_lossy(line);
         assert!(!line.contains(&b'\r'), "bare CR in a reply line {text:?}");
         assert!(line.len() >= 4, "reply line too short: {text:?}");
+        // RFC 5321 4.5.3.1.5: 512 octets with the CRLF. A client's or a message's string in a
+        // reply is escaped and capped (src/escape.rs), so no input makes a longer line.
+        assert!(line.len() <= 510, "reply line of {} bytes", line.len());
         let code = &line[..3];
         assert!(
             code.iter().all(u8::is_ascii_digit) && (b'2'..=b'5').contains(&code[0]),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use crate::config::{self, OnFailure};
+use crate::escape::Shown;
 use crate::metrics::Metrics;
 use crate::Shared;
 use decide::{Outcome, Params};
@@ -106,12 +107,12 @@ impl Greylist {
         tracing::info!(
             target: "postsift::greylist",
             result = d.result,
-            reason = %d.reason,
-            queue_id = req.get("queue_id").unwrap_or(""),
-            client_name = req.get("client_name").unwrap_or(""),
-            client_address = req.get("client_address").unwrap_or(""),
-            sender = req.get("sender").unwrap_or(""),
-            recipient = req.get("recipient").unwrap_or(""),
+            reason = %Shown(&d.reason),
+            queue_id = %Shown(req.get("queue_id").unwrap_or("")),
+            client_name = %Shown(req.get("client_name").unwrap_or("")),
+            client_address = %Shown(req.get("client_address").unwrap_or("")),
+            sender = %Shown(req.get("sender").unwrap_or("")),
+            recipient = %Shown(req.get("recipient").unwrap_or("")),
             "greylist"
         );
         d.action

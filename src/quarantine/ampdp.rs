@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use super::release::{self, Request};
 use super::{Error, Quarantine};
+use crate::escape::Shown;
 use crate::metrics::Metrics;
 use crate::reinject::Reinjector;
 use crate::Shared;
@@ -163,7 +164,8 @@ async fn answer(
     let request = get("request").unwrap_or("").to_ascii_lowercase();
     if request != "release" {
         return vec![setreply(&format!(
-            "550 5.5.1 request={request:?} not supported by postsift (only release)"
+            "550 5.5.1 request={} not supported by postsift (only release)",
+            crate::escape::text(&request)
         ))];
     }
     // amavisd-release sends mail_id parsed from its argument; mail_file is the argument.
@@ -201,8 +203,9 @@ async fn answer(
                     .quarantine_releases
                     .with_label_values(&[r.label()])
                     .inc();
-                tracing::info!(target: "postsift::quarantine", %id, %rcpt, requested_by = %by,
-                    result = %r.reply(&id), "release (AM.PDP)");
+                tracing::info!(target: "postsift::quarantine", id = %Shown(&id),
+                    rcpt = %Shown(rcpt), requested_by = %Shown(by),
+                    result = %Shown(&r.reply(&id)), "release (AM.PDP)");
             }
             if results.is_empty() {
                 return vec![setreply("250 2.5.0 No recipients, nothing to do")];
@@ -217,12 +220,15 @@ async fn answer(
                 .quarantine_releases
                 .with_label_values(&["failed"])
                 .inc();
-            tracing::warn!(%id, error = %e, "release (AM.PDP) failed");
+            tracing::warn!(id = %Shown(&id), error = %Shown(&e.to_string()), "release (AM.PDP) failed");
             let code = match e {
                 Error::NotFound(_) | Error::Usage(_) => "550 5.1.1",
                 _ => "450 4.5.0",
             };
-            vec![setreply(&format!("{code} {e}"))]
+            vec![setreply(&format!(
+                "{code} {}",
+                crate::escape::text(&e.to_string())
+            ))]
         }
     }
 }

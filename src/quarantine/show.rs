@@ -3,38 +3,23 @@
 //! loaded, nothing fetched), the attachments by name, type and size — every control character
 //! escaped, so no byte of a hostile message reaches the terminal as an escape sequence.
 
-use std::fmt::Write;
-
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 /// Text shown of the body at most (bytes); `show --full` lifts it.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// `s` with every control character but tab escaped (`\x1b`, `\r`, `\n`, …).
+/// `s` with every control character but tab escaped (`\x1b`, `\x0d`, …), as
+/// [`crate::escape`] escapes it, uncapped: a message's text is long by design.
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\t' => out.push('\t'),
-            '\r' => out.push_str("\\r"),
-            '\n' => out.push_str("\\n"),
-            c if c.is_control() || is_bidi(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    s.split('\t')
+        .map(crate::escape::uncapped)
+        .collect::<Vec<_>>()
+        .join("\t")
 }
 
-/// Bidirectional overrides can make a terminal show text in another order than it is.
-fn is_bidi(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `s` on one line, control characters escaped.
+/// `s` on one line, control characters escaped, capped ([`crate::escape::text`]).
 pub fn one_line(s: &str) -> String {
-    escape(s.trim())
+    crate::escape::text(s.trim())
 }
 
 /// Escapes each line of `text` (kept as lines).
@@ -122,7 +107,7 @@ mod tests {
 
     #[test]
     fn escapes_terminal_controls_and_bidi() {
-        assert_eq!(escape("a\x1b[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(escape("a\x1b[31mred"), "a\\x1b[31mred");
         assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
         assert_eq!(escape("tab\there"), "tab\there");
     }
@@ -131,7 +116,7 @@ mod tests {
     fn renders_text_and_names_attachments() {
         let raw = b"From: a@b\r\nSubject: hi\x1b]0;pwn\x07\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/html\r\n\r\n<p>Hello <img src=\"http://tracker/x.png\"> world</p>\r\n--x\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--x--\r\n";
         let r = render(raw, Some(BODY_LIMIT));
-        assert!(r.contains("Subject: hi\\u{1b}]0;pwn\\u{7}"), "{r}");
+        assert!(r.contains("Subject: hi\\x1b]0;pwn\\x07"), "{r}");
         assert!(r.contains("Hello"), "{r}");
         assert!(!r.contains('\x1b'));
         assert!(

@@ -97,15 +97,63 @@ pub fn check(rules: &[Rule], parts: &[Part]) -> Option<Banned> {
 }
 
 fn judge(rules: &[Rule], p: &Part) -> Option<Banned> {
-    let name = p.name.as_deref().map(|n| n.trim().to_ascii_lowercase());
+    let sniffed = sniff(&p.contents);
+    let declared: Vec<&String> = p.name.iter().chain(&p.other_names).collect();
+    if declared.is_empty() {
+        return judge_as(rules, p, sniffed, None, None);
+    }
+    declared.into_iter().find_map(|n| {
+        as_saved(n)
+            .into_iter()
+            .find_map(|c| judge_as(rules, p, sniffed, Some(&c), Some(n)))
+    })
+}
+
+/// The names a declared name can be saved or opened under, lower case, each judged on its own:
+/// - the name less trailing dots and white space, which Windows strips when it saves a file
+///   (`evil.js.`, `evil.vbs...`, `evil.hta. ` are `.js`, `.vbs`, `.hta`; amavis's rules end
+///   in `[.\s]*$` for this);
+/// - each piece between NULs (and a literal `%00`): a C string ends at the NUL, so
+///   `evil.js%00.pdf` (RFC 2231-decoded to `evil.js\0.pdf`) is judged as `evil.js` and as
+///   `.pdf`, and any piece that is banned bans the part;
+/// - an NTFS alternate data stream (`evil.js::$DATA`, `evil.js:Zone.Identifier`) as the file
+///   it belongs to: the name before the first `:` (no Windows file name holds a `:`), beside
+///   the whole name.
+fn as_saved(name: &str) -> Vec<String> {
+    let lower = name.to_lowercase();
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |s: &str| {
+        let s = s
+            .trim()
+            .trim_end_matches(|c: char| c == '.' || c.is_whitespace());
+        if !s.is_empty() && !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    };
+    push(&lower);
+    for piece in lower.split(['\0']).flat_map(|p| p.split("%00")) {
+        push(piece);
+        if let Some((file, _stream)) = piece.split_once(':') {
+            push(file);
+        }
+    }
+    out
+}
+
+/// The rules applied to `p` under one of its names (`name`, normalised; `shown`, as declared).
+fn judge_as(
+    rules: &[Rule],
+    p: &Part,
+    sniffed: Option<&'static str>,
+    name: Option<&str>,
+    shown: Option<&String>,
+) -> Option<Banned> {
     let exts: Vec<&str> = name
-        .as_deref()
         .map(|n| n.rsplit('.').collect::<Vec<_>>())
         .unwrap_or_default();
     // "a.pdf.exe" → ["exe", "pdf", "a"]: the last extension, and whether another precedes it.
     let last = (exts.len() >= 2).then(|| exts[0]);
     let double = (exts.len() >= 3 && !exts[1].is_empty()).then(|| exts[0]);
-    let sniffed = sniff(&p.contents);
     let declared = p.declared.as_deref();
     for (i, r) in rules.iter().enumerate() {
         let cond = |want: &Vec<String>, have: Option<&str>| {
@@ -133,7 +181,7 @@ fn judge(rules: &[Rule], p: &Part) -> Option<Banned> {
                 return None;
             }
             return Some(Banned {
-                name: p.name.clone().unwrap_or_else(|| "-".into()),
+                name: shown.cloned().unwrap_or_else(|| "-".into()),
                 kind: sniffed
                     .map(str::to_owned)
                     .or_else(|| p.declared.clone())
@@ -214,6 +262,7 @@ mod tests {
     fn part(name: Option<&str>, declared: Option<&str>, data: &[u8]) -> Part {
         Part {
             name: name.map(str::to_owned),
+            other_names: Vec::new(),
             declared: declared.map(str::to_owned),
             found: "mime",
             depth: 0,
@@ -339,5 +388,49 @@ mod tests {
         assert_eq!(s(b"\x7fELF\x02"), Some("elf"));
         assert_eq!(s(b"#!/bin/sh\n"), Some("script"));
         assert_eq!(s(b"plain text"), None);
+    }
+
+    #[test]
+    fn trailing_dots_and_spaces_do_not_hide_an_executable_extension() {
+        for name in [
+            "evil.js.",
+            "evil.vbs...",
+            "evil.hta. ",
+            "EVIL.EXE . .",
+            "a.pdf.exe.",
+        ] {
+            assert!(banned(part(Some(name), None, b"x")).is_some(), "{name:?}");
+            let mut in_zip = part(Some(name), None, b"x");
+            in_zip.containers = vec!["zip"];
+            assert!(banned(in_zip).is_some(), "{name:?} in a zip");
+        }
+        assert_eq!(banned(part(Some("report.pdf."), None, b"%PDF")), None);
+        assert_eq!(banned(part(Some("..."), None, b"x")), None);
+    }
+
+    #[test]
+    fn every_declared_name_is_judged_not_only_the_first() {
+        let mut p = part(Some("invoice.pdf"), None, b"%PDF");
+        p.other_names = vec!["notes.txt".into(), "evil.js".into()];
+        let b = banned(p).unwrap();
+        assert_eq!((b.name.as_str(), b.rule), ("evil.js", 6));
+        let mut p = part(Some("invoice.pdf"), None, b"%PDF");
+        p.other_names = vec!["notes.txt".into()];
+        assert_eq!(banned(p), None);
+    }
+
+    #[test]
+    fn a_nul_in_a_name_and_an_ntfs_stream_name_are_judged_as_windows_saves_them() {
+        // Each NUL-separated piece is judged: a C string ends at the NUL.
+        for name in [
+            "evil.js\0.pdf",
+            "evil.js%00.pdf",
+            "evil.js::$DATA",
+            "evil.js:Zone.Identifier",
+        ] {
+            let b = banned(part(Some(name), None, b"x"));
+            assert_eq!(b.map(|b| b.rule), Some(6), "{name:?}");
+        }
+        assert_eq!(banned(part(Some("report.pdf::$DATA"), None, b"%PDF")), None);
     }
 }

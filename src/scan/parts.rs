@@ -78,6 +78,9 @@ pub struct Part {
     /// The declared file name (Content-Disposition `filename=` or Content-Type `name=`; an
     /// archive member's name, without its directories).
     pub name: Option<String>,
+    /// Every other name the part declares (a second `filename`, the Content-Type `name` beside
+    /// a Content-Disposition `filename`, a repeated header): the banned-file rules judge each.
+    pub other_names: Vec<String>,
     /// The declared MIME type, lower case.
     pub declared: Option<String>,
     /// Where it was found: "mime" (the MIME tree), "raw" (a base64 / uuencoded block found in
@@ -628,6 +631,7 @@ impl Collector {
         let mut h = self.hash.build_hasher();
         part.contents.digest.hash(&mut h);
         part.name.hash(&mut h);
+        part.other_names.hash(&mut h);
         let named = h.finish();
         let contents = part.contents.digest;
         if self.seen.contains(&named)
@@ -691,6 +695,7 @@ impl Collector {
                 None => c.ctype().to_ascii_lowercase(),
             });
             let name = p.attachment_name().map(str::to_owned);
+            let other_names = other_names(p, name.as_deref());
             // mail-parser borrows a part's bytes from the message when it decoded nothing.
             let (data, verbatim): (&[u8], bool) = match &p.body {
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
@@ -725,6 +730,7 @@ impl Collector {
             };
             let part = Part {
                 name,
+                other_names,
                 declared,
                 found: "mime",
                 depth,
@@ -1080,6 +1086,7 @@ impl Member {
     fn part(&self, name: Option<String>, contents: Contents) -> Part {
         Part {
             name,
+            other_names: Vec::new(),
             declared: None,
             found: self.found,
             depth: self.depth,
@@ -1088,6 +1095,40 @@ impl Member {
             contents,
         }
     }
+}
+
+/// The names a MIME part declares besides `first` (mail-parser's `attachment_name`: the last
+/// Content-Disposition's first `filename`, else the last Content-Type's first `name`): every
+/// `filename` and `name` parameter of every Content-Disposition and Content-Type header, as
+/// mail-parser decoded them (RFC 2231 `name*=`/continuations, RFC 2047 words), each once.
+/// Mail clients differ in which one they show and save, so the banned-file rules judge them
+/// all. mail-parser keeps every header and every parameter (a repeated one too) in order, so
+/// its parsed headers suffice and the raw header bytes need not be read again.
+fn other_names(p: &mail_parser::MessagePart<'_>, first: Option<&str>) -> Vec<String> {
+    use mail_parser::{HeaderName, HeaderValue};
+    let mut out: Vec<String> = Vec::new();
+    for h in p.headers() {
+        if !matches!(
+            h.name,
+            HeaderName::ContentDisposition | HeaderName::ContentType
+        ) {
+            continue;
+        }
+        let HeaderValue::ContentType(ct) = &h.value else {
+            continue;
+        };
+        for a in ct.attributes().unwrap_or_default() {
+            // `filename` or `name` (either header: clients take both from both), and their
+            // RFC 2231 forms should a `*` be left on the attribute's name.
+            let n = a.name.split('*').next().unwrap_or("");
+            let is_name = n.eq_ignore_ascii_case("filename") || n.eq_ignore_ascii_case("name");
+            let v = a.value.as_ref();
+            if is_name && Some(v) != first && !out.iter().any(|o| o == v) {
+                out.push(v.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Members decompressed beyond this many times their compressed size stop the walk (amavis's
@@ -1259,6 +1300,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
             if let Some(contents) = w.contents(&data) {
                 w.add(Part {
                     name: None,
+                    other_names: Vec::new(),
                     declared: None,
                     found: "raw",
                     depth: 0,
@@ -1293,6 +1335,7 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
             };
             w.add(Part {
                 name: (!name.is_empty()).then_some(name),
+                other_names: Vec::new(),
                 declared: None,
                 found: "raw",
                 depth: 0,
@@ -1572,6 +1615,36 @@ mod tests {
             "{:?}",
             w.parts
         );
+    }
+
+    #[test]
+    fn every_declared_file_name_of_a_part_is_kept() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: application/pdf; name=\"b.exe\"\r\n\
+Content-Disposition: attachment; filename=\"a.pdf\"; filename=\"second.js\"\r\n\
+Content-Disposition: attachment; filename*=utf-8''evil.hta%00.pdf\r\n\
+\r\n%PDF-1.4 x\r\n--b\r\n\
+Content-Type: text/plain; name=\"=?utf-8?q?enc=2Evbs?=\"\r\n\r\nhi\r\n--b--\r\n";
+        let w = walk(raw, &LIMITS);
+        let p = w
+            .parts
+            .iter()
+            .find(|p| data(p).starts_with(b"%PDF"))
+            .unwrap();
+        let mut all: Vec<&str> = p
+            .name
+            .iter()
+            .chain(&p.other_names)
+            .map(|s| s.as_str())
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            ["a.pdf", "b.exe", "evil.hta\0.pdf", "second.js"],
+            "{p:?}"
+        );
+        let t = w.parts.iter().find(|p| data(p).starts_with(b"hi")).unwrap();
+        assert_eq!(t.name.as_deref(), Some("enc.vbs"));
     }
 
     /// A zip with the given (name, contents) members, stored or deflated.

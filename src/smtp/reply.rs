@@ -60,7 +60,7 @@ impl Reply {
         }
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
-            let line = line.trim_end_matches('\r');
+            let line = wire_line(line.trim_end_matches('\r'));
             let _ = match self.enhanced {
                 Some(e) => {
                     use std::io::Write;
@@ -73,6 +73,23 @@ impl Reply {
             };
         }
     }
+}
+
+/// Characters of one reply line at most (RFC 5321 4.5.3.1.5: 512 octets with the code and CRLF).
+const MAX_LINE: usize = 480;
+
+/// The last guard before the wire: a control character left in a line (a relayed reply) is
+/// `?`, and a line is cut at [`MAX_LINE`] characters. Values from outside are escaped and
+/// capped where the text is built ([`crate::escape`]); this only keeps the protocol intact.
+fn wire_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LINE && !line.chars().any(char::is_control) {
+        return line.into();
+    }
+    line.chars()
+        .take(MAX_LINE)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect::<String>()
+        .into()
 }
 
 impl fmt::Display for Reply {
@@ -185,10 +202,11 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
         Outcome::Rejected(Category::DmarcReject { domain }) => same(Reply::new(
             550,
             "5.7.1",
-            one_line(&format!(
-                "Rejected by DMARC policy for {domain}, id={id}: the From domain asks receivers \
-                 to reject mail that fails DMARC"
-            )),
+            format!(
+                "Rejected by DMARC policy for {}, id={id}: the From domain asks receivers \
+                 to reject mail that fails DMARC",
+                one_line(domain)
+            ),
         )),
         Outcome::Rejected(c) => same(Reply::new(
             554,
@@ -221,22 +239,20 @@ pub fn for_outcome(id: &str, outcome: &Outcome, per_recipient: bool, n: usize) -
     }
 }
 
-/// Virus names (clamd's signature database) and file names (the sender's) stay on one reply
-/// line: a control character becomes `?`.
+/// A value from outside (a file name, a domain, a peer's error) in a reply: escaped and capped
+/// ([`crate::escape`]), so it stays on its line and the line stays short.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::escape::text(s)
 }
 
 /// How a category is named in a reply, as amavis names it.
 fn category_text(c: &Category) -> String {
     match c {
-        Category::Virus(names) => one_line(&format!("INFECTED: {}", names.join(", "))),
-        Category::Banned { name, .. } => one_line(&format!("BANNED: {name}")),
+        Category::Virus(names) => format!("INFECTED: {}", one_line(&names.join(", "))),
+        Category::Banned { name, .. } => format!("BANNED: {}", one_line(name)),
         Category::Spam => "spam".into(),
         Category::Unchecked => "UNCHECKED".into(),
-        Category::DmarcReject { domain } => one_line(&format!("DMARC reject: {domain}")),
+        Category::DmarcReject { domain } => format!("DMARC reject: {}", one_line(domain)),
         Category::Clean => "CLEAN".into(),
     }
 }
@@ -246,22 +262,28 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
         Tempfail::VirusScan(why) => Reply::new(
             451,
             "4.5.0",
-            format!("Error in processing, id={id}, virus_scan FAILED: {why}"),
+            format!(
+                "Error in processing, id={id}, virus_scan FAILED: {}",
+                one_line(why)
+            ),
         ),
         Tempfail::SpamScan(why) => Reply::new(
             451,
             "4.5.0",
-            format!("Error in processing, id={id}, spam_scan FAILED: {why}"),
+            format!(
+                "Error in processing, id={id}, spam_scan FAILED: {}",
+                one_line(why)
+            ),
         ),
         Tempfail::Greylist(what) => Reply::new(
             451,
             "4.7.1",
-            format!("Try again later, id={id} - rspamd: {what}"),
+            format!("Try again later, id={id} - rspamd: {}", one_line(what)),
         ),
         Tempfail::Unchecked(why) => Reply::new(
             451,
             "4.7.0",
-            format!("Try again later, id={id} - UNCHECKED: {why}"),
+            format!("Try again later, id={id} - UNCHECKED: {}", one_line(why)),
         ),
         Tempfail::Quarantine(why) => Reply::new(
             451,
@@ -289,21 +311,26 @@ fn upstream(u: &Upstream) -> Reply {
 
 fn fault(f: &Fault) -> Reply {
     match f {
-        Fault::Connect { to, detail } => {
-            Reply::new(450, "4.4.1", format!("Can't connect to {to}: {detail}"))
-        }
+        Fault::Connect { to, detail } => Reply::new(
+            450,
+            "4.4.1",
+            format!("Can't connect to {to}: {}", one_line(detail)),
+        ),
         Fault::Timeout { to, stage } => {
             Reply::new(450, "4.4.2", format!("Timed out during {stage} to {to}"))
         }
         Fault::Lost { stage, detail } => Reply::new(
             451,
             "4.4.2",
-            format!("Lost connection during {stage}: {detail}"),
+            format!("Lost connection during {stage}: {}", one_line(detail)),
         ),
         Fault::Spool { detail } => Reply::new(
             451,
             "4.3.0",
-            format!("Error in processing: reading the spool: {detail}"),
+            format!(
+                "Error in processing: reading the spool: {}",
+                one_line(detail)
+            ),
         ),
     }
 }

@@ -337,7 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         };
         match self.env.xforward.apply(args) {
             Ok(()) => self.ok(reply::ok()),
-            Err(e) => self.error(reply::syntax(&e.to_string())),
+            Err(e) => self.error(reply::syntax(&crate::escape::text(&e.to_string()))),
         }
     }
 
@@ -634,13 +634,18 @@ fn parse_request(line: &[u8]) -> Result<Request<String>, Reply> {
         ProtoError::InvalidRecipientAddress => {
             Reply::new(501, "5.1.3", "Bad recipient address syntax")
         }
-        ProtoError::SyntaxError { syntax } => reply::syntax(&format!("Syntax: {syntax}")),
-        ProtoError::InvalidParameter { param } => {
-            reply::syntax(&format!("Invalid value for parameter {param}"))
+        ProtoError::SyntaxError { syntax } => {
+            reply::syntax(&format!("Syntax: {}", crate::escape::text(syntax)))
         }
-        ProtoError::UnsupportedParameter { param } => {
-            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
-        }
+        ProtoError::InvalidParameter { param } => reply::syntax(&format!(
+            "Invalid value for parameter {}",
+            crate::escape::text(param)
+        )),
+        ProtoError::UnsupportedParameter { param } => Reply::new(
+            555,
+            "5.5.4",
+            format!("Unsupported parameter {}", crate::escape::text(&param)),
+        ),
         ProtoError::ResponseTooLong => reply::line_too_long(),
         ProtoError::NeedsMoreData { .. } | ProtoError::InvalidResponse { .. } => {
             reply::syntax("Syntax error")
@@ -838,7 +843,7 @@ mod tests {
             (
                 Outcome::Tempfailed(Tempfail::Quarantine("no space\nleft".into())),
                 "451 4.3.0 Error in processing, id=",
-                ", quarantine FAILED: no space?left",
+                ", quarantine FAILED: no space\\x0aleft",
             ),
         ];
         for (outcome, start, end) in cases {
