@@ -187,8 +187,11 @@ async fn answer(
         .collect();
     // Refused here with a clear answer (the reinjection boundary would refuse it too).
     if let Some(bad) = to.iter().find(|a| release::bad_address(a)) {
+        tracing::warn!(target: "postsift::quarantine", id = %Shown(&id),
+            rcpt = %Shown(bad), "release (AM.PDP) refused: bad address syntax");
         return vec![setreply(&format!(
-            "553 5.1.3 recipient {bad:?}: bad address syntax (RFC 5321), nothing released"
+            "553 5.1.3 recipient <{}>: bad address syntax (RFC 5321), nothing released",
+            crate::escape::text(bad)
         ))];
     }
     let by = get("requested_by").unwrap_or("-");

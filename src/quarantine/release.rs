@@ -89,13 +89,6 @@ pub async fn release(
         move |q| q.read(&id)
     })
     .await?;
-    // An address to release to goes into a RCPT command as it is: one with a CR LF in it (an
-    // AM.PDP `recipient=` is %-decoded) would add commands of its own, a `>` would end the path.
-    for a in &req.to {
-        if a.is_empty() || a.chars().any(|c| c.is_control() || c == '<' || c == '>') {
-            return Err(Error::Usage(format!("{a:?} is not a valid address")));
-        }
-    }
     let targets: Vec<String> = if !req.to.is_empty() {
         req.to.clone()
     } else if req.recipients.is_empty() {

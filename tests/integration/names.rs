@@ -274,7 +274,7 @@ async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt(
         ],
     )
     .await;
-    assert!(reply.contains("550"), "{reply}");
+    assert!(reply.contains("553 5.1.3"), "{reply}");
     // A requested_by with a CR LF: released, logged on one line.
     let reply = ampdp(
         &sock,
@@ -299,7 +299,11 @@ async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt(
         !log.lines().any(|l| l.starts_with("2026-12-04T00:00:00Z")),
         "a forged line:\n{log}"
     );
-    assert!(log.contains("release (AM.PDP) failed"), "{log}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("release (AM.PDP) refused"))
+        .unwrap_or_else(|| panic!("the refusal is not logged:\n{log}"));
+    assert!(refused.contains("\\x0d\\x0aRCPT"), "{refused}");
     d.stop().await;
     harness::finish_dir(Some(tmp));
 }
