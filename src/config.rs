@@ -528,8 +528,9 @@ pub struct Health {
     pub down_after: u32,
     /// Seconds one probe of one endpoint may take. Default 5.
     pub probe_timeout: u64,
-    /// The name the resolver is asked for (an A query) to probe it; any answer, NXDOMAIN
-    /// included, proves it alive. Default `"localhost."`.
+    /// The name the resolver is asked for (its SOA record) to probe it; any answer, NXDOMAIN
+    /// included, proves it alive. Not `localhost.`: the resolver library answers that itself.
+    /// Default `"."`.
     pub dns_probe_name: String,
 }
 
@@ -538,7 +539,7 @@ impl Default for Health {
         Health {
             down_after: 3,
             probe_timeout: 5,
-            dns_probe_name: "localhost.".into(),
+            dns_probe_name: ".".into(),
         }
     }
 }

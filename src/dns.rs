@@ -137,10 +137,10 @@ impl Resolver {
         ok
     }
 
-    /// Asks the resolver for the probe name (an A record, past every cache): true on any
+    /// Asks the resolver for the probe name (its SOA record, past every cache): true on any
     /// answer, NXDOMAIN and SERVFAIL included; false on a timeout or no connection.
     pub async fn probe(&self, limit: Duration) -> bool {
-        let ask = self.probe.lookup(self.probe_name.as_str(), RecordType::A);
+        let ask = self.probe.lookup(self.probe_name.as_str(), RecordType::SOA);
         match tokio::time::timeout(limit, ask).await {
             Ok(Ok(_)) => true,
             Ok(Err(NetError::Dns(_))) => true,

@@ -656,6 +656,32 @@ impl Clamd {
     pub fn stop(&mut self) {
         self.peer.stop(Duration::from_secs(10));
     }
+    /// Starts the stopped clamd again with the same configuration and socket; blocks until it
+    /// answers `zPING` (60 s, then panics with the log's tail).
+    pub fn start_again(&mut self) {
+        let _ = fs::remove_file(&self.socket);
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("clamd.out"))
+            .expect("open clamd.out");
+        let mut cmd = Command::new("/usr/sbin/clamd");
+        cmd.arg("-c")
+            .arg(self.dir.join("clamd.conf"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out);
+        self.peer.spawn(cmd);
+        let socket = self.socket.clone();
+        self.peer
+            .wait_ready(
+                "clamd (zPING)",
+                Duration::from_secs(60),
+                || clamd_ping(&socket),
+                &["clamd.log", "clamd.out"],
+            )
+            .unwrap_or_else(|why| panic!("{why}"));
+    }
 }
 
 fn clamd_ping(socket: &Path) -> bool {

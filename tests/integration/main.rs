@@ -22,6 +22,7 @@ mod greylist; // the policy service: against postgrey, behind Postfix, two nodes
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); the walk's limits
 mod metrics; // /metrics after real traffic, /healthz, /readyz
+mod outage; // peers down or hung: marked down after a few failures, skipped at once, back after a restart
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
 mod prometheus; // every dashboard and alert expression against a real Prometheus
 mod quarantine; // quarantine of each category, release (CLI, amavisd-release), store failures, kill -9, purge
