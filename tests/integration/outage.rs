@@ -17,7 +17,8 @@ use crate::capture::Capture;
 use crate::client::send_one;
 use crate::dns_peer::Unbound;
 use crate::harness;
-use crate::util::{self, config, fixture, http_get, start_filter};
+use crate::rspamd_peer::Rspamd;
+use crate::util::{self, config, fixture, http_get, rspamd_config, start_filter};
 
 /// How long a state change may take to show before the test gives up (a hang guard, not a
 /// measurement).
@@ -371,4 +372,55 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     assert!(h.contains("dmarc=fail (p=none"), "{h}");
     f.stop().await;
     drop(unbound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rspamd_stopped_is_skipped_at_once_and_used_again_once_restarted() {
+    let mut rspamd = util::blocking(Rspamd::start).await;
+    let sink = Capture::start().await;
+    let cfg = rspamd_config(
+        None,
+        &rspamd.addr.to_string(),
+        sink.addr,
+        "[auth]\nenabled = false\n",
+    );
+    let (cfg, maddr) = with_health(&cfg, 1);
+    let f = start_filter(&cfg).await;
+    let gtube = fixture("gtube.eml");
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(sink.last().headers().contains("X-Spam-Flag: YES"));
+    wait_metric(maddr, &up("rspamd"), 1.0).await;
+
+    let mut rspamd = util::blocking(move || {
+        rspamd.stop();
+        rspamd
+    })
+    .await;
+    send_until_down(f.addr, maddr, "rspamd", 250).await;
+    let before = metric(maddr, &skipped("rspamd")).await;
+    for _ in 0..3 {
+        let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+        assert_eq!(r.code, 250, "on_failure = pass: {r:?}");
+        assert!(
+            !sink.last().headers().contains("X-Spam-Flag"),
+            "not scanned"
+        );
+    }
+    assert_eq!(metric(maddr, &skipped("rspamd")).await, before + 3.0);
+
+    let rspamd = util::blocking(move || {
+        rspamd.start_again();
+        rspamd
+    })
+    .await;
+    wait_metric(maddr, &up("rspamd"), 1.0).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        sink.last().headers().contains("X-Spam-Flag: YES"),
+        "scanned again once rspamd is back"
+    );
+    f.stop().await;
+    drop(rspamd);
 }
