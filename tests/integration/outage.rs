@@ -424,3 +424,49 @@ async fn rspamd_stopped_is_skipped_at_once_and_used_again_once_restarted() {
     f.stop().await;
     drop(rspamd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spamd_stopped_is_skipped_at_once_and_used_again_once_restarted() {
+    let mut spamd = util::blocking(harness::Spamd::start).await;
+    let sink = Capture::start().await;
+    let addr = spamd.addr.to_string();
+    let cfg = config(None, Some(&addr), sink.addr, "[auth]\nenabled = false\n");
+    let (cfg, maddr) = with_health(&cfg, 1);
+    let f = start_filter(&cfg).await;
+    let gtube = fixture("gtube.eml");
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(sink.last().headers().contains("X-Spam-Flag: YES"));
+
+    let mut spamd = util::blocking(move || {
+        spamd.stop();
+        spamd
+    })
+    .await;
+    send_until_down(f.addr, maddr, "spamd", 250).await;
+    let before = metric(maddr, &skipped("spamd")).await;
+    for _ in 0..3 {
+        let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+        assert_eq!(r.code, 250, "on_failure = pass: {r:?}");
+        assert!(
+            !sink.last().headers().contains("X-Spam-Flag"),
+            "not scanned"
+        );
+    }
+    assert_eq!(metric(maddr, &skipped("spamd")).await, before + 3.0);
+
+    let spamd = util::blocking(move || {
+        spamd.start_again();
+        spamd
+    })
+    .await;
+    wait_metric(maddr, &up("spamd"), 1.0).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &gtube).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        sink.last().headers().contains("X-Spam-Flag: YES"),
+        "scanned again once spamd is back"
+    );
+    f.stop().await;
+    drop(spamd);
+}
