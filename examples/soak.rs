@@ -1008,7 +1008,7 @@ impl PostsiftCtl {
              [clamd]\nendpoints = [\"{clamd}\"]\non_failure = \"tempfail\"\nconnect_timeout = 5\n\
              timeout = 60\n\
              [spamd]\nendpoints = [\"{spamd}\"]\non_failure = \"tempfail\"\nconnect_timeout = 5\n\
-             io_timeout = 60\ntimeout = 90\nmax_size = {SPAMD_MAX_SIZE}\n\
+             io_timeout = 20\ntimeout = 30\nmax_size = {SPAMD_MAX_SIZE}\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\nprobe_interval = 2\n\
              [log]\nlevel = \"info\"\n",
             listen = self.listen,
@@ -1157,6 +1157,9 @@ fn sample(pid: u32, mem: &Mutex<BTreeMap<u32, Mem>>) {
 enum Fault {
     ClamdKill,
     SpamdKill,
+    /// spamd SIGSTOPped (its parent and children): a real spamd that accepts (the kernel's
+    /// backlog) and never answers, until SIGCONT.
+    SpamdHang,
     ReinjectStop,
     PostsiftHup,
     PostsiftTerm,
@@ -1168,6 +1171,7 @@ impl Fault {
         match self {
             Fault::ClamdKill => "clamd SIGKILL+restart",
             Fault::SpamdKill => "spamd SIGKILL+restart",
+            Fault::SpamdHang => "spamd SIGSTOP+SIGCONT (hung)",
             Fault::ReinjectStop => "10025 Postfix stop+start",
             Fault::PostsiftHup => "postsift SIGHUP",
             Fault::PostsiftTerm => "postsift SIGTERM+restart",
@@ -1224,6 +1228,27 @@ impl Ctx {
                 s.kill();
                 sleep(rng.secs(0.0, 2.0));
                 s.start().map(|()| String::new())
+            }
+            Fault::SpamdHang => {
+                let s = lock(&self.spamd);
+                match s.pid() {
+                    Some(pid) => {
+                        let group: Vec<String> = std::iter::once(pid)
+                            .chain(children_of(pid))
+                            .map(|p| p.to_string())
+                            .collect();
+                        for p in &group {
+                            harness::signal(p, "STOP");
+                        }
+                        // Longer than spamd's io_timeout: postsift marks it down meanwhile.
+                        sleep(rng.secs(25.0, 40.0));
+                        for p in &group {
+                            harness::signal(p, "CONT");
+                        }
+                        Ok(String::new())
+                    }
+                    None => Ok(", spamd was not running".into()),
+                }
             }
             Fault::ReinjectStop => {
                 let mut r = lock(&self.reinject);
@@ -1743,7 +1768,12 @@ fn main() -> ExitCode {
             // spamd costs seconds of CPU to start: killed half as often as clamd.
             s.spawn(|| {
                 ctx.injector(
-                    &[Fault::ClamdKill, Fault::ClamdKill, Fault::SpamdKill],
+                    &[
+                        Fault::ClamdKill,
+                        Fault::ClamdKill,
+                        Fault::SpamdKill,
+                        Fault::SpamdHang,
+                    ],
                     ctx.p.seed ^ 1,
                 )
             }),

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The fault soak (issue 12): N messages (default 10,000) through a real Postfix → postsift (LMTP)
-# → Postfix's reinjection smtpd → an LMTP sink, while clamd and spamd are SIGKILLed, the
+# → Postfix's reinjection smtpd → an LMTP sink, while clamd and spamd are SIGKILLed (spamd also
+# SIGSTOPped: hung), the
 # reinjection Postfix is stopped, and postsift gets SIGHUP, SIGTERM and SIGKILL, all at random;
 # then checks that every message arrived exactly once (EICAR ones discarded) and the queues
 # drained, within SECONDS_MAX (default: 120 + 1.2 s a message). Exit 0 only if it passed.

@@ -51,6 +51,7 @@ pub struct Config {
     pub parts: Parts,
     pub banned: Banned,
     pub metrics: Metrics,
+    pub health: Health,
     pub log: Log,
     pub greylist: Greylist,
     pub quarantine: Quarantine,
@@ -517,6 +518,32 @@ impl Default for Metrics {
             listen: "127.0.0.1:9724".into(),
             probe_interval: 10,
             max_connections: 32,
+        }
+    }
+}
+
+/// `[health]`: each peer's health state (see [`crate::peers`]); the probe runs every
+/// `metrics.probe_interval` seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    /// Consecutive timeouts or connection failures (messages' or probes') after which an
+    /// endpoint is marked down and skipped until a probe answers. Default 3.
+    pub down_after: u32,
+    /// Seconds one probe of one endpoint may take. Default 5.
+    pub probe_timeout: u64,
+    /// The name the resolver is asked for (its SOA record) to probe it; any answer, NXDOMAIN
+    /// included, proves it alive. Not `localhost.`: the resolver library answers that itself.
+    /// Default `"."`.
+    pub dns_probe_name: String,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            down_after: 3,
+            probe_timeout: 5,
+            dns_probe_name: ".".into(),
         }
     }
 }
@@ -1222,12 +1249,19 @@ impl Config {
             ("rspamd.connect_timeout", self.rspamd.connect_timeout),
             ("rspamd.timeout", self.rspamd.timeout),
             ("metrics.probe_interval", self.metrics.probe_interval),
+            ("health.probe_timeout", self.health.probe_timeout),
             ("dns.timeout", self.dns.timeout),
             ("auth.timeout", self.auth.timeout),
         ] {
             if secs == 0 {
                 return Err(bad(key, "must be at least 1 second"));
             }
+        }
+        if self.health.down_after == 0 {
+            return Err(bad("health.down_after", "must be at least 1"));
+        }
+        if self.health.dns_probe_name.trim().is_empty() {
+            return Err(bad("health.dns_probe_name", "must be a DNS name"));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(

@@ -35,6 +35,10 @@ use mail_auth::common::verify::DomainKey;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
+use mail_auth::hickory_resolver::net::NetError;
+use mail_auth::hickory_resolver::proto::rr::RecordType;
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::{MessageAuthenticator, RecordSet, ResolverCache, Txt, MX};
 use prometheus::{HistogramVec, IntCounterVec};
 
@@ -69,10 +73,16 @@ pub struct Resolver {
     pub authenticator: MessageAuthenticator,
     pub cache: Cache,
     timeout: Duration,
+    /// The resolver's health (one endpoint: the configured servers together; hickory itself
+    /// moves between them), fed by lookups that got an answer or timed out.
+    health: crate::peers::Group,
+    /// Asks `health.dns_probe_name` for the probe: no cache, one attempt.
+    probe: TokioResolver,
+    probe_name: String,
 }
 
 impl Resolver {
-    pub fn new(settings: &Settings) -> Result<Resolver, Error> {
+    pub fn new(settings: &Settings, health: &crate::config::Health) -> Result<Resolver, Error> {
         let servers: Vec<NameServerConfig> = if settings.servers.is_empty() {
             let (system, _) = mail_auth::hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| Error::NoServers(e.to_string()))?;
@@ -92,6 +102,19 @@ impl Resolver {
         opts.use_hosts_file = ResolveHosts::Never;
         // Names are always absolute; never try them under a search domain.
         opts.ndots = 0;
+        let mut probe_opts = opts.clone();
+        probe_opts.cache_size = 0;
+        probe_opts.attempts = 1;
+        probe_opts.timeout = Duration::from_secs(health.probe_timeout);
+        let probe =
+            TokioResolver::builder_with_config(config.clone(), TokioRuntimeProvider::default())
+                .with_options(probe_opts)
+                .build()
+                .map_err(|e| Error::Build(e.to_string()))?;
+        let name = match settings.servers.is_empty() {
+            true => "system resolver".to_string(),
+            false => settings.servers.join(" "),
+        };
         let authenticator =
             MessageAuthenticator::new(config, opts).map_err(|e| Error::Build(e.to_string()))?;
         Ok(Resolver {
@@ -102,7 +125,36 @@ impl Resolver {
                 settings.max_record_bytes,
             ),
             timeout: Duration::from_secs(settings.timeout),
+            health: crate::peers::Group::new(crate::peers::Peer::Dns, &[name], health.down_after),
+            probe,
+            probe_name: health.dns_probe_name.clone(),
         })
+    }
+
+    /// The resolver's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        &self.health
+    }
+
+    /// Whether lookups may go to the resolver now; false (counted as skipped) while it is
+    /// marked down, and every method that needs a query is then `temperror` at once.
+    pub fn admit(&self) -> bool {
+        let ok = self.health.admit_all(0);
+        if !ok {
+            self.health.skipped();
+        }
+        ok
+    }
+
+    /// Asks the resolver for the probe name (its SOA record, past every cache): true on any
+    /// answer, NXDOMAIN and SERVFAIL included; false on a timeout or no connection.
+    pub async fn probe(&self, limit: Duration) -> bool {
+        let ask = self.probe.lookup(self.probe_name.as_str(), RecordType::SOA);
+        match tokio::time::timeout(limit, ask).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(NetError::Dns(_))) => true,
+            Ok(Err(_)) | Err(_) => false,
+        }
     }
 
     /// A view of the cache for one method's check of one message, recording into `metrics`.
@@ -111,6 +163,7 @@ impl Resolver {
             pending: Mutex::new(Vec::new()),
             metrics,
             timeout: self.timeout,
+            health: Some(&self.health),
         };
         Lookups {
             cache: &self.cache,
@@ -419,6 +472,8 @@ struct Tracker<'a> {
     pending: Mutex<Vec<(&'static str, u64, Instant)>>,
     metrics: &'a DnsMetrics,
     timeout: Duration,
+    /// Told of answers and timeouts.
+    health: Option<&'a crate::peers::Group>,
 }
 
 impl Tracker<'_> {
@@ -447,12 +502,18 @@ impl Tracker<'_> {
         {
             let (_, _, start) = pending.swap_remove(i);
             self.observe(label, "answer", start.elapsed());
+            if let Some(h) = self.health {
+                h.record(0, crate::peers::Outcome::Answered);
+            }
         }
     }
 
     fn unanswered(&self, label: &'static str, start: Instant) {
         let took = start.elapsed();
         let outcome = if took >= self.timeout {
+            if let Some(h) = self.health {
+                h.record(0, crate::peers::Outcome::Failed);
+            }
             "timeout"
         } else {
             "no_answer"
@@ -605,6 +666,7 @@ mod tests {
                 pending: Mutex::new(Vec::new()),
                 metrics: &m,
                 timeout: Duration::from_secs(5),
+                health: None,
             },
         };
         let view = lookups.ipv4();

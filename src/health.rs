@@ -1,5 +1,7 @@
-//! The health probe: every few seconds, clamd and the spam engine are pinged and the reinjection server's
-//! greeting is read, so `postsift_scanner_up`, `postsift_reinject_up` and `/readyz` tell the
+//! The health probe: every few seconds, each clamd and spam engine endpoint is pinged, the
+//! resolver asked for `health.dns_probe_name` and the reinjection server's greeting read, each
+//! result fed to that endpoint's health state ([`crate::peers`]: this is what brings a peer
+//! marked down back), so `postsift_scanner_up`, `postsift_reinject_up` and `/readyz` tell the
 //! truth even when no mail is flowing. The probe follows the current configuration: after a
 //! reload it probes the new peers at once.
 
@@ -33,20 +35,39 @@ pub async fn probe_loop(mut current: watch::Receiver<Arc<Shared>>) {
 
 pub async fn probe_once(shared: &Shared) {
     let m = &shared.metrics;
+    let limit = Duration::from_secs(shared.config.health.probe_timeout);
+    // Every endpoint of every peer at once, each fed to its health state (see `peers`).
     let clamd = async {
-        match shared.scanners.clamd() {
-            Some(c) => Some(c.ping().await),
-            None => None,
-        }
+        let c = shared.scanners.clamd()?;
+        let pings = (0..c.health().len()).map(|i| async move {
+            let ok = c.ping_endpoint(i, limit).await;
+            c.health().probed(i, ok);
+            ok
+        });
+        Some(any(pings).await)
     };
     let spam = async {
-        match shared.scanners.spam() {
-            Some(engine) => Some((engine.name(), engine.ping().await)),
-            None => None,
+        let engine = shared.scanners.spam()?;
+        let pings = (0..engine.health().len()).map(|i| async move {
+            let ok = engine.ping_endpoint(i, limit).await;
+            engine.health().probed(i, ok);
+            ok
+        });
+        let up = any(pings).await;
+        Some((engine.name(), up))
+    };
+    let dns = async {
+        if let Some(auth) = shared.scanners.auth() {
+            let r = auth.resolver();
+            r.health().probed(0, r.probe(limit).await);
         }
     };
-    let reinject = reinject_answers(&shared.config.reinject.to, Duration::from_secs(5));
-    let (clamd, spam, reinject) = tokio::join!(clamd, spam, reinject);
+    let reinject = async {
+        let ok = reinject_answers(&shared.config.reinject.to, limit).await;
+        shared.reinjector.health().probed(0, ok);
+        ok
+    };
+    let (clamd, spam, (), reinject) = tokio::join!(clamd, spam, dns, reinject);
     if let Some(up) = clamd {
         m.set_scanner_up("clamd", up);
     }
@@ -54,7 +75,13 @@ pub async fn probe_once(shared: &Shared) {
         m.set_scanner_up(name, up);
     }
     m.reinject_up.set(reinject as i64);
-    let ready = clamd.unwrap_or(true) && spam.is_none_or(|(_, up)| up) && reinject;
+    // Mail cannot pass without these; a resolver down only makes the checks that need it
+    // temperror, so it shows in postsift_peer_up{peer="dns"} and its alert, not here.
+    let usable = shared
+        .peer_groups()
+        .iter()
+        .all(|g| g.peer() == crate::peers::Peer::Dns || g.usable());
+    let ready = clamd.unwrap_or(true) && spam.is_none_or(|(_, up)| up) && reinject && usable;
     m.ready.store(ready, Ordering::Relaxed);
 }
 
@@ -69,4 +96,24 @@ async fn reinject_answers(to: &str, timeout: Duration) -> bool {
         Some(line.starts_with("220"))
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+/// Runs all of `probes` at once; true if any said true.
+async fn any<F: std::future::Future<Output = bool>>(probes: impl Iterator<Item = F>) -> bool {
+    let mut fs: Vec<std::pin::Pin<Box<F>>> = probes.map(Box::pin).collect();
+    let mut up = false;
+    std::future::poll_fn(move |cx| {
+        fs.retain_mut(|f| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(ok) => {
+                up |= ok;
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        match fs.is_empty() {
+            true => std::task::Poll::Ready(up),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await
 }

@@ -35,6 +35,7 @@ pub mod greylist;
 pub mod health;
 pub mod message;
 pub mod metrics;
+pub mod peers;
 pub mod policy;
 pub mod quarantine;
 pub mod reinject;
@@ -99,7 +100,7 @@ impl Shared {
     ) -> Shared {
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
         metrics.declare_banks(&config);
-        Shared {
+        let shared = Shared {
             metrics,
             budget,
             hostname: config.hostname(),
@@ -110,7 +111,25 @@ impl Shared {
             shutdown,
             greylist: None,
             quarantine: None,
+        };
+        for g in shared.peer_groups() {
+            g.observe(shared.metrics.peer_metrics(g.peer()));
         }
+        shared
+    }
+
+    /// The health state of every peer this configuration uses (see [`peers`]).
+    pub fn peer_groups(&self) -> Vec<&peers::Group> {
+        let s = &self.scanners;
+        [
+            s.auth().map(|a| a.resolver().health()),
+            s.clamd().map(|c| c.health()),
+            s.spam().map(|e| e.health()),
+            Some(self.reinjector.health()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The `scanner` label of every scanner this configuration uses.

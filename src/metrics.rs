@@ -102,6 +102,11 @@ pub struct Metrics {
     pub scanner_duration: HistogramVec,
     pub scanner_up: IntGaugeVec,
     pub reinject_up: IntGauge,
+    /// Per-peer health (see `peers`): 1 while some endpoint of the peer is not marked down.
+    /// Only configured peers have a series.
+    pub peer_up: IntGaugeVec,
+    /// Attempts that took a peer's failure path at once because all its endpoints were down.
+    pub peer_skipped: IntCounterVec,
     pub scanner_errors: IntCounterVec,
     pub reinject_errors: IntCounterVec,
     pub tempfails: IntCounterVec,
@@ -255,6 +260,16 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(scanner_up.clone()))
+            .expect("unique metric");
+        let peer_up = IntGaugeVec::new(
+            Opts::new(
+                "postsift_peer_up",
+                "1 while some endpoint of the peer is usable (not marked down after failures)",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(peer_up.clone()))
             .expect("unique metric");
         let greylist_entries = IntGaugeVec::new(
             Opts::new(
@@ -433,6 +448,14 @@ impl Metrics {
                 "postsift_reinject_up",
                 "1 if the reinjection server answered recently",
             ),
+            peer_up,
+            peer_skipped: counter(
+                &r,
+                "postsift_peer_skipped_total",
+                "Attempts that took the peer's failure path at once: every endpoint was down",
+                &["peer"],
+                &[crate::peers::Peer::ALL],
+            ),
             scanner_errors: counter(
                 &r,
                 "postsift_scanner_errors_total",
@@ -569,6 +592,14 @@ impl Metrics {
     /// Counts a message that bank `name` applied to.
     pub fn bank(&self, name: &str) {
         self.policy_banks.with_label_values(&[name]).inc();
+    }
+
+    /// The metric handles of one peer's health.
+    pub fn peer_metrics(&self, peer: crate::peers::Peer) -> crate::peers::PeerMetrics {
+        crate::peers::PeerMetrics {
+            up: self.peer_up.with_label_values(&[peer.label()]),
+            skipped: self.peer_skipped.with_label_values(&[peer.label()]),
+        }
     }
 
     pub fn set_scanner_up(&self, scanner: &str, up: bool) {

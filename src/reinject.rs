@@ -110,6 +110,9 @@ pub struct Reinjector {
     data_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Pooled>>,
+    /// The reinjection server's health (see [`crate::peers`]).
+    health: crate::peers::Group,
+    down_after: u32,
 }
 
 struct Pooled {
@@ -167,7 +170,31 @@ impl Reinjector {
             data_timeout: Duration::from_secs(r.data_timeout),
             max_idle: r.max_idle,
             idle: Mutex::new(Vec::new()),
+            health: crate::peers::Group::new(
+                crate::peers::Peer::Reinject,
+                std::slice::from_ref(&r.to),
+                config.health.down_after,
+            ),
+            down_after: config.health.down_after,
         }
+    }
+
+    /// The reinjection server's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        &self.health
+    }
+
+    /// Tells the health state how an exchange with the server went: a timeout or a lost or
+    /// refused connection counts against it, any reply (a refusal too) proves it alive.
+    fn judged<T>(&self, r: Result<T, Failure>) -> Result<T, Failure> {
+        let outcome = match &r {
+            Err(f) if matches!(f.label, "connect" | "timeout" | "network") => {
+                crate::peers::Outcome::Failed
+            }
+            _ => crate::peers::Outcome::Answered,
+        };
+        self.health.record(0, outcome);
+        r
     }
 
     /// Sends the message: `header_block` replaces the original header section, the rest of
@@ -187,7 +214,7 @@ impl Reinjector {
         let total = header_block.len() as u64 + msg.len() - msg.header_end() as u64;
         match self.open(env, total, all_or_nothing).await {
             Ok(Opened::Done(d)) => d,
-            Ok(Opened::Ready(p)) => match self.finish(p, header_block, msg).await {
+            Ok(Opened::Ready(p)) => match self.judged(self.finish(p, header_block, msg).await) {
                 Ok(d) => d,
                 Err(f) => self.failed_all(env, f),
             },
@@ -249,7 +276,7 @@ impl Reinjector {
                 out.push(self.withheld(env));
                 continue;
             }
-            let d = match self.finish(p, block, msg).await {
+            let d = match self.judged(self.finish(p, block, msg).await) {
                 Ok(d) => d,
                 Err(f) => self.failed_all(env, f),
             };
@@ -262,6 +289,29 @@ impl Reinjector {
     /// MAIL and RCPT for `env` (`total` bytes to come) on a pooled or new connection; a
     /// reused connection the server had closed is replaced once.
     async fn open(
+        &self,
+        env: &Envelope,
+        total: u64,
+        all_or_nothing: bool,
+    ) -> Result<Opened, Failure> {
+        if !self.health.admit(0) {
+            self.health.skipped();
+            return Err(Failure::fault(
+                Fault::Connect {
+                    to: self.to.clone(),
+                    detail: format!(
+                        "marked down after {} failures in a row, not tried until a probe answers",
+                        self.down_after
+                    ),
+                },
+                "connect",
+            ));
+        }
+        let r = self.open_admitted(env, total, all_or_nothing).await;
+        self.judged(r)
+    }
+
+    async fn open_admitted(
         &self,
         env: &Envelope,
         total: u64,

@@ -547,6 +547,15 @@ impl Running {
         for name in after.iter().filter(|n| !before.contains(n)) {
             self.metrics.set_scanner_up(name, false);
         }
+        let peers_after: Vec<_> = shared.peer_groups().iter().map(|g| g.peer()).collect();
+        for g in old.peer_groups() {
+            if !peers_after.contains(&g.peer()) {
+                let _ = self
+                    .metrics
+                    .peer_up
+                    .remove_label_values(&[g.peer().label()]);
+            }
+        }
         let listen = shared.config.server.listen.clone();
         drop(old);
         self.current.send_replace(Arc::new(shared));

@@ -286,7 +286,7 @@ impl Checker {
             return Ok(None);
         }
         Ok(Some(Checker {
-            resolver: Resolver::new(&config.dns)?,
+            resolver: Resolver::new(&config.dns, &config.health)?,
             spf: a.spf,
             dkim: a.dkim,
             dmarc: a.dmarc,
@@ -313,7 +313,12 @@ impl Checker {
     /// over `max_message_size`) gets SPF only.
     pub async fn check(&self, raw: &[u8], client: &Client, metrics: &Metrics) -> AuthReport {
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // The resolver marked down: a deadline already past, so every method that needs a
+        // query gives temperror at once, and what the cache holds still counts.
+        let deadline = match self.resolver.admit() {
+            true => tokio::time::Instant::now() + self.timeout,
+            false => tokio::time::Instant::now(),
+        };
         let a = &self.resolver.authenticator;
         let parsed = if raw.is_empty() {
             None

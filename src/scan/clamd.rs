@@ -41,6 +41,9 @@ pub enum Error {
     Protocol { endpoint: String, detail: String },
     #[error("clamd at {endpoint}: {source}")]
     Io { endpoint: String, source: io::Error },
+    /// Every endpoint is marked down (see [`crate::peers`]): not tried.
+    #[error("clamd is down (every endpoint failed {down_after} times in a row), not tried until a probe answers")]
+    Down { down_after: u32 },
 }
 
 impl Error {
@@ -48,7 +51,7 @@ impl Error {
     /// its `INSTREAM size limit exceeded` a limit.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => FailureKind::Connect,
+            Error::Connect { .. } | Error::Down { .. } => FailureKind::Connect,
             Error::Timeout { .. } => FailureKind::Timeout,
             Error::Protocol { detail, .. } if detail.contains("size limit") => FailureKind::Limit,
             Error::Protocol { detail, .. } if detail.ends_with("ERROR") => FailureKind::Refused,
@@ -115,6 +118,8 @@ pub struct ClamdClient {
     endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
     timeout: Duration,
+    health: crate::peers::Group,
+    down_after: u32,
 }
 
 /// Chunks of at most this size go to clamd: big enough to keep system calls few, small enough
@@ -127,33 +132,78 @@ impl ClamdClient {
             endpoints: endpoints.iter().map(|e| Endpoint::parse(e)).collect(),
             connect_timeout,
             timeout,
+            health: crate::peers::Group::new(crate::peers::Peer::Clamd, endpoints, 3),
+            down_after: 3,
         }
+    }
+
+    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
+    /// (`[health] down_after`; 3 without this).
+    pub fn with_down_after(mut self, n: u32) -> Self {
+        let names: Vec<String> = self.endpoints.iter().map(Endpoint::name).collect();
+        self.health = crate::peers::Group::new(crate::peers::Peer::Clamd, &names, n);
+        self.down_after = n;
+        self
+    }
+
+    /// Each endpoint's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        &self.health
+    }
+
+    /// `attempt` on each endpoint not marked down, in order, until one gives an answer, each
+    /// under the scan timeout; [`Error::Down`] at once when every endpoint is down. Scanning
+    /// has no side effects, so trying the next clamd after any failure is safe.
+    async fn failover<'s, T, F, Fut>(&'s self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(&'s Endpoint) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut last = None;
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let Some(health) = self.health.attempt(i) else {
+                continue;
+            };
+            let r = match tokio::time::timeout(self.timeout, attempt(ep)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    endpoint: ep.name(),
+                }),
+            };
+            health.finish(match &r {
+                Err(e) if matches!(e.kind(), FailureKind::Connect | FailureKind::Timeout) => {
+                    crate::peers::Outcome::Failed
+                }
+                _ => crate::peers::Outcome::Answered,
+            });
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => e,
+            None if self.endpoints.is_empty() => Error::Protocol {
+                endpoint: "-".into(),
+                detail: "no endpoints".into(),
+            },
+            None => {
+                self.health.skipped();
+                Error::Down {
+                    down_after: self.down_after,
+                }
+            }
+        })
     }
 
     /// Scans `msg`; each endpoint in turn until one gives an answer. Scanning has no side
     /// effects, so trying the next clamd after any failure is safe. The whole call is bounded
     /// by the scan timeout.
     pub async fn scan(&self, msg: &Message) -> Result<Verdict, Error> {
-        let mut last = None;
-        for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.scan_one(ep, msg)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => {
-                    tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
-                    last = Some(e);
-                }
-                Err(_) => {
-                    tracing::warn!(endpoint = %ep.name(), "clamd timed out");
-                    last = Some(Error::Timeout {
-                        endpoint: ep.name(),
-                    });
-                }
-            }
-        }
-        Err(last.unwrap_or(Error::Protocol {
-            endpoint: "-".into(),
-            detail: "no endpoints".into(),
-        }))
+        self.failover(|ep| self.scan_one(ep, msg)).await
     }
 
     /// One INSTREAM of the message, framed here rather than by clamav-client, which writes the
@@ -229,26 +279,7 @@ impl ClamdClient {
         msg: &Message,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        let mut last = None;
-        for ep in &self.endpoints {
-            match tokio::time::timeout(self.timeout, self.session(ep, msg, parts)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => {
-                    tracing::warn!(endpoint = %ep.name(), error = %e, "clamd failed, trying the next endpoint");
-                    last = Some(e);
-                }
-                Err(_) => {
-                    tracing::warn!(endpoint = %ep.name(), "clamd timed out");
-                    last = Some(Error::Timeout {
-                        endpoint: ep.name(),
-                    })
-                }
-            }
-        }
-        Err(last.unwrap_or(Error::Protocol {
-            endpoint: "-".into(),
-            detail: "no endpoints".into(),
-        }))
+        self.failover(|ep| self.session(ep, msg, parts)).await
     }
 
     async fn session(
@@ -393,6 +424,18 @@ impl ClamdClient {
             }
         }
         false
+    }
+
+    /// `zPING` to endpoint `i` alone: true if it answers PONG within `timeout`.
+    pub async fn ping_endpoint(&self, i: usize, timeout: Duration) -> bool {
+        let transport = Transport {
+            endpoint: &self.endpoints[i],
+            connect_timeout: self.connect_timeout.min(timeout),
+        };
+        matches!(
+            tokio::time::timeout(timeout, clamav_client::tokio::ping(&transport)).await,
+            Ok(Ok(r)) if r == clamav_client::PONG
+        )
     }
 }
 

@@ -169,6 +169,22 @@ impl SpamEngine {
             SpamEngine::Rspamd(r) => r.ping().await.is_ok(),
         }
     }
+
+    /// Each endpoint's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        match self {
+            SpamEngine::Spamd(s) => s.health(),
+            SpamEngine::Rspamd(r) => r.health(),
+        }
+    }
+
+    /// Probes endpoint `i` alone (spamd `PING`, rspamd `/ping`), bypassing its health state.
+    pub async fn ping_endpoint(&self, i: usize, limit: Duration) -> bool {
+        match self {
+            SpamEngine::Spamd(s) => s.ping_endpoint(i, limit).await,
+            SpamEngine::Rspamd(r) => r.ping_endpoint(i, limit).await,
+        }
+    }
 }
 
 /// Which checks a message needs: the scanners are asked only when some recipient's settings
@@ -212,21 +228,25 @@ impl Scanners {
         let r = &config.rspamd;
         let spam = match config.spam.engine {
             crate::config::SpamEngine::Rspamd if !r.endpoints.is_empty() => {
-                Some(SpamEngine::Rspamd(rspamd::RspamdClient::new(
-                    r.endpoints.clone(),
-                    Duration::from_secs(r.connect_timeout),
-                    Duration::from_secs(r.timeout),
-                    r.password.clone(),
-                )))
+                Some(SpamEngine::Rspamd(
+                    rspamd::RspamdClient::new(
+                        r.endpoints.clone(),
+                        Duration::from_secs(r.connect_timeout),
+                        Duration::from_secs(r.timeout),
+                        r.password.clone(),
+                    )
+                    .with_down_after(config.health.down_after),
+                ))
             }
-            crate::config::SpamEngine::Spamd if !s.endpoints.is_empty() => {
-                Some(SpamEngine::Spamd(spamd::SpamdClient::new(
+            crate::config::SpamEngine::Spamd if !s.endpoints.is_empty() => Some(SpamEngine::Spamd(
+                spamd::SpamdClient::new(
                     s.endpoints.clone(),
                     Duration::from_secs(s.connect_timeout),
                     Duration::from_secs(s.io_timeout),
                     s.user.clone(),
-                )))
-            }
+                )
+                .with_down_after(config.health.down_after),
+            )),
             _ => None,
         };
         let rspamd = config.spam.engine == crate::config::SpamEngine::Rspamd;
@@ -237,6 +257,7 @@ impl Scanners {
                     Duration::from_secs(c.connect_timeout),
                     Duration::from_secs(c.timeout),
                 )
+                .with_down_after(config.health.down_after)
             }),
             walk: config.parts.enabled.then(|| {
                 (

@@ -46,13 +46,16 @@ pub enum Error {
     Protocol { endpoint: String, detail: String },
     #[error("rspamd at {endpoint}: {detail}")]
     Io { endpoint: String, detail: String },
+    /// Every endpoint is marked down (see [`crate::peers`]): not tried.
+    #[error("rspamd is down (every endpoint failed {down_after} times in a row), not tried until a probe answers")]
+    Down { down_after: u32 },
 }
 
 impl Error {
     /// The kind of failure, shared by every check: an HTTP error status is a refusal.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => FailureKind::Connect,
+            Error::Connect { .. } | Error::Down { .. } => FailureKind::Connect,
             Error::Timeout { .. } => FailureKind::Timeout,
             Error::Protocol { detail, .. } if detail.starts_with("HTTP ") => FailureKind::Refused,
             Error::Protocol { .. } | Error::Io { .. } => FailureKind::Protocol,
@@ -84,6 +87,8 @@ pub struct RspamdClient {
     endpoints: Vec<String>,
     password: Option<String>,
     timeout: Duration,
+    health: std::sync::Arc<crate::peers::Group>,
+    down_after: u32,
 }
 
 impl RspamdClient {
@@ -102,23 +107,76 @@ impl RspamdClient {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(http),
+            health: std::sync::Arc::new(crate::peers::Group::new(
+                crate::peers::Peer::Rspamd,
+                &endpoints,
+                3,
+            )),
+            down_after: 3,
             endpoints,
             password,
             timeout,
         }
     }
 
+    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
+    /// (`[health] down_after`; 3 without this).
+    pub fn with_down_after(mut self, n: u32) -> Self {
+        self.health = std::sync::Arc::new(crate::peers::Group::new(
+            crate::peers::Peer::Rspamd,
+            &self.endpoints,
+            n,
+        ));
+        self.down_after = n;
+        self
+    }
+
+    /// Each endpoint's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        &self.health
+    }
+
+    /// `GET /ping` on endpoint `i` alone, bypassing its health state: true if it answers with
+    /// a success status within `limit`.
+    pub async fn ping_endpoint(&self, i: usize, limit: Duration) -> bool {
+        let ep = &self.endpoints[i];
+        let req = Request::get(format!("http://{ep}/ping"))
+            .header("Host", ep.as_str())
+            .body(Full::new(Bytes::new()))
+            .expect("static request");
+        matches!(
+            tokio::time::timeout(limit, self.client.request(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    }
+
     /// Scans `message` (already truncated by the caller).
     pub async fn check(&self, message: Bytes, env: &Envelope) -> Result<SpamResult, Error> {
         let mut last = None;
-        for ep in &self.endpoints {
-            match self.check_one(ep, message.clone(), env).await {
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let Some(attempt) = self.health.attempt(i) else {
+                continue;
+            };
+            let r = self.check_one(ep, message.clone(), env).await;
+            attempt.finish(match &r {
+                Err(Error::Connect { .. } | Error::Timeout { .. } | Error::Io { .. }) => {
+                    crate::peers::Outcome::Failed
+                }
+                _ => crate::peers::Outcome::Answered,
+            });
+            match r {
                 Err(e @ Error::Connect { .. }) => {
                     tracing::warn!(endpoint = %ep, error = %e, "rspamd unreachable, trying the next endpoint");
                     last = Some(e);
                 }
                 other => return other,
             }
+        }
+        if last.is_none() && !self.endpoints.is_empty() {
+            self.health.skipped();
+            return Err(Error::Down {
+                down_after: self.down_after,
+            });
         }
         Err(last.unwrap_or(Error::Connect {
             endpoint: "rspamd".into(),

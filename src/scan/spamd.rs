@@ -28,6 +28,8 @@ pub struct SpamdClient {
     connect_timeout: Duration,
     io_timeout: Duration,
     user: Option<String>,
+    health: std::sync::Arc<crate::peers::Group>,
+    down_after: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +46,16 @@ pub enum Error {
     Protocol { endpoint: String, detail: String },
     #[error("i/o error with {endpoint}: {source}")]
     Io { endpoint: String, source: io::Error },
+    /// Every endpoint is marked down (see [`crate::peers`]): not tried.
+    #[error("spamd is down (every endpoint failed {down_after} times in a row), not tried until a probe answers")]
+    Down { down_after: u32 },
 }
 
 impl Error {
     /// The kind of failure, shared by every check: a non-zero `SPAMD/1.1 <code>` is a refusal.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Connect { .. } => FailureKind::Connect,
+            Error::Connect { .. } | Error::Down { .. } => FailureKind::Connect,
             Error::Timeout { .. } => FailureKind::Timeout,
             Error::Protocol { detail, .. } if detail.starts_with("spamd answered") => {
                 FailureKind::Refused
@@ -96,11 +101,55 @@ impl SpamdClient {
             (!clean.is_empty()).then_some(clean)
         });
         SpamdClient {
+            health: std::sync::Arc::new(crate::peers::Group::new(
+                crate::peers::Peer::Spamd,
+                &endpoints,
+                3,
+            )),
+            down_after: 3,
             endpoints,
             connect_timeout,
             io_timeout,
             user,
         }
+    }
+
+    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
+    /// (`[health] down_after`; 3 without this).
+    pub fn with_down_after(mut self, n: u32) -> Self {
+        self.health = std::sync::Arc::new(crate::peers::Group::new(
+            crate::peers::Peer::Spamd,
+            &self.endpoints,
+            n,
+        ));
+        self.down_after = n;
+        self
+    }
+
+    /// Each endpoint's health.
+    pub fn health(&self) -> &crate::peers::Group {
+        &self.health
+    }
+
+    /// PING to endpoint `i` alone, bypassing its health state: Ok if it answers PONG within
+    /// `limit`.
+    pub async fn ping_endpoint(&self, i: usize, limit: Duration) -> bool {
+        let endpoint = self.endpoints[i].as_str();
+        let ping = async {
+            let conn = self.connect_one(endpoint).await?;
+            let (head, body) = (b"PING SPAMC/1.5\r\n\r\n", b"");
+            match conn {
+                Conn::Tcp(mut s) => {
+                    self.exchange(&mut s, endpoint, head, body, parse_pong_reply)
+                        .await
+                }
+                Conn::Unix(mut s) => {
+                    self.exchange(&mut s, endpoint, head, body, parse_pong_reply)
+                        .await
+                }
+            }
+        };
+        matches!(timeout(limit, ping).await, Ok(Ok(())))
     }
 
     /// Sends `message` (already truncated by the caller) with the REPORT command and parses the
@@ -133,16 +182,23 @@ impl SpamdClient {
         body: &[u8],
         parse: ReplyParser<T>,
     ) -> Result<T, Error> {
-        let (endpoint, conn) = self.connect().await?;
-        match conn {
+        let (endpoint, conn, attempt) = self.connect().await?;
+        let r = match conn {
             Conn::Tcp(mut s) => self.exchange(&mut s, endpoint, head, body, parse).await,
             Conn::Unix(mut s) => self.exchange(&mut s, endpoint, head, body, parse).await,
-        }
+        };
+        attempt.finish(outcome(&r));
+        r
     }
 
-    async fn connect(&self) -> Result<(&str, Conn), Error> {
+    /// The first endpoint not marked down that connects, with its health attempt under way;
+    /// [`Error::Down`] at once when every endpoint is down.
+    async fn connect(&self) -> Result<(&str, Conn, crate::peers::Attempt<'_>), Error> {
         let mut last_error = None;
-        for endpoint in &self.endpoints {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let Some(attempt) = self.health.attempt(i) else {
+                continue;
+            };
             if let Some(e) = last_error.take() {
                 // Failover hides an outage from the verdict, so it is logged here; the last
                 // endpoint's error goes to the caller instead.
@@ -150,9 +206,18 @@ impl SpamdClient {
                 tracing::warn!(error = %e, %next, "spamd endpoint failed, trying the next");
             }
             match self.connect_one(endpoint).await {
-                Ok(conn) => return Ok((endpoint, conn)),
-                Err(e) => last_error = Some(e),
+                Ok(conn) => return Ok((endpoint, conn, attempt)),
+                Err(e) => {
+                    attempt.finish(crate::peers::Outcome::Failed);
+                    last_error = Some(e)
+                }
             }
+        }
+        if last_error.is_none() && !self.endpoints.is_empty() {
+            self.health.skipped();
+            return Err(Error::Down {
+                down_after: self.down_after,
+            });
         }
         Err(last_error.unwrap_or_else(|| Error::Connect {
             endpoint: "spamd".into(),
@@ -239,6 +304,17 @@ impl SpamdClient {
                 Progress::NeedMore => {}
             }
         }
+    }
+}
+
+/// What an exchange says about the endpoint's health: only a timeout or a lost connection
+/// counts against it; any answer proves it alive.
+fn outcome<T>(r: &Result<T, Error>) -> crate::peers::Outcome {
+    match r {
+        Err(Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. }) => {
+            crate::peers::Outcome::Failed
+        }
+        _ => crate::peers::Outcome::Answered,
     }
 }
 

@@ -25,13 +25,23 @@ impl Unbound {
     /// forwarding `silent_zone` (if any) to a socket that never answers. Blocks until it
     /// answers a query (30 s, then panics with its log).
     pub fn start(records: &[String], silent_zone: Option<&str>) -> Unbound {
-        retry_if_port_taken("unbound", || Unbound::try_start(records, silent_zone))
+        retry_if_port_taken("unbound", || Unbound::try_start(records, silent_zone, None))
     }
 
-    fn try_start(records: &[String], silent_zone: Option<&str>) -> Result<Unbound, String> {
+    /// Like [`Unbound::start`] on 127.0.0.1:`port` (where a stand-in listened before: the
+    /// resolver "restarted"), nothing forwarded.
+    pub fn start_on(records: &[String], port: u16) -> Unbound {
+        Unbound::try_start(records, None, Some(port)).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_start(
+        records: &[String],
+        silent_zone: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<Unbound, String> {
         let mut peer = Peer::new("unbound-");
         let dir = peer.dir.clone();
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let addr = localhost(port);
         let silent = silent_zone.map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind silent"));
         let mut conf = format!(

@@ -656,6 +656,32 @@ impl Clamd {
     pub fn stop(&mut self) {
         self.peer.stop(Duration::from_secs(10));
     }
+    /// Starts the stopped clamd again with the same configuration and socket; blocks until it
+    /// answers `zPING` (60 s, then panics with the log's tail).
+    pub fn start_again(&mut self) {
+        let _ = fs::remove_file(&self.socket);
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("clamd.out"))
+            .expect("open clamd.out");
+        let mut cmd = Command::new("/usr/sbin/clamd");
+        cmd.arg("-c")
+            .arg(self.dir.join("clamd.conf"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out);
+        self.peer.spawn(cmd);
+        let socket = self.socket.clone();
+        self.peer
+            .wait_ready(
+                "clamd (zPING)",
+                Duration::from_secs(60),
+                || clamd_ping(&socket),
+                &["clamd.log", "clamd.out"],
+            )
+            .unwrap_or_else(|why| panic!("{why}"));
+    }
 }
 
 fn clamd_ping(socket: &Path) -> bool {
@@ -758,22 +784,7 @@ impl Spamd {
 
         let addr = localhost(free_port());
         let logf = fs::File::create(dir.join("spamd.log")).expect("create spamd.log");
-        let mut cmd = Command::new("/usr/sbin/spamd");
-        cmd.arg("-x")
-            .arg(format!("--listen={addr}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .arg("--max-children=2")
-            .arg("-u")
-            .arg("nobody")
-            .arg(format!("--siteconfigpath={}", site.display()))
-            .arg(format!("--pidfile={}", dir.join("spamd.pid").display()))
-            .arg(format!("--helper-home-dir={}", home.display()))
-            .arg("--syslog=stderr")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf);
-        peer.spawn(cmd);
+        peer.spawn(spamd_command(&dir, addr, logf));
         let mut spamd = Spamd { addr, dir, peer };
         spamd.peer.wait_ready(
             "spamd (PING)",
@@ -784,6 +795,48 @@ impl Spamd {
         Ok(spamd)
     }
 
+    /// Starts the stopped spamd again on the same port with the same configuration; blocks
+    /// until it answers PING (120 s, then panics with the log's tail).
+    pub fn start_again(&mut self) {
+        let logf = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("spamd.log"))
+            .expect("open spamd.log");
+        self.peer.spawn(spamd_command(&self.dir, self.addr, logf));
+        let addr = self.addr;
+        self.peer
+            .wait_ready(
+                "spamd (PING)",
+                Duration::from_secs(120),
+                || spamd_ping(addr),
+                &["spamd.log"],
+            )
+            .unwrap_or_else(|why| panic!("{why}"));
+    }
+}
+
+/// The spamd command line of a [`Spamd`] in `dir` listening on `addr`, logging to `logf`.
+fn spamd_command(dir: &Path, addr: SocketAddr, logf: fs::File) -> Command {
+    let (site, home) = (dir.join("site"), dir.join("home"));
+    let mut cmd = Command::new("/usr/sbin/spamd");
+    cmd.arg("-x")
+        .arg(format!("--listen={addr}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .arg("--max-children=2")
+        .arg("-u")
+        .arg("nobody")
+        .arg(format!("--siteconfigpath={}", site.display()))
+        .arg(format!("--pidfile={}", dir.join("spamd.pid").display()))
+        .arg(format!("--helper-home-dir={}", home.display()))
+        .arg("--syslog=stderr")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("dup"))
+        .stderr(logf);
+    cmd
+}
+
+impl Spamd {
     /// `PING SPAMC/1.5` → `SPAMD/1.5 0 PONG`.
     pub fn ping(&self) -> bool {
         spamd_ping(self.addr)

@@ -24,6 +24,7 @@ mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); 
 mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers
 mod metrics; // /metrics after real traffic, /healthz, /readyz
 mod names; // hostile names: banned-rule bypasses (trailing dots, second names), escaping in logs, CLI, replies
+mod outage; // peers down or hung: marked down after a few failures, skipped at once, back after a restart
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
 mod prometheus; // every dashboard and alert expression against a real Prometheus
 mod quarantine; // quarantine of each category, release (CLI, amavisd-release), store failures, kill -9, purge

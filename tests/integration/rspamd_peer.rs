@@ -210,6 +210,33 @@ impl Rspamd {
             .into_owned()
     }
 
+    /// Starts the stopped rspamd again with the same command line (the `command` file: same
+    /// ports and directories); blocks until both workers answer `/ping` (180 s, then panics).
+    pub fn start_again(&mut self) {
+        let line = fs::read_to_string(self.dir.join("command")).expect("read command");
+        let mut words = line.split_whitespace();
+        let mut cmd = Command::new(words.next().expect("program"));
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("rspamd.out"))
+            .expect("open rspamd.out");
+        cmd.args(words)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out);
+        self.peer.spawn(cmd);
+        let (a, c) = (self.addr, self.controller);
+        self.peer
+            .wait_ready(
+                "rspamd (/ping)",
+                START_TIMEOUT,
+                || ping(a) && ping(c),
+                &["log/rspamd.log", "rspamd.out"],
+            )
+            .unwrap_or_else(|why| panic!("{why}"));
+    }
+
     /// SIGTERM to the main process (it stops its workers), SIGKILL to its process group after
     /// 15 s; wait until both ports are closed. Idempotent. The temp dir stays until Drop.
     pub fn stop(&mut self) {
