@@ -730,6 +730,7 @@ mod tests {
                 pending: Mutex::new(Vec::new()),
                 metrics: &m,
                 timeout: Duration::from_secs(5),
+                health: None,
             },
         };
         let later = Instant::now() + Duration::from_secs(3600);
