@@ -28,9 +28,11 @@
 pub mod banks;
 pub mod config;
 pub mod dns;
+pub mod docs;
 pub mod filter;
 pub mod greylist;
 pub mod health;
+pub mod import_amavis;
 pub mod message;
 pub mod metrics;
 pub mod policy;
