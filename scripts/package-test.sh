@@ -43,7 +43,7 @@ fi
 
 # Contents.
 dpkg-deb -c "$deb" | awk '{print $1, $6}' >"$work/contents"
-has() { grep -qx "$1 \./$2" "$work/contents"; }
+has() { grep -qx -e "$1 ./$2" "$work/contents"; }
 for f in usr/sbin/postsift; do check "contains $f (0755)" has -rwxr-xr-x "$f"; done
 for f in etc/postsift/postsift.toml lib/systemd/system/postsift.service \
     usr/share/man/man8/postsift.8.gz usr/share/man/man8/postsift-run.8.gz \
@@ -128,12 +128,12 @@ cargo build --example demo >"$work/build-demo.log" 2>&1 || { nok "build the demo
 demo_rc=$?
 sed 's/^/     demo: /' "$work/demo.log" | grep -v '^     demo: *$' | head -n 80
 check "the demo ran the installed postsift as $user (exit $demo_rc)" test "$demo_rc" = 0
-check "postsift ran as $user, not root" grep -q "postsift started by: umask 0077; exec setpriv --reuid=$user" "$work/demo.log"
+check "postsift was started by setpriv as $user" grep -q "postsift started by: umask 0077; exec setpriv --reuid=$user" "$work/demo.log"
 check "clean.eml and 8bit.eml arrived" bash -c "grep -qx clean.eml '$work/arrived' && grep -qx 8bit.eml '$work/arrived'"
 check "gtube.eml arrived (tagged; spam.action = pass)" grep -qx gtube.eml "$work/arrived"
 check "eicar-plain.eml and eicar-zip.eml did not arrive (virus.action = discard)" bash -c "! grep -q eicar '$work/arrived'"
 check "gtube.eml was tagged as spam" grep -q "X-Spam-Flag: YES" "$work/demo.log"
-check "the EICAR messages were found by clamd" grep -q "Eicar" "$work/demo.log"
+check "the EICAR messages were found by clamd (run by postsift as $user)" grep -q "INFECTED: Postsift.Test.EICAR" "$work/demo.log"
 check "postsift drained and exited 0 on SIGTERM" grep -q "postsift exited: Ok(ExitStatus(unix_wait_status(0)))" "$work/demo.log"
 check "the pid file is gone after exit" test ! -e /run/postsift/postsift.pid
 check "nothing in /var/spool/postsift owned by root" bash -c "[ -z \"\$(find /var/spool/postsift /var/lib/postsift /run/postsift -user root)\" ]"

@@ -584,8 +584,7 @@ impl Translation {
     }
 
     fn am_pdp(&mut self, name: &str, ports: &[(String, String)], socket: &Value) {
-        for (p, b) in ports.iter().filter(|(_, b)| b == name) {
-            let _ = b;
+        for (p, _) in ports.iter().filter(|(_, b)| b == name) {
             if p == "SOCK" {
                 self.set(
                     "quarantine",
@@ -637,11 +636,8 @@ impl Translation {
                         self.skip(format!("$policy_bank{{'{name}'}}{{{k}}}: a per-recipient list inside a bank is not carried over"));
                     }
                 }
-                "spam_tag_level_maps"
-                | "spam_tag2_level_maps"
-                | "spam_kill_level_maps"
-                | "spam_quarantine_cutoff_level_maps"
-                    if num(first).is_some() && k != "spam_quarantine_cutoff_level_maps" =>
+                "spam_tag_level_maps" | "spam_tag2_level_maps" | "spam_kill_level_maps"
+                    if num(first).is_some() =>
                 {
                     let key = k.trim_start_matches("spam_").trim_end_matches("_maps");
                     sub(p, "spam", key, T::Float(num(first).unwrap_or_default()));
