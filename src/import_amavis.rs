@@ -74,6 +74,20 @@ pub fn import(path: &Path) -> Result<Import, Error> {
     })
 }
 
+/// `s` with control characters escaped (quotes and other printable text kept), for stderr.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Translation {
     out: Table,

@@ -204,7 +204,10 @@ fn main() -> ExitCode {
         return match postsift::import_amavis::import(path) {
             Ok(import) => {
                 for s in &import.skipped {
-                    eprintln!("not carried over: {}", s.escape_debug());
+                    eprintln!(
+                        "not carried over: {}",
+                        postsift::import_amavis::printable(s)
+                    );
                 }
                 print!("{}", import.toml);
                 ExitCode::SUCCESS
