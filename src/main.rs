@@ -1,4 +1,5 @@
-//! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan`, `greylist`
+//! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan`, `greylist`,
+//! `import-amavis`
 //! and `quarantine`. Logging and
 //! the signals (SIGTERM drains, SIGHUP reloads) are set up here, and this is the only place that
 //! uses anyhow.
