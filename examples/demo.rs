@@ -99,10 +99,7 @@ async fn main() {
         clamd.socket.display(),
         spamd.addr
     );
-    let config = postsift::config::Config::parse(&toml, std::path::Path::new("demo.toml")).unwrap();
-    let listener = tokio::net::TcpListener::bind(filter).await.unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(postsift::serve(config, vec![listener], shutdown.clone()));
+    let daemon = Daemon::start(&toml, filter).await;
     println!("   postsift {filter}  (metrics on http://127.0.0.1:{metrics_port}/metrics)");
     println!("   ready in {:.1} s\n", started.elapsed().as_secs_f64());
 
@@ -207,10 +204,94 @@ async fn main() {
         inside.count()
     );
 
-    shutdown.cancel();
-    let _ = server.await;
+    let arrived_ids: Vec<String> = arrived
+        .iter()
+        .map(|m| header(&m.text(), "Message-ID"))
+        .collect();
+    daemon.stop().await;
     drop(postfix);
     drop(spamd);
     drop(clamd);
     println!("\n== done: every private instance stopped and its temp dir removed");
+    // For scripts/package-test.sh: one line per message that reached the inside server.
+    if let Ok(path) = std::env::var("POSTSIFT_DEMO_ARRIVED") {
+        let lines: String = MESSAGES
+            .iter()
+            .filter(|(file, _)| {
+                let id = header(&String::from_utf8_lossy(&fixture(file)), "Message-ID");
+                arrived_ids.contains(&id)
+            })
+            .map(|(file, _)| format!("{file}\n"))
+            .collect();
+        std::fs::write(path, lines).expect("write POSTSIFT_DEMO_ARRIVED");
+    }
+}
+
+/// postsift itself: in this process as the user running the demo, or, with `POSTSIFT_DAEMON`
+/// set (a shell command, e.g. the installed binary under `setpriv` as `_postsift`), that command
+/// reading the demo's configuration from `POSTSIFT_DAEMON_CONFIG`, with the lines of
+/// `POSTSIFT_DAEMON_SERVER_TOML` added to its `[server]` section.
+enum Daemon {
+    InProcess {
+        shutdown: tokio_util::sync::CancellationToken,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    External(std::process::Child),
+}
+
+impl Daemon {
+    async fn start(toml: &str, filter: SocketAddr) -> Daemon {
+        let Ok(command) = std::env::var("POSTSIFT_DAEMON") else {
+            let config =
+                postsift::config::Config::parse(toml, std::path::Path::new("demo.toml")).unwrap();
+            let listener = tokio::net::TcpListener::bind(filter).await.unwrap();
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let server = tokio::spawn(postsift::serve(config, vec![listener], shutdown.clone()));
+            return Daemon::InProcess { shutdown, server };
+        };
+        let path = std::env::var("POSTSIFT_DAEMON_CONFIG").expect("POSTSIFT_DAEMON_CONFIG");
+        let extra = std::env::var("POSTSIFT_DAEMON_SERVER_TOML").unwrap_or_default();
+        let toml = toml.replacen(
+            "[server]\n",
+            &format!("[server]\nlisten = [\"{filter}\"]\n{extra}\n"),
+            1,
+        );
+        std::fs::write(&path, toml).expect("write POSTSIFT_DAEMON_CONFIG");
+        println!("   postsift started by: {command}");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .spawn()
+            .expect("start POSTSIFT_DAEMON");
+        // Ready when it accepts connections (or gone when it exited).
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("postsift exited before listening: {status}");
+            }
+            if tokio::net::TcpStream::connect(filter).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Daemon::External(child)
+    }
+
+    async fn stop(self) {
+        match self {
+            Daemon::InProcess { shutdown, server } => {
+                shutdown.cancel();
+                let _ = server.await;
+            }
+            Daemon::External(mut child) => {
+                // SIGTERM drains, as systemctl stop would.
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let status = tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .unwrap();
+                println!("   postsift exited: {status:?}");
+            }
+        }
+    }
 }

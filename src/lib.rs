@@ -28,11 +28,13 @@
 pub mod banks;
 pub mod config;
 pub mod dns;
+pub mod docs;
 pub mod escape;
 pub mod filter;
 pub mod fsmode;
 pub mod greylist;
 pub mod health;
+pub mod import_amavis;
 pub mod message;
 pub mod metrics;
 pub mod peers;

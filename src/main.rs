@@ -1,4 +1,5 @@
-//! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan`, `greylist`
+//! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan`, `greylist`,
+//! `import-amavis`
 //! and `quarantine`. Logging and
 //! the signals (SIGTERM drains, SIGHUP reloads) are set up here, and this is the only place that
 //! uses anyhow.
@@ -88,6 +89,18 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Reads an amavisd-new configuration (Debian's /etc/amavis/conf.d, read in run-parts order
+    /// after /usr/share/amavis/conf.d, or one amavisd.conf), evaluated by perl in a Safe
+    /// compartment, and prints the postsift.toml that does the same. Every setting it could not
+    /// carry over is listed on stderr, with why. Exit 0, or 69 when perl cannot read it.
+    ImportAmavis {
+        /// A conf.d directory or an amavisd.conf file.
+        #[arg(default_value = "/etc/amavis/conf.d")]
+        path: PathBuf,
+    },
+    /// Writes the manual pages and shell completions under OUT (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { out: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +190,37 @@ fn main() -> ExitCode {
     if let Command::Dkim { action } = cli.command {
         return dkim(action);
     }
+    if let Command::ImportAmavis { path } = &cli.command {
+        return match postsift::import_amavis::import(path) {
+            Ok(import) => {
+                for s in &import.skipped {
+                    eprintln!(
+                        "not carried over: {}",
+                        postsift::import_amavis::printable(s)
+                    );
+                }
+                print!("{}", import.toml);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postsift: {}: {e}", path.display());
+                ExitCode::from(EX_UNAVAILABLE)
+            }
+        };
+    }
+    if let Command::GenerateDocs { out } = &cli.command {
+        use clap::CommandFactory;
+        return match postsift::docs::generate(Cli::command(), out) {
+            Ok(files) => {
+                files.iter().for_each(|f| println!("{}", f.display()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postsift: {}: {e}", out.display());
+                ExitCode::from(EX_CANTCREAT)
+            }
+        };
+    }
     let config_path = cli.config.clone();
     let config = match Config::load_or_default(config_path.as_deref()) {
         Ok(c) => c,
@@ -242,7 +286,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Dkim { .. } => unreachable!("handled above"),
+        Command::Dkim { .. } | Command::GenerateDocs { .. } | Command::ImportAmavis { .. } => {
+            unreachable!("handled above")
+        }
         Command::Greylist { action, .. } => match greylist(&config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
