@@ -89,6 +89,8 @@ pub enum Tempfail {
     Greylist(String),
     /// The MIME walk stopped at a limit and `[parts] on_… = "tempfail"`: the limit's detail.
     Unchecked(String),
+    /// The MIME walk could not get the decoder memory it needed from `server.max_memory`.
+    Resources(String),
     /// The message was to be quarantined and could not be stored: why.
     Quarantine(String),
     /// DKIM signing failed and `[dkim_sign] on_error = "tempfail"`: why.
@@ -192,6 +194,11 @@ fn on_limit(config: &Config, kind: LimitKind) -> Unchecked {
         LimitKind::Depth => p.on_max_depth,
         LimitKind::Ratio => p.on_ratio,
         LimitKind::Encrypted => p.on_encrypted,
+        LimitKind::Decoder => p.on_decoder,
+        LimitKind::Time => p.on_max_walk_time,
+        LimitKind::Size => p.on_max_message_size,
+        // Not the message's fault: postsift is busy; the client retries (`452 4.3.1`).
+        LimitKind::Memory => Unchecked::Tempfail,
     }
 }
 
@@ -259,6 +266,13 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             }
             Unchecked::Quarantine => {
                 return unchecked(decision(Category::Unchecked, Disposition::Quarantine));
+            }
+            Unchecked::Tempfail if stop.kind == LimitKind::Memory => {
+                return unchecked(tempfail(
+                    "resources",
+                    Category::Unchecked,
+                    Tempfail::Resources(one_line(&stop.detail)),
+                ));
             }
             Unchecked::Tempfail => {
                 return unchecked(tempfail(

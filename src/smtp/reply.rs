@@ -263,6 +263,11 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
             "4.7.0",
             format!("Try again later, id={id} - UNCHECKED: {why}"),
         ),
+        Tempfail::Resources(why) => Reply::new(
+            452,
+            "4.3.1",
+            format!("Insufficient system resources, id={id} - {why}"),
+        ),
         Tempfail::Quarantine(why) => Reply::new(
             451,
             "4.3.0",
