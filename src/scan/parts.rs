@@ -565,16 +565,31 @@ pub fn walk_with(
     } else {
         // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
         // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
-        let tree = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut c = new();
-            if let Some(m) = MessageParser::default().parse(raw) {
-                c.tree(&m, raw, 0);
-            }
-            c
-        }));
+        let tree = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut c = new();
+                if let Some(m) = MessageParser::default().parse(raw) {
+                    c.tree(&m, raw, 0);
+                }
+                c
+            }))
+        };
+        // With nested messages, on a thread whose stack is known to hold MAX_NESTED_MESSAGES
+        // levels (the caller's may be a 2 MiB tokio thread); without, where it is.
+        let tree = match nested {
+            0 => Ok(tree()),
+            _ => std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("mime-parse".into())
+                    .stack_size(PARSER_STACK)
+                    .spawn_scoped(s, tree)
+                    .map(|t| t.join().unwrap_or_else(Err))
+            }),
+        };
         match tree {
-            Ok(c) => w = c,
-            Err(_) => w.walk.parser_failed = true,
+            Ok(Ok(c)) => w = c,
+            Ok(Err(_)) => w.walk.parser_failed = true,
+            Err(e) => w.fail(e),
         }
     }
     raw_blocks(raw, &mut w);
@@ -1307,8 +1322,13 @@ pub const MAX_RATIO: u64 = 100;
 
 /// message/rfc822 (or digest) parts a message may declare, its transfer-encoded bodies
 /// included, for mail-parser to be run on it: it nests them recursively (see
-/// [`nested_messages`]). Measured: 1,000 nested levels take well under 1 MiB of stack.
+/// [`nested_messages`]), on a thread with a [`PARSER_STACK`] stack.
 pub const MAX_NESTED_MESSAGES: usize = 1000;
+
+/// The stack mail-parser runs on when a message nests messages: 1,000 levels fit with room
+/// to spare in a debug build (a 2 MiB stack does not hold them); only the pages used are
+/// touched.
+const PARSER_STACK: usize = 16 << 20;
 
 /// What one xz or 7z decoder holds besides its window, and bzip2's block buffers (900k
 /// blocks: four bytes per byte, plus the block).
@@ -1855,6 +1875,11 @@ fn uudecode_line(line: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&got);
 }
 
+// The hostile shapes of issue 16, shared with the integration tests and examples/hostile.rs.
+#[cfg(test)]
+#[path = "../../tests/integration/hostile.rs"]
+mod hostile;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1870,6 +1895,212 @@ mod tests {
 
     fn walk(raw: &[u8], limits: &Limits) -> Walk {
         super::walk(raw, limits, &std::env::temp_dir()).expect("spill files can be written")
+    }
+
+    use super::hostile;
+
+    /// Runs `f` on a thread with a 2 MiB stack, as tokio's worker and blocking threads have:
+    /// a stack overflow aborts the test process (and failed the old code so).
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn limit(w: &Walk) -> Option<LimitKind> {
+        w.limit.as_ref().map(|l| l.kind)
+    }
+
+    #[test]
+    fn message_rfc822_nested_25000_to_1000000_deep_does_not_overflow_the_stack() {
+        for depth in [20_000, 25_000, 100_000, 1_000_000] {
+            let raw = hostile::nested_rfc822(depth);
+            let w = on_small_stack(move || walk(&raw, &LIMITS));
+            assert_eq!(limit(&w), Some(LimitKind::Depth), "{depth}: {:?}", w.limit);
+        }
+    }
+
+    #[test]
+    fn message_rfc822_nested_inside_a_base64_body_does_not_overflow_the_stack() {
+        for depth in [20_000, 100_000] {
+            let raw = hostile::nested_in_base64(depth);
+            let w = on_small_stack(move || walk(&raw, &LIMITS));
+            assert_eq!(limit(&w), Some(LimitKind::Depth), "{depth}: {:?}", w.limit);
+        }
+    }
+
+    /// Just under the pre-scan's bound, mail-parser runs (and the walk's own depth limit
+    /// stops it) on a 2 MiB stack: the bound leaves room.
+    #[test]
+    fn nesting_just_under_the_prescan_bound_parses_on_a_small_stack() {
+        let raw = hostile::nested_rfc822(MAX_NESTED_MESSAGES - 1);
+        assert_eq!(nested_messages(&raw), MAX_NESTED_MESSAGES - 1);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        let stop = w.limit.expect("too deep");
+        assert_eq!(stop.kind, LimitKind::Depth);
+        assert!(stop.detail.contains("deeper than 5"), "{stop}");
+        assert!(!w.parser_failed);
+        let raw = hostile::nested_in_base64(MAX_NESTED_MESSAGES - 1);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        assert!(w.limit.is_some());
+    }
+
+    #[test]
+    fn multipart_nested_100000_deep_does_not_overflow_the_stack() {
+        let raw = hostile::nested_multipart(100_000);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        assert!(w.parts.iter().any(|p| data(p) == b"hello"), "{:?}", w.limit);
+    }
+
+    #[test]
+    fn the_prescan_counts_what_mail_parser_nests_however_it_is_written() {
+        assert_eq!(
+            nested_messages(
+                b"Subject: x
+
+message / body
+"
+            ),
+            1
+        );
+        assert_eq!(
+            nested_messages(
+                b"Subject: x
+
+a message, plain
+"
+            ),
+            0
+        );
+        let folded = b"Content-Type: MESSAGE
+ (c) /RFC822
+
+Subject: y
+
+x
+";
+        assert_eq!(nested_messages(folded), 1);
+        // A digest's parts are message/rfc822 by default: every boundary line counts.
+        let digest = b"Content-Type: multipart/digest; boundary=d
+
+--d
+
+S: 1
+
+--d
+
+S: 2
+
+--d--
+";
+        assert_eq!(nested_messages(digest), 3);
+        // Quoted-printable hides the word; decoded, it counts.
+        let qp = b"Content-Type: message/rfc822
+Content-Transfer-Encoding: quoted-printable
+
+Content-Type: =6Dessage/rfc822
+
+x
+";
+        assert!(nested_messages(qp) >= 2);
+        assert!(nested_messages(&hostile::nested_in_base64(5000)) > MAX_NESTED_MESSAGES);
+    }
+
+    /// 2,000 central-directory entries pointing at one member: each decompressed, dropped as
+    /// a duplicate, and counted towards nothing (31.9 s of CPU, clean). Now every copy counts.
+    #[test]
+    fn zip_entries_pointing_at_one_member_count_towards_decoded_bytes() {
+        let zip = hostile::zip_one_member_many_entries(2_000, 300 << 10);
+        let w = walk(&hostile::mail_with("a.zip", &zip), &LIMITS);
+        assert_eq!(limit(&w), Some(LimitKind::Bytes), "{:?}", w.limit);
+        // Within max_parts too: 2,000 small copies stop at 100.
+        let zip = hostile::zip_one_member_many_entries(2_000, 10);
+        let w = walk(&hostile::mail_with("a.zip", &zip), &LIMITS);
+        assert_eq!(limit(&w), Some(LimitKind::Parts), "{:?}", w.limit);
+    }
+
+    #[test]
+    fn the_walk_stops_at_max_walk_time_and_when_cancelled() {
+        let raw = hostile::mail_with("b.zip", &hostile::zip_many(20, 32 << 10));
+        let w = walk(
+            &raw,
+            &Limits {
+                max_time: Duration::ZERO,
+                ..LIMITS
+            },
+        );
+        let stop = w.limit.expect("out of time");
+        assert_eq!(stop.kind, LimitKind::Time);
+        assert!(stop.detail.contains("longer than"), "{stop}");
+        let ctl = Control {
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            budget: None,
+        };
+        let w = walk_with(&raw, &LIMITS, &std::env::temp_dir(), &ctl, true)
+            .unwrap()
+            .unwrap();
+        let stop = w.limit.expect("cancelled");
+        assert_eq!(stop.kind, LimitKind::Time);
+        assert!(stop.detail.contains("cancelled"), "{stop}");
+        // Not cancelled, in time: the whole zip is listed.
+        let w = walk(&raw, &LIMITS);
+        assert_eq!(w.limit, None);
+        assert_eq!(w.parts.iter().filter(|p| p.found == "zip").count(), 20);
+    }
+
+    /// A PE inside an xz whose header asks for a 1.5 GiB dictionary was not opened, and the
+    /// message was clean.
+    #[test]
+    fn an_xz_beyond_the_decoder_limit_is_unchecked_not_clean() {
+        let xz = hostile::xz_big_dictionary(b"MZ\x90\x00 a program");
+        let w = walk(&hostile::mail_with("setup.exe.xz", &xz), &LIMITS);
+        let stop = w.limit.expect("not opened");
+        assert_eq!(stop.kind, LimitKind::Decoder, "{stop}");
+        // The same with the dictionary it was written with is opened.
+        let xz = hostile::xz(b"MZ\x90\x00 a program");
+        let w = walk(&hostile::mail_with("setup.exe.xz", &xz), &LIMITS);
+        assert_eq!(w.limit, None);
+        assert!(w.parts.iter().any(|p| data(p) == b"MZ\x90\x00 a program"));
+    }
+
+    /// A solid 7z of 2,000 × 1 MiB took 113 MB of RSS outside server.max_memory. Its decoder
+    /// window now comes from the budget: too small a budget stops the walk (452 4.3.1), enough
+    /// of it lists the archive, and all of it is given back.
+    #[test]
+    fn seven_z_and_xz_decoder_memory_comes_from_the_budget() {
+        let seven = hostile::mail_with("c.7z", &hostile::sevenz_solid(20, 128 << 10));
+        let xz = hostile::mail_with("d.xz", &hostile::xz(&hostile::compressible(3 << 20, 3)));
+        let limits = Limits {
+            max_bytes: 64 << 20,
+            ..LIMITS
+        };
+        for raw in [seven, xz] {
+            let budget = crate::message::Budget::new(512 << 10, 10);
+            let ctl = Control {
+                cancel: None,
+                budget: Some(budget.clone()),
+            };
+            let spool = std::env::temp_dir();
+            let w = walk_with(&raw, &limits, &spool, &ctl, true)
+                .unwrap()
+                .unwrap();
+            assert_eq!(limit(&w), Some(LimitKind::Memory), "{:?}", w.limit);
+            assert_eq!(budget.memory(), 0);
+            let budget = crate::message::Budget::new(64 << 20, 10);
+            let ctl = Control {
+                cancel: None,
+                budget: Some(budget.clone()),
+            };
+            let w = walk_with(&raw, &limits, &spool, &ctl, true)
+                .unwrap()
+                .unwrap();
+            assert_eq!(w.limit, None);
+            assert!(w.parts.len() > 1);
+            assert_eq!(budget.memory(), 0);
+        }
     }
 
     fn clock() -> Clock {
