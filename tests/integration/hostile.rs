@@ -103,7 +103,7 @@ pub fn crc32(data: &[u8]) -> u32 {
     !c
 }
 
-/// A zip whose `entries` central-directory entries (`d{i}/setup.exe`: one base name in
+/// A zip whose `entries` central-directory entries (`d{i}/data.bin`: one base name in
 /// different folders) all point at one deflated member of `size` bytes: 2,000 × 15 MiB was a
 /// 375 KB zip that took 31.9 s of CPU, each entry decompressed again and dropped as a duplicate.
 pub fn zip_one_member_many_entries(entries: usize, size: usize) -> Vec<u8> {
@@ -112,7 +112,7 @@ pub fn zip_one_member_many_entries(entries: usize, size: usize) -> Vec<u8> {
     enc.write_all(&data).unwrap();
     let packed = enc.finish().unwrap();
     let crc = crc32(&data);
-    let name = b"setup.exe";
+    let name = b"data.bin";
     let mut z = Vec::new();
     let le16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&x.to_le_bytes());
     let le32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
@@ -130,7 +130,7 @@ pub fn zip_one_member_many_entries(entries: usize, size: usize) -> Vec<u8> {
     z.extend_from_slice(&packed);
     let cd_at = z.len();
     for i in 0..entries {
-        let n = format!("d{i}/setup.exe");
+        let n = format!("d{i}/data.bin");
         le32(&mut z, 0x0201_4b50);
         for x in [20u16, 20, 0, 8, 0, 0x21] {
             le16(&mut z, x);
