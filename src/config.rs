@@ -1733,6 +1733,31 @@ mod tests {
         Config::parse(t, Path::new("test.toml"))
     }
 
+    /// Issue 16: messages over parts.max_message_size were not walked, silently.
+    #[test]
+    fn parts_max_message_size_below_the_accepted_size_warns() {
+        let w = |t: &str| parse(t).unwrap().warnings().join("\n");
+        let warned = w("[parts]\nmax_message_size = 1000000\n");
+        assert!(
+            warned.contains("parts.max_message_size (1000000) is below server.max_message_size"),
+            "{warned}"
+        );
+        assert!(warned.contains("parts.on_max_message_size"), "{warned}");
+        let w2 = w("[server]\nmax_message_size = 60000000\n");
+        assert!(w2.contains("parts.max_message_size (16777216)"), "{w2}");
+        // Equal, walk off, or the documented defaults: nothing to say.
+        assert_eq!(w("[parts]\nmax_message_size = 52428800\n"), "");
+        assert_eq!(
+            w("[parts]\nenabled = false\nmax_message_size = 1000000\n"),
+            ""
+        );
+        assert_eq!(w(""), "");
+        assert!(parse("[parts]\nmax_walk_time = 0\n")
+            .unwrap_err()
+            .to_string()
+            .contains("parts.max_walk_time"));
+    }
+
     #[test]
     fn dkim_sign_that_signs_nothing_warns() {
         let w = |t: &str| parse(t).unwrap().warnings().join("\n");

@@ -510,6 +510,48 @@ mod tests {
         );
     }
 
+    /// Issue 16: an archive not opened (beyond the decoder limit), a walk out of time and a
+    /// message too large to walk are UNCHECKED with their own keys; decoder memory not
+    /// available is a 452 4.3.1 whatever they say.
+    #[test]
+    fn new_walk_limits_have_their_keys_and_memory_tempfails() {
+        let mut c = Config::default();
+        for kind in [LimitKind::Decoder, LimitKind::Time, LimitKind::Size] {
+            let d = decide(&c, &stopped(kind, "x"));
+            assert_eq!(
+                (d.category, d.disposition, d.unchecked_reason),
+                (
+                    Category::Unchecked,
+                    Disposition::Deliver,
+                    Some(kind.label())
+                )
+            );
+        }
+        c.parts.on_decoder = Unchecked::Quarantine;
+        c.parts.on_max_walk_time = Unchecked::Tempfail;
+        c.parts.on_max_message_size = Unchecked::Banned;
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Decoder, "x")).disposition,
+            Disposition::Quarantine
+        );
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Time, "slow")).disposition,
+            Disposition::Tempfail(Tempfail::Unchecked("slow".into()))
+        );
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Size, "big")).disposition,
+            Disposition::Reject
+        );
+        let d = decide(&Config::default(), &stopped(LimitKind::Memory, "busy"));
+        assert_eq!(
+            (d.disposition, d.tempfail_reason),
+            (
+                Disposition::Tempfail(Tempfail::Resources("busy".into())),
+                Some("resources")
+            )
+        );
+    }
+
     #[test]
     fn each_limit_has_its_own_configured_answer() {
         let mut c = Config::default();

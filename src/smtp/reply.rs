@@ -373,6 +373,13 @@ fn overall(d: &Delivery) -> Reply {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_walk_without_decoder_memory_is_452_4_3_1() {
+        let r = tempfailed("ID", &Tempfail::Resources("busy".into()));
+        assert_eq!((r.code, r.enhanced), (452, Some("4.3.1")), "{r:?}");
+        assert!(r.text.contains("id=ID - busy"), "{r:?}");
+    }
+
     fn wire(r: &Reply) -> String {
         let mut v = Vec::new();
         r.write_to(&mut v);
