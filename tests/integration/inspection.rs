@@ -746,7 +746,8 @@ async fn a_thirty_megabyte_part_walked_is_counted_once() {
         Some(&clamd),
         None,
         sink.addr,
-        "[parts]\nmax_message_size = 67108864\n",
+        // A debug build walking 40 MB on a busy test box may take longer than the 10 s default.
+        "[parts]\nmax_message_size = 67108864\nmax_walk_time = 600\n",
     )))
     .await;
     let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
