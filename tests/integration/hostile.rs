@@ -298,8 +298,10 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
             mail_with("b.zip", &zip_many(10_000, 1 << 20)),
         ),
         (
-            "7z-solid-2000-members-1mib.eml",
-            mail_with("c.7z", &sevenz_solid(2_000, 1 << 20)),
+            // 200 rather than 2,000: the window is what costs memory (up to the 64 MiB
+            // dictionary, reached after 32 MiB of output), and encoding 2 GB takes minutes.
+            "7z-solid-200-members-1mib.eml",
+            mail_with("c.7z", &sevenz_solid(200, 1 << 20)),
         ),
         (
             "xz-1.5gib-dictionary.eml",
