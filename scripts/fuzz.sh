@@ -37,6 +37,24 @@ if [ ! -e "$gen" ]; then
   } > "$gen"
 fi
 
+# Issue 16: message/rfc822 nested 25,000 deep (775 KB; it overflowed mail-parser's stack), and
+# 30,000 nested multiparts, for the MIME walk's targets. The smaller hostile shapes are committed
+# seeds (issue16-*, written by `cargo run --example hostile -- DIR small`).
+for t in mime_walk walk_budget; do
+  mkdir -p "fuzz/corpus/$t"
+  gen="fuzz/corpus/$t/gen-nested-rfc822-25000"
+  if [ ! -e "$gen" ]; then
+    { for _ in $(seq 1 25000); do printf 'Content-Type: message/rfc822\r\n\r\n'; done
+      printf 'Subject: innermost\r\n\r\nhello\r\n'; } > "$gen"
+  fi
+  gen="fuzz/corpus/$t/gen-nested-multipart-30000"
+  if [ ! -e "$gen" ]; then
+    { for i in $(seq 1 30000); do printf 'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' "$i" "$i"; done
+      printf 'Content-Type: text/plain\r\n\r\nhello\r\n'
+      for i in $(seq 30000 -1 1); do printf -- '--b%d--\r\n' "$i"; done; } > "$gen"
+  fi
+done
+
 if [ ${#targets[@]} -eq 1 ]; then cargo fuzz build "${targets[0]}"; else cargo fuzz build; fi
 
 mkdir -p fuzz/logs

@@ -211,6 +211,9 @@ pub fn effective(config: &Config, banks: &[usize]) -> Config {
             (&mut c.parts.on_max_depth, p.on_max_depth),
             (&mut c.parts.on_ratio, p.on_ratio),
             (&mut c.parts.on_encrypted, p.on_encrypted),
+            (&mut c.parts.on_max_walk_time, p.on_max_walk_time),
+            (&mut c.parts.on_decoder, p.on_decoder),
+            (&mut c.parts.on_max_message_size, p.on_max_message_size),
         ] {
             if let Some(v) = v {
                 *to = v;

@@ -400,6 +400,18 @@ pub struct Parts {
     pub on_ratio: Unchecked,
     /// … at an encrypted archive member. Default "pass".
     pub on_encrypted: Unchecked,
+    /// Seconds of wall-clock time one message's walk may take (decompressing included);
+    /// past it the walk stops. At least 1. Default 10.
+    pub max_walk_time: u64,
+    /// … at `max_walk_time` (reason `time`). Default "pass".
+    pub on_max_walk_time: Unchecked,
+    /// … at an archive postsift will not open (reason `decoder`: an xz or 7z asking for a
+    /// dictionary over 64 MiB, a zip member compressed with a method postsift does not read).
+    /// Default "pass".
+    pub on_decoder: Unchecked,
+    /// … at a message larger than `max_message_size`, which is not walked (reason `size`).
+    /// Default "pass".
+    pub on_max_message_size: Unchecked,
 }
 
 /// What a message the MIME walk could not finish gets (amavis passes it tagged
@@ -432,6 +444,10 @@ impl Default for Parts {
             on_max_depth: Unchecked::Pass,
             on_ratio: Unchecked::Pass,
             on_encrypted: Unchecked::Pass,
+            max_walk_time: 10,
+            on_max_walk_time: Unchecked::Pass,
+            on_decoder: Unchecked::Pass,
+            on_max_message_size: Unchecked::Pass,
         }
     }
 }
@@ -800,6 +816,9 @@ pub struct BankParts {
     pub on_max_depth: Option<Unchecked>,
     pub on_ratio: Option<Unchecked>,
     pub on_encrypted: Option<Unchecked>,
+    pub on_max_walk_time: Option<Unchecked>,
+    pub on_decoder: Option<Unchecked>,
+    pub on_max_message_size: Option<Unchecked>,
 }
 
 /// A `greylist.listen` entry.
@@ -1199,6 +1218,9 @@ impl Config {
         }
         if self.parts.max_memory < 65_536 {
             return Err(bad("parts.max_memory", "must be at least 65536 bytes"));
+        }
+        if self.parts.max_walk_time == 0 {
+            return Err(bad("parts.max_walk_time", "must be at least 1 second"));
         }
         if self.server.max_junk_commands == 0 {
             return Err(bad("server.max_junk_commands", "must be at least 1"));
@@ -1645,10 +1667,29 @@ impl Config {
             );
         }
         out.extend(self.dkim_sign_warnings());
+        out.extend(self.parts_size_warning());
         out
     }
 
     /// `[dkim_sign]` written so that nothing is ever signed.
+    /// Messages over `parts.max_message_size` are not walked (UNCHECKED, reason `size`): a
+    /// configuration that accepts larger ones is told so. Not for the defaults (16 MiB walked,
+    /// 50 MiB accepted), whose gap the README documents.
+    fn parts_size_warning(&self) -> Option<String> {
+        let (walked, accepted) = (self.parts.max_message_size, self.server.max_message_size);
+        let defaults = (
+            Parts::default().max_message_size,
+            Server::default().max_message_size,
+        );
+        (self.parts.enabled && walked < accepted && (walked, accepted) != defaults).then(|| {
+            format!(
+                "parts.max_message_size ({walked}) is below server.max_message_size \
+                 ({accepted}): larger messages are not walked, so the banned-file rules do not \
+                 see their parts; they are UNCHECKED (reason size, parts.on_max_message_size)"
+            )
+        })
+    }
+
     fn dkim_sign_warnings(&self) -> Vec<String> {
         let d = &self.dkim_sign;
         let mut out = Vec::new();
@@ -1715,6 +1756,9 @@ impl Config {
                 p.on_max_depth,
                 p.on_ratio,
                 p.on_encrypted,
+                p.on_max_walk_time,
+                p.on_decoder,
+                p.on_max_message_size,
             ]
             .contains(&Unchecked::Quarantine)
             || !self.quarantine.release_listen.is_empty()
@@ -1728,6 +1772,9 @@ impl Config {
                         p.on_max_depth,
                         p.on_ratio,
                         p.on_encrypted,
+                        p.on_max_walk_time,
+                        p.on_decoder,
+                        p.on_max_message_size,
                     ]
                     .contains(&Some(Unchecked::Quarantine))
             })
@@ -1784,6 +1831,31 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, Error> {
         Config::parse(t, Path::new("test.toml"))
+    }
+
+    /// Issue 16: messages over parts.max_message_size were not walked, silently.
+    #[test]
+    fn parts_max_message_size_below_the_accepted_size_warns() {
+        let w = |t: &str| parse(t).unwrap().warnings().join("\n");
+        let warned = w("[parts]\nmax_message_size = 1000000\n");
+        assert!(
+            warned.contains("parts.max_message_size (1000000) is below server.max_message_size"),
+            "{warned}"
+        );
+        assert!(warned.contains("parts.on_max_message_size"), "{warned}");
+        let w2 = w("[server]\nmax_message_size = 60000000\n");
+        assert!(w2.contains("parts.max_message_size (16777216)"), "{w2}");
+        // Equal, walk off, or the documented defaults: nothing to say.
+        assert_eq!(w("[parts]\nmax_message_size = 52428800\n"), "");
+        assert_eq!(
+            w("[parts]\nenabled = false\nmax_message_size = 1000000\n"),
+            ""
+        );
+        assert_eq!(w(""), "");
+        assert!(parse("[parts]\nmax_walk_time = 0\n")
+            .unwrap_err()
+            .to_string()
+            .contains("parts.max_walk_time"));
     }
 
     #[test]

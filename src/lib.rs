@@ -104,10 +104,10 @@ impl Shared {
         metrics.declare_banks(&config);
         let shared = Shared {
             metrics,
-            budget,
             hostname: config.hostname(),
             spool_dir: config.spool_dir(),
-            scanners: scan::Scanners::new(&config),
+            scanners: scan::Scanners::new(&config).with_budget(budget.clone()),
+            budget,
             reinjector: reinject::Reinjector::new(&config),
             config,
             shutdown,

@@ -227,6 +227,31 @@ impl Budget {
     }
 }
 
+/// Memory taken from a [`Budget`] by something other than a spool (the MIME walk's xz, 7z and
+/// bzip2 decoders); given back on drop. Without a budget it counts nothing.
+#[derive(Debug, Default)]
+pub struct MemoryHold(Held);
+
+impl MemoryHold {
+    pub fn new(budget: Option<Arc<Budget>>) -> MemoryHold {
+        MemoryHold(Held {
+            budget,
+            memory: 0,
+            file: false,
+        })
+    }
+
+    /// Makes sure `total` bytes are held: Err (`OutOfMemory`) when the budget cannot give them.
+    pub fn grow_to(&mut self, total: usize) -> io::Result<()> {
+        self.0.grow_to(total)
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> usize {
+        self.0.memory
+    }
+}
+
 /// One spool's share of a [`Budget`]; returned on drop. Without a budget it counts nothing.
 #[derive(Debug, Default)]
 struct Held {

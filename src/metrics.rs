@@ -60,8 +60,18 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
     "dkim_sign",
 ];
 /// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
-pub const UNCHECKED_REASONS: &[&str] =
-    &["scanner", "parts", "bytes", "depth", "ratio", "encrypted"];
+pub const UNCHECKED_REASONS: &[&str] = &[
+    "scanner",
+    "parts",
+    "bytes",
+    "depth",
+    "ratio",
+    "encrypted",
+    "decoder",
+    "time",
+    "size",
+    "memory",
+];
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 pub const GREYLIST_RESULTS: &[&str] = &[

@@ -89,6 +89,8 @@ pub enum Tempfail {
     Greylist(String),
     /// The MIME walk stopped at a limit and `[parts] on_… = "tempfail"`: the limit's detail.
     Unchecked(String),
+    /// The MIME walk could not get the decoder memory it needed from `server.max_memory`.
+    Resources(String),
     /// The message was to be quarantined and could not be stored: why.
     Quarantine(String),
     /// DKIM signing failed and `[dkim_sign] on_error = "tempfail"`: why.
@@ -192,6 +194,11 @@ fn on_limit(config: &Config, kind: LimitKind) -> Unchecked {
         LimitKind::Depth => p.on_max_depth,
         LimitKind::Ratio => p.on_ratio,
         LimitKind::Encrypted => p.on_encrypted,
+        LimitKind::Decoder => p.on_decoder,
+        LimitKind::Time => p.on_max_walk_time,
+        LimitKind::Size => p.on_max_message_size,
+        // Not the message's fault: postsift is busy; the client retries (`452 4.3.1`).
+        LimitKind::Memory => Unchecked::Tempfail,
     }
 }
 
@@ -259,6 +266,13 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
             }
             Unchecked::Quarantine => {
                 return unchecked(decision(Category::Unchecked, Disposition::Quarantine));
+            }
+            Unchecked::Tempfail if stop.kind == LimitKind::Memory => {
+                return unchecked(tempfail(
+                    "resources",
+                    Category::Unchecked,
+                    Tempfail::Resources(one_line(&stop.detail)),
+                ));
             }
             Unchecked::Tempfail => {
                 return unchecked(tempfail(
@@ -493,6 +507,48 @@ mod tests {
         assert_eq!(
             (d.category, d.disposition, d.unchecked_reason),
             (Category::Unchecked, Disposition::Deliver, Some("parts"))
+        );
+    }
+
+    /// Issue 16: an archive not opened (beyond the decoder limit), a walk out of time and a
+    /// message too large to walk are UNCHECKED with their own keys; decoder memory not
+    /// available is a 452 4.3.1 whatever they say.
+    #[test]
+    fn new_walk_limits_have_their_keys_and_memory_tempfails() {
+        let mut c = Config::default();
+        for kind in [LimitKind::Decoder, LimitKind::Time, LimitKind::Size] {
+            let d = decide(&c, &stopped(kind, "x"));
+            assert_eq!(
+                (d.category, d.disposition, d.unchecked_reason),
+                (
+                    Category::Unchecked,
+                    Disposition::Deliver,
+                    Some(kind.label())
+                )
+            );
+        }
+        c.parts.on_decoder = Unchecked::Quarantine;
+        c.parts.on_max_walk_time = Unchecked::Tempfail;
+        c.parts.on_max_message_size = Unchecked::Banned;
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Decoder, "x")).disposition,
+            Disposition::Quarantine
+        );
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Time, "slow")).disposition,
+            Disposition::Tempfail(Tempfail::Unchecked("slow".into()))
+        );
+        assert_eq!(
+            decide(&c, &stopped(LimitKind::Size, "big")).disposition,
+            Disposition::Reject
+        );
+        let d = decide(&Config::default(), &stopped(LimitKind::Memory, "busy"));
+        assert_eq!(
+            (d.disposition, d.tempfail_reason),
+            (
+                Disposition::Tempfail(Tempfail::Resources("busy".into())),
+                Some("resources")
+            )
         );
     }
 

@@ -17,6 +17,7 @@ const LIMITS: Limits = Limits {
     max_depth: 4,
     max_memory: 16 * 1024,
     max_ratio: MAX_RATIO,
+    max_time: std::time::Duration::from_secs(3600),
 };
 
 fuzz_target!(|data: &[u8]| {

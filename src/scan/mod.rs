@@ -18,6 +18,8 @@ pub mod parts;
 pub mod rspamd;
 pub mod spamd;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, OnFailure};
@@ -219,6 +221,17 @@ pub struct Scanners {
     spam_on_failure: OnFailure,
     /// Mail authentication; None when `[auth]` is off (or no resolver could be built).
     auth: Option<auth::Checker>,
+    /// `server.max_memory`, which the walk's decoders take their memory from.
+    budget: Option<Arc<crate::message::Budget>>,
+}
+
+/// Sets its flag when dropped: the MIME walk of a session that ended stops.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Scanners {
@@ -275,6 +288,7 @@ impl Scanners {
             spam_max_size: if rspamd { r.max_size } else { s.max_size },
             spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
             spam_on_failure: if rspamd { r.on_failure } else { s.on_failure },
+            budget: None,
             auth: auth::Checker::new(config).unwrap_or_else(|e| {
                 tracing::error!(
                     "mail authentication is off: {e}; set [dns] servers (or auth.enabled = false)"
@@ -298,6 +312,12 @@ impl Scanners {
     }
 
     /// What the configured spam engine's failure leads to.
+    /// Takes the walk's decoder memory from `budget` (`server.max_memory`).
+    pub fn with_budget(mut self, budget: Arc<crate::message::Budget>) -> Scanners {
+        self.budget = Some(budget);
+        self
+    }
+
     pub fn spam_on_failure(&self) -> OnFailure {
         self.spam_on_failure
     }
@@ -451,10 +471,26 @@ impl Scanners {
         let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
         };
+        // Not walked, and said so: the banned-file rules have not seen its parts.
         if msg.len() > *max_size {
-            return Ok(None);
+            return Ok(Some(parts::Walk {
+                limit: Some(parts::Stop {
+                    kind: parts::LimitKind::Size,
+                    detail: format!(
+                        "message larger than {max_size} bytes (parts.max_message_size): not walked"
+                    ),
+                }),
+                ..Default::default()
+            }));
         }
         let limits = *limits;
+        // The walk stops when this future is dropped (the session ended: client gone,
+        // shutdown), not only at max_walk_time.
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let ctl = parts::Control {
+            cancel: Some(cancel.0.clone()),
+            budget: self.budget.clone(),
+        };
         let raw = read_whole()
             .await
             .clone()
@@ -463,18 +499,21 @@ impl Scanners {
         // max_decoded_bytes): off the async threads, unless the message is small enough and
         // holds no archive, so that the thread hand-off would cost more than the walk.
         let inline = match raw.len() <= INLINE_WALK {
-            true => parts::walk_unless_archives(&raw, &limits, spool).transpose(),
+            true => parts::walk_with(&raw, &limits, spool, &ctl, false).transpose(),
             false => None,
         };
         let walked = match inline {
             Some(w) => w,
             None => {
                 let spool = spool.clone();
-                tokio::task::spawn_blocking(move || parts::walk(&raw, &limits, &spool))
-                    .await
-                    .map_err(|e| {
-                        Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
-                    })?
+                tokio::task::spawn_blocking(move || {
+                    parts::walk_with(&raw, &limits, &spool, &ctl, true)
+                        .map(|w| w.expect("archives opened"))
+                })
+                .await
+                .map_err(|e| {
+                    Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
+                })?
             }
         };
         let walk =

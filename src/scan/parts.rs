@@ -67,7 +67,9 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
@@ -126,6 +128,9 @@ pub struct Limits {
     /// An archive member may decompress to this many times its packed size (but always to
     /// 1 MiB); more stops the walk. [`MAX_RATIO`] in service.
     pub max_ratio: u64,
+    /// Wall-clock time one walk may take (`max_walk_time`): checked between parts and inside
+    /// every decompression loop; past it the walk stops ([`LimitKind::Time`]).
+    pub max_time: Duration,
 }
 
 impl Limits {
@@ -136,6 +141,7 @@ impl Limits {
             max_depth: p.max_depth,
             max_memory: p.max_memory,
             max_ratio: MAX_RATIO,
+            max_time: Duration::from_secs(p.max_walk_time),
         }
     }
 }
@@ -154,10 +160,30 @@ pub enum LimitKind {
     Ratio,
     /// An encrypted archive member: its name is known, its contents are not.
     Encrypted,
+    /// An archive postsift will not open: its decoder would need more memory than the
+    /// decoder limit (an xz or 7z dictionary over 64 MiB), or a method it does not read.
+    Decoder,
+    /// The walk ran longer than `max_walk_time` (or its session ended).
+    Time,
+    /// The message is larger than `[parts] max_message_size`: not walked at all.
+    Size,
+    /// The decoder memory the walk needed could not be taken from `server.max_memory`: the
+    /// message is tempfailed (`452 4.3.1`) whatever the `[parts]` settings.
+    Memory,
 }
 
 impl LimitKind {
-    pub const ALL: &'static [&'static str] = &["parts", "bytes", "depth", "ratio", "encrypted"];
+    pub const ALL: &'static [&'static str] = &[
+        "parts",
+        "bytes",
+        "depth",
+        "ratio",
+        "encrypted",
+        "decoder",
+        "time",
+        "size",
+        "memory",
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -166,6 +192,10 @@ impl LimitKind {
             LimitKind::Depth => "depth",
             LimitKind::Ratio => "ratio",
             LimitKind::Encrypted => "encrypted",
+            LimitKind::Decoder => "decoder",
+            LimitKind::Time => "time",
+            LimitKind::Size => "size",
+            LimitKind::Memory => "memory",
         }
     }
 }
@@ -481,39 +511,94 @@ impl Write for Sink {
 /// that happen to use only base64 letters).
 const MIN_RAW_BLOCK: usize = 32;
 
+/// What bounds one walk besides its [`Limits`]: the session it belongs to, and the memory
+/// budget its decoders take their windows from.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Set when the walk's session ends (client gone, shutdown): the walk stops at its next
+    /// check (between parts, and inside every decompression loop).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// `server.max_memory`: xz and 7z decoder windows (which grow with their output up to the
+    /// dictionary size) and bzip2's block buffers are taken from it as they grow; when it
+    /// cannot give them the walk stops ([`LimitKind::Memory`], `452 4.3.1`). None: not counted.
+    pub budget: Option<Arc<crate::message::Budget>>,
+}
+
 /// Walks `raw` within `limits`, spilling decoded data past `limits.max_memory` to unlinked
 /// temp files in `spool`. Err only when a spill file could not be written.
 pub fn walk(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Walk> {
-    walk_to(raw, limits, spool, true).map(|w| w.expect("archives opened"))
+    walk_with(raw, limits, spool, &Control::default(), true).map(|w| w.expect("archives opened"))
 }
 
 /// The walk, when it opens no archive: the readings of a small message cost less than a
 /// thread hand-off, decompressing an archive (up to `max_decoded_bytes`, bzip2 at some tens
 /// of MB/s) may not, so None tells the caller to run [`walk`] where it may block.
 pub fn walk_unless_archives(raw: &[u8], limits: &Limits, spool: &Path) -> io::Result<Option<Walk>> {
-    walk_to(raw, limits, spool, false)
+    walk_with(raw, limits, spool, &Control::default(), false)
 }
 
-fn walk_to(raw: &[u8], limits: &Limits, spool: &Path, archives: bool) -> io::Result<Option<Walk>> {
+/// [`walk`] (or, without `archives`, [`walk_unless_archives`]) under `ctl`.
+pub fn walk_with(
+    raw: &[u8],
+    limits: &Limits,
+    spool: &Path,
+    ctl: &Control,
+    archives: bool,
+) -> io::Result<Option<Walk>> {
     let spool: Arc<Path> = spool.into();
-    let mut w = Collector::new(limits, &spool);
-    // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
-    // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
-    let tree = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut c = Collector::new(limits, &spool);
-        if let Some(m) = MessageParser::default().parse(raw) {
-            c.tree(&m, raw, 0);
+    let clock = Clock {
+        start: Instant::now(),
+        max: limits.max_time,
+        cancel: ctl.cancel.clone(),
+    };
+    let new = || Collector::new(limits, &spool, &clock, &ctl.budget);
+    let mut w = new();
+    // mail-parser builds (and drops, and copies an encoded one) a nested message/rfc822
+    // recursively: thousands deep overflow the stack, which no catch_unwind catches. Past
+    // MAX_NESTED_MESSAGES possible nestings the tree is not built at all.
+    let nested = nested_messages(raw);
+    if nested > MAX_NESTED_MESSAGES {
+        w.stop(
+            LimitKind::Depth,
+            format!(
+                "more than {MAX_NESTED_MESSAGES} nested message/rfc822 or digest parts: \
+                 MIME structure not parsed"
+            ),
+        );
+    } else {
+        // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
+        // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
+        let tree = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut c = new();
+                if let Some(m) = MessageParser::default().parse(raw) {
+                    c.tree(&m, raw, 0);
+                }
+                c
+            }))
+        };
+        // With nested messages, on a thread whose stack is known to hold MAX_NESTED_MESSAGES
+        // levels (the caller's may be a 2 MiB tokio thread); without, where it is.
+        let tree = match nested {
+            0 => Ok(tree()),
+            _ => std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("mime-parse".into())
+                    .stack_size(PARSER_STACK)
+                    .spawn_scoped(s, tree)
+                    .map(|t| t.join().unwrap_or_else(Err))
+            }),
+        };
+        match tree {
+            Ok(Ok(c)) => w = c,
+            Ok(Err(_)) => w.walk.parser_failed = true,
+            Err(e) => w.fail(e),
         }
-        c
-    }));
-    match tree {
-        Ok(c) => w = c,
-        Err(_) => w.walk.parser_failed = true,
     }
     raw_blocks(raw, &mut w);
     // Archives found so far, and archives among their members, in turn (a zip in a .tar.gz).
     let mut i = 0;
-    while i < w.walk.parts.len() && !w.full() {
+    while i < w.walk.parts.len() && !w.full() && !w.over_time() {
         if let Some(kind) = Archive::sniff(&w.walk.parts[i].contents) {
             if !archives {
                 return Ok(None);
@@ -553,10 +638,22 @@ struct Collector {
     /// (too deep, a bomb, an encrypted member) end only that branch: the other parts, and the
     /// structure-blind reading, still count (a virus one level too deep is still found).
     halted: bool,
+    /// Parts counted against `max_parts`: those kept, and archive members dropped as
+    /// duplicates (decompressed all the same).
+    counted: usize,
+    clock: Clock,
+    budget: Option<Arc<crate::message::Budget>>,
+    /// The memory of the decoder being read (xz, 7z, bzip2), taken from `budget`.
+    decoder: Option<Arc<std::sync::Mutex<DecoderMemory>>>,
 }
 
 impl Collector {
-    fn new(limits: &Limits, spool: &Arc<Path>) -> Collector {
+    fn new(
+        limits: &Limits,
+        spool: &Arc<Path>,
+        clock: &Clock,
+        budget: &Option<Arc<crate::message::Budget>>,
+    ) -> Collector {
         Collector {
             walk: Walk::default(),
             seen: HashSet::new(),
@@ -570,6 +667,10 @@ impl Collector {
             hash: RandomState::new(),
             error: None,
             halted: false,
+            counted: 0,
+            clock: clock.clone(),
+            budget: budget.clone(),
+            decoder: None,
         }
     }
 
@@ -577,10 +678,52 @@ impl Collector {
         self.halted || self.error.is_some()
     }
 
+    /// Whether the walk's time is up or its session ended: then it stops, and says why.
+    fn over_time(&mut self) -> bool {
+        if self.halted {
+            return true;
+        }
+        match self.clock.out() {
+            Some(why) => {
+                self.stop(LimitKind::Time, why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts counting a decoder's memory against the budget: `fixed` bytes now, and for an
+    /// LZMA window also twice what it has put out (it grows geometrically with its output, up
+    /// to the dictionary size). False (and the walk stopped) when the budget cannot give it.
+    fn decoder_memory(&mut self, fixed: usize, window: bool) -> bool {
+        let mut d = DecoderMemory {
+            hold: crate::message::MemoryHold::new(self.budget.clone()),
+            fixed,
+            window,
+            out: 0,
+            starved: false,
+        };
+        if d.account(0).is_err() {
+            self.stop(LimitKind::Memory, MEMORY_DETAIL.into());
+            return false;
+        }
+        self.decoder = Some(Arc::new(std::sync::Mutex::new(d)));
+        true
+    }
+
+    fn decoder_starved(&self) -> bool {
+        self.decoder
+            .as_ref()
+            .is_some_and(|d| d.lock().map(|d| d.starved).unwrap_or(true))
+    }
+
     /// Records why the walk could not look at everything (the first reason is kept); a count
     /// limit also ends the walk.
     fn stop(&mut self, kind: LimitKind, detail: String) {
-        if matches!(kind, LimitKind::Parts | LimitKind::Bytes) {
+        if matches!(
+            kind,
+            LimitKind::Parts | LimitKind::Bytes | LimitKind::Time | LimitKind::Memory
+        ) {
             self.halted = true;
         }
         if self.walk.limit.is_none() {
@@ -617,7 +760,7 @@ impl Collector {
 
     /// Keeps a part unless its contents were seen already; false once a limit is hit.
     fn add(&mut self, part: Part) -> bool {
-        if self.full() {
+        if self.full() || self.over_time() {
             return false;
         }
         // An empty part is kept only when it has a name (an archive member that could not be
@@ -634,12 +777,15 @@ impl Collector {
         part.other_names.hash(&mut h);
         let named = h.finish();
         let contents = part.contents.digest;
-        if self.seen.contains(&named)
-            || part.name.is_none() && self.contents_seen.contains(&contents)
-        {
+        let duplicate = self.seen.contains(&named)
+            || part.name.is_none() && self.contents_seen.contains(&contents);
+        // A duplicate found in the message costs what the message's size bounds; an archive
+        // member was decompressed to find out (2,000 entries pointing at one 15 MiB member):
+        // it counts towards max_parts and max_decoded_bytes as if kept.
+        if duplicate && part.containers.is_empty() {
             return true;
         }
-        if self.walk.parts.len() >= self.limits.max_parts {
+        if self.counted >= self.limits.max_parts {
             self.stop(
                 LimitKind::Parts,
                 format!("more than {} parts", self.limits.max_parts),
@@ -654,9 +800,13 @@ impl Collector {
             );
             return false;
         }
+        self.counted += 1;
+        self.bytes += len;
+        if duplicate {
+            return true;
+        }
         self.seen.insert(named);
         self.contents_seen.insert(contents);
-        self.bytes += len;
         self.memory += part.contents.memory();
         self.walk.parts.push(part);
         true
@@ -687,7 +837,7 @@ impl Collector {
             std::borrow::Cow::Owned(_) => None,
         };
         for p in &m.parts {
-            if self.full() {
+            if self.full() || self.over_time() {
                 return;
             }
             let declared = p.content_type().map(|c| match c.subtype() {
@@ -799,10 +949,31 @@ impl Collector {
     /// tell a member that goes on past it.
     fn read_member(&mut self, r: impl Read, cap: Cap, name: &str) -> Got {
         let mut sink = self.sink();
-        let read = io::copy(&mut r.take(cap.bytes.saturating_add(1)), &mut sink);
+        let guarded = Guarded {
+            inner: r,
+            clock: self.clock.clone(),
+            decoder: self.decoder.clone(),
+        };
+        let read = io::copy(&mut guarded.take(cap.bytes.saturating_add(1)), &mut sink);
         if let Some(e) = sink.failed.take() {
             self.fail(e);
             return Got::Nothing;
+        }
+        if self.over_time() {
+            return Got::Nothing;
+        }
+        if self.decoder_starved() {
+            self.stop(LimitKind::Memory, MEMORY_DETAIL.into());
+            return Got::Nothing;
+        }
+        if let Err(e) = &read {
+            if e.kind() == io::ErrorKind::OutOfMemory {
+                self.stop(
+                    LimitKind::Decoder,
+                    format!("archive member {name} needs more decoder memory than 64 MiB"),
+                );
+                return Got::Nothing;
+            }
         }
         let contents = match sink.finish() {
             Ok(c) => c,
@@ -877,7 +1048,24 @@ impl Collector {
                 );
                 return;
             }
-            // Not a readable 7z (or beyond the decoder memory limit): clamd still scans it.
+            Err(Error::MaxMemLimited {
+                max_kb,
+                actaul_kb: actual_kb,
+            }) => {
+                self.stop(
+                    LimitKind::Decoder,
+                    format!("7z archive needs {actual_kb} KiB of decoder memory (limit {max_kb})"),
+                );
+                return;
+            }
+            Err(Error::UnsupportedCompressionMethod(m)) => {
+                self.stop(
+                    LimitKind::Decoder,
+                    format!("7z archive compressed with {m}, which postsift does not read"),
+                );
+                return;
+            }
+            // Not a readable 7z: clamd still scans it.
             Err(_) => return,
         };
         // Encrypted contents under names in the clear: keep the names, say why it stops.
@@ -899,8 +1087,12 @@ impl Collector {
         let packed: u64 = archive.pack_sizes().iter().sum();
         let mut reader = ArchiveReader::from_archive(archive, src, Password::empty());
         reader.set_thread_count(1);
-        // An error ends the listing: a broken block, a bad checksum (clamd still scans it).
-        let _ = reader.for_each_entries_with_decision(|entry, r| {
+        if !self.decoder_memory(DECODER_OVERHEAD, true) {
+            return;
+        }
+        // An error ends the listing: a broken block, a bad checksum (clamd still scans it); a
+        // block beyond the decoder limit or in a method postsift does not read is UNCHECKED.
+        let listed = reader.for_each_entries_with_decision(|entry, r| {
             if entry.is_directory() {
                 return Ok(EntryDecision::Continue);
             }
@@ -918,6 +1110,21 @@ impl Collector {
                 Got::Nothing => EntryDecision::Stop,
             })
         });
+        self.decoder = None;
+        match listed {
+            Err(Error::MaxMemLimited {
+                max_kb,
+                actaul_kb: actual_kb,
+            }) => self.stop(
+                LimitKind::Decoder,
+                format!("7z block needs {actual_kb} KiB of decoder memory (limit {max_kb})"),
+            ),
+            Err(Error::UnsupportedCompressionMethod(m)) => self.stop(
+                LimitKind::Decoder,
+                format!("7z block compressed with {m}, which postsift does not read"),
+            ),
+            _ => {}
+        }
     }
 
     /// A zip's members, each decompressed within the limits.
@@ -927,7 +1134,7 @@ impl Collector {
             return;
         };
         for i in 0..zip.len() {
-            if self.full() {
+            if self.full() || self.over_time() {
                 return;
             }
             let Ok(meta) = zip.by_index_raw(i) else {
@@ -954,8 +1161,19 @@ impl Collector {
             let got = match zip.by_index(i) {
                 Ok(file) => self.read_member(file, cap, name.as_deref().unwrap_or("-")),
                 // A compression method postsift does not read (clamd may): the name still
-                // counts for the banned-file rules.
-                Err(_) => Got::Member(Contents::default(), true),
+                // counts for the banned-file rules, and the message is UNCHECKED.
+                Err(e) => {
+                    if let zip::result::ZipError::UnsupportedArchive(why) = e {
+                        self.stop(
+                            LimitKind::Decoder,
+                            format!(
+                                "archive member {} not opened: {why}",
+                                name.as_deref().unwrap_or("-")
+                            ),
+                        );
+                    }
+                    Got::Member(Contents::default(), true)
+                }
             };
             match got {
                 Got::Member(contents, _) => {
@@ -978,7 +1196,7 @@ impl Collector {
         // (the tar crate would read them whole, whatever their size).
         let mut long_name: Option<String> = None;
         for entry in entries.raw(true) {
-            if self.full() {
+            if self.full() || self.over_time() {
                 return;
             }
             // A broken header ends the listing: what follows cannot be trusted to line up.
@@ -1042,14 +1260,21 @@ impl Collector {
                 (got, inner.or(outer))
             }
             Archive::Bzip2 => {
+                if !self.decoder_memory(BZIP2_MEMORY, false) {
+                    return;
+                }
                 let d = bzip2::read::MultiBzDecoder::new(src);
                 (self.read_member(d, cap, &label), outer)
             }
             _ => {
+                if !self.decoder_memory(DECODER_OVERHEAD, true) {
+                    return;
+                }
                 let d = lzma_rust2::XzReader::new_mem_limit(src, true, xz_memory_limit_kb());
                 (self.read_member(d, cap, &label), outer)
             }
         };
+        self.decoder = None;
         if let Got::Member(contents, _) = got {
             // Nothing decoded: not this format after all (or unreadable): clamd still scans it.
             if !contents.is_empty() {
@@ -1135,6 +1360,101 @@ fn other_names(p: &mail_parser::MessagePart<'_>, first: Option<&str>) -> Vec<Str
 /// `$MAX_EXPANSION_QUOTA` is relative to the mail's size; a per-member ratio catches a bomb
 /// however small the mail around it).
 pub const MAX_RATIO: u64 = 100;
+
+/// message/rfc822 (or digest) parts a message may declare, its transfer-encoded bodies
+/// included, for mail-parser to be run on it: it nests them recursively (see
+/// [`nested_messages`]), on a thread with a [`PARSER_STACK`] stack.
+pub const MAX_NESTED_MESSAGES: usize = 1000;
+
+/// The stack mail-parser runs on when a message nests messages: 1,000 levels fit with room
+/// to spare in a debug build (a 2 MiB stack does not hold them); only the pages used are
+/// touched.
+const PARSER_STACK: usize = 16 << 20;
+
+/// What one xz or 7z decoder holds besides its window, and bzip2's block buffers (900k
+/// blocks: four bytes per byte, plus the block).
+const DECODER_OVERHEAD: usize = 1 << 20;
+const BZIP2_MEMORY: usize = 4 << 20;
+
+const MEMORY_DETAIL: &str =
+    "decoder memory not available: server.max_memory is held by the messages in flight";
+
+/// The walk's clock: its start, its `max_walk_time`, and its session's cancel flag.
+#[derive(Debug, Clone)]
+struct Clock {
+    start: Instant,
+    max: Duration,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Clock {
+    /// Why the walk must stop now, if it must.
+    fn out(&self) -> Option<String> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Some("walk cancelled: its session ended".into());
+        }
+        (self.start.elapsed() >= self.max)
+            .then(|| format!("walk took longer than {} s", self.max.as_secs_f64()))
+    }
+}
+
+/// One decoder's memory, held from the budget as it grows.
+struct DecoderMemory {
+    hold: crate::message::MemoryHold,
+    fixed: usize,
+    /// An LZMA window, growing with the output.
+    window: bool,
+    out: u64,
+    starved: bool,
+}
+
+impl DecoderMemory {
+    fn account(&mut self, n: usize) -> io::Result<()> {
+        self.out = self.out.saturating_add(n as u64);
+        let window = match self.window {
+            true => (self.out.saturating_mul(2) as usize).min(XZ_MAX_DICT as usize),
+            false => 0,
+        };
+        let want = self.fixed + window;
+        if want > self.hold.held() {
+            // In steps of 1 MiB, not per read.
+            let want = want.next_multiple_of(1 << 20);
+            if let Err(e) = self.hold.grow_to(want) {
+                self.starved = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An archive member's reader, checked at every read: the walk's time and session, and the
+/// decoder's memory.
+struct Guarded<R> {
+    inner: R,
+    clock: Clock,
+    decoder: Option<Arc<std::sync::Mutex<DecoderMemory>>>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.clock.out().is_some() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "walk time is up"));
+        }
+        let n = self.inner.read(buf)?;
+        if let Some(d) = &self.decoder {
+            let mut d = d
+                .lock()
+                .map_err(|_| io::Error::other("decoder memory lock poisoned"))?;
+            d.account(n)?;
+        }
+        Ok(n)
+    }
+}
 
 /// Bytes of a GNU long name or a pax header read at most (Linux's PATH_MAX is 4096).
 const MAX_NAME: u64 = 64 * 1024;
@@ -1355,6 +1675,160 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
     flush(&mut run, w, armed);
 }
 
+/// How many message/rfc822 parts mail-parser could nest in `raw`, at most (a cheap upper
+/// bound, read before it runs): every `message` type token (`message` followed by `/` or a
+/// comment, any case), every boundary line when a digest is declared (its parts default to
+/// message/rfc822), and the same within every transfer-encoded body, decoded as mail-parser
+/// would (base64 through padding and white space; quoted-printable), three encodings deep as
+/// mail-parser goes. Counting stops past [`MAX_NESTED_MESSAGES`].
+pub fn nested_messages(raw: &[u8]) -> usize {
+    nested_at(raw, 0)
+}
+
+/// mail-parser parses a transfer-encoded message/rfc822 body from its decoded copy, this
+/// many encodings deep (its MAX_NESTED_ENCODED).
+const ENCODED_LEVELS: usize = 3;
+
+fn nested_at(raw: &[u8], level: usize) -> usize {
+    let mut n = message_tokens(raw);
+    if find_ci(raw, b"digest") {
+        n += raw
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"--"))
+            .count();
+    }
+    // No message part: nothing is parsed from a decoded body either.
+    if n == 0 || n > MAX_NESTED_MESSAGES || level >= ENCODED_LEVELS {
+        return n;
+    }
+    // Runs of lines mail-parser's base64 decoder would read: base64 letters, padding and white
+    // space only (blank lines included).
+    let b64_line = |l: &[u8]| {
+        l.iter()
+            .all(|&b| BASE64[b as usize] < PAD || matches!(b, b'=' | b' ' | b'\t' | b'\r'))
+    };
+    let mut start = None;
+    let mut at = 0;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let end = at + line.len();
+        match (b64_line(line.strip_suffix(b"\n").unwrap_or(line)), start) {
+            (true, None) => start = Some(at),
+            (false, Some(s)) => {
+                n += nested_at(&base64_through(&raw[s..at]), level + 1);
+                start = None;
+            }
+            _ => {}
+        }
+        if n > MAX_NESTED_MESSAGES {
+            return n;
+        }
+        at = end;
+    }
+    if let Some(s) = start {
+        n += nested_at(&base64_through(&raw[s..]), level + 1);
+    }
+    if n <= MAX_NESTED_MESSAGES && find_ci(raw, b"quoted-printable") {
+        n += nested_at(&qp_lenient(raw), level + 1);
+    }
+    n
+}
+
+/// `message` tokens as a Content-Type's type: `message`, any case, then `/` or a comment after
+/// optional white space.
+fn message_tokens(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(b'm', b'M', &raw[at..]) {
+        let i = at + i;
+        at = i + 1;
+        if raw.len() - i < 7 || !raw[i..i + 7].eq_ignore_ascii_case(b"message") {
+            continue;
+        }
+        let next = raw[i + 7..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .copied();
+        if matches!(next, Some(b'/' | b'(')) {
+            n += 1;
+            if n > MAX_NESTED_MESSAGES {
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// Whether `needle` (lower case ASCII) is in `hay`, any case.
+fn find_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let first = needle[0];
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(first, first.to_ascii_uppercase(), &hay[at..]) {
+        let i = at + i;
+        if hay
+            .get(i..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        {
+            return true;
+        }
+        at = i + 1;
+    }
+    false
+}
+
+/// base64 as mail-parser decodes a body: letters outside the alphabet skipped, and padding
+/// ending a group without ending the decoding.
+fn base64_through(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let (mut acc, mut n) = (0u32, 0u8);
+    for &c in input {
+        let v = BASE64[c as usize];
+        if v < PAD {
+            acc = acc << 6 | u32::from(v);
+            n += 1;
+            if n == 4 {
+                out.extend_from_slice(&acc.to_be_bytes()[1..]);
+                (acc, n) = (0, 0);
+            }
+        } else if c == b'=' && n >= 2 {
+            let bytes = (acc << (6 * (4 - u32::from(n)))).to_be_bytes();
+            out.extend_from_slice(&bytes[1..usize::from(n)]);
+            (acc, n) = (0, 0);
+        }
+    }
+    out
+}
+
+/// Quoted-printable decoded leniently: `=XX` is the byte, `=` at a line's end joins lines,
+/// anything else stays.
+fn qp_lenient(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'=' {
+            match (input.get(i + 1), input.get(i + 2)) {
+                (Some(&a), Some(&b)) if hex(a).is_some() && hex(b).is_some() => {
+                    out.push(hex(a).unwrap_or(0) << 4 | hex(b).unwrap_or(0));
+                    i += 3;
+                    continue;
+                }
+                (Some(b'\n'), _) => {
+                    i += 2;
+                    continue;
+                }
+                (Some(b'\r'), Some(b'\n')) => {
+                    i += 3;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
 /// A line that could belong to a base64 body: base64 letters only (and `=` padding at the
 /// end), at least 16 of them, no spaces.
 fn is_base64_line(line: &[u8]) -> bool {
@@ -1444,6 +1918,11 @@ fn uudecode_line(line: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&got);
 }
 
+// The hostile shapes of issue 16, shared with the integration tests and examples/hostile.rs.
+#[cfg(test)]
+#[path = "../../tests/integration/hostile.rs"]
+mod hostile;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1454,10 +1933,225 @@ mod tests {
         max_depth: 5,
         max_memory: 1 << 20,
         max_ratio: MAX_RATIO,
+        max_time: Duration::from_secs(3600),
     };
 
     fn walk(raw: &[u8], limits: &Limits) -> Walk {
         super::walk(raw, limits, &std::env::temp_dir()).expect("spill files can be written")
+    }
+
+    use super::hostile;
+
+    /// Runs `f` on a thread with a 2 MiB stack, as tokio's worker and blocking threads have:
+    /// a stack overflow aborts the test process (and failed the old code so).
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn limit(w: &Walk) -> Option<LimitKind> {
+        w.limit.as_ref().map(|l| l.kind)
+    }
+
+    #[test]
+    fn message_rfc822_nested_25000_to_1000000_deep_does_not_overflow_the_stack() {
+        for depth in [20_000, 25_000, 100_000, 1_000_000] {
+            let raw = hostile::nested_rfc822(depth);
+            let w = on_small_stack(move || walk(&raw, &LIMITS));
+            assert_eq!(limit(&w), Some(LimitKind::Depth), "{depth}: {:?}", w.limit);
+        }
+    }
+
+    #[test]
+    fn message_rfc822_nested_inside_a_base64_body_does_not_overflow_the_stack() {
+        for depth in [20_000, 100_000] {
+            let raw = hostile::nested_in_base64(depth);
+            let w = on_small_stack(move || walk(&raw, &LIMITS));
+            assert_eq!(limit(&w), Some(LimitKind::Depth), "{depth}: {:?}", w.limit);
+        }
+    }
+
+    /// Just under the pre-scan's bound, mail-parser runs (and the walk's own depth limit
+    /// stops it) on a 2 MiB stack: the bound leaves room.
+    #[test]
+    fn nesting_just_under_the_prescan_bound_parses_on_a_small_stack() {
+        let raw = hostile::nested_rfc822(MAX_NESTED_MESSAGES - 1);
+        assert_eq!(nested_messages(&raw), MAX_NESTED_MESSAGES - 1);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        let stop = w.limit.expect("too deep");
+        assert_eq!(stop.kind, LimitKind::Depth);
+        assert!(stop.detail.contains("deeper than 5"), "{stop}");
+        assert!(!w.parser_failed);
+        let raw = hostile::nested_in_base64(MAX_NESTED_MESSAGES - 1);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        assert!(w.limit.is_some());
+    }
+
+    #[test]
+    fn multipart_nested_100000_deep_does_not_overflow_the_stack() {
+        let raw = hostile::nested_multipart(100_000);
+        let w = on_small_stack(move || walk(&raw, &LIMITS));
+        assert!(w.parts.iter().any(|p| data(p) == b"hello"), "{:?}", w.limit);
+    }
+
+    #[test]
+    fn the_prescan_counts_what_mail_parser_nests_however_it_is_written() {
+        assert_eq!(
+            nested_messages(
+                b"Subject: x
+
+message / body
+"
+            ),
+            1
+        );
+        assert_eq!(
+            nested_messages(
+                b"Subject: x
+
+a message, plain
+"
+            ),
+            0
+        );
+        let folded = b"Content-Type: MESSAGE
+ (c) /RFC822
+
+Subject: y
+
+x
+";
+        assert_eq!(nested_messages(folded), 1);
+        // A digest's parts are message/rfc822 by default: every boundary line counts.
+        let digest = b"Content-Type: multipart/digest; boundary=d
+
+--d
+
+S: 1
+
+--d
+
+S: 2
+
+--d--
+";
+        assert_eq!(nested_messages(digest), 3);
+        // Quoted-printable hides the word; decoded, it counts.
+        let qp = b"Content-Type: message/rfc822
+Content-Transfer-Encoding: quoted-printable
+
+Content-Type: =6Dessage/rfc822
+
+x
+";
+        assert!(nested_messages(qp) >= 2);
+        assert!(nested_messages(&hostile::nested_in_base64(5000)) > MAX_NESTED_MESSAGES);
+    }
+
+    /// 2,000 central-directory entries pointing at one member: each decompressed, dropped as
+    /// a duplicate, and counted towards nothing (31.9 s of CPU, clean). Now every copy counts.
+    #[test]
+    fn zip_entries_pointing_at_one_member_count_towards_decoded_bytes() {
+        let zip = hostile::zip_one_member_many_entries(2_000, 300 << 10);
+        let w = walk(&hostile::mail_with("a.zip", &zip), &LIMITS);
+        assert_eq!(limit(&w), Some(LimitKind::Bytes), "{:?}", w.limit);
+        // Within max_parts too: 2,000 small copies stop at 100.
+        let zip = hostile::zip_one_member_many_entries(2_000, 10);
+        let w = walk(&hostile::mail_with("a.zip", &zip), &LIMITS);
+        assert_eq!(limit(&w), Some(LimitKind::Parts), "{:?}", w.limit);
+    }
+
+    #[test]
+    fn the_walk_stops_at_max_walk_time_and_when_cancelled() {
+        let raw = hostile::mail_with("b.zip", &hostile::zip_many(20, 32 << 10));
+        let w = walk(
+            &raw,
+            &Limits {
+                max_time: Duration::ZERO,
+                ..LIMITS
+            },
+        );
+        let stop = w.limit.expect("out of time");
+        assert_eq!(stop.kind, LimitKind::Time);
+        assert!(stop.detail.contains("longer than"), "{stop}");
+        let ctl = Control {
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            budget: None,
+        };
+        let w = walk_with(&raw, &LIMITS, &std::env::temp_dir(), &ctl, true)
+            .unwrap()
+            .unwrap();
+        let stop = w.limit.expect("cancelled");
+        assert_eq!(stop.kind, LimitKind::Time);
+        assert!(stop.detail.contains("cancelled"), "{stop}");
+        // Not cancelled, in time: the whole zip is listed.
+        let w = walk(&raw, &LIMITS);
+        assert_eq!(w.limit, None);
+        assert_eq!(w.parts.iter().filter(|p| p.found == "zip").count(), 20);
+    }
+
+    /// A PE inside an xz whose header asks for a 1.5 GiB dictionary was not opened, and the
+    /// message was clean.
+    #[test]
+    fn an_xz_beyond_the_decoder_limit_is_unchecked_not_clean() {
+        let xz = hostile::xz_big_dictionary(b"MZ\x90\x00 a program");
+        let w = walk(&hostile::mail_with("setup.exe.xz", &xz), &LIMITS);
+        let stop = w.limit.expect("not opened");
+        assert_eq!(stop.kind, LimitKind::Decoder, "{stop}");
+        // The same with the dictionary it was written with is opened.
+        let xz = hostile::xz(b"MZ\x90\x00 a program");
+        let w = walk(&hostile::mail_with("setup.exe.xz", &xz), &LIMITS);
+        assert_eq!(w.limit, None);
+        assert!(w.parts.iter().any(|p| data(p) == b"MZ\x90\x00 a program"));
+    }
+
+    /// A solid 7z of 2,000 × 1 MiB took 113 MB of RSS outside server.max_memory. Its decoder
+    /// window now comes from the budget: too small a budget stops the walk (452 4.3.1), enough
+    /// of it lists the archive, and all of it is given back.
+    #[test]
+    fn seven_z_and_xz_decoder_memory_comes_from_the_budget() {
+        let seven = hostile::mail_with("c.7z", &hostile::sevenz_solid(20, 128 << 10));
+        let xz = hostile::mail_with("d.xz", &hostile::xz(&hostile::compressible(3 << 20, 3)));
+        let limits = Limits {
+            max_bytes: 64 << 20,
+            ..LIMITS
+        };
+        for raw in [seven, xz] {
+            let budget = crate::message::Budget::new(512 << 10, 10);
+            let ctl = Control {
+                cancel: None,
+                budget: Some(budget.clone()),
+            };
+            let spool = std::env::temp_dir();
+            let w = walk_with(&raw, &limits, &spool, &ctl, true)
+                .unwrap()
+                .unwrap();
+            assert_eq!(limit(&w), Some(LimitKind::Memory), "{:?}", w.limit);
+            assert_eq!(budget.memory(), 0);
+            let budget = crate::message::Budget::new(64 << 20, 10);
+            let ctl = Control {
+                cancel: None,
+                budget: Some(budget.clone()),
+            };
+            let w = walk_with(&raw, &limits, &spool, &ctl, true)
+                .unwrap()
+                .unwrap();
+            assert_eq!(w.limit, None);
+            assert!(w.parts.len() > 1);
+            assert_eq!(budget.memory(), 0);
+        }
+    }
+
+    fn clock() -> Clock {
+        Clock {
+            start: Instant::now(),
+            max: Duration::from_secs(3600),
+            cancel: None,
+        }
     }
 
     fn data(p: &Part) -> Vec<u8> {
@@ -1555,7 +2249,7 @@ mod tests {
         );
         let raw = msg.as_bytes();
         let spool: Arc<Path> = std::env::temp_dir().into();
-        let mut c = Collector::new(&LIMITS, &spool);
+        let mut c = Collector::new(&LIMITS, &spool, &clock(), &None);
         let m = MessageParser::default().parse(raw).unwrap();
         c.tree(&m, raw, 0);
         assert_eq!(c.walk.parts.len(), 1);
@@ -2098,6 +2792,8 @@ Content-Type: text/plain; name=\"=?utf-8?q?enc=2Evbs?=\"\r\n\r\nhi\r\n--b--\r\n"
                 ..LIMITS
             },
             &spool,
+            &clock(),
+            &None,
         );
         let mut bytes = noise(3 * CHUNK);
         // A needle straddling the first read-back piece's end.

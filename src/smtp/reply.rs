@@ -285,6 +285,11 @@ fn tempfailed(id: &str, t: &Tempfail) -> Reply {
             "4.7.0",
             format!("Try again later, id={id} - UNCHECKED: {}", one_line(why)),
         ),
+        Tempfail::Resources(why) => Reply::new(
+            452,
+            "4.3.1",
+            format!("Insufficient system resources, id={id} - {why}"),
+        ),
         Tempfail::Quarantine(why) => Reply::new(
             451,
             "4.3.0",
@@ -394,6 +399,13 @@ fn overall(d: &Delivery) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_walk_without_decoder_memory_is_452_4_3_1() {
+        let r = tempfailed("ID", &Tempfail::Resources("busy".into()));
+        assert_eq!((r.code, r.enhanced), (452, Some("4.3.1")), "{r:?}");
+        assert!(r.text.contains("id=ID - busy"), "{r:?}");
+    }
 
     fn wire(r: &Reply) -> String {
         let mut v = Vec::new();

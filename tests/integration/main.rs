@@ -7,6 +7,7 @@ mod client; // a small async SMTP/LMTP client
 mod dns_peer; // starts a real DNS server: unbound with the tests' local data
 mod greylist_peers; // starts the greylisting peers: postgrey, redis-server; a policy client
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
+mod hostile; // hostile message shapes of issue 16 (nesting, archive bombs, big dictionaries), shared with examples/hostile.rs
 mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
 mod util; // postsift in-process on port 0, shared peers
 
