@@ -710,7 +710,8 @@ fn postsift_scan_shows_the_results_and_the_header() {
         "auth:       spf=pass smtp.mailfrom=a@spf-pass.test",
         "auth:       dmarc=pass (p=none dis=none) header.from=dkim.test",
         "auth rules: DKIM_SIGNED=0.1, DKIM_VALID=-0.1, DKIM_VALID_AU=-0.1, DMARC_PASS=-0.001",
-        "---\nAuthentication-Results: mx.test.local;\r\n dkim=pass",
+        // Printed for a terminal: one line each, LF, control characters escaped.
+        "---\nAuthentication-Results: mx.test.local;\n dkim=pass",
     ] {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }
