@@ -1,7 +1,8 @@
 //! The fault soak behind `scripts/soak.sh`: N messages (default 10,000) through a real Postfix
 //! (front smtpd, content_filter by LMTP) → the release `postsift run` → a second Postfix instance
 //! on the reinjection port → an LMTP sink that records every Message-ID, while clamd and spamd
-//! are SIGKILLed and restarted, the reinjection Postfix is stopped and started, and postsift gets
+//! are SIGKILLed and restarted, spamd and the resolver (a private unbound) hang (SIGSTOP, then
+//! SIGCONT), the reinjection Postfix is stopped and started, and postsift gets
 //! SIGHUP, SIGTERM (restarted after its drain) and SIGKILL (restarted) at random. It then checks
 //! that every message was delivered exactly once (EICAR ones discarded), that both Postfix queues
 //! drained, and how much memory postsift used, within a time limit.
@@ -34,10 +35,17 @@ use std::time::{Duration, Instant, SystemTime};
 // harness.rs allows dead code itself.
 #[path = "../tests/integration/harness.rs"]
 mod harness;
+// The tests' private unbound: postsift's resolver, SIGSTOPped for the hung-resolver fault.
+#[path = "../tests/integration/dns_peer.rs"]
+#[allow(dead_code)]
+mod dns_peer;
 
 use harness::{localhost, port_open, SmtpClient};
 
 const SENDER: &str = "soak@postsift.test";
+/// Each message's From is `soak@m<i>.<this>`: a domain never seen before, so its DMARC lookup
+/// goes to the resolver (and waits on it while it hangs) instead of postsift's cache.
+const SENDER_DOMAIN: &str = "postsift.test";
 const RCPT_DOMAIN: &str = "soak.test";
 const SINK_NAME: &str = "sink.soak.local";
 const FILTER_NAME: &str = "filter.soak.local";
@@ -211,7 +219,7 @@ fn message(i: usize, spec: &Spec, seed: u64) -> Vec<u8> {
     }
     let to: Vec<String> = (0..spec.rcpts).map(rcpt).collect();
     format!(
-        "From: Soak Sender <{SENDER}>\r\nTo: {to}\r\nSubject: soak message {i} ({kind:?})\r\n\
+        "From: Soak Sender <soak@m{i}.{SENDER_DOMAIN}>\r\nTo: {to}\r\nSubject: soak message {i} ({kind:?})\r\n\
          Date: {date}\r\nMessage-ID: <soak-{i}@postsift.test>\r\nMIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=us-ascii\r\nX-Soak-Body: {hash:016x}\r\n\r\n{body}",
         to = to.join(", "),
@@ -988,6 +996,7 @@ struct PostsiftCtl {
     reinject_to: SocketAddr,
     clamd: PathBuf,
     spamd: SocketAddr,
+    resolver: SocketAddr,
     metrics_port: u16,
     child: Option<Child>,
     watchdog: Option<harness::Watchdog>,
@@ -1009,6 +1018,7 @@ impl PostsiftCtl {
              timeout = 60\n\
              [spamd]\nendpoints = [\"{spamd}\"]\non_failure = \"tempfail\"\nconnect_timeout = 5\n\
              io_timeout = 20\ntimeout = 30\nmax_size = {SPAMD_MAX_SIZE}\n\
+             [dns]\nservers = [\"{resolver}\"]\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\nprobe_interval = 2\n\
              [log]\nlevel = \"info\"\n",
             listen = self.listen,
@@ -1016,6 +1026,7 @@ impl PostsiftCtl {
             reinject = self.reinject_to,
             clamd = self.clamd.display(),
             spamd = self.spamd,
+            resolver = self.resolver,
             metrics = self.metrics_port,
         )
     }
@@ -1160,6 +1171,9 @@ enum Fault {
     /// spamd SIGSTOPped (its parent and children): a real spamd that accepts (the kernel's
     /// backlog) and never answers, until SIGCONT.
     SpamdHang,
+    /// The resolver (a real unbound) SIGSTOPped: queries are read into its socket and never
+    /// answered, until SIGCONT.
+    ResolverHang,
     ReinjectStop,
     PostsiftHup,
     PostsiftTerm,
@@ -1172,6 +1186,7 @@ impl Fault {
             Fault::ClamdKill => "clamd SIGKILL+restart",
             Fault::SpamdKill => "spamd SIGKILL+restart",
             Fault::SpamdHang => "spamd SIGSTOP+SIGCONT (hung)",
+            Fault::ResolverHang => "resolver SIGSTOP+SIGCONT (hung)",
             Fault::ReinjectStop => "10025 Postfix stop+start",
             Fault::PostsiftHup => "postsift SIGHUP",
             Fault::PostsiftTerm => "postsift SIGTERM+restart",
@@ -1186,6 +1201,7 @@ struct Ctx {
     ledger: Arc<Mutex<Ledger>>,
     clamd: Mutex<ClamdCtl>,
     spamd: Mutex<SpamdCtl>,
+    resolver: Mutex<dns_peer::Unbound>,
     reinject: Mutex<ReinjectCtl>,
     postsift: Mutex<PostsiftCtl>,
     front: harness::Postfix,
@@ -1250,6 +1266,17 @@ impl Ctx {
                     None => Ok(", spamd was not running".into()),
                 }
             }
+            Fault::ResolverHang => match lock(&self.resolver).pid() {
+                Some(pid) => {
+                    let pid = pid.to_string();
+                    harness::signal(&pid, "STOP");
+                    // Past dns.timeout x attempts several times: postsift marks it down.
+                    sleep(rng.secs(25.0, 40.0));
+                    harness::signal(&pid, "CONT");
+                    Ok(String::new())
+                }
+                None => Ok(", the resolver was not running".into()),
+            },
             Fault::ReinjectStop => {
                 let mut r = lock(&self.reinject);
                 r.stop().and_then(|()| {
@@ -1633,6 +1660,8 @@ fn main() -> ExitCode {
     });
     let ledger = Arc::new(Mutex::new(Ledger::new(specs(p.n, p.seed))));
     let sink = start_sink(ledger.clone());
+    // No records: every name is NXDOMAIN, answered at once while unbound runs.
+    let resolver = dns_peer::Unbound::start(&[], None);
     let filter = localhost(harness::free_port());
     let metrics_port = harness::free_port();
 
@@ -1699,6 +1728,7 @@ fn main() -> ExitCode {
         reinject_to: reinject.reinject_addr(),
         clamd: clamd.socket.clone(),
         spamd: spamd.addr,
+        resolver: resolver.addr,
         metrics_port,
         child: None,
         watchdog: None,
@@ -1720,6 +1750,7 @@ fn main() -> ExitCode {
             child: None,
             watchdog: None,
         }),
+        resolver: Mutex::new(resolver),
         reinject: Mutex::new(ReinjectCtl {
             pf: reinject,
             master: None,
@@ -1773,6 +1804,7 @@ fn main() -> ExitCode {
                         Fault::ClamdKill,
                         Fault::SpamdKill,
                         Fault::SpamdHang,
+                        Fault::ResolverHang,
                     ],
                     ctx.p.seed ^ 1,
                 )

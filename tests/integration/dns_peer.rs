@@ -21,6 +21,12 @@ pub struct Unbound {
 }
 
 impl Unbound {
+    /// unbound's pid (None once stopped): the soak SIGSTOPs it to hang it.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self._peer.pid()
+    }
+
     /// Starts unbound answering `records` (zone-file lines: `name. TTL IN TYPE data`), and
     /// forwarding `silent_zone` (if any) to a socket that never answers. Blocks until it
     /// answers a query (30 s, then panics with its log).

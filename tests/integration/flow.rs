@@ -344,10 +344,18 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     let sink = Capture::start().await;
     // clamd scans 50 MB and the capture sink (debug build) reads it line by line: give both
     // time on a busy box.
+    // Walked whole too (the defaults walk 16 MiB and decode 32 MiB, and call a larger message
+    // UNCHECKED), with
+    // time for a debug build's walk of 50 MB on a busy box.
     let f = start_filter(
-        &config(Some(&clamd), Some(&spamd), sink.addr, "")
-            .replace("data_timeout = 10\n", "data_timeout = 300\n")
-            .replace("timeout = 20\n", "timeout = 300\n"),
+        &config(
+            Some(&clamd),
+            Some(&spamd),
+            sink.addr,
+            "[parts]\nmax_message_size = 52428800\nmax_decoded_bytes = 67108864\nmax_walk_time = 600\n",
+        )
+        .replace("data_timeout = 10\n", "data_timeout = 300\n")
+        .replace("timeout = 20\n", "timeout = 300\n"),
     )
     .await;
     let mut body = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();
@@ -359,7 +367,7 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     let r = send_one(f.addr, "big@example.org", &["b@example.com"], &body).await;
     assert_eq!(r.code, 250, "{r:?}");
     let m = sink.last();
-    assert!(m.data.ends_with(&body), "body changed");
+    assert!(m.data.ends_with(&body), "body changed: {}", m.headers());
     assert!(
         m.headers().contains("X-Spam-Status:"),
         "spamd saw the truncated copy"
