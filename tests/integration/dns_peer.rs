@@ -36,8 +36,20 @@ impl Unbound {
 
     /// Like [`Unbound::start`] on 127.0.0.1:`port` (where a stand-in listened before: the
     /// resolver "restarted"), nothing forwarded.
+    /// The port may be held for a moment by another socket (a test client's ephemeral TCP
+    /// port is drawn from the same range): tried again while unbound says it is in use.
     pub fn start_on(records: &[String], port: u16) -> Unbound {
-        Unbound::try_start(records, None, Some(port)).unwrap_or_else(|why| panic!("{why}"))
+        let mut tries = 0;
+        loop {
+            match Unbound::try_start(records, None, Some(port)) {
+                Ok(u) => return u,
+                Err(why) if why.contains("Address already in use") && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     fn try_start(

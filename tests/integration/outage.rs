@@ -305,6 +305,8 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     // Holds the resolver's port and never answers (its queries sit in the socket's buffer).
     let hung = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = hung.local_addr().unwrap().port();
+    // unbound will want the TCP port too: held, so that no client takes it as its own port.
+    let hung_tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
     let sink = Capture::start().await;
     let cfg = config(
         None,
@@ -356,7 +358,7 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     assert_eq!(metric(maddr, &skipped("dns")).await, before_skipped + 3.0);
 
     // The resolver is back: unbound on the same port.
-    drop(hung);
+    drop((hung, hung_tcp));
     let unbound = util::blocking(move || Unbound::start_on(&dns_records(), port)).await;
     wait_metric(maddr, &up("dns"), 1.0).await;
     n += 1;
