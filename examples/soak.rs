@@ -1532,11 +1532,18 @@ fn read_postsift_logs(gens: &[Gen]) -> PostsiftLogs {
             if line.contains("reload failed") {
                 out.reload_failed += 1;
             }
-            let Some(p) = line.find("postsift::message: message id=\"") else {
+            // `message id=ABC …` (the id is Display-formatted: no quotes; older logs had them).
+            const AT: &str = "postsift::message: message id=";
+            let Some(p) = line.find(AT) else {
                 continue;
             };
-            let rest = &line[p + 31..];
-            let id = rest.split('"').next().unwrap_or("").to_owned();
+            let rest = &line[p + AT.len()..];
+            let id = rest
+                .trim_start_matches('"')
+                .split(['"', ' '])
+                .next()
+                .unwrap_or("")
+                .to_owned();
             let at = line
                 .split_whitespace()
                 .next()

@@ -517,9 +517,10 @@ impl Scanners {
                 let spool = spool.clone();
                 // Held until the walk ends, even one whose session is gone (it stops at its
                 // next check of the cancel flag).
-                let slot = self.walk_slots.clone().acquire_owned().await.map_err(|e| {
-                    Failure::new(FailureKind::Protocol, format!("MIME walk: {e}"))
-                })?;
+                let slot =
+                    self.walk_slots.clone().acquire_owned().await.map_err(|e| {
+                        Failure::new(FailureKind::Protocol, format!("MIME walk: {e}"))
+                    })?;
                 tokio::task::spawn_blocking(move || {
                     let _slot = slot;
                     parts::walk_with(&raw, &limits, &spool, &ctl, true)
