@@ -348,14 +348,13 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     // UNCHECKED), with
     // time for a debug build's walk of 50 MB on a busy box.
     let f = start_filter(
-        &config(
+        &util::patient(util::test_config(
             Some(&clamd),
             Some(&spamd),
             sink.addr,
             "[parts]\nmax_message_size = 52428800\nmax_decoded_bytes = 67108864\nmax_walk_time = 600\n",
-        )
-        .replace("data_timeout = 10\n", "data_timeout = 300\n")
-        .replace("timeout = 20\n", "timeout = 300\n"),
+        ))
+        .toml(),
     )
     .await;
     let mut body = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();
