@@ -32,8 +32,9 @@ Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n--p\r\nContent-Type: text/p
 
 /// Runs `postsift quarantine --config cfg <args>`: (exit code, stdout, stderr).
 fn cli(cfg: &Path, args: &[&str]) -> (i32, String, String) {
-    let head = ["quarantine".as_ref(), "--config".as_ref(), cfg.as_os_str()];
-    util::postsift_out(head.into_iter().chain(args.iter().map(|a| a.as_ref())))
+    let mut all = vec!["quarantine".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    util::postsift_out(&all)
 }
 
 /// What postsift received of `body` once dot-unstuffed: what the test client sends

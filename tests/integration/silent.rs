@@ -2,13 +2,29 @@
 //! that hangs: the one fault a real peer cannot give on demand), shared by the fault and outage
 //! tests.
 
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
+
+/// Where a [`Silent`] listens.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        Ok(match self {
+            Listener::Tcp(l) => Box::new(l.accept().await?.0),
+            Listener::Unix(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
 
 /// A fake peer that accepts, reads everything, and never answers; it counts the connections
 /// and keeps what it read, so a test can wait until a given request has reached it.
@@ -25,31 +41,26 @@ impl Silent {
     /// A TCP one on 127.0.0.1.
     pub async fn tcp() -> Silent {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = Silent {
-            addr: l.local_addr().unwrap().to_string(),
-            ..Default::default()
-        };
-        let p = peer.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                p.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(p.clone().swallow(s));
-            }
-        });
-        peer
+        let addr = l.local_addr().unwrap().to_string();
+        Silent::serve(addr, Listener::Tcp(l))
     }
 
     /// A Unix-socket one in `dir`.
     pub fn unix(dir: &std::path::Path) -> Silent {
         let path = dir.join("silent.sock");
         let l = UnixListener::bind(&path).unwrap();
+        Silent::serve(path.display().to_string(), Listener::Unix(l))
+    }
+
+    /// Takes every connection of `listener` (counted) and swallows it.
+    fn serve(addr: String, listener: Listener) -> Silent {
         let peer = Silent {
-            addr: path.display().to_string(),
+            addr,
             ..Default::default()
         };
         let p = peer.clone();
         tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
+            while let Ok(s) = listener.accept().await {
                 p.accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(p.clone().swallow(s));
             }
@@ -58,7 +69,7 @@ impl Silent {
     }
 
     /// Reads everything the peer sends and never answers.
-    async fn swallow(self, mut s: impl tokio::io::AsyncRead + Unpin) {
+    async fn swallow(self, mut s: impl AsyncRead + Unpin) {
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = s.read(&mut buf).await {
             if n == 0 {

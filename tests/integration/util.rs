@@ -132,9 +132,7 @@ pub fn postsift_cmd() -> std::process::Command {
 }
 
 /// Runs the binary with `args`: (exit code, -1 if a signal ended it; stdout; stderr).
-pub fn postsift_out<S: AsRef<std::ffi::OsStr>>(
-    args: impl IntoIterator<Item = S>,
-) -> (i32, String, String) {
+pub fn postsift_out<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let out = postsift_cmd().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -144,7 +142,7 @@ pub fn postsift_out<S: AsRef<std::ffi::OsStr>>(
 }
 
 /// Runs the binary with `args`: (exit code, stdout and stderr together).
-pub fn postsift<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> (i32, String) {
+pub fn postsift<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let (code, out, err) = postsift_out(args);
     (code, format!("{out}{err}"))
 }

@@ -128,13 +128,7 @@ impl Clamd {
 impl Peer for Clamd {
     const NAME: &'static str = "clamd";
 
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
+    peer_process!();
 
     fn endpoint(&self) -> String {
         self.socket.display().to_string()

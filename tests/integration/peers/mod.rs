@@ -22,6 +22,47 @@
 //! kill(1), MD5 is taken with md5sum(1).
 #![allow(dead_code, unused_imports)]
 
+/// `process` and `process_mut` of a [`Peer`] whose [`PeerProcess`] is its `peer` field.
+macro_rules! peer_process {
+    () => {
+        fn process(&self) -> &PeerProcess {
+            &self.peer
+        }
+
+        fn process_mut(&mut self) -> &mut PeerProcess {
+            &mut self.peer
+        }
+    };
+}
+
+/// The whole [`Peer`] impl of a daemon without a protocol ping of its own (postgrey, redis):
+/// reached at its `addr`, run again as `program` with its `args`, ready once `addr` accepts
+/// connections.
+macro_rules! port_peer {
+    ($t:ty, $name:literal, $program:literal) => {
+        impl Peer for $t {
+            const NAME: &'static str = $name;
+            peer_process!();
+
+            fn endpoint(&self) -> String {
+                self.addr.to_string()
+            }
+
+            /// Its port accepts connections.
+            fn ping(&self) -> bool {
+                super::port_open(self.addr)
+            }
+
+            /// The same command line again (same port, same files), output appended to its
+            /// log; blocks until its port accepts connections (30 s, then panics).
+            fn start_again(&mut self) {
+                self.peer
+                    .run_until_port_open($program, &self.args, self.addr);
+            }
+        }
+    };
+}
+
 pub mod clamd;
 pub mod postfix;
 pub mod postgrey;

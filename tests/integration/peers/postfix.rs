@@ -291,13 +291,7 @@ impl Postfix {
 impl Peer for Postfix {
     const NAME: &'static str = "postfix";
 
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
+    peer_process!();
 
     /// The front smtpd.
     fn endpoint(&self) -> String {

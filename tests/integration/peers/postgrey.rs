@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{free_port, localhost, port_open, write_file, Peer, PeerProcess};
+use super::{free_port, localhost, write_file, Peer, PeerProcess};
 
 /// A running postgrey, foreground, as the `postgrey` user, with its BerkeleyDB in its temp dir.
 pub struct Postgrey {
@@ -54,33 +54,7 @@ impl Postgrey {
     }
 }
 
-impl Peer for Postgrey {
-    const NAME: &'static str = "postgrey";
-
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
-
-    fn endpoint(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// Its port accepts connections.
-    fn ping(&self) -> bool {
-        port_open(self.addr)
-    }
-
-    /// postgrey with the same options (port, database, whitelists), output appended to
-    /// postgrey.log; blocks until its port accepts connections (30 s, then panics).
-    fn start_again(&mut self) {
-        self.peer
-            .run_until_port_open("/usr/sbin/postgrey", &self.args, self.addr);
-    }
-}
+port_peer!(Postgrey, "postgrey", "/usr/sbin/postgrey");
 
 /// Writes the whitelist files both postgrey and postsift read in the differential test.
 pub fn write_whitelists(dir: &Path) -> (PathBuf, PathBuf) {

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 
-use super::{free_port, localhost, port_open, Peer, PeerProcess};
+use super::{free_port, localhost, Peer, PeerProcess};
 
 /// A running redis-server in its temp dir (its `--dir`).
 pub struct Redis {
@@ -46,30 +46,4 @@ impl Redis {
     }
 }
 
-impl Peer for Redis {
-    const NAME: &'static str = "redis";
-
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
-
-    fn endpoint(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// Its port accepts connections.
-    fn ping(&self) -> bool {
-        port_open(self.addr)
-    }
-
-    /// redis-server with the same options (same port), output appended to redis-server.log;
-    /// blocks until its port accepts connections (30 s, then panics).
-    fn start_again(&mut self) {
-        self.peer
-            .run_until_port_open("redis-server", &self.args, self.addr);
-    }
-}
+port_peer!(Redis, "redis", "redis-server");

@@ -204,13 +204,7 @@ impl Rspamd {
 impl Peer for Rspamd {
     const NAME: &'static str = "rspamd";
 
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
+    peer_process!();
 
     /// The normal worker.
     fn endpoint(&self) -> String {

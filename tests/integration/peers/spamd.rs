@@ -135,13 +135,7 @@ impl Spamd {
 impl Peer for Spamd {
     const NAME: &'static str = "spamd";
 
-    fn process(&self) -> &PeerProcess {
-        &self.peer
-    }
-
-    fn process_mut(&mut self) -> &mut PeerProcess {
-        &mut self.peer
-    }
+    peer_process!();
 
     fn endpoint(&self) -> String {
         self.addr.to_string()
