@@ -800,8 +800,8 @@ impl ClamdCtl {
 }
 
 /// spamd as the harness set it up; after a SIGKILL (of the parent and its children) the soak
-/// starts it again with the harness's arguments (see `Spamd::try_start` in harness.rs), on the
-/// same port.
+/// starts it again with the harness's arguments (see `Spamd::try_start` in peers/spamd.rs), on
+/// the same port.
 struct SpamdCtl {
     spamd: harness::Spamd,
     child: Option<Child>,
