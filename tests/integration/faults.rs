@@ -30,13 +30,7 @@ async fn drained(f: Filter) {
 async fn clamd_missing_tempfails_then_delivers_once_back() {
     let sink = Capture::start().await;
     let f = start_filter(&config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("4.5.0 Error in processing, id="), "{r:?}");
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
@@ -46,13 +40,7 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
     // The retry, once clamd is there, is delivered exactly once.
     let clamd = util::blocking(util::clamd).await;
     let f = start_filter(&config(Some(&clamd), None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     drained(f).await;
     assert_eq!(sink.count(), 1);
@@ -67,13 +55,7 @@ async fn clamd_missing_with_pass_policy_tags_unchecked() {
             .toml(),
     )
     .await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     let h = sink.last().headers();
     assert!(
@@ -90,13 +72,7 @@ async fn clamd_hanging_times_out_into_tempfail() {
     let sink = Capture::start().await;
     let cfg = test_config(Some(&silent.addr), None, sink.addr, "").set("clamd.timeout", 2);
     let f = start_filter(&cfg.toml()).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(
         r.text.contains("virus_scan FAILED") && r.text.contains("timed out"),
@@ -114,13 +90,7 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
         .set("spamd.timeout", 2)
         .set("spamd.io_timeout", 1);
     let f = start_filter(&cfg.toml()).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     assert!(
         !sink.last().headers().contains("X-Spam-"),
@@ -129,13 +99,7 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
     f.stop().await;
 
     let f = start_filter(&cfg.set("spamd.on_failure", "tempfail").toml()).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
     drained(f).await;
@@ -146,13 +110,7 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
 async fn reinjection_port_refusing_defers() {
     let closed = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let f = start_filter(&config(None, None, closed, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450, "{r:?}");
     assert!(
         r.text.contains("4.4.1 Can't connect to 127.0.0.1:"),
@@ -207,13 +165,7 @@ async fn reinjection_5xx_after_data_is_passed_back() {
     })
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.7.1 content refused"), "{r:?}");
     f.stop().await;
@@ -232,13 +184,7 @@ async fn reinjection_hanging_after_data_defers() {
             .toml(),
     )
     .await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450, "{r:?}");
     assert!(
         r.text.contains("4.4.2 Timed out during end of data"),
@@ -260,13 +206,7 @@ async fn client_vanishing_mid_data_delivers_nothing() {
         .await;
     drop(c);
     // The filter carries on.
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     // Once drained, the abandoned session has ended too: had it been going to deliver the half
     // message, it would have by now.
@@ -379,13 +319,7 @@ async fn clamd_size_limit_is_a_scanner_failure() {
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
     assert_eq!(sink.count(), 0);
     // A small message still passes through the same clamd.
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     drained(f).await;
     assert_eq!(
@@ -407,13 +341,7 @@ async fn stale_pooled_connection_is_replaced_without_a_tempfail() {
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     for i in 1..=3 {
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &fixture("clean.eml"),
-        )
-        .await;
+        let r = util::send_fixture(f.addr, "clean.eml").await;
         assert_eq!(r.code, 250, "message {i}: {r:?}");
     }
     drained(f).await;

@@ -182,19 +182,7 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
             let _ = self.0.wait();
         }
     }
-    let _child = Killed(
-        Command::new("prlimit")
-            .args([
-                "--nofile=256:256",
-                env!("CARGO_BIN_EXE_postsift"),
-                "run",
-                "--config",
-            ])
-            .arg(&cfg)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _child = Killed(run_with_nofile("256:256", &cfg));
     let ports = [smtp, metrics, release];
     assert!(
         peers::wait_until(std::time::Duration::from_secs(30), || ports
@@ -303,17 +291,7 @@ fn soft_nofile_limit_was_left_below_the_hard_limit() {
     );
     let cfg = tmp.path().join("postsift.toml");
     peers::write_file(&cfg, &toml);
-    let mut child = Command::new("prlimit")
-        .args([
-            "--nofile=256:2048",
-            env!("CARGO_BIN_EXE_postsift"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_with_nofile("256:2048", &cfg);
     let started = peers::wait_until(std::time::Duration::from_secs(30), || {
         peers::port_open(peers::localhost(smtp))
     });
@@ -330,4 +308,15 @@ fn soft_nofile_limit_was_left_below_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields.get(3..5), Some(&["2048", "2048"][..]), "{limits}");
     peers::finish_dir(Some(tmp));
+}
+
+/// `postsift run --config cfg` under `prlimit --nofile=<nofile>` (soft:hard), stderr dropped.
+fn run_with_nofile(nofile: &str, cfg: &std::path::Path) -> std::process::Child {
+    Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
+        .args([env!("CARGO_BIN_EXE_postsift"), "run", "--config"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }

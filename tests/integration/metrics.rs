@@ -138,13 +138,7 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
         .toml();
     let f = start_filter(&cfg).await;
     let maddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451);
     let (status, _) = http_get(maddr, "/readyz").await;
     assert_eq!(status, 503);
@@ -182,13 +176,7 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
         .toml();
     let f = start_filter(&cfg).await;
     let maddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450);
     let (_, text) = http_get(maddr, "/metrics").await;
     assert_eq!(

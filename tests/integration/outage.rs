@@ -81,13 +81,7 @@ async fn send_until_down(f: SocketAddr, maddr: SocketAddr, peer: &str, code: u16
         if metric(maddr, &up(peer)).await == 0.0 {
             return sent;
         }
-        let r = send_one(
-            f,
-            "a@example.org",
-            &["b@example.com"],
-            &fixture("clean.eml"),
-        )
-        .await;
+        let r = util::send_fixture(f, "clean.eml").await;
         assert_eq!(r.code, code, "{r:?}");
     }
     wait_metric(maddr, &up(peer), 0.0).await;
@@ -249,13 +243,7 @@ async fn spamd_hung_costs_down_after_timeouts_then_none() {
     );
     let before = metric(maddr, &skipped("spamd")).await;
     for _ in 0..3 {
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &fixture("clean.eml"),
-        )
-        .await;
+        let r = util::send_fixture(f.addr, "clean.eml").await;
         assert_eq!(r.code, 250, "on_failure = pass: {r:?}");
     }
     assert_eq!(
@@ -286,13 +274,7 @@ async fn reinjection_hung_answers_450_at_once_once_down() {
     let connections = hung.accepted.load(Ordering::SeqCst);
     let before = metric(maddr, &skipped("reinject")).await;
     for _ in 0..3 {
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &fixture("clean.eml"),
-        )
-        .await;
+        let r = util::send_fixture(f.addr, "clean.eml").await;
         assert_eq!(r.code, 450, "{r:?}");
         assert!(r.text.contains("marked down"), "{r:?}");
     }

@@ -14,10 +14,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::capture::Capture;
-use crate::client::{send_one, Client};
+use crate::client::Client;
 use crate::peers::{self, localhost};
 use crate::test_config::TestConfig;
-use crate::util::{self, fixture, http_get, postsift};
+use crate::util::{self, http_get, postsift};
 
 /// Every wait in this file is for an event; this only bounds how long a broken build hangs.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -149,13 +149,7 @@ const RELOADED: &str = "configuration reloaded";
 const FAILED: &str = "reload failed";
 
 async fn deliver(addr: SocketAddr) {
-    let r = send_one(
-        addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
 }
 

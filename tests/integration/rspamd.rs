@@ -4,6 +4,7 @@
 
 use crate::capture::Capture;
 use crate::client::send_one;
+use crate::flow::gtube_is_rejected_with_554;
 use crate::peers;
 use crate::util::{self, fixture, http_get, rspamd_config, start_filter};
 
@@ -79,20 +80,7 @@ async fn rspamd_action_reject_with_spam_reject_policy_answers_554() {
         .set("spam.action", "reject")
         .toml();
     let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "spammer@example.net",
-        &["bob@example.com"],
-        &fixture("gtube.eml"),
-    )
-    .await;
-    assert_eq!(r.code, 554, "{r:?}");
-    assert!(
-        r.text.contains("5.7.0 Reject, id=") && r.text.contains("- spam"),
-        "{r:?}"
-    );
-    assert_eq!(sink.count(), 0);
-    f.stop().await;
+    gtube_is_rejected_with_554(f, &sink).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,13 +88,7 @@ async fn rspamd_down_follows_on_failure() {
     let sink = Capture::start().await;
     let closed = format!("127.0.0.1:{}", peers::free_port());
     let f = start_filter(&rspamd_config(None, &closed, sink.addr, "").toml()).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     assert!(
         !sink.last().headers().contains("X-Spam-"),
@@ -118,13 +100,7 @@ async fn rspamd_down_follows_on_failure() {
         .set("rspamd.on_failure", "tempfail")
         .toml();
     let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
     assert_eq!(sink.count(), 1);

@@ -122,6 +122,12 @@ pub fn spamd() -> String {
     s.addr.to_string()
 }
 
+/// Sends the fixture message `name` from a@example.org to b@example.com in one session; the
+/// reply to its end of data.
+pub async fn send_fixture(addr: SocketAddr, name: &str) -> crate::client::Reply {
+    crate::client::send_one(addr, "a@example.org", &["b@example.com"], &fixture(name)).await
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(peers::fixtures().join("messages").join(name)).unwrap()
 }
