@@ -301,6 +301,11 @@ fn dmarc_message(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Sends [`dmarc_message`] `n` from a@example.org to b@example.com.
+async fn send_dmarc(f: SocketAddr, n: usize) -> Reply {
+    send_one(f, "a@example.org", &["b@example.com"], &dmarc_message(n)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted() {
     // Holds the resolver's port and never answers (its queries sit in the socket's buffer).
@@ -324,13 +329,7 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     let mut n = 0;
     while metric(maddr, &up("dns")).await == 1.0 && n < 10 {
         n += 1;
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &dmarc_message(n),
-        )
-        .await;
+        let r = send_dmarc(f.addr, n).await;
         assert_eq!(r.code, 250, "{r:?}");
     }
     wait_metric(maddr, &up("dns"), 0.0).await;
@@ -340,13 +339,7 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     );
     for _ in 0..3 {
         n += 1;
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &dmarc_message(n),
-        )
-        .await;
+        let r = send_dmarc(f.addr, n).await;
         assert_eq!(r.code, 250, "{r:?}");
         let h = sink.last().headers();
         assert!(h.contains("dmarc=temperror"), "{h}");
@@ -363,13 +356,7 @@ async fn resolver_hung_gives_temperror_at_once_and_is_used_again_once_restarted(
     let unbound = util::blocking(move || Unbound::start_on(&dns_records(), port)).await;
     wait_metric(maddr, &up("dns"), 1.0).await;
     n += 1;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &dmarc_message(n),
-    )
-    .await;
+    let r = send_dmarc(f.addr, n).await;
     assert_eq!(r.code, 250, "{r:?}");
     let h = sink.last().headers();
     assert!(h.contains("dmarc=fail (p=none"), "{h}");

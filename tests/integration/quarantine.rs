@@ -61,6 +61,29 @@ fn quarantined_id(r: &Reply) -> String {
     rest.split_whitespace().next().unwrap().to_owned()
 }
 
+/// A quarantine test's start: a temp dir, the quarantine dir `q` in it, the sink, the config
+/// ([`qconfig`] with `extra`, no scanners) written to `postsift.toml` there and as text, and
+/// postsift on it.
+async fn quarantine_filter(
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    Capture,
+    PathBuf,
+    String,
+    util::Filter,
+) {
+    let tmp = peers::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let toml = qconfig(&dir, None, None, sink.addr, extra);
+    let cfg = tmp.path().join("postsift.toml");
+    peers::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    (tmp, dir, sink, cfg, toml, f)
+}
+
 fn qconfig(
     dir: &Path,
     clamd: Option<&str>,
@@ -561,19 +584,8 @@ async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
 /// reinjection client now checks every address and parameter it writes, whatever its source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
-    let tmp = peers::private_dir("quarantine-");
-    let dir = tmp.path().join("q");
-    let sink = Capture::start().await;
-    let toml = qconfig(
-        &dir,
-        None,
-        None,
-        sink.addr,
-        "[banned]\naction = \"quarantine\"\n",
-    );
-    let cfg = tmp.path().join("postsift.toml");
-    peers::write_file(&cfg, &toml);
-    let f = start_filter(&toml).await;
+    let (tmp, dir, sink, cfg, _toml, f) =
+        quarantine_filter("[banned]\naction = \"quarantine\"\n").await;
     let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
     let id = quarantined_id(&replies[0]);
     f.stop().await;
@@ -833,19 +845,8 @@ async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purge_by_the_daemon_and_the_cli() {
-    let tmp = peers::private_dir("quarantine-");
-    let dir = tmp.path().join("q");
-    let sink = Capture::start().await;
-    let toml = qconfig(
-        &dir,
-        None,
-        None,
-        sink.addr,
-        "retention_days = 2\n[banned]\naction = \"quarantine\"\n",
-    );
-    let cfg = tmp.path().join("postsift.toml");
-    peers::write_file(&cfg, &toml);
-    let f = start_filter(&toml).await;
+    let (tmp, dir, _sink, cfg, toml, f) =
+        quarantine_filter("retention_days = 2\n[banned]\naction = \"quarantine\"\n").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let mut c = Client::greeted(f.addr).await;
