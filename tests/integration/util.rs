@@ -1,6 +1,8 @@
-//! Starting postsift in-process on 127.0.0.1:0 with a config written for the test, and the
-//! clamd, spamd and rspamd that all tests share (started once; a `static` is never dropped: the
-//! harness stops them when the test binary exits, see `peers::Peer`).
+//! Starting postsift in-process on 127.0.0.1:0 with a config written for the test (as text with
+//! [`config`], or key by key with [`test_config`]), the clamd, spamd and rspamd that all tests
+//! share (started once; a `static` is never dropped: the harness stops them when the test binary
+//! exits, see `peers::PeerProcess`), and the one runner of the `postsift` binary
+//! ([`postsift_cmd`], [`postsift_out`], [`postsift`]).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
