@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 #[path = "../tests/integration/capture.rs"]
 #[allow(dead_code)]
 mod capture;
-// harness.rs allows dead code itself.
-#[path = "../tests/integration/harness.rs"]
+// peers/mod.rs allows dead code itself.
+#[path = "../tests/integration/peers/mod.rs"]
 mod harness;
 
 const MESSAGES: &[(&str, &str)] = &[

@@ -32,15 +32,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime};
 
-// harness.rs allows dead code itself.
-#[path = "../tests/integration/harness.rs"]
+// The tests' peers (peers/mod.rs allows dead code itself); their private unbound is postsift's
+// resolver here, SIGSTOPped for the hung-resolver fault.
+#[path = "../tests/integration/peers/mod.rs"]
 mod harness;
-// The tests' private unbound: postsift's resolver, SIGSTOPped for the hung-resolver fault.
-#[path = "../tests/integration/dns_peer.rs"]
-#[allow(dead_code)]
-mod dns_peer;
 
-use harness::{localhost, port_open, SmtpClient};
+use harness::unbound as dns_peer;
+use harness::{localhost, port_open, Peer as _, SmtpClient};
 
 const SENDER: &str = "soak@postsift.test";
 /// Each message's From is `soak@m<i>.<this>`: a domain never seen before, so its DMARC lookup
@@ -802,8 +800,8 @@ impl ClamdCtl {
 }
 
 /// spamd as the harness set it up; after a SIGKILL (of the parent and its children) the soak
-/// starts it again with the harness's arguments (see `Spamd::try_start` in harness.rs), on the
-/// same port.
+/// starts it again with the harness's arguments (see `Spamd::try_start` in peers/spamd.rs), on
+/// the same port.
 struct SpamdCtl {
     spamd: harness::Spamd,
     child: Option<Child>,

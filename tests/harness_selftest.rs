@@ -1,4 +1,4 @@
-//! Tests of the test harness itself (tests/integration/harness.rs, rspamd_peer.rs), only of what
+//! Tests of the test harness itself (tests/integration/peers/), only of what
 //! the product's tests cannot see: that the peers the harness starts are really gone after
 //! `stop()`, after a panic and after the test process was killed, with their temp dirs; that the
 //! Postfix templates give a configuration `postfix check` does not complain about; and that the
@@ -7,13 +7,11 @@
 //!
 //! Run as root in a loopback-only namespace: `./scripts/test.sh --test harness_selftest`.
 
-#[path = "integration/harness.rs"]
-mod harness;
-#[path = "integration/rspamd_peer.rs"]
-mod rspamd_peer;
+#[path = "integration/peers/mod.rs"]
+mod peers;
 
-use harness::*;
-use rspamd_peer::Rspamd;
+use peers::rspamd as rspamd_peer;
+use peers::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

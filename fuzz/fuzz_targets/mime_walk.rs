@@ -6,36 +6,15 @@
 //! not be read is kept, empty, for the banned-file rules).
 #![no_main]
 
-use std::sync::Once;
+mod common;
 
 use libfuzzer_sys::fuzz_target;
-use postsift::scan::parts::{walk, Limits, MAX_RATIO};
+use postsift::scan::parts::{walk, Limits};
 
-const LIMITS: Limits = Limits {
-    max_parts: 50,
-    max_bytes: 256 * 1024,
-    max_depth: 4,
-    max_memory: 16 * 1024,
-    max_ratio: MAX_RATIO,
-    max_time: std::time::Duration::from_secs(3600),
-};
+const LIMITS: Limits = common::limits(std::time::Duration::from_secs(3600));
 
 fuzz_target!(|data: &[u8]| {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // libfuzzer-sys aborts on every panic, even a caught one: let mail-parser's unwind to
-        // the walk's catch_unwind, abort on any other.
-        let fuzzer_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info
-                .location()
-                .is_some_and(|l| l.file().contains("mail-parser"))
-            {
-                return;
-            }
-            fuzzer_hook(info);
-        }));
-    });
+    common::let_mail_parser_panics_unwind();
     // Err only when a spill file cannot be written: the machine's fault, not the input's.
     let Ok(w) = walk(data, &LIMITS, &std::env::temp_dir()) else {
         return;

@@ -6,37 +6,18 @@
 //! memory it took from the process-wide budget.
 #![no_main]
 
-use std::sync::Once;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use postsift::message::Budget;
-use postsift::scan::parts::{walk_with, Control, Limits, MAX_RATIO};
+use postsift::scan::parts::{walk_with, Control, Limits};
 
-const LIMITS: Limits = Limits {
-    max_parts: 50,
-    max_bytes: 256 * 1024,
-    max_depth: 4,
-    max_memory: 16 * 1024,
-    max_ratio: MAX_RATIO,
-    max_time: Duration::from_millis(500),
-};
+const LIMITS: Limits = common::limits(Duration::from_millis(500));
 
 fuzz_target!(|data: &[u8]| {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // As in mime_walk: mail-parser's panics unwind to the walk's catch_unwind.
-        let fuzzer_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info
-                .location()
-                .is_some_and(|l| l.file().contains("mail-parser"))
-            {
-                return;
-            }
-            fuzzer_hook(info);
-        }));
-    });
+    common::let_mail_parser_panics_unwind();
     // Small enough that a 7z or xz window can be refused (LimitKind::Memory).
     let budget = Budget::new(4 << 20, 4);
     let ctl = Control {

@@ -16,9 +16,10 @@ use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 
 use crate::capture::{Capture, Transaction};
 use crate::client::{Client, Reply};
-use crate::dns_peer::Unbound;
-use crate::harness;
-use crate::util::{base64, config, http_get, spamd, start_filter};
+use crate::peers;
+use crate::peers::unbound::Unbound;
+use crate::test_config::TestConfig;
+use crate::util::{self, base64, config, http_get, spamd, start_filter};
 
 /// The client address postsift is told of by XFORWARD; SPF records below authorise it or not.
 const CLIENT: &str = "192.0.2.10";
@@ -626,11 +627,10 @@ fn series(text: &str, line: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_and_auth_metrics_after_real_traffic() {
     let sink = Capture::start().await;
-    let maddr = harness::localhost(harness::free_port());
-    let cfg = auth_config(&sink, false, "").replace(
-        "[metrics]\nlisten = \"\"",
-        &format!("[metrics]\nlisten = \"{maddr}\""),
-    );
+    let maddr = peers::localhost(peers::free_port());
+    let cfg = TestConfig::parse(&auth_config(&sink, false, ""))
+        .set("metrics.listen", maddr.to_string())
+        .toml();
     let f = start_filter(&cfg).await;
     let from = "a@dkim.test";
     for _ in 0..2 {
@@ -697,7 +697,7 @@ fn postsift_scan_shows_the_results_and_the_header() {
     .unwrap();
     let msg = dir.path().join("m.eml");
     std::fs::write(&msg, signed("ed", &message("a@dkim.test", ""), 0)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["scan", "--config", cfg.to_str().unwrap()])
         .args(["--client-ip", CLIENT, "--helo", "mx.spf-pass.test"])
         .args(["--mail-from", "a@spf-pass.test", msg.to_str().unwrap()])
@@ -716,7 +716,7 @@ fn postsift_scan_shows_the_results_and_the_header() {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }
     // Without --client-ip: SPF not checked, and the output says why.
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args([
             "scan",
             "--config",

@@ -6,41 +6,13 @@
 //! refused); check-config's account of each bank.
 
 use std::net::SocketAddr;
-use std::process::Command;
 
-use postsift::config::Config;
 use postsift::quarantine::{Filter as ListFilter, Quarantine};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Behaviour, Capture, Transaction};
 use crate::client::Client;
-use crate::harness;
-use crate::util::{self, config, fixture, start_filter, Filter};
-
-/// Starts postsift on two listeners bound on port 0, configured as `127.0.0.1:10024` and
-/// `127.0.0.1:10026` (the keys banks match); returns the filter and the second address.
-async fn start_two(toml: &str) -> (Filter, SocketAddr) {
-    let toml = toml.replacen(
-        "[server]\n",
-        "[server]\nlisten = [\"127.0.0.1:10024\", \"127.0.0.1:10026\"]\n",
-        1,
-    );
-    let config = Config::parse(&toml, std::path::Path::new("test.toml")).expect("test config");
-    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, second) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(postsift::serve(config, vec![a, b], shutdown.clone()));
-    (
-        Filter {
-            addr,
-            shutdown,
-            handle,
-        },
-        second,
-    )
-}
+use crate::peers;
+use crate::util::{self, config, fixture, start_filter, start_two};
 
 fn flagged(t: &Transaction) -> bool {
     t.headers().contains("X-Spam-Flag: YES")
@@ -217,7 +189,7 @@ fn check_three_in_the_quarantine(dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_recipients_three_outcomes_over_lmtp() {
     let spamd = util::blocking(util::spamd).await;
-    let tmp = harness::private_dir("banks-");
+    let tmp = peers::private_dir("banks-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
     let extra = format!("[quarantine]\ndir = \"{}\"\n{THREE_BANKS}", dir.display());
@@ -236,13 +208,13 @@ async fn three_recipients_three_outcomes_over_lmtp() {
     check_three_at_the_sink(&sink.wait_for(2).await);
     f.stop().await;
     check_three_in_the_quarantine(&dir);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_mixed_groups_deliver_apart_with_one_reply() {
     let spamd = util::blocking(util::spamd).await;
-    let tmp = harness::private_dir("banks-");
+    let tmp = peers::private_dir("banks-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
     let extra = format!("[quarantine]\ndir = \"{}\"\n{THREE_BANKS}", dir.display());
@@ -256,7 +228,7 @@ async fn smtp_mixed_groups_deliver_apart_with_one_reply() {
     check_three_at_the_sink(&sink.wait_for(2).await);
     f.stop().await;
     check_three_in_the_quarantine(&dir);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +267,7 @@ async fn smtp_mixed_groups_one_refused_refuse_the_whole_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_mixed_groups_send_no_copy_unless_every_envelope_is_accepted() {
     let spamd = util::blocking(util::spamd).await;
-    let tmp = harness::private_dir("banks-");
+    let tmp = peers::private_dir("banks-");
     let dir = tmp.path().join("q");
     let sink = Capture::start_with(Behaviour {
         refuse_rcpt: vec![("dave@".into(), "450 4.2.0 try later".into())],
@@ -323,7 +295,7 @@ async fn smtp_mixed_groups_send_no_copy_unless_every_envelope_is_accepted() {
     assert_eq!(r[0].code, 250, "{r:?}");
     check_three_at_the_sink(&sink.wait_for(2).await);
     f.stop().await;
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// The three-recipient message through a real Postfix: its LMTP client takes the three
@@ -331,12 +303,10 @@ async fn smtp_mixed_groups_send_no_copy_unless_every_envelope_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_outcomes_through_a_real_postfix() {
     let spamd = util::blocking(util::spamd).await;
-    let tmp = harness::private_dir("banks-pf-");
+    let tmp = peers::private_dir("banks-pf-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
-    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let pf = crate::postfix::start_postfix(filter_addr, sink.addr).await;
     let extra = format!("[quarantine]\ndir = \"{}\"\n{THREE_BANKS}", dir.display());
     let f = util::start_filter_on(
@@ -356,14 +326,14 @@ async fn three_outcomes_through_a_real_postfix() {
     );
     check_three_at_the_sink(&sink.all());
     check_three_in_the_quarantine(&dir);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// The real `postsift run`: one log line per recipient group, each naming its banks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_line_names_the_banks_of_each_group() {
     let sink = Capture::start().await;
-    let (p1, p2) = (harness::free_port(), harness::free_port());
+    let (p1, p2) = (peers::free_port(), peers::free_port());
     let banks = format!(
         "[[policy]]\nname = \"originating\"\nmatch.listener = [\"127.0.0.1:{p2}\"]\n\
          [[policy]]\nname = \"vip\"\nmatch.recipient = [\"vip@example.com\"]\n\
@@ -373,7 +343,7 @@ async fn log_line_names_the_banks_of_each_group() {
     let mut d = crate::reload::Daemon::start(&toml, p1).await;
     let body = b"Subject: hi\r\n\r\nhello\r\n";
     let r = crate::client::send_one(
-        harness::localhost(p1),
+        peers::localhost(p1),
         "a@example.org",
         &["b@example.com"],
         body,
@@ -382,7 +352,7 @@ async fn log_line_names_the_banks_of_each_group() {
     assert_eq!(r.code, 250, "{r:?}");
     let line = d.wait_log("to=b@example.com", 1).await;
     assert!(line.contains("bank=- "), "{line}");
-    let mut c = Client::greeted(harness::localhost(p2)).await;
+    let mut c = Client::greeted(peers::localhost(p2)).await;
     let r = c
         .transaction(
             true,
@@ -402,11 +372,11 @@ async fn log_line_names_the_banks_of_each_group() {
 
 #[test]
 fn check_config_prints_banks_and_refuses_one_that_cannot_match() {
-    let tmp = harness::private_dir("banks-cli-");
+    let tmp = peers::private_dir("banks-cli-");
     let path = tmp.path().join("postsift.toml");
     let run = |text: &str| {
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        let out = util::postsift_cmd()
             .args(["check-config", "--config"])
             .arg(&path)
             .output()
@@ -427,5 +397,5 @@ fn check_config_prints_banks_and_refuses_one_that_cannot_match() {
     assert!(err.contains("policy.match.listener"), "{err}");
     let (code, _, err) = run("[[policy]]\nname = \"x\"\nmatch.client = [\"10.1.2.0/40\"]\n");
     assert_eq!(code, Some(64), "{err}");
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }

@@ -11,7 +11,7 @@ use postsift::message::Message;
 use postsift::scan::clamd::ClamdClient;
 use postsift::scan::parts::Contents;
 
-use crate::harness;
+use crate::peers::{self, Peer};
 use crate::util;
 
 /// clamd's user + system CPU so far, in milliseconds (from /proc/<pid>/stat).
@@ -26,7 +26,7 @@ fn cpu_ms(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn clamd_session_cost() {
-    let clamd = tokio::task::spawn_blocking(harness::Clamd::start)
+    let clamd = tokio::task::spawn_blocking(peers::Clamd::start)
         .await
         .unwrap();
     let pid = clamd.pid().unwrap();

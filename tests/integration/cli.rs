@@ -1,29 +1,8 @@
 //! The `postsift` command itself: `check-config` names the bad key and exits 64, or warns about
 //! unused sections and exits 0; `scan` runs the real scanners on a file and exits by verdict.
 
-use std::process::Command;
-
-use crate::harness;
-use crate::util;
-
-/// Runs the binary: (exit code, stdout, stderr).
-fn postsift_out(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs the binary: (exit code, stdout and stderr together).
-fn postsift(args: &[&str]) -> (i32, String) {
-    let (code, out, err) = postsift_out(args);
-    (code, format!("{out}{err}"))
-}
+use crate::peers;
+use crate::util::{self, postsift, postsift_out};
 
 /// `check-config` on `toml` written to a file: (exit code, stdout, stderr).
 fn check_config(toml: &str) -> (i32, String, String) {
@@ -104,7 +83,7 @@ fn scan_exits_by_verdict_against_real_scanners() {
     .unwrap();
     let cfg = cfg.to_str().unwrap().to_owned();
     let msg = |f: &str| {
-        harness::fixtures()
+        peers::fixtures()
             .join("messages")
             .join(f)
             .display()

@@ -1,7 +1,7 @@
 //! A small async SMTP/LMTP client for driving postsift in tests: raw lines in, whole replies
 //! (code and text) out, so tests can pipeline, misbehave and read every reply. The async twin of
-//! `harness::SmtpClient`: the same reply-line parser (`harness::reply_line`) and the same
-//! dot-stuffing (`harness::dot_stuff`).
+//! `peers::SmtpClient`: the same reply-line parser (`peers::reply_line`) and the same
+//! dot-stuffing (`peers::dot_stuff`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::harness;
+use crate::peers;
 
 pub struct Client {
     r: BufReader<OwnedReadHalf>,
@@ -56,7 +56,7 @@ impl Client {
         self.send(format!("{l}\r\n").as_bytes()).await;
     }
 
-    /// Reads one (possibly multi-line) reply, each line parsed by [`harness::reply_line`]; code 0
+    /// Reads one (possibly multi-line) reply, each line parsed by [`peers::reply_line`]; code 0
     /// if the server closed the connection (or the last line has no code).
     pub async fn reply(&mut self) -> Reply {
         let mut text = String::new();
@@ -70,7 +70,7 @@ impl Client {
             if n == 0 {
                 return Reply { code: 0, text };
             }
-            let (code, last, line) = harness::reply_line(&raw);
+            let (code, last, line) = peers::reply_line(&raw);
             text.push_str(line.trim_end());
             text.push('\n');
             if last {
@@ -93,11 +93,11 @@ impl Client {
         r
     }
 
-    /// Sends a body after DATA's 354, prepared by [`harness::dot_stuff`] (bare LF made CRLF,
+    /// Sends a body after DATA's 354, prepared by [`peers::dot_stuff`] (bare LF made CRLF,
     /// leading dots doubled, CRLF at the end), then the final dot. Raw bytes go with
     /// [`Client::send`].
     pub async fn body(&mut self, body: &[u8]) {
-        let mut out = harness::dot_stuff(body);
+        let mut out = peers::dot_stuff(body);
         out.extend_from_slice(b".\r\n");
         self.send(&out).await;
     }

@@ -16,14 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use postsift::config::Config;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
 use crate::capture::{Capture, Transaction};
 use crate::client::Client;
-use crate::dns_peer::Unbound;
-use crate::util::{config, spamd, start_filter, Filter};
+use crate::peers::unbound::Unbound;
+use crate::test_config::TestConfig;
+use crate::util::{self, config, spamd, start_filter, start_two};
 
 struct World {
     dns: Unbound,
@@ -40,7 +37,7 @@ impl World {
 /// Runs `postsift dkim genkey`; returns the printed record as unbound `local-data`.
 fn genkey(dir: &Path, domain: &str, selector: &str, algorithm: &str, bits: u32) -> String {
     let file = dir.join(format!("{selector}.{domain}.pem"));
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["dkim", "genkey", "--domain", domain, "--selector", selector])
         .args([
             "--algorithm",
@@ -114,30 +111,6 @@ fn sign_config(sink: &Capture, extra: &str) -> String {
             k2 = key("r3072.both.test.pem"),
             k3 = key("ed.both.test.pem"),
         ),
-    )
-}
-
-/// postsift on two listeners bound on port 0, configured as 127.0.0.1:10024 (inbound) and
-/// 127.0.0.1:10026 (originating); returns the filter and the originating address.
-async fn start_two(toml: &str) -> (Filter, SocketAddr) {
-    let toml = toml.replacen(
-        "[server]\n",
-        "[server]\nlisten = [\"127.0.0.1:10024\", \"127.0.0.1:10026\"]\n",
-        1,
-    );
-    let config = Config::parse(&toml, Path::new("test.toml")).expect("test config");
-    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, second) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(postsift::serve(config, vec![a, b], shutdown.clone()));
-    (
-        Filter {
-            addr,
-            shutdown,
-            handle,
-        },
-        second,
     )
 }
 
@@ -349,12 +322,10 @@ async fn networks_listeners_keys_and_banks_decide_what_is_signed() {
     let sink = Capture::start().await;
     let bank = "[[policy]]\nname = \"nosign\"\nmatch.client = [\"192.0.2.99/32\"]\n\
                 dkim_sign = false\n";
-    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
-    let toml = sign_config(&sink, bank).replacen(
-        "[metrics]\nlisten = \"\"",
-        &format!("[metrics]\nlisten = \"{metrics}\""),
-        1,
-    );
+    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::peers::free_port()));
+    let toml = TestConfig::parse(&sign_config(&sink, bank))
+        .set("metrics.listen", metrics.to_string())
+        .toml();
     let (f, originating) = start_two(&toml).await;
     let from = "ann@sign.test";
     let cases: [(SocketAddr, Option<&str>, &str, bool); 7] = [
@@ -404,8 +375,9 @@ async fn networks_listeners_keys_and_banks_decide_what_is_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_beside_rsa_and_a_spooled_body() {
     let sink = Capture::start().await;
-    let toml =
-        sign_config(&sink, "").replacen("[server]\n", "[server]\nspool_threshold = 65536\n", 1);
+    let toml = TestConfig::parse(&sign_config(&sink, ""))
+        .set("server.spool_threshold", 65536)
+        .toml();
     let (f, originating) = start_two(&toml).await;
     let line = "The quick brown fox jumps over the lazy dog,  twice\t \r\n";
     let body = line.repeat(20_000);
@@ -445,7 +417,7 @@ fn bad_keys_are_named_and_genkey_keeps_existing_files() {
     let check = |keys: &str| {
         let path = dir.path().join("p.toml");
         std::fs::write(&path, format!("[dkim_sign]\nenabled = true\n{keys}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        let out = util::postsift_cmd()
             .args(["check-config", "--config", path.to_str().unwrap()])
             .output()
             .unwrap();
@@ -500,7 +472,7 @@ fn bad_keys_are_named_and_genkey_keeps_existing_files() {
     ));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("1024 bits") && err.contains("2048"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args([
             "dkim",
             "genkey",
@@ -518,7 +490,7 @@ fn bad_keys_are_named_and_genkey_keeps_existing_files() {
     assert_ne!(out.status.code(), Some(0));
     assert!(!dir.path().join("new.pem").exists());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["dkim", "genkey", "--domain", "a.test", "--selector", "s"])
         .arg("--out")
         .arg(&junk)
@@ -547,7 +519,7 @@ fn scan_shows_the_signature_it_would_add() {
     let msg = dir.path().join("m.eml");
     let scan = |from: &str| {
         std::fs::write(&msg, message(from, "scan", "Hello.\r\n")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+        let out = util::postsift_cmd()
             .args(["scan", "--dkim-sign", "--config"])
             .arg(&cfg)
             .arg(&msg)

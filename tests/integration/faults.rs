@@ -3,17 +3,13 @@
 //! on demand (a clamd or spamd that never answers, a 10025 that says 421 after DATA) are fakes;
 //! everything else is real.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Notify;
 
 use crate::capture::{AfterData, Behaviour, Capture};
 use crate::client::{send_one, Client};
-use crate::harness;
-use crate::util::{self, config, fixture, start_filter, Filter};
+use crate::peers;
+use crate::silent::Silent;
+use crate::util::{self, config, fixture, start_filter, test_config, Filter};
 
 /// `server.shutdown_grace` in [`util::config`].
 const GRACE: Duration = Duration::from_secs(30);
@@ -30,100 +26,11 @@ async fn drained(f: Filter) {
     );
 }
 
-/// A fake peer that accepts, reads everything, and never answers; it keeps what it read so a
-/// test can wait until a given request has reached it.
-#[derive(Clone, Default)]
-struct Silent {
-    addr: String,
-    heard: Arc<(Mutex<Vec<u8>>, Notify)>,
-}
-
-impl Silent {
-    /// A TCP one on 127.0.0.1.
-    async fn tcp() -> Silent {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = Silent {
-            addr: l.local_addr().unwrap().to_string(),
-            ..Default::default()
-        };
-        let p = peer.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(p.clone().swallow(s));
-            }
-        });
-        peer
-    }
-
-    /// A Unix-socket one in `dir`.
-    fn unix(dir: &std::path::Path) -> Silent {
-        let path = dir.join("silent.sock");
-        let l = UnixListener::bind(&path).unwrap();
-        let peer = Silent {
-            addr: path.display().to_string(),
-            ..Default::default()
-        };
-        let p = peer.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(p.clone().swallow(s));
-            }
-        });
-        peer
-    }
-
-    /// Reads everything the peer sends and never answers.
-    async fn swallow(self, mut s: impl tokio::io::AsyncRead + Unpin) {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            self.heard.0.lock().unwrap().extend_from_slice(&buf[..n]);
-            self.heard.1.notify_waiters();
-        }
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-
-    /// Waits (at most 30 s) until `needle` arrived: health probes (PING) don't count, a
-    /// message being scanned does.
-    async fn wait_for(&self, needle: &[u8]) {
-        let arrived = async {
-            loop {
-                // Registered before the check, so a read in between still wakes it.
-                let more = self.heard.1.notified();
-                let found = {
-                    let got = self.heard.0.lock().unwrap();
-                    got.windows(needle.len()).any(|w| w == needle)
-                };
-                if found {
-                    return;
-                }
-                more.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), arrived)
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{:?} never reached the silent peer",
-                    String::from_utf8_lossy(needle)
-                )
-            });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_missing_tempfails_then_delivers_once_back() {
     let sink = Capture::start().await;
     let f = start_filter(&config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("4.5.0 Error in processing, id="), "{r:?}");
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
@@ -133,13 +40,7 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
     // The retry, once clamd is there, is delivered exactly once.
     let clamd = util::blocking(util::clamd).await;
     let f = start_filter(&config(Some(&clamd), None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     drained(f).await;
     assert_eq!(sink.count(), 1);
@@ -149,17 +50,12 @@ async fn clamd_missing_tempfails_then_delivers_once_back() {
 async fn clamd_missing_with_pass_policy_tags_unchecked() {
     let sink = Capture::start().await;
     let f = start_filter(
-        &config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")
-            .replace("[clamd]\n", "[clamd]\non_failure = \"pass\"\n"),
+        &test_config(Some("/nonexistent/clamd.ctl"), None, sink.addr, "")
+            .set("clamd.on_failure", "pass")
+            .toml(),
     )
     .await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     let h = sink.last().headers();
     assert!(
@@ -174,16 +70,9 @@ async fn clamd_hanging_times_out_into_tempfail() {
     let dir = tempfile::tempdir().unwrap();
     let silent = Silent::unix(dir.path());
     let sink = Capture::start().await;
-    let cfg =
-        config(Some(&silent.addr), None, sink.addr, "").replace("timeout = 20\n", "timeout = 2\n");
-    let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let cfg = test_config(Some(&silent.addr), None, sink.addr, "").set("clamd.timeout", 2);
+    let f = start_filter(&cfg.toml()).await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(
         r.text.contains("virus_scan FAILED") && r.text.contains("timed out"),
@@ -197,18 +86,11 @@ async fn clamd_hanging_times_out_into_tempfail() {
 async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
     let silent = Silent::tcp().await;
     let sink = Capture::start().await;
-    let cfg = config(None, Some(&silent.addr), sink.addr, "").replace(
-        "timeout = 20\nio_timeout = 20",
-        "timeout = 2\nio_timeout = 1",
-    );
-    let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let cfg = test_config(None, Some(&silent.addr), sink.addr, "")
+        .set("spamd.timeout", 2)
+        .set("spamd.io_timeout", 1);
+    let f = start_filter(&cfg.toml()).await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     assert!(
         !sink.last().headers().contains("X-Spam-"),
@@ -216,14 +98,8 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
     );
     f.stop().await;
 
-    let f = start_filter(&cfg.replace("[spamd]\n", "[spamd]\non_failure = \"tempfail\"\n")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let f = start_filter(&cfg.set("spamd.on_failure", "tempfail").toml()).await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
     drained(f).await;
@@ -232,17 +108,9 @@ async fn spamd_hanging_passes_by_default_and_tempfails_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reinjection_port_refusing_defers() {
-    let closed = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let closed = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let f = start_filter(&config(None, None, closed, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450, "{r:?}");
     assert!(
         r.text.contains("4.4.1 Can't connect to 127.0.0.1:"),
@@ -297,13 +165,7 @@ async fn reinjection_5xx_after_data_is_passed_back() {
     })
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.7.1 content refused"), "{r:?}");
     f.stop().await;
@@ -317,16 +179,12 @@ async fn reinjection_hanging_after_data_defers() {
     })
     .await;
     let f = start_filter(
-        &config(None, None, sink.addr, "").replace("data_timeout = 10", "data_timeout = 2"),
+        &test_config(None, None, sink.addr, "")
+            .set("reinject.data_timeout", 2)
+            .toml(),
     )
     .await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450, "{r:?}");
     assert!(
         r.text.contains("4.4.2 Timed out during end of data"),
@@ -348,13 +206,7 @@ async fn client_vanishing_mid_data_delivers_nothing() {
         .await;
     drop(c);
     // The filter carries on.
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     // Once drained, the abandoned session has ended too: had it been going to deliver the half
     // message, it would have by now.
@@ -371,11 +223,10 @@ async fn client_vanishing_mid_data_delivers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_failure_is_a_temporary_error() {
     let sink = Capture::start().await;
-    let cfg = config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        "[server]\nspool_threshold = 1024\nspool_dir = \"/nonexistent/spool\"\n",
-    );
-    let f = start_filter(&cfg).await;
+    let cfg = test_config(None, None, sink.addr, "")
+        .set("server.spool_threshold", 1024)
+        .set("server.spool_dir", "/nonexistent/spool");
+    let f = start_filter(&cfg.toml()).await;
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'x', 100_000));
     let r = send_one(f.addr, "a@example.org", &["b@example.com"], &body).await;
@@ -391,17 +242,12 @@ async fn spool_failure_is_a_temporary_error() {
 async fn sigterm_drains_messages_in_flight() {
     let silent = Silent::tcp().await;
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     // spamd hangs for 3 s (then on_failure = pass): the message is in flight when SIGTERM comes.
-    let cfg = config(None, Some(&silent.addr), sink.addr, "")
-        .replace(
-            "[server]\n",
-            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
-        )
-        .replace(
-            "timeout = 20\nio_timeout = 20",
-            "timeout = 3\nio_timeout = 20",
-        );
+    let cfg = test_config(None, Some(&silent.addr), sink.addr, "")
+        .set("server.listen", vec![format!("127.0.0.1:{port}")])
+        .set("spamd.timeout", 3)
+        .toml();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("postsift.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -458,7 +304,7 @@ async fn sigterm_drains_messages_in_flight() {
 /// scanner failure and follows on_failure, never a pass of unscanned mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamd_size_limit_is_a_scanner_failure() {
-    let small = util::blocking(|| harness::Clamd::start_with("1M")).await;
+    let small = util::blocking(|| peers::Clamd::start_with("1M")).await;
     let sink = Capture::start().await;
     let sock = small.socket.display().to_string();
     let f = start_filter(&config(Some(&sock), None, sink.addr, "")).await;
@@ -473,13 +319,7 @@ async fn clamd_size_limit_is_a_scanner_failure() {
     assert!(r.text.contains("virus_scan FAILED"), "{r:?}");
     assert_eq!(sink.count(), 0);
     // A small message still passes through the same clamd.
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     drained(f).await;
     assert_eq!(
@@ -501,13 +341,7 @@ async fn stale_pooled_connection_is_replaced_without_a_tempfail() {
     .await;
     let f = start_filter(&config(None, None, sink.addr, "")).await;
     for i in 1..=3 {
-        let r = send_one(
-            f.addr,
-            "a@example.org",
-            &["b@example.com"],
-            &fixture("clean.eml"),
-        )
-        .await;
+        let r = util::send_fixture(f.addr, "clean.eml").await;
         assert_eq!(r.code, 250, "message {i}: {r:?}");
     }
     drained(f).await;

@@ -121,13 +121,7 @@ async fn virus_reject_policy_answers_554() {
         "[virus]\naction = \"reject\"\n",
     ))
     .await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("eicar-plain.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "eicar-plain.eml").await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.contains("5.7.0 Reject, id="), "{r:?}");
     assert!(r.text.contains("INFECTED: Postsift.Test.EICAR"), "{r:?}");
@@ -163,17 +157,9 @@ async fn gtube_arrives_flagged_with_subject_tag() {
     f.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spam_reject_policy_answers_554() {
-    let spamd = util::blocking(util::spamd).await;
-    let sink = Capture::start().await;
-    let f = start_filter(&config(
-        None,
-        Some(&spamd),
-        sink.addr,
-        "[spam]\naction = \"reject\"\n",
-    ))
-    .await;
+/// GTUBE from spammer@example.net through `f` (the spam engine's verdict, `action = "reject"`)
+/// is refused with 554 and nothing reaches the sink; stops `f`. Shared with rspamd.rs.
+pub async fn gtube_is_rejected_with_554(f: util::Filter, sink: &Capture) {
     let r = send_one(
         f.addr,
         "spammer@example.net",
@@ -188,6 +174,20 @@ async fn spam_reject_policy_answers_554() {
     );
     assert_eq!(sink.count(), 0);
     f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spam_reject_policy_answers_554() {
+    let spamd = util::blocking(util::spamd).await;
+    let sink = Capture::start().await;
+    let f = start_filter(&config(
+        None,
+        Some(&spamd),
+        sink.addr,
+        "[spam]\naction = \"reject\"\n",
+    ))
+    .await;
+    gtube_is_rejected_with_554(f, &sink).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,14 +348,13 @@ async fn fifty_megabyte_message_passes_scanned_and_whole() {
     // UNCHECKED), with
     // time for a debug build's walk of 50 MB on a busy box.
     let f = start_filter(
-        &config(
+        &util::patient(util::test_config(
             Some(&clamd),
             Some(&spamd),
             sink.addr,
             "[parts]\nmax_message_size = 52428800\nmax_decoded_bytes = 67108864\nmax_walk_time = 600\n",
-        )
-        .replace("data_timeout = 10\n", "data_timeout = 300\n")
-        .replace("timeout = 20\n", "timeout = 300\n"),
+        ))
+        .toml(),
     )
     .await;
     let mut body = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();

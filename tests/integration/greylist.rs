@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::capture::Capture;
-use crate::greylist_peers::{self, PolicyClient};
-use crate::harness::{self, Postfix, PostfixOpts, SmtpClient};
+use crate::peers::postgrey::{write_whitelists, PolicyClient};
+use crate::peers::{self, Postfix, PostfixOpts, SmtpClient};
+use crate::peers::{Peer, Postgrey, Redis};
 use crate::util::{self, start_filter, start_filter_on, Filter};
 
 const TEXT: &str = "Greylisted for %s seconds (%r)";
@@ -25,8 +26,8 @@ async fn start_node_with_metrics(
     extra: &str,
     metrics: Option<u16>,
 ) -> (Filter, SocketAddr) {
-    let port = harness::free_port();
-    let mut toml = util::config(
+    let port = peers::free_port();
+    let mut toml = util::test_config(
         None,
         None,
         "127.0.0.1:9".parse().unwrap(),
@@ -39,12 +40,12 @@ async fn start_node_with_metrics(
         ),
     );
     if let Some(m) = metrics {
-        toml = toml.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{m}\""));
+        toml = toml.set("metrics.listen", format!("127.0.0.1:{m}"));
     }
-    let f = start_filter(&toml).await;
-    let addr = harness::localhost(port);
+    let f = start_filter(&toml.toml()).await;
+    let addr = peers::localhost(port);
     let up = util::blocking(move || {
-        harness::wait_until(Duration::from_secs(10), || harness::port_open(addr))
+        peers::wait_until(Duration::from_secs(10), || peers::port_open(addr))
     })
     .await;
     assert!(up, "policy listener {addr} did not open");
@@ -369,11 +370,11 @@ fn now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_decides_as_postgrey_does() {
-    let dir = harness::private_dir("gl-diff-");
-    let (wc, wr) = greylist_peers::write_whitelists(dir.path());
+    let dir = peers::private_dir("gl-diff-");
+    let (wc, wr) = write_whitelists(dir.path());
     let (wc2, wr2) = (wc.clone(), wr.clone());
     let pg = util::blocking(move || {
-        greylist_peers::postgrey(60, (&wc2, &wr2), &[&format!("--greylist-text={TEXT}")])
+        Postgrey::start(60, (&wc2, &wr2), &[&format!("--greylist-text={TEXT}")])
     })
     .await;
     let db = dir.path().join("greylist.db");
@@ -406,9 +407,9 @@ async fn greylist_decides_as_postgrey_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_two_nodes_share_redis_and_agree() {
-    let dir = harness::private_dir("gl-redis-");
-    let (wc, wr) = greylist_peers::write_whitelists(dir.path());
-    let redis = util::blocking(greylist_peers::redis).await;
+    let dir = peers::private_dir("gl-redis-");
+    let (wc, wr) = write_whitelists(dir.path());
+    let redis = util::blocking(Redis::start).await;
     let url = format!("redis://{}/0", redis.addr);
     let (a, a_addr) = start_node(&url, (&wc, &wr), "").await;
     let (b, b_addr) = start_node(&url, (&wc, &wr), "").await;
@@ -465,8 +466,8 @@ async fn greylist_two_nodes_share_redis_and_agree() {
     );
     // The auto-whitelist is shared too: whitelisted on A by the CLI, not greylisted on B.
     let cfg = dir.path().join("redis.toml");
-    harness::write_file(&cfg, format!("[greylist]\nstore = \"{url}\"\n"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+    peers::write_file(&cfg, format!("[greylist]\nstore = \"{url}\"\n"));
+    let out = util::postsift_cmd()
         .args(["greylist", "--config"])
         .arg(&cfg)
         .args(["whitelist", "203.0.113.200"])
@@ -491,7 +492,7 @@ async fn greylist_two_nodes_share_redis_and_agree() {
     })
     .await;
     assert_eq!(got, "DUNNO");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["greylist", "--config"])
         .arg(&cfg)
         .arg("list")
@@ -510,11 +511,11 @@ async fn greylist_two_nodes_share_redis_and_agree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_redis_down_fails_open_or_closed_as_configured() {
-    let dir = harness::private_dir("gl-down-");
-    let (wc, wr) = greylist_peers::write_whitelists(dir.path());
-    let mut redis = util::blocking(greylist_peers::redis).await;
+    let dir = peers::private_dir("gl-down-");
+    let (wc, wr) = write_whitelists(dir.path());
+    let mut redis = util::blocking(Redis::start).await;
     let url = format!("redis://{}/0", redis.addr);
-    let mport = harness::free_port();
+    let mport = peers::free_port();
     let (open, open_addr) = start_node_with_metrics(&url, (&wc, &wr), "", Some(mport)).await;
     let (closed, closed_addr) = start_node(&url, (&wc, &wr), "on_failure = \"tempfail\"\n").await;
     let ask = |addr: SocketAddr, rcpt: &'static str| {
@@ -540,7 +541,7 @@ async fn greylist_redis_down_fails_open_or_closed_as_configured() {
         ask(closed_addr, "down@rcpt.example").await,
         "DEFER_IF_PERMIT 4.3.0 Greylisting temporarily unavailable"
     );
-    let (status, text) = util::http_get(harness::localhost(mport), "/metrics").await;
+    let (status, text) = util::http_get(peers::localhost(mport), "/metrics").await;
     assert_eq!(status, 200);
     for line in [
         "postsift_greylist_decisions_total{result=\"new\"} 1",
@@ -567,8 +568,8 @@ async fn greylist_redis_down_fails_open_or_closed_as_configured() {
 /// Bad input gets an answer or a closed connection, and the service goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_bad_input_does_not_harm_the_service() {
-    let dir = harness::private_dir("gl-bad-");
-    let (wc, wr) = greylist_peers::write_whitelists(dir.path());
+    let dir = peers::private_dir("gl-bad-");
+    let (wc, wr) = write_whitelists(dir.path());
     let db = dir.path().join("greylist.db");
     let (node, addr) = start_node(&db.display().to_string(), (&wc, &wr), "").await;
     util::blocking(move || {
@@ -623,30 +624,30 @@ async fn greylist_bad_input_does_not_harm_the_service() {
 /// opens and reads after the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_kill_9_loses_no_answered_entry() {
-    let dir = harness::private_dir("gl-kill-");
+    let dir = peers::private_dir("gl-kill-");
     let db = dir.path().join("greylist.db");
-    let port = harness::free_port();
+    let port = peers::free_port();
     let cfg = dir.path().join("postsift.toml");
-    harness::write_file(
+    peers::write_file(
         &cfg,
         format!(
             "[server]\nlisten = [\"127.0.0.1:{}\"]\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n\
              [metrics]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n\
              [greylist]\nlisten = [\"127.0.0.1:{port}\"]\nstore = \"{}\"\nwhitelist_clients = []\nwhitelist_recipients = []\n",
-            harness::free_port(),
+            peers::free_port(),
             db.display()
         ),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let mut child = util::postsift_cmd()
         .args(["run", "--config"])
         .arg(&cfg)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let addr = harness::localhost(port);
+    let addr = peers::localhost(port);
     let answered = util::blocking(move || {
-        assert!(harness::wait_until(Duration::from_secs(10), || {
-            harness::port_open(addr)
+        assert!(peers::wait_until(Duration::from_secs(10), || {
+            peers::port_open(addr)
         }));
         // Four writers; the daemon is killed while they run.
         let writers: Vec<_> = (0..4)
@@ -672,7 +673,7 @@ async fn greylist_kill_9_loses_no_answered_entry() {
             })
             .collect();
         // Wait for the event (a good number of answers), then kill.
-        assert!(harness::wait_until(Duration::from_secs(30), || {
+        assert!(peers::wait_until(Duration::from_secs(30), || {
             std::fs::metadata(format!("{}-wal", db.display())).is_ok_and(|m| m.len() > 2 << 20)
         }));
         child.kill().unwrap();
@@ -684,7 +685,7 @@ async fn greylist_kill_9_loses_no_answered_entry() {
     })
     .await;
     assert!(answered.len() > 100, "{}", answered.len());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["greylist", "--config"])
         .arg(&cfg)
         .arg("list")
@@ -723,9 +724,9 @@ async fn greylist_kill_9_loses_no_answered_entry() {
 /// client, now auto-whitelisted, is not delayed for a new triplet. Also over a Unix socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_behind_real_postfix() {
-    let dir = harness::private_dir("gl-pf-");
+    let dir = peers::private_dir("gl-pf-");
     let sink = Capture::start().await;
-    let filter_addr = harness::localhost(harness::free_port());
+    let filter_addr = peers::localhost(peers::free_port());
     let final_dest = sink.addr;
     let pf = util::blocking(move || {
         Postfix::start(PostfixOpts {
@@ -751,7 +752,7 @@ async fn greylist_behind_real_postfix() {
     let node = start_filter_on(filter_addr, &toml).await;
     let s = socket.clone();
     let bound =
-        util::blocking(move || harness::wait_until(Duration::from_secs(10), || s.exists())).await;
+        util::blocking(move || peers::wait_until(Duration::from_secs(10), || s.exists())).await;
     assert!(bound, "policy socket not created");
     let meta = std::fs::metadata(&socket).expect("policy socket");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -778,7 +779,7 @@ async fn greylist_behind_real_postfix() {
             "{text}"
         );
         // Retry as a sending MTA would, until accepted (the delay is 2 s).
-        let accepted = harness::wait_until(Duration::from_secs(30), || {
+        let accepted = peers::wait_until(Duration::from_secs(30), || {
             c.command("RSET").unwrap();
             c.command("MAIL FROM:<alice@sender.example>").unwrap();
             let (code, _) = c.command("RCPT TO:<bob@rcpt.example>").unwrap();
@@ -832,8 +833,8 @@ async fn greylist_behind_real_postfix() {
 /// connection is closed while the open ones go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_acl_and_connection_limit() {
-    let dir = harness::private_dir("gl-acl-");
-    let (port, limited) = (harness::free_port(), harness::free_port());
+    let dir = peers::private_dir("gl-acl-");
+    let (port, limited) = (peers::free_port(), peers::free_port());
     let section = |p: u16, extra: &str| {
         format!(
             "[greylist]\nlisten = [\"127.0.0.1:{p}\"]\nstore = \"{}/gl-{p}.db\"\n\
@@ -841,17 +842,14 @@ async fn greylist_acl_and_connection_limit() {
             dir.path().display()
         )
     };
-    let denied = util::config(
+    let denied = util::test_config(
         None,
         None,
         "127.0.0.1:9".parse().unwrap(),
         &section(port, ""),
     )
-    .replace(
-        "[server]\n",
-        "[server]\nallow_networks = [\"10.0.0.0/8\"]\n",
-    );
-    let a = start_filter(&denied).await;
+    .set("server.allow_networks", vec!["10.0.0.0/8"]);
+    let a = start_filter(&denied.toml()).await;
     let one = util::config(
         None,
         None,
@@ -860,9 +858,9 @@ async fn greylist_acl_and_connection_limit() {
     );
     let b = start_filter(&one).await;
     util::blocking(move || {
-        let (a_addr, b_addr) = (harness::localhost(port), harness::localhost(limited));
-        assert!(harness::wait_until(Duration::from_secs(10), || {
-            harness::port_open(a_addr) && harness::port_open(b_addr)
+        let (a_addr, b_addr) = (peers::localhost(port), peers::localhost(limited));
+        assert!(peers::wait_until(Duration::from_secs(10), || {
+            peers::port_open(a_addr) && peers::port_open(b_addr)
         }));
         let req = request(
             now(),
@@ -881,7 +879,7 @@ async fn greylist_acl_and_connection_limit() {
         // The port probe above held b's only slot for a moment: the first connection is the
         // first one that gets an answer.
         let mut first = None;
-        assert!(harness::wait_until(Duration::from_secs(10), || {
+        assert!(peers::wait_until(Duration::from_secs(10), || {
             let Ok(mut c) = PolicyClient::connect(b_addr) else {
                 return false;
             };
@@ -897,7 +895,7 @@ async fn greylist_acl_and_connection_limit() {
         assert!(first.ask(&req).unwrap().starts_with("DEFER_IF_PERMIT"));
         drop(first);
         // The slot comes free when the first connection ends.
-        assert!(harness::wait_until(Duration::from_secs(10), || {
+        assert!(peers::wait_until(Duration::from_secs(10), || {
             PolicyClient::connect(b_addr).is_ok_and(|mut c| c.ask(&req).is_ok())
         }));
     })

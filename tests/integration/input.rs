@@ -4,7 +4,7 @@
 
 use crate::capture::Capture;
 use crate::client::{send_one, Client};
-use crate::util::{config, start_filter};
+use crate::util::{config, start_filter, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_out_of_order_get_503() {
@@ -55,7 +55,9 @@ async fn overlong_line_and_nul_bytes_are_refused_and_session_continues() {
 async fn too_many_errors_close_the_session() {
     let sink = Capture::start().await;
     let f = start_filter(
-        &config(None, None, sink.addr, "").replace("[server]\n", "[server]\nmax_errors = 3\n"),
+        &test_config(None, None, sink.addr, "")
+            .set("server.max_errors", 3)
+            .toml(),
     )
     .await;
     let mut c = Client::greeted(f.addr).await;
@@ -113,8 +115,9 @@ y\n.\r\nQUIT\r\n\
 async fn oversized_message_gets_552_and_session_continues() {
     let sink = Capture::start().await;
     let f = start_filter(
-        &config(None, None, sink.addr, "")
-            .replace("[server]\n", "[server]\nmax_message_size = 10000\n"),
+        &test_config(None, None, sink.addr, "")
+            .set("server.max_message_size", 10000)
+            .toml(),
     )
     .await;
     let mut c = Client::greeted(f.addr).await;
@@ -159,10 +162,11 @@ async fn huge_body_lines_and_nul_bytes_pass_unharmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_outside_allow_networks_gets_554() {
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        "[server]\nallow_networks = [\"10.0.0.0/8\"]\n",
-    ))
+    let f = start_filter(
+        &test_config(None, None, sink.addr, "")
+            .set("server.allow_networks", vec!["10.0.0.0/8"])
+            .toml(),
+    )
     .await;
     let mut c = Client::connect(f.addr).await;
     let r = c.reply().await;

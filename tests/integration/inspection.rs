@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 
 use crate::capture::Capture;
 use crate::client::send_one;
-use crate::harness;
 use crate::hostile;
-use crate::util::{self, base64, config, http_get, start_filter, Filter};
+use crate::peers;
+use crate::util::{self, base64, config, http_get, patient, start_filter, test_config, Filter};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -24,8 +24,8 @@ const FOUND: &str = "Postsift.Test.EICAR";
 
 /// A clamd with `ScanMail no`, shared by the tests of this file.
 fn mail_blind_clamd() -> String {
-    static C: OnceLock<harness::Clamd> = OnceLock::new();
-    let c = C.get_or_init(|| harness::Clamd::start_with_conf("60M", "ScanMail no\n"));
+    static C: OnceLock<peers::Clamd> = OnceLock::new();
+    let c = C.get_or_init(|| peers::Clamd::start_with_conf("60M", "ScanMail no\n"));
     c.socket.display().to_string()
 }
 
@@ -184,7 +184,7 @@ async fn scan_cli(toml: String, msg: Vec<u8>) -> (i32, String) {
         let (cfg, file) = (dir.path().join("scan.toml"), dir.path().join("msg.eml"));
         std::fs::write(&cfg, toml).unwrap();
         std::fs::write(&file, msg).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+        let out = util::postsift_cmd()
             .arg("scan")
             .arg("--config")
             .arg(&cfg)
@@ -365,9 +365,10 @@ async fn eicar_at_the_bottom_of_a_hundred_nested_multiparts() {
 /// A postsift on the shared clamd with /metrics on; `extra` is appended to the config.
 async fn filter_with_metrics(sink: SocketAddr, extra: &str) -> (Filter, SocketAddr) {
     let clamd = util::blocking(util::clamd).await;
-    let port = harness::free_port();
-    let cfg = config(Some(&clamd), None, sink, extra)
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let port = peers::free_port();
+    let cfg = test_config(Some(&clamd), None, sink, extra)
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .toml();
     let f = start_filter(&cfg).await;
     (f, format!("127.0.0.1:{port}").parse().unwrap())
 }
@@ -575,12 +576,6 @@ fn thirty_megabyte_part() -> Vec<u8> {
     )
 }
 
-/// Timeouts for a message of tens of MB through clamd and the (debug-built) capture sink.
-fn patient(toml: String) -> String {
-    toml.replace("data_timeout = 10\n", "data_timeout = 300\n")
-        .replace("timeout = 20\n", "timeout = 300\n")
-}
-
 /// A 40 MB message is over parts.max_message_size (16 MiB by default): clamd scans it whole,
 /// the walk does not run, and it is delivered unchanged but UNCHECKED (reason size): the
 /// banned-file rules did not see its parts. Regression (issue 16): it was delivered clean, so
@@ -591,10 +586,11 @@ async fn a_message_over_parts_max_message_size_is_unchecked_not_clean() {
     assert!(msg.len() > 40_000_000, "{}", msg.len());
     let sink = Capture::start().await;
     let clamd = util::blocking(util::clamd).await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let f = start_filter(
-        &patient(config(Some(&clamd), None, sink.addr, ""))
-            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+        &patient(test_config(Some(&clamd), None, sink.addr, ""))
+            .set("metrics.listen", format!("127.0.0.1:{port}"))
+            .toml(),
     )
     .await;
     let metrics = format!("127.0.0.1:{port}").parse().unwrap();
@@ -703,10 +699,11 @@ async fn an_xz_beyond_the_decoder_limit_is_unchecked_not_clean() {
     let xz = hostile::xz_big_dictionary(b"MZ\x90\x00 a program");
     let msg = hostile::mail_with("tool.bin.xz", &xz);
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let f = start_filter(
-        &config(None, None, sink.addr, "")
-            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+        &test_config(None, None, sink.addr, "")
+            .set("metrics.listen", format!("127.0.0.1:{port}"))
+            .toml(),
     )
     .await;
     let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -742,13 +739,16 @@ async fn a_thirty_megabyte_part_walked_is_counted_once() {
     let msg = util::blocking(thirty_megabyte_part).await;
     let sink = Capture::start().await;
     let clamd = util::blocking(util::clamd).await;
-    let f = start_filter(&patient(config(
-        Some(&clamd),
-        None,
-        sink.addr,
-        // A debug build walking 40 MB on a busy test box may take longer than the 10 s default.
-        "[parts]\nmax_message_size = 67108864\nmax_walk_time = 600\n",
-    )))
+    let f = start_filter(
+        &patient(test_config(
+            Some(&clamd),
+            None,
+            sink.addr,
+            // A debug build walking 40 MB on a busy test box may take longer than the 10 s default.
+            "[parts]\nmax_message_size = 67108864\nmax_walk_time = 600\n",
+        ))
+        .toml(),
+    )
     .await;
     let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
     assert_eq!(r.code, 250, "{r:?}");

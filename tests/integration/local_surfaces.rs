@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::capture::Capture;
-use crate::harness;
-use crate::util::{config, start_filter};
+use crate::peers;
+use crate::util::{config, postsift_out, start_filter, test_config};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -18,29 +18,16 @@ fn mode(p: &Path) -> u32 {
         & 0o7777
 }
 
-/// Runs the binary: (exit code, stdout, stderr).
-fn postsift_out(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The greylisting store and the quarantine were 0644 files in 0755 directories: any local
 /// user read every sender, recipient and subject, and a read lock on `-shm` stalled them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_were_world_readable() {
-    let tmp = harness::private_dir("surfaces-");
+    let tmp = peers::private_dir("surfaces-");
     // The directories are postsift's to create: the test's own 0700 tempdir is not asked about.
     let gl = tmp.path().join("gl/greylist.db");
     let q = tmp.path().join("q");
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let toml = config(
         None,
         None,
@@ -54,8 +41,8 @@ async fn stores_were_world_readable() {
     );
     let f = start_filter(&toml).await;
     assert!(
-        harness::wait_until(std::time::Duration::from_secs(30), || harness::port_open(
-            harness::localhost(port)
+        peers::wait_until(std::time::Duration::from_secs(30), || peers::port_open(
+            peers::localhost(port)
         )),
         "policy listener"
     );
@@ -79,7 +66,7 @@ async fn stores_were_world_readable() {
     std::fs::set_permissions(&gl, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     let (code, out, err) = postsift_out(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -96,7 +83,7 @@ async fn stores_were_world_readable() {
         )),
         "{err}"
     );
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// How many connections wait in the accept queue of the listening TCP socket on `port`
@@ -118,10 +105,10 @@ fn accept_queue(port: u16) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_ampdp_connection_held_up_shutdown() {
     use tokio::io::AsyncReadExt;
-    let tmp = harness::private_dir("surfaces-");
+    let tmp = peers::private_dir("surfaces-");
     let sock = tmp.path().join("amavisd.sock");
     let sink = Capture::start().await;
-    let toml = config(
+    let toml = test_config(
         None,
         None,
         sink.addr,
@@ -131,10 +118,11 @@ async fn idle_ampdp_connection_held_up_shutdown() {
             sock.display()
         ),
     )
-    .replace("shutdown_grace = 30", "shutdown_grace = 3600");
+    .set("server.shutdown_grace", 3600)
+    .toml();
     let f = start_filter(&toml).await;
     assert!(
-        harness::wait_until(std::time::Duration::from_secs(30), || sock.exists()),
+        peers::wait_until(std::time::Duration::from_secs(30), || sock.exists()),
         "release socket"
     );
     let mut idle = tokio::net::UnixStream::connect(&sock).await.unwrap();
@@ -158,7 +146,7 @@ async fn idle_ampdp_connection_held_up_shutdown() {
         .expect("closed")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// 1,100 connections to the metrics port or AM.PDP exhausted the descriptors (RLIMIT_NOFILE
@@ -168,14 +156,10 @@ async fn idle_ampdp_connection_held_up_shutdown() {
 /// for mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
-    let tmp = harness::private_dir("surfaces-");
+    let tmp = peers::private_dir("surfaces-");
     let sink = Capture::start().await;
-    let (smtp, metrics, release) = (
-        harness::free_port(),
-        harness::free_port(),
-        harness::free_port(),
-    );
-    let toml = config(
+    let (smtp, metrics, release) = (peers::free_port(), peers::free_port(), peers::free_port());
+    let toml = test_config(
         None,
         None,
         sink.addr,
@@ -185,16 +169,11 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
             tmp.path().join("q").display(),
         ),
     )
-    .replace(
-        "[server]\n",
-        &format!("[server]\nlisten = [\"127.0.0.1:{smtp}\"]\n"),
-    )
-    .replace(
-        "[metrics]\nlisten = \"\"",
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\""),
-    );
+    .set("server.listen", vec![format!("127.0.0.1:{smtp}")])
+    .set("metrics.listen", format!("127.0.0.1:{metrics}"))
+    .toml();
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     /// Ends the child however the test ends.
     struct Killed(std::process::Child);
     impl Drop for Killed {
@@ -203,40 +182,28 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
             let _ = self.0.wait();
         }
     }
-    let _child = Killed(
-        Command::new("prlimit")
-            .args([
-                "--nofile=256:256",
-                env!("CARGO_BIN_EXE_postsift"),
-                "run",
-                "--config",
-            ])
-            .arg(&cfg)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _child = Killed(run_with_nofile("256:256", &cfg));
     let ports = [smtp, metrics, release];
     assert!(
-        harness::wait_until(std::time::Duration::from_secs(30), || ports
+        peers::wait_until(std::time::Duration::from_secs(30), || ports
             .iter()
-            .all(|&p| harness::port_open(harness::localhost(p)))),
+            .all(|&p| peers::port_open(peers::localhost(p)))),
         "postsift did not start"
     );
     let mut flood = Vec::new();
     for (port, n) in [(release, 300), (metrics, 100)] {
         for _ in 0..n {
-            flood.push(std::net::TcpStream::connect(harness::localhost(port)).unwrap());
+            flood.push(std::net::TcpStream::connect(peers::localhost(port)).unwrap());
         }
     }
     // Every connection is taken off the accept queues (served, or closed over the limit)...
-    let drained = harness::wait_until(std::time::Duration::from_secs(60), || {
+    let drained = peers::wait_until(std::time::Duration::from_secs(60), || {
         accept_queue(release) == Some(0) && accept_queue(metrics) == Some(0)
     });
     // ...and mail still flows, while the flood's connections are all still open on our side.
     let replies = crate::util::blocking(move || {
-        harness::smtp_send(
-            harness::localhost(smtp),
+        peers::smtp_send(
+            peers::localhost(smtp),
             "alice@example.org",
             &["bob@example.com"],
             b"Subject: flood\r\n\r\nhello\r\n",
@@ -252,7 +219,7 @@ async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
     );
     assert_eq!(sink.wait_for(1).await.len(), 1);
     drop(flood);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// A bank matching on `sender_domain` alone that signed or bypassed checks passed
@@ -316,27 +283,17 @@ fn sender_domain_bank_signing_forged_mail_passed_check_config() {
 /// limit allowed: `postsift run` now raises the soft limit to the hard one at start.
 #[test]
 fn soft_nofile_limit_was_left_below_the_hard_limit() {
-    let tmp = harness::private_dir("surfaces-");
-    let smtp = harness::free_port();
+    let tmp = peers::private_dir("surfaces-");
+    let smtp = peers::free_port();
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:{smtp}\"]\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n\
          [metrics]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n"
     );
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
-    let mut child = Command::new("prlimit")
-        .args([
-            "--nofile=256:2048",
-            env!("CARGO_BIN_EXE_postsift"),
-            "run",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = harness::wait_until(std::time::Duration::from_secs(30), || {
-        harness::port_open(harness::localhost(smtp))
+    peers::write_file(&cfg, &toml);
+    let mut child = run_with_nofile("256:2048", &cfg);
+    let started = peers::wait_until(std::time::Duration::from_secs(30), || {
+        peers::port_open(peers::localhost(smtp))
     });
     // prlimit execs postsift: the same pid.
     let limits =
@@ -350,5 +307,16 @@ fn soft_nofile_limit_was_left_below_the_hard_limit() {
         .unwrap_or_default();
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields.get(3..5), Some(&["2048", "2048"][..]), "{limits}");
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
+}
+
+/// `postsift run --config cfg` under `prlimit --nofile=<nofile>` (soft:hard), stderr dropped.
+fn run_with_nofile(nofile: &str, cfg: &std::path::Path) -> std::process::Child {
+    Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
+        .args([env!("CARGO_BIN_EXE_postsift"), "run", "--config"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }

@@ -4,12 +4,11 @@
 
 mod capture; // a capturing / misbehaving reinjection server
 mod client; // a small async SMTP/LMTP client
-mod dns_peer; // starts a real DNS server: unbound with the tests' local data
-mod greylist_peers; // starts the greylisting peers: postgrey, redis-server; a policy client
-mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod hostile; // hostile message shapes of issue 16 (nesting, archive bombs, big dictionaries), shared with examples/hostile.rs
-mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
-mod util; // postsift in-process on port 0, shared peers
+mod peers; // the real peers, a file each: clamd, spamd, rspamd, Postfix, unbound, postgrey, redis
+mod silent; // a fake peer that accepts and never answers
+mod test_config; // TestConfig: a config changed key by key
+mod util; // postsift in-process on port 0, shared peers, the CLI runner
 
 mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Results; enforcement
 mod banks; // policy banks: originating listener, client network, recipient domain, mixed groups over LMTP and SMTP

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::capture::Capture;
 use crate::client::send_one;
-use crate::harness;
-use crate::util::{self, config, fixture, http_get, start_filter};
+use crate::peers;
+use crate::util::{self, fixture, http_get, start_filter, test_config};
 
 /// The value of one sample line (`name{labels} value`), 0 if absent.
 fn sample(text: &str, series: &str) -> f64 {
@@ -20,11 +20,11 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_count_every_outcome() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
-    let port = harness::free_port();
-    let cfg = config(Some(&clamd), Some(&spamd), sink.addr, "").replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nprobe_interval = 1"),
-    );
+    let port = peers::free_port();
+    let cfg = test_config(Some(&clamd), Some(&spamd), sink.addr, "")
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .set("metrics.probe_interval", 1)
+        .toml();
     let f = start_filter(&cfg).await;
     let maddr = format!("127.0.0.1:{port}").parse().unwrap();
 
@@ -130,23 +130,15 @@ async fn metrics_count_every_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_failures_and_readyz_follows_peers() {
     let sink = Capture::start().await;
-    let port = harness::free_port();
-    let closed = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
-    let cfg = config(Some("/nonexistent/clamd.ctl"), None, closed, "").replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nprobe_interval = 1"),
-    );
+    let port = peers::free_port();
+    let closed = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
+    let cfg = test_config(Some("/nonexistent/clamd.ctl"), None, closed, "")
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .set("metrics.probe_interval", 1)
+        .toml();
     let f = start_filter(&cfg).await;
     let maddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451);
     let (status, _) = http_get(maddr, "/readyz").await;
     assert_eq!(status, 503);
@@ -178,18 +170,13 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
     f.stop().await;
 
     // Scanning off, reinjection down: a reinjection tempfail.
-    let port = harness::free_port();
-    let cfg = config(None, None, closed, "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let port = peers::free_port();
+    let cfg = test_config(None, None, closed, "")
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .toml();
     let f = start_filter(&cfg).await;
     let maddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 450);
     let (_, text) = http_get(maddr, "/metrics").await;
     assert_eq!(

@@ -2,13 +2,11 @@
 //! slipped past the rules under a trailing dot or a second name, and a name from the message
 //! forged a log line, drove the terminal of `postsift scan`, or made a 20 KB reply line.
 
-use std::process::Command;
-
 use crate::capture::Capture;
 use crate::client::send_one;
-use crate::harness;
+use crate::peers;
 use crate::reload::{cfg, Daemon};
-use crate::util::{base64, config, start_filter};
+use crate::util::{self, base64, config, start_filter};
 
 /// A message whose one attachment carries `headers` (Content-Type, Content-Disposition, …).
 fn attached(headers: &str, data: &[u8]) -> Vec<u8> {
@@ -125,7 +123,7 @@ async fn only_the_first_declared_name_was_judged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crlf_in_a_file_name_forged_a_log_line() {
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let mut d = Daemon::start(&cfg(&[port], sink.addr, "", ""), port).await;
     let forged = b"evil\r\n2026-12-04T00:00:00Z  INFO postsift::message: FORGED LINE.exe";
     let msg = attached(
@@ -136,7 +134,7 @@ async fn a_crlf_in_a_file_name_forged_a_log_line() {
         b"x",
     );
     let r = send_one(
-        harness::localhost(port),
+        peers::localhost(port),
         "a@example.org",
         &["b@example.com"],
         &msg,
@@ -201,7 +199,7 @@ fn postsift_scan_printed_terminal_escapes_in_part_names() {
         "[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+    let out = util::postsift_cmd()
         .args(["scan", "--config"])
         .arg(&cfg)
         .arg(&eml)
@@ -240,10 +238,10 @@ async fn ampdp(sock: &std::path::Path, lines: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt() {
-    let tmp = harness::private_dir("names-");
+    let tmp = peers::private_dir("names-");
     let sock = tmp.path().join("amavisd.sock");
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let extra = format!(
         "[quarantine]\ndir = \"{}\"\nrelease_listen = \"unix:{}\"\n[banned]\naction = \"quarantine\"\n",
         tmp.path().join("q").display(),
@@ -255,7 +253,7 @@ async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt(
         b"x",
     );
     let r = send_one(
-        harness::localhost(port),
+        peers::localhost(port),
         "a@example.org",
         &["b@example.com"],
         &msg,
@@ -305,5 +303,5 @@ async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt(
         .unwrap_or_else(|| panic!("the refusal is not logged:\n{log}"));
     assert!(refused.contains("\\x0d\\x0aRCPT"), "{refused}");
     d.stop().await;
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::capture::{Capture, Transaction};
-use crate::harness::{self, Postfix, PostfixOpts};
+use crate::peers::{self, Postfix, PostfixOpts};
 use crate::util::{self, config, fixture, start_filter_on, Filter};
 
 fn message_id(t: &Transaction) -> String {
@@ -61,7 +61,7 @@ pub(crate) async fn settle(pf: &Postfix, f: Filter) {
     f.stop().await;
     let etc = pf.etc();
     let settled = util::blocking(move || {
-        harness::wait_until(Duration::from_secs(60), || undeferred(&etc) == Some(0))
+        peers::wait_until(Duration::from_secs(60), || undeferred(&etc) == Some(0))
     })
     .await;
     assert!(settled, "Postfix's queue never settled:\n{}", pf.log());
@@ -85,7 +85,7 @@ pub(crate) async fn send(
     body: Vec<u8>,
 ) -> (Vec<(u16, String)>, u16) {
     let replies =
-        util::blocking(move || harness::smtp_send(pf, "sender@example.org", rcpts, &body)).await;
+        util::blocking(move || peers::smtp_send(pf, "sender@example.org", rcpts, &body)).await;
     let data = replies
         .iter()
         .position(|r| r.0 == 354)
@@ -98,9 +98,7 @@ pub(crate) async fn send(
 async fn postfix_to_postsift_to_postfix_delivers_scans_and_discards() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
-    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let pf = start_postfix(filter_addr, sink.addr).await;
     let f = start_filter_on(
         filter_addr,
@@ -127,7 +125,7 @@ async fn postfix_to_postsift_to_postfix_delivers_scans_and_discards() {
         util::blocking({
             let log_dir = pf.dir.clone();
             move || {
-                harness::wait_until(Duration::from_secs(60), || {
+                peers::wait_until(Duration::from_secs(60), || {
                     std::fs::read_to_string(log_dir.join("maillog"))
                         .map(|l| l.contains("2.7.0 Ok, discarded"))
                         .unwrap_or(false)
@@ -180,9 +178,7 @@ async fn postfix_to_postsift_to_postfix_delivers_scans_and_discards() {
 async fn mail_queued_while_postsift_is_down_or_failing_arrives_exactly_once() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
-    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let pf = start_postfix(filter_addr, sink.addr).await;
     let front = pf.smtp_addr();
     let reinject = pf.reinject_addr();
@@ -210,7 +206,7 @@ async fn mail_queued_while_postsift_is_down_or_failing_arrives_exactly_once() {
     }
     let pf_log = pf.dir.join("maillog");
     assert!(
-        util::blocking(move || harness::wait_until(Duration::from_secs(60), || {
+        util::blocking(move || peers::wait_until(Duration::from_secs(60), || {
             std::fs::read_to_string(&pf_log)
                 .map(|l| l.contains("virus_scan FAILED"))
                 .unwrap_or(false)
@@ -252,9 +248,7 @@ async fn mail_queued_while_postsift_is_down_or_failing_arrives_exactly_once() {
 async fn smtp_feed_works_like_lmtp() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
-    let filter: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let filter: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let final_dest = sink.addr;
     let pf = util::blocking(move || {
         Postfix::start(PostfixOpts {
@@ -288,7 +282,7 @@ async fn smtp_feed_works_like_lmtp() {
     assert_eq!(arrived[0].rcpts.len(), 2);
     let log_dir = pf.dir.clone();
     assert!(
-        util::blocking(move || harness::wait_until(Duration::from_secs(60), || {
+        util::blocking(move || peers::wait_until(Duration::from_secs(60), || {
             std::fs::read_to_string(log_dir.join("maillog"))
                 .map(|l| l.contains("2.7.0 Ok, discarded"))
                 .unwrap_or(false)
@@ -307,11 +301,9 @@ async fn smtp_feed_works_like_lmtp() {
 async fn quarantined_through_postfix_and_released_once() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
-    let filter_addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
+    let filter_addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
     let pf = start_postfix(filter_addr, sink.addr).await;
-    let tmp = harness::private_dir("quarantine-pf-");
+    let tmp = peers::private_dir("quarantine-pf-");
     let toml = config(
         Some(&clamd),
         None,
@@ -322,7 +314,7 @@ async fn quarantined_through_postfix_and_released_once() {
         ),
     );
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     let f = start_filter_on(filter_addr, &toml).await;
     let (replies, code) = send(
         pf.smtp_addr(),
@@ -333,7 +325,7 @@ async fn quarantined_through_postfix_and_released_once() {
     assert_eq!(code, 250, "{replies:?}");
     let log_dir = pf.dir.clone();
     let logged = util::blocking(move || {
-        harness::wait_until(Duration::from_secs(60), || {
+        peers::wait_until(Duration::from_secs(60), || {
             std::fs::read_to_string(log_dir.join("maillog"))
                 .is_ok_and(|l| l.matches("2.7.0 Ok, quarantined, id=").count() >= 2)
         })
@@ -346,7 +338,7 @@ async fn quarantined_through_postfix_and_released_once() {
 
     let release = |cfg: std::path::PathBuf| {
         util::blocking(move || {
-            let list = Command::new(env!("CARGO_BIN_EXE_postsift"))
+            let list = util::postsift_cmd()
                 .args(["quarantine", "--config"])
                 .arg(&cfg)
                 .arg("list")
@@ -358,7 +350,7 @@ async fn quarantined_through_postfix_and_released_once() {
                 .next()
                 .expect("one entry")
                 .to_owned();
-            let out = Command::new(env!("CARGO_BIN_EXE_postsift"))
+            let out = util::postsift_cmd()
                 .args(["quarantine", "--config"])
                 .arg(&cfg)
                 .args(["release", &id])
@@ -388,7 +380,7 @@ async fn quarantined_through_postfix_and_released_once() {
     let etc = pf.etc();
     assert!(
         util::blocking(move || {
-            harness::wait_until(Duration::from_secs(60), || undeferred(&etc) == Some(0))
+            peers::wait_until(Duration::from_secs(60), || undeferred(&etc) == Some(0))
         })
         .await
     );
@@ -397,5 +389,5 @@ async fn quarantined_through_postfix_and_released_once() {
     let mut rcpts = arrived[0].rcpts.clone();
     rcpts.sort();
     assert_eq!(rcpts.len(), 2, "{rcpts:?}");
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }

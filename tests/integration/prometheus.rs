@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::capture::Capture;
 use crate::client::send_one;
-use crate::harness;
-use crate::util::{self, config, fixture, http_get, start_filter};
+use crate::peers;
+use crate::util::{self, fixture, http_get, start_filter, test_config};
 
 fn dashboards() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards"))
@@ -28,7 +28,7 @@ struct Prometheus {
 impl Prometheus {
     fn start(target: SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let port = harness::free_port();
+        let port = peers::free_port();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(
             &cfg,
@@ -51,7 +51,7 @@ impl Prometheus {
             .expect("prometheus (Debian package prometheus) not installed?");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(
-            harness::wait_until(Duration::from_secs(60), || harness::port_open(addr)),
+            peers::wait_until(Duration::from_secs(60), || peers::port_open(addr)),
             "prometheus did not start: {}",
             std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
         );
@@ -156,13 +156,13 @@ fn promtool_checks_and_tests_the_alert_rules() {
 async fn every_dashboard_and_alert_expression_evaluates_on_real_data() {
     let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     // A policy bank that changes nothing, for the bank panel's series.
     let bank = "[[policy]]\nname = \"local\"\nmatch.client = [\"127.0.0.0/8\"]\n";
-    let cfg = config(Some(&clamd), Some(&spamd), sink.addr, bank).replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nprobe_interval = 1"),
-    );
+    let cfg = test_config(Some(&clamd), Some(&spamd), sink.addr, bank)
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .set("metrics.probe_interval", 1)
+        .toml();
     let f = start_filter(&cfg).await;
     let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(http_get(metrics, "/healthz").await.0, 200);

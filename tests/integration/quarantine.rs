@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::capture::Capture;
 use crate::client::{Client, Reply};
-use crate::harness;
+use crate::peers;
+use crate::test_config::TestConfig;
 use crate::util::{self, config, fixture, start_filter};
 
 /// A message with an attachment the default `[banned]` rules ban (double extension, .exe).
@@ -29,28 +30,15 @@ const THREE_PARTS: &str = "From: <alice@example.org>\r\nSubject: parts\r\nMIME-V
 Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n--p\r\nContent-Type: text/plain\r\n\r\none\r\n\
 --p\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--p\r\nContent-Type: text/plain\r\n\r\nthree\r\n--p--\r\n";
 
-fn postsift() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_postsift"))
-}
-
-/// Runs `postsift quarantine <args> --config cfg`: (exit code, stdout, stderr).
+/// Runs `postsift quarantine --config cfg <args>`: (exit code, stdout, stderr).
 fn cli(cfg: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = postsift()
-        .arg("quarantine")
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["quarantine".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    util::postsift_out(&all)
 }
 
 /// What postsift received of `body` once dot-unstuffed: what the test client sends
-/// (`harness::dot_stuff`: bare LF as CRLF, a CRLF at the end), less the stuffing.
+/// (`peers::dot_stuff`: bare LF as CRLF, a CRLF at the end), less the stuffing.
 fn as_received(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, &b) in body.iter().enumerate() {
@@ -71,6 +59,29 @@ fn quarantined_id(r: &Reply) -> String {
     assert!(r.text.contains("2.7.0 Ok, quarantined, id="), "{r:?}");
     let rest = r.text.split("id=").nth(1).unwrap();
     rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// A quarantine test's start: a temp dir, the quarantine dir `q` in it, the sink, the config
+/// ([`qconfig`] with `extra`, no scanners) written to `postsift.toml` there and as text, and
+/// postsift on it.
+async fn quarantine_filter(
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    Capture,
+    PathBuf,
+    String,
+    util::Filter,
+) {
+    let tmp = peers::private_dir("quarantine-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let toml = qconfig(&dir, None, None, sink.addr, extra);
+    let cfg = tmp.path().join("postsift.toml");
+    peers::write_file(&cfg, &toml);
+    let f = start_filter(&toml).await;
+    (tmp, dir, sink, cfg, toml, f)
 }
 
 fn qconfig(
@@ -134,7 +145,7 @@ async fn each_category_is_quarantined_as_it_arrived() {
         ),
     ];
     for (category, body, extra, text, reason) in cases {
-        let tmp = harness::private_dir("quarantine-");
+        let tmp = peers::private_dir("quarantine-");
         let dir = tmp.path().join("q");
         let sink = Capture::start().await;
         let f = start_filter(&qconfig(&dir, Some(&clamd), Some(&spamd), sink.addr, extra)).await;
@@ -176,29 +187,27 @@ async fn each_category_is_quarantined_as_it_arrived() {
         );
         assert_eq!(e.size, stored.len() as u64);
         assert_eq!(meta.recipients.len(), 2);
-        harness::finish_dir(Some(tmp));
+        peers::finish_dir(Some(tmp));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_through_the_cli_arrives_once_per_recipient() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
-    let metrics_port = harness::free_port();
-    let toml = qconfig(
+    let metrics_port = peers::free_port();
+    let toml = TestConfig::parse(&qconfig(
         &dir,
         None,
         None,
         sink.addr,
         "[banned]\naction = \"quarantine\"\n",
-    )
-    .replace(
-        "[metrics]\nlisten = \"\"",
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""),
-    );
+    ))
+    .set("metrics.listen", format!("127.0.0.1:{metrics_port}"))
+    .toml();
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     let f = start_filter(&toml).await;
 
     let mut c = Client::greeted(f.addr).await;
@@ -224,7 +233,7 @@ async fn release_through_the_cli_arrives_once_per_recipient() {
     assert!(c.cmd("QUIT").await.code == 221);
     assert_eq!(sink.count(), 0);
 
-    let (_, m) = util::http_get(harness::localhost(metrics_port), "/metrics").await;
+    let (_, m) = util::http_get(peers::localhost(metrics_port), "/metrics").await;
     assert!(
         m.contains("postsift_quarantined_total{category=\"banned\"} 1"),
         "{m}"
@@ -370,14 +379,14 @@ async fn release_through_the_cli_arrives_once_per_recipient() {
     let (code, _, _) = cli(&cfg, &["show", &id]);
     assert_eq!(code, 64);
     assert_eq!(std::fs::read_dir(dir.join("msgs")).unwrap().count(), 0);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// Time from the final dot to the 250 for a 4 KiB message: quarantined (two fsyncs and an
 /// index commit) against discarded. Printed, for the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_to_quarantine_a_small_message() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
     let body = BANNED.replace("see attached", &vec!["x".repeat(76); 45].join("\r\n"));
@@ -412,12 +421,12 @@ async fn time_to_quarantine_a_small_message() {
     eprintln!("4 KiB message, final dot to 250 (mean of 20): {took:?}");
     let q = Quarantine::open(&dir).unwrap();
     assert_eq!(q.list(&ListFilter::default()).unwrap().len(), 20);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_amavisd_release_releases_over_ampdp() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sock = tmp.path().join("amavisd.sock");
     let sink = Capture::start().await;
@@ -443,8 +452,8 @@ async fn debian_amavisd_release_releases_over_ampdp() {
     );
     assert!(script.contains(&sock.display().to_string()));
     let path = tmp.path().join("amavisd-release");
-    harness::write_file(&path, script);
-    harness::chmod(&path, 0o755);
+    peers::write_file(&path, script);
+    peers::chmod(&path, 0o755);
     let run = move |args: Vec<String>| {
         // Run as itself: its #! line asks for taint mode (-T).
         let out = Command::new(&path)
@@ -490,7 +499,7 @@ async fn debian_amavisd_release_releases_over_ampdp() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 2);
     f.stop().await;
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// Debian's `amavisd-release`, its socket path (fixed in a BEGIN block) pointed at `sock`.
@@ -502,8 +511,8 @@ fn debian_release_script(tmp: &Path, sock: &Path) -> PathBuf {
         &format!("'{}'", sock.display()),
     );
     let path = tmp.join("amavisd-release");
-    harness::write_file(&path, script);
-    harness::chmod(&path, 0o755);
+    peers::write_file(&path, script);
+    peers::chmod(&path, 0o755);
     path
 }
 
@@ -512,7 +521,7 @@ fn debian_release_script(tmp: &Path, sock: &Path) -> PathBuf {
 /// injected address. Both entries now refuse it, nothing is claimed, nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sock = tmp.path().join("amavisd.sock");
     let sink = Capture::start().await;
@@ -527,7 +536,7 @@ async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
         ),
     );
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     let f = start_filter(&toml).await;
     let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
     let id = quarantined_id(&replies[0]);
@@ -567,7 +576,7 @@ async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
         .iter()
         .any(|t| t.rcpts.iter().any(|r| r.contains("injected"))));
     f.stop().await;
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// Issue 17: NOTIFY= (and the sender) of a release came from the quarantine file unchecked: a
@@ -575,19 +584,8 @@ async fn release_recipient_with_crlf_injected_smtp_commands_into_reinjection() {
 /// reinjection client now checks every address and parameter it writes, whatever its source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
-    let tmp = harness::private_dir("quarantine-");
-    let dir = tmp.path().join("q");
-    let sink = Capture::start().await;
-    let toml = qconfig(
-        &dir,
-        None,
-        None,
-        sink.addr,
-        "[banned]\naction = \"quarantine\"\n",
-    );
-    let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
-    let f = start_filter(&toml).await;
+    let (tmp, dir, sink, cfg, _toml, f) =
+        quarantine_filter("[banned]\naction = \"quarantine\"\n").await;
     let replies = lmtp_two(f.addr, BANNED.as_bytes()).await;
     let id = quarantined_id(&replies[0]);
     f.stop().await;
@@ -612,7 +610,7 @@ async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
     assert!(out.contains("501 5.5.4"), "{out}");
     assert!(!out.contains('\r'), "{out:?}");
     assert_eq!(sink.count(), 0, "{:?}", sink.all());
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 /// `postsift run` as a child in a mount namespace of its own, where `msgs` is a tmpfs mounted
@@ -622,13 +620,12 @@ fn run_with_msgs_mount(
     toml: &str,
     mount_opts: &str,
 ) -> (std::process::Child, std::net::SocketAddr) {
-    let port = harness::free_port();
-    let toml = toml.replace(
-        "[server]\n",
-        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
-    );
+    let port = peers::free_port();
+    let toml = TestConfig::parse(toml)
+        .set("server.listen", vec![format!("127.0.0.1:{port}")])
+        .toml();
     let cfg = tmp.join("postsift.toml");
-    harness::write_file(&cfg, toml);
+    peers::write_file(&cfg, toml);
     let msgs = tmp.join("q/msgs");
     std::fs::create_dir_all(&msgs).unwrap();
     let child = Command::new("unshare")
@@ -642,9 +639,9 @@ fn run_with_msgs_mount(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr = harness::localhost(port);
+    let addr = peers::localhost(port);
     assert!(
-        harness::wait_until(Duration::from_secs(10), || harness::port_open(addr)),
+        peers::wait_until(Duration::from_secs(10), || peers::port_open(addr)),
         "postsift did not start"
     );
     (child, addr)
@@ -663,7 +660,7 @@ fn child_msgs(pid: u32, tmp: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_fails_is_a_tempfail_and_keeps_nothing() {
     for (case, opts) in [("read-only", "ro,size=1m"), ("full", "size=64k")] {
-        let tmp = harness::private_dir("quarantine-");
+        let tmp = peers::private_dir("quarantine-");
         let sink = Capture::start().await;
         let toml = qconfig(
             &tmp.path().join("q"),
@@ -726,29 +723,27 @@ async fn a_store_that_fails_is_a_tempfail_and_keeps_nothing() {
         assert_eq!(sink.count(), 0);
         child.kill().unwrap();
         child.wait().unwrap();
-        harness::finish_dir(Some(tmp));
+        peers::finish_dir(Some(tmp));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
-    let port = harness::free_port();
-    let toml = qconfig(
+    let port = peers::free_port();
+    let toml = TestConfig::parse(&qconfig(
         &dir,
         None,
         None,
         sink.addr,
         "[banned]\naction = \"quarantine\"\n",
-    )
-    .replace(
-        "[server]\n",
-        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n"),
-    );
+    ))
+    .set("server.listen", vec![format!("127.0.0.1:{port}")])
+    .toml();
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     // 12 MB, under parts.max_message_size so the walk finds the banned part.
     let filler: String = (0..150_000)
         .map(|i| format!("line {i:08} of filler text to make the store take a while\r\n"))
@@ -757,22 +752,22 @@ async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
     let wire = {
         let mut w =
             b"EHLO t\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".to_vec();
-        w.extend(harness::dot_stuff(big.as_bytes()));
+        w.extend(peers::dot_stuff(big.as_bytes()));
         w.extend_from_slice(b".\r\n");
         w
     };
     let mut caught = false;
     for attempt in 0..5 {
-        let mut child = postsift()
+        let mut child = util::postsift_cmd()
             .args(["run", "--config"])
             .arg(&cfg)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let addr = harness::localhost(port);
+        let addr = peers::localhost(port);
         assert!(
-            util::blocking(move || harness::wait_until(Duration::from_secs(10), || {
-                harness::port_open(addr)
+            util::blocking(move || peers::wait_until(Duration::from_secs(10), || {
+                peers::port_open(addr)
             }))
             .await
         );
@@ -845,24 +840,13 @@ async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
     }
     assert!(caught, "never killed during a store in 5 attempts");
     assert_eq!(sink.count(), 0);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purge_by_the_daemon_and_the_cli() {
-    let tmp = harness::private_dir("quarantine-");
-    let dir = tmp.path().join("q");
-    let sink = Capture::start().await;
-    let toml = qconfig(
-        &dir,
-        None,
-        None,
-        sink.addr,
-        "retention_days = 2\n[banned]\naction = \"quarantine\"\n",
-    );
-    let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
-    let f = start_filter(&toml).await;
+    let (tmp, dir, _sink, cfg, toml, f) =
+        quarantine_filter("retention_days = 2\n[banned]\naction = \"quarantine\"\n").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         let mut c = Client::greeted(f.addr).await;
@@ -902,7 +886,7 @@ async fn retention_purge_by_the_daemon_and_the_cli() {
     let f = start_filter(&toml).await;
     let q = Quarantine::open(&dir).unwrap();
     let gone = util::blocking(move || {
-        harness::wait_until(Duration::from_secs(10), || {
+        peers::wait_until(Duration::from_secs(10), || {
             q.list(&ListFilter::default()).unwrap().len() == 1
         })
     })
@@ -911,12 +895,12 @@ async fn retention_purge_by_the_daemon_and_the_cli() {
     let (_, out, _) = cli(&cfg, &["list"]);
     assert!(out.contains(&ids[2]) && !out.contains(&ids[1]), "{out}");
     f.stop().await;
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_the_next_hop_refuses_stays_held_for_a_later_release() {
-    let tmp = harness::private_dir("quarantine-");
+    let tmp = peers::private_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sink = Capture::start_with(crate::capture::Behaviour {
         refuse_rcpt: vec![(
@@ -934,7 +918,7 @@ async fn a_recipient_the_next_hop_refuses_stays_held_for_a_later_release() {
         "[banned]\naction = \"quarantine\"\n",
     );
     let cfg = tmp.path().join("postsift.toml");
-    harness::write_file(&cfg, &toml);
+    peers::write_file(&cfg, &toml);
     let f = start_filter(&toml).await;
     let id = quarantined_id(&lmtp_two(f.addr, BANNED.as_bytes()).await[0]);
     f.stop().await;
@@ -968,5 +952,5 @@ async fn a_recipient_the_next_hop_refuses_stays_held_for_a_later_release() {
     assert_eq!(all[1].rcpts, ["RCPT TO:<bob@example.com>"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 2);
-    harness::finish_dir(Some(tmp));
+    peers::finish_dir(Some(tmp));
 }

@@ -8,8 +8,8 @@ use postsift::smtp::address::parse_path;
 
 use crate::capture::Capture;
 use crate::client::{Client, Reply};
-use crate::harness::{Postfix, PostfixOpts};
-use crate::util::{self, config, start_filter};
+use crate::peers::{Postfix, PostfixOpts};
+use crate::util::{self, config, start_filter, test_config};
 
 /// An LMTP session to postsift up to the per-recipient replies, with raw MAIL/RCPT lines.
 async fn lmtp(addr: SocketAddr, mail: &str, rcpts: &[&str], body: &[u8]) -> Vec<u16> {
@@ -290,10 +290,12 @@ async fn slow_clients_cannot_hold_every_session_slot() {
     // Regression: with only per-read timeouts, clients sending a byte every few seconds kept
     // max_sessions full indefinitely. Now a whole command has read_timeout.
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        "[server]\nmax_sessions = 2\nread_timeout = 3\n",
-    ))
+    let f = start_filter(
+        &test_config(None, None, sink.addr, "")
+            .set("server.max_sessions", 2)
+            .set("server.read_timeout", 3)
+            .toml(),
+    )
     .await;
     let gap = std::time::Duration::from_millis(1500);
     let (a, b) = tokio::join!(
@@ -319,10 +321,12 @@ async fn slow_clients_cannot_hold_every_session_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dribbled_below_the_minimum_rate_is_cut_off_and_not_delivered() {
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        "[server]\nread_timeout = 3\nmin_data_rate = 1000\n",
-    ))
+    let f = start_filter(
+        &test_config(None, None, sink.addr, "")
+            .set("server.read_timeout", 3)
+            .set("server.min_data_rate", 1000)
+            .toml(),
+    )
     .await;
     let mut c = Client::greeted(f.addr).await;
     c.expect("EHLO t", 250).await;
@@ -354,8 +358,9 @@ async fn data_dribbled_below_the_minimum_rate_is_cut_off_and_not_delivered() {
 async fn junk_commands_between_messages_are_limited() {
     let sink = Capture::start().await;
     let f = start_filter(
-        &config(None, None, sink.addr, "")
-            .replace("[server]\n", "[server]\nmax_junk_commands = 5\n"),
+        &test_config(None, None, sink.addr, "")
+            .set("server.max_junk_commands", 5)
+            .toml(),
     )
     .await;
     let mut c = Client::greeted(f.addr).await;
@@ -398,10 +403,12 @@ async fn hold_in_data(addr: SocketAddr, partial: &[u8]) -> Client {
 async fn memory_budget_full_means_452_not_growth() {
     // Two messages' worth of memory: a third message in flight gets 452 4.3.1 at DATA.
     let sink = Capture::start().await;
-    let f = start_filter(&config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        "[server]\nspool_threshold = 4096\nmax_memory = 8192\n",
-    ))
+    let f = start_filter(
+        &test_config(None, None, sink.addr, "")
+            .set("server.spool_threshold", 4096)
+            .set("server.max_memory", 8192)
+            .toml(),
+    )
     .await;
     let mut a = hold_in_data(f.addr, b"Subject: a\r\n\r\n").await;
     let mut b = hold_in_data(f.addr, b"Subject: b\r\n\r\n").await;
@@ -427,13 +434,13 @@ async fn memory_budget_full_means_452_not_growth() {
 async fn spool_file_budget_full_means_452_and_nothing_lost() {
     let sink = Capture::start().await;
     let spool = tempfile::tempdir().unwrap();
-    let f = start_filter(&config(None, None, sink.addr, "").replace(
-        "[server]\n",
-        &format!(
-            "[server]\nspool_threshold = 1024\nmax_spool_files = 1\nspool_dir = \"{}\"\n",
-            spool.path().display()
-        ),
-    ))
+    let f = start_filter(
+        &test_config(None, None, sink.addr, "")
+            .set("server.spool_threshold", 1024)
+            .set("server.max_spool_files", 1)
+            .set("server.spool_dir", spool.path().display().to_string())
+            .toml(),
+    )
     .await;
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(4000));
     // The first message spills to a spool file and holds it. Nothing tells the client when

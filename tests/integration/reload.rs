@@ -14,9 +14,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::capture::Capture;
-use crate::client::{send_one, Client};
-use crate::harness::{self, localhost};
-use crate::util::{self, fixture, http_get};
+use crate::client::Client;
+use crate::peers::{self, localhost};
+use crate::test_config::TestConfig;
+use crate::util::{self, http_get, postsift};
 
 /// Every wait in this file is for an event; this only bounds how long a broken build hangs.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -24,15 +25,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A test config: scanners off, listening on `listen`, reinjecting to `reinject`; `server` is
 /// added to `[server]`, `extra` at the end.
 pub(crate) fn cfg(listen: &[u16], reinject: SocketAddr, server: &str, extra: &str) -> String {
-    let listen: Vec<String> = listen
-        .iter()
-        .map(|p| format!("\"127.0.0.1:{p}\""))
-        .collect();
-    util::config(None, None, reinject, extra).replacen(
-        "[server]\n",
-        &format!("[server]\nlisten = [{}]\n{server}", listen.join(", ")),
-        1,
-    )
+    let listen: Vec<String> = listen.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    util::test_config(None, None, reinject, extra)
+        .set("server.listen", listen)
+        .set_toml("server", server)
+        .toml()
 }
 
 /// `postsift run` as a child process, its stderr collected line by line.
@@ -152,13 +149,7 @@ const RELOADED: &str = "configuration reloaded";
 const FAILED: &str = "reload failed";
 
 async fn deliver(addr: SocketAddr) {
-    let r = send_one(
-        addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
 }
 
@@ -182,7 +173,7 @@ async fn wait_metric(maddr: SocketAddr, series: &str, want: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_for_new_sessions_while_a_message_in_data_finishes_under_the_old() {
     let (old_sink, new_sink) = (Capture::start().await, Capture::start().await);
-    let port = harness::free_port();
+    let port = peers::free_port();
     let addr = localhost(port);
     let mut d = Daemon::start(&cfg(&[port], old_sink.addr, "", ""), port).await;
     deliver(addr).await;
@@ -231,10 +222,13 @@ async fn sighup_reloads_for_new_sessions_while_a_message_in_data_finishes_under_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_config_on_sighup_keeps_the_old_one_and_names_the_key() {
     let (old_sink, new_sink) = (Capture::start().await, Capture::start().await);
-    let (port, mport) = (harness::free_port(), harness::free_port());
+    let (port, mport) = (peers::free_port(), peers::free_port());
     let maddr = localhost(mport);
-    let with_metrics =
-        |toml: String| toml.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{mport}\""));
+    let with_metrics = |toml: String| {
+        TestConfig::parse(&toml)
+            .set("metrics.listen", format!("127.0.0.1:{mport}"))
+            .toml()
+    };
     let good = with_metrics(cfg(&[port], old_sink.addr, "", ""));
     let mut d = Daemon::start(&good, port).await;
     wait_metric(
@@ -254,7 +248,11 @@ async fn bad_config_on_sighup_keeps_the_old_one_and_names_the_key() {
     d.write_config(&format!("{newer}\n[spam]\nkill_levle = 5\n"));
     let line = d.reload(FAILED, 1).await;
     assert!(line.contains("kill_levle"), "{line}");
-    d.write_config(&newer.replace("[server]\n", "[server]\nmax_sessions = 0\n"));
+    d.write_config(
+        &TestConfig::parse(&newer)
+            .set("server.max_sessions", 0)
+            .toml(),
+    );
     let line = d.reload(FAILED, 2).await;
     assert!(line.contains("server.max_sessions"), "{line}");
     wait_metric(
@@ -292,7 +290,7 @@ async fn bad_config_on_sighup_keeps_the_old_one_and_names_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_binds_added_listen_addresses_and_closes_removed_ones() {
     let (old_sink, new_sink) = (Capture::start().await, Capture::start().await);
-    let (p1, p2) = (harness::free_port(), harness::free_port());
+    let (p1, p2) = (peers::free_port(), peers::free_port());
     let mut d = Daemon::start(&cfg(&[p1], old_sink.addr, "", ""), p1).await;
 
     d.write_config(&cfg(&[p1, p2], old_sink.addr, "", ""));
@@ -332,19 +330,6 @@ async fn sighup_binds_added_listen_addresses_and_closes_removed_ones() {
     d.stop().await;
 }
 
-fn postsift(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// A process named `postsift` (so `postsift reload` accepts its pid) that is really `sleep`,
 /// with SIGHUP's default action: a SIGHUP sent to it decides at once that it dies of SIGHUP,
 /// so killing it afterwards with SIGKILL tells for certain whether it was ever sent one.
@@ -379,7 +364,7 @@ fn killed_by(mut child: std::process::Child) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_command_checks_the_config_then_signals_the_pid_file() {
     let (old_sink, new_sink) = (Capture::start().await, Capture::start().await);
-    let port = harness::free_port();
+    let port = peers::free_port();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("postsift.pid");
     let server = format!("pid_file = \"{}\"\n", pid_file.display());
@@ -456,11 +441,11 @@ async fn reload_command_checks_the_config_then_signals_the_pid_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reads_the_dkim_keys_again_and_a_bad_one_keeps_the_old() {
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let keys = tempfile::tempdir().unwrap();
     let genkey = |selector: &str| {
         let out = keys.path().join(format!("{selector}.pem"));
-        let st = std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+        let st = util::postsift_cmd()
             .args([
                 "dkim",
                 "genkey",

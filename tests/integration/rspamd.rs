@@ -4,16 +4,18 @@
 
 use crate::capture::Capture;
 use crate::client::send_one;
-use crate::harness;
+use crate::flow::gtube_is_rejected_with_554;
+use crate::peers;
 use crate::util::{self, fixture, http_get, rspamd_config, start_filter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gtube_is_flagged_and_clean_mail_is_not() {
     let (clamd, rspamd) = util::blocking(|| (util::clamd(), util::rspamd())).await;
     let sink = Capture::start().await;
-    let port = harness::free_port();
+    let port = peers::free_port();
     let cfg = rspamd_config(Some(&clamd), &rspamd, sink.addr, "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+        .set("metrics.listen", format!("127.0.0.1:{port}"))
+        .toml();
     let f = start_filter(&cfg).await;
 
     let r = send_one(
@@ -73,40 +75,20 @@ async fn gtube_is_flagged_and_clean_mail_is_not() {
 async fn rspamd_action_reject_with_spam_reject_policy_answers_554() {
     let rspamd = util::blocking(util::rspamd).await;
     let sink = Capture::start().await;
-    let cfg = rspamd_config(None, &rspamd, sink.addr, "[spam]\naction = \"reject\"\n")
-        .replace("[rspamd]\n", "[rspamd]\nuse_action = true\n")
-        // rspamd_config appends its own [spam] table; merge the two.
-        .replace("\n[spam]\nengine = \"rspamd\"\n", "")
-        .replace("[spam]\naction", "[spam]\nengine = \"rspamd\"\naction");
+    let cfg = rspamd_config(None, &rspamd, sink.addr, "")
+        .set("rspamd.use_action", true)
+        .set("spam.action", "reject")
+        .toml();
     let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "spammer@example.net",
-        &["bob@example.com"],
-        &fixture("gtube.eml"),
-    )
-    .await;
-    assert_eq!(r.code, 554, "{r:?}");
-    assert!(
-        r.text.contains("5.7.0 Reject, id=") && r.text.contains("- spam"),
-        "{r:?}"
-    );
-    assert_eq!(sink.count(), 0);
-    f.stop().await;
+    gtube_is_rejected_with_554(f, &sink).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rspamd_down_follows_on_failure() {
     let sink = Capture::start().await;
-    let closed = format!("127.0.0.1:{}", harness::free_port());
-    let f = start_filter(&rspamd_config(None, &closed, sink.addr, "")).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let closed = format!("127.0.0.1:{}", peers::free_port());
+    let f = start_filter(&rspamd_config(None, &closed, sink.addr, "").toml()).await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 250, "{r:?}");
     assert!(
         !sink.last().headers().contains("X-Spam-"),
@@ -115,15 +97,10 @@ async fn rspamd_down_follows_on_failure() {
     f.stop().await;
 
     let cfg = rspamd_config(None, &closed, sink.addr, "")
-        .replace("[rspamd]\n", "[rspamd]\non_failure = \"tempfail\"\n");
+        .set("rspamd.on_failure", "tempfail")
+        .toml();
     let f = start_filter(&cfg).await;
-    let r = send_one(
-        f.addr,
-        "a@example.org",
-        &["b@example.com"],
-        &fixture("clean.eml"),
-    )
-    .await;
+    let r = util::send_fixture(f.addr, "clean.eml").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.contains("spam_scan FAILED"), "{r:?}");
     assert_eq!(sink.count(), 1);

@@ -1,6 +1,8 @@
-//! Starting postsift in-process on 127.0.0.1:0 with a config written for the test, and the
-//! clamd, spamd and rspamd that all tests share (started once; a `static` is never dropped: the
-//! harness stops them when the test binary exits, see `harness::Peer`).
+//! Starting postsift in-process on 127.0.0.1:0 with a config written for the test (as text with
+//! [`config`], or key by key with [`test_config`]), the clamd, spamd and rspamd that all tests
+//! share (started once; a `static` is never dropped: the harness stops them when the test binary
+//! exits, see `peers::PeerProcess`), and the one runner of the `postsift` binary
+//! ([`postsift_cmd`], [`postsift_out`], [`postsift`]).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -10,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness;
+use crate::peers;
+use crate::test_config::TestConfig;
 
 pub struct Filter {
     pub addr: SocketAddr,
@@ -46,9 +49,31 @@ pub async fn start_filter_on(addr: SocketAddr, toml: &str) -> Filter {
     }
 }
 
+/// Starts postsift with `toml` on two listeners bound on port 0, configured as
+/// `127.0.0.1:10024` (inbound) and `127.0.0.1:10026` (originating: the keys policy banks and
+/// DKIM signing match); returns the filter and the second address.
+pub async fn start_two(toml: &str) -> (Filter, SocketAddr) {
+    let config = TestConfig::parse(toml)
+        .set("server.listen", vec!["127.0.0.1:10024", "127.0.0.1:10026"])
+        .config();
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, second) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(postsift::serve(config, vec![a, b], shutdown.clone()));
+    (
+        Filter {
+            addr,
+            shutdown,
+            handle,
+        },
+        second,
+    )
+}
+
 /// A config with the given scanners and reinjection target, metrics off; `extra` is appended
 /// (sections not written here: `[virus]`, `[spam]`, `[headers]`, `[log]`). Tests change other
-/// keys by replacing text.
+/// keys by name with [`test_config`].
 pub fn config(
     clamd: Option<&str>,
     spamd: Option<&str>,
@@ -66,22 +91,68 @@ pub fn config(
     )
 }
 
+/// [`config`] as a [`TestConfig`], to set further keys by name.
+pub fn test_config(
+    clamd: Option<&str>,
+    spamd: Option<&str>,
+    reinject: SocketAddr,
+    extra: &str,
+) -> TestConfig {
+    TestConfig::parse(&config(clamd, spamd, reinject, extra))
+}
+
+/// Timeouts for a message of tens of MB through clamd, spamd and the (debug-built) capture sink:
+/// 300 s for the scanners and the reinjection's end of data.
+pub fn patient(c: TestConfig) -> TestConfig {
+    c.set("reinject.data_timeout", 300)
+        .set("clamd.timeout", 300)
+        .set("spamd.timeout", 300)
+        .set("spamd.io_timeout", 300)
+}
+
 /// The clamd shared by all tests (EICAR and clam.exe signatures).
 pub fn clamd() -> String {
-    static C: OnceLock<harness::Clamd> = OnceLock::new();
-    let c = C.get_or_init(harness::Clamd::start);
+    static C: OnceLock<peers::Clamd> = OnceLock::new();
+    let c = C.get_or_init(peers::Clamd::start);
     c.socket.display().to_string()
 }
 
 /// The spamd shared by all tests (network tests off).
 pub fn spamd() -> String {
-    static S: OnceLock<harness::Spamd> = OnceLock::new();
-    let s = S.get_or_init(harness::Spamd::start);
+    static S: OnceLock<peers::Spamd> = OnceLock::new();
+    let s = S.get_or_init(peers::Spamd::start);
     s.addr.to_string()
 }
 
+/// Sends the fixture message `name` from a@example.org to b@example.com in one session; the
+/// reply to its end of data.
+pub async fn send_fixture(addr: SocketAddr, name: &str) -> crate::client::Reply {
+    crate::client::send_one(addr, "a@example.org", &["b@example.com"], &fixture(name)).await
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(harness::fixtures().join("messages").join(name)).unwrap()
+    std::fs::read(peers::fixtures().join("messages").join(name)).unwrap()
+}
+
+/// The `postsift` binary under test, as a command to add arguments to.
+pub fn postsift_cmd() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+}
+
+/// Runs the binary with `args`: (exit code, -1 if a signal ended it; stdout; stderr).
+pub fn postsift_out<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = postsift_cmd().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary with `args`: (exit code, stdout and stderr together).
+pub fn postsift<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let (code, out, err) = postsift_out(args);
+    (code, format!("{out}{err}"))
 }
 
 /// Runs a blocking harness start-up off the async runtime.
@@ -119,8 +190,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The rspamd shared by all tests (filter-only config, DNS-dependent modules off).
 pub fn rspamd() -> String {
-    static R: OnceLock<crate::rspamd_peer::Rspamd> = OnceLock::new();
-    let r = R.get_or_init(crate::rspamd_peer::Rspamd::start);
+    static R: OnceLock<crate::peers::rspamd::Rspamd> = OnceLock::new();
+    let r = R.get_or_init(crate::peers::rspamd::Rspamd::start);
     r.addr.to_string()
 }
 
@@ -130,11 +201,11 @@ pub fn rspamd_config(
     rspamd: &str,
     reinject: SocketAddr,
     extra: &str,
-) -> String {
-    config(clamd, None, reinject, extra).replace(
-        "[metrics]\n",
-        &format!("[rspamd]\nendpoints = [\"{rspamd}\"]\ntimeout = 20\n[metrics]\n"),
-    ) + "\n[spam]\nengine = \"rspamd\"\n"
+) -> TestConfig {
+    test_config(clamd, None, reinject, extra)
+        .set("rspamd.endpoints", vec![rspamd])
+        .set("rspamd.timeout", 20)
+        .set("spam.engine", "rspamd")
 }
 
 /// Standard base64 with padding, on one line (tests wrap it as their message needs).

@@ -9,24 +9,18 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{free_port, localhost, read_lossy, retry_if_port_taken, write_file, Peer};
+use super::{free_port, localhost, read_lossy, retry_if_port_taken, write_file, Peer, PeerProcess};
 
 pub struct Unbound {
     /// 127.0.0.1:<free port>, UDP and TCP.
     pub addr: SocketAddr,
     /// Stops unbound when dropped.
-    _peer: Peer,
+    peer: PeerProcess,
     /// Held open, never read: the server of `silent_zone`.
     _silent: Option<UdpSocket>,
 }
 
 impl Unbound {
-    /// unbound's pid (None once stopped): the soak SIGSTOPs it to hang it.
-    #[allow(dead_code)]
-    pub fn pid(&self) -> Option<u32> {
-        self._peer.pid()
-    }
-
     /// Starts unbound answering `records` (zone-file lines: `name. TTL IN TYPE data`), and
     /// forwarding `silent_zone` (if any) to a socket that never answers. Blocks until it
     /// answers a query (30 s, then panics with its log).
@@ -57,7 +51,7 @@ impl Unbound {
         silent_zone: Option<&str>,
         port: Option<u16>,
     ) -> Result<Unbound, String> {
-        let mut peer = Peer::new("unbound-");
+        let peer = PeerProcess::new("unbound-");
         let dir = peer.dir.clone();
         let port = port.unwrap_or_else(free_port);
         let addr = localhost(port);
@@ -96,30 +90,65 @@ impl Unbound {
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );
+        let mut unbound = Unbound {
+            addr,
+            peer,
+            _silent: silent,
+        };
+        unbound.launch()?;
+        Ok(unbound)
+    }
+
+    /// Runs unbound in the foreground on the config in its dir; waits until it answers a query
+    /// (30 s; then Err with its logs).
+    fn launch(&mut self) -> Result<(), String> {
+        let dir = &self.peer.dir;
         let mut cmd = Command::new("/usr/sbin/unbound");
         cmd.arg("-d")
             .arg("-c")
-            .arg(&conf_path)
-            .current_dir(&dir)
+            .arg(dir.join("unbound.conf"))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("unbound.err")).expect("create unbound.err"));
-        peer.spawn(cmd);
-        peer.wait_ready(
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("unbound.err"))
+                    .expect("open unbound.err"),
+            );
+        self.peer.spawn(cmd);
+        let addr = self.addr;
+        self.peer.wait_ready(
             "unbound (a query)",
             Duration::from_secs(30),
             || answers(addr),
             &["unbound.log", "unbound.err"],
-        )?;
-        Ok(Unbound {
-            addr,
-            _peer: peer,
-            _silent: silent,
-        })
+        )
     }
 
     pub fn log(&self) -> String {
-        read_lossy(&self._peer.dir.join("unbound.log"))
+        read_lossy(&self.peer.dir.join("unbound.log"))
+    }
+}
+
+impl Peer for Unbound {
+    const NAME: &'static str = "dns";
+
+    peer_process!();
+
+    fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// It answers a query for `. SOA` over UDP.
+    fn ping(&self) -> bool {
+        answers(self.addr)
+    }
+
+    /// unbound again on the same port with the same zone data (the silent zone's socket is kept).
+    fn start_again(&mut self) {
+        self.launch().unwrap_or_else(|why| panic!("{why}"));
     }
 }
 

@@ -1,8 +1,8 @@
 //! A private rspamd (Debian's /usr/bin/rspamd, 3.4) for integration tests: its own config, database,
 //! run and log dirs in a temp dir under `/tmp/postsift-test/`, a normal worker (HTTP `/checkv2`,
-//! `/ping`) and a controller on 127.0.0.1 free ports: a `harness::Peer` like the other peers (its
+//! `/ping`) and a controller on 127.0.0.1 free ports: a [`Peer`] like the other peers (its
 //! own process group, stopped when dropped or when the test process ends). Same conventions as
-//! `harness.rs`, whose helpers it uses (root, loopback-only network namespace,
+//! `peers/mod.rs`, whose helpers it uses (root, loopback-only network namespace,
 //! `POSTSIFT_TEST_TMP`, `POSTSIFT_KEEP_TEST_DIRS`).
 //!
 //! Config: `<dir>/etc` is a fresh copy of /etc/rspamd (so every stock rule loads), without the
@@ -25,9 +25,9 @@
 //!
 #![allow(dead_code)]
 
-use crate::harness::{
+use super::{
     base_dir, chmod, fixtures, free_port, localhost, port_open, retry_if_port_taken, wait_until,
-    write_file, Peer,
+    write_file, Peer, PeerProcess,
 };
 use std::fs;
 use std::io::{self, Read, Write};
@@ -56,7 +56,7 @@ pub struct Rspamd {
     /// (LOGDIR), rspamd.out (stdout/stderr), rspamd.pid (written by us: rspamd writes no pid file
     /// in foreground mode).
     pub dir: PathBuf,
-    peer: Peer,
+    peer: PeerProcess,
 }
 
 impl Rspamd {
@@ -73,7 +73,7 @@ impl Rspamd {
         let cache = base_dir().join("rspamd-cache");
         fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
 
-        let mut peer = Peer::new("rspamd-");
+        let mut peer = PeerProcess::new("rspamd-");
         let dir = peer.dir.clone();
         let etc = dir.join("etc");
         copy_stock_config(Path::new("/etc/rspamd"), &etc);
@@ -193,26 +193,38 @@ impl Rspamd {
         }
     }
 
-    /// `GET /ping` on the normal worker → `pong`.
-    pub fn ping(&self) -> bool {
-        ping(self.addr)
-    }
-
-    /// The rspamd main process's pid (None once stopped).
-    pub fn pid(&self) -> Option<u32> {
-        self.peer.pid()
-    }
-
     /// The contents of log/rspamd.log (one line per scan: `rspamd_task_write_log: … qid: <…>, …
     /// (default: F (no action): [score/15.00] [symbols]), len: …, time: …, dns req: 0, …`).
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&fs::read(self.dir.join("log/rspamd.log")).unwrap_or_default())
             .into_owned()
     }
+}
+
+impl Peer for Rspamd {
+    const NAME: &'static str = "rspamd";
+
+    peer_process!();
+
+    /// The normal worker.
+    fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `GET /ping` on the normal worker → `pong`.
+    fn ping(&self) -> bool {
+        ping(self.addr)
+    }
+
+    /// SIGTERM to the main process (it stops its workers), SIGKILL to its process group after
+    /// 15 s.
+    fn grace(&self) -> Duration {
+        Duration::from_secs(15)
+    }
 
     /// Starts the stopped rspamd again with the same command line (the `command` file: same
     /// ports and directories); blocks until both workers answer `/ping` (180 s, then panics).
-    pub fn start_again(&mut self) {
+    fn start_again(&mut self) {
         let line = fs::read_to_string(self.dir.join("command")).expect("read command");
         let mut words = line.split_whitespace();
         let mut cmd = Command::new(words.next().expect("program"));
@@ -239,8 +251,8 @@ impl Rspamd {
 
     /// SIGTERM to the main process (it stops its workers), SIGKILL to its process group after
     /// 15 s; wait until both ports are closed. Idempotent. The temp dir stays until Drop.
-    pub fn stop(&mut self) {
-        self.peer.stop(Duration::from_secs(15));
+    fn stop(&mut self) {
+        self.peer.stop(self.grace());
         let (a, c) = (self.addr, self.controller);
         if !wait_until(Duration::from_secs(10), || !port_open(a) && !port_open(c)) {
             eprintln!("rspamd_peer: rspamd port {a} or {c} still open after stop");
