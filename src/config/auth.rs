@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Check, Config, Error};
+use super::check::{describe, Check, Error, Present};
 
 /// The rules postsift scores, with SpamAssassin 4.0's default scores for them (score set 1:
 /// network tests on, Bayes off — the set where SPF and DMARC fire without assuming Bayes).
@@ -147,26 +147,26 @@ impl Auth {
     }
 }
 
-impl Config {
-    /// `[dns]` and `[auth]` keys written while `auth.enabled` is false.
-    pub(super) fn auth_warnings(&self) -> Vec<String> {
+impl Auth {
+    /// `[dns]` and `[auth]` keys written (`present`) while `auth.enabled` is false.
+    pub(super) fn warnings(&self, present: &Present) -> Vec<String> {
         let mut out = Vec::new();
-        if self.auth.enabled {
+        if self.enabled {
             return out;
         }
-        if self.present.contains_key("dns") {
+        if present.contains_key("dns") {
             out.push(
                 "[dns] is not used: auth.enabled is false, and only mail authentication \
                  asks DNS"
                     .to_owned(),
             );
         }
-        if let Some(keys) = self.present.get("auth") {
+        if let Some(keys) = present.get("auth") {
             let unused = keys.iter().filter(|k| *k != "enabled");
             if unused.clone().next().is_some() {
                 out.push(format!(
                     "{} not used: auth.enabled is false",
-                    Self::describe("auth", unused)
+                    describe("auth", unused)
                 ));
             }
         }

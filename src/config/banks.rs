@@ -1,7 +1,7 @@
 //! `[[policy]]`: policy banks, settings that replace the top-level ones for the mail they match,
-//! what each may set and how it is checked, and the merge: [`Config::effective`] lays the keys of
-//! the banks that apply over the top-level settings, in file order. Which banks apply to a
-//! message is the `banks` module's business.
+//! what each may set and how it is checked, and what one bank lays over the top-level settings
+//! (the merge of all that apply, in file order, is [`super::Config::effective`]). Which banks
+//! apply to a message is the `banks` module's business.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Action, BannedRule, Check, Config, Error, Unchecked};
+use super::banned::{Banned, BannedRule};
+use super::check::{Check, Error};
+use super::dkim_sign::DkimSign;
+use super::parts::{Parts, Unchecked};
+use super::policy::{Action, Spam, Virus};
 
 /// One `[[policy]]` bank: settings that replace the top-level ones for the mail it matches.
 /// Every key but `name` and `match` is optional; what a bank leaves out stays as the defaults
@@ -126,9 +130,10 @@ impl Bank {
                 .contains(&Some(Unchecked::Quarantine))
     }
 
-    /// The setting of this bank that trusts the mail it matches (signs it, or skips a check), when the
-    /// bank matches on `sender_domain` and on neither a listener nor a client network: MAIL FROM is
-    /// whatever the sender types, so any Internet sender would get it. Returns the key.
+    /// The setting of this bank that trusts the mail it matches (signs it, or skips a check),
+    /// when the bank matches on `sender_domain` and on neither a listener nor a client network:
+    /// MAIL FROM is whatever the sender types, so any Internet sender would get it. Returns the
+    /// key.
     pub fn trust_by_sender_only(&self) -> Option<&'static str> {
         let m = &self.when;
         if m.sender_domain.is_empty() || !m.listener.is_empty() || !m.client.is_empty() {
@@ -156,187 +161,108 @@ impl Bank {
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
     }
-}
 
-impl Config {
-    /// The settings in effect under `banks` (indices into `config.policy`, applied in that order).
-    /// A bypass switches the scanner off in the result, as if it had no endpoints.
-    pub fn effective(&self, banks: &[usize]) -> Config {
-        let mut c = self.clone();
-        for &i in banks {
-            let b = &self.policy[i];
-            let s = &b.spam;
-            let set = |to: &mut f64, v: Option<f64>| {
-                if let Some(v) = v {
-                    *to = v;
-                }
-            };
-            set(&mut c.spam.tag_level, s.tag_level);
-            set(&mut c.spam.tag2_level, s.tag2_level);
-            set(&mut c.spam.kill_level, s.kill_level);
-            if let Some(q) = s.quarantine_level {
-                c.spam.quarantine_level = Some(q);
-            }
-            if let Some(t) = &s.subject_tag {
-                c.spam.subject_tag = t.clone();
-            }
-            if let Some(a) = s.action {
-                c.spam.action = a;
-            }
-            if let Some(a) = b.virus.action {
-                c.virus.action = a;
-            }
-            if let Some(a) = b.banned.action {
-                c.banned.action = a;
-            }
-            if let Some(r) = &b.banned.rules {
-                c.banned.rules = Some(r.clone());
-            }
-            if let Some(v) = b.dkim_sign {
-                c.dkim_sign.by_bank = Some(v);
-            }
-            let p = &b.parts;
-            for (to, v) in [
-                (&mut c.parts.on_max_parts, p.on_max_parts),
-                (&mut c.parts.on_max_decoded_bytes, p.on_max_decoded_bytes),
-                (&mut c.parts.on_max_depth, p.on_max_depth),
-                (&mut c.parts.on_ratio, p.on_ratio),
-                (&mut c.parts.on_encrypted, p.on_encrypted),
-                (&mut c.parts.on_max_walk_time, p.on_max_walk_time),
-                (&mut c.parts.on_decoder, p.on_decoder),
-                (&mut c.parts.on_max_message_size, p.on_max_message_size),
-            ] {
-                if let Some(v) = v {
-                    *to = v;
-                }
-            }
+    /// `bank "name"`, or `bank #i` (from 1) for one without a name, as errors name it.
+    fn label(&self, i: usize) -> String {
+        if self.name.is_empty() {
+            format!("bank #{}", i + 1)
+        } else {
+            format!("bank \"{}\"", self.name)
         }
-        // The last bank that says anything about a bypass decides.
-        let bypass = |f: fn(&Bank) -> Option<bool>| {
-            banks
-                .iter()
-                .rev()
-                .find_map(|&i| f(&self.policy[i]))
-                .unwrap_or(false)
-        };
-        if bypass(|b| b.bypass_virus_checks) {
-            c.clamd.endpoints.clear();
-        }
-        if bypass(|b| b.bypass_spam_checks) {
-            c.spamd.endpoints.clear();
-            c.rspamd.endpoints.clear();
-        }
-        c.policy.clear();
-        c
     }
 
-    /// Banks whose client networks include a network Postfix connects from
-    /// (`server.allow_networks`): when Postfix sends no XFORWARD (`lmtp_send_xforward_command` and
-    /// `smtp_send_xforward_command` are off by default), the client is Postfix itself, and such a
-    /// bank applies to every message. Their names.
-    pub fn client_banks_matching_postfix(&self) -> Vec<&str> {
-        let overlap = |a: &ipnet::IpNet, b: &ipnet::IpNet| {
-            a.contains(&b.network()) || b.contains(&a.network())
-        };
-        self.policy
-            .iter()
-            .filter(|b| {
-                b.when
-                    .client
-                    .iter()
-                    .any(|n| self.server.allow_networks.iter().any(|a| overlap(n, a)))
-            })
-            .map(|b| b.name.as_str())
-            .collect()
-    }
-
-    /// A bank must be able to match, and what it sets must be valid on its own.
-    pub(super) fn validate_banks(&self, check: Check) -> Result<(), Error> {
-        let mut names = BTreeSet::new();
-        for (i, b) in self.policy.iter().enumerate() {
-            let this = if b.name.is_empty() {
-                format!("bank #{}", i + 1)
-            } else {
-                format!("bank \"{}\"", b.name)
-            };
-            let no = |key: &'static str, what: &str| Err(check.bad(key, format!("{this}: {what}")));
-            if b.name.is_empty() || b.name.contains(|c: char| c.is_whitespace() || c == ',') {
-                return no(
-                    "policy.name",
-                    "every bank needs a name, without spaces or commas",
-                );
-            }
-            if !names.insert(b.name.as_str()) {
-                return no("policy.name", "the name is used by an earlier bank");
-            }
-            let m = &b.when;
-            if m.is_empty() {
-                return no(
-                    "policy.match",
-                    "matches nothing: give at least one of listener, client, sender_domain, \
-                     recipient, recipient_domain",
-                );
-            }
-            if let Some(l) = m.listener.iter().find(|l| !self.server.listen.contains(l)) {
-                return no(
-                    "policy.match.listener",
-                    &format!("{l} is not in server.listen, so no mail arrives there"),
-                );
-            }
-            if let Some(key) = b.trust_by_sender_only() {
-                return no(
-                    key,
-                    "matches on sender_domain only, which any Internet sender can type in \
-                     MAIL FROM; also match a listener or client networks (e.g. an originating \
-                     listener)",
-                );
-            }
-            for (key, domains) in [
-                ("policy.match.sender_domain", &m.sender_domain),
-                ("policy.match.recipient_domain", &m.recipient_domain),
-            ] {
-                if let Some(d) = domains.iter().find(|d| {
-                    let d = d.strip_prefix('.').unwrap_or(d);
-                    d.is_empty() || d.contains(['@', ' ']) || d.starts_with('.')
-                }) {
-                    return no(key, &format!("{d:?} is not a domain"));
-                }
-            }
-            if let Some(r) = m.recipient.iter().find(|r| {
-                r.rsplit_once('@')
-                    .is_none_or(|(l, d)| l.is_empty() || d.is_empty() || r.contains(' '))
+    /// A bank (the `i`th) must be able to match, and what it sets must be valid on its own;
+    /// `names` are those of the banks before it, and gets its own. The levels it leaves are
+    /// checked with the merge ([`super::Config::effective`]).
+    pub(super) fn validate<'a>(
+        &'a self,
+        check: Check,
+        i: usize,
+        listen: &[SocketAddr],
+        names: &mut BTreeSet<&'a str>,
+    ) -> Result<(), Error> {
+        let no = |key: &'static str, what: &str| Err(self.refused(check, i, key, what));
+        if self.name.is_empty() || self.name.contains(|c: char| c.is_whitespace() || c == ',') {
+            return no(
+                "policy.name",
+                "every bank needs a name, without spaces or commas",
+            );
+        }
+        if !names.insert(self.name.as_str()) {
+            return no("policy.name", "the name is used by an earlier bank");
+        }
+        let m = &self.when;
+        if m.is_empty() {
+            return no(
+                "policy.match",
+                "matches nothing: give at least one of listener, client, sender_domain, \
+                 recipient, recipient_domain",
+            );
+        }
+        if let Some(l) = m.listener.iter().find(|l| !listen.contains(l)) {
+            return no(
+                "policy.match.listener",
+                &format!("{l} is not in server.listen, so no mail arrives there"),
+            );
+        }
+        if let Some(key) = self.trust_by_sender_only() {
+            return no(
+                key,
+                "matches on sender_domain only, which any Internet sender can type in \
+                 MAIL FROM; also match a listener or client networks (e.g. an originating \
+                 listener)",
+            );
+        }
+        for (key, domains) in [
+            ("policy.match.sender_domain", &m.sender_domain),
+            ("policy.match.recipient_domain", &m.recipient_domain),
+        ] {
+            if let Some(d) = domains.iter().find(|d| {
+                let d = d.strip_prefix('.').unwrap_or(d);
+                d.is_empty() || d.contains(['@', ' ']) || d.starts_with('.')
             }) {
-                return no(
-                    "policy.match.recipient",
-                    &format!("{r:?} is not an address"),
-                );
+                return no(key, &format!("{d:?} is not a domain"));
             }
-            for (key, level) in [
-                ("policy.spam.tag_level", b.spam.tag_level),
-                ("policy.spam.tag2_level", b.spam.tag2_level),
-                ("policy.spam.kill_level", b.spam.kill_level),
-                ("policy.spam.quarantine_level", b.spam.quarantine_level),
-            ] {
-                if level.is_some_and(|l| !l.is_finite()) {
-                    return no(key, "must be a finite number");
-                }
-            }
-            let e = self.effective(&[i]);
-            if e.spam.tag2_level < e.spam.tag_level {
-                return no(
-                    "policy.spam.tag2_level",
-                    "is below the tag_level in effect for this bank",
-                );
+        }
+        if let Some(r) = m.recipient.iter().find(|r| {
+            r.rsplit_once('@')
+                .is_none_or(|(l, d)| l.is_empty() || d.is_empty() || r.contains(' '))
+        }) {
+            return no(
+                "policy.match.recipient",
+                &format!("{r:?} is not an address"),
+            );
+        }
+        for (key, level) in [
+            ("policy.spam.tag_level", self.spam.tag_level),
+            ("policy.spam.tag2_level", self.spam.tag2_level),
+            ("policy.spam.kill_level", self.spam.kill_level),
+            ("policy.spam.quarantine_level", self.spam.quarantine_level),
+        ] {
+            if level.is_some_and(|l| !l.is_finite()) {
+                return no(key, "must be a finite number");
             }
         }
         Ok(())
     }
 
-    /// Client banks that would apply to every message when Postfix sends no XFORWARD.
-    pub(super) fn bank_warnings(&self) -> Vec<String> {
-        self.client_banks_matching_postfix()
-            .into_iter()
-            .map(|name| {
+    /// The error for `key` of this bank (the `i`th).
+    pub(super) fn refused(&self, check: Check, i: usize, key: &'static str, what: &str) -> Error {
+        check.bad(key, format!("{}: {what}", self.label(i)))
+    }
+
+    /// When this bank's client networks include a network Postfix connects from
+    /// (`server.allow_networks`): when Postfix sends no XFORWARD (`lmtp_send_xforward_command`
+    /// and `smtp_send_xforward_command` are off by default), the client is Postfix itself, and
+    /// the bank applies to every message. Says so.
+    pub(super) fn postfix_warning(&self, allow_networks: &[IpNet]) -> Option<String> {
+        let overlap = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        let name = &self.name;
+        self.when
+            .client
+            .iter()
+            .any(|n| allow_networks.iter().any(|a| overlap(n, a)))
+            .then(|| {
                 format!(
                     "policy bank \"{name}\": match.client includes server.allow_networks, so \
                      when Postfix sends no XFORWARD the client is Postfix itself and the bank \
@@ -344,12 +270,68 @@ impl Config {
                      smtp_send_xforward_command) on postsift's transport in master.cf"
                 )
             })
-            .collect()
+    }
+
+    /// Lays the keys this bank sets over `spam`, `virus`, `banned`, `parts` and `dkim_sign`
+    /// (the bypasses are the merge's: the last bank that says anything decides).
+    pub(super) fn lay_over(
+        &self,
+        spam: &mut Spam,
+        virus: &mut Virus,
+        banned: &mut Banned,
+        parts: &mut Parts,
+        dkim_sign: &mut DkimSign,
+    ) {
+        let s = &self.spam;
+        let set = |to: &mut f64, v: Option<f64>| {
+            if let Some(v) = v {
+                *to = v;
+            }
+        };
+        set(&mut spam.tag_level, s.tag_level);
+        set(&mut spam.tag2_level, s.tag2_level);
+        set(&mut spam.kill_level, s.kill_level);
+        if let Some(q) = s.quarantine_level {
+            spam.quarantine_level = Some(q);
+        }
+        if let Some(t) = &s.subject_tag {
+            spam.subject_tag = t.clone();
+        }
+        if let Some(a) = s.action {
+            spam.action = a;
+        }
+        if let Some(a) = self.virus.action {
+            virus.action = a;
+        }
+        if let Some(a) = self.banned.action {
+            banned.action = a;
+        }
+        if let Some(r) = &self.banned.rules {
+            banned.rules = Some(r.clone());
+        }
+        if let Some(v) = self.dkim_sign {
+            dkim_sign.by_bank = Some(v);
+        }
+        let p = &self.parts;
+        for (to, v) in [
+            (&mut parts.on_max_parts, p.on_max_parts),
+            (&mut parts.on_max_decoded_bytes, p.on_max_decoded_bytes),
+            (&mut parts.on_max_depth, p.on_max_depth),
+            (&mut parts.on_ratio, p.on_ratio),
+            (&mut parts.on_encrypted, p.on_encrypted),
+            (&mut parts.on_max_walk_time, p.on_max_walk_time),
+            (&mut parts.on_decoder, p.on_decoder),
+            (&mut parts.on_max_message_size, p.on_max_message_size),
+        ] {
+            if let Some(v) = v {
+                *to = v;
+            }
+        }
     }
 }
 
 impl BankParts {
-    /// Every `on_…` key, in the order of [`super::Parts::unchecked_actions`].
+    /// Every `on_…` key, in the order of [`Parts::unchecked_actions`].
     pub fn unchecked_actions(&self) -> [Option<Unchecked>; 8] {
         [
             self.on_max_parts,

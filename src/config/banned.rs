@@ -1,7 +1,7 @@
 //! `[banned]`: the attachment types refused, as ordered rules.
 use serde::Deserialize;
 
-use super::Action;
+use super::policy::Action;
 
 /// `[banned]`: attachment types refused, with amavis's semantics (see `scan::banned`).
 #[derive(Debug, Clone, Deserialize)]

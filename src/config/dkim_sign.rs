@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Check, Config, Error};
+use super::check::{Check, Error};
 
 /// The header fields signed by default, when present: what carries the message's meaning to its
 /// reader, and the mailing-list fields (RFC 6376 5.4.1's recommendation, as opendkim signs).
@@ -93,7 +93,7 @@ pub struct DkimSign {
     pub oversign_from: bool,
     /// Keys, one or more per domain (each signs: RSA and Ed25519 side by side). Default none.
     pub keys: Vec<DkimKey>,
-    /// Set by a policy bank's `dkim_sign` ([`Config::effective`]), never by the file.
+    /// Set by a policy bank's `dkim_sign` (`Config::effective`), never by the file.
     #[serde(skip)]
     pub by_bank: Option<bool>,
 }
@@ -135,14 +135,11 @@ fn rsa_sha256() -> SignAlgorithm {
     SignAlgorithm::RsaSha256
 }
 
-impl Config {
-    pub(super) fn validate_dkim_sign(&self, check: Check) -> Result<(), Error> {
-        let d = &self.dkim_sign;
-        if let Some(l) = d
-            .originating_listeners
-            .iter()
-            .find(|l| !self.server.listen.contains(l))
-        {
+impl DkimSign {
+    /// `listen` is `server.listen`, where an originating listener must be.
+    pub(super) fn validate(&self, check: Check, listen: &[SocketAddr]) -> Result<(), Error> {
+        let d = self;
+        if let Some(l) = d.originating_listeners.iter().find(|l| !listen.contains(l)) {
             return Err(check.bad(
                 "dkim_sign.originating_listeners",
                 format!("{l} is not in server.listen, so no mail arrives there"),
@@ -196,9 +193,10 @@ impl Config {
         Ok(())
     }
 
-    /// `[dkim_sign]` written so that nothing is ever signed.
-    pub(super) fn dkim_sign_warnings(&self) -> Vec<String> {
-        let d = &self.dkim_sign;
+    /// `[dkim_sign]` written so that nothing is ever signed; `by_bank`: a policy bank says
+    /// `dkim_sign = true`.
+    pub(super) fn warnings(&self, by_bank: bool) -> Vec<String> {
+        let d = self;
         let mut out = Vec::new();
         if !d.enabled {
             if !d.keys.is_empty() {
@@ -217,7 +215,6 @@ impl Config {
                     .to_owned(),
             );
         }
-        let by_bank = self.policy.iter().any(|b| b.dkim_sign == Some(true));
         if d.originating_listeners.is_empty() && d.networks.is_empty() && !by_bank {
             out.push(
                 "dkim_sign.enabled is true but no mail is outgoing: set \

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// `[dns]`: the resolver mail authentication (`[auth]`) asks. Answers are cached in-process,
 /// shared by all sessions, for as long as their TTL says (see `dns`).

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::check::{Check, Error};
 use super::listen::{parse_policy_listen, PolicyListen};
-use super::{Check, Error, OnFailure};
+use super::scanners::OnFailure;
 
 /// `[greylist]`: a Postfix policy service with postgrey 1.37's decisions (its option in
 /// brackets), for `check_policy_service` after `reject_unauth_destination`.

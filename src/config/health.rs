@@ -1,7 +1,7 @@
 //! `[health]`: when a peer counts as down, and how it is probed.
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// `[health]`: each peer's health state (see [`crate::peers`]); the probe runs every
 /// `metrics.probe_interval` seconds.

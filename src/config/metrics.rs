@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// `[metrics]`: the Prometheus endpoint and the health probe behind `/readyz`.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,7 @@
 //! key. Imports nothing else of the crate: what the runtime loads from the configuration (DKIM
 //! keys, whitelists, stores) is loaded where the runtime is built.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub mod auth;
 pub mod banks;
 pub mod banned;
+mod check;
 pub mod dkim_sign;
 pub mod dns;
 pub mod greylist;
@@ -31,6 +32,8 @@ pub mod server;
 pub use auth::{Auth, DmarcPolicy};
 pub use banks::{Bank, BankBanned, BankMatch, BankParts, BankSpam, BankVirus};
 pub use banned::{Banned, BannedRule};
+pub use check::Error;
+use check::{Check, Present};
 pub use dkim_sign::{DkimKey, DkimSign, SignAlgorithm, SignOnError, DEFAULT_HEADERS};
 pub use dns::Dns;
 pub use greylist::{Greylist, RetryWindow};
@@ -47,30 +50,6 @@ pub use server::Server;
 
 /// Where `postsift run` looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/postsift/postsift.toml";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: invalid value for `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        message: String,
-    },
-    /// Like `Invalid`, for a key inside an array of tables (`dkim_sign.keys[1].key`).
-    #[error("{path}: invalid value for `{key}`: {message}")]
-    InvalidAt {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
-}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -93,72 +72,20 @@ pub struct Config {
     pub dns: Dns,
     pub auth: Auth,
     pub dkim_sign: DkimSign,
-    /// `[[policy]]`: policy banks, applied in order on top of the settings above (see
-    /// [`crate::banks`]). Default: none.
+    /// `[[policy]]`: policy banks, applied in order on top of the settings above
+    /// ([`Config::effective`]; which apply to a message is the `banks` module's business).
+    /// Default: none.
     pub policy: Vec<Bank>,
     /// The keys written in the file, section by section (`"rspamd"` → `{"endpoints", …}`); empty
     /// for the built-in defaults. Serde fills every absent key with its default, so this is the
     /// only record of what the administrator actually configured: the spam-engine check and
     /// [`Config::warnings`] need it to tell a section left out from one written and then unused.
     #[serde(skip)]
-    present: BTreeMap<String, BTreeSet<String>>,
+    present: Present,
     /// The file it was read from (empty for the built-in defaults), to name it in errors found
     /// after the load, such as a DKIM key file that cannot be read ([`Config::invalid_at`]).
     #[serde(skip)]
     path: PathBuf,
-}
-
-/// Makes the errors of one file, each naming its key.
-#[derive(Clone, Copy)]
-struct Check<'a> {
-    path: &'a Path,
-}
-
-impl Check<'_> {
-    /// `key`'s value cannot work.
-    fn bad(self, key: &'static str, message: impl Into<String>) -> Error {
-        Error::Invalid {
-            path: self.path.to_owned(),
-            key,
-            message: message.into(),
-        }
-    }
-
-    /// Like [`Check::bad`], for a key inside an array of tables (`dkim_sign.keys[1].key`).
-    fn at(self, key: String, message: impl Into<String>) -> Error {
-        Error::InvalidAt {
-            path: self.path.to_owned(),
-            key,
-            message: message.into(),
-        }
-    }
-
-    /// Each of `counts` must be at least 1.
-    fn at_least_one(self, counts: &[(&'static str, u64)]) -> Result<(), Error> {
-        match counts.iter().find(|(_, n)| *n == 0) {
-            Some((key, _)) => Err(self.bad(key, "must be at least 1")),
-            None => Ok(()),
-        }
-    }
-
-    /// A zero timeout fails every operation it guards, so it is never what was meant.
-    fn seconds(self, timeouts: &[(&'static str, u64)]) -> Result<(), Error> {
-        match timeouts.iter().find(|(_, n)| *n == 0) {
-            Some((key, _)) => Err(self.bad(key, "must be at least 1 second")),
-            None => Ok(()),
-        }
-    }
-
-    /// TOML has `inf` and `nan`; neither compares usefully with a score.
-    fn finite(self, levels: &[(&'static str, Option<f64>)]) -> Result<(), Error> {
-        match levels
-            .iter()
-            .find(|(_, l)| l.is_some_and(|l| !l.is_finite()))
-        {
-            Some((key, _)) => Err(self.bad(key, "must be a finite number")),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Config {
@@ -216,10 +143,67 @@ impl Config {
         self.spam.validate(check)?;
         self.dns.validate(check)?;
         self.auth.validate(check)?;
-        self.validate_dkim_sign(check)?;
+        self.dkim_sign.validate(check, &self.server.listen)?;
         self.metrics.validate(check)?;
         self.health.validate(check)?;
-        self.validate_spam_engine(check)
+        scanners::validate_engine(
+            check,
+            &self.present,
+            self.spam.engine,
+            &self.spamd,
+            &self.rspamd,
+        )
+    }
+
+    /// Each bank on its own, then with the levels in effect where it applies.
+    fn validate_banks(&self, check: Check) -> Result<(), Error> {
+        let mut names = BTreeSet::new();
+        for (i, b) in self.policy.iter().enumerate() {
+            b.validate(check, i, &self.server.listen, &mut names)?;
+            let e = self.effective(&[i]);
+            if e.spam.tag2_level < e.spam.tag_level {
+                return Err(b.refused(
+                    check,
+                    i,
+                    "policy.spam.tag2_level",
+                    "is below the tag_level in effect for this bank",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings in effect under `banks` (indices into `config.policy`, applied in that
+    /// order): each bank's keys laid over the top-level settings. A bypass switches the scanner
+    /// off in the result, as if it had no endpoints.
+    pub fn effective(&self, banks: &[usize]) -> Config {
+        let mut c = self.clone();
+        for &i in banks {
+            self.policy[i].lay_over(
+                &mut c.spam,
+                &mut c.virus,
+                &mut c.banned,
+                &mut c.parts,
+                &mut c.dkim_sign,
+            );
+        }
+        // The last bank that says anything about a bypass decides.
+        let bypass = |f: fn(&Bank) -> Option<bool>| {
+            banks
+                .iter()
+                .rev()
+                .find_map(|&i| f(&self.policy[i]))
+                .unwrap_or(false)
+        };
+        if bypass(|b| b.bypass_virus_checks) {
+            c.clamd.endpoints.clear();
+        }
+        if bypass(|b| b.bypass_spam_checks) {
+            c.spamd.endpoints.clear();
+            c.rspamd.endpoints.clear();
+        }
+        c.policy.clear();
+        c
     }
 
     /// An error about `key` of this file found after the load, by what the runtime builds from
@@ -233,22 +217,24 @@ impl Config {
     /// keeping a section for a later switch is legitimate. `check-config` prints them and still
     /// exits 0; `run` logs them at start.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = self.bank_warnings();
-        out.extend(self.scanner_warnings());
-        out.extend(self.auth_warnings());
-        out.extend(self.rspamd_warning());
-        out.extend(self.dkim_sign_warnings());
-        out.extend(self.parts_size_warning());
+        let allow = &self.server.allow_networks;
+        let mut out: Vec<String> = (self.policy.iter())
+            .filter_map(|b| b.postfix_warning(allow))
+            .collect();
+        let engine = self.spam.engine;
+        out.extend(scanners::warnings(
+            &self.present,
+            engine,
+            &self.clamd,
+            &self.spamd,
+            &self.rspamd,
+        ));
+        out.extend(self.auth.warnings(&self.present));
+        out.extend(self.rspamd.warning(engine));
+        let by_bank = self.policy.iter().any(|b| b.dkim_sign == Some(true));
+        out.extend(self.dkim_sign.warnings(by_bank));
+        out.extend(self.parts.size_warning(self.server.max_message_size));
         out
-    }
-
-    /// `clamd.timeout is`, `clamd.on_failure, clamd.timeout are`.
-    fn describe<'a>(section: &str, keys: impl Iterator<Item = &'a String>) -> String {
-        let keys: Vec<String> = keys.map(|k| format!("{section}.{k}")).collect();
-        match keys.len() {
-            1 => format!("{} is", keys[0]),
-            _ => format!("{} are", keys.join(", ")),
-        }
     }
 
     /// Whether anything can put a message into the quarantine or release one from it: only

@@ -1,7 +1,8 @@
 //! `[parts]`: postsift's own MIME walk (how far it goes, what an unfinished walk gives).
 use serde::Deserialize;
 
-use super::{Check, Config, Error, Server};
+use super::check::{Check, Error};
+use super::server::Server;
 
 /// `[parts]`: postsift's own MIME walk, whose decoded parts clamd scans besides the whole
 /// message (amavis's `$MAXFILES`, `$MAX_EXPANSION_QUOTA`, `$MAXLEVELS`).
@@ -94,6 +95,24 @@ impl Parts {
         check.seconds(&[("parts.max_walk_time", self.max_walk_time)])
     }
 
+    /// Messages over `max_message_size` are not walked (UNCHECKED, reason `size`): a
+    /// configuration that accepts larger ones (`accepted`, `server.max_message_size`) is told
+    /// so. Not for the defaults (16 MiB walked, 50 MiB accepted), whose gap the README documents.
+    pub(super) fn size_warning(&self, accepted: u64) -> Option<String> {
+        let walked = self.max_message_size;
+        let defaults = (
+            Parts::default().max_message_size,
+            Server::default().max_message_size,
+        );
+        (self.enabled && walked < accepted && (walked, accepted) != defaults).then(|| {
+            format!(
+                "parts.max_message_size ({walked}) is below server.max_message_size \
+                 ({accepted}): larger messages are not walked, so the banned-file rules do not \
+                 see their parts; they are UNCHECKED (reason size, parts.on_max_message_size)"
+            )
+        })
+    }
+
     /// Every `on_…` key, in the file's order.
     pub fn unchecked_actions(&self) -> [Unchecked; 8] {
         [
@@ -106,25 +125,5 @@ impl Parts {
             self.on_decoder,
             self.on_max_message_size,
         ]
-    }
-}
-
-impl Config {
-    /// Messages over `parts.max_message_size` are not walked (UNCHECKED, reason `size`): a
-    /// configuration that accepts larger ones is told so. Not for the defaults (16 MiB walked,
-    /// 50 MiB accepted), whose gap the README documents.
-    pub(super) fn parts_size_warning(&self) -> Option<String> {
-        let (walked, accepted) = (self.parts.max_message_size, self.server.max_message_size);
-        let defaults = (
-            Parts::default().max_message_size,
-            Server::default().max_message_size,
-        );
-        (self.parts.enabled && walked < accepted && (walked, accepted) != defaults).then(|| {
-            format!(
-                "parts.max_message_size ({walked}) is below server.max_message_size \
-                 ({accepted}): larger messages are not walked, so the banned-file rules do not \
-                 see their parts; they are UNCHECKED (reason size, parts.on_max_message_size)"
-            )
-        })
     }
 }

@@ -2,7 +2,7 @@
 //! and the engine whose score goes through them), and `[headers]`, the headers postsift writes.
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// Which spam engine scores messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::check::{Check, Error};
 use super::listen::{parse_policy_listen, PolicyListen};
-use super::{Check, Error};
 
 /// `[quarantine]`: where the `quarantine` action keeps messages, and how they are released.
 #[derive(Debug, Clone, Deserialize)]

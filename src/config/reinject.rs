@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// `[reinject]`: where scanned mail goes back into Postfix.
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,8 @@
 
 use serde::Deserialize;
 
-use super::{Check, Config, Error, SpamEngine};
+use super::check::{describe, Check, Error, Present};
+use super::policy::SpamEngine;
 
 /// What to do when a scanner fails or times out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -174,77 +175,92 @@ impl Rspamd {
     }
 }
 
-impl Config {
-    /// The selected engine switched off while the other one is configured: no spam check runs
-    /// at all, which nobody who wrote both sections meant.
-    pub(super) fn validate_spam_engine(&self, check: Check) -> Result<(), Error> {
-        let [(engine, engine_endpoints), (other, other_endpoints)] = self.spam_engines();
-        if engine_endpoints.is_empty()
-            && self.present.contains_key(other)
-            && !other_endpoints.is_empty()
-        {
-            return Err(check.bad(
-                "spam.engine",
-                format!(
-                    "\"{engine}\" but {engine}.endpoints is empty while [{other}] is configured, \
-                     so no spam check would run; set spam.engine = \"{other}\" (or remove \
-                     [{other}] if no spam check is meant)"
-                ),
-            ));
-        }
-        Ok(())
+/// The selected spam engine, then the other one: section name and endpoints.
+fn spam_engines<'a>(
+    engine: SpamEngine,
+    spamd: &'a Spamd,
+    rspamd: &'a Rspamd,
+) -> [(&'static str, &'a [String]); 2] {
+    let spamd = ("spamd", &spamd.endpoints[..]);
+    let rspamd = ("rspamd", &rspamd.endpoints[..]);
+    match engine {
+        SpamEngine::Spamd => [spamd, rspamd],
+        SpamEngine::Rspamd => [rspamd, spamd],
     }
+}
 
-    /// The section of the engine not selected, and keys of a switched-off scanner.
-    pub(super) fn scanner_warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let [(engine, engine_endpoints), (other, _)] = self.spam_engines();
-        if self.present.contains_key(other) {
+/// The selected engine (`spam.engine`) switched off while the other one is configured
+/// (`present`): no spam check runs at all, which nobody who wrote both sections meant.
+pub(super) fn validate_engine(
+    check: Check,
+    present: &Present,
+    engine: SpamEngine,
+    spamd: &Spamd,
+    rspamd: &Rspamd,
+) -> Result<(), Error> {
+    let [(engine, engine_endpoints), (other, other_endpoints)] =
+        spam_engines(engine, spamd, rspamd);
+    if engine_endpoints.is_empty() && present.contains_key(other) && !other_endpoints.is_empty() {
+        return Err(check.bad(
+            "spam.engine",
+            format!(
+                "\"{engine}\" but {engine}.endpoints is empty while [{other}] is configured, \
+                 so no spam check would run; set spam.engine = \"{other}\" (or remove \
+                 [{other}] if no spam check is meant)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The section of the engine not selected, and keys of a switched-off scanner (`present`: what
+/// the file wrote).
+pub(super) fn warnings(
+    present: &Present,
+    engine: SpamEngine,
+    clamd: &Clamd,
+    spamd: &Spamd,
+    rspamd: &Rspamd,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let [(engine, engine_endpoints), (other, _)] = spam_engines(engine, spamd, rspamd);
+    if present.contains_key(other) {
+        out.push(format!(
+            "[{other}] is not used: spam.engine is \"{engine}\"; set spam.engine = \
+             \"{other}\" to scan with {other}, or remove [{other}]"
+        ));
+    }
+    for (section, endpoints, what) in [
+        ("clamd", &clamd.endpoints[..], "virus scanning"),
+        (engine, engine_endpoints, "spam scanning"),
+    ] {
+        if !endpoints.is_empty() {
+            continue;
+        }
+        let Some(keys) = present.get(section) else {
+            continue;
+        };
+        let unused = keys.iter().filter(|k| *k != "endpoints");
+        if unused.clone().next().is_some() {
             out.push(format!(
-                "[{other}] is not used: spam.engine is \"{engine}\"; set spam.engine = \
-                 \"{other}\" to scan with {other}, or remove [{other}]"
+                "{} not used: {section}.endpoints is empty, so {what} is off",
+                describe(section, unused)
             ));
         }
-        for (section, endpoints, what) in [
-            ("clamd", &self.clamd.endpoints[..], "virus scanning"),
-            (engine, engine_endpoints, "spam scanning"),
-        ] {
-            if !endpoints.is_empty() {
-                continue;
-            }
-            let Some(keys) = self.present.get(section) else {
-                continue;
-            };
-            let unused = keys.iter().filter(|k| *k != "endpoints");
-            if unused.clone().next().is_some() {
-                out.push(format!(
-                    "{} not used: {section}.endpoints is empty, so {what} is off",
-                    Self::describe(section, unused)
-                ));
-            }
-        }
-        out
     }
+    out
+}
 
+impl Rspamd {
     /// Only the non-default value: it asks for 451s that will never be given.
-    pub(super) fn rspamd_warning(&self) -> Option<String> {
-        (self.spam.engine == SpamEngine::Rspamd
-            && !self.rspamd.use_action
-            && self.rspamd.greylist_action == OnFailure::Tempfail)
+    pub(super) fn warning(&self, engine: SpamEngine) -> Option<String> {
+        (engine == SpamEngine::Rspamd
+            && !self.use_action
+            && self.greylist_action == OnFailure::Tempfail)
             .then(|| {
                 "rspamd.greylist_action is not used: rspamd.use_action is false, so rspamd's \
                  score goes through the [spam] levels and its greylist action is ignored"
                     .to_owned()
             })
-    }
-
-    /// The selected spam engine, then the other one: section name and endpoints.
-    fn spam_engines(&self) -> [(&'static str, &[String]); 2] {
-        let spamd = ("spamd", &self.spamd.endpoints[..]);
-        let rspamd = ("rspamd", &self.rspamd.endpoints[..]);
-        match self.spam.engine {
-            SpamEngine::Spamd => [spamd, rspamd],
-            SpamEngine::Rspamd => [rspamd, spamd],
-        }
     }
 }

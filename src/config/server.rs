@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Check, Error};
+use super::check::{Check, Error};
 
 /// `[server]`: the inbound SMTP/LMTP listener.
 #[derive(Debug, Clone, Deserialize)]
