@@ -67,57 +67,6 @@ pub fn matches(bank: &Bank, ctx: &Context, rcpt: &str) -> bool {
         })
 }
 
-/// The setting of `bank` that trusts the mail it matches (signs it, or skips a check), when the
-/// bank matches on `sender_domain` and on neither a listener nor a client network: MAIL FROM is
-/// whatever the sender types, so any Internet sender would get it. Returns the key.
-pub fn trust_by_sender_only(bank: &Bank) -> Option<&'static str> {
-    let m = &bank.when;
-    if m.sender_domain.is_empty() || !m.listener.is_empty() || !m.client.is_empty() {
-        return None;
-    }
-    [
-        ("policy.dkim_sign", bank.dkim_sign == Some(true)),
-        (
-            "policy.bypass_virus_checks",
-            bank.bypass_virus_checks == Some(true),
-        ),
-        (
-            "policy.bypass_spam_checks",
-            bank.bypass_spam_checks == Some(true),
-        ),
-        (
-            "policy.virus.action",
-            bank.virus.action == Some(Action::Pass),
-        ),
-        (
-            "policy.banned.action",
-            bank.banned.action == Some(Action::Pass),
-        ),
-    ]
-    .into_iter()
-    .find_map(|(key, set)| set.then_some(key))
-}
-
-/// Banks whose client networks include a network Postfix connects from
-/// (`server.allow_networks`): when Postfix sends no XFORWARD (`lmtp_send_xforward_command` and
-/// `smtp_send_xforward_command` are off by default), the client is Postfix itself, and such a
-/// bank applies to every message. Their names.
-pub fn client_banks_matching_postfix(config: &Config) -> Vec<&str> {
-    let overlap =
-        |a: &ipnet::IpNet, b: &ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
-    config
-        .policy
-        .iter()
-        .filter(|b| {
-            b.when
-                .client
-                .iter()
-                .any(|n| config.server.allow_networks.iter().any(|a| overlap(n, a)))
-        })
-        .map(|b| b.name.as_str())
-        .collect()
-}
-
 /// Logs once per process, at the first message that came without XFORWARD ADDR, when a bank
 /// matches client networks: that bank then sees Postfix as the client.
 pub fn warn_once_without_xforward(config: &Config) {
@@ -168,75 +117,10 @@ pub fn group<'r>(
     groups
 }
 
-/// The settings in effect under `banks` (indices into `config.policy`, applied in that order).
-/// A bypass switches the scanner off in the result, as if it had no endpoints.
+/// The settings in effect under `banks` (indices into `config.policy`, applied in that order):
+/// [`Config::effective`].
 pub fn effective(config: &Config, banks: &[usize]) -> Config {
-    let mut c = config.clone();
-    for &i in banks {
-        let b = &config.policy[i];
-        let s = &b.spam;
-        let set = |to: &mut f64, v: Option<f64>| {
-            if let Some(v) = v {
-                *to = v;
-            }
-        };
-        set(&mut c.spam.tag_level, s.tag_level);
-        set(&mut c.spam.tag2_level, s.tag2_level);
-        set(&mut c.spam.kill_level, s.kill_level);
-        if let Some(q) = s.quarantine_level {
-            c.spam.quarantine_level = Some(q);
-        }
-        if let Some(t) = &s.subject_tag {
-            c.spam.subject_tag = t.clone();
-        }
-        if let Some(a) = s.action {
-            c.spam.action = a;
-        }
-        if let Some(a) = b.virus.action {
-            c.virus.action = a;
-        }
-        if let Some(a) = b.banned.action {
-            c.banned.action = a;
-        }
-        if let Some(r) = &b.banned.rules {
-            c.banned.rules = Some(r.clone());
-        }
-        if let Some(v) = b.dkim_sign {
-            c.dkim_sign.by_bank = Some(v);
-        }
-        let p = &b.parts;
-        for (to, v) in [
-            (&mut c.parts.on_max_parts, p.on_max_parts),
-            (&mut c.parts.on_max_decoded_bytes, p.on_max_decoded_bytes),
-            (&mut c.parts.on_max_depth, p.on_max_depth),
-            (&mut c.parts.on_ratio, p.on_ratio),
-            (&mut c.parts.on_encrypted, p.on_encrypted),
-            (&mut c.parts.on_max_walk_time, p.on_max_walk_time),
-            (&mut c.parts.on_decoder, p.on_decoder),
-            (&mut c.parts.on_max_message_size, p.on_max_message_size),
-        ] {
-            if let Some(v) = v {
-                *to = v;
-            }
-        }
-    }
-    // The last bank that says anything about a bypass decides.
-    let bypass = |f: fn(&Bank) -> Option<bool>| {
-        banks
-            .iter()
-            .rev()
-            .find_map(|&i| f(&config.policy[i]))
-            .unwrap_or(false)
-    };
-    if bypass(|b| b.bypass_virus_checks) {
-        c.clamd.endpoints.clear();
-    }
-    if bypass(|b| b.bypass_spam_checks) {
-        c.spamd.endpoints.clear();
-        c.rspamd.endpoints.clear();
-    }
-    c.policy.clear();
-    c
+    config.effective(banks)
 }
 
 /// The names of `banks`, comma-separated, `-` for none (the log line's `bank=`).

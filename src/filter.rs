@@ -530,7 +530,7 @@ async fn dkim_sign(
 ) -> Result<String, String> {
     let m = &shared.metrics.dkim_sign;
     let start = Instant::now();
-    match crate::sign::sign(c, block, msg).await {
+    match crate::sign::sign(c, &shared.dkim_keys, block, msg).await {
         Ok(Signed::Signed { headers, domain }) => {
             m.duration.observe(start.elapsed().as_secs_f64());
             m.signed.with_label_values(&["signed"]).inc();

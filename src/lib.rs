@@ -61,6 +61,8 @@ pub struct Shared {
     pub spool_dir: PathBuf,
     pub scanners: scan::Scanners,
     pub reinjector: reinject::Reinjector,
+    /// The DKIM signing keys of `[dkim_sign]`, loaded with the rest of the runtime.
+    pub dkim_keys: sign::Keys,
     pub metrics: std::sync::Arc<metrics::Metrics>,
     /// Memory and spool files all messages together may hold (kept across reloads).
     pub budget: std::sync::Arc<message::Budget>,
@@ -75,31 +77,36 @@ pub struct Shared {
 
 impl Shared {
     /// With a fresh metrics registry; configured scanners start "down" until the first probe or
-    /// scan says otherwise.
-    pub fn new(config: config::Config, shutdown: tokio_util::sync::CancellationToken) -> Shared {
+    /// scan says otherwise. Fails on a DKIM key file that cannot be loaded, naming its entry.
+    pub fn new(
+        config: config::Config,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Shared, config::Error> {
         let budget = message::Budget::new(config.server.max_memory, config.server.max_spool_files);
         let shared = Shared::with_metrics(
             config,
             shutdown,
             std::sync::Arc::new(metrics::Metrics::new()),
             budget,
-        );
+        )?;
         for name in shared.scanner_names() {
             shared.metrics.set_scanner_up(name, false);
         }
-        shared
+        Ok(shared)
     }
 
     /// Builds the scanner clients and the reinjection pool for `config`, recording into
     /// `metrics` and taking spool memory from `budget`, which the caller keeps across reloads
     /// (the Prometheus registry must survive them, and messages in flight keep their share of
     /// the budget). Leaves the metric values alone; sets the budget's limits from `config`.
+    /// Fails, changing nothing, on a DKIM key file that cannot be loaded.
     pub fn with_metrics(
         config: config::Config,
         shutdown: tokio_util::sync::CancellationToken,
         metrics: std::sync::Arc<metrics::Metrics>,
         budget: std::sync::Arc<message::Budget>,
-    ) -> Shared {
+    ) -> Result<Shared, config::Error> {
+        let dkim_keys = sign::Keys::configured(&config)?;
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
         metrics.declare_banks(&config);
         let shared = Shared {
@@ -109,6 +116,7 @@ impl Shared {
             scanners: scan::Scanners::new(&config).with_budget(budget.clone()),
             budget,
             reinjector: reinject::Reinjector::new(&config),
+            dkim_keys,
             config,
             shutdown,
             greylist: None,
@@ -117,7 +125,7 @@ impl Shared {
         for g in shared.peer_groups() {
             g.observe(shared.metrics.peer_metrics(g.peer()));
         }
-        shared
+        Ok(shared)
     }
 
     /// The health state of every peer this configuration uses (see [`peers`]).

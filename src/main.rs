@@ -222,7 +222,11 @@ fn main() -> ExitCode {
         };
     }
     let config_path = cli.config.clone();
-    let config = match Config::load_or_default(config_path.as_deref()) {
+    // The DKIM keys are loaded here as the runtime loads them, so a bad key file stops every
+    // command (check-config, reload, run) naming its entry, before anything binds.
+    let config = match Config::load_or_default(config_path.as_deref())
+        .and_then(|c| postsift::sign::Keys::configured(&c).map(|_| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postsift: {e}");
@@ -545,7 +549,7 @@ fn greylist(config: &Config, action: GreylistAction) -> anyhow::Result<()> {
             .unwrap_or_else(|| t.to_string())
     };
     let now = chrono::Utc::now().timestamp();
-    let params = g.params();
+    let params = postsift::greylist::decide::Params::from(g);
     rt.block_on(async {
         let store = Store::open(&location, std::time::Duration::from_secs(g.store_timeout))
             .with_context(|| format!("greylist.store {:?}", g.store))?;
@@ -772,7 +776,7 @@ fn scan(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let shared = postsift::Shared::new(config, CancellationToken::new());
+    let shared = postsift::Shared::new(config, CancellationToken::new())?;
     let env = postsift::scan::ScanEnvelope {
         from: client.mail_from.clone(),
         client,
@@ -821,7 +825,7 @@ fn scan(
             if !sign::wanted(&c, None, None) {
                 println!("dkim_sign:  off ([dkim_sign] enabled = false)");
             } else {
-                match rt.block_on(sign::sign(&c, &block, &msg)) {
+                match rt.block_on(sign::sign(&c, &shared.dkim_keys, &block, &msg)) {
                     Ok(Signed::Signed { headers, domain }) => {
                         println!("dkim_sign:  signed for {domain} (signature on top, below)");
                         block.splice(0..0, headers);

@@ -273,8 +273,8 @@ pub async fn serve_with_reload(
         Some(l) => Some(bind_release(&l).await?),
     };
     let retention_days = config.quarantine.retention_days;
-    let mut shared = with_greylist(Shared::new(config, shutdown.clone()), policy.as_ref())
-        .map_err(io::Error::other)?;
+    let shared = Shared::new(config, shutdown.clone()).map_err(io::Error::other)?;
+    let mut shared = with_greylist(shared, policy.as_ref()).map_err(io::Error::other)?;
     shared.quarantine = quarantine.clone();
     let metrics = shared.metrics.clone();
     metrics.config_applied();
@@ -295,7 +295,7 @@ pub async fn serve_with_reload(
     }
     tracker.spawn(crate::health::probe_loop(current.subscribe()));
     if let Some(p) = &policy {
-        let params = current.borrow().config.greylist.params();
+        let params = greylist::decide::Params::from(&current.borrow().config.greylist);
         tracker.spawn(greylist::maintenance(
             p.store.clone(),
             params,
@@ -513,14 +513,13 @@ impl Running {
                 );
             }
         }
-        self.resize_limit(old.config.server.max_sessions, new.server.max_sessions);
-
+        // Loads the DKIM keys: a bad key file fails here, before anything has changed.
         let shared = Shared::with_metrics(
             new,
             self.shutdown.clone(),
             self.metrics.clone(),
             old.budget.clone(),
-        );
+        )?;
         // The whitelist files are read again; the store and the policy listeners stay.
         let shared = match &self.policy {
             Some((store, _)) => {
@@ -531,6 +530,10 @@ impl Running {
             }
             None => shared,
         };
+        self.resize_limit(
+            old.config.server.max_sessions,
+            shared.config.server.max_sessions,
+        );
         if self.quarantine.is_none() && shared.config.uses_quarantine() {
             // A failure leaves it closed: quarantined messages get 451 and stay with the client.
             match open_quarantine(&shared.config) {

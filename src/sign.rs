@@ -19,33 +19,10 @@ use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::DkimSigner;
 use prometheus::{Histogram, IntCounterVec, Registry};
 
-use crate::config::{self, DkimSign, SignAlgorithm};
+use crate::config::{self, Config, DkimSign, SignAlgorithm};
 use crate::message::Message;
 
-/// The header fields signed by default, when present: what carries the message's meaning to its
-/// reader, and the mailing-list fields (RFC 6376 5.4.1's recommendation, as opendkim signs).
-pub const DEFAULT_HEADERS: &[&str] = &[
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "List-Id",
-    "List-Help",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "List-Subscribe",
-    "List-Post",
-    "List-Owner",
-    "List-Archive",
-];
+pub use crate::config::DEFAULT_HEADERS;
 
 /// `postsift_dkim_signed_total{result}` values.
 pub const RESULTS: &[&str] = &["signed", "no_key", "error"];
@@ -87,8 +64,9 @@ pub struct Key {
     key: AnyKey,
 }
 
-/// The configured keys by From domain (lower case), loaded at configuration load. Clones share
-/// them; `Debug` shows names only, never key material.
+/// The configured keys by From domain (lower case), loaded when the runtime is built (and by
+/// `check-config`, the same way). Clones share them; `Debug` shows names only, never key
+/// material.
 #[derive(Clone, Default)]
 pub struct Keys {
     by_domain: Arc<HashMap<String, Vec<Arc<Key>>>>,
@@ -108,6 +86,14 @@ impl fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// The keys of `config`'s `[[dkim_sign.keys]]`: a key file that cannot be loaded is an
+    /// error of the configuration naming its entry (`dkim_sign.keys[1].key`), so it stops
+    /// `check-config`, `run` and a reload alike.
+    pub fn configured(config: &Config) -> Result<Keys, config::Error> {
+        Keys::load(&config.dkim_sign.keys)
+            .map_err(|(i, e)| config.invalid_at(format!("dkim_sign.keys[{i}].key"), e.to_string()))
+    }
+
     /// Loads every entry; on error, the index of the entry that failed.
     pub fn load(entries: &[config::DkimKey]) -> Result<Keys, (usize, Error)> {
         let mut by_domain: HashMap<String, Vec<Arc<Key>>> = HashMap::new();
@@ -306,14 +292,19 @@ pub enum Signed {
     NoKey,
 }
 
-/// Signs one copy: `header_block` (postsift's rewritten header section, with the blank line if
+/// Signs one copy with `keys`: `header_block` (postsift's rewritten header section, with the blank line if
 /// it adds one) and the rest of `msg` after its original header section, exactly what
 /// reinjection sends. Runs on the blocking pool: the body may be read from the spool file.
-pub async fn sign(c: &DkimSign, header_block: &[u8], msg: &Message) -> Result<Signed, Error> {
+pub async fn sign(
+    c: &DkimSign,
+    keys: &Keys,
+    header_block: &[u8],
+    msg: &Message,
+) -> Result<Signed, Error> {
     let Some(domain) = from_domain(msg_headers(header_block)) else {
         return Ok(Signed::NoKey);
     };
-    let keys: Vec<Arc<Key>> = c.loaded.for_domain(&domain).to_vec();
+    let keys: Vec<Arc<Key>> = keys.for_domain(&domain).to_vec();
     if keys.is_empty() {
         return Ok(Signed::NoKey);
     }
@@ -589,6 +580,21 @@ mod tests {
         assert_eq!(
             header_list(&c, h),
             ["From", "To", "Subject", "List-Id", "From"]
+        );
+    }
+
+    /// From the config's `dkim_sign_that_signs_nothing_warns`, moved here with the key loading.
+    #[test]
+    fn a_key_file_that_cannot_be_read_is_named_by_its_entry() {
+        let parse = |t: &str| Config::parse(t, std::path::Path::new("test.toml"));
+        let c = parse(
+            "[[dkim_sign.keys]]\ndomain = \"a.test\"\nselector = \"s\"\nkey = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let e = Keys::configured(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("`dkim_sign.keys[0].key`") && e.contains("/nonexistent"),
+            "{e}"
         );
     }
 

@@ -69,7 +69,7 @@ fn shared() -> Arc<Shared> {
         .get_or_init(|| {
             let config = Config::parse(CONFIG, Path::new("fuzz.toml")).expect("fuzz config");
             let _guard = runtime().enter();
-            Arc::new(Shared::new(config, CancellationToken::new()))
+            Arc::new(Shared::new(config, CancellationToken::new()).expect("the runtime"))
         })
         .clone()
 }

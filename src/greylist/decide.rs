@@ -17,6 +17,18 @@ pub struct Params {
     pub awl_clients: u32,
 }
 
+/// The timings in seconds, from `[greylist]`.
+impl From<&crate::config::Greylist> for Params {
+    fn from(g: &crate::config::Greylist) -> Params {
+        Params {
+            delay: g.delay as i64,
+            max_age: (g.max_age * 86400) as i64,
+            retry_window: g.retry_window.seconds().unwrap_or(2 * 86400) as i64,
+            awl_clients: g.auto_whitelist_clients,
+        }
+    }
+}
+
 /// A triplet's record: first seen (the start of the wait), last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Triplet {

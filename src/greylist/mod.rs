@@ -69,7 +69,7 @@ impl Greylist {
         let g = &config.greylist;
         let whitelists = Whitelists::load(&g.whitelist_clients, &g.whitelist_recipients)?;
         Ok(Greylist {
-            params: g.params(),
+            params: decide::Params::from(g),
             whitelists,
             store,
             hostname: config.hostname(),

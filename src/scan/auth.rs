@@ -31,38 +31,9 @@ use crate::config::Config;
 use crate::dns::{self, Lookups, Resolver, View};
 use crate::metrics::Metrics;
 
-/// The rules postsift scores, with SpamAssassin 4.0's default scores for them (score set 1:
-/// network tests on, Bayes off — the set where SPF and DMARC fire without assuming Bayes).
-/// SpamAssassin has no scores for ARC; postsift's ARC rules are informational (±0.001).
-pub const RULES: &[(&str, f64)] = &[
-    ("SPF_PASS", -0.001),
-    ("SPF_FAIL", 0.919),
-    ("SPF_SOFTFAIL", 0.972),
-    ("SPF_NEUTRAL", 0.652),
-    ("SPF_NONE", 0.001),
-    ("T_SPF_TEMPERROR", 0.01),
-    ("T_SPF_PERMERROR", 0.01),
-    ("SPF_HELO_PASS", -0.001),
-    ("SPF_HELO_FAIL", 0.001),
-    ("SPF_HELO_SOFTFAIL", 0.896),
-    ("SPF_HELO_NEUTRAL", 0.001),
-    ("SPF_HELO_NONE", 0.001),
-    ("T_SPF_HELO_TEMPERROR", 0.01),
-    ("T_SPF_HELO_PERMERROR", 0.01),
-    ("DKIM_SIGNED", 0.1),
-    ("DKIM_VALID", -0.1),
-    ("DKIM_VALID_AU", -0.1),
-    ("DKIM_VALID_EF", -0.1),
-    ("DKIM_INVALID", 0.1),
-    ("DMARC_PASS", -0.001),
-    ("DMARC_NONE", 0.898),
-    ("DMARC_QUAR", 1.198),
-    ("DMARC_REJECT", 1.797),
-    ("DMARC_MISSING", 0.001),
-    ("ARC_VALID", -0.001),
-    ("ARC_INVALID", 0.001),
-];
-
+/// The rules postsift scores, with their default scores: a table of the configuration, since
+/// `[auth.scores]` names them.
+pub use crate::config::auth::RULES;
 /// A method's result, in RFC 8601's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -720,7 +720,7 @@ mod tests {
             "[server]\nhostname = \"filter.test\"\nmax_errors = 3\n{extra}\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n"
         );
         let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
-        Arc::new(Shared::new(config, CancellationToken::new()))
+        Arc::new(Shared::new(config, CancellationToken::new()).expect("the runtime"))
     }
 
     /// Sends `input` in one write, then reads everything the session answers until it closes.

@@ -1,0 +1,60 @@
+//! `[quarantine]`: the store the `quarantine` action keeps messages in, and the release
+//! protocol's listener.
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::check::{Check, Error};
+use super::listen::{parse_policy_listen, PolicyListen};
+
+/// `[quarantine]`: where the `quarantine` action keeps messages, and how they are released.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quarantine {
+    /// The store: one file per message under `msgs/` and the index `index.db` (SQLite).
+    /// Default `"/var/lib/postsift/quarantine"`.
+    pub dir: PathBuf,
+    /// Days a quarantined message is kept; the daemon purges older ones hourly. Default 14.
+    pub retention_days: u64,
+    /// Where amavis's release protocol (AM.PDP, `request=release`, what `amavisd-release`
+    /// speaks) is served: `"127.0.0.1:9998"` or `"unix:/path"`. Default `""`: off.
+    pub release_listen: String,
+    /// AM.PDP connections served at once; more are closed at once (counted in
+    /// `postsift_listener_refused_total{listener="release"}`). An idle one is closed after
+    /// `server.read_timeout`, and at shutdown between requests. Default 8.
+    pub release_max_connections: usize,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine {
+            dir: "/var/lib/postsift/quarantine".into(),
+            retention_days: 14,
+            release_listen: String::new(),
+            release_max_connections: 8,
+        }
+    }
+}
+
+impl Quarantine {
+    /// `release_listen`, parsed (validated at load); None when off.
+    pub fn release_listener(&self) -> Option<PolicyListen> {
+        parse_policy_listen(&self.release_listen)
+    }
+}
+
+impl Quarantine {
+    pub(super) fn validate(&self, check: Check) -> Result<(), Error> {
+        check.at_least_one(&[("quarantine.retention_days", self.retention_days)])?;
+        if !self.release_listen.is_empty() && self.release_listener().is_none() {
+            return Err(check.bad(
+                "quarantine.release_listen",
+                "expected ip:port, unix:/absolute/path, or \"\" to switch it off",
+            ));
+        }
+        check.at_least_one(&[(
+            "quarantine.release_max_connections",
+            self.release_max_connections as u64,
+        )])
+    }
+}
