@@ -14,8 +14,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 MAX_FILE, MAX_FN = 1000, 150
 
 
-def strip_tests(text):
-    """Drops `#[cfg(test)]` items (a brace-matched block), comments and string contents."""
+def strip_tests(text, keep_lines=True):
+    """Drops `#[cfg(test)]` items (a brace-matched block, or up to `;`). With keep_lines the
+    dropped lines stay as empty lines, so that line numbers still match the file."""
     out, i, n = [], 0, len(text)
     while i < n:
         m = re.compile(r"#\[cfg\(test\)\]").search(text, i)
@@ -37,7 +38,8 @@ def strip_tests(text):
                 if depth == 0:
                     break
             k += 1
-        out.append("\n" * text.count("\n", m.start(), k + 1))
+        if keep_lines:
+            out.append("\n" * text.count("\n", m.start(), k + 1))
         i = k + 1
     return "".join(out)
 
@@ -91,6 +93,18 @@ def blank_comments_strings(text):
     return "".join(out)
 
 
+def expand_braces(code):
+    """Rewrites `use a::{b, c::{d}}` groups into `a::b; a::c::d;` (repeatedly, innermost-out),
+    so that every path in a braced import is seen."""
+    pat = re.compile(r"((?:\b\w+::)+)\{([^{}]*)\}")
+    for _ in range(10):
+        new = pat.sub(lambda m: " ".join(m.group(1) + p.strip() + ";" for p in m.group(2).split(",") if p.strip()), code)
+        if new == code:
+            break
+        code = new
+    return code
+
+
 def module_of(path):
     rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
     if rel[0] == "bin":
@@ -112,8 +126,7 @@ def main():
     for mod, path in sorted(files.items()):
         raw = open(path, encoding="utf-8").read()
         code = blank_comments_strings(strip_tests(raw))
-        lines = [l for l in strip_tests(raw).splitlines()]
-        nlines = len(lines)
+        nlines = len(strip_tests(raw, keep_lines=False).splitlines())
         sizes.append((nlines, mod))
         if nlines > MAX_FILE:
             bad.append(f"{path}: {nlines} non-test lines (max {MAX_FILE})")
@@ -138,7 +151,7 @@ def main():
         here = [] if mod == "crate" else mod.split("::")
         is_dir_mod = os.path.basename(path) in ("mod.rs", "lib.rs", "main.rs")
         base_for_self = here if is_dir_mod else here[:-1] + ([here[-1]] if here else [])
-        for m in re.finditer(r"\b(crate|super|self)((?:::\w+)+)", code):
+        for m in re.finditer(r"\b(crate|super|self)((?:::\w+)+)", expand_braces(code)):
             head, tail = m.group(1), m.group(2).split("::")[1:]
             if head == "crate":
                 parts = tail
