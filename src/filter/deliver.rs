@@ -150,7 +150,9 @@ impl DryRun {
     /// The header section group `group`'s copy would have gone with, if it was delivered.
     pub fn header(&self, group: usize) -> Option<Vec<u8>> {
         let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.iter().find(|(g, _)| *g == group).map(|(_, h)| h.clone())
+        sent.iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, h)| h.clone())
     }
 }
 
@@ -236,7 +238,11 @@ pub async fn deliver(
         if crate::sign::wanted(c, r.hop.listener, r.env.xforward.addr.as_deref()) {
             signing[i] = dkim_sign(shared, c, &mut block, &r.msg, &r.id).await;
             if let (Signing::Failed(why), SignOnError::Tempfail) = (&signing[i], c.on_error) {
-                shared.metrics.tempfails.with_label_values(&["dkim_sign"]).inc();
+                shared
+                    .metrics
+                    .tempfails
+                    .with_label_values(&["dkim_sign"])
+                    .inc();
                 // Over SMTP the other copies are withheld: the client sends them all again.
                 d.fail(i, Outcome::Tempfailed(Tempfail::Sign(why.clone())));
                 continue;
@@ -280,7 +286,13 @@ pub async fn deliver(
 /// The header block that replaces the original header section under `config` (a recipient
 /// group's effective settings): postsift's headers, the original ones less the forged, and a
 /// blank line before a malformed first body line.
-fn header_block(config: &Config, decision: &Decision, hop: &Hop, id: &str, msg: &Message) -> Vec<u8> {
+fn header_block(
+    config: &Config,
+    decision: &Decision,
+    hop: &Hop,
+    id: &str,
+    msg: &Message,
+) -> Vec<u8> {
     let trace = rewrite::Trace {
         helo: &hop.helo,
         peer: hop.peer,

@@ -39,7 +39,12 @@ impl Scanned {
 pub type Judged = (ScanReport, Decision);
 
 /// Runs the scanners the groups need, once for all of them.
-pub async fn scan(shared: &Shared, msg: &Message, env: &ScanEnvelope, groups: &Groups<'_>) -> Scanned {
+pub async fn scan(
+    shared: &Shared,
+    msg: &Message,
+    env: &ScanEnvelope,
+    groups: &Groups<'_>,
+) -> Scanned {
     let (needs, rule_set) = needs(&shared.config, &groups.configs);
     let (report, banned_by) = shared
         .scanners

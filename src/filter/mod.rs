@@ -226,7 +226,10 @@ fn finish(
         .min_by_key(|c| c.rank())
         .map_or("clean", |c| c.label());
     let rcpts = groups.list.into_iter().map(|g| g.rcpts);
-    let parts = rcpts.zip(outcomes).zip(d.ids).map(|((g, o), id)| (g, o, id));
+    let parts = rcpts
+        .zip(outcomes)
+        .zip(d.ids)
+        .map(|((g, o), id)| (g, o, id));
     Processed {
         outcome: outcome::combine(parts.collect(), d.lead),
         verdict,
