@@ -11,10 +11,11 @@ use crate::policy::{Category, Decision, Disposition, Tempfail};
 use crate::rewrite;
 use crate::Shared;
 
-use super::deliver::Deliver;
+use super::delivery::Deliver;
 use super::groups::Groups;
 use super::judge::Judged;
-use super::{Outcome, Received};
+use super::outcome::Outcome;
+use super::received::Received;
 
 /// Each group's outcome as far as it is decided, and which group's outcome is the message's
 /// reply over SMTP.

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::message::Envelope;
 use crate::scan::ScanEnvelope;
 
-use super::Received;
+use super::received::Received;
 
 /// The message's recipient groups.
 pub struct Groups<'a> {

@@ -10,7 +10,8 @@ use crate::policy::{Category, Decision, Disposition};
 use crate::rewrite;
 use crate::scan::{ScanReport, SpamScan, VirusScan};
 
-use super::{Outcome, Received};
+use super::outcome::Outcome;
+use super::received::Received;
 
 /// How long the message spent in each stage, for the log line.
 #[derive(Debug, Clone, Copy, Default)]

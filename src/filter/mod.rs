@@ -13,56 +13,33 @@
 //! no peers at all, and so that new stages change this module only.
 
 pub mod deliver;
+mod delivery;
 pub mod dispose;
 pub mod groups;
 pub mod judge;
 mod log;
 mod outcome;
+mod received;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::message::{Envelope, Message};
 use crate::policy::Decision;
 use crate::scan::ScanReport;
 use crate::Shared;
 
-pub use deliver::{Deliver, DryRun, Reinjection, Signing};
+pub use deliver::Signing;
+pub use delivery::{Copy, Deliver, DryRun, Reinjection, DRY_RUN_REPLY};
 pub use outcome::{GroupOutcome, Outcome};
+pub use received::{Hop, Received};
 
 use dispose::Dispositions;
 use groups::Groups;
 use judge::Judged;
+#[cfg(test)]
+use judge::Scanned;
 use log::{GroupView, LogLine, Timings};
-
-/// The client side of the hop into postsift, for the `Received:` line and the scanners.
-#[derive(Debug, Clone)]
-pub struct Hop {
-    /// The HELO/EHLO/LHLO name the client (Postfix) gave.
-    pub helo: String,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// The configured `server.listen` address it came in on, if known.
-    pub listener: Option<SocketAddr>,
-    /// "ESMTP", "SMTP" or "LMTP".
-    pub protocol: &'static str,
-}
-
-/// A message as the session received it.
-pub struct Received {
-    /// postsift's id for the message (logs, replies).
-    pub id: String,
-    pub env: Envelope,
-    pub msg: Message,
-    pub hop: Hop,
-    /// When DATA began.
-    pub started: Instant,
-    /// The client takes one reply per recipient (LMTP); otherwise one per message, and the
-    /// message goes on only if every recipient can take it.
-    pub per_recipient: bool,
-}
 
 /// The outcome with what the log line, the metrics and `postsift scan` need.
 pub struct Processed {
@@ -263,5 +240,297 @@ impl Processed {
         for l in &self.log {
             l.write(&reply(l.first_rcpt));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision logic after the scan, with fixed scan reports and a stand-in delivery: no
+    //! peers, no sockets.
+    use std::sync::Mutex;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::message::Recipient;
+    use crate::message::{Envelope, Message};
+    use crate::quarantine::Meta;
+    use crate::reinject::{Delivery, RcptResult, Upstream};
+    use crate::scan::{SpamResult, SpamScan, VirusScan};
+    use crate::smtp::reply::{self, Reply};
+
+    /// Four banks over the default settings (spam at 6.31, passed tagged): strict.test
+    /// rejects spam, keep.test quarantines it, drop.test discards it, and lenient.test has
+    /// its kill level at 20.
+    const BANKS: &str = r#"
+[server]
+hostname = "filter.test"
+[clamd]
+endpoints = []
+[spamd]
+endpoints = ["127.0.0.1:9"]
+[metrics]
+listen = ""
+[[policy]]
+name = "strict"
+match.recipient_domain = ["strict.test"]
+spam.action = "reject"
+[[policy]]
+name = "keep"
+match.recipient_domain = ["keep.test"]
+spam.action = "quarantine"
+[[policy]]
+name = "drop"
+match.recipient_domain = ["drop.test"]
+spam.action = "discard"
+[[policy]]
+name = "lenient"
+match.recipient_domain = ["lenient.test"]
+spam.tag2_level = 20.0
+spam.kill_level = 20.0
+"#;
+
+    fn shared() -> Shared {
+        let config = crate::config::Config::parse(BANKS, std::path::Path::new("t.toml")).unwrap();
+        Shared::new(config, CancellationToken::new())
+    }
+
+    /// A message to `rcpts`, over LMTP (`per_recipient`) or SMTP.
+    fn received(rcpts: &[&str], per_recipient: bool) -> Received {
+        let env = Envelope {
+            sender: "a@example.org".into(),
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient {
+                    address: a.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let msg = b"From: a@example.org\r\nSubject: offer\r\n\r\nBuy now.\r\n";
+        Received {
+            id: "T1".into(),
+            env,
+            msg: Message::from_bytes(msg),
+            hop: Hop {
+                helo: "postfix.test".into(),
+                peer: "127.0.0.1:40000".parse().unwrap(),
+                local: "127.0.0.1:10024".parse().unwrap(),
+                listener: None,
+                protocol: if per_recipient { "LMTP" } else { "ESMTP" },
+            },
+            started: Instant::now(),
+            per_recipient,
+        }
+    }
+
+    /// What spamd would have said: `score`, no virus scanner, nothing banned.
+    fn scored(score: f64) -> ScanReport {
+        ScanReport {
+            virus: VirusScan::Off,
+            spam: SpamScan::Scored(SpamResult {
+                score,
+                required: 5.0,
+                is_spam: score >= 5.0,
+                rules: Vec::new(),
+                action: None,
+            }),
+            virus_time: Default::default(),
+            spam_time: Default::default(),
+            parts: None,
+            banned: None,
+            auth: None,
+        }
+    }
+
+    /// A stand-in delivery: records each copy (its recipients and header section) and each
+    /// quarantined message, and accepts everything, unless told to fail the quarantine.
+    #[derive(Default)]
+    struct Fake {
+        quarantine_fails: bool,
+        sent: Mutex<Vec<(Vec<String>, String)>>,
+        stored: Mutex<Vec<(String, Vec<String>)>>,
+    }
+
+    impl Deliver for Fake {
+        async fn deliver(&self, _: &Message, copies: &[Copy<'_>], _: bool) -> Vec<Delivery> {
+            let mut sent = self.sent.lock().unwrap();
+            copies
+                .iter()
+                .map(|c| {
+                    let rcpts = c.env.recipients.iter().map(|r| r.address.clone());
+                    let header = String::from_utf8_lossy(c.header).into_owned();
+                    sent.push((rcpts.collect(), header));
+                    Delivery {
+                        rcpts: vec![RcptResult::Accepted; c.env.recipients.len()],
+                        accepted: Some(Upstream {
+                            code: 250,
+                            text: "2.0.0 Ok: queued as Q".into(),
+                        }),
+                        to: "fake".into(),
+                        queue_id: Some("Q".into()),
+                        failure: None,
+                    }
+                })
+                .collect()
+        }
+
+        fn withheld(&self, env: &Envelope) -> Delivery {
+            Delivery {
+                rcpts: vec![RcptResult::Withheld; env.recipients.len()],
+                accepted: None,
+                to: "fake".into(),
+                queue_id: None,
+                failure: None,
+            }
+        }
+
+        async fn quarantine(&self, meta: Meta, _: &Message) -> Result<(), String> {
+            if self.quarantine_fails {
+                return Err("disk full".into());
+            }
+            let rcpts = meta.recipients.iter().map(|r| r.address.clone()).collect();
+            self.stored.lock().unwrap().push((meta.id, rcpts));
+            Ok(())
+        }
+    }
+
+    /// The stages after the scan, on a fixed report.
+    async fn decide(
+        shared: &Shared,
+        r: Received,
+        report: ScanReport,
+        out: &impl Deliver,
+    ) -> Processed {
+        let groups = Groups::of(&shared.config, &r);
+        let scanned = Scanned::fixed(&shared.config, &groups, report);
+        let judged = judge::judge(&groups, &scanned);
+        dispose_and_deliver(shared, &r, groups, judged, out, Timings::default()).await
+    }
+
+    /// The replies the client gets for `rcpts`.
+    async fn replies(rcpts: &[&str], lmtp: bool, score: f64, out: &Fake) -> Vec<Reply> {
+        let p = decide(&shared(), received(rcpts, lmtp), scored(score), out).await;
+        reply::for_outcome("T1", &p.outcome, lmtp, rcpts.len())
+    }
+
+    fn codes(replies: &[Reply]) -> Vec<u16> {
+        replies.iter().map(|r| r.code).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bank_recipient_gets_its_banks_verdict() {
+        let out = Fake::default();
+        let r = received(&["ann@lenient.test", "bob@example.com"], true);
+        let p = decide(&shared(), r, scored(10.0), &out).await;
+        let verdicts: Vec<(&str, &str)> = p
+            .groups
+            .iter()
+            .map(|g| (g.bank.as_str(), g.decision.category.label()))
+            .collect();
+        assert_eq!(verdicts, [("lenient", "clean"), ("-", "spam")]);
+        // The message's verdict is its most severe group's.
+        assert_eq!(p.verdict, "spam");
+        let sent = out.sent.lock().unwrap();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let copy = |rcpt: &str| &sent.iter().find(|(r, _)| r == &[rcpt]).unwrap().1;
+        assert!(copy("ann@lenient.test").contains("X-Spam-Flag: NO"));
+        assert!(copy("bob@example.com").contains("X-Spam-Flag: YES"));
+    }
+
+    #[tokio::test]
+    async fn over_smtp_one_groups_reject_refuses_the_whole_message_and_sends_nothing() {
+        let out = Fake::default();
+        let r = replies(&["s@strict.test", "bob@example.com"], false, 10.0, &out).await;
+        assert_eq!(codes(&r), [554], "{r:?}");
+        assert!(r[0].text.contains("Reject, id=T1 - spam"), "{r:?}");
+        assert!(out.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn over_lmtp_each_recipient_gets_its_groups_outcome() {
+        let out = Fake::default();
+        let rcpts = ["s@strict.test", "bob@example.com", "d@drop.test"];
+        let r = replies(&rcpts, true, 10.0, &out).await;
+        assert_eq!(codes(&r), [554, 250, 250], "{r:?}");
+        assert!(r[2].text.contains("Ok, discarded, id=T1 - spam"), "{r:?}");
+        let sent = out.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, ["bob@example.com"]);
+    }
+
+    #[tokio::test]
+    async fn a_quarantine_that_fails_is_451_and_over_smtp_withholds_the_other_copy() {
+        let out = Fake {
+            quarantine_fails: true,
+            ..Fake::default()
+        };
+        let r = replies(&["k@keep.test", "bob@example.com"], false, 10.0, &out).await;
+        assert_eq!(codes(&r), [451], "{r:?}");
+        assert!(r[0].text.contains("quarantine FAILED: disk full"), "{r:?}");
+        assert!(out.sent.lock().unwrap().is_empty());
+
+        // Over LMTP the other recipient is delivered; only the quarantined one is retried.
+        let r = replies(&["k@keep.test", "bob@example.com"], true, 10.0, &out).await;
+        assert_eq!(codes(&r), [451, 250], "{r:?}");
+        assert_eq!(out.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stored_quarantine_is_250_with_its_own_recipients() {
+        let out = Fake::default();
+        let r = replies(&["k@keep.test", "bob@example.com"], false, 10.0, &out).await;
+        // SMTP: the reply is the delivered group's; the quarantined one was stored first.
+        assert_eq!(codes(&r), [250], "{r:?}");
+        let stored = out.stored.lock().unwrap();
+        assert_eq!(
+            *stored,
+            [("T1".to_string(), vec!["k@keep.test".to_string()])]
+        );
+        assert_eq!(out.sent.lock().unwrap()[0].0, ["bob@example.com"]);
+    }
+
+    #[tokio::test]
+    async fn discard_is_250_and_reject_is_554_and_neither_sends() {
+        let out = Fake::default();
+        let r = replies(&["d@drop.test"], false, 10.0, &out).await;
+        assert_eq!(codes(&r), [250], "{r:?}");
+        assert!(r[0].text.starts_with("Ok, discarded"), "{r:?}");
+        let r = replies(&["s@strict.test"], false, 10.0, &out).await;
+        assert_eq!(codes(&r), [554], "{r:?}");
+        assert!(out.sent.lock().unwrap().is_empty());
+        // Below the kill level the same recipients are delivered.
+        let r = replies(&["d@drop.test", "s@strict.test"], false, 1.0, &out).await;
+        assert_eq!(codes(&r), [250], "{r:?}");
+        assert_eq!(out.sent.lock().unwrap().len(), 1, "one group, one copy");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_sends_nothing_and_keeps_each_groups_header() {
+        let out = DryRun::new();
+        let r = received(&["ann@lenient.test", "bob@example.com"], false);
+        let p = decide(&shared(), r, scored(10.0), &out).await;
+        let r = reply::for_outcome("T1", &p.outcome, false, 2);
+        assert_eq!(codes(&r), [250], "{r:?}");
+        assert!(r[0].text.contains(DRY_RUN_REPLY), "{r:?}");
+        let h = |i| String::from_utf8(out.header(i).unwrap()).unwrap();
+        assert!(h(0).contains("X-Spam-Flag: NO"));
+        assert!(h(1).contains("X-Spam-Flag: YES"));
+        assert!(matches!(p.group_outcome(1), Outcome::Delivered(d) if d.all_accepted()));
+    }
+
+    #[tokio::test]
+    async fn a_header_section_too_big_is_refused_unchecked() {
+        let shared = shared();
+        let mut r = received(&["bob@example.com"], false);
+        let mut spool = crate::message::Spool::new(usize::MAX, 8, std::path::Path::new("/x"));
+        spool
+            .write(b"Subject: far too long a header\r\n\r\nbody\r\n")
+            .unwrap();
+        r.msg = spool.finish().unwrap();
+        let p = run(&shared, r, &Fake::default()).await;
+        assert!(matches!(p.outcome, Outcome::HeaderTooBig));
+        assert_eq!((p.verdict, p.groups.len()), ("unscanned", 0));
     }
 }
