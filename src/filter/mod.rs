@@ -6,7 +6,7 @@
 //! The stages, in order, one module each: [`groups`] (which recipients share settings: policy
 //! banks), [`judge`] (one scan, each group's verdict), [`dispose`] (discard, reject, tempfail,
 //! quarantine), [`deliver`] (header section, DKIM signature, and the front end's [`Deliver`]:
-//! reinjection, or a dry run for `postsift scan`), and the [`log`] line.
+//! reinjection, or a dry run for `postsift scan`), and the log line (`log`).
 //!
 //! [`Pipeline`] is the interface the session calls; [`Filter`] is the real one. It is a trait
 //! (not an enum of known pipelines) so that the session can be tested against a stand-in with
@@ -345,7 +345,8 @@ spam.kill_level = 20.0
     }
 
     /// A stand-in delivery: records each copy (its recipients and header section) and each
-    /// quarantined message, and accepts everything, unless told to fail the quarantine.
+    /// quarantined message, and accepts everything, unless told to fail the quarantine; the
+    /// next hop refuses `nouser@` recipients.
     #[derive(Default)]
     struct Fake {
         quarantine_fails: bool,
@@ -361,7 +362,22 @@ spam.kill_level = 20.0
                 .map(|c| {
                     let rcpts = c.env.recipients.iter().map(|r| r.address.clone());
                     let header = String::from_utf8_lossy(c.header).into_owned();
-                    sent.push((rcpts.collect(), header));
+                    let rcpts: Vec<String> = rcpts.collect();
+                    let refused = rcpts.iter().any(|r| r.starts_with("nouser@"));
+                    sent.push((rcpts, header));
+                    if refused {
+                        let no = Upstream {
+                            code: 550,
+                            text: "5.1.1 no such user".into(),
+                        };
+                        return Delivery {
+                            rcpts: vec![RcptResult::Refused(no); c.env.recipients.len()],
+                            accepted: None,
+                            to: "fake".into(),
+                            queue_id: None,
+                            failure: Some("rejected"),
+                        };
+                    }
                     Delivery {
                         rcpts: vec![RcptResult::Accepted; c.env.recipients.len()],
                         accepted: Some(Upstream {
@@ -504,6 +520,23 @@ spam.kill_level = 20.0
         let r = replies(&["d@drop.test", "s@strict.test"], false, 1.0, &out).await;
         assert_eq!(codes(&r), [250], "{r:?}");
         assert_eq!(out.sent.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn over_smtp_a_copy_the_next_hop_refuses_is_the_reply() {
+        let out = Fake::default();
+        let r = replies(
+            &["bob@example.com", "nouser@lenient.test"],
+            false,
+            1.0,
+            &out,
+        )
+        .await;
+        assert_eq!(codes(&r), [550], "{r:?}");
+        assert!(r[0].text.contains("no such user"), "{r:?}");
+        // Over LMTP each recipient has the next hop's own answer.
+        let r = replies(&["bob@example.com", "nouser@lenient.test"], true, 1.0, &out).await;
+        assert_eq!(codes(&r), [250, 550], "{r:?}");
     }
 
     #[tokio::test]
