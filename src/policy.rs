@@ -329,33 +329,48 @@ pub fn decide(config: &Config, report: &ScanReport) -> Decision {
         };
     }
 
-    if let Some(s) = &spam {
+    match content(config, spam.as_ref(), dmarc) {
+        (category, Ok(a)) => decision(category, a),
+        (category, Err(what)) => tempfail("greylist", category, Tempfail::Greylist(what)),
+    }
+}
+
+/// The verdict on a fully checked message: spam by its level (and `quarantine_level`), or by
+/// DMARC p=quarantine, else clean. Err: rspamd asked to greylist (what it said).
+fn content(
+    config: &Config,
+    spam: Option<&SpamResult>,
+    dmarc: DmarcAction,
+) -> (Category, Result<Disposition, String>) {
+    let action = |a: Action| match a {
+        Action::Pass => Disposition::Deliver,
+        Action::Discard => Disposition::Discard,
+        Action::Reject => Disposition::Reject,
+        Action::Quarantine => Disposition::Quarantine,
+    };
+    if let Some(s) = spam {
         let level = spam_level(config, s);
         if level == SpamLevel::Greylist {
             let what = s.action.as_deref().unwrap_or("greylist");
-            return tempfail(
-                "greylist",
-                Category::Clean,
-                Tempfail::Greylist(one_line(what)),
-            );
+            return (Category::Clean, Err(one_line(what)));
         }
         let quarantine = config.spam.quarantine_level.is_some_and(|q| s.score >= q);
         if level == SpamLevel::Kill {
             let d = action(config.spam.action);
             if quarantine && d == Disposition::Deliver {
-                return decision(Category::Spam, Disposition::Quarantine);
+                return (Category::Spam, Ok(Disposition::Quarantine));
             }
-            return decision(Category::Spam, d);
+            return (Category::Spam, Ok(d));
         }
         // Below the kill level (quarantine_level set lower): spam for the quarantine's sake.
         if quarantine {
-            return decision(Category::Spam, Disposition::Quarantine);
+            return (Category::Spam, Ok(Disposition::Quarantine));
         }
     }
     if dmarc == DmarcAction::Quarantine {
-        return decision(Category::Spam, action(config.spam.action));
+        return (Category::Spam, Ok(action(config.spam.action)));
     }
-    decision(Category::Clean, Disposition::Deliver)
+    (Category::Clean, Ok(Disposition::Deliver))
 }
 
 /// How spammy a scored message is, for the action and the headers.

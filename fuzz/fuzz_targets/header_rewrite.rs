@@ -85,7 +85,7 @@ fn check(config: &Config, decision: &Decision, msg: &Message, input: &[u8], case
         );
         return;
     }
-    // As the pipeline writes it (filter::header_block): a blank line goes before a malformed
+    // As the pipeline writes it (filter::deliver's header_block): a blank line goes before a malformed
     // line that ended the header section.
     let mut block = header_block(config, decision, &trace, msg.header_section());
     if msg.needs_separator() {

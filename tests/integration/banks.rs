@@ -399,3 +399,69 @@ fn check_config_prints_banks_and_refuses_one_that_cannot_match() {
     assert_eq!(code, Some(64), "{err}");
     peers::finish_dir(Some(tmp));
 }
+
+/// `postsift scan` used to judge every message by the defaults: it ignored policy banks, so the
+/// verdict it showed was not the one a bank's recipient gets. It now runs the daemon's pipeline
+/// (dry run) with the envelope given: the strict.example recipient gets the strict bank's
+/// verdict (every score spam, rejected), the other one the defaults'.
+#[test]
+fn scan_shows_the_verdict_of_the_bank_a_recipient_matches() {
+    let spamd = util::spamd();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scan.toml");
+    let bank = "[[policy]]\nname = \"strict\"\nmatch.recipient_domain = [\"strict.example\"]\n\
+                spam.tag2_level = -100.0\nspam.kill_level = -100.0\nspam.action = \"reject\"\n";
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(&cfg, config(None, Some(&spamd), unused, bank)).unwrap();
+    let eml = peers::fixtures().join("messages/clean.eml");
+    let scan = |extra: &[&str]| {
+        let out = util::postsift_cmd()
+            .args(["scan", "--config"])
+            .arg(&cfg)
+            .args(["--mail-from", "a@example.org"])
+            .args(extra)
+            .arg(&eml)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, text) = scan(&["--rcpt", "ann@strict.example"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("bank:       strict\ncategory:   spam\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("action:     reply 554 5.7.0 Reject"),
+        "{text}"
+    );
+
+    let (code, text) = scan(&["--rcpt", "bob@example.com"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("bank:       -\ncategory:   clean\n"),
+        "{text}"
+    );
+    assert!(text.contains("X-Spam-Flag: NO"), "{text}");
+
+    // Both, as an LMTP client gets them: each group its own verdict and reply.
+    let (code, text) = scan(&[
+        "--rcpt",
+        "ann@strict.example",
+        "--rcpt",
+        "bob@example.com",
+        "--lmtp",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("recipients: ann@strict.example\n"), "{text}");
+    assert!(
+        text.contains("action:     reply 554 5.7.0 Reject"),
+        "{text}"
+    );
+    assert!(text.contains("recipients: bob@example.com\n"), "{text}");
+    assert!(
+        text.contains("action:     pass (headers below are added)"),
+        "{text}"
+    );
+}

@@ -7,100 +7,29 @@
 //! The socket is wrapped in [`GuardedStream`], which refuses to write the final dot once the
 //! body could not be read completely: a message is never sent truncated.
 
+mod commands;
+mod stream;
+mod types;
+
 use std::fmt;
-use std::io::{self, IoSlice};
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Ehlo, Rset};
 use lettre::transport::smtp::extension::ClientId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::message::{Envelope, Message};
-use crate::xforward::xtext_encode;
 
-/// The next hop's own reply (code and text, the text with its enhanced status code), relayed
-/// as it came.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub code: u16,
-    /// Lines joined by `\n`.
-    pub text: String,
-}
+pub use commands::{bracketed, check_envelope, valid_notify};
+pub use types::{Delivery, Fault, RcptResult, Upstream};
 
-impl Upstream {
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
-    /// The reply on one line, for a relayed text or a log.
-    pub fn one_line(&self) -> String {
-        format!("{} {}", self.code, self.text.replace('\n', " "))
-    }
-}
-
-/// A reinjection that failed on postsift's side of the conversation (no reply of the next hop
-/// to relay). Every fault is temporary: the client keeps the message and retries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// No connection to `to`.
-    Connect { to: String, detail: String },
-    /// The next hop did not answer in time during `stage` ("greeting", "MAIL/RCPT", "DATA",
-    /// "end of data").
-    Timeout { to: String, stage: &'static str },
-    /// The connection broke during `stage`.
-    Lost { stage: &'static str, detail: String },
-    /// The message could not be read back from the spool; the final dot was never sent.
-    Spool { detail: String },
-}
-
-/// What became of one envelope recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptResult {
-    /// The next hop accepted the message for it ([`Delivery::accepted`] has its reply).
-    Accepted,
-    /// The next hop refused it (its RCPT, or the message): its own reply.
-    Refused(Upstream),
-    /// Not sent, though the next hop took the recipient: others were refused and the client
-    /// takes one reply per message (SMTP), so nothing goes out until all can.
-    Withheld,
-    /// Not sent: the reinjection failed.
-    Failed(Fault),
-}
-
-/// Reinjection's answer for one message.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// One result per envelope recipient, in order.
-    pub rcpts: Vec<RcptResult>,
-    /// The next hop's reply to the message, when it accepted it.
-    pub accepted: Option<Upstream>,
-    /// The next hop (`reinject.to`), for the relayed reply.
-    pub to: String,
-    /// The queue id the server gave (from `250 2.0.0 Ok: queued as X`), for the log.
-    pub queue_id: Option<String>,
-    /// A short label for metrics when the reinjection failed: "connect", "timeout",
-    /// "rejected", "tempfail", "network", "spool".
-    pub failure: Option<&'static str>,
-}
-
-impl Delivery {
-    /// True when every recipient was accepted.
-    pub fn all_accepted(&self) -> bool {
-        self.rcpts.iter().all(|r| *r == RcptResult::Accepted)
-    }
-}
+use commands::{rcpt_cmd, MailCmd, Raw};
+use stream::{BodyChunks, GuardedStream};
 
 pub struct Reinjector {
     to: String,
@@ -527,7 +456,7 @@ impl Reinjector {
         let mail = MailCmd {
             env,
             size: total,
-            p: &p,
+            keywords: &p.keywords,
         }
         .to_string();
         let dsn = p.has("DSN");
@@ -683,17 +612,6 @@ struct Pending {
     total: u64,
 }
 
-/// `127.0.0.1:10025` as Postfix writes a next hop: `[127.0.0.1]:10025`.
-pub fn bracketed(hostport: &str) -> String {
-    match hostport.rsplit_once(':') {
-        Some((host, port)) => format!(
-            "[{}]:{port}",
-            host.trim_start_matches('[').trim_end_matches(']')
-        ),
-        None => format!("[{hostport}]"),
-    }
-}
-
 /// A 421 before anything was accepted: the (pooled) connection had been closed by the server.
 fn stale(reply: Upstream) -> Failure {
     Failure {
@@ -730,291 +648,6 @@ fn fail_from_lettre(
         why: Why::Fault(Fault::Lost { stage, detail }),
         label: "network",
         retry: early,
-    }
-}
-
-/// A command line written verbatim (lettre appends nothing; we add CRLF).
-struct Raw(String);
-
-impl fmt::Display for Raw {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\r\n", self.0)
-    }
-}
-
-/// `MAIL FROM:<sender>` with the parameters the server supports, taken from the original.
-struct MailCmd<'a> {
-    env: &'a Envelope,
-    size: u64,
-    p: &'a Pooled,
-}
-
-impl fmt::Display for MailCmd<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MAIL FROM:<{}>", self.env.sender)?;
-        if self.p.has("SIZE") {
-            write!(f, " SIZE={}", self.size)?;
-        }
-        if let Some(body) = self.env.body {
-            if self.p.has("8BITMIME") {
-                write!(f, " BODY={body}")?;
-            }
-        }
-        if self.env.smtputf8 && self.p.has("SMTPUTF8") {
-            write!(f, " SMTPUTF8")?;
-        }
-        if self.p.has("DSN") {
-            if let Some(ret) = self.env.ret {
-                write!(f, " RET={ret}")?;
-            }
-            if let Some(envid) = &self.env.envid {
-                write!(f, " ENVID={}", xtext_encode(envid))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn rcpt_cmd(r: &crate::message::Recipient, dsn: bool) -> String {
-    let mut s = format!("RCPT TO:<{}>", r.address);
-    if dsn {
-        if let Some(n) = &r.notify {
-            s.push_str(" NOTIFY=");
-            s.push_str(n);
-        }
-        if let Some(o) = &r.orcpt {
-            s.push_str(" ORCPT=rfc822;");
-            s.push_str(&xtext_encode(o));
-        }
-    }
-    s
-}
-
-/// The reinjection boundary: every address and parameter written on the connection passes the
-/// inbound session's RFC 5321 check (`smtp::address`), whatever it came from (an SMTP client,
-/// the CLI, AM.PDP, a quarantine file). A CR, LF, space or `>` in an address or a `NOTIFY=`
-/// would otherwise end the command and start another (`RCPT TO:<x>\r\nNOOP …`). `ORCPT=`,
-/// `ENVID=` and the XFORWARD values are xtext-encoded, `RET=` and `BODY=` are constants.
-/// The refusal is the reply every recipient gets; nothing is sent.
-pub fn check_envelope(env: &Envelope) -> Result<(), Upstream> {
-    use crate::smtp::address::Address;
-    let refuse = |code: u16, text: String| Upstream { code, text };
-    if !env.sender.is_empty() && Address::parse(&env.sender, env.smtputf8).is_err() {
-        return Err(refuse(
-            553,
-            format!(
-                "5.1.7 Sender {:?}: bad address syntax, not reinjected",
-                env.sender
-            ),
-        ));
-    }
-    for r in &env.recipients {
-        if r.address.is_empty() || Address::parse(&r.address, env.smtputf8).is_err() {
-            return Err(refuse(
-                553,
-                format!(
-                    "5.1.3 Recipient {:?}: bad address syntax, not reinjected",
-                    r.address
-                ),
-            ));
-        }
-        if let Some(n) = &r.notify {
-            if !valid_notify(n) {
-                return Err(refuse(
-                    501,
-                    format!(
-                        "5.5.4 NOTIFY={n:?} of {:?}: invalid, not reinjected",
-                        r.address
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// RFC 3461 §4.1: `NEVER`, or a comma-separated list of `SUCCESS`, `FAILURE`, `DELAY`.
-pub fn valid_notify(n: &str) -> bool {
-    n.eq_ignore_ascii_case("NEVER")
-        || (!n.is_empty()
-            && n.split(',').all(|w| {
-                ["SUCCESS", "FAILURE", "DELAY"]
-                    .iter()
-                    .any(|k| w.eq_ignore_ascii_case(k))
-            }))
-}
-
-/// The message body for lettre's `message_iter`: the new header block, then the original
-/// message after its header section, read from memory and from the spool file in 64 KiB
-/// pieces. A read error is recorded and the guard set, so lettre's final dot is never written.
-struct BodyChunks<'a> {
-    header_block: &'a [u8],
-    header_pos: usize,
-    msg: &'a Message,
-    head_pos: usize,
-    file: Option<std::fs::File>,
-    file_opened: bool,
-    left: u64,
-    error: Arc<Mutex<Option<io::Error>>>,
-    guard: Arc<AtomicBool>,
-}
-
-/// Each piece handed to lettre becomes one write: fill pieces up to this size from every
-/// source in turn, so a small message goes out in one write (plus lettre's final dot).
-const PIECE: usize = 64 * 1024;
-
-impl<'a> BodyChunks<'a> {
-    fn new(
-        header_block: &'a [u8],
-        msg: &'a Message,
-        limit: u64,
-        error: Arc<Mutex<Option<io::Error>>>,
-        guard: Arc<AtomicBool>,
-    ) -> Self {
-        BodyChunks {
-            header_block,
-            header_pos: 0,
-            msg,
-            head_pos: msg.header_end(),
-            file: None,
-            file_opened: false,
-            left: limit,
-            error,
-            guard,
-        }
-    }
-
-    fn fail(&mut self, e: io::Error) -> Option<Vec<u8>> {
-        self.guard.store(true, Ordering::SeqCst);
-        *self.error.lock().unwrap() = Some(e);
-        None
-    }
-
-    /// Appends up to `room` bytes from the next source with data; Ok(0) only at the end of
-    /// the spool file.
-    fn fill(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
-        if self.header_pos < self.header_block.len() {
-            let n = room.min(self.header_block.len() - self.header_pos);
-            buf.extend_from_slice(&self.header_block[self.header_pos..self.header_pos + n]);
-            self.header_pos += n;
-            return Ok(n);
-        }
-        let head = self.msg.head();
-        if self.head_pos < head.len() {
-            let n = room.min(head.len() - self.head_pos);
-            buf.extend_from_slice(&head[self.head_pos..self.head_pos + n]);
-            self.head_pos += n;
-            return Ok(n);
-        }
-        if !self.file_opened {
-            self.file_opened = true;
-            self.file = self.msg.reopen_tail()?;
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Ok(0);
-        };
-        let start = buf.len();
-        buf.resize(start + room, 0);
-        let n = io::Read::read(file, &mut buf[start..])?;
-        buf.truncate(start + n);
-        Ok(n)
-    }
-}
-
-impl Iterator for BodyChunks<'_> {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
-        let want = (PIECE as u64).min(self.left) as usize;
-        if want == 0 {
-            return None;
-        }
-        let mut buf = Vec::with_capacity(want);
-        while buf.len() < want {
-            let room = want - buf.len();
-            match self.fill(&mut buf, room) {
-                Ok(0) => {
-                    let left = self.left - buf.len() as u64;
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{left} bytes missing"),
-                    );
-                    return self.fail(e);
-                }
-                Ok(_) => {}
-                Err(e) => return self.fail(e),
-            }
-        }
-        self.left -= buf.len() as u64;
-        Some(buf)
-    }
-}
-
-/// The reinjection socket. Once `refuse_writes` is set, every write fails, so a transaction
-/// whose body could not be read in full dies before its final dot and the server discards it.
-#[derive(Debug)]
-struct GuardedStream {
-    inner: TcpStream,
-    refuse_writes: Arc<AtomicBool>,
-}
-
-impl GuardedStream {
-    fn refused(&self) -> Option<io::Error> {
-        self.refuse_writes
-            .load(Ordering::SeqCst)
-            .then(|| io::Error::new(io::ErrorKind::BrokenPipe, "transaction aborted"))
-    }
-}
-
-impl AsyncRead for GuardedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GuardedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.refused() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.refused() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl AsyncTokioStream for GuardedStream {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.peer_addr()
     }
 }
 
