@@ -594,9 +594,10 @@ spam.subject_tag = "[SPAM] "
     #[test]
     fn bank_metric_shows_every_configured_bank_from_the_start() {
         let c = parse(BANKS);
-        let m = crate::metrics::Metrics::new();
-        m.declare_banks(&c);
-        m.bank("strict");
+        let m = crate::runtime::Metrics::new();
+        m.filter
+            .declare_banks(c.policy.iter().map(|b| b.name.as_str()));
+        m.filter.bank("strict");
         let text = m.encode();
         assert!(
             text.contains("postsift_policy_bank_total{bank=\"originating\"} 0"),

@@ -7,6 +7,8 @@
 //! (not an enum of known pipelines) so that the session can be tested against a stand-in with
 //! no peers at all, and so that new stages change this module only.
 
+pub mod metrics;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -21,9 +23,9 @@ use crate::message::{Envelope, Message};
 use crate::policy::{self, Category, Decision, Disposition, Tempfail};
 use crate::reinject::{Delivery, RcptResult};
 use crate::rewrite;
+use crate::runtime::Runtime;
 use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
 use crate::sign::Signed;
-use crate::Shared;
 
 /// The client side of the hop into postsift, for the `Received:` line and the scanners.
 #[derive(Debug, Clone)]
@@ -102,11 +104,11 @@ pub trait Pipeline: Send + Sync {
 
 /// The real pipeline: scanners, policy, rewrite, reinjection, as configured in `shared`.
 pub struct Filter {
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
 }
 
 impl Filter {
-    pub fn new(shared: Arc<Shared>) -> Filter {
+    pub fn new(shared: Arc<Runtime>) -> Filter {
         Filter { shared }
     }
 }
@@ -119,8 +121,8 @@ impl Pipeline for Filter {
 
 /// Runs the checks and the policy on `msg`: the verdict without delivering (also what
 /// `postsift scan` shows).
-pub async fn judge(shared: &Shared, msg: &Message, env: &ScanEnvelope) -> (ScanReport, Decision) {
-    let report = shared.scanners.scan(msg, env, &shared.metrics).await;
+pub async fn judge(shared: &Runtime, msg: &Message, env: &ScanEnvelope) -> (ScanReport, Decision) {
+    let report = shared.scanners.scan(msg, env, &shared.metrics.scan).await;
     let decision = policy::decide(&shared.config, &report);
     (report, decision)
 }
@@ -128,7 +130,7 @@ pub async fn judge(shared: &Shared, msg: &Message, env: &ScanEnvelope) -> (ScanR
 /// The header block that replaces the original header section: postsift's headers, the
 /// original ones less the forged, and a blank line before a malformed first body line.
 pub fn header_block(
-    shared: &Shared,
+    shared: &Runtime,
     decision: &Decision,
     hop: &Hop,
     id: &str,
@@ -159,8 +161,8 @@ fn header_block_with(
     block
 }
 
-async fn process(shared: &Shared, r: Received) -> Processed {
-    let m = &shared.metrics;
+async fn process(shared: &Runtime, r: Received) -> Processed {
+    let m = &shared.metrics.filter;
     let received = r.started.elapsed();
     m.stage_duration
         .with_label_values(&["receive"])
@@ -222,7 +224,10 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         })
         .collect();
     let (needs, rule_set) = needs(&shared.config, &configs);
-    let (report, banned_by) = shared.scanners.scan_for(&r.msg, &scan_env, m, &needs).await;
+    let (report, banned_by) = shared
+        .scanners
+        .scan_for(&r.msg, &scan_env, &shared.metrics.scan, &needs)
+        .await;
     let judged: Vec<(ScanReport, Decision)> = configs
         .iter()
         .zip(&rule_set)
@@ -411,9 +416,11 @@ async fn process(shared: &Shared, r: Received) -> Processed {
         .iter()
         .flat_map(|g| g.banks.iter().copied())
         .collect();
-    for b in applied {
-        m.bank(&shared.config.policy[b].name);
-    }
+    m.banks_applied(
+        applied
+            .into_iter()
+            .map(|b| shared.config.policy[b].name.as_str()),
+    );
     let reinject_time = reinject_start.elapsed();
     let log = groups
         .iter()
@@ -522,7 +529,7 @@ fn sub_envelope(env: &Envelope, rcpts: &[usize]) -> Envelope {
 /// signing domain, or `no_key`), or why signing failed (logged and counted here; the caller
 /// applies `on_error`).
 async fn dkim_sign(
-    shared: &Shared,
+    shared: &Runtime,
     c: &DkimSign,
     block: &mut Vec<u8>,
     msg: &Message,
@@ -555,7 +562,7 @@ async fn dkim_sign(
 
 /// Reinjects one group's copy, recording the reinjection's metrics.
 async fn deliver(
-    shared: &Shared,
+    shared: &Runtime,
     env: &Envelope,
     block: &[u8],
     msg: &Message,
@@ -570,19 +577,19 @@ async fn deliver(
 }
 
 /// The reinjection metrics for one copy.
-fn record_delivery(shared: &Shared, d: &Delivery) {
+fn record_delivery(shared: &Runtime, d: &Delivery) {
     let m = &shared.metrics;
     if let Some(kind) = d.failure {
-        m.reinject_errors.with_label_values(&[kind]).inc();
+        m.reinject.reinject_errors.with_label_values(&[kind]).inc();
         if d.rcpts.iter().any(|x| matches!(x, RcptResult::Failed(_)))
             || d.rcpts
                 .iter()
                 .any(|x| matches!(x, RcptResult::Refused(u) if u.is_transient()))
         {
-            m.tempfails.with_label_values(&["reinject"]).inc();
+            m.filter.tempfails.with_label_values(&["reinject"]).inc();
         }
     }
-    m.reinject_up.set(!matches!(
+    m.reinject.reinject_up.set(!matches!(
         d.failure,
         Some("connect") | Some("timeout") | Some("network")
     ) as i64);
@@ -590,7 +597,7 @@ fn record_delivery(shared: &Shared, d: &Delivery) {
 
 /// Stores the message in the quarantine; a failure is a tempfail (the client keeps it).
 async fn quarantine(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     id: &str,
     env: &Envelope,
@@ -599,7 +606,7 @@ async fn quarantine(
     let m = &shared.metrics;
     let failed = |why: String| {
         tracing::error!(%id, error = %escape::Shown(&why), "cannot quarantine: answering 451");
-        m.tempfails.with_label_values(&["quarantine"]).inc();
+        m.filter.tempfails.with_label_values(&["quarantine"]).inc();
         Outcome::Tempfailed(Tempfail::Quarantine(why))
     };
     let Some(q) = &shared.quarantine else {
@@ -611,11 +618,15 @@ async fn quarantine(
     let start = Instant::now();
     match crate::quarantine::store_message(q.clone(), meta, &r.msg).await {
         Ok(()) => {
-            m.quarantine_store_duration
+            m.quarantine
+                .quarantine_store_duration
                 .observe(start.elapsed().as_secs_f64());
-            m.quarantined.with_label_values(&[category]).inc();
-            m.quarantine_entries.inc();
-            m.quarantine_bytes.add(r.msg.len() as i64);
+            m.quarantine
+                .quarantined
+                .with_label_values(&[category])
+                .inc();
+            m.quarantine.quarantine_entries.inc();
+            m.quarantine.quarantine_bytes.add(r.msg.len() as i64);
             Outcome::Quarantined(decision.category.clone())
         }
         Err(e) => failed(e.to_string()),

@@ -772,7 +772,7 @@ fn scan(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let shared = postsift::Shared::new(config, CancellationToken::new());
+    let shared = postsift::Runtime::new(config, CancellationToken::new());
     let env = postsift::scan::ScanEnvelope {
         from: client.mail_from.clone(),
         client,

@@ -90,6 +90,45 @@ pub struct PeerMetrics {
     pub skipped: IntCounter,
 }
 
+/// The series of peer health, for every peer.
+#[derive(Clone)]
+pub struct HealthMetrics {
+    /// Per-peer health: 1 while some endpoint of the peer is not marked down. Only configured
+    /// peers have a series.
+    pub peer_up: prometheus::IntGaugeVec,
+    /// Attempts that took a peer's failure path at once because all its endpoints were down.
+    pub peer_skipped: prometheus::IntCounterVec,
+}
+
+impl HealthMetrics {
+    pub fn register(r: &prometheus::Registry) -> HealthMetrics {
+        HealthMetrics {
+            peer_up: crate::metrics::gauge_vec(
+                r,
+                "postsift_peer_up",
+                "1 while some endpoint of the peer is usable (not marked down after failures)",
+                "peer",
+                &[],
+            ),
+            peer_skipped: crate::metrics::counter(
+                r,
+                "postsift_peer_skipped_total",
+                "Attempts that took the peer's failure path at once: every endpoint was down",
+                &["peer"],
+                &[Peer::ALL],
+            ),
+        }
+    }
+
+    /// The metric handles of one peer's health.
+    pub fn peer_metrics(&self, peer: Peer) -> PeerMetrics {
+        PeerMetrics {
+            up: self.peer_up.with_label_values(&[peer.label()]),
+            skipped: self.peer_skipped.with_label_values(&[peer.label()]),
+        }
+    }
+}
+
 /// Every endpoint of one peer, in the configured order.
 #[derive(Debug)]
 pub struct Group {
@@ -408,7 +447,7 @@ mod tests {
 
     #[test]
     fn metrics_follow_the_state() {
-        let m = crate::metrics::Metrics::new();
+        let m = HealthMetrics::register(&prometheus::Registry::new());
         let g = group(1);
         g.observe(m.peer_metrics(Peer::Spamd));
         let up = || m.peer_up.with_label_values(&["spamd"]).get();

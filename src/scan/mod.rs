@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, OnFailure};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 pub use rspamd::Envelope as ScanEnvelope;
 
@@ -136,6 +136,72 @@ fn summary(w: &parts::Walk) -> PartsSummary {
         count: w.parts.len(),
         limit: w.limit.clone(),
         infected: None,
+    }
+}
+
+pub const SCANNERS: &[&str] = &["clamd", "spamd", "rspamd"];
+
+/// The series of the scanners: time, health and failures by scanner, spam scores, the MIME
+/// walk's part count, and mail authentication's own (see [`auth::AuthMetrics`]).
+#[derive(Clone)]
+pub struct ScanMetrics {
+    pub spam_score: Histogram,
+    pub scanner_duration: HistogramVec,
+    pub scanner_up: IntGaugeVec,
+    pub scanner_errors: IntCounterVec,
+    /// Decoded parts the MIME walk found per message.
+    pub parts: Histogram,
+    pub auth: auth::AuthMetrics,
+}
+
+impl ScanMetrics {
+    pub fn register(r: &Registry) -> ScanMetrics {
+        use crate::metrics::{counter, gauge_vec, histogram, histogram_vec, TIME_BUCKETS};
+        ScanMetrics {
+            parts: histogram(
+                r,
+                "postsift_message_parts",
+                "Decoded parts the MIME walk found per message (clamd scans each)",
+                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
+            ),
+            spam_score: histogram(
+                r,
+                "postsift_spam_score",
+                "Spam scores given by spamd",
+                vec![
+                    -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0,
+                    50.0, 100.0, 1000.0,
+                ],
+            ),
+            scanner_duration: histogram_vec(
+                r,
+                "postsift_scanner_duration_seconds",
+                "Time each scanner took per message",
+                "scanner",
+                SCANNERS,
+                TIME_BUCKETS.to_vec(),
+            ),
+            // Only the configured scanners have a series (see `set_scanner_up`).
+            scanner_up: gauge_vec(
+                r,
+                "postsift_scanner_up",
+                "1 if the scanner answered the last scan or probe",
+                "scanner",
+                &[],
+            ),
+            scanner_errors: counter(
+                r,
+                "postsift_scanner_errors_total",
+                "Scanner failures by kind",
+                &["scanner", "kind"],
+                &[SCANNERS, FailureKind::ALL],
+            ),
+            auth: auth::AuthMetrics::register(r),
+        }
+    }
+
+    pub fn set_scanner_up(&self, scanner: &str, up: bool) {
+        self.scanner_up.with_label_values(&[scanner]).set(up as i64);
     }
 }
 
@@ -332,7 +398,12 @@ impl Scanners {
     }
 
     /// Runs every configured scanner on `msg` at once, recording durations, errors and health.
-    pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
+    pub async fn scan(
+        &self,
+        msg: &Message,
+        env: &ScanEnvelope,
+        metrics: &ScanMetrics,
+    ) -> ScanReport {
         self.scan_for(msg, env, metrics, &Needs::default()).await.0
     }
 
@@ -343,7 +414,7 @@ impl Scanners {
         &self,
         msg: &Message,
         env: &ScanEnvelope,
-        metrics: &Metrics,
+        metrics: &ScanMetrics,
         needs: &Needs,
     ) -> (ScanReport, Vec<Option<banned::Banned>>) {
         let clamd = self.clamd.as_ref().filter(|_| needs.virus);
@@ -412,10 +483,10 @@ impl Scanners {
             let checker = self.auth.as_ref()?;
             // Over the limit: SPF only (it needs no part of the message).
             if msg.len() > checker.max_message_size() {
-                return Some(checker.check(b"", &env.client, metrics).await);
+                return Some(checker.check(b"", &env.client, &metrics.auth).await);
             }
             match read_whole().await {
-                Ok(raw) => Some(checker.check(raw, &env.client, metrics).await),
+                Ok(raw) => Some(checker.check(raw, &env.client, &metrics.auth).await),
                 Err(e) => {
                     tracing::warn!("mail authentication not run: reading the spool: {e}");
                     None

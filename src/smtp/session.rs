@@ -12,11 +12,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::filter::{Filter, Hop, Pipeline, Received};
 use crate::message::{Envelope, Recipient, Spool};
+use crate::runtime::Runtime;
 use crate::smtp::address::{self, Address};
 use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Limits, Line};
 use crate::smtp::reply::{self, Reply};
 use crate::xforward;
-use crate::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -55,7 +55,7 @@ enum Flow {
 
 pub struct Session<S, P = Filter> {
     conn: Conn<S>,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     pipeline: P,
     peer: SocketAddr,
     local: SocketAddr,
@@ -72,7 +72,7 @@ pub struct Session<S, P = Filter> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S, Filter> {
     /// A session whose messages go through the real pipeline ([`Filter`]).
-    pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
+    pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Runtime>) -> Self {
         let filter = Filter::new(shared.clone());
         Session::with_pipeline(stream, peer, local, shared, filter)
     }
@@ -91,7 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         stream: S,
         peer: SocketAddr,
         local: SocketAddr,
-        shared: Arc<Shared>,
+        shared: Arc<Runtime>,
         pipeline: P,
     ) -> Self {
         let c = &shared.config;
@@ -122,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     /// Runs the session to its end. Shutdown is honoured only while waiting for a command, so
     /// a message being received, scanned or reinjected always gets its answer first.
     pub async fn run(mut self) {
-        let metrics = self.shared.metrics.clone();
+        let metrics = self.shared.metrics.server.clone();
         metrics.sessions_active.inc();
         self.serve().await;
         metrics.sessions_active.dec();
@@ -148,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             let line = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.conn.has_buffered_input() => {
-                    self.shared.metrics.tempfails.with_label_values(&["shutdown"]).inc();
+                    self.shared.metrics.filter.tempfails.with_label_values(&["shutdown"]).inc();
                     let _ = self.send(&reply::shutting_down()).await;
                     return;
                 }
@@ -185,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     fn queue(&mut self, r: &Reply) {
         self.shared
             .metrics
+            .server
             .replies
             .with_label_values(&[r.class()])
             .inc();
@@ -518,6 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             );
             shared
                 .metrics
+                .filter
                 .tempfails
                 .with_label_values(&["resources"])
                 .inc();
@@ -530,7 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             .read_data(&mut spool, cfg.server.max_message_size)
             .await?;
         let id = new_id();
-        let metrics = self.shared.metrics.clone();
+        let metrics = self.shared.metrics.filter.clone();
         metrics.in_flight.inc();
         let lmtp = self.protocol == Protocol::Lmtp;
         let n = self.env.recipients.len();
@@ -606,7 +608,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
 
     /// Puts the budget's use into the gauges (at each message's start and end).
     fn record_budget(&self) {
-        let (m, b) = (&self.shared.metrics, &self.shared.budget);
+        let (m, b) = (&self.shared.metrics.server, &self.shared.budget);
         m.spool_memory.set(b.memory() as i64);
         m.spool_files.set(b.files() as i64);
     }
@@ -715,16 +717,16 @@ mod tests {
         })
     }
 
-    fn shared(extra: &str) -> Arc<Shared> {
+    fn shared(extra: &str) -> Arc<Runtime> {
         let toml = format!(
             "[server]\nhostname = \"filter.test\"\nmax_errors = 3\n{extra}\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n"
         );
         let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
-        Arc::new(Shared::new(config, CancellationToken::new()))
+        Arc::new(Runtime::new(config, CancellationToken::new()))
     }
 
     /// Sends `input` in one write, then reads everything the session answers until it closes.
-    async fn converse(shared: Arc<Shared>, p: StandIn, input: &[u8]) -> String {
+    async fn converse(shared: Arc<Runtime>, p: StandIn, input: &[u8]) -> String {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let peer = "127.0.0.1:40000".parse().unwrap();
         let local = "127.0.0.1:10024".parse().unwrap();
