@@ -282,10 +282,7 @@ pub fn describe(config: &Config, i: usize) -> String {
          banned rules: {}\n  unchecked: on_max_parts={} on_max_decoded_bytes={} \
          on_max_depth={} on_ratio={} on_encrypted={}\n  dkim_sign: {}",
         on(e.clamd.endpoints.is_empty()),
-        on(match e.spam.engine {
-            crate::config::SpamEngine::Spamd => e.spamd.endpoints.is_empty(),
-            crate::config::SpamEngine::Rspamd => e.rspamd.endpoints.is_empty(),
-        }),
+        on(crate::scan::spam_engine(&e).is_none()),
         e.spam.tag_level,
         e.spam.tag2_level,
         e.spam.kill_level,

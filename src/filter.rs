@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::banks;
-use crate::config::{Config, DkimSign, SignOnError, SpamEngine};
+use crate::config::{Config, DkimSign, SignOnError};
 use crate::escape;
 use crate::message::{Envelope, Message};
 use crate::policy::{self, Category, Decision, Disposition, Tempfail};
@@ -511,10 +511,7 @@ fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usiz
 
 /// Whether the spam engine in use is on in `c` (a bank may bypass it).
 fn spam_on(c: &Config) -> bool {
-    match c.spam.engine {
-        SpamEngine::Spamd => !c.spamd.endpoints.is_empty(),
-        SpamEngine::Rspamd => !c.rspamd.endpoints.is_empty(),
-    }
+    crate::scan::spam_engine(c).is_some()
 }
 
 /// `env` with only the recipients at `rcpts`.

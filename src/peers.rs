@@ -129,11 +129,15 @@ impl HealthMetrics {
     }
 }
 
+/// Consecutive failures that mark an endpoint down when no configuration says otherwise.
+pub const DEFAULT_DOWN_AFTER: u32 = 3;
+
 /// Every endpoint of one peer, in the configured order.
 #[derive(Debug)]
 pub struct Group {
     peer: Peer,
     endpoints: Vec<Breaker>,
+    down_after: u32,
     metrics: OnceLock<PeerMetricsCell>,
 }
 
@@ -205,12 +209,18 @@ impl Group {
                     }),
                 })
                 .collect(),
+            down_after,
             metrics: OnceLock::new(),
         }
     }
 
     pub fn peer(&self) -> Peer {
         self.peer
+    }
+
+    /// Consecutive failures that mark an endpoint down (`[health] down_after`), for messages.
+    pub fn down_after(&self) -> u32 {
+        self.down_after
     }
 
     pub fn len(&self) -> usize {

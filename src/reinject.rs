@@ -142,7 +142,6 @@ pub struct Reinjector {
     idle: Mutex<Vec<Pooled>>,
     /// The reinjection server's health (see [`crate::peers`]).
     health: crate::peers::Group,
-    down_after: u32,
 }
 
 struct Pooled {
@@ -205,7 +204,6 @@ impl Reinjector {
                 std::slice::from_ref(&r.to),
                 config.health.down_after,
             ),
-            down_after: config.health.down_after,
         }
     }
 
@@ -331,7 +329,7 @@ impl Reinjector {
                     to: self.to.clone(),
                     detail: format!(
                         "marked down after {} failures in a row, not tried until a probe answers",
-                        self.down_after
+                        self.health.down_after()
                     ),
                 },
                 "connect",

@@ -7,6 +7,7 @@
 pub mod decide;
 pub mod embedded;
 pub mod protocol;
+pub mod record;
 pub mod redis;
 pub mod socket;
 pub mod store;

@@ -191,7 +191,7 @@ fn subject(header: &[u8]) -> String {
     h.extend_from_slice(b"\r\n");
     mail_parser::MessageParser::new()
         .parse_headers(&h)
-        .and_then(|m| m.subject().map(show::one_line))
+        .and_then(|m| m.subject().map(|s| crate::escape::text(s.trim())))
         .unwrap_or_default()
 }
 
