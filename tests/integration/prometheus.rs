@@ -235,3 +235,36 @@ async fn every_dashboard_and_alert_expression_evaluates_on_real_data() {
     drop(prom);
     f.stop().await;
 }
+
+/// Every metric a dashboard panel or an alert rule reads has a series on a default
+/// configuration before any mail has passed (no policy banks, no greylisting, no traffic): a
+/// panel must not show "No data" for want of a series (`postsift_policy_bank_total` had none
+/// without banks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_metric_has_a_series_on_a_default_configuration() {
+    let port = harness::free_port();
+    let f = start_filter(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let endpoint: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, text) = http_get(endpoint, "/metrics").await;
+    assert_eq!(status, 200);
+    let series: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or(""))
+        .collect();
+    let mut missing = Vec::new();
+    for (at, q) in list_exprs("--dashboard")
+        .into_iter()
+        .chain(list_exprs("--alerts"))
+    {
+        // `up` is Prometheus's own, not postsift's.
+        for name in metric_names(&q).into_iter().filter(|n| n != "up") {
+            if !series.contains(name.as_str()) {
+                missing.push(format!("{at}: no series for {name}"));
+            }
+        }
+    }
+    missing.dedup();
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    f.stop().await;
+}
