@@ -53,9 +53,80 @@ enum Flow {
     Close,
 }
 
+/// The limits a session enforces (from `[server]` and the timeouts).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_errors: u32,
+    pub max_junk_commands: u32,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub spool_threshold: usize,
+    pub max_header_size: usize,
+    /// Read and write deadlines of the connection.
+    pub conn: Limits,
+}
+
+/// The series a session records into: its own (sessions, replies, spool use) and the
+/// outcome of each message it answered.
+#[derive(Clone)]
+pub struct SessionMetrics {
+    pub server: crate::server::metrics::ServerMetrics,
+    pub filter: crate::filter::metrics::FilterMetrics,
+}
+
+/// What a session needs of the runtime, and nothing more: its limits, the name it greets
+/// with, the memory budget and spool directory of its messages, its metrics, and the shutdown
+/// signal. The pipeline it hands messages to is apart ([`Pipeline`]).
+#[derive(Clone)]
+pub struct Context {
+    pub limits: SessionLimits,
+    pub hostname: String,
+    pub spool_dir: std::path::PathBuf,
+    pub budget: Arc<crate::message::Budget>,
+    pub metrics: SessionMetrics,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl From<&Runtime> for Context {
+    fn from(rt: &Runtime) -> Context {
+        let c = &rt.config;
+        Context {
+            limits: SessionLimits {
+                max_errors: c.server.max_errors,
+                max_junk_commands: c.server.max_junk_commands,
+                max_message_size: c.server.max_message_size,
+                max_recipients: c.server.max_recipients,
+                spool_threshold: c.server.spool_threshold,
+                max_header_size: c.server.max_header_size,
+                conn: Limits {
+                    command: c.read_timeout(),
+                    data: c.read_timeout(),
+                    min_data_rate: c.server.min_data_rate,
+                    write: c.write_timeout(),
+                },
+            },
+            hostname: rt.hostname.clone(),
+            spool_dir: rt.spool_dir.clone(),
+            budget: rt.budget.clone(),
+            metrics: SessionMetrics {
+                server: rt.metrics.server.clone(),
+                filter: rt.metrics.filter.clone(),
+            },
+            shutdown: rt.shutdown.clone(),
+        }
+    }
+}
+
+impl From<Arc<Runtime>> for Context {
+    fn from(rt: Arc<Runtime>) -> Context {
+        Context::from(&*rt)
+    }
+}
+
 pub struct Session<S, P = Filter> {
     conn: Conn<S>,
-    shared: Arc<Runtime>,
+    /// Shared by reference: each message's DATA takes a handle on it.
+    shared: Arc<Context>,
     pipeline: P,
     peer: SocketAddr,
     local: SocketAddr,
@@ -73,8 +144,8 @@ pub struct Session<S, P = Filter> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S, Filter> {
     /// A session whose messages go through the real pipeline ([`Filter`]).
     pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Runtime>) -> Self {
-        let filter = Filter::new(shared.clone());
-        Session::with_pipeline(stream, peer, local, shared, filter)
+        let ctx = Context::from(&*shared);
+        Session::with_pipeline(stream, peer, local, ctx, Filter::new(shared))
     }
 }
 
@@ -85,26 +156,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         self
     }
 
-    /// A session handing its messages to `pipeline`; `shared` gives the limits, the budget
+    /// A session handing its messages to `pipeline`; `ctx` gives the limits, the budget
     /// and the metrics of the protocol side.
     pub fn with_pipeline(
         stream: S,
         peer: SocketAddr,
         local: SocketAddr,
-        shared: Arc<Runtime>,
+        ctx: impl Into<Context>,
         pipeline: P,
     ) -> Self {
-        let c = &shared.config;
+        let shared: Arc<Context> = Arc::new(ctx.into());
         Session {
-            conn: Conn::new(
-                stream,
-                Limits {
-                    command: c.read_timeout(),
-                    data: c.read_timeout(),
-                    min_data_rate: c.server.min_data_rate,
-                    write: c.write_timeout(),
-                },
-            ),
+            conn: Conn::new(stream, shared.limits.conn),
             shared,
             pipeline,
             peer,
@@ -202,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     fn error(&mut self, r: Reply) -> Result<Flow, ConnError> {
         self.errors += 1;
         self.queue(&r);
-        if self.errors >= self.shared.config.server.max_errors {
+        if self.errors >= self.shared.limits.max_errors {
             self.queue(&reply::too_many_errors());
             return Ok(Flow::Close);
         }
@@ -239,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     /// session, so a client cannot hold its slot with NOOPs (each within its deadline).
     fn junk(&mut self) -> bool {
         self.junk += 1;
-        if self.junk > self.shared.config.server.max_junk_commands {
+        if self.junk > self.shared.limits.max_junk_commands {
             self.queue(&reply::too_many_junk_commands());
             return true;
         }
@@ -317,7 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         }
         let text = format!(
             "{name}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nDSN\n{}",
-            self.shared.config.server.max_message_size,
+            self.shared.limits.max_message_size,
             xforward::EHLO_LINE
         );
         self.ok(Reply::raw(250, text))
@@ -364,7 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         if !utf8 && !addr.as_str().is_ascii() {
             return self.error(reply::needs_smtputf8());
         }
-        let max = self.shared.config.server.max_message_size;
+        let max = self.shared.limits.max_message_size;
         for p in params.split(' ') {
             if let Some((k, v)) = p.split_once('=') {
                 // Any number of digits: a value that does not fit in u64 is over every limit.
@@ -463,7 +526,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, addr: Address) -> Result<Flow, ConnError> {
-        if self.env.recipients.len() >= self.shared.config.server.max_recipients {
+        if self.env.recipients.len() >= self.shared.limits.max_recipients {
             if self.junk() {
                 return Ok(Flow::Close);
             }
@@ -503,12 +566,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             State::Mail => return self.error(reply::bad_sequence("Error: need RCPT command")),
         }
         let shared = self.shared.clone();
-        let cfg = &shared.config;
         let started = Instant::now();
         let Some(mut spool) = Spool::reserve(
             &shared.budget,
-            cfg.server.spool_threshold,
-            cfg.server.max_header_size,
+            shared.limits.spool_threshold,
+            shared.limits.max_header_size,
             &shared.spool_dir,
         ) else {
             // Every message in flight together holds server.max_memory: refuse this one
@@ -529,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         self.send(&reply::start_data()).await?;
         let end = self
             .conn
-            .read_data(&mut spool, cfg.server.max_message_size)
+            .read_data(&mut spool, shared.limits.max_message_size)
             .await?;
         let id = new_id();
         let metrics = self.shared.metrics.filter.clone();
