@@ -54,7 +54,7 @@ pub async fn probe_once(shared: &Runtime) {
             ok
         });
         let up = any(pings).await;
-        Some((engine.name(), up))
+        Some((engine.scanner(), up))
     };
     let dns = async {
         if let Some(auth) = shared.scanners.auth() {
@@ -69,7 +69,7 @@ pub async fn probe_once(shared: &Runtime) {
     };
     let (clamd, spam, (), reinject) = tokio::join!(clamd, spam, dns, reinject);
     if let Some(up) = clamd {
-        m.scan.set_scanner_up("clamd", up);
+        m.scan.set_scanner_up(crate::scan::Scanner::Clamd, up);
     }
     if let Some((name, up)) = spam {
         m.scan.set_scanner_up(name, up);

@@ -54,7 +54,7 @@ impl Metrics {
         let r = &registry;
         crate::metrics::register_process(r);
         let server = ServerMetrics::register(r);
-        let refused = server.listener_refused.with_label_values(&["metrics"]);
+        let refused = server.refused(crate::server::metrics::Listener::Metrics);
         Metrics {
             filter: FilterMetrics::register(r),
             scan: ScanMetrics::register(r),
@@ -199,9 +199,9 @@ impl Runtime {
     }
 
     /// The `scanner` label of every scanner this configuration uses.
-    pub fn scanner_names(&self) -> Vec<&'static str> {
-        let clamd = self.scanners.clamd().map(|_| "clamd");
-        let spam = self.scanners.spam().map(|e| e.name());
+    pub fn scanner_names(&self) -> Vec<scan::Scanner> {
+        let clamd = self.scanners.clamd().map(|_| scan::Scanner::Clamd);
+        let spam = self.scanners.spam().map(|e| e.scanner());
         clamd.into_iter().chain(spam).collect()
     }
 }

@@ -192,8 +192,7 @@ async fn release_loop(
             shared
                 .metrics
                 .server
-                .listener_refused
-                .with_label_values(&["release"])
+                .refused(metrics::Listener::Release)
                 .inc();
             tracing::warn!("quarantine.release_max_connections reached; release connection closed");
             continue;
@@ -524,10 +523,10 @@ impl Running {
         let metrics = self.metrics();
         let (before, after) = (old.scanner_names(), shared.scanner_names());
         for name in before.iter().filter(|n| !after.contains(n)) {
-            let _ = metrics.scan.scanner_up.remove_label_values(&[name]);
+            metrics.scan.forget_scanner(*name);
         }
         for name in after.iter().filter(|n| !before.contains(n)) {
-            metrics.scan.set_scanner_up(name, false);
+            metrics.scan.set_scanner_up(*name, false);
         }
         let peers_after: Vec<_> = shared.peer_groups().iter().map(|g| g.peer()).collect();
         for g in old.peer_groups() {
@@ -624,8 +623,7 @@ async fn accept_loop(
                     shared
                         .metrics
                         .server
-                        .listener_refused
-                        .with_label_values(&["policy"])
+                        .refused(metrics::Listener::Policy)
                         .inc();
                     tracing::warn!("greylist: greylist.max_connections reached; connection closed")
                 }

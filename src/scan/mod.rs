@@ -41,7 +41,25 @@ fn summary(w: &parts::Walk) -> PartsSummary {
     }
 }
 
-pub const SCANNERS: &[&str] = &["clamd", "spamd", "rspamd"];
+/// A scanner, as the `scanner` label of the scan series names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanner {
+    Clamd,
+    Spamd,
+    Rspamd,
+}
+
+impl Scanner {
+    pub const ALL: [Scanner; 3] = [Scanner::Clamd, Scanner::Spamd, Scanner::Rspamd];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scanner::Clamd => "clamd",
+            Scanner::Spamd => "spamd",
+            Scanner::Rspamd => "rspamd",
+        }
+    }
+}
 
 /// The series of the scanners: time, health and failures by scanner, spam scores, the MIME
 /// walk's part count, and mail authentication's own (see [`auth::AuthMetrics`]).
@@ -59,6 +77,7 @@ pub struct ScanMetrics {
 impl ScanMetrics {
     pub fn register(r: &Registry) -> ScanMetrics {
         use crate::metrics::{counter, gauge_vec, histogram, histogram_vec, TIME_BUCKETS};
+        let scanners = Scanner::ALL.map(Scanner::label);
         ScanMetrics {
             parts: histogram(
                 r,
@@ -80,7 +99,7 @@ impl ScanMetrics {
                 "postsift_scanner_duration_seconds",
                 "Time each scanner took per message",
                 "scanner",
-                SCANNERS,
+                &scanners,
                 TIME_BUCKETS.to_vec(),
             ),
             // Only the configured scanners have a series (see `set_scanner_up`).
@@ -96,14 +115,21 @@ impl ScanMetrics {
                 "postsift_scanner_errors_total",
                 "Scanner failures by kind",
                 &["scanner", "kind"],
-                &[SCANNERS, FailureKind::ALL],
+                &[&scanners, FailureKind::ALL],
             ),
             auth: auth::AuthMetrics::register(r),
         }
     }
 
-    pub fn set_scanner_up(&self, scanner: &str, up: bool) {
-        self.scanner_up.with_label_values(&[scanner]).set(up as i64);
+    pub fn set_scanner_up(&self, scanner: Scanner, up: bool) {
+        self.scanner_up
+            .with_label_values(&[scanner.label()])
+            .set(up as i64);
+    }
+
+    /// Drops the series of a scanner no longer configured.
+    pub fn forget_scanner(&self, scanner: Scanner) {
+        let _ = self.scanner_up.remove_label_values(&[scanner.label()]);
     }
 }
 
@@ -116,9 +142,13 @@ pub enum SpamEngine {
 impl SpamEngine {
     /// The metric label and log name.
     pub fn name(&self) -> &'static str {
+        self.scanner().label()
+    }
+
+    pub fn scanner(&self) -> Scanner {
         match self {
-            SpamEngine::Spamd(_) => "spamd",
-            SpamEngine::Rspamd(_) => "rspamd",
+            SpamEngine::Spamd(_) => Scanner::Spamd,
+            SpamEngine::Rspamd(_) => Scanner::Rspamd,
         }
     }
 
@@ -393,31 +423,31 @@ impl Scanners {
         };
         let ((virus, parts, (banned, banned_by), virus_time), (spam, spam_time), auth) =
             tokio::join!(virus, spam, auth);
-        let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
+        let record = |scanner: Scanner, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
-                .with_label_values(&[scanner])
+                .with_label_values(&[scanner.label()])
                 .observe(took.as_secs_f64());
             metrics.set_scanner_up(scanner, failed.is_none());
             if let Some(kind) = failed {
                 metrics
                     .scanner_errors
-                    .with_label_values(&[scanner, kind.label()])
+                    .with_label_values(&[scanner.label(), kind.label()])
                     .inc();
             }
         };
         match &virus {
             VirusScan::Off => {}
-            VirusScan::Failed(f) => record("clamd", Some(f.kind), virus_time),
-            _ => record("clamd", None, virus_time),
+            VirusScan::Failed(f) => record(Scanner::Clamd, Some(f.kind), virus_time),
+            _ => record(Scanner::Clamd, None, virus_time),
         }
         if let Some(engine) = spam_engine {
             match &spam {
                 SpamScan::Off => {}
-                SpamScan::Failed(f) => record(engine.name(), Some(f.kind), spam_time),
+                SpamScan::Failed(f) => record(engine.scanner(), Some(f.kind), spam_time),
                 SpamScan::Scored(r) => {
                     metrics.spam_score.observe(r.score);
-                    record(engine.name(), None, spam_time)
+                    record(engine.scanner(), None, spam_time)
                 }
             }
         }

@@ -8,8 +8,25 @@ use crate::metrics::{counter, float_gauge, gauge};
 pub const PROTOCOLS: &[&str] = &["smtp", "esmtp", "lmtp", "none"];
 pub const REPLY_CLASSES: &[&str] = &["2xx", "4xx", "5xx"];
 pub const RELOAD_RESULTS: &[&str] = &["success", "failure"];
-/// The listeners that close connections over their limit at accept.
-pub const LISTENERS: &[&str] = &["policy", "release", "metrics"];
+/// A listener that closes connections over its limit at accept (the `listener` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Policy,
+    Release,
+    Metrics,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 3] = [Listener::Policy, Listener::Release, Listener::Metrics];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Policy => "policy",
+            Listener::Release => "release",
+            Listener::Metrics => "metrics",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -62,7 +79,7 @@ impl ServerMetrics {
                 "postsift_listener_refused_total",
                 "Connections closed at accept: the listener's connection limit was reached",
                 &["listener"],
-                &[LISTENERS],
+                &[&Listener::ALL.map(Listener::label)],
             ),
             config_reloads: counter(
                 r,
@@ -77,6 +94,11 @@ impl ServerMetrics {
                 "Unix time of the last configuration taken into use (start or reload)",
             ),
         }
+    }
+
+    /// The counter of connections `listener` closed at accept.
+    pub fn refused(&self, listener: Listener) -> prometheus::IntCounter {
+        self.listener_refused.with_label_values(&[listener.label()])
     }
 
     /// A configuration was taken into use (at start, or by a successful reload).
