@@ -11,7 +11,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use postsift::config::Config;
 use postsift::smtp::session::Session;
-use postsift::Runtime;
+use postsift::Runtime as Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -63,13 +63,13 @@ fn runtime() -> &'static Runtime {
     })
 }
 
-fn shared() -> Arc<Runtime> {
-    static SHARED: OnceLock<Arc<Runtime>> = OnceLock::new();
+fn shared() -> Arc<Shared> {
+    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
             let config = Config::parse(CONFIG, Path::new("fuzz.toml")).expect("fuzz config");
             let _guard = runtime().enter();
-            Arc::new(Runtime::new(config, CancellationToken::new()))
+            Arc::new(Shared::new(config, CancellationToken::new()))
         })
         .clone()
 }
