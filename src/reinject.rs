@@ -7,6 +7,8 @@
 //! The socket is wrapped in [`GuardedStream`], which refuses to write the final dot once the
 //! body could not be read completely: a message is never sent truncated.
 
+pub mod metrics;
+
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -102,35 +104,7 @@ impl Delivery {
     }
 }
 
-pub const REINJECT_ERRORS: &[&str] = &[
-    "connect", "timeout", "rejected", "tempfail", "network", "spool",
-];
-
-/// The series of reinjection: whether the next hop answered, failures by kind.
-#[derive(Clone)]
-pub struct ReinjectMetrics {
-    pub reinject_up: prometheus::IntGauge,
-    pub reinject_errors: prometheus::IntCounterVec,
-}
-
-impl ReinjectMetrics {
-    pub fn register(r: &prometheus::Registry) -> ReinjectMetrics {
-        ReinjectMetrics {
-            reinject_up: crate::metrics::gauge(
-                r,
-                "postsift_reinject_up",
-                "1 if the reinjection server answered recently",
-            ),
-            reinject_errors: crate::metrics::counter(
-                r,
-                "postsift_reinject_errors_total",
-                "Reinjection failures by kind",
-                &["kind"],
-                &[REINJECT_ERRORS],
-            ),
-        }
-    }
-}
+pub use metrics::{ReinjectMetrics, REINJECT_ERRORS};
 
 pub struct Reinjector {
     to: String,

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod banned;
 pub mod clamd;
+pub mod metrics;
 pub mod parts;
 pub mod report;
 pub mod rspamd;
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, OnFailure};
 use crate::message::Message;
-use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
+pub use metrics::{ScanMetrics, Scanner};
 pub use report::{Failure, FailureKind, PartsSummary, ScanReport, SpamResult, SpamScan, VirusScan};
 pub use rspamd::Envelope as ScanEnvelope;
 
@@ -38,98 +39,6 @@ fn summary(w: &parts::Walk) -> PartsSummary {
         count: w.parts.len(),
         limit: w.limit.clone(),
         infected: None,
-    }
-}
-
-/// A scanner, as the `scanner` label of the scan series names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scanner {
-    Clamd,
-    Spamd,
-    Rspamd,
-}
-
-impl Scanner {
-    pub const ALL: [Scanner; 3] = [Scanner::Clamd, Scanner::Spamd, Scanner::Rspamd];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Scanner::Clamd => "clamd",
-            Scanner::Spamd => "spamd",
-            Scanner::Rspamd => "rspamd",
-        }
-    }
-}
-
-/// The series of the scanners: time, health and failures by scanner, spam scores, the MIME
-/// walk's part count, and mail authentication's own (see [`auth::AuthMetrics`]).
-#[derive(Clone)]
-pub struct ScanMetrics {
-    pub spam_score: Histogram,
-    pub scanner_duration: HistogramVec,
-    pub scanner_up: IntGaugeVec,
-    pub scanner_errors: IntCounterVec,
-    /// Decoded parts the MIME walk found per message.
-    pub parts: Histogram,
-    pub auth: auth::AuthMetrics,
-}
-
-impl ScanMetrics {
-    pub fn register(r: &Registry) -> ScanMetrics {
-        use crate::metrics::{counter, gauge_vec, histogram, histogram_vec, TIME_BUCKETS};
-        let scanners = Scanner::ALL.map(Scanner::label);
-        ScanMetrics {
-            parts: histogram(
-                r,
-                "postsift_message_parts",
-                "Decoded parts the MIME walk found per message (clamd scans each)",
-                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
-            ),
-            spam_score: histogram(
-                r,
-                "postsift_spam_score",
-                "Spam scores given by spamd",
-                vec![
-                    -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0,
-                    50.0, 100.0, 1000.0,
-                ],
-            ),
-            scanner_duration: histogram_vec(
-                r,
-                "postsift_scanner_duration_seconds",
-                "Time each scanner took per message",
-                "scanner",
-                &scanners,
-                TIME_BUCKETS.to_vec(),
-            ),
-            // Only the configured scanners have a series (see `set_scanner_up`).
-            scanner_up: gauge_vec(
-                r,
-                "postsift_scanner_up",
-                "1 if the scanner answered the last scan or probe",
-                "scanner",
-                &[],
-            ),
-            scanner_errors: counter(
-                r,
-                "postsift_scanner_errors_total",
-                "Scanner failures by kind",
-                &["scanner", "kind"],
-                &[&scanners, FailureKind::ALL],
-            ),
-            auth: auth::AuthMetrics::register(r),
-        }
-    }
-
-    pub fn set_scanner_up(&self, scanner: Scanner, up: bool) {
-        self.scanner_up
-            .with_label_values(&[scanner.label()])
-            .set(up as i64);
-    }
-
-    /// Drops the series of a scanner no longer configured.
-    pub fn forget_scanner(&self, scanner: Scanner) {
-        let _ = self.scanner_up.remove_label_values(&[scanner.label()]);
     }
 }
 
