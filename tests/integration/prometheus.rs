@@ -2,7 +2,8 @@
 //! postsift that has seen clean, spam, virus and tempfailed mail, and every PromQL expression in
 //! dashboards/postsift.json and dashboards/alerts.yml is evaluated through its HTTP API; each
 //! must parse and return at least one series. `promtool check rules` and `promtool test rules`
-//! run here too.
+//! run here too. On a default configuration with no mail yet, every dashboard expression must
+//! return series as well, and every metric a panel or rule reads must be in /metrics.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
