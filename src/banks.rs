@@ -166,10 +166,7 @@ pub fn describe(config: &Config, i: usize) -> String {
          banned rules: {}\n  unchecked: on_max_parts={} on_max_decoded_bytes={} \
          on_max_depth={} on_ratio={} on_encrypted={}\n  dkim_sign: {}",
         on(e.clamd.endpoints.is_empty()),
-        on(match e.spam.engine {
-            crate::config::SpamEngine::Spamd => e.spamd.endpoints.is_empty(),
-            crate::config::SpamEngine::Rspamd => e.rspamd.endpoints.is_empty(),
-        }),
+        on(crate::scan::spam_engine(&e).is_none()),
         e.spam.tag_level,
         e.spam.tag2_level,
         e.spam.kill_level,
@@ -478,9 +475,10 @@ spam.subject_tag = "[SPAM] "
     #[test]
     fn bank_metric_shows_every_configured_bank_from_the_start() {
         let c = parse(BANKS);
-        let m = crate::metrics::Metrics::new();
-        m.declare_banks(&c);
-        m.bank("strict");
+        let m = crate::runtime::Metrics::new();
+        m.filter
+            .declare_banks(c.policy.iter().map(|b| b.name.as_str()));
+        m.filter.bank("strict");
         let text = m.encode();
         assert!(
             text.contains("postsift_policy_bank_total{bank=\"originating\"} 0"),

@@ -33,6 +33,12 @@ pub fn uncapped(s: &str) -> String {
     capped(s.chars().map(Ok), usize::MAX)
 }
 
+/// `s` escaped like [`uncapped`], but tabs kept as they are (text laid out in columns, such as
+/// the quarantined message `postsift quarantine show` prints).
+pub fn keeping_tabs(s: &str) -> String {
+    s.split('\t').map(uncapped).collect::<Vec<_>>().join("\t")
+}
+
 /// Bytes that may not be UTF-8 (a raw header, a peer's line): valid UTF-8 as [`text`], every
 /// other byte as `\xNN`.
 pub fn bytes(b: &[u8]) -> String {

@@ -88,8 +88,8 @@ fn with_sqlite_files(db: &Path) -> [PathBuf; 3] {
 pub fn written_paths(config: &Config) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
     if config.greylist.enabled() {
-        if let crate::greylist::store::Location::Embedded(db) =
-            crate::greylist::store::Location::parse(&config.greylist.store)
+        if let crate::greylist::record::Location::Embedded(db) =
+            crate::greylist::record::Location::parse(&config.greylist.store)
         {
             if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
                 out.push((dir.to_owned(), "greylist.store"));

@@ -13,11 +13,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::Shared;
+use crate::runtime::Runtime;
 
-/// Probes the peers of the current [`Shared`] until shutdown, at once again whenever a reload
+/// Probes the peers of the current [`Runtime`] until shutdown, at once again whenever a reload
 /// replaces it.
-pub async fn probe_loop(mut current: watch::Receiver<Arc<Shared>>) {
+pub async fn probe_loop(mut current: watch::Receiver<Arc<Runtime>>) {
     loop {
         let shared = current.borrow_and_update().clone();
         probe_once(&shared).await;
@@ -33,7 +33,7 @@ pub async fn probe_loop(mut current: watch::Receiver<Arc<Shared>>) {
     }
 }
 
-pub async fn probe_once(shared: &Shared) {
+pub async fn probe_once(shared: &Runtime) {
     let m = &shared.metrics;
     let limit = Duration::from_secs(shared.config.health.probe_timeout);
     // Every endpoint of every peer at once, each fed to its health state (see `peers`).
@@ -54,7 +54,7 @@ pub async fn probe_once(shared: &Shared) {
             ok
         });
         let up = any(pings).await;
-        Some((engine.name(), up))
+        Some((engine.scanner(), up))
     };
     let dns = async {
         if let Some(auth) = shared.scanners.auth() {
@@ -69,12 +69,12 @@ pub async fn probe_once(shared: &Shared) {
     };
     let (clamd, spam, (), reinject) = tokio::join!(clamd, spam, dns, reinject);
     if let Some(up) = clamd {
-        m.set_scanner_up("clamd", up);
+        m.scan.set_scanner_up(crate::scan::Scanner::Clamd, up);
     }
     if let Some((name, up)) = spam {
-        m.set_scanner_up(name, up);
+        m.scan.set_scanner_up(name, up);
     }
-    m.reinject_up.set(reinject as i64);
+    m.reinject.reinject_up.set(reinject as i64);
     // Mail cannot pass without these; a resolver down only makes the checks that need it
     // temperror, so it shows in postsift_peer_up{peer="dns"} and its alert, not here.
     let usable = shared
@@ -82,7 +82,7 @@ pub async fn probe_once(shared: &Shared) {
         .iter()
         .all(|g| g.peer() == crate::peers::Peer::Dns || g.usable());
     let ready = clamd.unwrap_or(true) && spam.is_none_or(|(_, up)| up) && reinject && usable;
-    m.ready.store(ready, Ordering::Relaxed);
+    m.endpoint.ready.store(ready, Ordering::Relaxed);
 }
 
 /// True if `to` greets with 220 within `timeout` (we then say QUIT).

@@ -90,11 +90,54 @@ pub struct PeerMetrics {
     pub skipped: IntCounter,
 }
 
+/// The series of peer health, for every peer.
+#[derive(Clone)]
+pub struct HealthMetrics {
+    /// Per-peer health: 1 while some endpoint of the peer is not marked down. Only configured
+    /// peers have a series.
+    pub peer_up: prometheus::IntGaugeVec,
+    /// Attempts that took a peer's failure path at once because all its endpoints were down.
+    pub peer_skipped: prometheus::IntCounterVec,
+}
+
+impl HealthMetrics {
+    pub fn register(r: &prometheus::Registry) -> HealthMetrics {
+        HealthMetrics {
+            peer_up: crate::metrics::gauge_vec(
+                r,
+                "postsift_peer_up",
+                "1 while some endpoint of the peer is usable (not marked down after failures)",
+                "peer",
+                &[],
+            ),
+            peer_skipped: crate::metrics::counter(
+                r,
+                "postsift_peer_skipped_total",
+                "Attempts that took the peer's failure path at once: every endpoint was down",
+                &["peer"],
+                &[Peer::ALL],
+            ),
+        }
+    }
+
+    /// The metric handles of one peer's health.
+    pub fn peer_metrics(&self, peer: Peer) -> PeerMetrics {
+        PeerMetrics {
+            up: self.peer_up.with_label_values(&[peer.label()]),
+            skipped: self.peer_skipped.with_label_values(&[peer.label()]),
+        }
+    }
+}
+
+/// Consecutive failures that mark an endpoint down when no configuration says otherwise.
+pub const DEFAULT_DOWN_AFTER: u32 = 3;
+
 /// Every endpoint of one peer, in the configured order.
 #[derive(Debug)]
 pub struct Group {
     peer: Peer,
     endpoints: Vec<Breaker>,
+    down_after: u32,
     metrics: OnceLock<PeerMetricsCell>,
 }
 
@@ -166,12 +209,18 @@ impl Group {
                     }),
                 })
                 .collect(),
+            down_after,
             metrics: OnceLock::new(),
         }
     }
 
     pub fn peer(&self) -> Peer {
         self.peer
+    }
+
+    /// Consecutive failures that mark an endpoint down (`[health] down_after`), for messages.
+    pub fn down_after(&self) -> u32 {
+        self.down_after
     }
 
     pub fn len(&self) -> usize {
@@ -408,7 +457,7 @@ mod tests {
 
     #[test]
     fn metrics_follow_the_state() {
-        let m = crate::metrics::Metrics::new();
+        let m = HealthMetrics::register(&prometheus::Registry::new());
         let g = group(1);
         g.observe(m.peer_metrics(Peer::Spamd));
         let up = || m.peer_up.with_label_values(&["spamd"]).get();

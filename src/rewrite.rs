@@ -122,10 +122,7 @@ fn first_value(v: &[u8]) -> Option<Vec<u8>> {
 
 /// DKIM results `authentication_results_capped` leaves out of the header at `max`.
 pub fn dkim_results_omitted(report: &AuthReport, max: usize) -> usize {
-    report
-        .dkim
-        .as_ref()
-        .map_or(0, |s| s.len().saturating_sub(max))
+    report.dkim_results_omitted(max)
 }
 
 /// `Authentication-Results` for `report`, one method a line, in the order and form people

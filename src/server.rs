@@ -8,6 +8,8 @@
 //! Postfix smtpd process keeps a policy connection open, and those must not take the content
 //! filter's session slots.
 
+pub mod metrics;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, PolicyListen};
-use crate::greylist::{self, store::Store, Greylist};
-use crate::metrics::Metrics;
+use crate::greylist::{self, store::Store};
+use crate::runtime::Runtime;
+use crate::runtime::{Lasting, Metrics};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Session;
-use crate::Shared;
 
 /// One reload request: the configuration file as loaded and validated again, or the error
 /// that gave (the reload then fails and the error is logged, naming the bad key).
@@ -37,8 +39,8 @@ pub enum ReloadError {
     Config(#[from] config::Error),
     #[error("cannot listen on {addr} (server.listen): {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("greylist: {0}")]
-    Greylist(#[from] greylist::whitelist::Error),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::Error),
 }
 
 /// What a listener serves.
@@ -164,7 +166,7 @@ async fn bind_release(l: &PolicyListen) -> io::Result<(String, Listener)> {
 /// accept, so idle connections cannot take the descriptors the mail listeners need.
 async fn release_loop(
     listener: Listener,
-    current: watch::Receiver<Arc<Shared>>,
+    current: watch::Receiver<Arc<Runtime>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -189,8 +191,8 @@ async fn release_loop(
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             shared
                 .metrics
-                .listener_refused
-                .with_label_values(&["release"])
+                .server
+                .refused(metrics::Listener::Release)
                 .inc();
             tracing::warn!("quarantine.release_max_connections reached; release connection closed");
             continue;
@@ -218,20 +220,6 @@ async fn release_loop(
             }
         }
     }
-}
-
-/// The generation's greylisting answerer, on the store kept across reloads.
-fn with_greylist(
-    mut shared: Shared,
-    policy: Option<&PolicyService>,
-) -> Result<Shared, greylist::whitelist::Error> {
-    if let Some(p) = policy {
-        let g = Greylist::new(&shared.config, p.store.clone(), shared.metrics.clone())?;
-        let (clients, recipients) = g.whitelist_len();
-        tracing::info!(clients, recipients, "greylist whitelists loaded");
-        shared.greylist = Some(Arc::new(g));
-    }
-    Ok(shared)
 }
 
 /// Serves on already bound listeners until `shutdown` is cancelled, then drains. Tests bind
@@ -273,11 +261,19 @@ pub async fn serve_with_reload(
         Some(l) => Some(bind_release(&l).await?),
     };
     let retention_days = config.quarantine.retention_days;
-    let shared = Shared::new(config, shutdown.clone()).map_err(io::Error::other)?;
-    let mut shared = with_greylist(shared, policy.as_ref()).map_err(io::Error::other)?;
-    shared.quarantine = quarantine.clone();
+    let lasting = Lasting {
+        greylist_store: policy.as_ref().map(|p| p.store.clone()),
+        quarantine: quarantine.clone(),
+        ..Lasting::new(&config, shutdown.clone())
+    };
+    let shared = Runtime::build(config, &lasting).map_err(io::Error::other)?;
+    shared.declare_scanners();
+    if let Some(g) = &shared.greylist {
+        let (clients, recipients) = g.whitelist_len();
+        tracing::info!(clients, recipients, "greylist whitelists loaded");
+    }
     let metrics = shared.metrics.clone();
-    metrics.config_applied();
+    metrics.server.config_applied();
     let limit = Arc::new(Semaphore::new(shared.config.server.max_sessions));
     // A watch channel rather than arc-swap: tokio already has it, and besides the current value
     // it wakes the health probe, which then probes the new peers at once. Each accept takes a
@@ -288,7 +284,7 @@ pub async fn serve_with_reload(
         tracing::info!(addr = %current.borrow().config.metrics.listen, "metrics endpoint");
         tracker.spawn(crate::metrics::serve_http(
             l,
-            metrics.clone(),
+            metrics.endpoint.clone(),
             current.borrow().config.metrics.max_connections,
             shutdown.clone(),
         ));
@@ -300,7 +296,7 @@ pub async fn serve_with_reload(
             p.store.clone(),
             params,
             current.borrow().config.greylist.max_triplets,
-            metrics.clone(),
+            metrics.greylist.clone(),
             shutdown.clone(),
         ));
     }
@@ -309,7 +305,7 @@ pub async fn serve_with_reload(
         tracker.spawn(crate::quarantine::maintenance(
             q.clone(),
             retention_days,
-            metrics.clone(),
+            metrics.quarantine.clone(),
             shutdown.clone(),
         ));
     }
@@ -329,13 +325,11 @@ pub async fn serve_with_reload(
 
     let mut running = Running {
         current,
-        metrics,
+        lasting,
         limit,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         accepting: Vec::new(),
-        policy: policy.as_ref().map(|p| (p.store.clone(), p.limit.clone())),
-        quarantine,
     };
     for (i, listener) in listeners.into_iter().enumerate() {
         let bound = listener.local_addr()?;
@@ -389,9 +383,9 @@ pub async fn serve_with_reload(
 /// The serving state a reload changes.
 struct Running {
     /// The generation new sessions get.
-    current: watch::Sender<Arc<Shared>>,
-    /// Kept across reloads: the registry must survive them.
-    metrics: Arc<Metrics>,
+    current: watch::Sender<Arc<Runtime>>,
+    /// Kept across reloads: the registry must survive them, and the stores opened once.
+    lasting: Lasting,
     /// One semaphore for all generations, resized on reload, so sessions under an old
     /// configuration still count against `server.max_sessions`.
     limit: Arc<Semaphore>,
@@ -399,13 +393,13 @@ struct Running {
     shutdown: CancellationToken,
     /// Configured address → the token that stops its accept loop.
     accepting: Vec<(SocketAddr, CancellationToken)>,
-    /// The greylisting store and policy connection limit, when the policy service runs.
-    policy: Option<(Arc<Store>, Arc<Semaphore>)>,
-    /// The quarantine, opened once (at start, or at the first reload that needs it).
-    quarantine: Option<Arc<crate::quarantine::Quarantine>>,
 }
 
 impl Running {
+    fn metrics(&self) -> Arc<Metrics> {
+        self.lasting.metrics.clone()
+    }
+
     /// `key` is the configured address, `bound` the one the listener got.
     fn accept_on(&mut self, key: SocketAddr, listener: TcpListener, bound: SocketAddr) {
         let stop = self.shutdown.child_token();
@@ -423,7 +417,7 @@ impl Running {
 
     async fn reload(&mut self, r: Reload) {
         match self.apply(r).await {
-            Ok(()) => self.metrics.reload_done(true),
+            Ok(()) => self.metrics().server.reload_done(true),
             Err(e) => {
                 // toml's errors span lines (source excerpt, caret); one log line per event.
                 let error = e
@@ -433,7 +427,7 @@ impl Running {
                     .collect::<Vec<_>>()
                     .join(" ");
                 tracing::error!(%error, "reload failed; still running on the previous configuration");
-                self.metrics.reload_done(false);
+                self.metrics().server.reload_done(false);
             }
         }
     }
@@ -485,7 +479,8 @@ impl Running {
             ),
             (
                 "quarantine.dir",
-                self.quarantine.is_some() && old.config.quarantine.dir != new.quarantine.dir,
+                self.lasting.quarantine.is_some()
+                    && old.config.quarantine.dir != new.quarantine.dir,
             ),
             (
                 "quarantine.release_listen",
@@ -513,48 +508,34 @@ impl Running {
                 );
             }
         }
-        // Loads the DKIM keys: a bad key file fails here, before anything has changed.
-        let shared = Shared::with_metrics(
-            new,
-            self.shutdown.clone(),
-            self.metrics.clone(),
-            old.budget.clone(),
-        )?;
-        // The whitelist files are read again; the store and the policy listeners stay.
-        let shared = match &self.policy {
-            Some((store, _)) => {
-                let mut shared = shared;
-                let g = Greylist::new(&shared.config, store.clone(), self.metrics.clone())?;
-                shared.greylist = Some(Arc::new(g));
-                shared
-            }
-            None => shared,
-        };
+        // The whitelist files are read again and the DKIM keys loaded: a failure here leaves
+        // everything as it was. The store and the policy listeners stay.
+        let mut shared = Runtime::build(new, &self.lasting)?;
         self.resize_limit(
             old.config.server.max_sessions,
             shared.config.server.max_sessions,
         );
-        if self.quarantine.is_none() && shared.config.uses_quarantine() {
+        if self.lasting.quarantine.is_none() && shared.config.uses_quarantine() {
             // A failure leaves it closed: quarantined messages get 451 and stay with the client.
             match open_quarantine(&shared.config) {
-                Ok(q) => self.quarantine = q,
+                Ok(q) => self.lasting.quarantine = q,
                 Err(e) => tracing::error!(error = %e, "cannot open the quarantine"),
             }
         }
-        let mut shared = shared;
-        shared.quarantine = self.quarantine.clone();
+        shared.quarantine = self.lasting.quarantine.clone();
+        let metrics = self.metrics();
         let (before, after) = (old.scanner_names(), shared.scanner_names());
         for name in before.iter().filter(|n| !after.contains(n)) {
-            let _ = self.metrics.scanner_up.remove_label_values(&[name]);
+            metrics.scan.forget_scanner(*name);
         }
         for name in after.iter().filter(|n| !before.contains(n)) {
-            self.metrics.set_scanner_up(name, false);
+            metrics.scan.set_scanner_up(*name, false);
         }
         let peers_after: Vec<_> = shared.peer_groups().iter().map(|g| g.peer()).collect();
         for g in old.peer_groups() {
             if !peers_after.contains(&g.peer()) {
-                let _ = self
-                    .metrics
+                let _ = metrics
+                    .peers
                     .peer_up
                     .remove_label_values(&[g.peer().label()]);
             }
@@ -602,7 +583,7 @@ async fn accept_loop(
     listener: Listener,
     (key, bound): (SocketAddr, SocketAddr),
     service: Service,
-    current: watch::Receiver<Arc<Shared>>,
+    current: watch::Receiver<Arc<Runtime>>,
     limit: Arc<Semaphore>,
     sessions: TaskTracker,
     stop: CancellationToken,
@@ -624,7 +605,12 @@ async fn accept_loop(
         let shared = current.borrow().clone();
         let permit = limit.clone().try_acquire_owned();
         if permit.is_err() && service == Service::Filter {
-            shared.metrics.replies.with_label_values(&["4xx"]).inc();
+            shared
+                .metrics
+                .server
+                .replies
+                .with_label_values(&["4xx"])
+                .inc();
         }
         sessions.spawn(async move {
             match (service, conn, permit) {
@@ -639,8 +625,8 @@ async fn accept_loop(
                 (Service::Policy, _, Err(_)) => {
                     shared
                         .metrics
-                        .listener_refused
-                        .with_label_values(&["policy"])
+                        .server
+                        .refused(metrics::Listener::Policy)
                         .inc();
                     tracing::warn!("greylist: greylist.max_connections reached; connection closed")
                 }
@@ -658,11 +644,16 @@ async fn handle(
     peer: SocketAddr,
     key: SocketAddr,
     bound: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
 ) {
     if !allowed(&shared.config, peer.ip()) {
         tracing::warn!(%peer, "client not in server.allow_networks");
-        shared.metrics.replies.with_label_values(&["5xx"]).inc();
+        shared
+            .metrics
+            .server
+            .replies
+            .with_label_values(&["5xx"])
+            .inc();
         return refuse(stream, reply::access_denied()).await;
     }
     let _ = stream.set_nodelay(true);
@@ -678,7 +669,12 @@ async fn handle(
 }
 
 /// A policy client: the same ACL as the filter's for TCP (a Unix socket's ACL is its mode).
-async fn handle_policy(conn: Conn, shared: Arc<Shared>) {
+async fn handle_policy(conn: Conn, shared: Arc<Runtime>) {
+    let Some(gl) = shared.greylist.clone() else {
+        return;
+    };
+    let timeouts = (shared.config.read_timeout(), shared.config.write_timeout());
+    let shutdown = shared.shutdown.clone();
     match conn {
         Conn::Tcp(stream, peer) => {
             if !allowed(&shared.config, peer.ip()) {
@@ -686,9 +682,11 @@ async fn handle_policy(conn: Conn, shared: Arc<Shared>) {
                 return;
             }
             let _ = stream.set_nodelay(true);
-            greylist::serve_connection(stream, peer.to_string(), shared).await
+            greylist::serve_connection(stream, peer.to_string(), gl, timeouts, shutdown).await
         }
-        Conn::Unix(stream) => greylist::serve_connection(stream, "unix".into(), shared).await,
+        Conn::Unix(stream) => {
+            greylist::serve_connection(stream, "unix".into(), gl, timeouts, shutdown).await
+        }
     }
 }
 

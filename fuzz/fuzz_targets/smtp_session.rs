@@ -11,7 +11,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use postsift::config::Config;
 use postsift::smtp::session::Session;
-use postsift::Shared;
+use postsift::Runtime as Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;

@@ -12,8 +12,8 @@ use crate::escape;
 use crate::message::Message;
 use crate::policy::{Decision, Tempfail};
 use crate::rewrite;
+use crate::runtime::Runtime;
 use crate::sign::Signed;
-use crate::Shared;
 
 use super::delivery::{Copy, Deliver};
 use super::dispose::Dispositions;
@@ -51,7 +51,7 @@ impl Signing {
 /// Builds, signs and delivers the copy of every group still undecided; returns each group's
 /// signing.
 pub async fn deliver(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     groups: &Groups<'_>,
     judged: &[Judged],
@@ -70,6 +70,7 @@ pub async fn deliver(
             if let (Signing::Failed(why), SignOnError::Tempfail) = (&signing[i], c.on_error) {
                 shared
                     .metrics
+                    .filter
                     .tempfails
                     .with_label_values(&["dkim_sign"])
                     .inc();
@@ -140,7 +141,7 @@ fn header_block(
 /// DKIM-signs one copy: the signatures go on top of `block`. A failure is logged and counted
 /// here; the caller applies `on_error`.
 async fn dkim_sign(
-    shared: &Shared,
+    shared: &Runtime,
     c: &DkimSign,
     block: &mut Vec<u8>,
     msg: &Message,

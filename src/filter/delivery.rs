@@ -10,7 +10,7 @@ use crate::message::{Envelope, Message};
 use crate::policy::Decision;
 use crate::quarantine::Meta;
 use crate::reinject::{Delivery, RcptResult, Upstream};
-use crate::Shared;
+use crate::runtime::Runtime;
 
 /// One copy of the message to deliver: a recipient group's envelope and its new header
 /// section. The group's decision is there too, for a front end that passes header edits
@@ -54,11 +54,11 @@ pub trait Deliver: Send + Sync {
 /// The daemon's delivery: reinjection into Postfix (`reinject.to`), the quarantine the
 /// server opened.
 pub struct Reinjection<'a> {
-    shared: &'a Shared,
+    shared: &'a Runtime,
 }
 
 impl<'a> Reinjection<'a> {
-    pub fn new(shared: &'a Shared) -> Reinjection<'a> {
+    pub fn new(shared: &'a Runtime) -> Reinjection<'a> {
         Reinjection { shared }
     }
 
@@ -66,16 +66,16 @@ impl<'a> Reinjection<'a> {
     fn record(&self, d: &Delivery) {
         let m = &self.shared.metrics;
         if let Some(kind) = d.failure {
-            m.reinject_errors.with_label_values(&[kind]).inc();
+            m.reinject.reinject_errors.with_label_values(&[kind]).inc();
             if d.rcpts.iter().any(|x| matches!(x, RcptResult::Failed(_)))
                 || d.rcpts
                     .iter()
                     .any(|x| matches!(x, RcptResult::Refused(u) if u.is_transient()))
             {
-                m.tempfails.with_label_values(&["reinject"]).inc();
+                m.filter.tempfails.with_label_values(&["reinject"]).inc();
             }
         }
-        m.reinject_up.set(!matches!(
+        m.reinject.reinject_up.set(!matches!(
             d.failure,
             Some("connect") | Some("timeout") | Some("network")
         ) as i64);

@@ -9,7 +9,7 @@ use crate::escape;
 use crate::message::Envelope;
 use crate::policy::{Category, Decision, Disposition, Tempfail};
 use crate::rewrite;
-use crate::Shared;
+use crate::runtime::Runtime;
 
 use super::delivery::Deliver;
 use super::groups::Groups;
@@ -35,7 +35,7 @@ pub struct Dispositions {
 impl Dispositions {
     /// Every group undecided, or, over SMTP with several groups, every group the first
     /// tempfail's outcome, else the first reject's: the client takes one reply for all.
-    pub fn new(shared: &Shared, judged: &[Judged], per_recipient: bool) -> Dispositions {
+    pub fn new(shared: &Runtime, judged: &[Judged], per_recipient: bool) -> Dispositions {
         let n = judged.len();
         let mut d = Dispositions {
             outcomes: vec![None; n],
@@ -83,7 +83,7 @@ impl Dispositions {
 /// delivery: a failed quarantine then withholds the deliveries of an SMTP message (its 4xx
 /// makes the client send it again).
 pub async fn dispose(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     groups: &Groups<'_>,
     judged: &[Judged],
@@ -120,9 +120,10 @@ pub async fn dispose(
 }
 
 /// A policy tempfail, counted under its reason.
-fn tempfailed(shared: &Shared, d: &Decision) -> Outcome {
+fn tempfailed(shared: &Runtime, d: &Decision) -> Outcome {
     shared
         .metrics
+        .filter
         .tempfails
         .with_label_values(&[d.tempfail_reason.unwrap_or("clamd")])
         .inc();
@@ -134,7 +135,7 @@ fn tempfailed(shared: &Shared, d: &Decision) -> Outcome {
 
 /// Stores the group's copy in the quarantine; a failure is a tempfail (the client keeps it).
 async fn quarantine(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     id: &str,
     env: &Envelope,
@@ -148,16 +149,20 @@ async fn quarantine(
     let start = Instant::now();
     match out.quarantine(meta, &r.msg).await {
         Ok(()) => {
-            m.quarantine_store_duration
+            m.quarantine
+                .quarantine_store_duration
                 .observe(start.elapsed().as_secs_f64());
-            m.quarantined.with_label_values(&[category]).inc();
-            m.quarantine_entries.inc();
-            m.quarantine_bytes.add(r.msg.len() as i64);
+            m.quarantine
+                .quarantined
+                .with_label_values(&[category])
+                .inc();
+            m.quarantine.quarantine_entries.inc();
+            m.quarantine.quarantine_bytes.add(r.msg.len() as i64);
             Outcome::Quarantined(decision.category.clone())
         }
         Err(why) => {
             tracing::error!(%id, error = %escape::Shown(&why), "cannot quarantine: answering 451");
-            m.tempfails.with_label_values(&["quarantine"]).inc();
+            m.filter.tempfails.with_label_values(&["quarantine"]).inc();
             Outcome::Tempfailed(Tempfail::Quarantine(why))
         }
     }

@@ -4,11 +4,11 @@
 
 use std::borrow::Cow;
 
-use crate::config::{Config, SpamEngine};
+use crate::config::Config;
 use crate::message::Message;
 use crate::policy::{self, Decision};
+use crate::runtime::Runtime;
 use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
-use crate::Shared;
 
 use super::groups::Groups;
 
@@ -40,7 +40,7 @@ pub type Judged = (ScanReport, Decision);
 
 /// Runs the scanners the groups need, once for all of them.
 pub async fn scan(
-    shared: &Shared,
+    shared: &Runtime,
     msg: &Message,
     env: &ScanEnvelope,
     groups: &Groups<'_>,
@@ -48,7 +48,7 @@ pub async fn scan(
     let (needs, rule_set) = needs(&shared.config, &groups.configs);
     let (report, banned_by) = shared
         .scanners
-        .scan_for(msg, env, &shared.metrics, &needs)
+        .scan_for(msg, env, &shared.metrics.scan, &needs)
         .await;
     Scanned {
         report,
@@ -113,8 +113,5 @@ fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usiz
 
 /// Whether the spam engine in use is on in `c` (a bank may bypass it).
 fn spam_on(c: &Config) -> bool {
-    match c.spam.engine {
-        SpamEngine::Spamd => !c.spamd.endpoints.is_empty(),
-        SpamEngine::Rspamd => !c.rspamd.endpoints.is_empty(),
-    }
+    crate::scan::spam_engine(c).is_some()
 }

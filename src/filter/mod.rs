@@ -18,6 +18,7 @@ pub mod dispose;
 pub mod groups;
 pub mod judge;
 mod log;
+pub mod metrics;
 mod outcome;
 mod received;
 
@@ -26,8 +27,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::policy::Decision;
+use crate::runtime::Runtime;
 use crate::scan::ScanReport;
-use crate::Shared;
 
 pub use deliver::Signing;
 pub use delivery::{Copy, Deliver, DryRun, Reinjection, DRY_RUN_REPLY};
@@ -72,11 +73,11 @@ pub trait Pipeline: Send + Sync {
 
 /// The real pipeline: scanners, policy, rewrite, reinjection, as configured in `shared`.
 pub struct Filter {
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
 }
 
 impl Filter {
-    pub fn new(shared: Arc<Shared>) -> Filter {
+    pub fn new(shared: Arc<Runtime>) -> Filter {
         Filter { shared }
     }
 }
@@ -90,8 +91,8 @@ impl Pipeline for Filter {
 
 /// Runs every stage on `r`, under `shared`'s configuration, scanners and metrics; what is to
 /// be delivered or quarantined goes to `out`.
-pub async fn run(shared: &Shared, r: Received, out: &impl Deliver) -> Processed {
-    let m = &shared.metrics;
+pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed {
+    let m = &shared.metrics.filter;
     let receive = r.started.elapsed();
     m.stage_duration
         .with_label_values(&["receive"])
@@ -118,7 +119,7 @@ pub async fn run(shared: &Shared, r: Received, out: &impl Deliver) -> Processed 
 
 /// The stages after the verdict: dispose, deliver, and the message's outcome and log lines.
 async fn dispose_and_deliver(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     groups: Groups<'_>,
     judged: Vec<Judged>,
@@ -135,7 +136,7 @@ async fn dispose_and_deliver(
 
 /// The metrics and log lines of a disposed message, and its outcome.
 fn finish(
-    shared: &Shared,
+    shared: &Runtime,
     r: &Received,
     groups: Groups<'_>,
     judged: Vec<Judged>,
@@ -143,7 +144,7 @@ fn finish(
     signing: Vec<Signing>,
     t: Timings,
 ) -> Processed {
-    let m = &shared.metrics;
+    let m = &shared.metrics.filter;
     let outcomes: Vec<Outcome> = d
         .outcomes
         .into_iter()
@@ -164,9 +165,11 @@ fn finish(
         .iter()
         .flat_map(|g| g.banks.iter().copied())
         .collect();
-    for b in applied {
-        m.bank(&shared.config.policy[b].name);
-    }
+    m.banks_applied(
+        applied
+            .into_iter()
+            .map(|b| shared.config.policy[b].name.as_str()),
+    );
     let reports: Vec<GroupReport> = judged
         .into_iter()
         .zip(signing)
@@ -290,9 +293,9 @@ spam.tag2_level = 20.0
 spam.kill_level = 20.0
 "#;
 
-    fn shared() -> Shared {
+    fn shared() -> Runtime {
         let config = crate::config::Config::parse(BANKS, std::path::Path::new("t.toml")).unwrap();
-        Shared::new(config, CancellationToken::new()).unwrap()
+        Runtime::new(config, CancellationToken::new()).unwrap()
     }
 
     /// A message to `rcpts`, over LMTP (`per_recipient`) or SMTP.
@@ -414,7 +417,7 @@ spam.kill_level = 20.0
 
     /// The stages after the scan, on a fixed report.
     async fn decide(
-        shared: &Shared,
+        shared: &Runtime,
         r: Received,
         report: ScanReport,
         out: &impl Deliver,

@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::decide::{self, Client, Outcome, Params, Triplet};
-use super::store::{Entry, Error};
+use super::record::{Entry, Error};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS triplets (key TEXT PRIMARY KEY, first INTEGER NOT NULL, last INTEGER NOT NULL) WITHOUT ROWID;

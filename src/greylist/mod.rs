@@ -7,6 +7,7 @@
 pub mod decide;
 pub mod embedded;
 pub mod protocol;
+pub mod record;
 pub mod redis;
 pub mod socket;
 pub mod store;
@@ -21,9 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use crate::config::{self, OnFailure};
 use crate::escape::Shown;
-use crate::metrics::Metrics;
-use crate::Shared;
 use decide::{Outcome, Params};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use store::Store;
 use whitelist::Whitelists;
 
@@ -37,7 +37,7 @@ pub struct Greylist {
     whitelists: Whitelists,
     pub store: Arc<Store>,
     hostname: String,
-    metrics: Arc<Metrics>,
+    metrics: GreylistMetrics,
     /// The last ten `instance`s given an X-Greylist header: one header per message even with
     /// several recipients (postgrey keeps the same list).
     instances: Mutex<VecDeque<String>>,
@@ -64,7 +64,7 @@ impl Greylist {
     pub fn new(
         config: &config::Config,
         store: Arc<Store>,
-        metrics: Arc<Metrics>,
+        metrics: GreylistMetrics,
     ) -> Result<Greylist, whitelist::Error> {
         let g = &config.greylist;
         let whitelists = Whitelists::load(&g.whitelist_clients, &g.whitelist_recipients)?;
@@ -229,26 +229,116 @@ impl Greylist {
     }
 }
 
+pub const GREYLIST_RESULTS: &[&str] = &[
+    "new",
+    "early",
+    "passed",
+    "whitelisted",
+    "auto_whitelisted",
+    "error",
+];
+pub const GREYLIST_STORES: &[&str] = &["embedded", "redis"];
+pub const GREYLIST_STORE_ERRORS: &[&str] = &["embedded", "redis", "timeout"];
+
+/// The series of greylisting: decisions, the store's time, failures and size, connections.
+#[derive(Clone)]
+pub struct GreylistMetrics {
+    /// Greylisting decisions by result.
+    pub greylist_decisions: IntCounterVec,
+    /// Time of one store operation (a whole decision), by store.
+    pub greylist_store_duration: HistogramVec,
+    pub greylist_store_errors: IntCounterVec,
+    /// 1 if the last store operation succeeded.
+    pub greylist_store_up: IntGauge,
+    /// Stored triplets and auto-whitelisted clients (refreshed every five minutes).
+    pub greylist_entries: IntGaugeVec,
+    pub greylist_connections_active: IntGauge,
+    /// Triplets deleted because the store passed `greylist.max_triplets`.
+    pub greylist_evicted: IntCounter,
+}
+
+impl GreylistMetrics {
+    pub fn register(r: &Registry) -> GreylistMetrics {
+        use crate::metrics::{counter, counter0, gauge, gauge_vec, histogram_vec};
+        GreylistMetrics {
+            greylist_decisions: counter(
+                r,
+                "postsift_greylist_decisions_total",
+                "Greylisting policy decisions, by result",
+                &["result"],
+                &[GREYLIST_RESULTS],
+            ),
+            greylist_store_duration: histogram_vec(
+                r,
+                "postsift_greylist_store_duration_seconds",
+                "Time of one greylisting store operation (a whole decision)",
+                "store",
+                GREYLIST_STORES,
+                vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            greylist_store_errors: counter(
+                r,
+                "postsift_greylist_store_errors_total",
+                "Greylisting store failures (the on_failure answer was given), by kind",
+                &["kind"],
+                &[GREYLIST_STORE_ERRORS],
+            ),
+            greylist_store_up: gauge(
+                r,
+                "postsift_greylist_store_up",
+                "1 if the last greylisting store operation succeeded",
+            ),
+            greylist_entries: gauge_vec(
+                r,
+                "postsift_greylist_entries",
+                "Greylisting records stored, by kind (triplets, clients)",
+                "kind",
+                &["triplets", "clients"],
+            ),
+            greylist_evicted: counter0(
+                r,
+                "postsift_greylist_evicted_total",
+                "Greylisting triplets deleted, least recently seen first, over greylist.max_triplets",
+            ),
+            greylist_connections_active: gauge(
+                r,
+                "postsift_greylist_connections_active",
+                "Open policy service connections",
+            ),
+        }
+    }
+
+    pub fn set_greylist_entries(&self, triplets: u64, clients: u64) {
+        let set = |k: &str, v: u64| {
+            self.greylist_entries
+                .with_label_values(&[k])
+                .set(i64::try_from(v).unwrap_or(i64::MAX))
+        };
+        set("triplets", triplets);
+        set("clients", clients);
+    }
+}
+
 /// Serves one policy client connection: requests until the client closes, the read timeout,
 /// bad framing (the connection is closed), or shutdown (between requests).
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: String,
-    shared: Arc<Shared>,
+    gl: Arc<Greylist>,
+    (read_timeout, write_timeout): (Duration, Duration),
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let Some(gl) = shared.greylist.clone() else {
-        return;
-    };
-    let metrics = shared.metrics.clone();
+    let metrics = gl.metrics.clone();
     metrics.greylist_connections_active.inc();
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut line = Vec::with_capacity(256);
-    let read_timeout = shared.config.read_timeout();
-    let write_timeout = shared.config.write_timeout();
     loop {
         let req = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             r = tokio::time::timeout(read_timeout, protocol::read_request(&mut r, &mut line)) => r,
         };
         let req = match req {
@@ -275,7 +365,7 @@ pub async fn maintenance(
     store: Arc<Store>,
     params: Params,
     max_triplets: u64,
-    metrics: Arc<Metrics>,
+    metrics: GreylistMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));

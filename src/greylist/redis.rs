@@ -13,7 +13,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
 use super::decide::{Outcome, Params};
-use super::store::{Entry, Error};
+use super::record::{Entry, Error};
 
 pub const PREFIX: &str = "postsift:greylist:";
 

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::release::{self, Request};
+use super::QuarantineMetrics;
 use super::{Error, Quarantine};
 use crate::escape::Shown;
-use crate::metrics::Metrics;
 use crate::reinject::Reinjector;
-use crate::Shared;
+use crate::runtime::Runtime;
 
 /// Longest request line, and most attributes in one request.
 const MAX_LINE: usize = 4096;
@@ -88,7 +88,7 @@ fn setreply(reply: &str) -> String {
 /// Answers the requests on one connection until the client closes it.
 pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
 ) -> std::io::Result<()> {
     let mut s = BufReader::new(stream);
     let mut attrs: Vec<(String, String)> = Vec::new();
@@ -133,7 +133,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             continue;
         }
         let replies = match &shared.quarantine {
-            Some(q) => answer(&attrs, q, &shared.reinjector, &shared.metrics).await,
+            Some(q) => answer(&attrs, q, &shared.reinjector, &shared.metrics.quarantine).await,
             None => vec![setreply("450 4.5.0 the quarantine is not open")],
         };
         attrs.clear();
@@ -153,7 +153,7 @@ async fn answer(
     attrs: &[(String, String)],
     q: &Arc<Quarantine>,
     reinjector: &Reinjector,
-    metrics: &Metrics,
+    metrics: &QuarantineMetrics,
 ) -> Vec<String> {
     let get = |k: &str| {
         attrs

@@ -191,7 +191,7 @@ fn subject(header: &[u8]) -> String {
     h.extend_from_slice(b"\r\n");
     mail_parser::MessageParser::new()
         .parse_headers(&h)
-        .and_then(|m| m.subject().map(show::one_line))
+        .and_then(|m| m.subject().map(|s| crate::escape::text(s.trim())))
         .unwrap_or_default()
 }
 
@@ -652,13 +652,73 @@ pub async fn store_message(
         .map_err(|e| Error::Corrupt(format!("store task: {e}")))?
 }
 
+/// The categories a message can be quarantined for.
+pub const QUARANTINE_CATEGORIES: &[&str] = &["virus", "banned", "spam", "unchecked"];
+/// What a release did for one recipient: sent, not sent again (released before, or claimed by
+/// another release), or refused/failed at the next hop.
+pub const RELEASE_RESULTS: &[&str] = &["released", "duplicate", "failed"];
+
+/// The series of the quarantine: stores by category, its size, store time, releases.
+#[derive(Clone)]
+pub struct QuarantineMetrics {
+    /// Messages stored in the quarantine, by category.
+    pub quarantined: prometheus::IntCounterVec,
+    /// Entries in the quarantine and the bytes of their messages (refreshed every minute
+    /// and after each store).
+    pub quarantine_entries: prometheus::IntGauge,
+    pub quarantine_bytes: prometheus::IntGauge,
+    /// Time to store one message durably (file, fsyncs, index commit).
+    pub quarantine_store_duration: prometheus::Histogram,
+    /// Recipients released by the daemon (AM.PDP), by result; `postsift quarantine release`
+    /// runs in its own process and logs instead.
+    pub quarantine_releases: prometheus::IntCounterVec,
+}
+
+impl QuarantineMetrics {
+    pub fn register(r: &prometheus::Registry) -> QuarantineMetrics {
+        use crate::metrics::{counter, gauge, histogram, TIME_BUCKETS};
+        QuarantineMetrics {
+            quarantined: counter(
+                r,
+                "postsift_quarantined_total",
+                "Messages stored in the quarantine, by category",
+                &["category"],
+                &[QUARANTINE_CATEGORIES],
+            ),
+            quarantine_entries: gauge(
+                r,
+                "postsift_quarantine_entries",
+                "Messages in the quarantine",
+            ),
+            quarantine_bytes: gauge(
+                r,
+                "postsift_quarantine_bytes",
+                "Bytes of the messages in the quarantine",
+            ),
+            quarantine_store_duration: histogram(
+                r,
+                "postsift_quarantine_store_duration_seconds",
+                "Time to store one message in the quarantine, fsyncs and index commit included",
+                TIME_BUCKETS.to_vec(),
+            ),
+            quarantine_releases: counter(
+                r,
+                "postsift_quarantine_releases_total",
+                "Recipients released from the quarantine through AM.PDP, by result",
+                &["result"],
+                &[RELEASE_RESULTS],
+            ),
+        }
+    }
+}
+
 /// The daemon's upkeep: purges what is past `retention_days` at start and hourly, and
 /// refreshes the entries and bytes gauges every minute (stores by another process, deletes by
 /// the CLI).
 pub async fn maintenance(
     q: std::sync::Arc<Quarantine>,
     retention_days: u64,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: QuarantineMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));

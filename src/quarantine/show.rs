@@ -8,24 +8,10 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 /// Text shown of the body at most (bytes); `show --full` lifts it.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// `s` with every control character but tab escaped (`\x1b`, `\x0d`, …), as
-/// [`crate::escape`] escapes it, uncapped: a message's text is long by design.
-pub fn escape(s: &str) -> String {
-    s.split('\t')
-        .map(crate::escape::uncapped)
-        .collect::<Vec<_>>()
-        .join("\t")
-}
-
-/// `s` on one line, control characters escaped, capped ([`crate::escape::text`]).
-pub fn one_line(s: &str) -> String {
-    crate::escape::text(s.trim())
-}
-
 /// Escapes each line of `text` (kept as lines).
 fn lines(text: &str, out: &mut String) {
     for l in text.split('\n') {
-        out.push_str(&escape(l.trim_end_matches('\r')));
+        out.push_str(&crate::escape::keeping_tabs(l.trim_end_matches('\r')));
         out.push('\n');
     }
 }
@@ -85,8 +71,8 @@ pub fn render(raw: &[u8], limit: Option<usize>) -> String {
             };
             format!(
                 "  - {} ({}, {} bytes)",
-                one_line(a.attachment_name().unwrap_or("-")),
-                one_line(&ty),
+                crate::escape::text(a.attachment_name().unwrap_or("-").trim()),
+                crate::escape::text(ty.trim()),
                 size
             )
         })
@@ -104,6 +90,7 @@ pub fn render(raw: &[u8], limit: Option<usize>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::escape::keeping_tabs as escape;
 
     #[test]
     fn escapes_terminal_controls_and_bidi() {

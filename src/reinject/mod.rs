@@ -8,6 +8,7 @@
 //! body could not be read completely: a message is never sent truncated.
 
 mod commands;
+pub mod metrics;
 mod stream;
 mod types;
 
@@ -31,6 +32,8 @@ pub use types::{Delivery, Fault, RcptResult, Upstream};
 use commands::{rcpt_cmd, MailCmd, Raw};
 use stream::{BodyChunks, GuardedStream};
 
+pub use metrics::{ReinjectMetrics, REINJECT_ERRORS};
+
 pub struct Reinjector {
     to: String,
     helo: ClientId,
@@ -41,7 +44,6 @@ pub struct Reinjector {
     idle: Mutex<Vec<Pooled>>,
     /// The reinjection server's health (see [`crate::peers`]).
     health: crate::peers::Group,
-    down_after: u32,
 }
 
 struct Pooled {
@@ -104,7 +106,6 @@ impl Reinjector {
                 std::slice::from_ref(&r.to),
                 config.health.down_after,
             ),
-            down_after: config.health.down_after,
         }
     }
 
@@ -230,7 +231,7 @@ impl Reinjector {
                     to: self.to.clone(),
                     detail: format!(
                         "marked down after {} failures in a row, not tried until a probe answers",
-                        self.down_after
+                        self.health.down_after()
                     ),
                 },
                 "connect",

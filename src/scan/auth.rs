@@ -29,7 +29,7 @@ use mail_auth::{
 
 use crate::config::Config;
 use crate::dns::{self, Lookups, Resolver, View};
-use crate::metrics::Metrics;
+pub use crate::scan::metrics::{AuthMetrics, AUTH_METHODS, AUTH_RESULTS};
 
 /// The rules postsift scores, with their default scores: a table of the configuration, since
 /// `[auth.scores]` names them.
@@ -164,6 +164,15 @@ pub struct AuthReport {
     pub time: Duration,
 }
 
+impl AuthReport {
+    /// DKIM results `Authentication-Results` leaves out when it shows at most `max`.
+    pub fn dkim_results_omitted(&self, max: usize) -> usize {
+        self.dkim
+            .as_ref()
+            .map_or(0, |s| s.len().saturating_sub(max))
+    }
+}
+
 /// The original client, as XFORWARD gave it: never postsift's own peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Client {
@@ -282,7 +291,7 @@ impl Checker {
 
     /// Every enabled method on `raw` (the whole message as received); an empty `raw` (a message
     /// over `max_message_size`) gets SPF only.
-    pub async fn check(&self, raw: &[u8], client: &Client, metrics: &Metrics) -> AuthReport {
+    pub async fn check(&self, raw: &[u8], client: &Client, metrics: &AuthMetrics) -> AuthReport {
         let start = Instant::now();
         // The resolver marked down: a deadline already past, so every method that needs a
         // query gives temperror at once, and what the cache holds still counts.
@@ -470,7 +479,7 @@ impl Checker {
             time: start.elapsed(),
         };
         record(metrics, &report);
-        let omitted = crate::rewrite::dkim_results_omitted(&report, self.max_dkim_results);
+        let omitted = report.dkim_results_omitted(self.max_dkim_results);
         if omitted > 0 {
             metrics.auth_dkim_results_omitted.inc_by(omitted as u64);
         }
@@ -668,7 +677,7 @@ fn b_prefix(b: &[u8]) -> String {
     out
 }
 
-fn record(metrics: &Metrics, r: &AuthReport) {
+fn record(metrics: &AuthMetrics, r: &AuthReport) {
     let count = |method: &str, v: Verdict| {
         metrics
             .auth_results
@@ -957,7 +966,7 @@ mod tests {
         let mut c = Config::default();
         c.dns.servers = vec!["127.0.0.1:9".into()];
         let checker = Checker::new(&c).unwrap().unwrap();
-        let m = Metrics::new();
+        let m = AuthMetrics::register(&prometheus::Registry::new());
         let r = checker.check(b"", &Client::default(), &m).await;
         assert_eq!(
             (r.spf_skipped, r.message_skipped),

@@ -12,7 +12,7 @@
 //! of them its temp directory), so what a message costs clamd is the streams it is sent:
 //! one for a plain message, with or without the walk (bench/results/20261202T050744Z.md).
 
-use crate::scan::FailureKind;
+use crate::scan::report::FailureKind;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,7 +119,6 @@ pub struct ClamdClient {
     connect_timeout: Duration,
     timeout: Duration,
     health: crate::peers::Group,
-    down_after: u32,
 }
 
 /// Chunks of at most this size go to clamd: big enough to keep system calls few, small enough
@@ -128,22 +127,27 @@ const CHUNK: usize = 64 * 1024;
 
 impl ClamdClient {
     pub fn new(endpoints: &[String], connect_timeout: Duration, timeout: Duration) -> Self {
+        let health = crate::peers::Group::new(
+            crate::peers::Peer::Clamd,
+            endpoints,
+            crate::peers::DEFAULT_DOWN_AFTER,
+        );
+        Self::with_health(endpoints, (connect_timeout, timeout), health)
+    }
+
+    /// Like [`ClamdClient::new`], `timeouts` being `(connect, scan)`, with `health` the
+    /// endpoints' health state (the runtime builds it with `[health] down_after`).
+    pub fn with_health(
+        endpoints: &[String],
+        (connect_timeout, timeout): (Duration, Duration),
+        health: crate::peers::Group,
+    ) -> Self {
         ClamdClient {
             endpoints: endpoints.iter().map(|e| Endpoint::parse(e)).collect(),
             connect_timeout,
             timeout,
-            health: crate::peers::Group::new(crate::peers::Peer::Clamd, endpoints, 3),
-            down_after: 3,
+            health,
         }
-    }
-
-    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
-    /// (`[health] down_after`; 3 without this).
-    pub fn with_down_after(mut self, n: u32) -> Self {
-        let names: Vec<String> = self.endpoints.iter().map(Endpoint::name).collect();
-        self.health = crate::peers::Group::new(crate::peers::Peer::Clamd, &names, n);
-        self.down_after = n;
-        self
     }
 
     /// Each endpoint's health.
@@ -193,7 +197,7 @@ impl ClamdClient {
             None => {
                 self.health.skipped();
                 Error::Down {
-                    down_after: self.down_after,
+                    down_after: self.health.down_after(),
                 }
             }
         })

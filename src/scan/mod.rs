@@ -14,7 +14,9 @@
 pub mod auth;
 pub mod banned;
 pub mod clamd;
+pub mod metrics;
 pub mod parts;
+pub mod report;
 pub mod rspamd;
 pub mod spamd;
 
@@ -24,109 +26,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, OnFailure};
 use crate::message::Message;
-use crate::metrics::Metrics;
 
+pub use metrics::{ScanMetrics, Scanner};
+pub use report::{Failure, FailureKind, PartsSummary, ScanReport, SpamResult, SpamScan, VirusScan};
 pub use rspamd::Envelope as ScanEnvelope;
-
-/// A spam engine's answer, in SpamAssassin's terms whichever engine gave it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpamResult {
-    /// The score (spamd rounds it to one decimal in its `Spam:` header).
-    pub score: f64,
-    /// The engine's own threshold (informational: postsift's levels decide).
-    pub required: f64,
-    /// The engine's own verdict (informational).
-    pub is_spam: bool,
-    /// Rule (symbol) names with their scores.
-    pub rules: Vec<(String, f64)>,
-    /// rspamd's action (`reject`, `add header`, …); None for spamd.
-    pub action: Option<String>,
-}
-
-/// Why a check gave no answer, as a small closed set (also the `kind` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// No connection to the peer.
-    Connect,
-    /// The peer did not answer in time.
-    Timeout,
-    /// The peer's answer made no sense, or the connection broke mid-answer.
-    Protocol,
-    /// The peer answered with an error of its own.
-    Refused,
-    /// A size or count limit (the peer's, e.g. clamd's StreamMaxLength, or postsift's).
-    Limit,
-}
-
-impl FailureKind {
-    pub const ALL: &'static [&'static str] =
-        &["connect", "timeout", "protocol", "refused", "limit"];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureKind::Connect => "connect",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Protocol => "protocol",
-            FailureKind::Refused => "refused",
-            FailureKind::Limit => "limit",
-        }
-    }
-}
-
-/// A check that failed: its kind and the reason, for the log and the tempfail reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub reason: String,
-}
-
-impl Failure {
-    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-/// The virus scanner's part of the report.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VirusScan {
-    /// No virus scanner configured.
-    Off,
-    Clean,
-    Infected(Vec<String>),
-    /// The scanner failed.
-    Failed(Failure),
-}
-
-/// The spam engine's part of the report.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SpamScan {
-    Off,
-    Scored(SpamResult),
-    Failed(Failure),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanReport {
-    pub virus: VirusScan,
-    pub spam: SpamScan,
-    pub virus_time: Duration,
-    pub spam_time: Duration,
-    /// What the MIME walk found (None: not walked).
-    pub parts: Option<PartsSummary>,
-    /// The first part a `[banned]` rule banned.
-    pub banned: Option<banned::Banned>,
-    /// Mail authentication (None: `[auth]` off).
-    pub auth: Option<auth::AuthReport>,
-}
 
 /// Messages up to this size are walked on the session's own task, unless they hold an archive.
 const INLINE_WALK: usize = 128 * 1024;
@@ -139,17 +42,6 @@ fn summary(w: &parts::Walk) -> PartsSummary {
     }
 }
 
-/// The MIME walk's part of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PartsSummary {
-    /// Decoded parts scanned.
-    pub count: usize,
-    /// The limit that stopped the walk (the message is then UNCHECKED).
-    pub limit: Option<parts::Stop>,
-    /// The part a virus was found in (its file name or type), when not the whole message.
-    pub infected: Option<String>,
-}
-
 /// The configured spam engine (check-config allows at most one).
 pub enum SpamEngine {
     Spamd(spamd::SpamdClient),
@@ -159,9 +51,13 @@ pub enum SpamEngine {
 impl SpamEngine {
     /// The metric label and log name.
     pub fn name(&self) -> &'static str {
+        self.scanner().label()
+    }
+
+    pub fn scanner(&self) -> Scanner {
         match self {
-            SpamEngine::Spamd(_) => "spamd",
-            SpamEngine::Rspamd(_) => "rspamd",
+            SpamEngine::Spamd(_) => Scanner::Spamd,
+            SpamEngine::Rspamd(_) => Scanner::Rspamd,
         }
     }
 
@@ -240,43 +136,50 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The spam engine `config` (or a bank's effective settings) uses: the one `spam.engine`
+/// names, when it has endpoints; None when spam checks are off. The one place this is decided.
+pub fn spam_engine(config: &Config) -> Option<crate::config::SpamEngine> {
+    let on = match config.spam.engine {
+        crate::config::SpamEngine::Spamd => !config.spamd.endpoints.is_empty(),
+        crate::config::SpamEngine::Rspamd => !config.rspamd.endpoints.is_empty(),
+    };
+    on.then_some(config.spam.engine)
+}
+
 impl Scanners {
     pub fn new(config: &Config) -> Scanners {
         let c = &config.clamd;
         let s = &config.spamd;
         let r = &config.rspamd;
-        let spam = match config.spam.engine {
-            crate::config::SpamEngine::Rspamd if !r.endpoints.is_empty() => {
-                Some(SpamEngine::Rspamd(
-                    rspamd::RspamdClient::new(
-                        r.endpoints.clone(),
-                        Duration::from_secs(r.connect_timeout),
-                        Duration::from_secs(r.timeout),
-                        r.password.clone(),
-                    )
-                    .with_down_after(config.health.down_after),
+        // Each peer's health state, made once with `[health] down_after`.
+        let health = |peer, endpoints: &[String]| {
+            crate::peers::Group::new(peer, endpoints, config.health.down_after)
+        };
+        let secs = Duration::from_secs;
+        let spam = spam_engine(config).map(|engine| match engine {
+            crate::config::SpamEngine::Rspamd => {
+                SpamEngine::Rspamd(rspamd::RspamdClient::with_health(
+                    r.endpoints.clone(),
+                    (secs(r.connect_timeout), secs(r.timeout)),
+                    r.password.clone(),
+                    health(crate::peers::Peer::Rspamd, &r.endpoints),
                 ))
             }
-            crate::config::SpamEngine::Spamd if !s.endpoints.is_empty() => Some(SpamEngine::Spamd(
-                spamd::SpamdClient::new(
-                    s.endpoints.clone(),
-                    Duration::from_secs(s.connect_timeout),
-                    Duration::from_secs(s.io_timeout),
-                    s.user.clone(),
-                )
-                .with_down_after(config.health.down_after),
+            crate::config::SpamEngine::Spamd => SpamEngine::Spamd(spamd::SpamdClient::with_health(
+                s.endpoints.clone(),
+                (secs(s.connect_timeout), secs(s.io_timeout)),
+                s.user.clone(),
+                health(crate::peers::Peer::Spamd, &s.endpoints),
             )),
-            _ => None,
-        };
+        });
         let rspamd = config.spam.engine == crate::config::SpamEngine::Rspamd;
         Scanners {
             clamd: (!c.endpoints.is_empty()).then(|| {
-                clamd::ClamdClient::new(
+                clamd::ClamdClient::with_health(
                     &c.endpoints,
-                    Duration::from_secs(c.connect_timeout),
-                    Duration::from_secs(c.timeout),
+                    (secs(c.connect_timeout), secs(c.timeout)),
+                    health(crate::peers::Peer::Clamd, &c.endpoints),
                 )
-                .with_down_after(config.health.down_after)
             }),
             walk: config.parts.enabled.then(|| {
                 (
@@ -332,7 +235,12 @@ impl Scanners {
     }
 
     /// Runs every configured scanner on `msg` at once, recording durations, errors and health.
-    pub async fn scan(&self, msg: &Message, env: &ScanEnvelope, metrics: &Metrics) -> ScanReport {
+    pub async fn scan(
+        &self,
+        msg: &Message,
+        env: &ScanEnvelope,
+        metrics: &ScanMetrics,
+    ) -> ScanReport {
         self.scan_for(msg, env, metrics, &Needs::default()).await.0
     }
 
@@ -343,7 +251,7 @@ impl Scanners {
         &self,
         msg: &Message,
         env: &ScanEnvelope,
-        metrics: &Metrics,
+        metrics: &ScanMetrics,
         needs: &Needs,
     ) -> (ScanReport, Vec<Option<banned::Banned>>) {
         let clamd = self.clamd.as_ref().filter(|_| needs.virus);
@@ -412,10 +320,10 @@ impl Scanners {
             let checker = self.auth.as_ref()?;
             // Over the limit: SPF only (it needs no part of the message).
             if msg.len() > checker.max_message_size() {
-                return Some(checker.check(b"", &env.client, metrics).await);
+                return Some(checker.check(b"", &env.client, &metrics.auth).await);
             }
             match read_whole().await {
-                Ok(raw) => Some(checker.check(raw, &env.client, metrics).await),
+                Ok(raw) => Some(checker.check(raw, &env.client, &metrics.auth).await),
                 Err(e) => {
                     tracing::warn!("mail authentication not run: reading the spool: {e}");
                     None
@@ -424,31 +332,31 @@ impl Scanners {
         };
         let ((virus, parts, (banned, banned_by), virus_time), (spam, spam_time), auth) =
             tokio::join!(virus, spam, auth);
-        let record = |scanner: &str, failed: Option<FailureKind>, took: Duration| {
+        let record = |scanner: Scanner, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
-                .with_label_values(&[scanner])
+                .with_label_values(&[scanner.label()])
                 .observe(took.as_secs_f64());
             metrics.set_scanner_up(scanner, failed.is_none());
             if let Some(kind) = failed {
                 metrics
                     .scanner_errors
-                    .with_label_values(&[scanner, kind.label()])
+                    .with_label_values(&[scanner.label(), kind.label()])
                     .inc();
             }
         };
         match &virus {
             VirusScan::Off => {}
-            VirusScan::Failed(f) => record("clamd", Some(f.kind), virus_time),
-            _ => record("clamd", None, virus_time),
+            VirusScan::Failed(f) => record(Scanner::Clamd, Some(f.kind), virus_time),
+            _ => record(Scanner::Clamd, None, virus_time),
         }
         if let Some(engine) = spam_engine {
             match &spam {
                 SpamScan::Off => {}
-                SpamScan::Failed(f) => record(engine.name(), Some(f.kind), spam_time),
+                SpamScan::Failed(f) => record(engine.scanner(), Some(f.kind), spam_time),
                 SpamScan::Scored(r) => {
                     metrics.spam_score.observe(r.score);
-                    record(engine.name(), None, spam_time)
+                    record(engine.scanner(), None, spam_time)
                 }
             }
         }

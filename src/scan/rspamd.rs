@@ -5,7 +5,7 @@
 //! hyper is already here for the metrics endpoint. rspamd's SPAMC-compatible port is not used:
 //! it always answers `Spam: False` with the reject threshold and no symbol scores.
 
-use crate::scan::FailureKind;
+use crate::scan::report::FailureKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -88,7 +88,6 @@ pub struct RspamdClient {
     password: Option<String>,
     timeout: Duration,
     health: std::sync::Arc<crate::peers::Group>,
-    down_after: u32,
 }
 
 impl RspamdClient {
@@ -100,6 +99,22 @@ impl RspamdClient {
         timeout: Duration,
         password: Option<String>,
     ) -> Self {
+        let health = crate::peers::Group::new(
+            crate::peers::Peer::Rspamd,
+            &endpoints,
+            crate::peers::DEFAULT_DOWN_AFTER,
+        );
+        Self::with_health(endpoints, (connect_timeout, timeout), password, health)
+    }
+
+    /// Like [`RspamdClient::new`], `timeouts` being `(connect, scan)`, with `health` the
+    /// endpoints' health state (the runtime builds it with `[health] down_after`).
+    pub fn with_health(
+        endpoints: Vec<String>,
+        (connect_timeout, timeout): (Duration, Duration),
+        password: Option<String>,
+        health: crate::peers::Group,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
@@ -107,28 +122,11 @@ impl RspamdClient {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(http),
-            health: std::sync::Arc::new(crate::peers::Group::new(
-                crate::peers::Peer::Rspamd,
-                &endpoints,
-                3,
-            )),
-            down_after: 3,
+            health: std::sync::Arc::new(health),
             endpoints,
             password,
             timeout,
         }
-    }
-
-    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
-    /// (`[health] down_after`; 3 without this).
-    pub fn with_down_after(mut self, n: u32) -> Self {
-        self.health = std::sync::Arc::new(crate::peers::Group::new(
-            crate::peers::Peer::Rspamd,
-            &self.endpoints,
-            n,
-        ));
-        self.down_after = n;
-        self
     }
 
     /// Each endpoint's health.
@@ -175,7 +173,7 @@ impl RspamdClient {
         if last.is_none() && !self.endpoints.is_empty() {
             self.health.skipped();
             return Err(Error::Down {
-                down_after: self.down_after,
+                down_after: self.health.down_after(),
             });
         }
         Err(last.unwrap_or(Error::Connect {

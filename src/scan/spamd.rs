@@ -2,7 +2,7 @@
 //! REPORT, and the answer becomes a score, spamd's own verdict and the rules that fired.
 //! Endpoints are tried in order only while connecting, so a message is never scanned twice.
 
-use crate::scan::FailureKind;
+use crate::scan::report::FailureKind;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
-pub use super::SpamResult;
+pub use super::report::SpamResult;
 
 /// A REPORT answer is a few KiB; a peer sending this much is not spamd, and reading on would
 /// only spend memory.
@@ -29,7 +29,6 @@ pub struct SpamdClient {
     io_timeout: Duration,
     user: Option<String>,
     health: std::sync::Arc<crate::peers::Group>,
-    down_after: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +90,22 @@ impl SpamdClient {
         io_timeout: Duration,
         user: Option<String>,
     ) -> Self {
+        let health = crate::peers::Group::new(
+            crate::peers::Peer::Spamd,
+            &endpoints,
+            crate::peers::DEFAULT_DOWN_AFTER,
+        );
+        Self::with_health(endpoints, (connect_timeout, io_timeout), user, health)
+    }
+
+    /// Like [`SpamdClient::new`], `timeouts` being `(connect, io)`, with `health` the
+    /// endpoints' health state (the runtime builds it with `[health] down_after`).
+    pub fn with_health(
+        endpoints: Vec<String>,
+        (connect_timeout, io_timeout): (Duration, Duration),
+        user: Option<String>,
+        health: crate::peers::Group,
+    ) -> Self {
         // The name goes into a header line of the request: a CR or LF would let it add headers
         // of its own, and spamd refuses control characters there anyway.
         let user = user.and_then(|u| {
@@ -101,29 +116,12 @@ impl SpamdClient {
             (!clean.is_empty()).then_some(clean)
         });
         SpamdClient {
-            health: std::sync::Arc::new(crate::peers::Group::new(
-                crate::peers::Peer::Spamd,
-                &endpoints,
-                3,
-            )),
-            down_after: 3,
+            health: std::sync::Arc::new(health),
             endpoints,
             connect_timeout,
             io_timeout,
             user,
         }
-    }
-
-    /// Marks an endpoint down after `n` consecutive timeouts or connection failures
-    /// (`[health] down_after`; 3 without this).
-    pub fn with_down_after(mut self, n: u32) -> Self {
-        self.health = std::sync::Arc::new(crate::peers::Group::new(
-            crate::peers::Peer::Spamd,
-            &self.endpoints,
-            n,
-        ));
-        self.down_after = n;
-        self
     }
 
     /// Each endpoint's health.
@@ -216,7 +214,7 @@ impl SpamdClient {
         if last_error.is_none() && !self.endpoints.is_empty() {
             self.health.skipped();
             return Err(Error::Down {
-                down_after: self.down_after,
+                down_after: self.health.down_after(),
             });
         }
         Err(last_error.unwrap_or_else(|| Error::Connect {

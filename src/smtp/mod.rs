@@ -4,5 +4,6 @@
 
 pub mod address;
 pub mod codec;
+pub mod context;
 pub mod reply;
 pub mod session;

@@ -12,11 +12,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::filter::{Filter, Hop, Pipeline, Received};
 use crate::message::{Envelope, Recipient, Spool};
+use crate::runtime::Runtime;
 use crate::smtp::address::{self, Address};
-use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Limits, Line};
+use crate::smtp::codec::{Conn, DataEnd, Error as ConnError, Line};
+pub use crate::smtp::context::{Context, SessionLimits, SessionMetrics};
 use crate::smtp::reply::{self, Reply};
 use crate::xforward;
-use crate::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -55,7 +56,8 @@ enum Flow {
 
 pub struct Session<S, P = Filter> {
     conn: Conn<S>,
-    shared: Arc<Shared>,
+    /// Shared by reference: each message's DATA takes a handle on it.
+    shared: Arc<Context>,
     pipeline: P,
     peer: SocketAddr,
     local: SocketAddr,
@@ -72,9 +74,9 @@ pub struct Session<S, P = Filter> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S, Filter> {
     /// A session whose messages go through the real pipeline ([`Filter`]).
-    pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
-        let filter = Filter::new(shared.clone());
-        Session::with_pipeline(stream, peer, local, shared, filter)
+    pub fn new(stream: S, peer: SocketAddr, local: SocketAddr, shared: Arc<Runtime>) -> Self {
+        let ctx = Context::from(&*shared);
+        Session::with_pipeline(stream, peer, local, ctx, Filter::new(shared))
     }
 }
 
@@ -85,26 +87,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         self
     }
 
-    /// A session handing its messages to `pipeline`; `shared` gives the limits, the budget
+    /// A session handing its messages to `pipeline`; `ctx` gives the limits, the budget
     /// and the metrics of the protocol side.
     pub fn with_pipeline(
         stream: S,
         peer: SocketAddr,
         local: SocketAddr,
-        shared: Arc<Shared>,
+        ctx: impl Into<Context>,
         pipeline: P,
     ) -> Self {
-        let c = &shared.config;
+        let shared: Arc<Context> = Arc::new(ctx.into());
         Session {
-            conn: Conn::new(
-                stream,
-                Limits {
-                    command: c.read_timeout(),
-                    data: c.read_timeout(),
-                    min_data_rate: c.server.min_data_rate,
-                    write: c.write_timeout(),
-                },
-            ),
+            conn: Conn::new(stream, shared.limits.conn),
             shared,
             pipeline,
             peer,
@@ -122,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     /// Runs the session to its end. Shutdown is honoured only while waiting for a command, so
     /// a message being received, scanned or reinjected always gets its answer first.
     pub async fn run(mut self) {
-        let metrics = self.shared.metrics.clone();
+        let metrics = self.shared.metrics.server.clone();
         metrics.sessions_active.inc();
         self.serve().await;
         metrics.sessions_active.dec();
@@ -148,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             let line = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.conn.has_buffered_input() => {
-                    self.shared.metrics.tempfails.with_label_values(&["shutdown"]).inc();
+                    self.shared.metrics.filter.tempfails.with_label_values(&["shutdown"]).inc();
                     let _ = self.send(&reply::shutting_down()).await;
                     return;
                 }
@@ -185,6 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     fn queue(&mut self, r: &Reply) {
         self.shared
             .metrics
+            .server
             .replies
             .with_label_values(&[r.class()])
             .inc();
@@ -201,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     fn error(&mut self, r: Reply) -> Result<Flow, ConnError> {
         self.errors += 1;
         self.queue(&r);
-        if self.errors >= self.shared.config.server.max_errors {
+        if self.errors >= self.shared.limits.max_errors {
             self.queue(&reply::too_many_errors());
             return Ok(Flow::Close);
         }
@@ -238,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     /// session, so a client cannot hold its slot with NOOPs (each within its deadline).
     fn junk(&mut self) -> bool {
         self.junk += 1;
-        if self.junk > self.shared.config.server.max_junk_commands {
+        if self.junk > self.shared.limits.max_junk_commands {
             self.queue(&reply::too_many_junk_commands());
             return true;
         }
@@ -316,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         }
         let text = format!(
             "{name}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nDSN\n{}",
-            self.shared.config.server.max_message_size,
+            self.shared.limits.max_message_size,
             xforward::EHLO_LINE
         );
         self.ok(Reply::raw(250, text))
@@ -363,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         if !utf8 && !addr.as_str().is_ascii() {
             return self.error(reply::needs_smtputf8());
         }
-        let max = self.shared.config.server.max_message_size;
+        let max = self.shared.limits.max_message_size;
         for p in params.split(' ') {
             if let Some((k, v)) = p.split_once('=') {
                 // Any number of digits: a value that does not fit in u64 is over every limit.
@@ -462,7 +457,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, addr: Address) -> Result<Flow, ConnError> {
-        if self.env.recipients.len() >= self.shared.config.server.max_recipients {
+        if self.env.recipients.len() >= self.shared.limits.max_recipients {
             if self.junk() {
                 return Ok(Flow::Close);
             }
@@ -502,12 +497,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             State::Mail => return self.error(reply::bad_sequence("Error: need RCPT command")),
         }
         let shared = self.shared.clone();
-        let cfg = &shared.config;
         let started = Instant::now();
         let Some(mut spool) = Spool::reserve(
             &shared.budget,
-            cfg.server.spool_threshold,
-            cfg.server.max_header_size,
+            shared.limits.spool_threshold,
+            shared.limits.max_header_size,
             &shared.spool_dir,
         ) else {
             // Every message in flight together holds server.max_memory: refuse this one
@@ -518,6 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
             );
             shared
                 .metrics
+                .filter
                 .tempfails
                 .with_label_values(&["resources"])
                 .inc();
@@ -527,10 +522,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         self.send(&reply::start_data()).await?;
         let end = self
             .conn
-            .read_data(&mut spool, cfg.server.max_message_size)
+            .read_data(&mut spool, shared.limits.max_message_size)
             .await?;
         let id = new_id();
-        let metrics = self.shared.metrics.clone();
+        let metrics = self.shared.metrics.filter.clone();
         metrics.in_flight.inc();
         let lmtp = self.protocol == Protocol::Lmtp;
         let n = self.env.recipients.len();
@@ -606,7 +601,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
 
     /// Puts the budget's use into the gauges (at each message's start and end).
     fn record_budget(&self) {
-        let (m, b) = (&self.shared.metrics, &self.shared.budget);
+        let (m, b) = (&self.shared.metrics.server, &self.shared.budget);
         m.spool_memory.set(b.memory() as i64);
         m.spool_files.set(b.files() as i64);
     }
@@ -715,16 +710,16 @@ mod tests {
         })
     }
 
-    fn shared(extra: &str) -> Arc<Shared> {
+    fn shared(extra: &str) -> Arc<Runtime> {
         let toml = format!(
             "[server]\nhostname = \"filter.test\"\nmax_errors = 3\n{extra}\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n"
         );
         let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
-        Arc::new(Shared::new(config, CancellationToken::new()).expect("the runtime"))
+        Arc::new(Runtime::new(config, CancellationToken::new()).expect("the runtime"))
     }
 
     /// Sends `input` in one write, then reads everything the session answers until it closes.
-    async fn converse(shared: Arc<Shared>, p: StandIn, input: &[u8]) -> String {
+    async fn converse(shared: Arc<Runtime>, p: StandIn, input: &[u8]) -> String {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let peer = "127.0.0.1:40000".parse().unwrap();
         let local = "127.0.0.1:10024".parse().unwrap();

@@ -753,7 +753,7 @@ fn cost_of_authentication_per_message() {
     let mut c = postsift::config::Config::default();
     c.dns.servers = vec![world().dns.addr.to_string()];
     c.server.hostname = Some("mx.test.local".into());
-    let metrics = postsift::metrics::Metrics::new();
+    let metrics = postsift::scan::auth::AuthMetrics::register(&prometheus::Registry::new());
     let filler =
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n".repeat(52);
     let from = "a@dkim.test";

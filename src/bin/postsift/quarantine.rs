@@ -94,6 +94,7 @@ fn utc(t: i64) -> String {
 /// `postsift quarantine …`: straight on the directory and its index (SQLite's locking lets it
 /// run beside the daemon).
 pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
+    use postsift::escape;
     use postsift::quarantine::{release, show, Filter, Quarantine};
     let dir = &config.quarantine.dir;
     let q = std::sync::Arc::new(
@@ -126,10 +127,10 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
                     utc(e.time),
                     e.category,
                     e.size,
-                    show::one_line(&e.sender),
-                    show::one_line(&rcpts.join(",")),
-                    show::one_line(&e.reason),
-                    show::one_line(&e.subject),
+                    escape::text(e.sender.trim()),
+                    escape::text(rcpts.join(",").trim()),
+                    escape::text(e.reason.trim()),
+                    escape::text(e.subject.trim()),
                 );
             }
             Ok(0)
@@ -139,26 +140,30 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
             let (meta, raw) = q.read(&id)?;
             println!("id:         {}", e.id);
             println!("time:       {}", utc(e.time));
-            println!("category:   {} ({})", e.category, show::one_line(&e.reason));
+            println!(
+                "category:   {} ({})",
+                e.category,
+                escape::text(e.reason.trim())
+            );
             println!("size:       {}", e.size);
-            println!("sender:     <{}>", show::one_line(&meta.sender));
+            println!("sender:     <{}>", escape::text(meta.sender.trim()));
             for r in &e.recipients {
                 let when = r.changed.map(utc).unwrap_or_default();
                 println!(
                     "recipient:  <{}> {}{} {when} {}",
-                    show::one_line(&r.address),
+                    escape::text(r.address.trim()),
                     r.state,
                     if r.original { "" } else { " (released to)" },
-                    show::one_line(r.detail.as_deref().unwrap_or(""))
+                    escape::text(r.detail.as_deref().unwrap_or("").trim())
                 );
             }
             let xf = &meta.xforward;
             println!(
                 "client:     {} [{}] helo={} queue_id={}",
-                show::one_line(xf.name.as_deref().unwrap_or("-")),
-                show::one_line(xf.addr.as_deref().unwrap_or("-")),
-                show::one_line(xf.helo.as_deref().unwrap_or("-")),
-                show::one_line(xf.ident.as_deref().unwrap_or("-")),
+                escape::text(xf.name.as_deref().unwrap_or("-").trim()),
+                escape::text(xf.addr.as_deref().unwrap_or("-").trim()),
+                escape::text(xf.helo.as_deref().unwrap_or("-").trim()),
+                escape::text(xf.ident.as_deref().unwrap_or("-").trim()),
             );
             println!("---");
             print!(
@@ -187,8 +192,8 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
             for (rcpt, r) in &results {
                 println!(
                     "<{}>: {}",
-                    show::one_line(rcpt),
-                    show::one_line(&r.reply(&id))
+                    escape::text(rcpt.trim()),
+                    escape::text(r.reply(&id).trim())
                 );
                 ok &= matches!(
                     r,

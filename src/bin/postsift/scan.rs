@@ -101,7 +101,7 @@ pub fn scan(mut config: Config, args: &Args) -> anyhow::Result<u8> {
         // As if an originating listener had it; `enabled` and a bank's `dkim_sign` still decide.
         config.dkim_sign.by_bank = Some(true);
     }
-    let shared = postsift::Shared::new(config, CancellationToken::new())?;
+    let shared = postsift::Runtime::new(config, CancellationToken::new())?;
     let out = DryRun::new();
     let p = rt.block_on(filter::run(
         &shared,
@@ -135,7 +135,7 @@ pub fn scan(mut config: Config, args: &Args) -> anyhow::Result<u8> {
             for line in String::from_utf8_lossy(&block).split_inclusive('\n') {
                 println!(
                     "{}",
-                    postsift::quarantine::show::escape(line.trim_end_matches(['\r', '\n']))
+                    escape::keeping_tabs(line.trim_end_matches(['\r', '\n']))
                 );
             }
         }

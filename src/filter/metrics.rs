@@ -1,0 +1,155 @@
+//! The series of the message pipeline: messages and recipients by outcome, sizes, stage times,
+//! unchecked messages, policy banks, tempfails and messages in flight. The session counts the
+//! outcome it replied with; the filter the rest.
+
+use prometheus::{exponential_buckets, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+
+use crate::metrics::{counter, gauge, histogram, histogram_vec, TIME_BUCKETS};
+
+pub const VERDICTS: &[&str] = &[
+    "clean",
+    "spam",
+    "virus",
+    "banned",
+    "unchecked",
+    "dmarc",
+    "unscanned",
+];
+pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail", "quarantine"];
+pub const RECIPIENT_RESULTS: &[&str] = &[
+    "delivered",
+    "discarded",
+    "rejected",
+    "deferred",
+    "quarantined",
+];
+pub const STAGES: &[&str] = &["receive", "scan", "reinject", "total"];
+pub const TEMPFAIL_REASONS: &[&str] = &[
+    "clamd",
+    "spamd",
+    "rspamd",
+    "greylist",
+    "unchecked",
+    "reinject",
+    "spool",
+    "resources",
+    "shutdown",
+    "quarantine",
+    "dkim_sign",
+];
+/// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
+pub const UNCHECKED_REASONS: &[&str] = &[
+    "scanner",
+    "parts",
+    "bytes",
+    "depth",
+    "ratio",
+    "encrypted",
+    "decoder",
+    "time",
+    "size",
+    "memory",
+];
+/// The `bank` label of a message no policy bank applied to.
+pub const NO_BANK: &str = "-";
+
+#[derive(Clone)]
+pub struct FilterMetrics {
+    pub messages: IntCounterVec,
+    /// Messages a policy bank applied to (to some recipient), by bank name: names come from
+    /// `[[policy]]` only, a small set fixed by the configuration; `-` for messages no bank
+    /// applied to.
+    pub policy_banks: IntCounterVec,
+    pub recipients: IntCounterVec,
+    pub message_size: Histogram,
+    pub stage_duration: HistogramVec,
+    pub tempfails: IntCounterVec,
+    /// Messages not fully checked, by reason and the action taken.
+    pub unchecked: IntCounterVec,
+    pub in_flight: IntGauge,
+}
+
+impl FilterMetrics {
+    pub fn register(r: &Registry) -> FilterMetrics {
+        FilterMetrics {
+            messages: counter(
+                r,
+                "postsift_messages_total",
+                "Messages that reached end of DATA, by content verdict and final action",
+                &["verdict", "action"],
+                &[VERDICTS, ACTIONS],
+            ),
+            recipients: counter(
+                r,
+                "postsift_recipients_total",
+                "Recipients by final result",
+                &["result"],
+                &[RECIPIENT_RESULTS],
+            ),
+            message_size: histogram(
+                r,
+                "postsift_message_size_bytes",
+                "Size of received messages",
+                exponential_buckets(1024.0, 4.0, 9).expect("buckets"),
+            ),
+            stage_duration: histogram_vec(
+                r,
+                "postsift_stage_duration_seconds",
+                "Time per message in each stage",
+                "stage",
+                STAGES,
+                TIME_BUCKETS.to_vec(),
+            ),
+            tempfails: counter(
+                r,
+                "postsift_tempfails_total",
+                "Temporary failures given to the client, by reason",
+                &["reason"],
+                &[TEMPFAIL_REASONS],
+            ),
+            unchecked: counter(
+                r,
+                "postsift_unchecked_total",
+                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason and action",
+                &["reason", "action"],
+                &[UNCHECKED_REASONS, ACTIONS],
+            ),
+            in_flight: gauge(
+                r,
+                "postsift_messages_in_flight",
+                "Messages being scanned or reinjected",
+            ),
+            policy_banks: counter(
+                r,
+                "postsift_policy_bank_total",
+                "Messages a policy bank ([[policy]]) applied to, for some or all recipients",
+                &["bank"],
+                &[&[NO_BANK]],
+            ),
+        }
+    }
+
+    /// Shows every configured bank at 0 before its first message (at start and reload).
+    pub fn declare_banks<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.policy_banks.with_label_values(&[name]);
+        }
+    }
+
+    /// Counts a message that bank `name` applied to.
+    pub fn bank(&self, name: &str) {
+        self.policy_banks.with_label_values(&[name]).inc();
+    }
+
+    /// Counts a message once for each bank that applied to it, or as `-` when none did.
+    pub fn banks_applied<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut none = true;
+        for name in names {
+            self.bank(name);
+            none = false;
+        }
+        if none {
+            self.bank(NO_BANK);
+        }
+    }
+}

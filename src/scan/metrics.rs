@@ -1,0 +1,156 @@
+//! The series of the checks: time, health and failures by scanner, spam scores, the MIME
+//! walk's part count, and mail authentication's results and DNS lookups. Label values come from
+//! [`Scanner`] and [`FailureKind`]. A leaf of `scan`: the checks record into it.
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+
+use crate::scan::report::FailureKind;
+
+/// A scanner, as the `scanner` label of the scan series names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanner {
+    Clamd,
+    Spamd,
+    Rspamd,
+}
+
+impl Scanner {
+    pub const ALL: [Scanner; 3] = [Scanner::Clamd, Scanner::Spamd, Scanner::Rspamd];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scanner::Clamd => "clamd",
+            Scanner::Spamd => "spamd",
+            Scanner::Rspamd => "rspamd",
+        }
+    }
+}
+
+/// The series of the scanners: time, health and failures by scanner, spam scores, the MIME
+/// walk's part count, and mail authentication's own (see [`auth::AuthMetrics`]).
+#[derive(Clone)]
+pub struct ScanMetrics {
+    pub spam_score: Histogram,
+    pub scanner_duration: HistogramVec,
+    pub scanner_up: IntGaugeVec,
+    pub scanner_errors: IntCounterVec,
+    /// Decoded parts the MIME walk found per message.
+    pub parts: Histogram,
+    pub auth: AuthMetrics,
+}
+
+impl ScanMetrics {
+    pub fn register(r: &Registry) -> ScanMetrics {
+        use crate::metrics::{counter, gauge_vec, histogram, histogram_vec, TIME_BUCKETS};
+        let scanners = Scanner::ALL.map(Scanner::label);
+        ScanMetrics {
+            parts: histogram(
+                r,
+                "postsift_message_parts",
+                "Decoded parts the MIME walk found per message (clamd scans each)",
+                vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
+            ),
+            spam_score: histogram(
+                r,
+                "postsift_spam_score",
+                "Spam scores given by spamd",
+                vec![
+                    -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 15.0, 20.0,
+                    50.0, 100.0, 1000.0,
+                ],
+            ),
+            scanner_duration: histogram_vec(
+                r,
+                "postsift_scanner_duration_seconds",
+                "Time each scanner took per message",
+                "scanner",
+                &scanners,
+                TIME_BUCKETS.to_vec(),
+            ),
+            // Only the configured scanners have a series (see `set_scanner_up`).
+            scanner_up: gauge_vec(
+                r,
+                "postsift_scanner_up",
+                "1 if the scanner answered the last scan or probe",
+                "scanner",
+                &[],
+            ),
+            scanner_errors: counter(
+                r,
+                "postsift_scanner_errors_total",
+                "Scanner failures by kind",
+                &["scanner", "kind"],
+                &[&scanners, FailureKind::ALL],
+            ),
+            auth: AuthMetrics::register(r),
+        }
+    }
+
+    pub fn set_scanner_up(&self, scanner: Scanner, up: bool) {
+        self.scanner_up
+            .with_label_values(&[scanner.label()])
+            .set(up as i64);
+    }
+
+    /// Drops the series of a scanner no longer configured.
+    pub fn forget_scanner(&self, scanner: Scanner) {
+        let _ = self.scanner_up.remove_label_values(&[scanner.label()]);
+    }
+}
+
+/// Mail authentication methods (`spf` is the MAIL FROM identity).
+pub const AUTH_METHODS: &[&str] = &["spf", "spf_helo", "dkim", "dmarc", "arc"];
+/// Their results (RFC 8601's words).
+pub const AUTH_RESULTS: &[&str] = &[
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "policy",
+    "none",
+    "temperror",
+    "permerror",
+];
+
+/// The series of mail authentication, and of its DNS lookups and cache.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    /// Mail authentication results, by method (one per DKIM signature) and result.
+    pub auth_results: IntCounterVec,
+    /// DKIM results left out of `Authentication-Results` (over `auth.max_dkim_results`).
+    pub auth_dkim_results_omitted: IntCounter,
+    /// Time all authentication checks of one message took together.
+    pub auth_duration: Histogram,
+    /// The DNS lookups and cache of mail authentication (see `dns`).
+    pub dns: crate::dns::DnsMetrics,
+}
+
+impl AuthMetrics {
+    pub fn register(r: &Registry) -> AuthMetrics {
+        use crate::metrics::{counter, counter0, histogram};
+        AuthMetrics {
+            auth_dkim_results_omitted: counter0(
+                r,
+                "postsift_auth_dkim_results_omitted_total",
+                "DKIM results left out of Authentication-Results (over auth.max_dkim_results)",
+            ),
+            auth_results: counter(
+                r,
+                "postsift_auth_results_total",
+                "Mail authentication results, by method (one per DKIM signature) and result",
+                &["method", "result"],
+                &[AUTH_METHODS, AUTH_RESULTS],
+            ),
+            auth_duration: histogram(
+                r,
+                "postsift_auth_duration_seconds",
+                "Time the mail authentication checks of one message took together",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            ),
+            dns: crate::dns::DnsMetrics::register(r),
+        }
+    }
+}
