@@ -46,6 +46,7 @@ pub mod scan;
 pub mod server;
 pub mod sign;
 pub mod smtp;
+pub mod sql;
 pub mod xforward;
 
 use std::path::PathBuf;
