@@ -300,11 +300,19 @@ impl SqlQuarantine {
             let backend = self.pool.backend();
             on_pool!(&self.pool, p => {
                 let mut tx = p.begin().await?;
-                let mut out = Purged::default();
-                out.msgs = sqlx::query(PURGE_MSGS.sql(backend)).bind(cutoff).execute(&mut *tx).await?.rows_affected();
-                out.msgrcpt = sqlx::query(PURGE_RCPT.sql(backend)).execute(&mut *tx).await?.rows_affected();
-                out.quarantine = sqlx::query(PURGE_QUAR.sql(backend)).execute(&mut *tx).await?.rows_affected();
-                out.maddr = sqlx::query(PURGE_MADDR.sql(backend)).execute(&mut *tx).await?.rows_affected();
+                let mut run = async |stmt: Stmt, cutoff: Option<i64>| {
+                    let mut q = sqlx::query(stmt.sql(backend));
+                    if let Some(c) = cutoff {
+                        q = q.bind(c);
+                    }
+                    Ok::<u64, Error>(q.execute(&mut *tx).await?.rows_affected())
+                };
+                let out = Purged {
+                    msgs: run(PURGE_MSGS, Some(cutoff)).await?,
+                    msgrcpt: run(PURGE_RCPT, None).await?,
+                    quarantine: run(PURGE_QUAR, None).await?,
+                    maddr: run(PURGE_MADDR, None).await?,
+                };
                 tx.commit().await?;
                 Ok(out)
             })

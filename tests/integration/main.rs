@@ -9,6 +9,7 @@ mod greylist_peers; // starts the greylisting peers: postgrey, redis-server; a p
 mod harness; // starts the real peers: clamd, spamd, Postfix (own config, socket, pid, temp dir)
 mod hostile; // hostile message shapes of issue 16 (nesting, archive bombs, big dictionaries), shared with examples/hostile.rs
 mod rspamd_peer; // starts a real rspamd (filter-only, DNS-dependent modules off)
+mod sql_peers; // starts real PostgreSQL and MariaDB servers (initdb/postgres, mariadb-install-db/mariadbd)
 mod util; // postsift in-process on port 0, shared peers
 
 mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Results; enforcement
@@ -32,3 +33,4 @@ mod quarantine; // quarantine of each category, release (CLI, amavisd-release), 
 mod regression; // one test per defect found by probing (issue 12), named after what broke
 mod reload; // SIGHUP reload: new config for new sessions, sessions in flight finish, postsift reload
 mod rspamd; // rspamd as the spam engine
+mod sql; // amavis's SQL schema: log, quarantine across two nodes, lookups, database down (PostgreSQL, MariaDB)
