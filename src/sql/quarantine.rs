@@ -3,10 +3,12 @@
 //! one transaction: [`SqlQuarantine::store`] returns Ok only after the commit, so the client's
 //! 250 can wait for it; an error (database down, timeout) is the caller's 451.
 //!
-//! Release from any node, once per recipient: [`SqlQuarantine::claim`] moves a recipient's
-//! `msgrcpt.rs` from held (' ', or 'V' viewed) to 'p' (pending, amavis's list) in one UPDATE
-//! that only one node can win; [`SqlQuarantine::finish`] makes it 'R' (released) or puts it
-//! back. A release interrupted between the two leaves 'p', which `force` claims again.
+//! Release from any node, once per recipient: [`SqlQuarantine::claim`] sets a recipient's
+//! `msgrcpt.rs` to 'R' (released) in one conditional UPDATE that only one node can win, before
+//! anything is sent; [`SqlQuarantine::finish`] with `released = false` puts the old value back
+//! if the send failed. Not 'p' for "being released": amavis lists 'p' as pending and Modoboa
+//! uses it for a user's release *request*, which an admin's release must be able to claim. A
+//! node that dies between claim and send leaves 'R' with nothing sent; `force` releases again.
 
 use std::time::Instant;
 
@@ -28,16 +30,15 @@ const SEL_RCPTS: Stmt = Stmt(
      FROM msgrcpt JOIN maddr ON msgrcpt.rid=maddr.id \
      WHERE msgrcpt.partition_tag=? AND msgrcpt.mail_id=? ORDER BY msgrcpt.rseqnum",
 );
+// Held (' '), viewed ('V'), requested ('p') … anything but released or deleted.
 const CLAIM: Stmt = Stmt(
-    "UPDATE msgrcpt SET rs='p' WHERE partition_tag=? AND mail_id=? AND rseqnum=? \
-     AND rs NOT IN ('R','p','D')",
-);
-const CLAIM_FORCE: Stmt = Stmt(
-    "UPDATE msgrcpt SET rs='p' WHERE partition_tag=? AND mail_id=? AND rseqnum=? \
+    "UPDATE msgrcpt SET rs='R' WHERE partition_tag=? AND mail_id=? AND rseqnum=? \
      AND rs NOT IN ('R','D')",
 );
-const FINISH: Stmt =
-    Stmt("UPDATE msgrcpt SET rs=? WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs='p'");
+const CLAIM_FORCE: Stmt =
+    Stmt("UPDATE msgrcpt SET rs='R' WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs<>'D'");
+const UNCLAIM: Stmt =
+    Stmt("UPDATE msgrcpt SET rs=? WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs='R'");
 // Retention, as amavis's README.sql suggests: old msgs rows, then what no msgs row refers to.
 const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ?");
 const PURGE_RCPT: Stmt = Stmt(
@@ -56,7 +57,8 @@ const PURGE_MADDR: Stmt = Stmt(
 pub struct QuarRcpt {
     pub rseqnum: i64,
     pub addr: String,
-    /// `msgrcpt.rs`: ' ' held, 'V' viewed, 'p' being released, 'R' released, 'D' deleted.
+    /// `msgrcpt.rs`: ' ' held, 'V' viewed, 'p' release requested (Modoboa), 'R' released,
+    /// 'D' deleted. In [`Claim::claimed`], the value before the claim.
     pub rs: char,
 }
 
@@ -227,9 +229,9 @@ impl SqlQuarantine {
     }
 
     /// Claims the recipients of `mail_id` whose address is one of `addresses` (all of them if
-    /// empty) for a release: each held one becomes 'p' in a single UPDATE, so of two nodes
-    /// releasing at once only one gets it. With `force`, a 'p' left by an interrupted release
-    /// is claimed again.
+    /// empty) for a release: each one not yet released (nor deleted) becomes 'R' in a single
+    /// UPDATE, so of two nodes releasing at once only one gets it. With `force`, released ones
+    /// are claimed again (a release interrupted after its claim).
     pub async fn claim(
         &self,
         mail_id: &str,
@@ -256,7 +258,7 @@ impl SqlQuarantine {
                     .await?
                     .rows_affected());
                 if n > 0 {
-                    claim.claimed.push(QuarRcpt { rs: 'p', ..r });
+                    claim.claimed.push(r);
                 } else {
                     claim.refused.push(r);
                 }
@@ -266,21 +268,25 @@ impl SqlQuarantine {
         .await
     }
 
-    /// Ends the release of a claimed recipient: 'R' if sent, back to ' ' (held) if not.
+    /// Ends the release of a claimed recipient: if it was not sent, its `rs` goes back to
+    /// what it was before the claim (' ' if that was 'R', a forced claim); if sent it stays 'R'.
     pub async fn finish(
         &self,
         mail_id: &str,
         rcpt: &QuarRcpt,
         released: bool,
     ) -> Result<(), Error> {
+        if released {
+            return Ok(());
+        }
         self.timed(StmtKind::Claim, async {
             let Some(ptag) = self.partition_of(mail_id).await? else {
                 return Ok(());
             };
             let backend = self.pool.backend();
-            let rs = if released { "R" } else { " " };
-            on_pool!(&self.pool, p => sqlx::query(FINISH.sql(backend))
-                .bind(rs)
+            let rs = if rcpt.rs == 'R' { ' ' } else { rcpt.rs };
+            on_pool!(&self.pool, p => sqlx::query(UNCLAIM.sql(backend))
+                .bind(rs.to_string())
                 .bind(ptag)
                 .bind(mail_id.as_bytes().to_vec())
                 .bind(rcpt.rseqnum as i32)

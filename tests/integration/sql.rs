@@ -368,10 +368,24 @@ async fn sql_quarantine_releases_once_across_two_nodes() {
             "SELECT rs FROM msgrcpt WHERE mail_id='q1' ORDER BY rseqnum",
         );
         assert_eq!(rs, "R\nR\n", "{kind:?}");
-        // A second release, even forced, claims nothing.
-        let again = b.claim("q1", &[], true).await.unwrap();
+        // A second release claims nothing.
+        let again = b.claim("q1", &[], false).await.unwrap();
         assert!(again.claimed.is_empty(), "{kind:?}: {again:?}");
         assert_eq!(again.refused.len(), 2);
+        // Forced (a node died between claim and send), it does; its send failing leaves the
+        // recipient held.
+        let forced = a
+            .claim("q1", &["two@example.org".into()], true)
+            .await
+            .unwrap();
+        assert_eq!(forced.claimed.len(), 1, "{kind:?}: {forced:?}");
+        a.finish("q1", &forced.claimed[0], false).await.unwrap();
+        let rs = s.client(
+            &db,
+            "SELECT rs FROM msgrcpt WHERE mail_id='q1' ORDER BY rseqnum",
+        );
+        // (PostgreSQL shows char(1) ' ' padded, MariaDB trimmed)
+        assert_eq!(rs.replace(' ', ""), "R\n\n", "{kind:?}");
 
         // A failed send puts the recipient back: it can be released later.
         let rec2 = record(
@@ -588,5 +602,202 @@ async fn sql_database_stopped_mid_run_log_backlog_bounded_and_recovers() {
         drop(log);
         task.await.unwrap();
         s.stop();
+    }
+}
+
+/// psql prints bytea as `\x…` hex: the text it holds (the UIs decode it the same way).
+fn unhex(field: &str) -> String {
+    match field.strip_prefix("\\x") {
+        Some(h) => {
+            let b: Vec<u8> = (0..h.len() / 2)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        None => field.to_string(),
+    }
+}
+
+fn rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .map(|l| l.split('\t').map(unhex).collect())
+        .collect()
+}
+
+/// The SQL the UIs send, from their published source, against what postsift wrote:
+/// Modoboa's quarantine listing (modoboa-amavis sql_connector.py `_get_quarantine_content`,
+/// the ORM's query written out, as a domain admin), its release request (`set_msgrcpt_status`
+/// 'p') and pending count; iRedAdmin's listing and count (libs/amavisd/quarantine.py
+/// `get_quarantined_mails`, a domain admin, type spam), its steps after a release, and its
+/// cleanup tool's selection. A user's release request ('p') is claimed by an admin's release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_ui_queries_modoboa_and_iredadmin_list_and_release() {
+    for kind in KINDS {
+        let (s, db) = amavis_db(kind, "ui");
+        let cfg = config(s.url(&db));
+        let pool = Pool::connect_lazy(&cfg).unwrap();
+        let q = SqlQuarantine::new(pool.clone(), &cfg, SqlMetrics::register(&Registry::new()));
+        let mut spam = record(
+            "ui1",
+            "node-a.example",
+            Content::Spam,
+            vec![rcpt(
+                "Alice@Example.org",
+                Content::Spam,
+                Ds::Discard,
+                "250 2.7.0 Ok",
+            )],
+        );
+        spam.spam_level = Some(12.5);
+        q.store(&spam, &mut &b"Subject: spam\r\n\r\nbuy\r\n"[..])
+            .await
+            .unwrap();
+        let virus = record(
+            "ui2",
+            "node-b.example",
+            Content::Virus,
+            vec![rcpt(
+                "bob@other.test",
+                Content::Virus,
+                Ds::Discard,
+                "250 2.7.0 Ok",
+            )],
+        );
+        q.store(&virus, &mut &b"Subject: virus\r\n\r\nx\r\n"[..])
+            .await
+            .unwrap();
+        let clean = record(
+            "ui3",
+            "node-a.example",
+            Content::Clean,
+            vec![rcpt(
+                "alice@example.org",
+                Content::Clean,
+                Ds::Pass,
+                "250 2.0.0 Ok",
+            )],
+        );
+        postsift::sql::log::write_batch(&pool, &[clean], 0)
+            .await
+            .unwrap();
+
+        // iRedAdmin: count and listing, domain admin of example.org, spam only
+        let sel = " AND (sender.domain IN ('org.example') OR recip.domain IN ('org.example')) \
+                   AND msgs.content IN ('S', 's', 'Y')";
+        let count = s.client(
+            &db,
+            &format!(
+                "SELECT COUNT(msgs.mail_id) AS total FROM msgs \
+                 LEFT JOIN msgrcpt ON msgs.mail_id = msgrcpt.mail_id \
+                 LEFT JOIN maddr AS sender ON msgs.sid = sender.id \
+                 LEFT JOIN maddr AS recip ON msgrcpt.rid = recip.id \
+                 WHERE msgs.quar_type = 'Q' {sel}"
+            ),
+        );
+        assert_eq!(count, "1\n", "{kind:?}");
+        let list = rows(&s.client(
+            &db,
+            &format!(
+                "SELECT msgs.mail_id, msgs.secret_id, msgs.subject, msgs.time_num, \
+                 msgs.content, msgs.size, msgs.spam_level, \
+                 sender.email AS sender_email, recip.email AS recipient FROM msgs \
+                 LEFT JOIN msgrcpt ON msgs.mail_id = msgrcpt.mail_id \
+                 LEFT JOIN maddr AS sender ON msgs.sid = sender.id \
+                 LEFT JOIN maddr AS recip ON msgrcpt.rid = recip.id \
+                 WHERE msgs.quar_type = 'Q' {sel} ORDER BY msgs.time_num DESC LIMIT 25 OFFSET 0"
+            ),
+        ));
+        assert_eq!(
+            list,
+            [[
+                "ui1",
+                "sui1",
+                "Grüße ☃",
+                "1700000000",
+                "S",
+                "1234",
+                "12.5",
+                "sender@mail.example.net",
+                "alice@example.org"
+            ]],
+            "{kind:?}"
+        );
+
+        // Modoboa: the listing of a domain admin of example.org
+        let modoboa_list = "SELECT msgrcpt.content, msgrcpt.bspam_level, msgrcpt.rs, maddr.email, \
+             msgs.from_addr, msgs.subject, msgs.mail_id, msgs.time_num \
+             FROM msgrcpt INNER JOIN maddr ON (msgrcpt.rid = maddr.id) \
+             INNER JOIN msgs ON (msgrcpt.mail_id = msgs.mail_id) \
+             WHERE (msgrcpt.rs IN (' ', 'V', 'R', 'p', 'S', 'H') \
+             AND maddr.domain IN ('org.example') \
+             AND msgrcpt.mail_id IN (SELECT U0.mail_id FROM quarantine U0 WHERE U0.chunk_ind = 1)) \
+             ORDER BY msgs.time_num DESC";
+        let list = rows(&s.client(&db, modoboa_list));
+        assert_eq!(list.len(), 1, "{kind:?}: {list:?}");
+        assert_eq!(list[0][0], "S");
+        assert_eq!(list[0][2].trim(), "");
+        assert_eq!(
+            list[0][3..],
+            [
+                "alice@example.org",
+                "Jörg <Sender@Mail.Example.NET>",
+                "Grüße ☃",
+                "ui1",
+                "1700000000"
+            ]
+        );
+
+        // Modoboa: the user asks for its release (rs 'p'); the admin sees one pending request
+        let rid = s.client(&db, "SELECT id FROM maddr WHERE email='alice@example.org'");
+        s.client(
+            &db,
+            &format!(
+                "UPDATE msgrcpt SET rs='p' WHERE mail_id='ui1' AND rid={}",
+                rid.trim()
+            ),
+        );
+        let pending = s.client(
+            &db,
+            "SELECT COUNT(*) FROM msgrcpt INNER JOIN maddr ON (msgrcpt.rid = maddr.id) \
+             WHERE (msgrcpt.rs = 'p' AND maddr.domain IN ('org.example'))",
+        );
+        assert_eq!(pending, "1\n", "{kind:?}");
+        // the admin's release reaches postsift (AM.PDP): the requested recipient is claimed
+        let c = q
+            .claim("ui1", &["alice@example.org".into()], false)
+            .await
+            .unwrap();
+        assert_eq!(c.claimed.len(), 1, "{kind:?}: {c:?}");
+        assert_eq!(c.claimed[0].rs, 'p');
+        q.finish("ui1", &c.claimed[0], true).await.unwrap();
+        // Modoboa then marks it released itself; either way it is released once
+        s.client(
+            &db,
+            &format!(
+                "UPDATE msgrcpt SET rs='R' WHERE mail_id='ui1' AND rid={}",
+                rid.trim()
+            ),
+        );
+        assert!(q.claim("ui1", &[], false).await.unwrap().claimed.is_empty());
+
+        // iRedAdmin after its release: the message is clean and its chunks go
+        s.client(
+            &db,
+            "UPDATE msgs SET quar_type='', content='C' WHERE mail_id IN ('ui2'); \
+             DELETE FROM quarantine WHERE mail_id IN ('ui2')",
+        );
+        assert_eq!(q.fetch("ui2").await.unwrap(), None, "{kind:?}");
+        // iRedAdmin's cleanup tool: quarantined mail older than a day (ui1, from 2023)
+        let old = match kind {
+            Kind::Postgres => {
+                "SELECT mail_id FROM msgs WHERE quar_type = 'Q' \
+                 AND time_iso < CURRENT_TIMESTAMP - INTERVAL '1 DAYS'"
+            }
+            Kind::MariaDb => {
+                "SELECT mail_id FROM msgs WHERE quar_type = 'Q' \
+                 AND time_num < UNIX_TIMESTAMP(DATE_SUB(NOW(), INTERVAL 1 DAY))"
+            }
+        };
+        assert_eq!(rows(&s.client(&db, old)), [["ui1"]], "{kind:?}");
     }
 }

@@ -275,6 +275,10 @@ impl SqlServer {
     /// A new empty database; returns its name.
     pub fn create_db(&self, prefix: &str) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);
+        // One at a time: PostgreSQL refuses a CREATE DATABASE while another copies template1
+        // ("source database is being accessed by other users").
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed));
         match self.kind {
             Kind::Postgres => self.client("postgres", &format!("CREATE DATABASE {name}")),
