@@ -13,9 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{
-    on_pool, truncate, within, Backend, Error, Pool, SqlConfig, SqlMetrics, Stmt, StmtKind,
-};
+use super::metrics::{SqlMetrics, StmtKind};
+use super::{on_pool, truncate, within, Backend, Error, Pool, SqlConfig, Stmt};
 
 /// amavis's content categories (`msgs.content`, `msgrcpt.content`), worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

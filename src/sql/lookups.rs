@@ -16,9 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{
-    dynamic_sql, on_pool, text, within, AnyRow, Error, Pool, SqlConfig, SqlMetrics, StmtKind,
-};
+use super::metrics::{SqlMetrics, StmtKind};
+use super::{dynamic_sql, on_pool, text, within, AnyRow, Error, Pool, SqlConfig};
 
 /// amavis's lookup keys for `addr` (rfc2821_2822_Tools.pm `make_query_keys`, with
 /// `$sql_lookups_no_at_means_domain` off): the address as is, `user+ext@domain`, `user@domain`,

@@ -21,6 +21,7 @@ pub mod lookups;
 pub mod metrics;
 pub mod quarantine;
 pub mod schema;
+pub mod store;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -30,8 +31,6 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlRow};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
 use sqlx::Row;
-
-pub use metrics::{SqlMetrics, StmtKind};
 
 /// `[sql]`: where the database is and what postsift uses it for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

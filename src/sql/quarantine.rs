@@ -15,10 +15,8 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::log::{maddr_key, unix_secs, write_record, LogRecord};
-use super::{
-    code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig, SqlMetrics, Stmt,
-    StmtKind,
-};
+use super::metrics::{SqlMetrics, StmtKind};
+use super::{code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig, Stmt};
 
 const INS_QUAR: Stmt =
     Stmt("INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES (?,?,?,?)");

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use super::{on_pool, Backend, Error, Pool, SqlMetrics, StmtKind};
+use super::metrics::{SqlMetrics, StmtKind};
+use super::{on_pool, Backend, Error, Pool};
 
 /// amavis's PostgreSQL DDL, verbatim (without its GRANTs).
 pub const AMAVIS_PG: &str = include_str!("amavis-pg.sql");

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use postsift::sql::log::{Content, Ds, LogRecord, LogWriter, RcptRecord};
 use postsift::sql::lookups::SqlLookups;
+use postsift::sql::metrics::{SqlMetrics, StmtKind};
 use postsift::sql::quarantine::SqlQuarantine;
-use postsift::sql::{schema, Backend, Pool, SqlConfig, SqlMetrics, StmtKind};
+use postsift::sql::{schema, Backend, Pool, SqlConfig};
 use prometheus::Registry;
 
 use crate::sql_peers::{shared, Kind, SqlServer};
@@ -506,10 +507,17 @@ async fn sql_lookups_per_user_spam_level_and_wblist() {
             crate::harness::free_port()
         ))
     };
-    let m = SqlMetrics::register(&Registry::new());
-    let l = SqlLookups::new(Pool::connect_lazy(&cfg).unwrap(), &cfg, m.clone());
+    let store = postsift::sql::store::SqlStore::build(&cfg, &Registry::new()).unwrap();
+    let l = store.lookups.as_ref().unwrap();
     assert!(l.policy_or_fallback("u1@example.org", true).await.is_none());
-    assert_eq!(m.lookup_fallbacks.get(), 1);
+    assert_eq!(store.metrics.lookup_fallbacks.get(), 1);
+    assert_eq!(store.metrics.errors(StmtKind::Policy), 1);
+    // the log takes the message and does not hold anything up
+    assert!(store
+        .log
+        .as_ref()
+        .unwrap()
+        .submit(record("down1", "n", Content::Clean, vec![])));
 }
 
 /// The database stops mid-run: the log's backlog stays bounded (the rest is dropped and
