@@ -434,6 +434,17 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `s` with its control characters (NUL, which PostgreSQL's text cannot hold, CR, LF …) as `?`
+/// and cut to `max` bytes: the header fields a sender wrote (Subject, From) may hold anything,
+/// and a row the database refuses would fail a quarantine store (a 451 each retry).
+pub fn clean_text(s: &str, max: usize) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    truncate(&s, max).to_string()
+}
+
 /// `s` cut to 255 bytes with every octet outside printable ASCII as `?`, as amavis stores
 /// Message-ID, quarantine location and SMTP responses.
 pub fn printable7(s: &str) -> String {
@@ -499,5 +510,6 @@ mod tests {
     fn truncation_keeps_characters_whole() {
         assert_eq!(truncate("ééé", 3), "é");
         assert_eq!(printable7("a\u{e9}\r\nb"), "a???b");
+        assert_eq!(clean_text("Grüße\0\r\n\u{85}x", 255), "Grüße????x");
     }
 }

@@ -400,7 +400,13 @@ async fn sql_quarantine_releases_once_across_two_nodes() {
                 "250 Ok",
             )],
         );
+        let mut rec2 = rec2;
+        // what a sender wrote may hold anything: NUL (PostgreSQL's text cannot), CR LF, 8-bit
+        rec2.subject = "a\0b\r\n\u{7f}é".repeat(100);
+        rec2.from_addr = "\0".into();
         b.store(&rec2, &mut &b"tiny"[..]).await.unwrap();
+        let subj = s.client(&db, "SELECT subject FROM msgs WHERE mail_id='q2'");
+        assert!(subj.starts_with("a?b???éa?b"), "{kind:?}: {subj}");
         let c = a
             .claim("q2", &["three@example.org".into()], false)
             .await
