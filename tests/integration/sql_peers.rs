@@ -281,9 +281,33 @@ impl SqlServer {
         let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed));
         match self.kind {
-            Kind::Postgres => self.client("postgres", &format!("CREATE DATABASE {name}")),
-            Kind::MariaDb => self.mariadb_root(&format!("CREATE DATABASE {name}")),
-        };
+            Kind::Postgres => {
+                // An autovacuum worker in template1 makes it "being accessed by other users"
+                // for a moment: try again (the error is PostgreSQL's, not the test's).
+                for attempt in 1.. {
+                    let out = Command::new(pg_bin("psql"))
+                        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                        .arg(self.port.to_string())
+                        .args(["-d", "postgres", "-c"])
+                        .arg(format!("CREATE DATABASE {name}"))
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("psql");
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    if out.status.success() {
+                        break;
+                    }
+                    assert!(
+                        attempt < 20 && err.contains("being accessed by other users"),
+                        "CREATE DATABASE {name}: {err}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Kind::MariaDb => {
+                self.mariadb_root(&format!("CREATE DATABASE {name}"));
+            }
+        }
         name
     }
 
