@@ -2,14 +2,15 @@
 # Installs the Debian packages postsift's demo and tests run for real (Postfix and its
 # smtp-source/smtp-sink, clamd, spamd, rspamd, postgrey, redis-server, unbound as the tests' DNS
 # server, amavisd-new for its amavisd-release script, python3-dkim (dkimpy) as an independent
-# DKIM verifier) without letting any of them start or touch the network.
+# DKIM verifier, PostgreSQL and MariaDB for the SQL store) without letting any of them start
+# or touch the network.
 # Idempotent. Never writes /etc/postfix: Postfix is installed as "No configuration".
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 PKGS="postfix clamav-daemon clamav-base clamav-testfiles spamd spamc spamassassin prometheus rspamd jq
       iproute2 procps zip ca-certificates postgrey redis-server amavisd-new
-      unbound openssl python3-dkim"
+      unbound openssl python3-dkim postgresql mariadb-server"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

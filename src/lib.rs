@@ -47,6 +47,7 @@ pub mod scan;
 pub mod server;
 pub mod sign;
 pub mod smtp;
+pub mod sql;
 pub mod xforward;
 
 pub use runtime::Runtime;

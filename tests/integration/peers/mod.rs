@@ -1,5 +1,5 @@
 //! The real peers of postsift that integration tests start, one file each: clamd, spamd, rspamd,
-//! Postfix, unbound, postgrey and redis. Each is a [`Peer`]: a daemon in its own temp dir (config,
+//! Postfix, unbound, postgrey, redis, PostgreSQL and MariaDB. Each is a [`Peer`]: a daemon in its own temp dir (config,
 //! socket, pid file, log) on 127.0.0.1, run as one process group ([`PeerProcess`]), stopped by pid
 //! when dropped and when the test process ends, and started again at the same address where a
 //! test needs it. Shared here: ports, temp dirs, waiting, /proc and signals. Plus the SMTP/LMTP
@@ -71,6 +71,7 @@ pub mod redis;
 pub mod rspamd;
 pub mod smtp;
 pub mod spamd;
+pub mod sql; // PostgreSQL and MariaDB (initdb/postgres, mariadb-install-db/mariadbd)
 pub mod unbound;
 
 pub use clamd::{Clamd, CLAMAV_TESTFILES, CLAMD_CLAMEXE, CLAMD_EICAR};

@@ -1,0 +1,344 @@
+//! The quarantine in amavis's tables: the message in `quarantine` chunks (`chunk_ind` 1, 2 …)
+//! with its `msgs` row (`quar_type` Q, `quar_loc` the mail_id) and `msgrcpt` rows, written in
+//! one transaction: [`SqlQuarantine::store`] returns Ok only after the commit, so the client's
+//! 250 can wait for it; an error (database down, timeout) is the caller's 451.
+//!
+//! Release from any node, once per recipient: [`SqlQuarantine::claim`] sets a recipient's
+//! `msgrcpt.rs` to 'R' (released) in one conditional UPDATE that only one node can win, before
+//! anything is sent; [`SqlQuarantine::finish`] with `released = false` puts the old value back
+//! if the send failed. Not 'p' for "being released": amavis lists 'p' as pending and Modoboa
+//! uses it for a user's release *request*, which an admin's release must be able to claim. A
+//! node that dies between claim and send leaves 'R' with nothing sent; `force` releases again.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::log::{maddr_key, unix_secs, write_record, LogRecord};
+use super::metrics::{SqlMetrics, StmtKind};
+use super::{code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig, Stmt};
+
+const INS_QUAR: Stmt =
+    Stmt("INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES (?,?,?,?)");
+const SEL_MSG: Stmt = Stmt("SELECT partition_tag FROM msgs WHERE mail_id=?");
+const SEL_QUAR: Stmt =
+    Stmt("SELECT mail_text FROM quarantine WHERE partition_tag=? AND mail_id=? ORDER BY chunk_ind");
+const SEL_RCPTS: Stmt = Stmt(
+    "SELECT msgrcpt.rseqnum AS rseqnum, maddr.email AS email, msgrcpt.rs AS rs \
+     FROM msgrcpt JOIN maddr ON msgrcpt.rid=maddr.id \
+     WHERE msgrcpt.partition_tag=? AND msgrcpt.mail_id=? ORDER BY msgrcpt.rseqnum",
+);
+// Held (' '), viewed ('V'), requested ('p') … anything but released or deleted.
+const CLAIM: Stmt = Stmt(
+    "UPDATE msgrcpt SET rs='R' WHERE partition_tag=? AND mail_id=? AND rseqnum=? \
+     AND rs NOT IN ('R','D')",
+);
+const CLAIM_FORCE: Stmt =
+    Stmt("UPDATE msgrcpt SET rs='R' WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs<>'D'");
+const UNCLAIM: Stmt =
+    Stmt("UPDATE msgrcpt SET rs=? WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs='R'");
+// Retention, as amavis's README.sql suggests: old msgs rows, then what no msgs row refers to.
+const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ?");
+const PURGE_RCPT: Stmt = Stmt(
+    "DELETE FROM msgrcpt WHERE NOT EXISTS (SELECT 1 FROM msgs WHERE msgs.partition_tag=msgrcpt.partition_tag AND msgs.mail_id=msgrcpt.mail_id)",
+);
+const PURGE_QUAR: Stmt = Stmt(
+    "DELETE FROM quarantine WHERE NOT EXISTS (SELECT 1 FROM msgs WHERE msgs.partition_tag=quarantine.partition_tag AND msgs.mail_id=quarantine.mail_id)",
+);
+const PURGE_MADDR: Stmt = Stmt(
+    "DELETE FROM maddr WHERE NOT EXISTS (SELECT 1 FROM msgs WHERE sid=maddr.id) \
+     AND NOT EXISTS (SELECT 1 FROM msgrcpt WHERE rid=maddr.id)",
+);
+
+/// One recipient of a quarantined message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarRcpt {
+    pub rseqnum: i64,
+    pub addr: String,
+    /// `msgrcpt.rs`: ' ' held, 'V' viewed, 'p' release requested (Modoboa), 'R' released,
+    /// 'D' deleted. In [`Claim::claimed`], the value before the claim.
+    pub rs: char,
+}
+
+/// What a claim got: the recipients this node may now send to, and the others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claim {
+    pub claimed: Vec<QuarRcpt>,
+    pub refused: Vec<QuarRcpt>,
+}
+
+/// Rows deleted by a purge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub msgs: u64,
+    pub msgrcpt: u64,
+    pub quarantine: u64,
+    pub maddr: u64,
+}
+
+/// The SQL quarantine of one node (any number of nodes share the database).
+#[derive(Clone)]
+pub struct SqlQuarantine {
+    pool: Pool,
+    cfg: SqlConfig,
+    metrics: SqlMetrics,
+}
+
+impl SqlQuarantine {
+    pub fn new(pool: Pool, cfg: &SqlConfig, metrics: SqlMetrics) -> SqlQuarantine {
+        SqlQuarantine {
+            pool,
+            cfg: cfg.clone(),
+            metrics,
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        kind: StmtKind,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let start = Instant::now();
+        let r = within(self.cfg.timeout(), fut).await;
+        self.metrics.observe(kind, start, &self.pool, &r);
+        r
+    }
+
+    /// Stores `message` (read to its end) under `rec.mail_id` with `rec`'s msgs and msgrcpt
+    /// rows (`quar_type` Q, `quar_loc` the mail_id), all in one transaction. Ok only once
+    /// committed; Err leaves nothing behind. A mail_id already in `msgs` is an error.
+    pub async fn store(
+        &self,
+        rec: &LogRecord,
+        message: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), Error> {
+        let mut rec = rec.clone();
+        rec.quar_type = Some('Q');
+        rec.quar_loc = rec.mail_id.clone();
+        self.timed(StmtKind::QuarantineStore, self.store_tx(&rec, message))
+            .await
+    }
+
+    async fn store_tx(
+        &self,
+        rec: &LogRecord,
+        message: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), Error> {
+        let backend = self.pool.backend();
+        let ptag = self.cfg.partition_tag;
+        let mut buf = vec![0u8; self.cfg.chunk_size];
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            if !write_record!(backend, tx, rec, ptag).await? {
+                return Err(Error::Data(format!(
+                    "mail_id {} is already in the database",
+                    crate::escape::text(&rec.mail_id)
+                )));
+            }
+            let mut ind: i32 = 0;
+            loop {
+                let n = read_full(message, &mut buf).await?;
+                if n == 0 && ind > 0 {
+                    break;
+                }
+                ind += 1;
+                sqlx::query(INS_QUAR.sql(backend))
+                    .bind(ptag)
+                    .bind(rec.mail_id.as_bytes().to_vec())
+                    .bind(ind)
+                    .bind(buf[..n].to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+                if n < buf.len() {
+                    break;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The partition_tag of `mail_id` (amavis's `sel_msg`), if it is in `msgs`.
+    async fn partition_of(&self, mail_id: &str) -> Result<Option<i32>, Error> {
+        let backend = self.pool.backend();
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(SEL_MSG.sql(backend))
+                .bind(mail_id.as_bytes().to_vec())
+                .fetch_optional(p)
+                .await?;
+            match row {
+                Some(r) => Ok(Some(r.int("partition_tag")?.unwrap_or(0) as i32)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The stored message (its chunks in order), None if `mail_id` has none.
+    pub async fn fetch(&self, mail_id: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.timed(StmtKind::QuarantineFetch, async {
+            let Some(ptag) = self.partition_of(mail_id).await? else {
+                return Ok(None);
+            };
+            let backend = self.pool.backend();
+            let chunks = on_pool!(&self.pool, p => {
+                let rows = sqlx::query(SEL_QUAR.sql(backend))
+                    .bind(ptag)
+                    .bind(mail_id.as_bytes().to_vec())
+                    .fetch_all(p)
+                    .await?;
+                rows.iter()
+                    .map(|r| r.bytes("mail_text").map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<_>, Error>>()?
+            });
+            if chunks.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(chunks.concat()))
+        })
+        .await
+    }
+
+    /// The recipients of `mail_id` with their release status.
+    pub async fn recipients(&self, mail_id: &str) -> Result<Vec<QuarRcpt>, Error> {
+        let Some(ptag) = self.partition_of(mail_id).await? else {
+            return Ok(Vec::new());
+        };
+        self.recipients_in(ptag, mail_id).await
+    }
+
+    async fn recipients_in(&self, ptag: i32, mail_id: &str) -> Result<Vec<QuarRcpt>, Error> {
+        let backend = self.pool.backend();
+        on_pool!(&self.pool, p => {
+            let rows = sqlx::query(SEL_RCPTS.sql(backend))
+                .bind(ptag)
+                .bind(mail_id.as_bytes().to_vec())
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QuarRcpt {
+                        rseqnum: r.int("rseqnum")?.unwrap_or(0),
+                        addr: text(r, "email")?.unwrap_or_default(),
+                        rs: code(r, "rs")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Claims the recipients of `mail_id` whose address is one of `addresses` (all of them if
+    /// empty) for a release: each one not yet released (nor deleted) becomes 'R' in a single
+    /// UPDATE, so of two nodes releasing at once only one gets it. With `force`, released ones
+    /// are claimed again (a release interrupted after its claim).
+    pub async fn claim(
+        &self,
+        mail_id: &str,
+        addresses: &[String],
+        force: bool,
+    ) -> Result<Claim, Error> {
+        self.timed(StmtKind::Claim, async {
+            let Some(ptag) = self.partition_of(mail_id).await? else {
+                return Ok(Claim::default());
+            };
+            let wanted: Vec<Vec<u8>> = addresses.iter().map(|a| maddr_key(a).0).collect();
+            let backend = self.pool.backend();
+            let stmt = if force { CLAIM_FORCE } else { CLAIM };
+            let mut claim = Claim::default();
+            for r in self.recipients_in(ptag, mail_id).await? {
+                if !wanted.is_empty() && !wanted.contains(&maddr_key(&r.addr).0) {
+                    continue;
+                }
+                let n = on_pool!(&self.pool, p => sqlx::query(stmt.sql(backend))
+                    .bind(ptag)
+                    .bind(mail_id.as_bytes().to_vec())
+                    .bind(r.rseqnum as i32)
+                    .execute(p)
+                    .await?
+                    .rows_affected());
+                if n > 0 {
+                    claim.claimed.push(r);
+                } else {
+                    claim.refused.push(r);
+                }
+            }
+            Ok(claim)
+        })
+        .await
+    }
+
+    /// Ends the release of a claimed recipient: if it was not sent, its `rs` goes back to
+    /// what it was before the claim (' ' if that was 'R', a forced claim); if sent it stays 'R'.
+    pub async fn finish(
+        &self,
+        mail_id: &str,
+        rcpt: &QuarRcpt,
+        released: bool,
+    ) -> Result<(), Error> {
+        if released {
+            return Ok(());
+        }
+        self.timed(StmtKind::Claim, async {
+            let Some(ptag) = self.partition_of(mail_id).await? else {
+                return Ok(());
+            };
+            let backend = self.pool.backend();
+            let rs = if rcpt.rs == 'R' { ' ' } else { rcpt.rs };
+            on_pool!(&self.pool, p => sqlx::query(UNCLAIM.sql(backend))
+                .bind(rs.to_string())
+                .bind(ptag)
+                .bind(mail_id.as_bytes().to_vec())
+                .bind(rcpt.rseqnum as i32)
+                .execute(p)
+                .await?
+                .rows_affected());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes messages received before `before` (seconds since the epoch) with their
+    /// recipients and chunks, and the addresses nothing refers to any more.
+    pub async fn purge(&self, before: std::time::SystemTime) -> Result<Purged, Error> {
+        let cutoff = unix_secs(before);
+        self.timed(StmtKind::Purge, async {
+            let backend = self.pool.backend();
+            on_pool!(&self.pool, p => {
+                let mut tx = p.begin().await?;
+                let mut run = async |stmt: Stmt, cutoff: Option<i64>| {
+                    let mut q = sqlx::query(stmt.sql(backend));
+                    if let Some(c) = cutoff {
+                        q = q.bind(c);
+                    }
+                    Ok::<u64, Error>(q.execute(&mut *tx).await?.rows_affected())
+                };
+                let out = Purged {
+                    msgs: run(PURGE_MSGS, Some(cutoff)).await?,
+                    msgrcpt: run(PURGE_RCPT, None).await?,
+                    quarantine: run(PURGE_QUAR, None).await?,
+                    maddr: run(PURGE_MADDR, None).await?,
+                };
+                tx.commit().await?;
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    /// The backend (tests, the CLI).
+    pub fn backend(&self) -> Backend {
+        self.pool.backend()
+    }
+}
+
+/// Reads until `buf` is full or the end; the bytes read.
+async fn read_full(r: &mut (dyn AsyncRead + Unpin + Send), buf: &mut [u8]) -> Result<usize, Error> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = r.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
