@@ -31,3 +31,4 @@ mod quarantine; // quarantine of each category, release (CLI, amavisd-release), 
 mod regression; // one test per defect found by probing (issue 12), named after what broke
 mod reload; // SIGHUP reload: new config for new sessions, sessions in flight finish, postsift reload
 mod rspamd; // rspamd as the spam engine
+mod unprivileged; // postsift run as nobody: creates its stores, quarantine and sockets, takes mail, each file its own 0600/0700
