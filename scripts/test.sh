@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT_TESTS=(
   postfix::                                   # a private Postfix: `postfix -c DIR start` needs root
   greylist::greylist_behind_real_postfix      # the same
+  banks::three_outcomes_through_a_real_postfix  # the same
   regression::quoted_local_parts_reach_real_postfix_10025_recipient_by_recipient  # the same
   quarantine::a_store_that_fails_is_a_tempfail_and_keeps_nothing  # a tmpfs in a mount namespace (unshare -m, mount)
 )
