@@ -191,3 +191,49 @@ async fn the_daemon_only_ever_ran_as_root_in_the_tests() {
     assert!(!pid_file.exists(), "pid file left behind at exit");
     peers::finish_dir(Some(tmp));
 }
+
+/// `postsift quarantine list` or `greylist list` run by root before the daemon's first start
+/// created the store, root's: the daemon, run as its own user, could then not open it. A store
+/// that does not exist reads as empty and is left for the daemon to create.
+#[test]
+fn a_root_quarantine_list_made_the_store_root_s() {
+    let tmp = util::daemon_dir("nonroot-cli-");
+    let (q, gl) = (tmp.path().join("q"), tmp.path().join("gl.db"));
+    let cfg = tmp.path().join("postsift.toml");
+    peers::write_file(
+        &cfg,
+        format!(
+            "[quarantine]\ndir = \"{}\"\n[greylist]\nstore = \"{}\"\n",
+            q.display(),
+            gl.display()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        &["quarantine", "--config", cfg, "list"][..],
+        &["quarantine", "--config", cfg, "purge"],
+        &["greylist", "--config", cfg, "list"],
+        &["greylist", "--config", cfg, "purge"],
+    ] {
+        let (code, out, err) = util::postsift_out(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let empty = match args[3] {
+            "list" => out.is_empty(),
+            _ => out.starts_with("purged 0 "),
+        };
+        assert!(empty, "{args:?}: {out}");
+    }
+    let (code, out, err) = util::postsift_out(&["quarantine", "--config", cfg, "release", "x"]);
+    assert_eq!(code, 64, "{out}{err}");
+    let (code, out, err) =
+        util::postsift_out(&["greylist", "--config", cfg, "whitelist", "192.0.2.1"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("greylist.store"), "{err}");
+    let left: Vec<PathBuf> = walk(tmp.path());
+    assert_eq!(
+        left,
+        [tmp.path().join("postsift.toml")],
+        "created: {left:?}"
+    );
+    peers::finish_dir(Some(tmp));
+}
