@@ -248,12 +248,10 @@ async fn sigterm_drains_messages_in_flight() {
         .set("server.listen", vec![format!("127.0.0.1:{port}")])
         .set("spamd.timeout", 3)
         .toml();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = util::daemon_dir("faults-");
     let path = dir.path().join("postsift.toml");
     std::fs::write(&path, cfg).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
-        .args(["run", "--config"])
-        .arg(&path)
+    let mut child = tokio::process::Command::from(util::daemon_cmd(&path))
         .kill_on_drop(true)
         .spawn()
         .unwrap();

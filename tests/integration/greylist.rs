@@ -624,7 +624,7 @@ async fn greylist_bad_input_does_not_harm_the_service() {
 /// opens and reads after the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greylist_kill_9_loses_no_answered_entry() {
-    let dir = peers::private_dir("gl-kill-");
+    let dir = util::daemon_dir("gl-kill-");
     let db = dir.path().join("greylist.db");
     let port = peers::free_port();
     let cfg = dir.path().join("postsift.toml");
@@ -638,9 +638,7 @@ async fn greylist_kill_9_loses_no_answered_entry() {
             db.display()
         ),
     );
-    let mut child = util::postsift_cmd()
-        .args(["run", "--config"])
-        .arg(&cfg)
+    let mut child = util::daemon_cmd(&cfg)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -156,7 +156,7 @@ async fn idle_ampdp_connection_held_up_shutdown() {
 /// for mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_on_metrics_and_ampdp_stalled_mail() {
-    let tmp = peers::private_dir("surfaces-");
+    let tmp = crate::util::daemon_dir("surfaces-");
     let sink = Capture::start().await;
     let (smtp, metrics, release) = (peers::free_port(), peers::free_port(), peers::free_port());
     let toml = test_config(
@@ -283,7 +283,7 @@ fn sender_domain_bank_signing_forged_mail_passed_check_config() {
 /// limit allowed: `postsift run` now raises the soft limit to the hard one at start.
 #[test]
 fn soft_nofile_limit_was_left_below_the_hard_limit() {
-    let tmp = peers::private_dir("surfaces-");
+    let tmp = crate::util::daemon_dir("surfaces-");
     let smtp = peers::free_port();
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:{smtp}\"]\n[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n\
@@ -310,12 +310,14 @@ fn soft_nofile_limit_was_left_below_the_hard_limit() {
     peers::finish_dir(Some(tmp));
 }
 
-/// `postsift run --config cfg` under `prlimit --nofile=<nofile>` (soft:hard), stderr dropped.
+/// `postsift run --config cfg` as the daemon's user ([`crate::util::daemon_argv`]) under
+/// `prlimit --nofile=<nofile>` (soft:hard), stderr dropped.
 fn run_with_nofile(nofile: &str, cfg: &std::path::Path) -> std::process::Child {
-    Command::new("prlimit")
+    let mut prlimit = Command::new("prlimit");
+    crate::util::with_daemon_umask(&mut prlimit);
+    prlimit
         .arg(format!("--nofile={nofile}"))
-        .args([env!("CARGO_BIN_EXE_postsift"), "run", "--config"])
-        .arg(cfg)
+        .args(crate::util::daemon_argv(cfg))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()

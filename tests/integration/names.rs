@@ -238,7 +238,7 @@ async fn ampdp(sock: &std::path::Path, lines: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crlf_in_ampdp_recipient_or_requested_by_forged_a_log_line_and_a_rcpt() {
-    let tmp = peers::private_dir("names-");
+    let tmp = util::daemon_dir("names-");
     let sock = tmp.path().join("amavisd.sock");
     let sink = Capture::start().await;
     let port = peers::free_port();

@@ -614,7 +614,9 @@ async fn release_notify_from_a_quarantine_file_injected_smtp_commands() {
 }
 
 /// `postsift run` as a child in a mount namespace of its own, where `msgs` is a tmpfs mounted
-/// with `mount_opts`. Returns the child and its SMTP address.
+/// with `mount_opts` (owned by the daemon's user), run as that user once mounted
+/// ([`util::daemon_argv`]; `tmp` is a [`util::daemon_dir`]). Returns the child and its SMTP
+/// address.
 fn run_with_msgs_mount(
     tmp: &Path,
     toml: &str,
@@ -628,13 +630,20 @@ fn run_with_msgs_mount(
     peers::write_file(&cfg, toml);
     let msgs = tmp.join("q/msgs");
     std::fs::create_dir_all(&msgs).unwrap();
-    let child = Command::new("unshare")
+    util::give_to_daemon(&tmp.join("q"));
+    let (uid, gid) = util::daemon_ids();
+    let daemon: Vec<String> = util::daemon_argv(&cfg)
+        .iter()
+        .map(|a| format!("'{}'", a.to_str().unwrap()))
+        .collect();
+    let mut unshare = Command::new("unshare");
+    util::with_daemon_umask(&mut unshare);
+    let child = unshare
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount -t tmpfs -o {mount_opts} postsift-test {} && exec {} run --config {}",
+            "mount -t tmpfs -o {mount_opts},uid={uid},gid={gid},mode=0700 postsift-test {} && exec {}",
             msgs.display(),
-            env!("CARGO_BIN_EXE_postsift"),
-            cfg.display()
+            daemon.join(" ")
         ))
         .stderr(Stdio::null())
         .spawn()
@@ -660,7 +669,7 @@ fn child_msgs(pid: u32, tmp: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_fails_is_a_tempfail_and_keeps_nothing() {
     for (case, opts) in [("read-only", "ro,size=1m"), ("full", "size=64k")] {
-        let tmp = peers::private_dir("quarantine-");
+        let tmp = util::daemon_dir("quarantine-");
         let sink = Capture::start().await;
         let toml = qconfig(
             &tmp.path().join("q"),
@@ -729,7 +738,7 @@ async fn a_store_that_fails_is_a_tempfail_and_keeps_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
-    let tmp = peers::private_dir("quarantine-");
+    let tmp = util::daemon_dir("quarantine-");
     let dir = tmp.path().join("q");
     let sink = Capture::start().await;
     let port = peers::free_port();
@@ -758,9 +767,7 @@ async fn kill_9_during_a_store_leaves_no_entry_and_no_250() {
     };
     let mut caught = false;
     for attempt in 0..5 {
-        let mut child = util::postsift_cmd()
-            .args(["run", "--config"])
-            .arg(&cfg)
+        let mut child = util::daemon_cmd(&cfg)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();

@@ -43,12 +43,10 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts on `toml` and waits until `first` (a `server.listen` port) accepts.
     pub(crate) async fn start(toml: &str, first: u16) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = util::daemon_dir("reload-");
         let config = dir.path().join("postsift.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postsift"))
-            .args(["run", "--config"])
-            .arg(&config)
+        let mut child = Command::from(util::daemon_cmd(&config))
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -76,7 +74,7 @@ impl Daemon {
         std::fs::write(&self.config, toml).unwrap();
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id().expect("daemon exited") as i32
     }
 
@@ -365,7 +363,7 @@ fn killed_by(mut child: std::process::Child) -> Option<i32> {
 async fn reload_command_checks_the_config_then_signals_the_pid_file() {
     let (old_sink, new_sink) = (Capture::start().await, Capture::start().await);
     let port = peers::free_port();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = util::daemon_dir("reload-");
     let pid_file = dir.path().join("postsift.pid");
     let server = format!("pid_file = \"{}\"\n", pid_file.display());
 
@@ -442,7 +440,7 @@ async fn reload_command_checks_the_config_then_signals_the_pid_file() {
 async fn sighup_reads_the_dkim_keys_again_and_a_bad_one_keeps_the_old() {
     let sink = Capture::start().await;
     let port = peers::free_port();
-    let keys = tempfile::tempdir().unwrap();
+    let keys = util::daemon_dir("keys-");
     let genkey = |selector: &str| {
         let out = keys.path().join(format!("{selector}.pem"));
         let st = util::postsift_cmd()
@@ -459,6 +457,8 @@ async fn sighup_reads_the_dkim_keys_again_and_a_bad_one_keeps_the_old() {
             .output()
             .unwrap();
         assert!(st.status.success(), "{st:?}");
+        // Made by root (as an administrator would), 0600: readable by the daemon once its own.
+        util::give_to_daemon(&out);
         out
     };
     let (a, b) = (genkey("a"), genkey("b"));
@@ -468,6 +468,7 @@ async fn sighup_reads_the_dkim_keys_again_and_a_bad_one_keeps_the_old() {
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
+    util::give_to_daemon(&junk);
     let toml = |selector: &str, key: &Path| {
         cfg(
             &[port],

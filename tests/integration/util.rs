@@ -1,8 +1,9 @@
 //! Starting postsift in-process on 127.0.0.1:0 with a config written for the test (as text with
 //! [`config`], or key by key with [`test_config`]), the clamd, spamd and rspamd that all tests
 //! share (started once; a `static` is never dropped: the harness stops them when the test binary
-//! exits, see `peers::PeerProcess`), and the one runner of the `postsift` binary
-//! ([`postsift_cmd`], [`postsift_out`], [`postsift`]).
+//! exits, see `peers::PeerProcess`), the one runner of the `postsift` binary
+//! ([`postsift_cmd`], [`postsift_out`], [`postsift`]), and the daemon spawned as an ordinary
+//! user ([`daemon_cmd`] in a [`daemon_dir`]).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -137,6 +138,108 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// The `postsift` binary under test, as a command to add arguments to.
 pub fn postsift_cmd() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_postsift"))
+}
+
+/// The ordinary user and group the spawned daemon (`postsift run`) runs as, as scripts/demo.sh
+/// runs it and the package's unit runs it as `_postsift`. The CLI an administrator runs
+/// (check-config, quarantine, greylist, dkim, reload) runs as the test process (root).
+pub const DAEMON_USER: &str = "nobody";
+pub const DAEMON_GROUP: &str = "nogroup";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// (uid, gid) the spawned daemon runs as: [`DAEMON_USER`]'s and [`DAEMON_GROUP`]'s when the
+/// tests run as root, the test process's own otherwise (already an ordinary user).
+pub fn daemon_ids() -> (u32, u32) {
+    if !is_root() {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        return unsafe { (libc::getuid(), libc::getgid()) };
+    }
+    let user = std::ffi::CString::new(DAEMON_USER).unwrap();
+    let group = std::ffi::CString::new(DAEMON_GROUP).unwrap();
+    // SAFETY: NUL-terminated names; the returned entries are read at once, before any other
+    // getpw*/getgr* call.
+    unsafe {
+        let pw = libc::getpwnam(user.as_ptr());
+        let gr = libc::getgrnam(group.as_ptr());
+        assert!(
+            !pw.is_null() && !gr.is_null(),
+            "no user {DAEMON_USER} or group {DAEMON_GROUP}"
+        );
+        ((*pw).pw_uid, (*gr).gr_gid)
+    }
+}
+
+/// The command line of `postsift run --config <config>` as an ordinary user: under root,
+/// `setpriv` to [`DAEMON_USER`]:[`DAEMON_GROUP`] with no supplementary groups, no capabilities
+/// (inheritable and bounding sets cleared) and no new privileges, which execs postsift (the
+/// same pid); otherwise the binary itself. Everything the daemon reads and writes must be
+/// reachable by that user: put it in a [`daemon_dir`].
+pub fn daemon_argv(config: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if is_root() {
+        argv.push("setpriv".into());
+        argv.push(format!("--reuid={DAEMON_USER}").into());
+        argv.push(format!("--regid={DAEMON_GROUP}").into());
+        for a in [
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ] {
+            argv.push(a.into());
+        }
+    }
+    argv.push(env!("CARGO_BIN_EXE_postsift").into());
+    for a in ["run", "--config"] {
+        argv.push(a.into());
+    }
+    argv.push(config.into());
+    argv
+}
+
+/// Gives `cmd` the umask 0077 (the unit's `UMask=`), whatever the test process's.
+pub fn with_daemon_umask(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask(2) is async-signal-safe and only swaps the child's creation mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        })
+    }
+}
+
+/// `postsift run --config <config>` as an ordinary user ([`daemon_argv`]), umask 0077.
+pub fn daemon_cmd(config: &std::path::Path) -> std::process::Command {
+    let argv = daemon_argv(config);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    with_daemon_umask(&mut cmd);
+    cmd
+}
+
+/// A fresh dir for a spawned daemon's configuration and everything it writes (stores,
+/// quarantine, sockets, pid file): owned by the daemon's user ([`daemon_ids`]), mode 0700, as
+/// the package's `/var/lib/postsift`. The test process, root, still reads and writes in it.
+pub fn daemon_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = peers::private_dir(prefix);
+    let (uid, gid) = daemon_ids();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
+    peers::chmod(dir.path(), 0o700);
+    dir
+}
+
+/// Gives `path` to the daemon's user (a key or file an administrator made as root for it).
+pub fn give_to_daemon(path: &std::path::Path) {
+    let (uid, gid) = daemon_ids();
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 /// Runs the binary with `args`: (exit code, -1 if a signal ended it; stdout; stderr).

@@ -20,7 +20,21 @@ pub enum Action {
 pub fn greylist(config: &Config, action: Action) -> anyhow::Result<()> {
     use postsift::greylist::store::{Entry, Location, Store};
     let g = &config.greylist;
-    let location = Location::parse(&g.store);
+    let mut location = Location::parse(&g.store);
+    // A store that does not exist yet reads as an empty one, and is not created here: the
+    // daemon creates it, as its own user (run as root, this would make it root's, and the
+    // daemon run as `_postsift` could not open it).
+    let empty;
+    if matches!(&location, Location::Embedded(db) if !db.exists()) {
+        if matches!(action, Action::Whitelist { .. }) {
+            anyhow::bail!(
+                "greylist.store {}: no store there yet; `postsift run` creates it at start",
+                g.store
+            );
+        }
+        empty = tempfile::tempdir()?;
+        location = Location::Embedded(empty.path().join("greylist.db"));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -97,8 +97,18 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
     use postsift::escape;
     use postsift::quarantine::{release, show, Filter, Quarantine};
     let dir = &config.quarantine.dir;
+    // A quarantine that does not exist yet reads as an empty one, and is not created here: the
+    // daemon creates it, as its own user (run as root, this would make it root's, and the
+    // daemon run as `_postsift` could not open it).
+    let empty;
+    let open = if dir.join("index.db").exists() {
+        dir.as_path()
+    } else {
+        empty = tempfile::tempdir()?;
+        empty.path()
+    };
     let q = std::sync::Arc::new(
-        Quarantine::open(dir).with_context(|| format!("quarantine.dir {}", dir.display()))?,
+        Quarantine::open(open).with_context(|| format!("quarantine.dir {}", dir.display()))?,
     );
     let now = chrono::Utc::now().timestamp();
     match action {

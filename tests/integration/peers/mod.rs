@@ -6,11 +6,13 @@
 //! client pieces both test clients share ([`dot_stuff`], [`reply_line`]) and a small blocking
 //! client ([`SmtpClient`], [`smtp_send`]), in smtp.rs.
 //!
-//! Nothing here touches /etc/postfix or a system-wide daemon. Tests are expected to run as root
-//! inside a loopback-only network namespace (`ip netns exec <ns> cargo test`): only root may run
-//! `postfix -c <dir>` for a config dir that the default main.cf does not list in
-//! `alternate_config_directories` (and there is no default main.cf here), and spamd needs root to
-//! switch its children to `nobody`. Temp dirs live under `/tmp/postsift-test/` (mode 0755, override
+//! Nothing here touches /etc/postfix or a system-wide daemon. Tests run inside a loopback-only
+//! network namespace; `scripts/test.sh` runs them as `nobody`, and as root only those in its
+//! `ROOT_TESTS`: only root may run `postfix -c <dir>` for a config dir that the default main.cf
+//! does not list in `alternate_config_directories` (and there is no default main.cf here), so
+//! [`Postfix::start`] refuses to start without root. Every other peer runs as the test's user
+//! (spamd switches its children to `nobody` only when started as root; rspamd runs its workers
+//! as `_rspamd` only then). Temp dirs live under `/tmp/postsift-test/` (mode 0755, override
 //! with `POSTSIFT_TEST_TMP`) so that `nobody` (spamd children) and `postfix` (Postfix daemons) can
 //! reach them; keep that path short (a unix socket path has at most 107 bytes). Set
 //! `POSTSIFT_KEEP_TEST_DIRS=1` to keep the temp dirs (configs, logs, queues) for a post-mortem.

@@ -76,6 +76,12 @@ impl Postfix {
     /// master detaches itself (its own session and process group, pgid = its pid) and switches
     /// user ids, so no parent-death signal can reach it: its [`PeerProcess`] adopts that process group.
     pub fn start(opts: PostfixOpts) -> Postfix {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the Postfix peer needs root (`postfix -c DIR start`): add this test to ROOT_TESTS \
+             in scripts/test.sh, which runs the others as an ordinary user"
+        );
         retry_if_port_taken("Postfix", || Postfix::try_start(&opts))
     }
 

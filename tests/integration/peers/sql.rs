@@ -30,8 +30,19 @@ pub struct SqlServer {
     data: PathBuf,
 }
 
-/// (uid, gid) of a system user, from /etc/passwd.
+/// Whether the tests run as root (then the servers run as their Debian users; otherwise, as
+/// scripts/test.sh runs most tests, as the test's own user).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// (uid, gid) of a system user, from /etc/passwd; the test's own when it is not root.
 fn user_ids(name: &str) -> (u32, u32) {
+    if !is_root() {
+        // SAFETY: getegid/geteuid have no preconditions.
+        return unsafe { (libc::geteuid(), libc::getegid()) };
+    }
     let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
@@ -99,7 +110,8 @@ impl SqlServer {
                     Command::new("mariadb-install-db")
                         .arg("--no-defaults")
                         .arg(format!("--datadir={}", data.display()))
-                        .args(["--user=mysql", "--auth-root-authentication-method=normal"])
+                        .args(is_root().then_some("--user=mysql"))
+                        .arg("--auth-root-authentication-method=normal")
                         .arg("--skip-test-db"),
                     "mariadb-install-db",
                 );
@@ -168,7 +180,8 @@ impl SqlServer {
                         "--pid-file={}",
                         self.data.join("mariadb.pid").display()
                     ))
-                    .args(["--user=mysql", "--skip-name-resolve", "--skip-log-bin"])
+                    .args(is_root().then_some("--user=mysql"))
+                    .args(["--skip-name-resolve", "--skip-log-bin"])
                     .args([
                         "--innodb-flush-log-at-trx-commit=0",
                         "--innodb-buffer-pool-size=32M",
