@@ -351,8 +351,12 @@ impl Scanners {
         // The whole message, read from the spool once for the MIME walk and mail
         // authentication together, by whichever asks first.
         let whole = tokio::sync::OnceCell::new();
-        let read_whole =
-            || whole.get_or_init(|| async { msg.read_all().map_err(|e| e.to_string()) });
+        let read_whole = || {
+            whole.get_or_init(|| async {
+                msg.read_all_within(self.budget.as_ref())
+                    .map_err(|e| (e.kind(), e.to_string()))
+            })
+        };
         let virus = async {
             let start = Instant::now();
             let walk = self.walk(msg, read_whole).await;
@@ -416,7 +420,7 @@ impl Scanners {
             }
             match read_whole().await {
                 Ok(raw) => Some(checker.check(raw, &env.client, metrics).await),
-                Err(e) => {
+                Err((_, e)) => {
                     tracing::warn!("mail authentication not run: reading the spool: {e}");
                     None
                 }
@@ -475,7 +479,7 @@ impl Scanners {
         read_whole: impl FnOnce() -> F,
     ) -> Result<Option<parts::Walk>, Failure>
     where
-        F: std::future::Future<Output = &'a Result<bytes::Bytes, String>>,
+        F: std::future::Future<Output = &'a Result<bytes::Bytes, (std::io::ErrorKind, String)>>,
     {
         let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
@@ -500,10 +504,26 @@ impl Scanners {
             cancel: Some(cancel.0.clone()),
             budget: self.budget.clone(),
         };
-        let raw = read_whole()
-            .await
-            .clone()
-            .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
+        let raw = match read_whole().await {
+            Ok(raw) => raw.clone(),
+            // The copy walked is taken from server.max_memory, as the decoders' windows are:
+            // without it, the message is tempfailed (452 4.3.1), not walked outside the budget.
+            Err((std::io::ErrorKind::OutOfMemory, e)) => {
+                return Ok(Some(parts::Walk {
+                    limit: Some(parts::Stop {
+                        kind: parts::LimitKind::Memory,
+                        detail: format!("reading the message for the MIME walk: {e}"),
+                    }),
+                    ..Default::default()
+                }))
+            }
+            Err((_, e)) => {
+                return Err(Failure::new(
+                    FailureKind::Protocol,
+                    format!("reading the spool: {e}"),
+                ))
+            }
+        };
         // CPU work on up to max_message_size bytes (and archives decompressed up to
         // max_decoded_bytes): off the async threads, unless the message is small enough and
         // holds no archive, so that the thread hand-off would cost more than the walk.

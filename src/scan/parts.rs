@@ -556,8 +556,21 @@ pub fn walk_with(
     // mail-parser builds (and drops, and copies an encoded one) a nested message/rfc822
     // recursively: thousands deep overflow the stack, which no catch_unwind catches. Past
     // MAX_NESTED_MESSAGES possible nestings the tree is not built at all.
-    let nested = nested_messages(raw);
-    if nested > MAX_NESTED_MESSAGES {
+    let most = limits.max_parts.saturating_mul(TREE_PARTS_FACTOR);
+    let shape = shape(raw, most);
+    let nested = shape.messages;
+    if shape.delimiters > most {
+        // Every leaf part but the first follows a boundary line: far more of them than
+        // max_parts, and the tree (each part holding its headers: 100,000 parts peaked at
+        // 57 MiB) is not built only to be cut at max_parts.
+        w.stop(
+            LimitKind::Parts,
+            format!(
+                "more than {most} parts ({TREE_PARTS_FACTOR} × parts.max_parts): \
+                 MIME structure not parsed"
+            ),
+        );
+    } else if nested > MAX_NESTED_MESSAGES {
         w.stop(
             LimitKind::Depth,
             format!(
@@ -568,27 +581,13 @@ pub fn walk_with(
     } else {
         // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
         // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
-        let tree = || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut c = new();
-                if let Some(m) = MessageParser::default().parse(raw) {
-                    c.tree(&m, raw, 0);
-                }
-                c
-            }))
-        };
-        // With nested messages, on a thread whose stack is known to hold MAX_NESTED_MESSAGES
-        // levels (the caller's may be a 2 MiB tokio thread); without, where it is.
-        let tree = match nested {
-            0 => Ok(tree()),
-            _ => std::thread::scope(|s| {
-                std::thread::Builder::new()
-                    .name("mime-parse".into())
-                    .stack_size(PARSER_STACK)
-                    .spawn_scoped(s, tree)
-                    .map(|t| t.join().unwrap_or_else(Err))
-            }),
-        };
+        let tree = parse_nested(raw, nested, |m| {
+            let mut c = new();
+            if let Some(m) = m {
+                c.tree(&m, raw, 0);
+            }
+            c
+        });
         match tree {
             Ok(Ok(c)) => w = c,
             Ok(Err(_)) => w.walk.parser_failed = true,
@@ -613,6 +612,53 @@ pub fn walk_with(
     match w.error {
         Some(e) => Err(e),
         None => Ok(Some(w.walk)),
+    }
+}
+
+/// mail-parser run on `raw` as the walk runs it, for `f` to read the result (None: nothing
+/// parsed): not at all past [`MAX_NESTED_MESSAGES`] possible nested messages (`Ok(Err)`
+/// with the reason; mail-parser would recurse into them and overflow the stack), on a thread
+/// with a [`PARSER_STACK`] stack when the message nests any, and with a panic of
+/// mail-parser's caught (`Ok(Err)` too). Err only when that thread could not be started.
+/// `postsift quarantine show` parses through it, as the walk does.
+pub fn parse_guarded<T: Send>(
+    raw: &[u8],
+    f: impl FnOnce(Option<mail_parser::Message<'_>>) -> T + Send,
+) -> io::Result<Result<T, String>> {
+    let nested = nested_messages(raw);
+    if nested > MAX_NESTED_MESSAGES {
+        return Ok(Err(format!(
+            "more than {MAX_NESTED_MESSAGES} nested message/rfc822 or digest parts: \
+             MIME structure not parsed"
+        )));
+    }
+    Ok(parse_nested(raw, nested, f)?.map_err(|_| "mail-parser failed on this message".into()))
+}
+
+/// [`parse_guarded`] once the nesting is counted (`nested`, at most [`MAX_NESTED_MESSAGES`]).
+fn parse_nested<T: Send>(
+    raw: &[u8],
+    nested: usize,
+    f: impl FnOnce(Option<mail_parser::Message<'_>>) -> T + Send,
+) -> io::Result<std::thread::Result<T>> {
+    // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
+    // mail: "Invalid part ID").
+    let run = || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(MessageParser::default().parse(raw))
+        }))
+    };
+    // With nested messages, on a thread whose stack is known to hold MAX_NESTED_MESSAGES
+    // levels (the caller's may be a 2 MiB tokio thread); without, where it is.
+    match nested {
+        0 => Ok(run()),
+        _ => std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("mime-parse".into())
+                .stack_size(PARSER_STACK)
+                .spawn_scoped(s, run)
+                .map(|t| t.join().unwrap_or_else(Err))
+        }),
     }
 }
 
@@ -1366,6 +1412,11 @@ pub const MAX_RATIO: u64 = 100;
 /// [`nested_messages`]), on a thread with a [`PARSER_STACK`] stack.
 pub const MAX_NESTED_MESSAGES: usize = 1000;
 
+/// A message whose boundary lines announce more than this many times `max_parts` leaf parts
+/// is not parsed into a tree (see [`shape`]); below, the tree is built and the walk stops at
+/// `max_parts` itself, keeping the first parts.
+pub const TREE_PARTS_FACTOR: usize = 10;
+
 /// The stack mail-parser runs on when a message nests messages: 1,000 levels fit with room
 /// to spare in a debug build (a 2 MiB stack does not hold them); only the pages used are
 /// touched.
@@ -1682,14 +1733,90 @@ fn raw_blocks(raw: &[u8], w: &mut Collector) {
 /// would (base64 through padding and white space; quoted-printable), three encodings deep as
 /// mail-parser goes. Counting stops past [`MAX_NESTED_MESSAGES`].
 pub fn nested_messages(raw: &[u8]) -> usize {
-    nested_at(raw, 0)
+    shape(raw, usize::MAX).messages
+}
+
+/// What mail-parser could build from a message, at most (see [`shape`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// message/rfc822 (or digest) parts it could nest ([`nested_messages`]).
+    pub messages: usize,
+    /// Boundary lines (lines that start `--` and go on), in the message and in the
+    /// transfer-encoded bodies it would parse as messages: every MIME part but the first
+    /// follows one, so a message with at most `max_parts` of them cannot build more parts.
+    pub delimiters: usize,
+}
+
+/// [`nested_messages`] and the boundary lines, read in one pass before mail-parser runs, so
+/// that a tree of 100,000 parts (each holding its headers) is not built only to be cut at
+/// `max_parts`. Counting boundary lines stops past `max_delimiters`.
+pub fn shape(raw: &[u8], max_delimiters: usize) -> Shape {
+    let mut s = Shape::default();
+    shape_at(raw, 0, max_delimiters, &mut s);
+    s
+}
+
+/// Boundary lines that open a leaf part: lines that start `--` and go on (a boundary needs a
+/// character), not closing ones (ending `--`), and not followed by a header section that
+/// declares a multipart (a container is not counted against `max_parts`: a multipart nested
+/// 100,000 deep holding one text is walked). Counting stops just past `max`. Each header
+/// section is read up to the next `--` line at most, so the whole costs one pass.
+fn delimiter_lines(raw: &[u8], max: usize) -> usize {
+    let mut n = 0;
+    let mut lines = std::iter::once(0)
+        .filter(|_| raw.starts_with(b"--"))
+        .chain(memchr::memmem::find_iter(raw, b"\n--").map(|i| i + 1))
+        .peekable();
+    while let Some(at) = lines.next() {
+        let line_end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |i| at + i + 1);
+        let line = raw[at..line_end].trim_ascii_end();
+        if line.len() < 3
+            || line[2].is_ascii_whitespace()
+            || (line.len() > 3 && line.ends_with(b"--"))
+        {
+            continue;
+        }
+        let next = lines.peek().copied().unwrap_or(raw.len()).max(line_end);
+        let header = &raw[line_end..next];
+        let blank = [&b"\n\r\n"[..], b"\n\n"]
+            .iter()
+            .filter_map(|b| memchr::memmem::find(header, b))
+            .min();
+        let header = &header[..blank.unwrap_or(header.len())];
+        if find_ci(header, b"multipart") {
+            continue;
+        }
+        n += 1;
+        if n > max {
+            break;
+        }
+    }
+    n
 }
 
 /// mail-parser parses a transfer-encoded message/rfc822 body from its decoded copy, this
 /// many encodings deep (its MAX_NESTED_ENCODED).
 const ENCODED_LEVELS: usize = 3;
 
-fn nested_at(raw: &[u8], level: usize) -> usize {
+fn shape_at(raw: &[u8], level: usize, max_delimiters: usize, s: &mut Shape) {
+    // Without a multipart type, no boundary is looked for.
+    if s.delimiters <= max_delimiters && find_ci(raw, b"multipart") {
+        s.delimiters += delimiter_lines(raw, max_delimiters - s.delimiters);
+    }
+    let mut delimiters = s.delimiters;
+    s.messages += nested_at(raw, level, &mut |decoded, level| {
+        let mut inner = Shape {
+            delimiters,
+            messages: 0,
+        };
+        shape_at(decoded, level, max_delimiters, &mut inner);
+        delimiters = inner.delimiters;
+        inner.messages
+    });
+    s.delimiters = delimiters;
+}
+
+fn nested_at(raw: &[u8], level: usize, inner: &mut dyn FnMut(&[u8], usize) -> usize) -> usize {
     let mut n = message_tokens(raw);
     if find_ci(raw, b"digest") {
         n += raw
@@ -1714,7 +1841,7 @@ fn nested_at(raw: &[u8], level: usize) -> usize {
         match (b64_line(line.strip_suffix(b"\n").unwrap_or(line)), start) {
             (true, None) => start = Some(at),
             (false, Some(s)) => {
-                n += nested_at(&base64_through(&raw[s..at]), level + 1);
+                n += inner(&base64_through(&raw[s..at]), level + 1);
                 start = None;
             }
             _ => {}
@@ -1725,10 +1852,10 @@ fn nested_at(raw: &[u8], level: usize) -> usize {
         at = end;
     }
     if let Some(s) = start {
-        n += nested_at(&base64_through(&raw[s..]), level + 1);
+        n += inner(&base64_through(&raw[s..]), level + 1);
     }
     if n <= MAX_NESTED_MESSAGES && find_ci(raw, b"quoted-printable") {
-        n += nested_at(&qp_lenient(raw), level + 1);
+        n += inner(&qp_lenient(raw), level + 1);
     }
     n
 }
@@ -1996,6 +2123,36 @@ mod tests {
         let raw = hostile::nested_multipart(100_000);
         let w = on_small_stack(move || walk(&raw, &LIMITS));
         assert!(w.parts.iter().any(|p| data(p) == b"hello"), "{:?}", w.limit);
+    }
+
+    /// Issue 16: 100,000 parts were built into mail-parser's tree (each holding its headers;
+    /// 57 MiB of peak RSS for one 1 MB message) before max_parts cut the walk. The pre-scan
+    /// counts the boundary lines that open leaf parts, and the tree is not built past
+    /// max_parts: UNCHECKED (reason parts), as when the walk counts them.
+    #[test]
+    fn a_message_of_100000_parts_is_not_parsed_into_a_tree() {
+        let mut raw =
+            b"Subject: many\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        for i in 0..100_000 {
+            raw.extend_from_slice(
+                format!("--b\r\nContent-Type: text/plain\r\n\r\n{i}\r\n").as_bytes(),
+            );
+        }
+        raw.extend_from_slice(b"--b--\r\n");
+        assert_eq!(shape(&raw, 1000).delimiters, 1001);
+        let w = walk(&raw, &LIMITS);
+        let stop = w.limit.expect("too many parts");
+        assert_eq!(stop.kind, LimitKind::Parts);
+        assert!(stop.detail.contains("not parsed"), "{stop}");
+        // Containers are not counted: a multipart nested 100 deep around one text is walked.
+        assert_eq!(shape(&hostile::nested_multipart(100), 100).delimiters, 1);
+        // Nor closing lines, signature lines, or boundary-like lines in a plain text.
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhi\r\n-- \r\nme\r\n--b--\r\n";
+        assert_eq!(shape(raw, 100).delimiters, 1);
+        assert_eq!(
+            shape(b"Subject: x\r\n\r\n--a\r\n--b\r\n", 100).delimiters,
+            0
+        );
     }
 
     #[test]
