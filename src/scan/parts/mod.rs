@@ -46,7 +46,8 @@
 //! its first bytes, `contains` (OOXML and VBA markers) streams the whole file in 64 KiB
 //! pieces, and clamd is sent the file as a stream (see [`Contents`]). Two things still live in
 //! memory whole: the message itself (mail-parser borrows from it; `max_message_size` bounds
-//! it) and the window of an xz or 7z decoder, which grows with its output up to the dictionary
+//! it; the copy of a spooled message is taken from `server.max_memory`, see
+//! `Message::read_all_within`) and the window of an xz or 7z decoder, which grows with its output up to the dictionary
 //! size (64 MiB at most, as `xz -9` writes it; a stream asking for more is not opened).
 //!
 //! Identical decoded contents are kept once. Limits (parts, decoded bytes, nesting, expansion
