@@ -231,6 +231,12 @@ pub struct Scanners {
     budget: Option<Arc<crate::message::Budget>>,
 }
 
+tokio::task_local! {
+    /// Set by the SMTP session when its client closes the connection while the message is
+    /// processed: the MIME walk stops at its next check, as when the session ends.
+    pub static CLIENT_GONE: Arc<AtomicBool>;
+}
+
 /// Sets its flag when dropped: the MIME walk of a session that ended stops.
 struct CancelOnDrop(Arc<AtomicBool>);
 
@@ -499,7 +505,11 @@ impl Scanners {
         let limits = *limits;
         // The walk stops when this future is dropped (the session ended: client gone,
         // shutdown), not only at max_walk_time.
-        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let cancel = CancelOnDrop(
+            CLIENT_GONE
+                .try_with(Arc::clone)
+                .unwrap_or_else(|_| Arc::new(AtomicBool::new(false))),
+        );
         let ctl = parts::Control {
             cancel: Some(cancel.0.clone()),
             budget: self.budget.clone(),
