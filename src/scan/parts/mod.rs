@@ -296,6 +296,7 @@ pub fn walk_with(
     // MAX_NESTED_MESSAGES possible nestings the tree is not built at all.
     let most = limits.max_parts.saturating_mul(TREE_PARTS_FACTOR);
     let shape = shape(raw, most);
+    let mut tree_memory = crate::message::MemoryHold::new(ctl.budget.clone());
     let nested = shape.messages;
     if shape.delimiters > most {
         // Every leaf part but the first follows a boundary line: far more of them than
@@ -316,6 +317,10 @@ pub fn walk_with(
                  MIME structure not parsed"
             ),
         );
+    } else if let Err(e) = tree_memory.grow_to(shape.tree_memory()) {
+        // The tree is taken from server.max_memory like the decoders' windows: a multipart
+        // nested 30,000 deep holds about 60 MiB as mail-parser's tree.
+        w.stop(LimitKind::Memory, format!("MIME tree: {e}"));
     } else {
         // mail-parser 0.11 panics on some real messages (e.g. SpamAssassin's nice-mime9 test
         // mail: "Invalid part ID"); such a message keeps the structure-blind reading below.
@@ -332,6 +337,7 @@ pub fn walk_with(
             Err(e) => w.fail(e),
         }
     }
+    drop(tree_memory);
     raw_blocks(raw, &mut w);
     // Archives found so far, and archives among their members, in turn (a zip in a .tar.gz).
     let mut i = 0;

@@ -1007,3 +1007,35 @@ fn a_spilled_zip_is_listed_from_its_file() {
     assert!(has(&w, "last.txt", &["zip"], b"the last member"));
     assert!(w.memory() <= 65_536, "{}", w.memory());
 }
+
+/// Issue 16: a multipart nested 30,000 deep (2 MB) held about 60 MiB as mail-parser's tree,
+/// outside server.max_memory (the biggest of the hostile kinds walked alone). The tree's
+/// memory, estimated from the pre-scan, is taken from the budget while it lives: a budget that
+/// cannot give it stops the walk (452 4.3.1), one that can gets it back afterwards.
+#[test]
+fn a_deeply_nested_multiparts_tree_is_taken_from_the_budget() {
+    let raw = hostile::nested_multipart(30_000);
+    let s = shape(&raw, usize::MAX);
+    assert_eq!((s.containers, s.delimiters), (29_999, 1));
+    assert!(s.tree_memory() >= 50 << 20, "{}", s.tree_memory());
+    let walk_within = |budget: &Arc<crate::message::Budget>| {
+        let ctl = Control {
+            cancel: None,
+            budget: Some(budget.clone()),
+        };
+        let raw = raw.clone();
+        on_small_stack(move || {
+            walk_with(&raw, &LIMITS, &std::env::temp_dir(), &ctl, true)
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let small = crate::message::Budget::new(16 << 20, 10);
+    let w = walk_within(&small);
+    assert_eq!(limit(&w), Some(LimitKind::Memory), "{:?}", w.limit);
+    assert_eq!(small.memory(), 0);
+    let big = crate::message::Budget::new(128 << 20, 10);
+    let w = walk_within(&big);
+    assert!(w.parts.iter().any(|p| data(p) == b"hello"), "{:?}", w.limit);
+    assert_eq!(big.memory(), 0);
+}
