@@ -1039,3 +1039,20 @@ fn a_deeply_nested_multiparts_tree_is_taken_from_the_budget() {
     assert!(w.parts.iter().any(|p| data(p) == b"hello"), "{:?}", w.limit);
     assert_eq!(big.memory(), 0);
 }
+
+/// Issue 16 (4.): the 7z counterpart of the xz case, a PE in a 7z whose header asks for a
+/// 4 GiB dictionary. The LZMA2 decoder's window grows with its output (taken from the budget
+/// as it grows), so such a 7z is opened and its member judged, never passed as clean unread.
+#[test]
+fn a_7z_asking_for_a_4_gib_dictionary_is_opened_not_called_clean() {
+    let z = hostile::sevenz_big_dictionary("setup.exe", b"MZ\x90\x00 a program");
+    let w = walk(&hostile::mail_with("tools.7z", &z), &LIMITS);
+    assert_eq!(w.limit, None);
+    let p = w
+        .parts
+        .iter()
+        .find(|p| data(p) == b"MZ\x90\x00 a program")
+        .expect("the member read");
+    assert_eq!(p.name.as_deref(), Some("setup.exe"));
+    assert_eq!(p.containers, ["7z"]);
+}
