@@ -5,7 +5,7 @@
 //! hyper is already here for the metrics endpoint. rspamd's SPAMC-compatible port is not used:
 //! it always answers `Spam: False` with the reject threshold and no symbol scores.
 
-use crate::scan::FailureKind;
+use crate::scan::outcome::FailureKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

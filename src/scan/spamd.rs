@@ -2,7 +2,7 @@
 //! REPORT, and the answer becomes a score, spamd's own verdict and the rules that fired.
 //! Endpoints are tried in order only while connecting, so a message is never scanned twice.
 
-use crate::scan::FailureKind;
+use crate::scan::outcome::FailureKind;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
-pub use super::SpamResult;
+pub use super::outcome::SpamResult;
 
 /// A REPORT answer is a few KiB; a peer sending this much is not spamd, and reading on would
 /// only spend memory.
