@@ -252,6 +252,18 @@ impl MemoryHold {
     }
 }
 
+/// A copy of a message and the budget it was taken from (see [`Message::read_all_within`]).
+struct HeldCopy {
+    data: Vec<u8>,
+    _hold: MemoryHold,
+}
+
+impl AsRef<[u8]> for HeldCopy {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// One spool's share of a [`Budget`]; returned on drop. Without a budget it counts nothing.
 #[derive(Debug, Default)]
 struct Held {
@@ -523,6 +535,27 @@ impl Message {
         Ok(out.into())
     }
 
+    /// [`Message::read_all`] for the MIME walk and mail authentication: a copy of a spooled
+    /// message is taken from `budget` (`server.max_memory`) before it is read, and given back
+    /// when the last clone of it is dropped (a walk on another thread may outlive the session).
+    /// Err (`OutOfMemory`) when the budget cannot give it: the caller answers `452 4.3.1`.
+    pub fn read_all_within(&self, budget: Option<&Arc<Budget>>) -> io::Result<Bytes> {
+        if self.tail.is_none() {
+            return Ok(self.head.clone());
+        }
+        let mut hold = MemoryHold::new(budget.cloned());
+        hold.grow_to(self.len as usize)?;
+        let mut out = Vec::with_capacity(self.len as usize);
+        self.for_each_chunk(0, u64::MAX, |c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(Bytes::from_owner(HeldCopy {
+            data: out,
+            _hold: hold,
+        }))
+    }
+
     /// At most `max` bytes from the start, cut after the last complete line: what spamd is sent
     /// (amavis truncates the same way rather than skipping big messages).
     pub fn prefix_for_spam_check(&self, max: usize) -> io::Result<Vec<u8>> {
@@ -636,6 +669,31 @@ mod tests {
             collect(&m, 0),
             b"Subject: x\r\n\r\nhello world, this is long\r\n"
         );
+    }
+
+    /// Issue 16: the whole-message copy the MIME walk reads from the spool was outside
+    /// server.max_memory (64 hostile messages at once: 273 MiB against 192). It is taken from
+    /// the budget while any clone of it lives, and refused when the budget cannot give it.
+    #[test]
+    fn the_walks_copy_of_a_spooled_message_is_taken_from_the_budget() {
+        let dir = std::env::temp_dir();
+        let mut s = Spool::new(10, 1 << 20, &dir);
+        let data = b"Subject: x\r\n\r\nhello world, this is long\r\n";
+        s.write(data).unwrap();
+        let m = s.finish().unwrap();
+        let budget = Budget::new(1000, 10);
+        let copy = m.read_all_within(Some(&budget)).unwrap();
+        assert_eq!(&copy[..], &data[..]);
+        assert_eq!(budget.memory(), data.len());
+        let clone = copy.slice(2..);
+        drop(copy);
+        assert_eq!(budget.memory(), data.len());
+        drop(clone);
+        assert_eq!(budget.memory(), 0);
+        let small = Budget::new(data.len() - 1, 10);
+        let e = m.read_all_within(Some(&small)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+        assert_eq!(small.memory(), 0);
     }
 
     /// Feeds `data` to a spool in pieces of `split` bytes.

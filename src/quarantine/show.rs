@@ -3,7 +3,7 @@
 //! loaded, nothing fetched), the attachments by name, type and size — every control character
 //! escaped, so no byte of a hostile message reaches the terminal as an escape sequence.
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{MimeHeaders, PartType};
 
 /// Text shown of the body at most (bytes); `show --full` lifts it.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -28,10 +28,47 @@ pub fn render(raw: &[u8], limit: Option<usize>) -> String {
         &mut out,
     );
     out.push('\n');
-    let Some(m) = MessageParser::new().parse(raw) else {
-        out.push_str("[the message could not be parsed]\n");
-        return out;
+    // Parsed as the MIME walk parses (a message nesting 25,000 levels would overflow the
+    // stack in mail-parser and abort the command), the text and names taken on its thread.
+    let parsed = crate::scan::parts::parse_guarded(raw, |m| m.map(|m| contents(&m)));
+    let (text, attachments) = match parsed {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => {
+            out.push_str("[the message could not be parsed]\n");
+            return out;
+        }
+        Ok(Err(why)) => {
+            out.push_str(&format!("[the message could not be parsed: {why}]\n"));
+            return out;
+        }
+        Err(e) => {
+            out.push_str(&format!("[the message could not be parsed: {e}]\n"));
+            return out;
+        }
     };
+    let mut text = text;
+    let limit = limit.unwrap_or(usize::MAX);
+    if text.len() > limit {
+        let mut cut = limit;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n[… cut; --full shows all]");
+    }
+    lines(&text, &mut out);
+    if !attachments.is_empty() {
+        out.push_str("\nattachments (not opened):\n");
+        for a in attachments {
+            out.push_str(&a);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The body's text and the attachments' lines of a parsed message.
+fn contents(m: &mail_parser::Message<'_>) -> (String, Vec<String>) {
     let mut text = String::new();
     for i in 0.. {
         match m.body_text(i) {
@@ -44,16 +81,6 @@ pub fn render(raw: &[u8], limit: Option<usize>) -> String {
             None => break,
         }
     }
-    let limit = limit.unwrap_or(usize::MAX);
-    if text.len() > limit {
-        let mut cut = limit;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("\n[… cut; --full shows all]");
-    }
-    lines(&text, &mut out);
     let attachments: Vec<String> = m
         .attachments()
         .map(|a| {
@@ -77,14 +104,7 @@ pub fn render(raw: &[u8], limit: Option<usize>) -> String {
             )
         })
         .collect();
-    if !attachments.is_empty() {
-        out.push_str("\nattachments (not opened):\n");
-        for a in attachments {
-            out.push_str(&a);
-            out.push('\n');
-        }
-    }
-    out
+    (text, attachments)
 }
 
 #[cfg(test)]
@@ -110,5 +130,28 @@ mod tests {
             r.contains("a.exe (application/octet-stream, 4 bytes)"),
             "{r}"
         );
+    }
+
+    /// Issue 16: `quarantine show` parsed with mail-parser directly, without the walk's
+    /// nesting guard: a quarantined message nesting message/rfc822 25,000 deep overflowed the
+    /// stack and aborted the command. It shows the headers and says why it is not parsed.
+    #[test]
+    fn a_message_nested_25000_deep_is_shown_not_a_stack_overflow() {
+        let mut raw = b"Subject: deep\r\n".to_vec();
+        raw.extend(b"Content-Type: message/rfc822\r\n\r\n".repeat(25_000));
+        raw.extend_from_slice(b"Subject: innermost\r\n\r\nhello\r\n");
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || render(&raw, Some(BODY_LIMIT)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(r.starts_with("Subject: deep\n"), "{}", &r[..200]);
+        assert!(r.contains("MIME structure not parsed"), "{}", &r[..200]);
+        // Nested a little, it is parsed (on the parser's own thread) and shown.
+        let mut raw = b"Content-Type: message/rfc822\r\n\r\n".repeat(50);
+        raw.extend_from_slice(b"Subject: innermost\r\n\r\nhello\r\n");
+        let r = render(&raw, Some(BODY_LIMIT));
+        assert!(!r.contains("not parsed"), "{r}");
     }
 }

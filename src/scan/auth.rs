@@ -29,7 +29,7 @@ use mail_auth::{
 
 use crate::config::Config;
 use crate::dns::{self, Lookups, Resolver, View};
-pub use crate::scan::metrics::{AuthMetrics, AUTH_METHODS, AUTH_RESULTS};
+pub use crate::scan::auth_metrics::{AuthMetrics, AUTH_METHODS, AUTH_RESULTS};
 
 /// The rules postsift scores, with their default scores: a table of the configuration, since
 /// `[auth.scores]` names them.
@@ -345,55 +345,8 @@ impl Checker {
             let m = parsed.as_ref().filter(|_| self.dkim)?;
             Some(tokio::time::timeout_at(deadline, a.verify_dkim(cached(m, &dkim_views))).await)
         };
-        let arc = async {
-            let m = parsed.as_ref().filter(|_| self.arc)?;
-            let l = self.resolver.lookups(dm);
-            let v = Views::of(&l);
-            let out = tokio::time::timeout_at(deadline, a.verify_arc(cached(m, &v))).await;
-            Some(match out {
-                Err(_) => Arc {
-                    result: Verdict::TempError,
-                    sealer: None,
-                },
-                Ok(o) => Arc {
-                    result: arc_verdict(o.result()),
-                    sealer: o.sets().last().map(|s| {
-                        (
-                            bounded(&s.seal.header.d.to_ascii_lowercase()),
-                            s.seal.header.i,
-                        )
-                    }),
-                },
-            })
-        };
-        // DMARC needs the others' results, so it runs after them; but the names its policy
-        // discovery asks are known now. Asking them here, all at once, puts the answers in the
-        // cache (a positive one in postsift's, NXDOMAIN in the resolver's negative cache) by the
-        // time DMARC runs: a cold message costs the longest chain's round trips, not SPF's
-        // followed by the tree walk's one name after another.
-        let dmarc_prefetch = async {
-            let Some(m) = parsed.as_ref().filter(|_| self.dmarc) else {
-                return;
-            };
-            let names = dmarc_walk_names(m);
-            // Warm (the From domain's own record held): DMARC will find what it needs at once,
-            // and asking again would only add lookups of the parents' NXDOMAIN.
-            if names
-                .first()
-                .is_none_or(|n| self.resolver.cache.holds_txt(n))
-            {
-                return;
-            }
-            let asks = names.iter().map(|name| async move {
-                // Each name its own lookup: the metrics time a check's lookups one at a time.
-                let l = self.resolver.lookups(dm);
-                let txt = l.txt();
-                let ask = a.txt_lookup::<mail_auth::dmarc::Dmarc>(name.as_str(), Some(&txt));
-                // The answer lands in the caches; its value (or error) is DMARC's business.
-                let _ = tokio::time::timeout_at(deadline, ask).await;
-            });
-            futures_join_all(asks).await;
-        };
+        let arc = self.arc(parsed.as_ref(), deadline, dm);
+        let dmarc_prefetch = self.dmarc_prefetch(parsed.as_ref(), deadline, dm);
         let (spf_mail, spf_helo, dkim_out, arc, ()) =
             tokio::join!(spf_mail, spf_helo, dkim, arc, dmarc_prefetch);
 
@@ -403,24 +356,7 @@ impl Checker {
             Some(Ok(v)) => v,
             _ => Vec::new(),
         };
-        let dkim = if !self.dkim || parsed.is_none() {
-            None
-        } else if dkim_timed_out {
-            Some(vec![Dkim {
-                result: Verdict::TempError,
-                reason: Some("timed out".into()),
-                domain: String::new(),
-                selector: String::new(),
-                b: String::new(),
-            }])
-        } else {
-            Some(
-                dkim_outputs
-                    .iter()
-                    .map(|o| self.dkim_result(o.result(), o.signature()))
-                    .collect(),
-            )
-        };
+        let dkim = self.dkim_report(self.dkim && parsed.is_some(), dkim_timed_out, &dkim_outputs);
 
         // DMARC: the MAIL FROM identity's SPF result (the HELO's for a null sender), and the
         // DKIM results, aligned with the From domain.
@@ -484,6 +420,99 @@ impl Checker {
             metrics.auth_dkim_results_omitted.inc_by(omitted as u64);
         }
         report
+    }
+
+    /// ARC: the chain's verdict and its last sealer (None when ARC is off or the message was
+    /// not parsed).
+    async fn arc(
+        &self,
+        parsed: Option<&AuthenticatedMessage<'_>>,
+        deadline: tokio::time::Instant,
+        dm: &dns::DnsMetrics,
+    ) -> Option<Arc> {
+        let a = &self.resolver.authenticator;
+        let m = parsed.filter(|_| self.arc)?;
+        let l = self.resolver.lookups(dm);
+        let v = Views::of(&l);
+        let out = tokio::time::timeout_at(deadline, a.verify_arc(cached(m, &v))).await;
+        Some(match out {
+            Err(_) => Arc {
+                result: Verdict::TempError,
+                sealer: None,
+            },
+            Ok(o) => Arc {
+                result: arc_verdict(o.result()),
+                sealer: o.sets().last().map(|s| {
+                    (
+                        bounded(&s.seal.header.d.to_ascii_lowercase()),
+                        s.seal.header.i,
+                    )
+                }),
+            },
+        })
+    }
+
+    /// DMARC needs the others' results, so it runs after them; but the names its policy
+    /// discovery asks are known now. Asking them here, all at once, puts the answers in the
+    /// cache (a positive one in postsift's, NXDOMAIN in the resolver's negative cache) by the
+    /// time DMARC runs: a cold message costs the longest chain's round trips, not SPF's
+    /// followed by the tree walk's one name after another.
+    async fn dmarc_prefetch(
+        &self,
+        parsed: Option<&AuthenticatedMessage<'_>>,
+        deadline: tokio::time::Instant,
+        dm: &dns::DnsMetrics,
+    ) {
+        let a = &self.resolver.authenticator;
+        let Some(m) = parsed.filter(|_| self.dmarc) else {
+            return;
+        };
+        let names = dmarc_walk_names(m);
+        // Warm (the From domain's own record held): DMARC will find what it needs at once,
+        // and asking again would only add lookups of the parents' NXDOMAIN.
+        if names
+            .first()
+            .is_none_or(|n| self.resolver.cache.holds_txt(n))
+        {
+            return;
+        }
+        let asks = names.iter().map(|name| async move {
+            // Each name its own lookup: the metrics time a check's lookups one at a time.
+            let l = self.resolver.lookups(dm);
+            let txt = l.txt();
+            let ask = a.txt_lookup::<mail_auth::dmarc::Dmarc>(name.as_str(), Some(&txt));
+            // The answer lands in the caches; its value (or error) is DMARC's business.
+            let _ = tokio::time::timeout_at(deadline, ask).await;
+        });
+        futures_join_all(asks).await;
+    }
+
+    /// The report's DKIM results from mail-auth's outputs: None when DKIM was not checked (off,
+    /// or the message not parsed), one temperror when the deadline passed.
+    fn dkim_report(
+        &self,
+        checked: bool,
+        dkim_timed_out: bool,
+        dkim_outputs: &[mail_auth::DkimOutput<'_>],
+    ) -> Option<Vec<Dkim>> {
+        if !checked {
+            None
+        } else if dkim_timed_out {
+            Some(vec![Dkim {
+                result: Verdict::TempError,
+                reason: Some("timed out".into()),
+                domain: String::new(),
+                selector: String::new(),
+                b: String::new(),
+            }])
+        } else {
+            Some(
+                dkim_outputs
+                    .iter()
+                    .map(|o| self.dkim_result(o.result(), o.signature()))
+                    .collect(),
+            )
+        }
     }
 
     fn dkim_result(&self, r: &DkimResult, sig: Option<&mail_auth::dkim::Signature>) -> Dkim {

@@ -12,6 +12,7 @@
 //! other checks.
 
 pub mod auth;
+mod auth_metrics;
 pub mod banned;
 pub mod clamd;
 pub mod metrics;
@@ -125,6 +126,12 @@ pub struct Scanners {
     auth: Option<auth::Checker>,
     /// `server.max_memory`, which the walk's decoders take their memory from.
     budget: Option<Arc<crate::message::Budget>>,
+}
+
+tokio::task_local! {
+    /// Set by the SMTP session when its client closes the connection while the message is
+    /// processed: the MIME walk stops at its next check, as when the session ends.
+    pub static CLIENT_GONE: Arc<AtomicBool>;
 }
 
 /// Sets its flag when dropped: the MIME walk of a session that ended stops.
@@ -259,8 +266,12 @@ impl Scanners {
         // The whole message, read from the spool once for the MIME walk and mail
         // authentication together, by whichever asks first.
         let whole = tokio::sync::OnceCell::new();
-        let read_whole =
-            || whole.get_or_init(|| async { msg.read_all().map_err(|e| e.to_string()) });
+        let read_whole = || {
+            whole.get_or_init(|| async {
+                msg.read_all_within(self.budget.as_ref())
+                    .map_err(|e| (e.kind(), e.to_string()))
+            })
+        };
         let virus = async {
             let start = Instant::now();
             let walk = self.walk(msg, read_whole).await;
@@ -324,7 +335,7 @@ impl Scanners {
             }
             match read_whole().await {
                 Ok(raw) => Some(checker.check(raw, &env.client, &metrics.auth).await),
-                Err(e) => {
+                Err((_, e)) => {
                     tracing::warn!("mail authentication not run: reading the spool: {e}");
                     None
                 }
@@ -383,7 +394,7 @@ impl Scanners {
         read_whole: impl FnOnce() -> F,
     ) -> Result<Option<parts::Walk>, Failure>
     where
-        F: std::future::Future<Output = &'a Result<bytes::Bytes, String>>,
+        F: std::future::Future<Output = &'a Result<bytes::Bytes, (std::io::ErrorKind, String)>>,
     {
         let Some((limits, max_size, spool)) = &self.walk else {
             return Ok(None);
@@ -403,15 +414,35 @@ impl Scanners {
         let limits = *limits;
         // The walk stops when this future is dropped (the session ended: client gone,
         // shutdown), not only at max_walk_time.
-        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let cancel = CancelOnDrop(
+            CLIENT_GONE
+                .try_with(Arc::clone)
+                .unwrap_or_else(|_| Arc::new(AtomicBool::new(false))),
+        );
         let ctl = parts::Control {
             cancel: Some(cancel.0.clone()),
             budget: self.budget.clone(),
         };
-        let raw = read_whole()
-            .await
-            .clone()
-            .map_err(|e| Failure::new(FailureKind::Protocol, format!("reading the spool: {e}")))?;
+        let raw = match read_whole().await {
+            Ok(raw) => raw.clone(),
+            // The copy walked is taken from server.max_memory, as the decoders' windows are:
+            // without it, the message is tempfailed (452 4.3.1), not walked outside the budget.
+            Err((std::io::ErrorKind::OutOfMemory, e)) => {
+                return Ok(Some(parts::Walk {
+                    limit: Some(parts::Stop {
+                        kind: parts::LimitKind::Memory,
+                        detail: format!("reading the message for the MIME walk: {e}"),
+                    }),
+                    ..Default::default()
+                }))
+            }
+            Err((_, e)) => {
+                return Err(Failure::new(
+                    FailureKind::Protocol,
+                    format!("reading the spool: {e}"),
+                ))
+            }
+        };
         // CPU work on up to max_message_size bytes (and archives decompressed up to
         // max_decoded_bytes): off the async threads, unless the message is small enough and
         // holds no archive, so that the thread hand-off would cost more than the walk.

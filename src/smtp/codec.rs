@@ -151,6 +151,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
+    /// Resolves when the client has closed the connection (or it failed), keeping whatever
+    /// it sends meanwhile for the next command, up to one command chunk; past that it waits
+    /// for ever. Cancel-safe. The session watches it while a message is processed, so that the
+    /// MIME walk of a client that left stops.
+    pub async fn closed(&mut self) {
+        loop {
+            if self.buffered().len() >= LINE_CHUNK {
+                return std::future::pending().await;
+            }
+            self.rbuf.reserve(LINE_CHUNK);
+            let room = LINE_CHUNK.min(self.rbuf.capacity() - self.rbuf.len());
+            match (&mut self.stream)
+                .take(room as u64)
+                .read_buf(&mut self.rbuf)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// True when the client already sent more than we consumed (pipelining).
     pub fn has_buffered_input(&self) -> bool {
         !self.buffered().is_empty()

@@ -267,6 +267,38 @@ pub fn xz_big_dictionary(data: &[u8]) -> Vec<u8> {
     x
 }
 
+/// One file `name` holding `data` as a 7z (LZMA2) whose header asks for a 4 GiB dictionary
+/// (the LZMA2 property byte set to 40, the header's and the start header's CRCs fixed): the
+/// 7z counterpart of [`xz_big_dictionary`], which postsift's decoder limit does not open.
+pub fn sevenz_big_dictionary(name: &str, data: &[u8]) -> Vec<u8> {
+    use sevenz_rust2::{encoder_options::Lzma2Options, ArchiveEntry, ArchiveWriter, SourceReader};
+    let mut w = ArchiveWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
+    w.set_encrypt_header(false);
+    w.set_content_methods(vec![Lzma2Options::from_level(1).into()]);
+    w.push_archive_entries(
+        vec![ArchiveEntry::new_file(name)],
+        vec![SourceReader::new(data)],
+    )
+    .unwrap();
+    let mut z = w.finish().unwrap().into_inner();
+    let u64_at = |z: &[u8], at: usize| u64::from_le_bytes(z[at..at + 8].try_into().unwrap());
+    let start = 32 + u64_at(&z, 12) as usize;
+    let len = u64_at(&z, 20) as usize;
+    // The coder: flags 0x21 (a one-byte id with properties), id 0x21 (LZMA2), one property.
+    let at = z[start..start + len]
+        .windows(3)
+        .position(|w| w == [0x21, 0x21, 0x01])
+        .expect("an uncompressed header with the LZMA2 coder")
+        + start
+        + 3;
+    z[at] = 40;
+    let crc = crc32(&z[start..start + len]);
+    z[28..32].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32(&z[12..32]);
+    z[8..12].copy_from_slice(&crc.to_le_bytes());
+    z
+}
+
 /// A message of about `size` bytes (a base64 text attachment of filler) with `setup.exe`
 /// attached: over `parts.max_message_size` it was delivered clean, never walked.
 pub fn big_with_exe(size: usize) -> Vec<u8> {
