@@ -19,6 +19,46 @@ pub const UMASK: u32 = 0o077;
 /// write for the group (0640/0750 with a group of postsift's own is fine).
 const LOOSE: u32 = 0o027;
 
+/// Binds a Unix socket at `path` that is never reachable with other permissions than `mode`
+/// and `owner` (uid, gid): it is bound under a temporary name beside `path`, given its mode
+/// and owner, and only then renamed into place (a connect resolves the name to the socket's
+/// inode, so the rename keeps it). A stale socket at `path` is replaced; any other file there
+/// is an error, as a plain bind would give. Binding in place and changing the mode afterwards
+/// left a moment in which the socket had the umask's mode.
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    owner: (Option<u32>, Option<u32>),
+) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".new{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if owner.0.is_some() || owner.1.is_some() {
+            std::os::unix::fs::chown(&tmp, owner.0, owner.1)?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    l.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(l)
+}
+
 /// Sets the process umask to [`UMASK`].
 pub fn restrict_umask() {
     // SAFETY: umask only swaps the process's file mode creation mask.
@@ -135,6 +175,33 @@ pub fn warnings(config: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The greylisting socket was bound, then chmod'ed: a client (the test, Postfix) could
+    /// find it with the umask's mode. It is placed only once it has its mode.
+    #[tokio::test]
+    async fn a_unix_socket_appears_with_its_mode_and_replaces_only_a_socket() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.sock");
+        let l = bind_unix(&path, 0o660, (None, None)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o660);
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        drop(l);
+        // A stale socket is replaced; nothing is left under the temporary name.
+        let _l = bind_unix(&path, 0o600, (None, None)).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("policy.sock")]);
+        // Any other file is left alone.
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(bind_unix(&file, 0o600, (None, None)).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

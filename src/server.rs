@@ -141,14 +141,7 @@ async fn bind_release(l: &PolicyListen) -> io::Result<(String, Listener)> {
     let (name, bound) = match l {
         PolicyListen::Tcp(a) => (a.to_string(), TcpListener::bind(a).await.map(Listener::Tcp)),
         PolicyListen::Unix(p) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-            if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(p)?;
-            }
-            let bound = UnixListener::bind(p).and_then(|u| {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
-                Ok(Listener::Unix(u))
-            });
+            let bound = crate::fsmode::bind_unix(p, 0o600, (None, None)).map(Listener::Unix);
             (format!("unix:{}", p.display()), bound)
         }
     };

@@ -1,4 +1,4 @@
-//! The policy service's Unix sockets: bound in place of a stale socket file, then given
+//! The policy service's Unix sockets: bound in place of a stale socket file with
 //! `greylist.socket_mode` and `socket_owner`/`socket_group`, so that Postfix's (chrooted)
 //! smtpd, running as `postfix`, may connect.
 
@@ -8,20 +8,12 @@ use tokio::net::UnixListener;
 
 use crate::config;
 
-/// Binds a Unix socket (replacing a stale socket file), then sets its mode and owner.
+/// Binds a Unix socket (replacing a stale socket file) that has its mode and owner from the
+/// moment it can be reached (see [`crate::fsmode::bind_unix`]).
 pub fn bind(path: &std::path::Path, g: &config::Greylist) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(g.socket_mode()))?;
-    if g.socket_owner.is_some() || g.socket_group.is_some() {
-        let uid = g.socket_owner.as_deref().map(user_id).transpose()?;
-        let gid = g.socket_group.as_deref().map(group_id).transpose()?;
-        std::os::unix::fs::chown(path, uid, gid)?;
-    }
-    Ok(l)
+    let uid = g.socket_owner.as_deref().map(user_id).transpose()?;
+    let gid = g.socket_group.as_deref().map(group_id).transpose()?;
+    crate::fsmode::bind_unix(path, g.socket_mode(), (uid, gid))
 }
 
 fn user_id(name: &str) -> io::Result<u32> {
