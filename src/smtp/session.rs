@@ -4,7 +4,6 @@
 //! does the client get its reply: one per message in SMTP, one per recipient in LMTP.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -563,19 +562,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
                         started,
                         per_recipient: lmtp,
                     };
-                    // A client that leaves while its message is processed stops the MIME
-                    // walk (scan::CLIENT_GONE); the rest of the processing goes on.
-                    let gone = Arc::new(AtomicBool::new(false));
-                    let process = crate::scan::CLIENT_GONE
-                        .scope(gone.clone(), self.pipeline.process(received));
-                    tokio::pin!(process);
-                    let p = tokio::select! {
-                        p = &mut process => p,
-                        () = self.conn.closed() => {
-                            gone.store(true, Ordering::Relaxed);
-                            process.await
-                        }
-                    };
+                    // The connection is not watched while the message is processed: an end
+                    // of input then may be a client that only half-closed after its final dot
+                    // and still waits for the reply, and cutting its walk short would let a
+                    // sender pass the banned-file rules unwalked. The walk stops at
+                    // parts.max_walk_time, and when the session itself ends (shutdown).
+                    let p = self.pipeline.process(received).await;
                     let replies = reply::for_outcome(&id, &p.outcome, lmtp, n);
                     (replies, p.verdict, p.outcome.action(), Some(p))
                 }

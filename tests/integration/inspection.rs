@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use crate::capture::Capture;
-use crate::client::{send_one, Client};
+use crate::client::send_one;
 use crate::hostile;
 use crate::peers;
 use crate::util::{self, base64, config, http_get, patient, start_filter, test_config, Filter};
@@ -663,79 +663,6 @@ async fn message_rfc822_nested_25000_deep_does_not_abort_the_daemon() {
         assert_eq!(code, 3, "{out}");
         assert!(out.contains("stopped (depth)"), "{out}");
     }
-}
-
-/// Issue 16: "the walk stops when its session ends" held for a shutdown only. A client that
-/// sent a message whose walk runs long (a zip of one 15 MiB member behind 2,000 entries, the
-/// walk's limits lifted) and then left was not noticed while the message was processed, so
-/// the walk went on to its end, holding its copy of the message and a walk slot.
-///
-/// The copy of a spooled message is taken from server.max_memory, so the walk's progress shows
-/// in the budget: with 1.5 MiB, a second 700 KB message gets 452 while the first one's walk
-/// holds its copy, and 250 once that walk has stopped. The first client closes the connection
-/// after its final dot; the second message then gets through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_walk_stops_when_its_client_disconnects() {
-    let long_walk = util::blocking(|| {
-        let zip = hostile::zip_one_member_many_entries(2_000, 15 << 20);
-        let mut m = hostile::mail_with("a.zip", &zip);
-        // Padding, so that it is spooled to disk and walked from a copy (700 KB in all).
-        let pad = "padding line of no interest at all, over and over again\r\n".repeat(6_000);
-        let body = m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        m.splice(body..body, pad.bytes());
-        m
-    })
-    .await;
-    assert!(long_walk.len() > 600_000, "{}", long_walk.len());
-    let other = mail("other", "", &"a line of text\r\n".repeat(45_000));
-    let sink = Capture::start().await;
-    let f = start_filter(
-        &config(
-            None,
-            None,
-            sink.addr,
-            "[parts]\nmax_walk_time = 36000\nmax_decoded_bytes = 1099511627776\n\
-             max_parts = 10000000\n",
-        )
-        .replace(
-            "[server]\nhostname",
-            "[server]\nmax_memory = 1572864\nhostname",
-        ),
-    )
-    .await;
-    let mut c = Client::greeted(f.addr).await;
-    c.expect("EHLO client.example", 250).await;
-    c.expect("MAIL FROM:<a@example.org>", 250).await;
-    c.expect("RCPT TO:<b@example.com>", 250).await;
-    c.expect("DATA", 354).await;
-    c.body(&long_walk).await;
-    // The first walk has its copy once a second message cannot get its own (each attempt
-    // answered at once: 452, or 250 before the walk has begun).
-    let mut tries = 0;
-    loop {
-        let r = send_one(f.addr, "a@example.org", &["b@example.com"], &other).await;
-        if r.code == 452 {
-            break;
-        }
-        assert_eq!(r.code, 250, "{r:?}");
-        tries += 1;
-        assert!(tries < 10_000, "the first walk never took its copy");
-        tokio::task::yield_now().await;
-    }
-    drop(c);
-    // The client left: the walk stops, its copy is given back, the next message passes.
-    let mut tries = 0;
-    loop {
-        let r = send_one(f.addr, "a@example.org", &["b@example.com"], &other).await;
-        if r.code == 250 {
-            break;
-        }
-        assert_eq!(r.code, 452, "{r:?}");
-        tries += 1;
-        assert!(tries < 5_000, "the walk of a client that left went on");
-        tokio::task::yield_now().await;
-    }
-    f.stop().await;
 }
 
 /// Issue 16: the same file behind 2,000 central-directory entries (375 KB, 15 MiB each) was
