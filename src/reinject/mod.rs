@@ -13,9 +13,10 @@
 //! `read_response`, in order (RFC 2920): one write and one round trip instead of one per
 //! command. lettre also writes and flushes every piece of the body and then the final dot on
 //! its own; [`GuardedStream`] holds those writes back while the body goes out, so a small
-//! message is one write. lettre is wrapped, not replaced, because its reply parser and
-//! dot-stuffing are not public and are what the rest of the code relies on. Without
-//! PIPELINING, every command waits for its reply, as RFC 5321 asks.
+//! message is one write. lettre is wrapped, not replaced: its `command` and `read_response`
+//! are enough to pipeline, and replacing it would mean writing our own reply parser and
+//! dot-stuffing (lettre's are crate-private). Without PIPELINING, every command waits for its
+//! reply, as RFC 5321 asks.
 
 mod commands;
 mod stream;
@@ -165,11 +166,11 @@ impl Reinjector {
 
     /// Sends several copies of `msg`, each `(envelope, header block)` its own transaction,
     /// for a client that takes one reply for all of them (SMTP): every transaction is opened
-    /// (MAIL, RCPT, each on its own connection) before any data is sent, and none is sent
-    /// unless every one took all its recipients. Then the data goes out, one after the
-    /// other; only a failure at a later one's end of data (after an earlier one's was
-    /// accepted) still leaves the copies apart. One result per part, in order; parts not
-    /// sent because another failed are [`RcptResult::Withheld`].
+    /// (MAIL, RCPT and, where pipelined, DATA, each on its own connection) before any data is
+    /// sent, and none is sent unless every one took all its recipients. Then the data goes
+    /// out, one after the other; only a failure at a later one's end of data (after an
+    /// earlier one's was accepted) still leaves the copies apart. One result per part, in
+    /// order; parts not sent because another failed are [`RcptResult::Withheld`].
     pub async fn send_together(
         &self,
         parts: &[(&Envelope, &[u8])],
