@@ -6,6 +6,17 @@
 //! types, and `message_iter` fed from the spool so a big message is never held in memory.
 //! The socket is wrapped in [`GuardedStream`], which refuses to write the final dot once the
 //! body could not be read completely: a message is never sent truncated.
+//!
+//! lettre's client does not pipeline: its `command` writes one command and waits for its
+//! reply. Where the server offers PIPELINING, this module sends XFORWARD, MAIL, every RCPT and
+//! DATA as one group in one `command` (the lines joined) and reads the other replies with
+//! `read_response`, in order (RFC 2920): one write and one round trip instead of one per
+//! command. lettre also writes and flushes every piece of the body and then the final dot on
+//! its own; [`GuardedStream`] holds those writes back while the body goes out, so a small
+//! message is one write. lettre is wrapped, not replaced: its `command` and `read_response`
+//! are enough to pipeline, and replacing it would mean writing our own reply parser and
+//! dot-stuffing (lettre's are crate-private). Without PIPELINING, every command waits for its
+//! reply, as RFC 5321 asks.
 
 mod commands;
 pub mod metrics;
@@ -49,6 +60,8 @@ pub struct Reinjector {
 struct Pooled {
     conn: AsyncSmtpConnection,
     guard: Arc<AtomicBool>,
+    /// The socket's write hold while the body goes out (see [`GuardedStream`]).
+    hold: Arc<AtomicBool>,
     keywords: Vec<String>,
     xforward: Vec<String>,
 }
@@ -154,11 +167,11 @@ impl Reinjector {
 
     /// Sends several copies of `msg`, each `(envelope, header block)` its own transaction,
     /// for a client that takes one reply for all of them (SMTP): every transaction is opened
-    /// (MAIL, RCPT, each on its own connection) before any data is sent, and none is sent
-    /// unless every one took all its recipients. Then the data goes out, one after the
-    /// other; only a failure at a later one's end of data (after an earlier one's was
-    /// accepted) still leaves the copies apart. One result per part, in order; parts not
-    /// sent because another failed are [`RcptResult::Withheld`].
+    /// (MAIL, RCPT and, where pipelined, DATA, each on its own connection) before any data is
+    /// sent, and none is sent unless every one took all its recipients. Then the data goes
+    /// out, one after the other; only a failure at a later one's end of data (after an
+    /// earlier one's was accepted) still leaves the copies apart. One result per part, in
+    /// order; parts not sent because another failed are [`RcptResult::Withheld`].
     pub async fn send_together(
         &self,
         parts: &[(&Envelope, &[u8])],
@@ -185,10 +198,8 @@ impl Reinjector {
             }
         }
         if let Some((i, d)) = failed {
-            for mut p in opened {
-                if self.command(&mut p.p, Rset, "RSET", false).await.is_ok() {
-                    self.put_idle(p.p);
-                }
+            for p in opened {
+                self.abandon(p).await;
             }
             let mut out: Vec<Delivery> = parts.iter().map(|(env, _)| self.withheld(env)).collect();
             out[i] = d;
@@ -199,10 +210,7 @@ impl Reinjector {
         for (p, (env, block)) in opened.into_iter().zip(parts) {
             if stop {
                 // An earlier copy failed at its end of data: this one is not sent either.
-                let mut p = p;
-                if self.command(&mut p.p, Rset, "RSET", false).await.is_ok() {
-                    self.put_idle(p.p);
-                }
+                self.abandon(p).await;
                 out.push(self.withheld(env));
                 continue;
             }
@@ -214,6 +222,31 @@ impl Reinjector {
             out.push(d);
         }
         out
+    }
+
+    /// Gives up an opened transaction without sending its data: RSET, and the connection back
+    /// to the pool; after a 354 (DATA went with the pipelined group) only closing the
+    /// connection ends it without a message.
+    async fn abandon(&self, mut p: Pending) {
+        if p.data_open {
+            return;
+        }
+        if self.command(&mut p.p, Rset, "RSET", false).await.is_ok() {
+            self.put_idle(p.p);
+        }
+    }
+
+    /// Ends a transaction refused before its data: RSET and the connection back to the pool;
+    /// closed instead when the server already said 354 to a pipelined DATA, or 421.
+    async fn release(&self, mut p: Pooled, data: Option<&Result<Upstream, Upstream>>) {
+        match data {
+            Some(Ok(_)) => {}
+            Some(Err(r)) if r.code == 421 => {}
+            _ => {
+                let _ = self.command(&mut p, Rset, "RSET", false).await;
+                self.put_idle(p);
+            }
+        }
     }
 
     /// MAIL and RCPT for `env` (`total` bytes to come) on a pooled or new connection; a
@@ -334,10 +367,8 @@ impl Reinjector {
             };
         let _ = tcp.set_nodelay(true);
         let guard = Arc::new(AtomicBool::new(false));
-        let stream = GuardedStream {
-            inner: tcp,
-            refuse_writes: guard.clone(),
-        };
+        let stream = GuardedStream::new(tcp, guard.clone());
+        let hold = stream.hold.clone();
         let connect = async {
             let mut conn =
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.helo).await?;
@@ -365,6 +396,7 @@ impl Reinjector {
         Ok(Pooled {
             conn,
             guard,
+            hold,
             keywords,
             xforward,
         })
@@ -401,7 +433,7 @@ impl Reinjector {
 
     /// Sends the envelope commands and returns each one's reply (Err for 4xx/5xx). With
     /// PIPELINING they go out in one write and the replies are read back in order (RFC 2920);
-    /// DATA is not part of the group, so a refused recipient never meets a 354 we cannot undo.
+    /// the group ends with DATA then (see `envelope_phase`).
     async fn envelope(
         &self,
         p: &mut Pooled,
@@ -444,8 +476,10 @@ impl Reinjector {
         Ok(out)
     }
 
-    /// XFORWARD, MAIL and RCPT: the transaction ready for its data, or already answered (a
-    /// refusal; with `all_or_nothing`, any refused recipient).
+    /// XFORWARD, MAIL and RCPT (and DATA where the server pipelines): the transaction ready
+    /// for its data, or already answered (a refusal; with `all_or_nothing`, any refused
+    /// recipient). A pipelined DATA that got its 354 though the transaction is not to be sent
+    /// (recipients refused) is ended by closing the connection: the server then discards it.
     async fn envelope_phase(
         &self,
         mut p: Pooled,
@@ -464,7 +498,13 @@ impl Reinjector {
         let mut lines = xforward.clone();
         lines.push(mail);
         lines.extend(env.recipients.iter().map(|r| rcpt_cmd(r, dsn)));
-        let mut replies = self.envelope(&mut p, &lines).await?.into_iter();
+        let pipelined = p.has("PIPELINING");
+        if pipelined {
+            lines.push("DATA".into());
+        }
+        let mut replies = self.envelope(&mut p, &lines).await?;
+        let data = if pipelined { replies.pop() } else { None };
+        let mut replies = replies.into_iter();
         let done = |rcpts: Vec<RcptResult>, label: Option<&'static str>| Delivery {
             rcpts,
             accepted: None,
@@ -489,8 +529,7 @@ impl Reinjector {
             Ok(_) => {}
             Err(r) if r.code == 421 => return Err(stale(r)),
             Err(r) => {
-                let _ = self.command(&mut p, Rset, "RSET", false).await;
-                self.put_idle(p);
+                self.release(p, data.as_ref()).await;
                 let n = env.recipients.len();
                 return Ok(Opened::Done(done(
                     vec![RcptResult::Refused(r); n],
@@ -501,8 +540,7 @@ impl Reinjector {
         let refusals: Vec<Option<Upstream>> = replies.map(|r| r.err()).collect();
         let refused = refusals.iter().filter(|r| r.is_some()).count();
         if refused == env.recipients.len() || (all_or_nothing && refused > 0) {
-            let _ = self.command(&mut p, Rset, "RSET", false).await;
-            self.put_idle(p);
+            self.release(p, data.as_ref()).await;
             let all_perm = refusals
                 .iter()
                 .all(|r| r.as_ref().is_some_and(|u| u.code >= 500));
@@ -515,7 +553,21 @@ impl Reinjector {
                 Some(if all_perm { "rejected" } else { "tempfail" }),
             )));
         }
-        Ok(Opened::Ready(Pending { p, refusals, total }))
+        // Refused at a pipelined DATA with recipients accepted: as the lock-step DATA in
+        // `finish` answers it (every recipient gets the reply), the connection not kept.
+        if let Some(Err(r)) = data {
+            return Err(Failure {
+                why: Why::Refused(r),
+                label: "rejected",
+                retry: false,
+            });
+        }
+        Ok(Opened::Ready(Pending {
+            p,
+            refusals,
+            total,
+            data_open: data.is_some(),
+        }))
     }
 
     /// DATA and the message for an opened transaction.
@@ -529,6 +581,7 @@ impl Reinjector {
             mut p,
             refusals,
             total,
+            data_open,
         } = pending;
         let done = |rcpts: Vec<RcptResult>, label: Option<&'static str>| Delivery {
             rcpts,
@@ -537,7 +590,9 @@ impl Reinjector {
             queue_id: None,
             failure: label,
         };
-        self.command(&mut p, Data, "DATA", false).await?;
+        if !data_open {
+            self.command(&mut p, Data, "DATA", false).await?;
+        }
 
         // The body: header block, then the message after its original header section, less
         // the final CRLF that lettre writes itself before the dot.
@@ -548,6 +603,7 @@ impl Reinjector {
             total.saturating_sub(2),
             read_error.clone(),
             p.guard.clone(),
+            p.hold.clone(),
         );
         let sent = tokio::time::timeout(self.data_timeout, p.conn.message_iter(chunks)).await;
         if let Some(e) = read_error.lock().unwrap().take() {
@@ -611,6 +667,8 @@ struct Pending {
     refusals: Vec<Option<Upstream>>,
     /// Bytes the data will be (the header block and the body after the original header).
     total: u64,
+    /// DATA already went with the pipelined group and got its 354: the body comes next.
+    data_open: bool,
 }
 
 /// A 421 before anything was accepted: the (pooled) connection had been closed by the server.

@@ -1,6 +1,9 @@
 //! The bytes reinjection writes: the message body fed to lettre from memory and the spool
 //! ([`BodyChunks`]), over a socket that refuses to write the final dot once the body could not
-//! be read completely ([`GuardedStream`]): a message is never sent truncated.
+//! be read completely ([`GuardedStream`]): a message is never sent truncated. While the body
+//! goes out the socket holds lettre's writes back (lettre writes and flushes every piece, then
+//! the final dot on its own) and sends them together, so a small message and its dot are one
+//! write and one TCP segment, a large one goes in 64 KiB writes.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -28,6 +31,9 @@ pub(super) struct BodyChunks<'a> {
     left: u64,
     error: Arc<Mutex<Option<io::Error>>>,
     guard: Arc<AtomicBool>,
+    /// The socket's [`GuardedStream::hold`]: set while the body goes out, cleared after its
+    /// last piece so that lettre's final dot sends everything held.
+    hold: Arc<AtomicBool>,
 }
 
 /// Each piece handed to lettre becomes one write: fill pieces up to this size from every
@@ -41,7 +47,9 @@ impl<'a> BodyChunks<'a> {
         limit: u64,
         error: Arc<Mutex<Option<io::Error>>>,
         guard: Arc<AtomicBool>,
+        hold: Arc<AtomicBool>,
     ) -> Self {
+        hold.store(true, Ordering::SeqCst);
         BodyChunks {
             header_block,
             header_pos: 0,
@@ -52,6 +60,7 @@ impl<'a> BodyChunks<'a> {
             left: limit,
             error,
             guard,
+            hold,
         }
     }
 
@@ -98,6 +107,8 @@ impl Iterator for BodyChunks<'_> {
     fn next(&mut self) -> Option<Vec<u8>> {
         let want = (PIECE as u64).min(self.left) as usize;
         if want == 0 {
+            // The whole body was handed over: the dot that follows flushes it.
+            self.hold.store(false, Ordering::SeqCst);
             return None;
         }
         let mut buf = Vec::with_capacity(want);
@@ -123,17 +134,84 @@ impl Iterator for BodyChunks<'_> {
 
 /// The reinjection socket. Once `refuse_writes` is set, every write fails, so a transaction
 /// whose body could not be read in full dies before its final dot and the server discards it.
+/// While `hold` is set, writes are kept in `held` (sent whenever it reaches [`PIECE`]) and a
+/// flush sends nothing; the first flush after `hold` is cleared sends what is held.
 #[derive(Debug)]
 pub(super) struct GuardedStream {
     pub(super) inner: TcpStream,
     pub(super) refuse_writes: Arc<AtomicBool>,
+    pub(super) hold: Arc<AtomicBool>,
+    pub(super) held: Vec<u8>,
+    /// How much of `held` is already written.
+    pub(super) sent: usize,
 }
 
 impl GuardedStream {
+    pub(super) fn new(inner: TcpStream, refuse_writes: Arc<AtomicBool>) -> GuardedStream {
+        GuardedStream {
+            inner,
+            refuse_writes,
+            hold: Arc::new(AtomicBool::new(false)),
+            held: Vec::new(),
+            sent: 0,
+        }
+    }
+
     fn refused(&self) -> Option<io::Error> {
         self.refuse_writes
             .load(Ordering::SeqCst)
             .then(|| io::Error::new(io::ErrorKind::BrokenPipe, "transaction aborted"))
+    }
+
+    /// Writes out everything held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.held.len() {
+            if let Some(e) = self.refused() {
+                return Poll::Ready(Err(e));
+            }
+            let GuardedStream {
+                inner, held, sent, ..
+            } = self;
+            match Pin::new(inner).poll_write(cx, &held[*sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.sent = 0;
+        if self.held.capacity() > 2 * PIECE {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// True when a write is to be held back: the body is going out, or something is held.
+    fn holding(&self) -> bool {
+        self.hold.load(Ordering::SeqCst) || !self.held.is_empty()
+    }
+
+    /// Takes `bufs` into `held`, after sending what is held if it is full.
+    fn poll_hold<'b>(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: impl Iterator<Item = &'b [u8]>,
+    ) -> Poll<io::Result<usize>> {
+        if self.held.len() >= PIECE {
+            match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut n = 0;
+        for b in bufs {
+            self.held.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -156,6 +234,9 @@ impl AsyncWrite for GuardedStream {
         if let Some(e) = self.refused() {
             return Poll::Ready(Err(e));
         }
+        if self.holding() {
+            return self.poll_hold(cx, std::iter::once(buf));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -167,6 +248,9 @@ impl AsyncWrite for GuardedStream {
         if let Some(e) = self.refused() {
             return Poll::Ready(Err(e));
         }
+        if self.holding() {
+            return self.poll_hold(cx, bufs.iter().map(|b| &b[..]));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -175,6 +259,13 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.hold.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 

@@ -16,6 +16,8 @@ pub struct Transaction {
     pub mail: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// DATA had arrived already when MAIL was read: sent in the same write (pipelined).
+    pub data_with_mail: bool,
 }
 
 impl Transaction {
@@ -162,6 +164,7 @@ impl Capture {
                 t = Transaction {
                     xforward: std::mem::take(&mut xf),
                     mail: cmd,
+                    data_with_mail: r.buffer().windows(6).any(|w| w == b"DATA\r\n"),
                     ..Default::default()
                 };
                 w.write_all(b"250 2.1.0 Ok\r\n").await?;

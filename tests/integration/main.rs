@@ -19,6 +19,7 @@ mod dkim_sign; // DKIM signing of outgoing mail, verified by mail-auth and by dk
 mod faults; // scanners down or hanging, 10025 refusing / 421 / hanging, client gone, SIGTERM
 mod flow; // clean, EICAR, GTUBE, 8-bit, SMTPUTF8, DSN, LMTP, pipelining, 50 MB
 mod greylist; // the policy service: against postgrey, behind Postfix, two nodes on Redis, kill -9, bad input
+mod hop; // issue 22's hop: pipelined reinjection through smtp-sink, one refused recipient, a next hop closing mid-group
 mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); the walk's limits
 mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers

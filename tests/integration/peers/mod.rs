@@ -71,6 +71,7 @@ pub mod postgrey;
 pub mod process;
 pub mod redis;
 pub mod rspamd;
+pub mod sink;
 pub mod smtp;
 pub mod spamd;
 pub mod sql; // PostgreSQL and MariaDB (initdb/postgres, mariadb-install-db/mariadbd)
@@ -82,6 +83,7 @@ pub use postgrey::{PolicyClient, Postgrey};
 pub use process::{spawn_peer, sweep_stale_dirs, PeerProcess, Watchdog, Watched};
 pub use redis::Redis;
 pub use rspamd::Rspamd;
+pub use sink::SmtpSink;
 pub use smtp::{dot_stuff, reply_line, smtp_send, smtp_send_raw, SmtpClient, CLIENT_HELO};
 pub use spamd::Spamd;
 pub use unbound::Unbound;

@@ -1,0 +1,63 @@
+//! Postfix's smtp-sink on 127.0.0.1: a real next hop for reinjection that dumps every message
+//! it takes to a file of its own (`-d`), so a test can count deliveries. It offers PIPELINING
+//! unless started with `-p`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::SocketAddr;
+
+use super::{free_port, localhost, Peer, PeerProcess};
+
+/// A running smtp-sink in its temp dir; messages in `<dir>/dump/`.
+pub struct SmtpSink {
+    /// 127.0.0.1:<free port>.
+    pub addr: SocketAddr,
+    args: Vec<OsString>,
+    peer: PeerProcess,
+}
+
+impl SmtpSink {
+    /// Starts smtp-sink with `extra` options before its address (e.g. `-p`: no PIPELINING);
+    /// blocks until its port accepts connections.
+    pub fn start(extra: &[&str]) -> SmtpSink {
+        let peer = PeerProcess::new("smtp-sink-");
+        let port = free_port();
+        // smtp-sink wants a user to switch to when started as root; it dumps as that user.
+        let dump = peer.dir.join("dump");
+        fs::create_dir(&dump).expect("create the dump dir");
+        super::chmod(&dump, 0o777);
+        let mut args: Vec<OsString> = ["-u", "postfix"].iter().map(OsString::from).collect();
+        args.extend(extra.iter().map(OsString::from));
+        args.push("-d".into());
+        args.push(peer.dir.join("dump/%H%M%S.").into());
+        args.push(format!("127.0.0.1:{port}").into());
+        args.push("64".into());
+        let mut sink = SmtpSink {
+            addr: localhost(port),
+            args,
+            peer,
+        };
+        sink.start_again();
+        sink
+    }
+
+    /// The dumped messages, each as text (smtp-sink's X-* records, then the message).
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.peer.dir.join("dump")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in dir.flatten() {
+            if e.path().is_dir() {
+                for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    out.push(super::read_lossy(&f.path()));
+                }
+            } else {
+                out.push(super::read_lossy(&e.path()));
+            }
+        }
+        out
+    }
+}
+
+port_peer!(SmtpSink, "smtp-sink", "/usr/sbin/smtp-sink");
