@@ -165,13 +165,7 @@ impl Deliver for DryRun {
     }
 
     fn withheld(&self, env: &Envelope) -> Delivery {
-        Delivery {
-            rcpts: vec![RcptResult::Withheld; env.recipients.len()],
-            accepted: None,
-            to: "dry run".into(),
-            queue_id: None,
-            failure: None,
-        }
+        Delivery::withheld(env.recipients.len(), "dry run".into())
     }
 
     async fn quarantine(&self, _meta: Meta, _msg: &Message) -> Result<(), String> {

@@ -37,19 +37,13 @@ pub const TEMPFAIL_REASONS: &[&str] = &[
     "quarantine",
     "dkim_sign",
 ];
-/// Why a message was not fully checked: clamd failed, or the MIME walk stopped at a limit.
-pub const UNCHECKED_REASONS: &[&str] = &[
-    "scanner",
-    "parts",
-    "bytes",
-    "depth",
-    "ratio",
-    "encrypted",
-    "decoder",
-    "time",
-    "size",
-    "memory",
-];
+/// Why a message was not fully checked: clamd failed ("scanner"), or the MIME walk stopped at
+/// one of its limits (`LimitKind::ALL`).
+fn unchecked_reasons() -> Vec<&'static str> {
+    std::iter::once("scanner")
+        .chain(crate::scan::parts::LimitKind::ALL.iter().copied())
+        .collect()
+}
 /// The `bank` label of a message no policy bank applied to.
 pub const NO_BANK: &str = "-";
 
@@ -112,7 +106,7 @@ impl FilterMetrics {
                 "postsift_unchecked_total",
                 "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason and action",
                 &["reason", "action"],
-                &[UNCHECKED_REASONS, ACTIONS],
+                &[&unchecked_reasons(), ACTIONS],
             ),
             in_flight: gauge(
                 r,

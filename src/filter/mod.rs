@@ -396,13 +396,7 @@ spam.kill_level = 20.0
         }
 
         fn withheld(&self, env: &Envelope) -> Delivery {
-            Delivery {
-                rcpts: vec![RcptResult::Withheld; env.recipients.len()],
-                accepted: None,
-                to: "fake".into(),
-                queue_id: None,
-                failure: None,
-            }
+            Delivery::withheld(env.recipients.len(), "fake".into())
         }
 
         async fn quarantine(&self, meta: Meta, _: &Message) -> Result<(), String> {

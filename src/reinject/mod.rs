@@ -303,13 +303,7 @@ impl Reinjector {
     /// Nothing sent for `env`'s recipients: another part of the message failed first and the
     /// client takes one reply for all (see `filter`).
     pub fn withheld(&self, env: &Envelope) -> Delivery {
-        Delivery {
-            rcpts: vec![RcptResult::Withheld; env.recipients.len()],
-            accepted: None,
-            to: self.to.clone(),
-            queue_id: None,
-            failure: None,
-        }
+        Delivery::withheld(env.recipients.len(), self.to.clone())
     }
 
     /// Nothing sent: `env` failed [`check_envelope`].

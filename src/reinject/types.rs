@@ -71,6 +71,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// Nothing sent to `n` recipients: another part of the message failed first and the
+    /// client takes one reply for all. `to` is the next hop the delivery would have gone to.
+    pub fn withheld(n: usize, to: String) -> Delivery {
+        Delivery {
+            rcpts: vec![RcptResult::Withheld; n],
+            accepted: None,
+            to,
+            queue_id: None,
+            failure: None,
+        }
+    }
+
     /// True when every recipient was accepted.
     pub fn all_accepted(&self) -> bool {
         self.rcpts.iter().all(|r| *r == RcptResult::Accepted)
