@@ -15,6 +15,12 @@
 //! filter has (amavisd-new too) and does not fail the run (`SOAK_STRICT_DUPLICATES=1` makes it);
 //! a duplicate with no such cause does.
 //!
+//! postsift runs as an ordinary user, as the package's unit runs it: under root (scripts/soak.sh)
+//! `setpriv` makes it `nobody`:`nogroup` with no supplementary groups, no capabilities and no new
+//! privileges, umask 0077 (the unit's `UMask=`); its configuration, pid file and spool are in a
+//! dir of its own, owned by that user, mode 0700. clamd's socket is mode 0666 in a 0755 dir (the
+//! harness's), spamd and the Postfix ports are TCP on loopback: all reachable by that user.
+//!
 //! `soak [N] [SECONDS_MAX]`; environment: `SOAK_SEED`, `SOAK_SESSIONS` (8), `SOAK_BACKLOG` (200
 //! messages accepted by Postfix but not yet delivered or discarded, before the senders wait),
 //! `SOAK_FAULT_INTERVAL` (mean seconds between two faults of one injector, 15),
@@ -56,6 +62,10 @@ const FAULT_FREE_TAIL: usize = 20;
 /// 8–16 KiB on a busy 2-core box) and would make the soak a SpamAssassin benchmark. GTUBE and
 /// EICAR sit in the first lines; clamd and the reinjection still get the whole message.
 const SPAMD_MAX_SIZE: usize = 4 * 1024;
+/// The user and group postsift runs as when the soak runs as root (tests/integration/util.rs's
+/// `daemon_cmd` uses the same).
+const DAEMON_USER: &str = "nobody";
+const DAEMON_GROUP: &str = "nogroup";
 
 // ---------------------------------------------------------------------------------------------
 // parameters
@@ -989,7 +999,10 @@ struct Mem {
 struct PostsiftCtl {
     bin: PathBuf,
     config: PathBuf,
+    /// The soak's dir (logs, root's).
     dir: PathBuf,
+    /// postsift's own dir ([`daemon_dir`]): configuration, pid file, spool.
+    run_dir: PathBuf,
     listen: SocketAddr,
     reinject_to: SocketAddr,
     clamd: PathBuf,
@@ -1009,7 +1022,7 @@ impl PostsiftCtl {
         let (sessions, idle) = if self.variant { (48, 8) } else { (64, 16) };
         format!(
             "[server]\nlisten = [\"{listen}\"]\nhostname = \"{FILTER_NAME}\"\n\
-             pid_file = \"{pid}\"\nmax_sessions = {sessions}\nshutdown_grace = {GRACE_SECS}\n\
+             pid_file = \"{pid}\"\nspool_dir = \"{spool}\"\nmax_sessions = {sessions}\nshutdown_grace = {GRACE_SECS}\n\
              [reinject]\nto = \"{reinject}\"\nconnect_timeout = 10\ncommand_timeout = 60\n\
              data_timeout = 120\nmax_idle = {idle}\n\
              [clamd]\nendpoints = [\"{clamd}\"]\non_failure = \"tempfail\"\nconnect_timeout = 5\n\
@@ -1020,7 +1033,8 @@ impl PostsiftCtl {
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\nprobe_interval = 2\n\
              [log]\nlevel = \"info\"\n",
             listen = self.listen,
-            pid = self.dir.join("postsift.pid").display(),
+            pid = self.run_dir.join("postsift.pid").display(),
+            spool = self.run_dir.join("spool").display(),
             reinject = self.reinject_to,
             clamd = self.clamd.display(),
             spamd = self.spamd,
@@ -1029,8 +1043,10 @@ impl PostsiftCtl {
         )
     }
 
+    /// Written by root; readable by the daemon's user (it owns the file).
     fn write_config(&self) {
         harness::write_file(&self.config, self.toml());
+        give_to_daemon(&self.config);
     }
 
     fn pid(&self) -> Option<u32> {
@@ -1044,11 +1060,7 @@ impl PostsiftCtl {
                 .dir
                 .join(format!("postsift-{:03}.log", self.gens.len()));
             let mut child = spawn_logged(
-                Command::new(&self.bin)
-                    .arg("run")
-                    .arg("--config")
-                    .arg(&self.config)
-                    .env_remove("RUST_LOG"),
+                daemon_command(&self.bin, &self.config).env_remove("RUST_LOG"),
                 &log,
             )?;
             let pid = child.id();
@@ -1062,6 +1074,15 @@ impl PostsiftCtl {
                 ended: None,
             });
             if up {
+                // Never root: the soak fails if postsift runs as anyone but the daemon's user.
+                let uid = uid_of(pid);
+                if uid != Some(daemon_ids().0) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "postsift (pid {pid}) runs as uid {uid:?}, not {DAEMON_USER}'s"
+                    ));
+                }
                 self.watchdog = harness::Watchdog::spawn(
                     harness::Watched::Pid(pid),
                     &self.dir.join("watchdog"),
@@ -1134,6 +1155,90 @@ impl PostsiftCtl {
             harness::signal(&pid.to_string(), "HUP");
         }
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// (uid, gid) of [`DAEMON_USER`] and [`DAEMON_GROUP`] under root; the soak's own otherwise.
+fn daemon_ids() -> (u32, u32) {
+    if !is_root() {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        return unsafe { (libc::getuid(), libc::getgid()) };
+    }
+    let user = std::ffi::CString::new(DAEMON_USER).unwrap();
+    let group = std::ffi::CString::new(DAEMON_GROUP).unwrap();
+    // SAFETY: NUL-terminated names; the entries are read at once, before any other getpw*/getgr*.
+    unsafe {
+        let pw = libc::getpwnam(user.as_ptr());
+        let gr = libc::getgrnam(group.as_ptr());
+        assert!(
+            !pw.is_null() && !gr.is_null(),
+            "no user {DAEMON_USER} or group {DAEMON_GROUP}"
+        );
+        ((*pw).pw_uid, (*gr).gr_gid)
+    }
+}
+
+/// Gives `path` to the daemon's user.
+fn give_to_daemon(path: &Path) {
+    let (uid, gid) = daemon_ids();
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// `dir` (created), owned by the daemon's user, mode 0700, as the package's /var/lib/postsift.
+fn daemon_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    give_to_daemon(dir);
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+}
+
+/// `postsift run --config <config>` as an ordinary user: under root, `setpriv` (which execs it:
+/// the same pid) to [`DAEMON_USER`]:[`DAEMON_GROUP`], no supplementary groups, no capabilities,
+/// no new privileges; umask 0077 either way.
+fn daemon_command(bin: &Path, config: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={DAEMON_USER}"))
+            .arg(format!("--regid={DAEMON_GROUP}"))
+            .args([
+                "--clear-groups",
+                "--no-new-privs",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.arg("run").arg("--config").arg(config);
+    // SAFETY: umask(2) is async-signal-safe and only swaps the child's creation mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The uid a process runs as (`Uid:` in /proc/<pid>/status, the real one).
+fn uid_of(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -1727,8 +1832,9 @@ fn main() -> ExitCode {
     ]);
     let ps = PostsiftCtl {
         bin,
-        config: soak_dir.path().join("postsift.toml"),
+        config: soak_dir.path().join("postsift/postsift.toml"),
         dir: soak_dir.path().to_path_buf(),
+        run_dir: soak_dir.path().join("postsift"),
         listen: filter,
         reinject_to: reinject.reinject_addr(),
         clamd: clamd.socket.clone(),
@@ -1740,6 +1846,8 @@ fn main() -> ExitCode {
         gens: Vec::new(),
         variant: false,
     };
+    daemon_dir(&ps.run_dir);
+    daemon_dir(&ps.run_dir.join("spool"));
     ps.write_config();
 
     let ctx = Ctx {
@@ -1784,6 +1892,16 @@ fn main() -> ExitCode {
         filter,
         lock(&ctx.reinject).pf.reinject_addr(),
         sink
+    );
+    println!(
+        "   postsift runs as uid {} ({}), no capabilities, no new privileges, in {}",
+        daemon_ids().0,
+        if is_root() {
+            DAEMON_USER
+        } else {
+            "the soak's user"
+        },
+        lock(&ctx.postsift).run_dir.display()
     );
     println!("   ready in {:.1} s\n", started.elapsed().as_secs_f64());
 
