@@ -4,7 +4,8 @@
 # (no errors), install it with dpkg -i, check the _postsift user, directories and modes, rate the
 # installed unit with systemd-analyze (security ≤ 2.0, verify), start the installed binary as the
 # unit's user with the unit's ExecStart (no systemd here: setpriv) inside a loopback-only netns and
-# send the demo's messages through a private Postfix, then purge and check nothing is left.
+# send the demo's messages through a private Postfix, then purge and check nothing is left; then
+# install again and purge with a DKIM key in /etc/postsift/dkim: the key is kept, root-only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/package-test.sh: run as root (dpkg -i, netns)" >&2; exit 1; }
@@ -153,4 +154,32 @@ done
 check "purge leaves nothing:${left:- (none)}" test -z "$left"
 check "purge removed user and group _postsift" bash -c "! getent passwd _postsift && ! getent group _postsift"
 check "dpkg knows no postsift" bash -c "! dpkg -s postsift"
+
+# Purge and the administrator's files (README: The package): a DKIM key made with `postsift dkim
+# genkey` in /etc/postsift/dkim and given to _postsift, as the README says, is not the package's:
+# purge keeps it, byte for byte, in an /etc/postsift only root can enter (the freed uid's next
+# owner cannot read it), and says so; the conffile's dpkg copies go with everything else.
+check "dpkg -i again" dpkg -i "$deb"
+mkdir -p /etc/postsift/dkim
+check "postsift dkim genkey into /etc/postsift/dkim" /usr/sbin/postsift dkim genkey --domain example.com \
+    --selector pkgtest --out /etc/postsift/dkim/example.com.pkgtest.pem
+chown -R _postsift: /etc/postsift/dkim
+cp /etc/postsift/dkim/example.com.pkgtest.pem "$work/key.pem"
+cp /etc/postsift/postsift.toml /etc/postsift/postsift.toml.dpkg-old
+dpkg --purge postsift >"$work/purge.log" 2>&1
+purge_rc=$?
+check "dpkg --purge with a DKIM key in /etc/postsift/dkim (exit $purge_rc)" test "$purge_rc" = 0
+sed 's/^/     dpkg: /' "$work/purge.log"
+check "purge kept the DKIM key, unchanged" cmp "$work/key.pem" /etc/postsift/dkim/example.com.pkgtest.pem
+check "purge made /etc/postsift root's, 0700" mode "700 root root" /etc/postsift
+check "purge said what it kept and where" bash -c "grep -q 'purge kept' '$work/purge.log' && grep -q '/etc/postsift/dkim/example.com.pkgtest.pem' '$work/purge.log'"
+check "purge deleted the conffile and its dpkg copy" bash -c "[ -z \"\$(find /etc/postsift -name 'postsift.toml*')\" ]"
+left=""
+for p in /usr/sbin/postsift /var/lib/postsift /var/spool/postsift /run/postsift \
+    /lib/systemd/system/postsift.service /usr/share/doc/postsift; do
+    [ -e "$p" ] && left="$left $p"
+done
+check "purge left nothing else:${left:- (none)}" test -z "$left"
+check "purge removed user and group _postsift (the key's owner)" bash -c "! getent passwd _postsift && ! getent group _postsift"
+rm -rf /etc/postsift
 finish
