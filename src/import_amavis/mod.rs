@@ -340,6 +340,52 @@ $x = `touch {}/RAN`;
         assert_eq!(c.dkim_sign.keys[0].domain, "example.com");
     }
 
+    /// The classic layout (CentOS, the upstream recipe): one amavisd.conf. Debian's own files,
+    /// its package defaults and then conf.d in run-parts order, joined into one file, import to
+    /// the same TOML and the same list of what was not carried over.
+    #[test]
+    fn a_single_amavisd_conf_imports_as_debian_s_conf_d_does() {
+        let dir = debian_conf("");
+        let mut joined = String::new();
+        for d in ["/usr/share/amavis/conf.d", "/etc/amavis/conf.d"] {
+            let mut files: Vec<_> = std::fs::read_dir(d)
+                .expect("package amavisd-new")
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for f in files {
+                joined.push_str(&std::fs::read_to_string(&f).unwrap());
+                joined.push('\n');
+            }
+        }
+        let single = dir.path().join("amavisd.conf");
+        std::fs::write(&single, joined).unwrap();
+        let one = import(&single).expect("import amavisd.conf");
+        let (_, toml, skipped) = imported(&dir);
+        let body = |t: &str| -> String {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(one.toml.contains(&format!("#   {}\n", single.display())));
+        assert_eq!(body(&one.toml), body(&toml));
+        assert_eq!(one.skipped, skipped);
+        crate::config::Config::parse(&one.toml, Path::new("imported.toml"))
+            .unwrap_or_else(|e| panic!("check-config refuses the import: {e}\n{}", one.toml));
+        // What Debian's files set that postsift does differently is said, with the value.
+        for want in [
+            "@local_domains_acl = ",
+            "$virus_quarantine_method = \"local:virus-%m\" in $QUARANTINEDIR /var/lib/amavis/virusmails",
+            "$spam_quarantine_method = \"local:spam-%m.gz\"",
+        ] {
+            assert!(
+                skipped.iter().any(|s| s.starts_with(want)),
+                "{want}: {skipped:?}"
+            );
+        }
+    }
+
     #[test]
     fn networks_as_cidr() {
         assert_eq!(cidr("[::1]").as_deref(), Some("::1/128"));
