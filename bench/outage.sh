@@ -106,7 +106,7 @@ outage_start() {  # outage_start PEER VARIANT
   outage_conf "$1" "$2" > "$f"
   "$POSTSIFT_BIN" check-config --config "$f" 2>&1 | grep -v '^ok' | sed 's/^/  check-config: /' >&2
   wait_free "$PS_ADDR" || die "$PS_ADDR still busy"
-  "$POSTSIFT_BIN" run --config "$f" >> "$WORK/postsift/outage-$1-$2.log" 2>&1 &
+  (umask 0077; exec "${PS_RUN_AS[@]}" "$POSTSIFT_BIN" run --config "$f") >> "$WORK/postsift/outage-$1-$2.log" 2>&1 &
   PS_PID=$!; STARTED+=("postsift $PS_PID")
   wait_listen "$PS_ADDR" 30 $PS_PID || die "postsift did not start: $(tail -n 5 "$WORK/postsift/outage-$1-$2.log")"
 }
