@@ -195,15 +195,11 @@ check "purge leaves nothing:${left:- (none)}" test -z "$left"
 check "purge removed user and group _postsift" bash -c "! getent passwd _postsift && ! getent group _postsift"
 check "dpkg knows no postsift" bash -c "! dpkg -s postsift"
 
-# Purge and the administrator's files (README: The package): a DKIM key made with `postsift dkim
-# genkey` in /etc/postsift/dkim and given to _postsift, as the README says, is not the package's:
-# purge keeps it, byte for byte, in an /etc/postsift only root can enter (the freed uid's next
-# owner cannot read it), and says so; the conffile's dpkg copies go with everything else.
 # Never started without a configuration check-config accepts: a bad one in place on install
 # (kept: --force-confold) leaves the service disabled, and the postinst says why.
 mkdir -p /etc/postsift
 printf '[server]\nmax_sessions = "many"\n' >/etc/postsift/postsift.toml
-dpkg -i --force-confold "$deb" >"$work/install2.log" 2>&1
+dpkg -i --force-confold "$deb" </dev/null >"$work/install2.log" 2>&1
 check "dpkg -i with a bad configuration in place: installed (exit $?)" installed
 sed 's/^/     dpkg: /' "$work/install2.log" | grep -i postsift || true
 check "the postinst says check-config refused it and the service is not started" \
@@ -215,12 +211,16 @@ check "the unit itself would not start it either (ExecStartPre: check-config exi
 # The conffile is kept over an upgrade (here a reinstall of the same version): the
 # administrator's edit stays, with its owner and mode.
 { cat "$work/conffile"; echo "# edited by the administrator"; } >/etc/postsift/postsift.toml
-dpkg -i "$deb" >"$work/install3.log" 2>&1
+dpkg -i "$deb" </dev/null >"$work/install3.log" 2>&1
 check "dpkg -i over an installed postsift (exit $?)" installed
 check "the edited conffile was kept" grep -qx "# edited by the administrator" /etc/postsift/postsift.toml
 check "the edited conffile: 640 root:_postsift" mode "640 root _postsift" /etc/postsift/postsift.toml
 check "no check-config complaint with the good configuration" \
     bash -c "! grep -q 'does not pass' '$work/install3.log'"
+# Purge and the administrator's files (README: The package): a DKIM key made with `postsift dkim
+# genkey` in /etc/postsift/dkim and given to _postsift, as the README says, is not the package's:
+# purge keeps it, byte for byte, in an /etc/postsift only root can enter (the freed uid's next
+# owner cannot read it), and says so; the conffile's dpkg copies go with everything else.
 mkdir -p /etc/postsift/dkim
 check "postsift dkim genkey into /etc/postsift/dkim" /usr/sbin/postsift dkim genkey --domain example.com \
     --selector pkgtest --out /etc/postsift/dkim/example.com.pkgtest.pem
