@@ -21,6 +21,7 @@ mod log;
 pub mod metrics;
 mod outcome;
 mod received;
+mod sqllog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Processed {
     pub groups: Vec<GroupReport>,
     /// One line per recipient group (one for a message without policy banks).
     log: Vec<LogLine>,
+    /// The SQL log's record, completed with the replies (`[sql] log`).
+    sql: std::sync::Mutex<Option<sqllog::Pending>>,
 }
 
 /// One recipient group's verdict.
@@ -100,7 +103,9 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     m.message_size.observe(r.msg.len() as f64);
     if r.msg.header_too_big() {
         tracing::warn!(id = %r.id, size = r.msg.len(), "header section over server.max_header_size: refused");
-        return Processed::new(Outcome::HeaderTooBig, "unscanned");
+        let p = Processed::new(Outcome::HeaderTooBig, "unscanned");
+        *p.sql.lock().unwrap_or_else(|e| e.into_inner()) = sqllog::oversized(shared, &r);
+        return p;
     }
     let scan_start = Instant::now();
     let groups = Groups::of(&shared.config, &r);
@@ -205,6 +210,20 @@ fn finish(
         .map(|g| &g.decision.category)
         .min_by_key(|c| c.rank())
         .map_or("clean", |c| c.label());
+    let sql = sqllog::draft(
+        shared,
+        r,
+        &(reports.iter().enumerate())
+            .map(|(i, g)| sqllog::GroupPart {
+                config: &groups.configs[i],
+                rcpts: &g.rcpts,
+                decision: &g.decision,
+                outcome: &outcomes[i],
+                bank: &g.bank,
+                listed: None,
+            })
+            .collect::<Vec<_>>(),
+    );
     let rcpts = groups.list.into_iter().map(|g| g.rcpts);
     let parts = rcpts
         .zip(outcomes)
@@ -215,6 +234,7 @@ fn finish(
         verdict,
         groups: reports,
         log,
+        sql: std::sync::Mutex::new(sql),
     }
 }
 
@@ -226,6 +246,7 @@ impl Processed {
             verdict,
             groups: Vec::new(),
             log: Vec::new(),
+            sql: std::sync::Mutex::new(None),
         }
     }
 
@@ -242,6 +263,10 @@ impl Processed {
     pub fn log(&self, reply: &dyn Fn(usize) -> String) {
         for l in &self.log {
             l.write(&reply(l.first_rcpt));
+        }
+        let sql = self.sql.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = sql {
+            p.submit(reply);
         }
     }
 }

@@ -94,3 +94,278 @@ fn sql_init_command_creates_amavis_schema_and_keeps_it() {
     assert_eq!(code, 69, "{out}{err}");
     assert!(!err.contains("secretpw"), "{err}");
 }
+
+/// A message with an attachment the default `[banned]` rules ban (double extension, .exe).
+const BANNED: &str = "From: Alice <alice@example.org>\r\nTo: <bob@example.com>\r\n\
+Subject: invoice\r\nMessage-ID: <banned-1@example.org>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+Content-Type: text/plain\r\n\r\nsee attached\r\n--b1\r\n\
+Content-Type: application/octet-stream; name=\"invoice.pdf.exe\"\r\n\
+Content-Disposition: attachment; filename=\"invoice.pdf.exe\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAA==\r\n--b1--\r\n";
+
+/// Three text parts: over `max_parts = 1`, so the MIME walk stops (UNCHECKED).
+const THREE_PARTS: &str = "From: <alice@example.org>\r\nSubject: parts\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n--p\r\nContent-Type: text/plain\r\n\r\none\r\n\
+--p\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--p\r\nContent-Type: text/plain\r\n\r\nthree\r\n--p--\r\n";
+
+/// The `[sql]` section of a daemon that logs to `url`.
+fn sql_section(url: &str, extra: &str) -> String {
+    format!("[sql]\nurl = \"{url}\"\nlog = true\nlog_batch = 5\nconnect_timeout = 1\ntimeout = 3\n{extra}")
+}
+
+/// One row per logged recipient, in the order of the recipients' addresses: recipient,
+/// msgs.content, msgrcpt.content, ds, smtp_resp, policy, host, client_addr, size, from_addr,
+/// subject, message_id, spam_level, rs.
+fn logged(s: &crate::peers::sql::SqlServer, db: &str) -> Vec<Vec<String>> {
+    let email = match s.kind {
+        Kind::Postgres => "convert_from(a.email, 'UTF8')",
+        Kind::MariaDb => "a.email",
+    };
+    let sql = format!(
+        "SELECT {email}, m.content, r.content, r.ds, r.smtp_resp, m.policy, m.host, \
+         m.client_addr, m.size, m.from_addr, m.subject, m.message_id, m.spam_level, r.rs \
+         FROM msgs m JOIN msgrcpt r ON r.mail_id = m.mail_id JOIN maddr a ON a.id = r.rid \
+         ORDER BY 1"
+    );
+    s.client(db, &sql)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// Polls `cond` every 100 ms (without blocking the runtime) until true or `limit` passes.
+async fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cond()
+}
+
+/// Each content category through the real daemon (clamd, spamd, a next hop that refuses one
+/// recipient) lands in amavis's tables with amavis's codes: msgs.content, msgrcpt.content and
+/// ds per recipient, the reply in smtp_resp, the bank in policy, the node in host. Two nodes
+/// share the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_through_the_daemon_writes_each_category_with_amavis_codes() {
+    use crate::capture::{Behaviour, Capture};
+    use crate::client::send_one;
+    use crate::util::{self, fixture, start_filter};
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    for kind in KINDS {
+        let s = shared(kind);
+        let db = s.create_db("dlog");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        let sink = Capture::start_with(Behaviour {
+            refuse_rcpt: vec![("mta@".into(), "550 5.1.1 no such user".into())],
+            ..Behaviour::default()
+        })
+        .await;
+        let a = start_filter(&util::config(
+            Some(&clamd),
+            Some(&spamd),
+            sink.addr,
+            &format!(
+                "{}[[policy]]\nname = \"lenient\"\nmatch.recipient_domain = [\"lenient.test\"]\n\
+                 spam.tag2_level = 5.0\nspam.kill_level = 2000.0\n",
+                sql_section(&s.url(&db), "")
+            ),
+        ))
+        .await;
+        let b = start_filter(
+            &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), ""))
+                .set("server.hostname", "node-b.test")
+                .set("parts.max_parts", 1)
+                .set("server.max_header_size", 4096)
+                .toml(),
+        )
+        .await;
+        let big_header = format!(
+            "From: <alice@example.org>\r\nSubject: big\r\nX-Filler: {}\r\n\r\nbody\r\n",
+            "x".repeat(6000)
+        );
+        let cases: Vec<(&str, std::net::SocketAddr, Vec<u8>, u16)> = vec![
+            ("clean@example.com", a.addr, fixture("clean.eml"), 250),
+            ("virus@example.com", a.addr, fixture("eicar-plain.eml"), 250),
+            (
+                "banned@example.com",
+                a.addr,
+                BANNED.as_bytes().to_vec(),
+                554,
+            ),
+            ("spam@example.com", a.addr, fixture("gtube.eml"), 250),
+            ("spammy@lenient.test", a.addr, fixture("gtube.eml"), 250),
+            ("mta@example.com", a.addr, fixture("clean.eml"), 550),
+            (
+                "unchecked@example.com",
+                b.addr,
+                THREE_PARTS.as_bytes().to_vec(),
+                250,
+            ),
+            (
+                "oversized@example.com",
+                b.addr,
+                big_header.into_bytes(),
+                552,
+            ),
+        ];
+        for (rcpt, addr, body, code) in &cases {
+            let r = send_one(*addr, "alice@example.org", &[rcpt], body).await;
+            assert_eq!(r.code, *code, "{kind:?} {rcpt}: {r:?}");
+        }
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
+                == cases.len())
+            .await,
+            "{kind:?}: {:?}",
+            logged(s, &db)
+        );
+        let rows = logged(s, &db);
+        let row = |rcpt: &str| {
+            rows.iter()
+                .find(|r| r[0] == rcpt)
+                .unwrap_or_else(|| panic!("{kind:?}: no row for {rcpt}: {rows:?}"))
+                .clone()
+        };
+        // recipient → (msgs.content, msgrcpt.content, ds, reply code)
+        for (rcpt, content, ds, resp) in [
+            ("clean@example.com", "C", "P", "250 "),
+            ("virus@example.com", "V", "D", "250 "),
+            ("banned@example.com", "B", "R", "554 "),
+            ("spam@example.com", "S", "P", "250 "),
+            ("spammy@lenient.test", "Y", "P", "250 "),
+            ("mta@example.com", "T", "R", "550 "),
+            ("unchecked@example.com", "U", "P", "250 "),
+            ("oversized@example.com", "O", "R", "552 "),
+        ] {
+            let r = row(rcpt);
+            assert_eq!(
+                (r[1].as_str(), r[2].as_str()),
+                (content, content),
+                "{kind:?} {rcpt}: {r:?}"
+            );
+            assert_eq!(r[3], ds, "{kind:?} {rcpt}: {r:?}");
+            assert!(r[4].starts_with(resp), "{kind:?} {rcpt}: {r:?}");
+            assert_eq!(r[13].trim(), "", "{kind:?} {rcpt}: rs is blank: {r:?}");
+            assert_eq!(r[7], "127.0.0.1", "{kind:?} {rcpt}: {r:?}");
+            assert!(r[8].parse::<u64>().unwrap() > 100, "{kind:?} {rcpt}: {r:?}");
+        }
+        let clean = row("clean@example.com");
+        assert_eq!(clean[6], "filter.test.local");
+        assert_eq!(clean[9], "Alice <alice@example.org>");
+        assert_eq!(clean[10], "Lunch on Friday?");
+        assert_eq!(clean[11], "<clean-1@example.org>");
+        assert_eq!(row("unchecked@example.com")[6], "node-b.test");
+        let spammy = row("spammy@lenient.test");
+        assert_eq!(spammy[5], "lenient", "{spammy:?}");
+        assert!(spammy[12].parse::<f64>().unwrap() >= 5.0, "{spammy:?}");
+        assert_eq!(row("spam@example.com")[5], "", "no bank applied");
+        assert!(row("banned@example.com")[4].contains("invoice.pdf.exe"));
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+fn backend(kind: Kind) -> postsift::sql::Backend {
+    match kind {
+        Kind::Postgres => postsift::sql::Backend::Postgres,
+        Kind::MariaDb => postsift::sql::Backend::MySql,
+    }
+}
+
+/// The database stopped while the daemon runs: every message still gets its 250 and reaches
+/// the next hop, the log's backlog and errors show in the metrics, and once the database is
+/// back the backlog is written: every message logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_database_stopped_mid_run_mail_flows_and_backlog_recovers() {
+    use crate::capture::Capture;
+    use crate::client::send_one;
+    use crate::peers::sql::SqlServer;
+    use crate::util::{self, fixture, http_get, start_filter};
+    let mut s = util::blocking(|| SqlServer::start(Kind::Postgres)).await;
+    let db = s.create_db("dout");
+    s.client(
+        &db,
+        postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
+    );
+    let sink = Capture::start().await;
+    let metrics = crate::peers::localhost(crate::peers::free_port());
+    let f = start_filter(
+        &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), ""))
+            .set("metrics.listen", metrics.to_string())
+            .toml(),
+    )
+    .await;
+    let count = |s: &SqlServer| {
+        s.client(&db, "SELECT count(*) FROM msgrcpt")
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let send = |i: usize| {
+        let rcpt = format!("r{i}@example.com");
+        async move { send_one(f.addr, "a@example.org", &[&rcpt], &fixture("clean.eml")).await }
+    };
+    for i in 0..3 {
+        assert_eq!(send(i).await.code, 250);
+    }
+    assert!(wait_for(std::time::Duration::from_secs(60), || count(&s) == 3).await);
+
+    s.stop();
+    // Mail flows: each message gets its 250 and reaches the next hop.
+    for i in 3..10 {
+        assert_eq!(
+            send(i).await.code,
+            250,
+            "message {i} with the database down"
+        );
+    }
+    assert_eq!(sink.wait_for(10).await.len(), 10);
+    let scrape = || async { http_get(metrics, "/metrics").await.1 };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let mut text = scrape().await;
+    for _ in 0..600 {
+        if value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = scrape().await;
+    }
+    assert!(
+        value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0,
+        "{text}"
+    );
+    assert!(value(&text, "postsift_sql_log_backlog") > 0.0, "{text}");
+
+    s.start_again();
+    assert!(
+        wait_for(std::time::Duration::from_secs(90), || count(&s) == 10).await,
+        "logged {} of 10",
+        count(&s)
+    );
+    let text = scrape().await;
+    assert_eq!(value(&text, "postsift_sql_log_backlog"), 0.0, "{text}");
+    assert_eq!(
+        value(&text, "postsift_sql_log_written_total"),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "postsift_sql_log_dropped_total{reason=\"backlog_full\"}"
+        ),
+        0.0
+    );
+    f.stop().await;
+    s.stop();
+}
