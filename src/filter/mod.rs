@@ -22,6 +22,7 @@ pub mod metrics;
 mod outcome;
 mod received;
 mod sqllog;
+pub mod sqlpolicy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -108,7 +109,11 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
         return p;
     }
     let scan_start = Instant::now();
-    let groups = Groups::of(&shared.config, &r);
+    let per_user = sqlpolicy::lookup(shared, &r).await;
+    let mut groups = Groups::of(&shared.config, &r);
+    if let Some(per) = &per_user {
+        sqlpolicy::regroup(&mut groups, &r, per);
+    }
     let scanned = judge::scan(shared, &r.msg, &groups::scan_envelope(&r), &groups).await;
     let judged = judge::judge(&groups, &scanned);
     let t = Timings {
@@ -220,7 +225,7 @@ fn finish(
                 decision: &g.decision,
                 outcome: &outcomes[i],
                 bank: &g.bank,
-                listed: None,
+                listed: groups.sql.get(i).and_then(|s| s.as_ref()?.listed),
             })
             .collect::<Vec<_>>(),
     );

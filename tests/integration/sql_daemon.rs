@@ -369,3 +369,161 @@ async fn sql_log_database_stopped_mid_run_mail_flows_and_backlog_recovers() {
     f.stop().await;
     s.stop();
 }
+
+/// Per-user policy and wblist rows as a UI writes them.
+const LOOKUP_DATA: &str = "
+INSERT INTO policy (id, policy_name, spam_tag2_level, spam_kill_level, spam_subject_tag2)
+  VALUES (1, 'Low', -50, -50, '[LOW] '), (2, 'Plain', NULL, NULL, NULL);
+INSERT INTO users (id, priority, policy_id, email) VALUES
+  (1, 7, 1, 'low@example.com'), (2, 7, 2, 'black@example.com'), (3, 7, 2, 'white@example.com');
+INSERT INTO mailaddr (id, priority, email) VALUES
+  (1, 7, 'bad@example.net'), (2, 7, 'spammer@example.net');
+INSERT INTO wblist (rid, sid, wb) VALUES (2, 1, 'B'), (3, 2, 'W');
+";
+
+/// The copy the next hop got for `rcpt`: its Subject and X-Spam-Flag lines.
+fn copy_for(sink: &crate::capture::Capture, rcpt: &str) -> (String, String) {
+    let t = sink
+        .all()
+        .into_iter()
+        .find(|t| t.rcpts.iter().any(|r| r.contains(rcpt)))
+        .unwrap_or_else(|| panic!("no copy for {rcpt}"));
+    let text = String::from_utf8_lossy(&t.data).into_owned();
+    let header = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+    let line = |name: &str| {
+        header
+            .split("\r\n")
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    (line("Subject:"), line("X-Spam-Flag:"))
+}
+
+/// `[sql] lookups`: a recipient with its own policy row gets its own spam levels and subject
+/// tag (its own copy; the other recipient's is untouched), a blacklisted sender is spam for
+/// that recipient whatever the score, a whitelisted one never is; with the database away the
+/// file's settings apply and the fallback is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_lookups_through_the_daemon_per_user_spam_level_and_wblist() {
+    use crate::capture::Capture;
+    use crate::client::send_one;
+    use crate::util::{self, fixture, http_get, start_filter};
+    let spamd = util::blocking(util::spamd).await;
+    for kind in KINDS {
+        let s = shared(kind);
+        let db = s.create_db("dlook");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        s.client(&db, LOOKUP_DATA);
+        let sink = Capture::start().await;
+        let f = start_filter(&util::config(
+            None,
+            Some(&spamd),
+            sink.addr,
+            &sql_section(&s.url(&db), "lookups = true\n"),
+        ))
+        .await;
+        let clean = fixture("clean.eml");
+        let r = send_one(
+            f.addr,
+            "alice@example.org",
+            &["low@example.com", "other@example.com"],
+            &clean,
+        )
+        .await;
+        assert_eq!(r.code, 250, "{kind:?}: {r:?}");
+        sink.wait_for(2).await;
+        let (subject, flag) = copy_for(&sink, "low@example.com");
+        assert_eq!(subject, "Subject: [LOW] Lunch on Friday?", "{kind:?}");
+        assert_eq!(flag, "X-Spam-Flag: YES", "{kind:?}");
+        let (subject, flag) = copy_for(&sink, "other@example.com");
+        assert_eq!(subject, "Subject: Lunch on Friday?", "{kind:?}");
+        assert_eq!(flag, "X-Spam-Flag: NO", "{kind:?}");
+
+        // Blacklisted: a clean message is spam for black@ (the file's subject tag).
+        let r = send_one(f.addr, "bad@example.net", &["black@example.com"], &clean).await;
+        assert_eq!(r.code, 250);
+        sink.wait_for(3).await;
+        let (subject, flag) = copy_for(&sink, "black@example.com");
+        assert_eq!(subject, "Subject: ***Spam*** Lunch on Friday?", "{kind:?}");
+        assert_eq!(flag, "X-Spam-Flag: YES", "{kind:?}");
+
+        // Whitelisted: GTUBE is not spam for white@; for anyone else it is.
+        let gtube = fixture("gtube.eml");
+        let r = send_one(
+            f.addr,
+            "spammer@example.net",
+            &["white@example.com", "else@example.com"],
+            &gtube,
+        )
+        .await;
+        assert_eq!(r.code, 250);
+        sink.wait_for(5).await;
+        let (subject, flag) = copy_for(&sink, "white@example.com");
+        assert_eq!(subject, "Subject: Cheap watches", "{kind:?}");
+        assert_eq!(flag, "X-Spam-Flag: NO", "{kind:?}");
+        let (subject, flag) = copy_for(&sink, "else@example.com");
+        assert_eq!(subject, "Subject: ***Spam*** Cheap watches", "{kind:?}");
+        assert_eq!(flag, "X-Spam-Flag: YES", "{kind:?}");
+        f.stop().await;
+
+        // The log names the policy and marks the lists.
+        let bl = s.client(
+            &db,
+            "SELECT m.policy, r.bl, r.wl FROM msgs m JOIN msgrcpt r ON r.mail_id = m.mail_id \
+             WHERE r.bl = 'Y' OR r.wl = 'Y' ORDER BY r.bl DESC",
+        );
+        let want = "sql:Plain\tY\tN\nsql:Plain\tN\tY";
+        assert!(
+            wait_for(std::time::Duration::from_secs(30), || {
+                s.client(
+                    &db,
+                    "SELECT m.policy, r.bl, r.wl FROM msgs m JOIN msgrcpt r ON r.mail_id = m.mail_id \
+                     WHERE r.bl = 'Y' OR r.wl = 'Y' ORDER BY r.bl DESC",
+                )
+                .trim()
+                    == want
+            })
+            .await,
+            "{kind:?}: {bl}"
+        );
+    }
+
+    // The database is not there: the file's settings, mail flows, the fallback counted.
+    let sink = Capture::start().await;
+    let metrics = crate::peers::localhost(crate::peers::free_port());
+    let url = format!(
+        "postgresql://postgres@127.0.0.1:{}/none",
+        crate::peers::free_port()
+    );
+    let f = start_filter(
+        &util::test_config(
+            None,
+            Some(&spamd),
+            sink.addr,
+            &sql_section(&url, "lookups = true\n"),
+        )
+        .set("metrics.listen", metrics.to_string())
+        .toml(),
+    )
+    .await;
+    let r = send_one(
+        f.addr,
+        "alice@example.org",
+        &["low@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    sink.wait_for(1).await;
+    assert_eq!(
+        copy_for(&sink, "low@example.com").0,
+        "Subject: Lunch on Friday?"
+    );
+    let text = http_get(metrics, "/metrics").await.1;
+    assert!(
+        text.contains("postsift_sql_lookup_fallbacks_total 1"),
+        "{text}"
+    );
+    f.stop().await;
+}
