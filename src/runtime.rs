@@ -283,6 +283,32 @@ mod tests {
         assert!(text.contains("postsift_config_last_reload_success_timestamp_seconds 0"));
     }
 
+    /// A reload that leaves `[sql]` as it was keeps the store (its pool, log writer and lookup
+    /// cache); one that changes it gets a new one; none without `sql.url`.
+    #[tokio::test]
+    async fn sql_store_is_kept_across_builds_while_sql_is_unchanged() {
+        let parse = |t: &str| config::Config::parse(t, std::path::Path::new("t.toml")).unwrap();
+        let sql = "[sql]\nurl = \"postgresql://postsift@127.0.0.1:9/amavis\"\nlog = true\n";
+        let c = parse(sql);
+        let lasting = Lasting::new(&c, CancellationToken::new());
+        let a = Runtime::build(c.clone(), &lasting).unwrap();
+        let b = Runtime::build(c, &lasting).unwrap();
+        let (sa, sb) = (a.sql.clone().unwrap(), b.sql.clone().unwrap());
+        assert!(Arc::ptr_eq(&sa, &sb));
+        assert!(sa.log.is_some() && sa.lookups.is_none());
+        let changed = Runtime::build(parse(&format!("{sql}lookups = true\n")), &lasting).unwrap();
+        let sc = changed.sql.clone().unwrap();
+        assert!(!Arc::ptr_eq(&sa, &sc) && sc.lookups.is_some());
+        assert!(Runtime::build(parse(""), &lasting).unwrap().sql.is_none());
+        // the SQL series are there without [sql]
+        assert!(a
+            .metrics
+            .encode()
+            .contains("postsift_sql_errors_total{kind=\"log_batch\"} 0"));
+        lasting.close_sql().await;
+        sa.close(std::time::Duration::from_secs(1)).await;
+    }
+
     #[test]
     fn a_message_no_bank_applied_to_is_counted_as_dash() {
         let m = Metrics::new();
