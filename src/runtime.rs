@@ -19,6 +19,8 @@ use crate::reinject::ReinjectMetrics;
 use crate::scan::ScanMetrics;
 use crate::server::metrics::ServerMetrics;
 use crate::sign::SignMetrics;
+use crate::sql::metrics::SqlMetrics;
+use crate::sql::store::SqlStore;
 use crate::{config, message, peers, reinject, scan, sign};
 
 /// Every part's series, registered once in one registry (a reload keeps them: a registry takes
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub quarantine: QuarantineMetrics,
     /// DKIM signing of outgoing mail (see `sign`).
     pub dkim_sign: SignMetrics,
+    /// The SQL store's series (`postsift_sql_*`), present whether or not `[sql]` is set.
+    pub sql: SqlMetrics,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,7 @@ impl Metrics {
             greylist: GreylistMetrics::register(r),
             quarantine: QuarantineMetrics::register(r),
             dkim_sign: SignMetrics::register(r),
+            sql: SqlMetrics::register(r),
             server,
             endpoint: Arc::new(Endpoint::new(registry, refused)),
         }
@@ -86,9 +91,36 @@ pub struct Lasting {
     pub greylist_store: Option<Arc<greylist::store::Store>>,
     /// The quarantine, when the configuration can quarantine or release.
     pub quarantine: Option<Arc<Quarantine>>,
+    /// The SQL store of the last build (see [`Lasting::sql_store`]).
+    pub sql: Arc<std::sync::Mutex<Option<Arc<SqlStore>>>>,
 }
 
 impl Lasting {
+    /// The SQL store for `cfg`: the last one built if its `[sql]` is the same (a reload keeps
+    /// the pool, the log writer and the lookup cache), else a new one (the old ends with the
+    /// sessions that hold it). None when `sql.url` is empty. Needs a tokio runtime.
+    pub fn sql_store(&self, cfg: &config::SqlConfig) -> Result<Option<Arc<SqlStore>>, Error> {
+        let mut slot = self.sql.lock().unwrap_or_else(|e| e.into_inner());
+        if !cfg.enabled() {
+            *slot = None;
+            return Ok(None);
+        }
+        if let Some(s) = slot.as_ref().filter(|s| s.config == *cfg) {
+            return Ok(Some(s.clone()));
+        }
+        let s = Arc::new(SqlStore::with_metrics(cfg, self.metrics.sql.clone())?);
+        *slot = Some(s.clone());
+        Ok(Some(s))
+    }
+
+    /// At shutdown: the SQL log writes its backlog (for up to `sql.timeout`).
+    pub async fn close_sql(&self) {
+        let store = self.sql.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = store {
+            s.close(s.config.timeout()).await;
+        }
+    }
+
     /// Fresh metrics and budget, no stores.
     pub fn new(config: &config::Config, shutdown: CancellationToken) -> Lasting {
         Lasting {
@@ -97,6 +129,7 @@ impl Lasting {
             shutdown,
             greylist_store: None,
             quarantine: None,
+            sql: Default::default(),
         }
     }
 }
@@ -109,6 +142,9 @@ pub enum Error {
     /// A DKIM signing key that cannot be loaded; the message names `dkim_sign.keys[i].key`.
     #[error("{0}")]
     DkimKey(#[from] config::Error),
+    /// `[sql]` that cannot be used (a URL sqlx cannot read).
+    #[error("sql: {0}")]
+    Sql(#[from] crate::sql::Error),
 }
 
 /// What every session shares: configuration, scanner clients, the reinjection pool, and the
@@ -132,6 +168,8 @@ pub struct Runtime {
     pub quarantine: Option<Arc<Quarantine>>,
     /// The DKIM signing keys `[dkim_sign] keys` names, loaded when the runtime is built.
     pub dkim_keys: sign::Keys,
+    /// The SQL store when `sql.url` is set (kept across reloads while `[sql]` is unchanged).
+    pub sql: Option<Arc<SqlStore>>,
 }
 
 impl Runtime {
@@ -161,6 +199,7 @@ impl Runtime {
             )?)),
             None => None,
         };
+        let sql = lasting.sql_store(&config.sql)?;
         let budget = lasting.budget.clone();
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
         metrics
@@ -178,6 +217,7 @@ impl Runtime {
             greylist,
             quarantine: lasting.quarantine.clone(),
             dkim_keys,
+            sql,
         };
         for g in rt.peer_groups() {
             g.observe(rt.metrics.peers.peer_metrics(g.peer()));
@@ -241,6 +281,32 @@ mod tests {
         assert!(text.contains("postsift_config_reloads_total{result=\"success\"} 0"));
         assert!(text.contains("postsift_config_reloads_total{result=\"failure\"} 0"));
         assert!(text.contains("postsift_config_last_reload_success_timestamp_seconds 0"));
+    }
+
+    /// A reload that leaves `[sql]` as it was keeps the store (its pool, log writer and lookup
+    /// cache); one that changes it gets a new one; none without `sql.url`.
+    #[tokio::test]
+    async fn sql_store_is_kept_across_builds_while_sql_is_unchanged() {
+        let parse = |t: &str| config::Config::parse(t, std::path::Path::new("t.toml")).unwrap();
+        let sql = "[sql]\nurl = \"postgresql://postsift@127.0.0.1:9/amavis\"\nlog = true\n";
+        let c = parse(sql);
+        let lasting = Lasting::new(&c, CancellationToken::new());
+        let a = Runtime::build(c.clone(), &lasting).unwrap();
+        let b = Runtime::build(c, &lasting).unwrap();
+        let (sa, sb) = (a.sql.clone().unwrap(), b.sql.clone().unwrap());
+        assert!(Arc::ptr_eq(&sa, &sb));
+        assert!(sa.log.is_some() && sa.lookups.is_none());
+        let changed = Runtime::build(parse(&format!("{sql}lookups = true\n")), &lasting).unwrap();
+        let sc = changed.sql.clone().unwrap();
+        assert!(!Arc::ptr_eq(&sa, &sc) && sc.lookups.is_some());
+        assert!(Runtime::build(parse(""), &lasting).unwrap().sql.is_none());
+        // the SQL series are there without [sql]
+        assert!(a
+            .metrics
+            .encode()
+            .contains("postsift_sql_errors_total{kind=\"log_batch\"} 0"));
+        lasting.close_sql().await;
+        sa.close(std::time::Duration::from_secs(1)).await;
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Groups<'a> {
     pub configs: Vec<Cow<'a, Config>>,
     /// Each group's envelope: the message's, or (several groups) one with its recipients only.
     pub envs: Vec<Cow<'a, Envelope>>,
+    /// Groups made by SQL per-user policy (`[sql] lookups`), per group; empty when none.
+    pub sql: Vec<Option<SqlGroup>>,
 }
 
 impl<'a> Groups<'a> {
@@ -63,6 +65,7 @@ impl<'a> Groups<'a> {
             list,
             configs,
             envs,
+            sql: Vec::new(),
         }
     }
 
@@ -81,7 +84,12 @@ impl<'a> Groups<'a> {
 
     /// The names of the banks group `i` applies (`-` for none), for the log.
     pub fn bank_names(&self, config: &Config, i: usize) -> String {
-        banks::names(config, &self.list[i].banks)
+        let names = banks::names(config, &self.list[i].banks);
+        match self.sql.get(i).and_then(Option::as_ref) {
+            None => names,
+            Some(g) if names == "-" => g.name.clone(),
+            Some(g) => format!("{names},{}", g.name),
+        }
     }
 }
 
@@ -106,6 +114,16 @@ pub fn scan_envelope(r: &Received) -> ScanEnvelope {
             &r.env.sender,
         ),
     }
+}
+
+/// A group made by a recipient's SQL policy: its name in the log and `msgs.policy`, and the
+/// sender's wblist standing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlGroup {
+    /// `sql:<policy name>` (or `sql:<policy id>`), `sql:wblist` for a wblist entry alone.
+    pub name: String,
+    /// Some(true) whitelisted, Some(false) blacklisted.
+    pub listed: Option<bool>,
 }
 
 /// `env` with only the recipients at `rcpts`.

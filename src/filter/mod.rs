@@ -21,6 +21,8 @@ mod log;
 pub mod metrics;
 mod outcome;
 mod received;
+mod sqllog;
+pub mod sqlpolicy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct Processed {
     pub groups: Vec<GroupReport>,
     /// One line per recipient group (one for a message without policy banks).
     log: Vec<LogLine>,
+    /// The SQL log's record, completed with the replies (`[sql] log`).
+    sql: std::sync::Mutex<Option<sqllog::Pending>>,
 }
 
 /// One recipient group's verdict.
@@ -100,10 +104,16 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     m.message_size.observe(r.msg.len() as f64);
     if r.msg.header_too_big() {
         tracing::warn!(id = %r.id, size = r.msg.len(), "header section over server.max_header_size: refused");
-        return Processed::new(Outcome::HeaderTooBig, "unscanned");
+        let p = Processed::new(Outcome::HeaderTooBig, "unscanned");
+        *p.sql.lock().unwrap_or_else(|e| e.into_inner()) = sqllog::oversized(shared, &r);
+        return p;
     }
     let scan_start = Instant::now();
-    let groups = Groups::of(&shared.config, &r);
+    let per_user = sqlpolicy::lookup(shared, &r).await;
+    let mut groups = Groups::of(&shared.config, &r);
+    if let Some(per) = &per_user {
+        sqlpolicy::regroup(&mut groups, &r, per);
+    }
     let scanned = judge::scan(shared, &r.msg, &groups::scan_envelope(&r), &groups).await;
     let judged = judge::judge(&groups, &scanned);
     let t = Timings {
@@ -205,6 +215,20 @@ fn finish(
         .map(|g| &g.decision.category)
         .min_by_key(|c| c.rank())
         .map_or("clean", |c| c.label());
+    let sql = sqllog::draft(
+        shared,
+        r,
+        &(reports.iter().enumerate())
+            .map(|(i, g)| sqllog::GroupPart {
+                config: &groups.configs[i],
+                rcpts: &g.rcpts,
+                decision: &g.decision,
+                outcome: &outcomes[i],
+                bank: &g.bank,
+                listed: groups.sql.get(i).and_then(|s| s.as_ref()?.listed),
+            })
+            .collect::<Vec<_>>(),
+    );
     let rcpts = groups.list.into_iter().map(|g| g.rcpts);
     let parts = rcpts
         .zip(outcomes)
@@ -215,6 +239,7 @@ fn finish(
         verdict,
         groups: reports,
         log,
+        sql: std::sync::Mutex::new(sql),
     }
 }
 
@@ -226,6 +251,7 @@ impl Processed {
             verdict,
             groups: Vec::new(),
             log: Vec::new(),
+            sql: std::sync::Mutex::new(None),
         }
     }
 
@@ -242,6 +268,10 @@ impl Processed {
     pub fn log(&self, reply: &dyn Fn(usize) -> String) {
         for l in &self.log {
             l.write(&reply(l.first_rcpt));
+        }
+        let sql = self.sql.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = sql {
+            p.submit(reply);
         }
     }
 }

@@ -94,8 +94,11 @@ impl SqlMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        // Every kind's series from the first scrape (the dashboard's SQL row), with or
+        // without [sql].
         for k in StmtKind::ALL {
             errors.with_label_values(&[k.label()]);
+            duration.with_label_values(&[k.label()]);
         }
         let log_dropped = IntCounterVec::new(
             Opts::new(
