@@ -126,7 +126,7 @@ impl PolicyService {
 
 /// The quarantine, when the configuration can quarantine or release.
 fn open_quarantine(config: &Config) -> io::Result<Option<Arc<crate::quarantine::Quarantine>>> {
-    if !config.uses_quarantine() {
+    if !config.uses_quarantine() || config.quarantine.in_sql() {
         return Ok(None);
     }
     let dir = &config.quarantine.dir;
@@ -298,6 +298,13 @@ pub async fn serve_with_reload(
         tracker.spawn(crate::quarantine::maintenance(
             q.clone(),
             retention_days,
+            metrics.quarantine.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if current.borrow().config.quarantine.in_sql() {
+        tracker.spawn(crate::quarantine::sql::maintenance(
+            current.subscribe(),
             metrics.quarantine.clone(),
             shutdown.clone(),
         ));

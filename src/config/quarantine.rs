@@ -23,6 +23,19 @@ pub struct Quarantine {
     /// `postsift_listener_refused_total{listener="release"}`). An idle one is closed after
     /// `server.read_timeout`, and at shutdown between requests. Default 8.
     pub release_max_connections: usize,
+    /// Where quarantined messages are kept: `"file"` (`dir`, on this node) or `"sql"` (amavis's
+    /// `quarantine` table in the `[sql] url` database, shared by every node that names it;
+    /// listed and released from any of them). Default `"file"`.
+    pub store: Store,
+}
+
+/// `[quarantine] store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    #[default]
+    File,
+    Sql,
 }
 
 impl Default for Quarantine {
@@ -32,6 +45,7 @@ impl Default for Quarantine {
             retention_days: 14,
             release_listen: String::new(),
             release_max_connections: 8,
+            store: Store::File,
         }
     }
 }
@@ -40,6 +54,11 @@ impl Quarantine {
     /// `release_listen`, parsed (validated at load); None when off.
     pub fn release_listener(&self) -> Option<PolicyListen> {
         parse_policy_listen(&self.release_listen)
+    }
+
+    /// True with `store = "sql"`.
+    pub fn in_sql(&self) -> bool {
+        self.store == Store::Sql
     }
 }
 
