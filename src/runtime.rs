@@ -19,6 +19,8 @@ use crate::reinject::ReinjectMetrics;
 use crate::scan::ScanMetrics;
 use crate::server::metrics::ServerMetrics;
 use crate::sign::SignMetrics;
+use crate::sql::metrics::SqlMetrics;
+use crate::sql::store::SqlStore;
 use crate::{config, message, peers, reinject, scan, sign};
 
 /// Every part's series, registered once in one registry (a reload keeps them: a registry takes
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub quarantine: QuarantineMetrics,
     /// DKIM signing of outgoing mail (see `sign`).
     pub dkim_sign: SignMetrics,
+    /// The SQL store's series (`postsift_sql_*`), present whether or not `[sql]` is set.
+    pub sql: SqlMetrics,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,7 @@ impl Metrics {
             greylist: GreylistMetrics::register(r),
             quarantine: QuarantineMetrics::register(r),
             dkim_sign: SignMetrics::register(r),
+            sql: SqlMetrics::register(r),
             server,
             endpoint: Arc::new(Endpoint::new(registry, refused)),
         }
@@ -86,9 +91,36 @@ pub struct Lasting {
     pub greylist_store: Option<Arc<greylist::store::Store>>,
     /// The quarantine, when the configuration can quarantine or release.
     pub quarantine: Option<Arc<Quarantine>>,
+    /// The SQL store of the last build (see [`Lasting::sql_store`]).
+    pub sql: Arc<std::sync::Mutex<Option<Arc<SqlStore>>>>,
 }
 
 impl Lasting {
+    /// The SQL store for `cfg`: the last one built if its `[sql]` is the same (a reload keeps
+    /// the pool, the log writer and the lookup cache), else a new one (the old ends with the
+    /// sessions that hold it). None when `sql.url` is empty. Needs a tokio runtime.
+    pub fn sql_store(&self, cfg: &config::SqlConfig) -> Result<Option<Arc<SqlStore>>, Error> {
+        let mut slot = self.sql.lock().unwrap_or_else(|e| e.into_inner());
+        if !cfg.enabled() {
+            *slot = None;
+            return Ok(None);
+        }
+        if let Some(s) = slot.as_ref().filter(|s| s.config == *cfg) {
+            return Ok(Some(s.clone()));
+        }
+        let s = Arc::new(SqlStore::with_metrics(cfg, self.metrics.sql.clone())?);
+        *slot = Some(s.clone());
+        Ok(Some(s))
+    }
+
+    /// At shutdown: the SQL log writes its backlog (for up to `sql.timeout`).
+    pub async fn close_sql(&self) {
+        let store = self.sql.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = store {
+            s.close(s.config.timeout()).await;
+        }
+    }
+
     /// Fresh metrics and budget, no stores.
     pub fn new(config: &config::Config, shutdown: CancellationToken) -> Lasting {
         Lasting {
@@ -97,6 +129,7 @@ impl Lasting {
             shutdown,
             greylist_store: None,
             quarantine: None,
+            sql: Default::default(),
         }
     }
 }
@@ -109,6 +142,9 @@ pub enum Error {
     /// A DKIM signing key that cannot be loaded; the message names `dkim_sign.keys[i].key`.
     #[error("{0}")]
     DkimKey(#[from] config::Error),
+    /// `[sql]` that cannot be used (a URL sqlx cannot read).
+    #[error("sql: {0}")]
+    Sql(#[from] crate::sql::Error),
 }
 
 /// What every session shares: configuration, scanner clients, the reinjection pool, and the
@@ -132,6 +168,8 @@ pub struct Runtime {
     pub quarantine: Option<Arc<Quarantine>>,
     /// The DKIM signing keys `[dkim_sign] keys` names, loaded when the runtime is built.
     pub dkim_keys: sign::Keys,
+    /// The SQL store when `sql.url` is set (kept across reloads while `[sql]` is unchanged).
+    pub sql: Option<Arc<SqlStore>>,
 }
 
 impl Runtime {
@@ -161,6 +199,7 @@ impl Runtime {
             )?)),
             None => None,
         };
+        let sql = lasting.sql_store(&config.sql)?;
         let budget = lasting.budget.clone();
         budget.set_limits(config.server.max_memory, config.server.max_spool_files);
         metrics
@@ -178,6 +217,7 @@ impl Runtime {
             greylist,
             quarantine: lasting.quarantine.clone(),
             dkim_keys,
+            sql,
         };
         for g in rt.peer_groups() {
             g.observe(rt.metrics.peers.peer_metrics(g.peer()));

@@ -377,6 +377,7 @@ pub async fn serve_with_reload(
     for s in sockets {
         let _ = std::fs::remove_file(s);
     }
+    running.lasting.close_sql().await;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub mod quarantine;
 pub mod reinject;
 pub mod scanners;
 pub mod server;
+pub mod sql;
 
 pub use auth::{Auth, DmarcPolicy};
 pub use banks::{Bank, BankBanned, BankMatch, BankParts, BankSpam, BankVirus};
@@ -47,6 +48,7 @@ pub use quarantine::Quarantine;
 pub use reinject::Reinject;
 pub use scanners::{Clamd, OnFailure, Rspamd, Spamd};
 pub use server::Server;
+pub use sql::{SqlConfig, SqlConfigError};
 
 /// Where `postsift run` looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/postsift/postsift.toml";
@@ -72,6 +74,8 @@ pub struct Config {
     pub dns: Dns,
     pub auth: Auth,
     pub dkim_sign: DkimSign,
+    /// `[sql]`: amavis's SQL database (message log, per-user lookups). Default: none.
+    pub sql: SqlConfig,
     /// `[[policy]]`: policy banks, applied in order on top of the settings above
     /// ([`Config::effective`]; which apply to a message is the `banks` module's business).
     /// Default: none.
@@ -146,6 +150,7 @@ impl Config {
         self.dkim_sign.validate(check, &self.server.listen)?;
         self.metrics.validate(check)?;
         self.health.validate(check)?;
+        self.sql.validate_in(check)?;
         scanners::validate_engine(
             check,
             &self.present,

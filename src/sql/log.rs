@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::{SqlMetrics, StmtKind};
 use super::{on_pool, truncate, within, Backend, Error, Pool, SqlConfig, Stmt};
@@ -336,6 +337,8 @@ pub async fn write_batch(
 pub struct LogHandle {
     tx: mpsc::Sender<LogRecord>,
     metrics: SqlMetrics,
+    /// Tells the writer to take nothing more, write what it has, and end (at shutdown).
+    finish: CancellationToken,
 }
 
 impl LogHandle {
@@ -357,6 +360,12 @@ impl LogHandle {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// Asks the writer to refuse new records, write its backlog (one more attempt per batch
+    /// if the database is away) and end; its task then completes.
+    pub fn finish(&self) {
+        self.finish.cancel();
+    }
 }
 
 /// The task that writes the log.
@@ -364,6 +373,7 @@ pub struct LogWriter {
     pool: Pool,
     rx: mpsc::Receiver<LogRecord>,
     metrics: SqlMetrics,
+    finish: CancellationToken,
     partition_tag: i32,
     batch: usize,
     timeout: Duration,
@@ -374,23 +384,41 @@ impl LogWriter {
     /// the backlog is written (or, with the database down, after one more attempt per batch).
     pub fn spawn(pool: Pool, cfg: &SqlConfig, metrics: SqlMetrics) -> (LogHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.log_backlog);
+        let finish = CancellationToken::new();
         let w = LogWriter {
             pool,
             rx,
             metrics: metrics.clone(),
+            finish: finish.clone(),
             partition_tag: cfg.partition_tag,
             batch: cfg.log_batch,
             timeout: cfg.timeout(),
         };
-        (LogHandle { tx, metrics }, tokio::spawn(w.run()))
+        (
+            LogHandle {
+                tx,
+                metrics,
+                finish,
+            },
+            tokio::spawn(w.run()),
+        )
     }
 
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch);
         let mut backoff = Duration::from_millis(100);
         loop {
-            if batch.is_empty() && self.rx.recv_many(&mut batch, self.batch).await == 0 {
-                return; // every handle dropped, nothing left
+            if batch.is_empty() {
+                let n = tokio::select! {
+                    n = self.rx.recv_many(&mut batch, self.batch) => n,
+                    _ = self.finish.cancelled(), if !self.rx.is_closed() => {
+                        self.rx.close(); // what is queued is still received
+                        continue;
+                    }
+                };
+                if n == 0 {
+                    return; // every handle dropped or finished, nothing left
+                }
             }
             let start = Instant::now();
             let r = within(

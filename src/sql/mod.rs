@@ -12,9 +12,9 @@
 //! read through [`get_int`], [`get_float`] and friends, which accept every column type amavis's
 //! two schemas (and older ones) use.
 //!
-//! Nothing here is wired into the filter yet: [`SqlConfig`] is plain data, [`Pool`] is built from
-//! it, and [`log::LogWriter`], [`quarantine::SqlQuarantine`] and [`lookups::SqlLookups`] take
-//! plain input structs.
+//! [`SqlConfig`] is the configuration's `[sql]` (plain data, validated at load); [`Pool`] is
+//! built from it, and [`log::LogWriter`], [`quarantine::SqlQuarantine`] and
+//! [`lookups::SqlLookups`] take plain input structs. The runtime holds a [`store::SqlStore`].
 
 pub mod log;
 pub mod lookups;
@@ -26,106 +26,12 @@ pub mod store;
 use std::borrow::Cow;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlRow};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
 use sqlx::Row;
 
-/// `[sql]`: where the database is and what postsift uses it for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SqlConfig {
-    /// `postgresql://user:password@host:port/database` (or `postgres://`), or
-    /// `mysql://user:password@host:port/database` (or `mariadb://`) for MariaDB and MySQL.
-    /// Default "": no SQL at all.
-    pub url: String,
-    /// Write the message log (`msgs`, `msgrcpt`, `maddr`). Default false.
-    pub log: bool,
-    /// Per-recipient policy and white/blacklists from `users`, `policy`, `mailaddr`, `wblist`.
-    /// Default false.
-    pub lookups: bool,
-    /// amavis's `$partition_tag` for new rows. Default 0.
-    pub partition_tag: i32,
-    /// Connections in the pool. Default 8.
-    pub max_connections: u32,
-    /// Seconds to get a connection (connect or wait for a free one). Default 5.
-    pub connect_timeout: u64,
-    /// Seconds for one unit of work (a log batch, a quarantine store, a lookup). Default 10.
-    pub timeout: u64,
-    /// Messages the log may hold while the database is slow or down; more are dropped and
-    /// counted. Default 10000.
-    pub log_backlog: usize,
-    /// Messages written per log transaction at most. Default 100.
-    pub log_batch: usize,
-    /// Seconds a lookup result is reused. Default 60.
-    pub cache_ttl: u64,
-    /// Lookup results kept at most. Default 10000.
-    pub cache_size: usize,
-    /// Bytes per `quarantine.mail_text` chunk (amavis's `$sql_quarantine_chunksize_max`).
-    /// Default 16384.
-    pub chunk_size: usize,
-    /// amavis's `$recipient_delimiter`, for the lookup keys (`user+ext@…` → `user@…`).
-    /// Default "+"; "" for none.
-    pub recipient_delimiter: String,
-}
-
-impl Default for SqlConfig {
-    fn default() -> Self {
-        SqlConfig {
-            url: String::new(),
-            log: false,
-            lookups: false,
-            partition_tag: 0,
-            max_connections: 8,
-            connect_timeout: 5,
-            timeout: 10,
-            log_backlog: 10000,
-            log_batch: 100,
-            cache_ttl: 60,
-            cache_size: 10000,
-            chunk_size: 16384,
-            recipient_delimiter: "+".into(),
-        }
-    }
-}
-
-impl SqlConfig {
-    /// Checks the values; Err names the key (relative to `[sql]`).
-    pub fn validate(&self) -> Result<(), Error> {
-        let bad = |key: &'static str, message: &str| {
-            Err(Error::Config {
-                key,
-                message: message.to_string(),
-            })
-        };
-        if !self.url.is_empty() {
-            Backend::of_url(&self.url)?;
-        } else if self.log || self.lookups {
-            return bad("url", "`sql.log` and `sql.lookups` need a database url");
-        }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1");
-        }
-        if self.connect_timeout == 0 || self.timeout == 0 {
-            return bad("timeout", "timeouts must be at least 1 second");
-        }
-        if self.log_batch == 0 || self.log_backlog == 0 {
-            return bad("log_batch", "log_batch and log_backlog must be at least 1");
-        }
-        if self.chunk_size < 512 || self.chunk_size > 16 << 20 {
-            return bad("chunk_size", "must be between 512 bytes and 16 MiB");
-        }
-        if self.recipient_delimiter.chars().count() > 1 {
-            return bad("recipient_delimiter", "must be one character or empty");
-        }
-        Ok(())
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
-    }
-}
+pub use crate::config::{SqlConfig, SqlConfigError};
 
 /// Errors of the SQL store.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +46,15 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Data(String),
+}
+
+impl From<SqlConfigError> for Error {
+    fn from(e: SqlConfigError) -> Error {
+        Error::Config {
+            key: e.key.strip_prefix("sql.").unwrap_or(e.key),
+            message: e.message,
+        }
+    }
 }
 
 impl Error {

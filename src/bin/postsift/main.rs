@@ -1,5 +1,5 @@
 //! The `postsift` command: `run` (the daemon), `check-config`, `reload`, `scan`, `greylist`,
-//! `dkim`, `quarantine`, `import-amavis` and `generate-docs`, one file each. The command line,
+//! `dkim`, `quarantine`, `sql`, `import-amavis` and `generate-docs`, one file each. The command line,
 //! logging and the exit codes are set up here; this binary is the only place that uses anyhow.
 
 mod check_config;
@@ -11,6 +11,7 @@ mod quarantine;
 mod reload;
 mod run;
 mod scan;
+mod sql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         action: quarantine::Action,
     },
+    /// amavis's SQL database named by `sql.url`.
+    Sql {
+        #[command(subcommand)]
+        action: sql::Action,
+    },
     /// Reads an amavisd-new configuration (Debian's /etc/amavis/conf.d, read in run-parts order
     /// after /usr/share/amavis/conf.d, or one amavisd.conf), evaluated by perl in a Safe
     /// compartment, and prints the postsift.toml that does the same. Every setting it could not
@@ -108,7 +114,10 @@ fn main() -> ExitCode {
     // command (check-config, reload, run) naming its entry, before anything binds.
     let config = match Config::load_or_default(cli.config.as_deref())
         .and_then(|c| postsift::sign::Keys::configured(&c).map(|_| c))
-    {
+        .and_then(|c| match postsift::sql::store::check_url(&c.sql) {
+            Ok(()) => Ok(c),
+            Err(e) => Err(c.invalid_at("sql.url".into(), sql::url_problem(&e))),
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postsift: {e}");
@@ -143,6 +152,7 @@ fn main() -> ExitCode {
                 }
             }
         },
+        Command::Sql { action } => sql::sql(&config, action),
         Command::Scan(args) => {
             init_logging(&config);
             match scan::scan(config, &args) {

@@ -101,6 +101,9 @@ pub fn scan(mut config: Config, args: &Args) -> anyhow::Result<u8> {
         // As if an originating listener had it; `enabled` and a bank's `dkim_sign` still decide.
         config.dkim_sign.by_bank = Some(true);
     }
+    // A dry run writes nothing to the SQL log; the lookups and the pool need the runtime.
+    config.sql.log = false;
+    let _entered = rt.enter();
     let shared = postsift::Runtime::new(config, CancellationToken::new())?;
     let out = DryRun::new();
     let p = rt.block_on(filter::run(
