@@ -63,6 +63,17 @@ impl Quarantine {
 }
 
 impl Quarantine {
+    /// `store = "sql"` needs the database: `sql_url` is `[sql] url`.
+    pub(super) fn validate_store(&self, check: Check, sql_url: &str) -> Result<(), Error> {
+        if self.in_sql() && sql_url.is_empty() {
+            return Err(check.bad(
+                "quarantine.store",
+                "\"sql\" needs the [sql] database: set `sql.url`",
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self, check: Check) -> Result<(), Error> {
         check.at_least_one(&[("quarantine.retention_days", self.retention_days)])?;
         if !self.release_listen.is_empty() && self.release_listener().is_none() {
@@ -75,5 +86,27 @@ impl Quarantine {
             "quarantine.release_max_connections",
             self.release_max_connections as u64,
         )])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[test]
+    fn store_sql_needs_the_sql_url() {
+        let p = Path::new("t.toml");
+        let e = Config::parse("[quarantine]\nstore = \"sql\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("quarantine.store"), "{e}");
+        let c = Config::parse(
+            "[quarantine]\nstore = \"sql\"\n[sql]\nurl = \"postgresql://u@127.0.0.1/db\"\n",
+            p,
+        )
+        .unwrap();
+        assert!(c.quarantine.in_sql());
+        assert!(!Config::default().quarantine.in_sql());
+        assert!(Config::parse("[quarantine]\nstore = \"nfs\"\n", p).is_err());
     }
 }

@@ -200,7 +200,7 @@ async fn answer(
         to,
         ..Default::default()
     };
-    match release::release(q, reinjector, &id, &req).await {
+    match q.release(reinjector, &id, &req).await {
         Ok(results) => {
             for (rcpt, r) in &results {
                 metrics

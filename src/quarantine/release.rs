@@ -67,21 +67,9 @@ impl Result1 {
     }
 }
 
-/// Releases entry `id` of `store` per `req`: (address, result) for each address asked for.
-pub async fn release(
-    store: &super::sql::Store,
-    reinjector: &Reinjector,
-    id: &str,
-    req: &Request,
-) -> Result<Vec<(String, Result1)>, Error> {
-    match store {
-        super::sql::Store::File(q) => release_file(q, reinjector, id, req).await,
-        super::sql::Store::Sql(q) => super::sql::release(q, reinjector, id, req).await,
-    }
-}
-
-/// [`release`] from the file store.
-async fn release_file(
+/// Releases entry `id` of the file store per `req`: (address, result) for each address asked
+/// for. ([`super::sql::Store::release`] releases from either store.)
+pub async fn release_file(
     q: &Arc<Quarantine>,
     reinjector: &Reinjector,
     id: &str,

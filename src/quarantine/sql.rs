@@ -96,6 +96,19 @@ impl Store {
         }
     }
 
+    /// Releases entry `id` per `req`: (address, result) for each address asked for.
+    pub async fn release(
+        &self,
+        reinjector: &Reinjector,
+        id: &str,
+        req: &Request,
+    ) -> Result<Vec<(String, Result1)>, Error> {
+        match self {
+            Store::File(q) => release::release_file(q, reinjector, id, req).await,
+            Store::Sql(q) => release(q, reinjector, id, req).await,
+        }
+    }
+
     /// Deletes entry `id` (in SQL: its chunks; its recipients become 'D').
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         match self {
@@ -278,8 +291,7 @@ pub fn envelope_field(meta: &Meta) -> Result<Vec<u8>, Error> {
 /// the message after it; None when it does not start with one (amavis stored it).
 pub fn split_envelope(data: &[u8]) -> Option<Result<(Meta, &[u8]), Error>> {
     let prefix = format!("{ENVELOPE_FIELD}:");
-    if data.len() < prefix.len() || !data[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-    {
+    if data.len() < prefix.len() || !data[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
         return None;
     }
     let mut b64 = Vec::new();
@@ -307,12 +319,7 @@ pub fn split_envelope(data: &[u8]) -> Option<Result<(Meta, &[u8]), Error>> {
 
 /// Stores `msg` with `meta` in the database: Ok only once committed (the client's 250 may
 /// follow), Err (database down, timeout, refused) leaves nothing behind.
-pub async fn store(
-    q: &SqlQuarantine,
-    meta: &Meta,
-    msg: &Message,
-    host: &str,
-) -> Result<(), Error> {
+pub async fn store(q: &SqlQuarantine, meta: &Meta, msg: &Message, host: &str) -> Result<(), Error> {
     let rec = record(meta, msg.header_section(), host);
     let field = envelope_field(meta)?;
     let len = msg.len();

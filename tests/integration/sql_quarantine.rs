@@ -56,8 +56,7 @@ fn node(host: &str, port: u16, sink: SocketAddr, release: &str, url: &str, sql: 
 
 /// Runs `postsift quarantine --config cfg <args>` as the administrator: (code, stdout, stderr).
 async fn cli(cfg: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut all: Vec<std::ffi::OsString> =
-        vec!["quarantine".into(), "--config".into(), cfg.into()];
+    let mut all: Vec<std::ffi::OsString> = vec!["quarantine".into(), "--config".into(), cfg.into()];
     all.extend(args.iter().map(Into::into));
     util::blocking(move || util::postsift_out(&all)).await
 }
@@ -213,11 +212,8 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
 
         // Modoboa's release of bob, on node B: 250 … Ok, and bob gets it with his DSN
         // parameters as they came.
-        let answer = ampdp_request(
-            localhost(rb),
-            &modoboa_release(&id, "", "bob@example.com"),
-        )
-        .await;
+        let answer =
+            ampdp_request(localhost(rb), &modoboa_release(&id, "", "bob@example.com")).await;
         assert!(
             answer.contains(&format!("setreply=250 2.0.0 Ok, id={id}, released")),
             "{kind:?}: {answer}"
@@ -243,14 +239,16 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
             )
         };
         let (run, i) = (amavisd_release.clone(), id.clone());
-        let (code, err) =
-            util::blocking(move || run(vec![i, "bob@example.com".into()])).await;
+        let (code, err) = util::blocking(move || run(vec![i, "bob@example.com".into()])).await;
         assert_eq!(code, Some(0), "{kind:?}: {err}");
         assert_eq!(err.matches("released before").count(), 1, "{kind:?}: {err}");
         // The CLI on node A releases all: only carol is left to send.
         let (code, out, err) = cli(&cfg_a, &["release", &id]).await;
         assert_eq!(code, 0, "{kind:?}: {out}{err}");
-        assert!(out.contains("<bob@example.com>: 250 2.0.0 Ok, id="), "{out}");
+        assert!(
+            out.contains("<bob@example.com>: 250 2.0.0 Ok, id="),
+            "{out}"
+        );
         assert!(out.contains("released before"), "{out}");
         assert!(out.contains("<Carol@Example.com>: 250 2.0.0 Ok"), "{out}");
         // Every release answered after the sink's 250: two messages, carol's the second.
@@ -260,7 +258,10 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         all.sort();
         assert_eq!(
             all,
-            [vec!["<Carol@Example.com>".to_string()], vec!["<bob@example.com>".to_string()]],
+            [
+                vec!["<Carol@Example.com>".to_string()],
+                vec!["<bob@example.com>".to_string()]
+            ],
             "{kind:?}"
         );
         let rs = s.client(

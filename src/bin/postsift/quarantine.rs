@@ -223,7 +223,7 @@ async fn run(
                 to,
                 force,
             };
-            let results = release::release(q, &reinjector, &id, &req).await?;
+            let results = q.release(&reinjector, &id, &req).await?;
             let mut ok = true;
             for (rcpt, r) in &results {
                 println!(
