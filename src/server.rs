@@ -302,13 +302,12 @@ pub async fn serve_with_reload(
             shutdown.clone(),
         ));
     }
-    if current.borrow().config.quarantine.in_sql() {
-        tracker.spawn(crate::quarantine::sql::maintenance(
-            current.subscribe(),
-            metrics.quarantine.clone(),
-            shutdown.clone(),
-        ));
-    }
+    // Idle while the configuration's store is the files (a reload may switch it).
+    tracker.spawn(crate::quarantine::sql::maintenance(
+        current.subscribe(),
+        metrics.quarantine.clone(),
+        shutdown.clone(),
+    ));
     let mut sockets = Vec::new();
     if let Some((name, l)) = release_listener {
         tracing::info!(addr = %name, "quarantine release service (AM.PDP)");

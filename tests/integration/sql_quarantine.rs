@@ -185,7 +185,11 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         );
         let (code, out, _) = cli(&cfg_b, &["list", "--category", "spam"]).await;
         assert_eq!((code, out.as_str()), (0, ""));
-        let (code, out, _) = cli(&cfg_b, &["list", "--recipient", "BOB@example.com"]).await;
+        let (code, out, _) = cli(
+            &cfg_b,
+            &["list", "--recipient", "BOB@example.com", "--since", "1h"],
+        )
+        .await;
         assert_eq!(code, 0);
         assert!(out.contains(&id), "{out}");
         let (code, out, err) = cli(&cfg_b, &["show", &id]).await;
@@ -194,6 +198,21 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         assert!(out.contains("invoice.pdf.exe"), "{out}");
         assert!(!out.contains("X-Postsift-Envelope"), "{out}");
 
+        // The gauges' numbers: one message of the size received.
+        let sqlcfg = postsift::config::Config::parse(&tb, Path::new("b.toml"))
+            .unwrap()
+            .sql;
+        let q = postsift::sql::quarantine::SqlQuarantine::new(
+            postsift::sql::Pool::connect_lazy(&sqlcfg).unwrap(),
+            &sqlcfg,
+            postsift::sql::metrics::SqlMetrics::register(&prometheus::Registry::new()),
+        );
+        let size = s.client(&db, &format!("SELECT size FROM msgs WHERE mail_id='{id}'"));
+        assert_eq!(
+            q.stats().await.unwrap(),
+            (1, size.trim().parse().unwrap()),
+            "{kind:?}"
+        );
         // Modoboa's listing finds it for the domain admin of example.com.
         let listed = s.client(
             &db,
