@@ -229,8 +229,14 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         };
         assert_eq!(listed, format!("{id}\n{id}\n"), "{kind:?}");
 
-        // Modoboa's release of bob, on node B: 250 … Ok, and bob gets it with his DSN
-        // parameters as they came.
+        // Bob asks for its release in Modoboa (rs 'p'); the admin's release, on node B, by
+        // Modoboa's AM.PDP request: 250 … Ok, and bob gets it.
+        s.client(
+            &db,
+            &format!("UPDATE msgrcpt SET rs='p' WHERE mail_id='{id}' AND rseqnum=1"),
+        );
+        let (_, out, _) = cli(&cfg_b, &["list"]).await;
+        assert!(out.contains("bob@example.com=requested"), "{kind:?}: {out}");
         let answer =
             ampdp_request(localhost(rb), &modoboa_release(&id, "", "bob@example.com")).await;
         assert!(
@@ -325,6 +331,30 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         }
         let (code, out, _) = cli(&cfg_a, &["list"]).await;
         assert_eq!((code, out.as_str()), (0, ""));
+
+        // Deleted from node B: gone from every node's list, its chunks gone, its recipients
+        // 'D'; a release then finds nothing and sends nothing.
+        let r = send_one(
+            localhost(pa),
+            "alice@example.org",
+            &["bob@example.com"],
+            BANNED.as_bytes(),
+        )
+        .await;
+        let id2 = quarantined_id(&r);
+        let (code, out, err) = cli(&cfg_b, &["delete", &id2]).await;
+        assert_eq!(code, 0, "{kind:?}: {err}");
+        assert!(out.contains(&format!("deleted {id2}")), "{out}");
+        let (code, out, _) = cli(&cfg_a, &["list"]).await;
+        assert_eq!((code, out.as_str()), (0, ""), "{kind:?}");
+        assert_eq!(s.client(&db, "SELECT count(*) FROM quarantine"), "0\n");
+        assert_eq!(s.client(&db, "SELECT rs FROM msgrcpt"), "D\n");
+        let answer =
+            ampdp_request(localhost(rb), &modoboa_release(&id2, "", "bob@example.com")).await;
+        assert!(answer.contains("setreply=550 5.1.1"), "{kind:?}: {answer}");
+        let (code, _, err) = cli(&cfg_a, &["delete", &id2]).await;
+        assert_ne!(code, 0, "a second delete: {err}");
+        assert_eq!(sink.messages().len(), 2);
         a.stop().await;
         b.stop().await;
         peers::finish_dir(Some(tmp));
