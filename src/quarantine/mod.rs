@@ -105,7 +105,7 @@ pub struct Meta {
     /// The client's HELO and address as postsift saw them (Postfix's content filter hop).
     #[serde(default)]
     pub helo: String,
-    /// The spam score, for the SQL store's `msgs.spam_level` (not written to the files).
+    /// The spam score (the SQL store's `msgs.spam_level`); absent from files of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spam_score: Option<f64>,
 }

@@ -461,3 +461,65 @@ async fn sql_quarantine_database_stopped_is_451_and_mail_flows_after() {
     util::blocking(move || s.stop()).await;
     peers::finish_dir(Some(tmp));
 }
+
+/// A site switching from amavis: a message amavis quarantined into its tables (no envelope
+/// field of postsift's, LF line ends) is listed, shown and released by `postsift quarantine`
+/// to its `msgrcpt` recipient from its `msgs` sender, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_quarantine_releases_what_amavis_quarantined() {
+    let s = shared(Kind::Postgres);
+    let db = amavis_db(s, "amavis_quar");
+    s.client(
+        &db,
+        "INSERT INTO maddr (partition_tag, email, domain) VALUES \
+           (0, 'sender@example.net', 'net.example'), (0, 'user@example.com', 'com.example'); \
+         INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
+           policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+           spam_level, message_id, from_addr, subject, host) VALUES (0, 'AmAvIsId0001', \
+           'secret', '12345-01', CAST(EXTRACT(EPOCH FROM now()) AS integer), now(), \
+           (SELECT id FROM maddr WHERE email='sender@example.net'), '', '192.0.2.1', 60, 'N', \
+           'S', 'Q', 'AmAvIsId0001', 'N', 9.5, '<m@example.net>', 'sender@example.net', \
+           'amavis spam', 'amavis.example'); \
+         INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+           bl, wl, bspam_level, smtp_resp) VALUES (0, 'AmAvIsId0001', 1, \
+           (SELECT id FROM maddr WHERE email='user@example.com'), 'Y', 'S', 'D', ' ', 'N', 'N', \
+           9.5, '250 2.7.0 Ok, discarded'); \
+         INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES \
+           (0, 'AmAvIsId0001', 1, convert_to(E'Subject: amavis spam\\n\\nbody-from', 'UTF8')), \
+           (0, 'AmAvIsId0001', 2, convert_to(E'-amavis\\n', 'UTF8'));",
+    );
+    let sink = util::blocking(|| SmtpSink::start(&[])).await;
+    let tmp = peers::private_dir("sqlq-");
+    let cfg = tmp.path().join("node.toml");
+    let toml = node(
+        "node-a.example",
+        peers::free_port(),
+        sink.addr,
+        "",
+        &s.url(&db),
+        "",
+    );
+    peers::write_file(&cfg, &toml);
+    let (code, out, err) = cli(&cfg, &["list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("AmAvIsId0001"), "{out}");
+    assert!(out.contains("spam"), "{out}");
+    assert!(out.contains("score=9.5"), "{out}");
+    assert!(out.contains("<sender@example.net>"), "{out}");
+    assert!(out.contains("user@example.com=held"), "{out}");
+    let (code, out, err) = cli(&cfg, &["show", "AmAvIsId0001"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("body-from-amavis"), "{out}");
+    let (code, out, err) = cli(&cfg, &["release", "AmAvIsId0001"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("<user@example.com>: 250 2.0.0 Ok"), "{out}");
+    let m = delivered(&sink, 1).await;
+    assert_eq!(rcpts(&m[0]), ["<user@example.com>"], "{}", m[0]);
+    assert!(m[0].contains("sender@example.net"), "{}", m[0]);
+    assert!(m[0].contains("body-from-amavis"), "{}", m[0]);
+    let (code, out, _) = cli(&cfg, &["release", "AmAvIsId0001"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("released before"), "{out}");
+    assert_eq!(sink.messages().len(), 1);
+    peers::finish_dir(Some(tmp));
+}
