@@ -137,7 +137,7 @@ pub fn written_paths(config: &Config) -> Vec<(PathBuf, &'static str)> {
             out.extend(with_sqlite_files(&db).map(|p| (p, "greylist.store")));
         }
     }
-    if config.uses_quarantine() {
+    if config.uses_quarantine() && !config.quarantine.in_sql() {
         let q = &config.quarantine.dir;
         out.push((q.clone(), "quarantine.dir"));
         out.push((q.join("msgs"), "quarantine.dir"));

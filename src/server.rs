@@ -126,7 +126,7 @@ impl PolicyService {
 
 /// The quarantine, when the configuration can quarantine or release.
 fn open_quarantine(config: &Config) -> io::Result<Option<Arc<crate::quarantine::Quarantine>>> {
-    if !config.uses_quarantine() {
+    if !config.uses_quarantine() || config.quarantine.in_sql() {
         return Ok(None);
     }
     let dir = &config.quarantine.dir;
@@ -302,6 +302,12 @@ pub async fn serve_with_reload(
             shutdown.clone(),
         ));
     }
+    // Idle while the configuration's store is the files (a reload may switch it).
+    tracker.spawn(crate::quarantine::sql::maintenance(
+        current.subscribe(),
+        metrics.quarantine.clone(),
+        shutdown.clone(),
+    ));
     let mut sockets = Vec::new();
     if let Some((name, l)) = release_listener {
         tracing::info!(addr = %name, "quarantine release service (AM.PDP)");

@@ -144,6 +144,7 @@ impl Config {
         self.greylist.validate(check)?;
         self.validate_banks(check)?;
         self.quarantine.validate(check)?;
+        self.quarantine.validate_store(check, &self.sql.url)?;
         self.spam.validate(check)?;
         self.dns.validate(check)?;
         self.auth.validate(check)?;

@@ -110,6 +110,9 @@ impl Deliver for Reinjection<'_> {
     }
 
     async fn quarantine(&self, meta: Meta, msg: &Message) -> Result<(), String> {
+        if self.shared.config.quarantine.in_sql() {
+            return crate::quarantine::sql::store_in(self.shared, &meta, msg).await;
+        }
         let Some(q) = &self.shared.quarantine else {
             return Err("the quarantine is not open (restart postsift after enabling it)".into());
         };

@@ -146,6 +146,7 @@ async fn quarantine(
     let category = decision.category.label();
     let mut meta = crate::quarantine::Meta::new(id, env, &r.msg, category, reason(decision));
     meta.helo = r.hop.helo.clone();
+    meta.spam_score = decision.spam.as_ref().map(|s| s.score);
     let start = Instant::now();
     match out.quarantine(meta, &r.msg).await {
         Ok(()) => {

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::release::{self, Request};
+use super::sql::Store;
+use super::Error;
 use super::QuarantineMetrics;
-use super::{Error, Quarantine};
 use crate::escape::Shown;
 use crate::reinject::Reinjector;
 use crate::runtime::Runtime;
@@ -132,8 +133,8 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             }
             continue;
         }
-        let replies = match &shared.quarantine {
-            Some(q) => answer(&attrs, q, &shared.reinjector, &shared.metrics.quarantine).await,
+        let replies = match Store::of(&shared) {
+            Some(q) => answer(&attrs, &q, &shared.reinjector, &shared.metrics.quarantine).await,
             None => vec![setreply("450 4.5.0 the quarantine is not open")],
         };
         attrs.clear();
@@ -151,7 +152,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 /// The response lines (without CRLF) for one request.
 async fn answer(
     attrs: &[(String, String)],
-    q: &Arc<Quarantine>,
+    q: &Store,
     reinjector: &Reinjector,
     metrics: &QuarantineMetrics,
 ) -> Vec<String> {
@@ -199,7 +200,7 @@ async fn answer(
         to,
         ..Default::default()
     };
-    match release::release(q, reinjector, &id, &req).await {
+    match q.release(reinjector, &id, &req).await {
         Ok(results) => {
             for (rcpt, r) in &results {
                 metrics

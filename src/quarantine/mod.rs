@@ -16,6 +16,7 @@
 pub mod ampdp;
 pub mod release;
 pub mod show;
+pub mod sql;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -62,6 +63,9 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     Usage(String),
+    /// The SQL store (`store = "sql"`) failed.
+    #[error("quarantine in SQL: {0}")]
+    Sql(#[from] crate::sql::Error),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -101,6 +105,9 @@ pub struct Meta {
     /// The client's HELO and address as postsift saw them (Postfix's content filter hop).
     #[serde(default)]
     pub helo: String,
+    /// The spam score (the SQL store's `msgs.spam_level`); absent from files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_score: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +144,7 @@ impl Meta {
             envid: env.envid.clone(),
             xforward: env.xforward.clone(),
             helo: String::new(),
+            spam_score: None,
         }
     }
 

@@ -67,8 +67,9 @@ impl Result1 {
     }
 }
 
-/// Releases entry `id` per `req`: (address, result) for each address asked for.
-pub async fn release(
+/// Releases entry `id` of the file store per `req`: (address, result) for each address asked
+/// for. ([`super::sql::Store::release`] releases from either store.)
+pub async fn release_file(
     q: &Arc<Quarantine>,
     reinjector: &Reinjector,
     id: &str,
@@ -129,39 +130,9 @@ pub async fn release(
         return Ok(results);
     }
 
-    let env = meta.envelope(&claimed);
-    let msg = Message::from_bytes(&data);
-    let mut block = format!(
-        "X-Quarantine-Released: {} by postsift\r\n",
-        chrono::Utc::now().to_rfc2822()
-    )
-    .into_bytes();
-    block.extend_from_slice(msg.header_section());
-    if msg.needs_separator() {
-        block.extend_from_slice(b"\r\n");
-    }
-    let d = reinjector.send(&env, &block, &msg, false).await;
+    let sent = send(reinjector, &meta, &data, &claimed).await;
     let done = chrono::Utc::now().timestamp();
-    for (addr, r) in claimed.iter().zip(&d.rcpts) {
-        let result = match r {
-            RcptResult::Accepted => Result1::Released(
-                d.accepted
-                    .as_ref()
-                    .map_or_else(|| "250".into(), |u| u.one_line()),
-            ),
-            RcptResult::Refused(u) => Result1::Failed {
-                code: u.code,
-                text: u.text.replace('\n', " "),
-            },
-            RcptResult::Withheld => Result1::Failed {
-                code: 450,
-                text: "4.5.3 not sent".into(),
-            },
-            RcptResult::Failed(f) => Result1::Failed {
-                code: 450,
-                text: fault(f),
-            },
-        };
+    for (addr, result) in claimed.iter().zip(sent) {
         let released = matches!(result, Result1::Released(_));
         let detail = match &result {
             Result1::Released(r) => r.clone(),
@@ -179,6 +150,52 @@ pub async fn release(
         results.push((addr.clone(), result));
     }
     Ok(results)
+}
+
+/// Sends the quarantined `data` to `addrs` with `meta`'s envelope (original recipients keep
+/// their DSN parameters), `X-Quarantine-Released` in front of its header section: one result
+/// per address, in order.
+pub(crate) async fn send(
+    reinjector: &Reinjector,
+    meta: &super::Meta,
+    data: &[u8],
+    addrs: &[String],
+) -> Vec<Result1> {
+    let env = meta.envelope(addrs);
+    let msg = Message::from_bytes(data);
+    let mut block = format!(
+        "X-Quarantine-Released: {} by postsift\r\n",
+        chrono::Utc::now().to_rfc2822()
+    )
+    .into_bytes();
+    block.extend_from_slice(msg.header_section());
+    if msg.needs_separator() {
+        block.extend_from_slice(b"\r\n");
+    }
+    let d = reinjector.send(&env, &block, &msg, false).await;
+    d.rcpts
+        .iter()
+        .take(addrs.len())
+        .map(|r| match r {
+            RcptResult::Accepted => Result1::Released(
+                d.accepted
+                    .as_ref()
+                    .map_or_else(|| "250".into(), |u| u.one_line()),
+            ),
+            RcptResult::Refused(u) => Result1::Failed {
+                code: u.code,
+                text: u.text.replace('\n', " "),
+            },
+            RcptResult::Withheld => Result1::Failed {
+                code: 450,
+                text: "4.5.3 not sent".into(),
+            },
+            RcptResult::Failed(f) => Result1::Failed {
+                code: 450,
+                text: fault(f),
+            },
+        })
+        .collect()
 }
 
 /// True when `a` fails the inbound session's RFC 5321 check (SMTPUTF8 allowed): a release

@@ -328,6 +328,189 @@ impl SqlQuarantine {
     pub fn backend(&self) -> Backend {
         self.pool.backend()
     }
+
+    /// The quarantined messages `f` selects (those with their first chunk), oldest first,
+    /// each with its recipients.
+    pub async fn list(&self, f: &QuarFilter) -> Result<Vec<QuarEntry>, Error> {
+        self.timed(StmtKind::QuarantineFetch, async {
+            let mut sql = String::from(SEL_ENTRIES);
+            let mut params: Vec<Param> = Vec::new();
+            if let Some(id) = &f.mail_id {
+                sql.push_str(" AND msgs.mail_id=?");
+                params.push(Param::Bytes(id.as_bytes().to_vec()));
+            }
+            if let Some(t) = f.since {
+                sql.push_str(" AND msgs.time_num>=?");
+                params.push(Param::Int(t));
+            }
+            if !f.content.is_empty() {
+                let marks = vec!["?"; f.content.len()].join(",");
+                sql.push_str(&format!(" AND msgs.content IN ({marks})"));
+                params.extend(f.content.iter().map(|c| Param::Text(c.to_string())));
+            }
+            if let Some(r) = &f.recipient {
+                sql.push_str(
+                    " AND EXISTS (SELECT 1 FROM msgrcpt JOIN maddr AS r ON msgrcpt.rid=r.id \
+                     WHERE msgrcpt.partition_tag=msgs.partition_tag \
+                     AND msgrcpt.mail_id=msgs.mail_id AND r.email=?)",
+                );
+                params.push(Param::Bytes(maddr_key(r).0));
+            }
+            sql.push_str(" ORDER BY msgs.time_num, msgs.mail_id");
+            let backend = self.pool.backend();
+            let mut out: Vec<(i32, QuarEntry)> = on_pool!(&self.pool, p => {
+                let mut q = sqlx::query(super::dynamic_sql(&sql, backend));
+                for v in params {
+                    q = match v {
+                        Param::Int(i) => q.bind(i),
+                        Param::Bytes(b) => q.bind(b),
+                        Param::Text(t) => q.bind(t),
+                    };
+                }
+                let rows = q.fetch_all(p).await?;
+                rows.iter().map(entry_of).collect::<Result<Vec<_>, Error>>()?
+            });
+            for (ptag, e) in &mut out {
+                e.recipients = self.recipients_in(*ptag, &e.mail_id).await?;
+            }
+            Ok(out.into_iter().map(|(_, e)| e).collect())
+        })
+        .await
+    }
+
+    /// One quarantined message's entry, None if there is none (or its chunks are gone).
+    pub async fn entry(&self, mail_id: &str) -> Result<Option<QuarEntry>, Error> {
+        let f = QuarFilter {
+            mail_id: Some(mail_id.to_owned()),
+            ..QuarFilter::default()
+        };
+        Ok(self.list(&f).await?.into_iter().next())
+    }
+
+    /// Deletes the message of `mail_id` from the quarantine (its chunks), and marks its
+    /// recipients not released 'D' (deleted, as amavis's UIs do); its log rows stay. False if
+    /// it had no chunks.
+    pub async fn delete(&self, mail_id: &str) -> Result<bool, Error> {
+        self.timed(StmtKind::Purge, async {
+            let Some(ptag) = self.partition_of(mail_id).await? else {
+                return Ok(false);
+            };
+            let backend = self.pool.backend();
+            let id = mail_id.as_bytes().to_vec();
+            on_pool!(&self.pool, p => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query(DEL_QUAR.sql(backend))
+                    .bind(ptag)
+                    .bind(id.clone())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(DEL_RCPT.sql(backend))
+                    .bind(ptag)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(n > 0)
+            })
+        })
+        .await
+    }
+
+    /// Quarantined messages and the bytes of their messages, for the gauges.
+    pub async fn stats(&self) -> Result<(u64, u64), Error> {
+        let backend = self.pool.backend();
+        let stmt = match backend {
+            Backend::Postgres => STATS_PG,
+            Backend::MySql => STATS_MY,
+        };
+        self.timed(StmtKind::QuarantineFetch, async {
+            on_pool!(&self.pool, p => {
+                let row = sqlx::query(stmt.sql(backend)).fetch_one(p).await?;
+                Ok((
+                    row.int("n")?.unwrap_or(0).max(0) as u64,
+                    row.int("bytes")?.unwrap_or(0).max(0) as u64,
+                ))
+            })
+        })
+        .await
+    }
+}
+
+const SEL_ENTRIES: &str = "SELECT msgs.partition_tag AS partition_tag, msgs.mail_id AS mail_id, \
+     msgs.time_num AS time_num, msgs.content AS content, msgs.size AS size, \
+     msgs.spam_level AS spam_level, msgs.subject AS subject, msgs.host AS host, \
+     sender.email AS sender FROM msgs LEFT JOIN maddr AS sender ON msgs.sid=sender.id \
+     WHERE msgs.quar_type='Q' AND EXISTS (SELECT 1 FROM quarantine \
+     WHERE quarantine.partition_tag=msgs.partition_tag AND quarantine.mail_id=msgs.mail_id \
+     AND quarantine.chunk_ind=1)";
+const DEL_QUAR: Stmt = Stmt("DELETE FROM quarantine WHERE partition_tag=? AND mail_id=?");
+const DEL_RCPT: Stmt =
+    Stmt("UPDATE msgrcpt SET rs='D' WHERE partition_tag=? AND mail_id=? AND rs<>'R'");
+// SUM is a DECIMAL on MySQL, which sqlx reads only as a decimal type: cast per backend.
+const STATS_PG: Stmt = Stmt(
+    "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size),0) AS bigint) AS bytes \
+     FROM msgs WHERE quar_type='Q' AND EXISTS (SELECT 1 FROM quarantine \
+     WHERE quarantine.partition_tag=msgs.partition_tag AND quarantine.mail_id=msgs.mail_id \
+     AND quarantine.chunk_ind=1)",
+);
+const STATS_MY: Stmt = Stmt(
+    "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size),0) AS SIGNED) AS bytes \
+     FROM msgs WHERE quar_type='Q' AND EXISTS (SELECT 1 FROM quarantine \
+     WHERE quarantine.partition_tag=msgs.partition_tag AND quarantine.mail_id=msgs.mail_id \
+     AND quarantine.chunk_ind=1)",
+);
+
+/// What [`SqlQuarantine::list`] keeps.
+#[derive(Debug, Clone, Default)]
+pub struct QuarFilter {
+    pub mail_id: Option<String>,
+    /// `msgs.content` codes (V, B, S …); empty: all.
+    pub content: Vec<char>,
+    /// A recipient's address (as `maddr` keeps it: lowercased).
+    pub recipient: Option<String>,
+    /// `time_num` at least.
+    pub since: Option<i64>,
+}
+
+/// A quarantined message as `msgs` and `msgrcpt` describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarEntry {
+    pub mail_id: String,
+    pub time: i64,
+    /// `msgs.content`: V, B, U, S, Y …
+    pub content: char,
+    pub size: u64,
+    pub spam_level: Option<f64>,
+    /// The envelope sender ("" for <>).
+    pub sender: String,
+    pub subject: String,
+    /// The node that stored it.
+    pub host: String,
+    pub recipients: Vec<QuarRcpt>,
+}
+
+enum Param {
+    Int(i64),
+    Bytes(Vec<u8>),
+    Text(String),
+}
+
+fn entry_of<R: AnyRow>(r: &R) -> Result<(i32, QuarEntry), Error> {
+    Ok((
+        r.int("partition_tag")?.unwrap_or(0) as i32,
+        QuarEntry {
+            mail_id: text(r, "mail_id")?.unwrap_or_default(),
+            time: r.int("time_num")?.unwrap_or(0),
+            content: code(r, "content")?,
+            size: r.int("size")?.unwrap_or(0).max(0) as u64,
+            spam_level: r.float("spam_level")?,
+            sender: text(r, "sender")?.unwrap_or_default(),
+            subject: text(r, "subject")?.unwrap_or_default(),
+            host: text(r, "host")?.unwrap_or_default(),
+            recipients: Vec::new(),
+        },
+    ))
 }
 
 /// Reads until `buf` is full or the end; the bytes read.

@@ -34,4 +34,5 @@ mod reload; // SIGHUP reload: new config for new sessions, sessions in flight fi
 mod rspamd; // rspamd as the spam engine
 mod sql; // amavis's SQL schema: log, quarantine across two nodes, lookups, database down (PostgreSQL, MariaDB)
 mod sql_daemon; // [sql] through the daemon and the CLI: sql init, the message log, per-user lookups
+mod sql_quarantine; // [quarantine] store = "sql" through two real daemons: release once across nodes (Modoboa, amavisd-release, CLI), purge, database down → 451
 mod unprivileged; // postsift run as nobody: creates its stores, quarantine and sockets, takes mail, each file its own 0600/0700

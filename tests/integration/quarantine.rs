@@ -18,7 +18,7 @@ use crate::test_config::TestConfig;
 use crate::util::{self, config, fixture, start_filter};
 
 /// A message with an attachment the default `[banned]` rules ban (double extension, .exe).
-const BANNED: &str = "From: <alice@example.org>\r\nTo: <bob@example.com>\r\nSubject: invoice\r\n\
+pub(crate) const BANNED: &str = "From: <alice@example.org>\r\nTo: <bob@example.com>\r\nSubject: invoice\r\n\
 MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
 Content-Type: text/plain\r\n\r\nsee attached\r\n.leading dot\r\n--b1\r\n\
 Content-Type: application/octet-stream; name=\"invoice.pdf.exe\"\r\n\
@@ -503,7 +503,7 @@ async fn debian_amavisd_release_releases_over_ampdp() {
 }
 
 /// Debian's `amavisd-release`, its socket path (fixed in a BEGIN block) pointed at `sock`.
-fn debian_release_script(tmp: &Path, sock: &Path) -> PathBuf {
+pub(crate) fn debian_release_script(tmp: &Path, sock: &Path) -> PathBuf {
     let script = std::fs::read_to_string("/usr/sbin/amavisd-release")
         .expect("amavisd-new is installed (scripts/install-deps.sh)");
     let script = script.replace(

@@ -1,4 +1,5 @@
-//! `postsift quarantine list|show|release|delete|purge`: straight on `quarantine.dir`.
+//! `postsift quarantine list|show|release|delete|purge`: straight on `quarantine.dir`, or on the
+//! `[sql]` database with `quarantine.store = "sql"`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -92,24 +93,52 @@ fn utc(t: i64) -> String {
 }
 
 /// `postsift quarantine …`: straight on the directory and its index (SQLite's locking lets it
-/// run beside the daemon).
+/// run beside the daemon), or with `store = "sql"` on the database every node shares.
 pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
-    use postsift::escape;
-    use postsift::quarantine::{release, show, Filter, Quarantine};
-    let dir = &config.quarantine.dir;
-    // A quarantine that does not exist yet reads as an empty one, and is not created here: the
-    // daemon creates it, as its own user (run as root, this would make it root's, and the
-    // daemon run as `_postsift` could not open it).
+    use postsift::quarantine::sql::Store;
+    use postsift::quarantine::Quarantine;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _in_rt = rt.enter();
     let empty;
-    let open = if dir.join("index.db").exists() {
-        dir.as_path()
+    let store = if config.quarantine.in_sql() {
+        anyhow::ensure!(
+            !config.sql.url.is_empty(),
+            "quarantine.store = \"sql\" needs `sql.url`"
+        );
+        let pool = postsift::sql::Pool::connect_lazy(&config.sql).context("sql.url")?;
+        let metrics = postsift::sql::metrics::SqlMetrics::register(&prometheus::Registry::new());
+        Store::Sql(postsift::sql::quarantine::SqlQuarantine::new(
+            pool,
+            &config.sql,
+            metrics,
+        ))
     } else {
-        empty = tempfile::tempdir()?;
-        empty.path()
+        let dir = &config.quarantine.dir;
+        // A quarantine that does not exist yet reads as an empty one, and is not created here:
+        // the daemon creates it, as its own user (run as root, this would make it root's, and
+        // the daemon run as `_postsift` could not open it).
+        let open = if dir.join("index.db").exists() {
+            dir.as_path()
+        } else {
+            empty = tempfile::tempdir()?;
+            empty.path()
+        };
+        Store::File(std::sync::Arc::new(
+            Quarantine::open(open).with_context(|| format!("quarantine.dir {}", dir.display()))?,
+        ))
     };
-    let q = std::sync::Arc::new(
-        Quarantine::open(open).with_context(|| format!("quarantine.dir {}", dir.display()))?,
-    );
+    rt.block_on(run(config, &store, action))
+}
+
+async fn run(
+    config: &Config,
+    q: &postsift::quarantine::sql::Store,
+    action: Action,
+) -> anyhow::Result<u8> {
+    use postsift::escape;
+    use postsift::quarantine::{release, show, Filter};
     let now = chrono::Utc::now().timestamp();
     match action {
         Action::List {
@@ -122,7 +151,7 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
                 recipient,
                 since: since.map(|s| parse_since(&s, now)).transpose()?,
             };
-            for e in q.list(&f)? {
+            for e in q.list(&f).await? {
                 let rcpts: Vec<String> = e
                     .recipients
                     .iter()
@@ -146,8 +175,8 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
             Ok(0)
         }
         Action::Show { id, full } => {
-            let e = q.entry(&id)?;
-            let (meta, raw) = q.read(&id)?;
+            let e = q.entry(&id).await?;
+            let (meta, raw) = q.read(&id).await?;
             println!("id:         {}", e.id);
             println!("time:       {}", utc(e.time));
             println!(
@@ -188,16 +217,13 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
             to,
             force,
         } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let reinjector = postsift::reinject::Reinjector::new(config);
             let req = release::Request {
                 recipients: recipient,
                 to,
                 force,
             };
-            let results = rt.block_on(release::release(&q, &reinjector, &id, &req))?;
+            let results = q.release(&reinjector, &id, &req).await?;
             let mut ok = true;
             for (rcpt, r) in &results {
                 println!(
@@ -213,14 +239,21 @@ pub fn quarantine(config: &Config, action: Action) -> anyhow::Result<u8> {
             Ok(if ok { 0 } else { EX_TEMPFAIL })
         }
         Action::Delete { id } => {
-            q.delete(&id)?;
+            q.delete(&id).await?;
             println!("deleted {id}");
             Ok(0)
         }
         Action::Purge => {
             let before = now - (config.quarantine.retention_days * 86400) as i64;
-            let (n, orphans) = q.purge(before)?;
-            println!("purged {n} messages, {orphans} unfinished files");
+            let (n, other) = q.purge(before).await?;
+            match q {
+                postsift::quarantine::sql::Store::File(_) => {
+                    println!("purged {n} messages, {other} unfinished files")
+                }
+                postsift::quarantine::sql::Store::Sql(_) => {
+                    println!("purged {n} messages, {other} quarantine chunks")
+                }
+            }
             Ok(0)
         }
     }
