@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub mod auth;
 pub mod banks;
 pub mod banned;
+pub mod cache;
 mod check;
 pub mod dkim_sign;
 pub mod dns;
@@ -32,6 +33,7 @@ pub mod server;
 pub use auth::{Auth, DmarcPolicy};
 pub use banks::{Bank, BankBanned, BankMatch, BankParts, BankSpam, BankVirus};
 pub use banned::{Banned, BannedRule};
+pub use cache::Cache;
 pub use check::Error;
 use check::{Check, Present};
 pub use dkim_sign::{DkimKey, DkimSign, SignAlgorithm, SignOnError, DEFAULT_HEADERS};
@@ -72,6 +74,7 @@ pub struct Config {
     pub dns: Dns,
     pub auth: Auth,
     pub dkim_sign: DkimSign,
+    pub cache: Cache,
     /// `[[policy]]`: policy banks, applied in order on top of the settings above
     /// ([`Config::effective`]; which apply to a message is the `banks` module's business).
     /// Default: none.
@@ -146,6 +149,7 @@ impl Config {
         self.dkim_sign.validate(check, &self.server.listen)?;
         self.metrics.validate(check)?;
         self.health.validate(check)?;
+        self.cache.validate(check)?;
         scanners::validate_engine(
             check,
             &self.present,
