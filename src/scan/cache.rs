@@ -532,6 +532,90 @@ mod tests {
         assert_ne!(none, empty);
     }
 
+    fn spamd(endpoint: &str, user: Option<&str>) -> crate::scan::SpamEngine {
+        let t = Duration::from_secs(1);
+        crate::scan::SpamEngine::Spamd(crate::scan::spamd::SpamdClient::new(
+            vec![endpoint.into()],
+            t,
+            t,
+            user.map(Into::into),
+        ))
+    }
+
+    fn rspamd(endpoint: &str) -> crate::scan::SpamEngine {
+        let t = Duration::from_secs(1);
+        crate::scan::SpamEngine::Rspamd(crate::scan::rspamd::RspamdClient::new(
+            vec![endpoint.into()],
+            t,
+            t,
+            None,
+        ))
+    }
+
+    fn envelope(ip: &str, from: &str, rcpts: &[&str]) -> crate::scan::ScanEnvelope {
+        crate::scan::ScanEnvelope {
+            ip: Some(ip.into()),
+            helo: Some("mx.example.org".into()),
+            hostname: None,
+            from: from.into(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            queue_id: Some("4ABC".into()),
+            client: Default::default(),
+        }
+    }
+
+    /// What a spam score depends on is in its key: the bytes, the engine, its endpoints and
+    /// user, and for rspamd (whose rules see it) the envelope. The same message from another
+    /// client must not reuse a score rspamd gave for the first.
+    #[test]
+    fn the_spam_key_covers_everything_the_score_depends_on() {
+        let env = envelope("192.0.2.1", "a@example.org", &["b@example.com"]);
+        let msg = b"Subject: x\r\n\r\nhi\r\n";
+        let k = spam_key;
+        let base = k(&spamd("127.0.0.1:783", None), msg, &env);
+        assert_eq!(base, k(&spamd("127.0.0.1:783", None), msg, &env));
+        assert_ne!(
+            base,
+            k(
+                &spamd("127.0.0.1:783", None),
+                b"Subject: y\r\n\r\nhi\r\n",
+                &env
+            )
+        );
+        assert_ne!(base, k(&spamd("127.0.0.1:784", None), msg, &env));
+        assert_ne!(base, k(&spamd("127.0.0.1:783", Some("bob")), msg, &env));
+        assert_ne!(base, k(&rspamd("127.0.0.1:783"), msg, &env));
+        // spamd is told nothing of the envelope: the same bytes are the same question.
+        let other = envelope("198.51.100.7", "c@example.net", &["d@example.com"]);
+        assert_eq!(base, k(&spamd("127.0.0.1:783", None), msg, &other));
+        // rspamd is: each field counts.
+        let r = rspamd("127.0.0.1:11333");
+        let rbase = k(&r, msg, &env);
+        for changed in [
+            envelope("198.51.100.7", "a@example.org", &["b@example.com"]),
+            envelope("192.0.2.1", "c@example.net", &["b@example.com"]),
+            envelope(
+                "192.0.2.1",
+                "a@example.org",
+                &["b@example.com", "e@example.com"],
+            ),
+            crate::scan::ScanEnvelope {
+                helo: Some("other".into()),
+                ..env.clone()
+            },
+            crate::scan::ScanEnvelope {
+                hostname: Some("mx.example.org".into()),
+                ..env.clone()
+            },
+            crate::scan::ScanEnvelope {
+                queue_id: None,
+                ..env.clone()
+            },
+        ] {
+            assert_ne!(rbase, k(&r, msg, &changed), "{changed:?}");
+        }
+    }
+
     #[test]
     fn a_stream_digest_is_the_digest_of_its_bytes() {
         let base = || KeyBuilder::new(Kind::Clamd).field(b"v");
