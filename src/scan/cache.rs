@@ -216,24 +216,38 @@ impl Cache {
         m.bytes.set(inner.bytes as i64);
     }
 
-    /// clamd's `VERSION`, asked at first use and again `[cache] clamd_version_refresh` seconds
-    /// later; None when clamd could not say (its answers are then not cached).
-    pub async fn clamd_version(&self, c: &ClamdClient) -> Option<String> {
+    /// clamd's `VERSION` as last heard, asked at first use and again `[cache]
+    /// clamd_version_refresh` seconds later (or at once with `fresh`), and whether it was just
+    /// asked; None when clamd could not say (the cache is then not used for the message).
+    pub async fn clamd_version(&self, c: &ClamdClient, fresh: bool) -> Option<(String, bool)> {
         let v = &self.version;
         if let Some((version, at)) = &*v.memo.lock().expect("version lock") {
-            if !v.refresh.is_zero() && at.elapsed() < v.refresh {
-                return Some(version.clone());
+            if !fresh && !v.refresh.is_zero() && at.elapsed() < v.refresh {
+                return Some((version.clone(), false));
             }
         }
         match c.version().await {
             Ok(version) => {
                 *v.memo.lock().expect("version lock") = Some((version.clone(), Instant::now()));
-                Some(version)
+                Some((version, true))
             }
             Err(e) => {
-                tracing::warn!(error = %e, "clamd VERSION failed: its answers are not cached");
+                tracing::warn!(error = %e, "clamd VERSION failed: the verdict cache is not used");
                 None
             }
+        }
+    }
+
+    /// The answer under `key`, if younger than the ttl, without counting a lookup.
+    fn peek(&self, key: &Key) -> Option<Verdict> {
+        let inner = self.inner.lock().expect("cache lock");
+        match inner.map.get(key) {
+            Some(Entry {
+                value: Value::Clamd(v),
+                at,
+                ..
+            }) if at.elapsed() < self.ttl => Some(v.clone()),
+            _ => None,
         }
     }
 }
@@ -324,8 +338,12 @@ fn part_reader(p: &Contents) -> std::io::Result<impl std::io::Read + Send + 'sta
 /// up in `cache` first: only the streams it has no answer for are sent, and their answers are
 /// kept. The same answer as without the cache: the first infected stream in the order sent
 /// (the message, then the parts), so streams before a cached infected one that are not cached
-/// are still sent. Without a cache, or when clamd's `VERSION` is not known, everything is sent
-/// and nothing kept.
+/// are still sent.
+///
+/// A cached answer is used only once clamd has confirmed its `VERSION` for this message (a
+/// new database makes every answer miss at once), and never while clamd is marked down or
+/// does not answer: the message then takes clamd's failure path as it would without the cache.
+/// Without a cache everything is sent and nothing kept.
 pub async fn clamd_scan(
     c: &ClamdClient,
     cache: Option<&Cache>,
@@ -333,41 +351,62 @@ pub async fn clamd_scan(
     parts: &[&Contents],
     m: &CacheMetrics,
 ) -> Result<Option<(Found, Vec<String>)>, clamd::Error> {
+    let cache = cache.filter(|_| c.health().usable());
     let version = match cache {
-        Some(cache) => cache.clamd_version(c).await.map(|v| (cache, v)),
+        Some(cache) => cache.clamd_version(c, false).await.map(|v| (cache, v)),
         None => None,
     };
-    let Some((cache, version)) = version else {
+    let Some((cache, (mut version, mut confirmed))) = version else {
         return send(c, Some(msg), parts).await;
     };
-    let mut base = KeyBuilder::new(Kind::Clamd).field(version.as_bytes());
-    for ep in c.endpoint_names() {
-        base = base.field(ep.as_bytes());
-    }
-    let base = base.field(b"");
-    // Stream 0 is the message, stream i the part i - 1.
-    let mut keys = Vec::with_capacity(parts.len() + 1);
-    keys.push(match msg.reader_from(0) {
-        Ok(r) => stream_key(KeyBuilder(base.0.clone()), msg.len(), r).await,
+    // Each stream's digest (stream 0 is the message, stream i the part i - 1); a stream that
+    // cannot be read back has none, and is sent.
+    let mut digests = Vec::with_capacity(parts.len() + 1);
+    digests.push(match msg.reader_from(0) {
+        Ok(r) => stream_key(KeyBuilder::new(Kind::Clamd), msg.len(), r).await,
         Err(_) => None,
     });
     for p in parts {
-        keys.push(match part_reader(p) {
-            Ok(r) => stream_key(KeyBuilder(base.0.clone()), p.len(), r).await,
+        digests.push(match part_reader(p) {
+            Ok(r) => stream_key(KeyBuilder::new(Kind::Clamd), p.len(), r).await,
             Err(_) => None,
         });
     }
-    let cached: Vec<Option<Verdict>> = keys
-        .iter()
-        .map(|k| {
-            k.as_ref()
-                .and_then(|k| cache.get(Kind::Clamd, k, m))
-                .and_then(|v| match v {
-                    Value::Clamd(v) => Some(v),
-                    Value::Spam(_) => None,
-                })
-        })
-        .collect();
+    let keys_for = |version: &str| -> Vec<Option<Key>> {
+        let mut base = KeyBuilder::new(Kind::Clamd).field(version.as_bytes());
+        for ep in c.endpoint_names() {
+            base = base.field(ep.as_bytes());
+        }
+        let base = base.field(b"");
+        digests
+            .iter()
+            .map(|d| d.map(|d| KeyBuilder(base.0.clone()).field(&d).finish()))
+            .collect()
+    };
+    let mut keys = keys_for(&version);
+    let peek = |keys: &[Option<Key>]| -> Vec<Option<Verdict>> {
+        keys.iter()
+            .map(|k| k.as_ref().and_then(|k| cache.peek(k)))
+            .collect()
+    };
+    let mut cached = peek(&keys);
+    if !confirmed && cached.iter().any(Option::is_some) {
+        let Some((now, _)) = cache.clamd_version(c, true).await else {
+            return send(c, Some(msg), parts).await;
+        };
+        if now != version {
+            version = now;
+            keys = keys_for(&version);
+            cached = peek(&keys);
+        }
+        confirmed = true;
+    }
+    debug_assert!(confirmed || cached.iter().all(Option::is_none));
+    for (k, v) in keys.iter().zip(&cached) {
+        if k.is_some() {
+            m.looked_up(Kind::Clamd, v.is_some());
+        }
+    }
     let first_infected = cached
         .iter()
         .position(|v| matches!(v, Some(Verdict::Infected(_))));

@@ -55,8 +55,8 @@ pub fn skip_spam(
 
 impl Scanners {
     /// The spam engine's answer for `msg`: from the verdict cache when the same bytes (and, for
-    /// rspamd, the same envelope) were scored before, else asked within the spam timeout, a
-    /// score being kept in the cache.
+    /// rspamd, the same envelope) were scored before and the engine is not marked down, else
+    /// asked within the spam timeout, a score being kept in the cache.
     pub(super) async fn spam_check(
         &self,
         engine: &SpamEngine,
@@ -74,9 +74,12 @@ impl Scanners {
             }
         };
         let m = &metrics.cache;
+        // While every endpoint is marked down the cache is not used: the message takes the
+        // engine's failure path, as it would without the cache.
         let key = self
             .cache
             .as_ref()
+            .filter(|_| engine.health().usable())
             .map(|c| (c, cache::spam_key(engine, &prefix, env)));
         if let Some((c, key)) = &key {
             if let Some(Value::Spam(r)) = c.get(Kind::Spam, key, m) {

@@ -136,9 +136,8 @@ async fn a_new_clamd_signature_database_makes_its_cached_answers_miss() {
         .await,
     );
     let sink = Capture::start().await;
-    let cfg = test_config(Some(&clamd.endpoint()), None, sink.addr, "")
-        .set("virus.action", "reject")
-        .set("cache.clamd_version_refresh", 0);
+    let cfg =
+        test_config(Some(&clamd.endpoint()), None, sink.addr, "").set("virus.action", "reject");
     let f = start_filter(&cfg.toml()).await;
     let marker = b"postsift-cache-marker-0042";
     let msg = message("sigs@example.org", "See attached.", marker);
