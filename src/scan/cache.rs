@@ -19,8 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge, Registry};
-
+pub use super::cache_metrics::{CacheMetrics, Kind};
 use super::clamd::{self, ClamdClient, Found, Verdict};
 use super::parts::Contents;
 use super::report::SpamResult;
@@ -28,26 +27,6 @@ use crate::message::Message;
 
 /// A key: the digest of what an answer depends on.
 pub type Key = [u8; 32];
-
-/// Which cache an answer is in, as the `cache` metric label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// clamd's answer for one stream (a message or a decoded part).
-    Clamd,
-    /// The spam engine's answer for one message.
-    Spam,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Clamd, Kind::Spam];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Clamd => "clamd",
-            Kind::Spam => "spam",
-        }
-    }
-}
 
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,49 +59,6 @@ impl Value {
                         + 64
                 }
             }
-    }
-}
-
-/// The series of the cache: lookups by result, evictions, bytes held.
-#[derive(Clone)]
-pub struct CacheMetrics {
-    pub lookups: IntCounterVec,
-    pub evictions: IntCounterVec,
-    pub bytes: IntGauge,
-}
-
-impl CacheMetrics {
-    pub fn register(r: &Registry) -> CacheMetrics {
-        use crate::metrics::{counter, gauge};
-        let caches = Kind::ALL.map(Kind::label);
-        CacheMetrics {
-            lookups: counter(
-                r,
-                "postsift_cache_lookups_total",
-                "Verdict cache lookups by cache (clamd: per stream, spam: per message) and result",
-                &["cache", "result"],
-                &[&caches, &["hit", "miss"]],
-            ),
-            evictions: counter(
-                r,
-                "postsift_cache_evictions_total",
-                "Answers dropped from the verdict cache to stay within cache.max_bytes",
-                &["cache"],
-                &[&caches],
-            ),
-            bytes: gauge(
-                r,
-                "postsift_cache_bytes",
-                "Bytes the verdict cache holds (at most cache.max_bytes)",
-            ),
-        }
-    }
-
-    fn looked_up(&self, kind: Kind, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.lookups
-            .with_label_values(&[kind.label(), result])
-            .inc();
     }
 }
 
@@ -496,6 +432,7 @@ pub fn spam_key(engine: &super::SpamEngine, sent: &[u8], env: &super::ScanEnvelo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::Registry;
 
     fn cache(max_bytes: u64, ttl: u64) -> Cache {
         Cache::new(&crate::config::Cache {

@@ -40,7 +40,7 @@ pub struct ScanMetrics {
     pub parts: Histogram,
     pub auth: AuthMetrics,
     /// The verdict cache's lookups, evictions and size.
-    pub cache: crate::scan::cache::CacheMetrics,
+    pub cache: crate::scan::cache_metrics::CacheMetrics,
     /// Messages the spam engine was not asked about: a virus or banned file decided them.
     pub spam_skipped: prometheus::IntCounter,
 }
@@ -89,7 +89,7 @@ impl ScanMetrics {
                 &[&scanners, FailureKind::ALL],
             ),
             auth: AuthMetrics::register(r),
-            cache: crate::scan::cache::CacheMetrics::register(r),
+            cache: crate::scan::cache_metrics::CacheMetrics::register(r),
             spam_skipped: crate::metrics::counter0(
                 r,
                 "postsift_spam_skipped_total",

@@ -15,6 +15,7 @@ pub mod auth;
 mod auth_metrics;
 pub mod banned;
 pub mod cache;
+mod cache_metrics;
 pub mod clamd;
 pub mod cost;
 pub mod metrics;
