@@ -355,7 +355,13 @@ pub async fn clamd_scan(
         _ => unreachable!("an infected answer"),
     });
     let upto = first_infected.unwrap_or(cached.len());
-    let to_send: Vec<usize> = (0..upto).filter(|&i| cached[i].is_none()).collect();
+    // A stream whose bytes an earlier one repeats (the MIME walk reads a base64 part both in
+    // the MIME tree and as a raw block) is not sent twice: the earlier one's answer is its own,
+    // and an infected earlier one is named first anyway.
+    let mut seen = std::collections::HashSet::new();
+    let to_send: Vec<usize> = (0..upto)
+        .filter(|&i| cached[i].is_none() && keys[i].is_none_or(|k| seen.insert(k)))
+        .collect();
     if to_send.is_empty() {
         return Ok(cached_answer);
     }
