@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub mod auth;
 pub mod banks;
 pub mod banned;
+pub mod cache;
 mod check;
 pub mod dkim_sign;
 pub mod dns;
@@ -33,6 +34,7 @@ pub mod sql;
 pub use auth::{Auth, DmarcPolicy};
 pub use banks::{Bank, BankBanned, BankMatch, BankParts, BankSpam, BankVirus};
 pub use banned::{Banned, BannedRule};
+pub use cache::Cache;
 pub use check::Error;
 use check::{Check, Present};
 pub use dkim_sign::{DkimKey, DkimSign, SignAlgorithm, SignOnError, DEFAULT_HEADERS};
@@ -76,6 +78,7 @@ pub struct Config {
     pub dkim_sign: DkimSign,
     /// `[sql]`: amavis's SQL database (message log, per-user lookups). Default: none.
     pub sql: SqlConfig,
+    pub cache: Cache,
     /// `[[policy]]`: policy banks, applied in order on top of the settings above
     /// ([`Config::effective`]; which apply to a message is the `banks` module's business).
     /// Default: none.
@@ -152,6 +155,7 @@ impl Config {
         self.metrics.validate(check)?;
         self.health.validate(check)?;
         self.sql.validate_in(check)?;
+        self.cache.validate(check)?;
         scanners::validate_engine(
             check,
             &self.present,

@@ -64,6 +64,11 @@ pub struct Spam {
     /// At or above this score spam is quarantined rather than delivered (a `discard` or
     /// `reject` action at `kill_level` still wins). Default: unset (off).
     pub quarantine_level: Option<f64>,
+    /// The spam engine is not asked when the virus check (or a banned file) already decides
+    /// the message for every recipient (its action is `discard` or `reject`): no score could
+    /// change the outcome (amavis does the same). The spam check then waits for the virus
+    /// check rather than running beside it. Default true.
+    pub skip_when_decided: bool,
 }
 
 impl Default for Spam {
@@ -76,6 +81,7 @@ impl Default for Spam {
             subject_tag: "***Spam*** ".into(),
             action: Action::Pass,
             quarantine_level: None,
+            skip_when_decided: true,
         }
     }
 }

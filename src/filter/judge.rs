@@ -4,10 +4,11 @@
 
 use std::borrow::Cow;
 
-use crate::config::Config;
+use crate::config::{Action, Config};
 use crate::message::Message;
 use crate::policy::{self, Decision};
 use crate::runtime::Runtime;
+use crate::scan::cost::Decisive;
 use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
 
 use super::groups::Groups;
@@ -90,6 +91,7 @@ fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usiz
         virus: false,
         spam: false,
         banned_rules: Vec::new(),
+        decisive: Vec::new(),
     };
     let mut rule_set = Vec::new();
     for c in groups {
@@ -108,6 +110,18 @@ fn needs(config: &Config, groups: &[Cow<'_, Config>]) -> (Needs, Vec<Option<usiz
             })
         });
     }
+    // Which findings leave the spam score nothing to change, group by group.
+    let final_ = |a: Action| matches!(a, Action::Discard | Action::Reject);
+    needs.decisive = groups
+        .iter()
+        .zip(&rule_set)
+        .map(|(c, set)| Decisive {
+            virus: c.spam.skip_when_decided && final_(c.virus.action),
+            banned: c.spam.skip_when_decided && final_(c.banned.action),
+            spam_off: !spam_on(c),
+            rule_set: *set,
+        })
+        .collect();
     (needs, rule_set)
 }
 

@@ -283,13 +283,62 @@ impl ClamdClient {
         msg: &Message,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        self.failover(|ep| self.session(ep, msg, parts)).await
+        self.failover(|ep| self.session(ep, Some(msg), parts)).await
+    }
+
+    /// Like [`ClamdClient::scan_with_parts`] without the message (the verdict cache knew its
+    /// answer already): `parts` only, [`Found::Part`] naming one of them.
+    pub async fn scan_parts(
+        &self,
+        parts: &[&Contents],
+    ) -> Result<Option<(Found, Vec<String>)>, Error> {
+        self.failover(|ep| self.session(ep, None, parts)).await
+    }
+
+    /// `zVERSION`: the first endpoint's (failover as for a scan) program and signature
+    /// database version, `ClamAV 1.0.7/27480/Wed Dec  4 09:32:01 2024`: the verdict cache
+    /// keys clamd's answers with it, so that new signatures make them miss.
+    pub async fn version(&self) -> Result<String, Error> {
+        self.failover(|ep| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let endpoint = ep.name();
+            let io_err = |source: io::Error| Error::Io {
+                endpoint: endpoint.clone(),
+                source,
+            };
+            let mut stream = self.connect(ep).await?;
+            stream.write_all(b"zVERSION\0").await.map_err(io_err)?;
+            let mut reply = Vec::with_capacity(64);
+            let mut buf = [0u8; 256];
+            loop {
+                let got = stream.read(&mut buf).await.map_err(io_err)?;
+                reply.extend_from_slice(&buf[..got]);
+                if got == 0 || buf[..got].contains(&0) || reply.len() > 4096 {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&reply);
+            let text = text.trim_end_matches('\0').trim();
+            match text.starts_with("ClamAV ") {
+                true => Ok(text.to_owned()),
+                false => Err(Error::Protocol {
+                    endpoint: endpoint.clone(),
+                    detail: format!("unexpected VERSION reply {text:?}"),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// The endpoints, as configured (part of the verdict cache's key).
+    pub fn endpoint_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.endpoints.iter().map(Endpoint::name)
     }
 
     async fn session(
         &self,
         ep: &Endpoint,
-        msg: &Message,
+        msg: Option<&Message>,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -303,11 +352,14 @@ impl ClamdClient {
         // Every stream opened before the first byte goes out: the message (its head and the
         // rest of its spool file) and each part (in memory, or its head and its spill file).
         let mut streams = Vec::with_capacity(parts.len() + 1);
-        streams.push(
-            msg.reopen_tail()
-                .map(|t| (msg.head().clone(), t))
-                .map_err(io_err)?,
-        );
+        if let Some(msg) = msg {
+            streams.push(
+                msg.reopen_tail()
+                    .map(|t| (msg.head().clone(), t))
+                    .map_err(io_err)?,
+            );
+        }
+        let n = streams.len() + parts.len();
         for p in parts {
             streams.push(p.stream().map_err(io_err)?);
         }
@@ -324,7 +376,7 @@ impl ClamdClient {
         };
         let reader = async {
             let mut rd = BufReader::new(rd);
-            let mut answered = vec![false; parts.len() + 1];
+            let mut answered = vec![false; n];
             // clamd answers in any order; the first infected stream in the order sent is named
             // (the message before its parts), so the same message always gets the same answer.
             let mut first: Option<(usize, Vec<String>)> = None;
@@ -369,10 +421,10 @@ impl ClamdClient {
                 }
             }
             Ok(first.map(|(id, names)| {
-                let at = if id == 1 {
-                    Found::Message
-                } else {
-                    Found::Part(id - 2)
+                let at = match (msg.is_some(), id) {
+                    (true, 1) => Found::Message,
+                    (true, _) => Found::Part(id - 2),
+                    (false, _) => Found::Part(id - 1),
                 };
                 (at, names)
             }))

@@ -39,6 +39,10 @@ pub struct ScanMetrics {
     /// Decoded parts the MIME walk found per message.
     pub parts: Histogram,
     pub auth: AuthMetrics,
+    /// The verdict cache's lookups, evictions and size.
+    pub cache: crate::scan::cache_metrics::CacheMetrics,
+    /// Messages the spam engine was not asked about: a virus or banned file decided them.
+    pub spam_skipped: prometheus::IntCounter,
 }
 
 impl ScanMetrics {
@@ -85,6 +89,13 @@ impl ScanMetrics {
                 &[&scanners, FailureKind::ALL],
             ),
             auth: AuthMetrics::register(r),
+            cache: crate::scan::cache_metrics::CacheMetrics::register(r),
+            spam_skipped: crate::metrics::counter0(
+                r,
+                "postsift_spam_skipped_total",
+                "Messages the spam engine was not asked about: a virus or banned file it \
+                 discards or rejects decided them for every recipient",
+            ),
         }
     }
 

@@ -14,7 +14,10 @@
 pub mod auth;
 mod auth_metrics;
 pub mod banned;
+pub mod cache;
+mod cache_metrics;
 pub mod clamd;
+pub mod cost;
 pub mod metrics;
 pub mod parts;
 pub mod report;
@@ -62,6 +65,14 @@ impl SpamEngine {
         }
     }
 
+    /// What its answers depend on besides the message (see [`cache::spam_key`]).
+    pub fn identity(&self) -> Vec<String> {
+        match self {
+            SpamEngine::Spamd(s) => s.identity(),
+            SpamEngine::Rspamd(r) => r.identity(),
+        }
+    }
+
     pub async fn ping(&self) -> bool {
         match self {
             SpamEngine::Spamd(s) => s.ping().await.is_ok(),
@@ -94,6 +105,9 @@ pub struct Needs {
     pub spam: bool,
     /// Banned rules besides `[banned] rules`, from policy banks.
     pub banned_rules: Vec<Vec<banned::Rule>>,
+    /// Each recipient group's actions on a virus or a banned file: when they make the spam
+    /// score useless, the spam engine is not asked (see [`cost`]). Empty: always asked.
+    pub decisive: Vec<cost::Decisive>,
 }
 
 impl Default for Needs {
@@ -102,6 +116,7 @@ impl Default for Needs {
             virus: true,
             spam: true,
             banned_rules: Vec::new(),
+            decisive: Vec::new(),
         }
     }
 }
@@ -126,6 +141,8 @@ pub struct Scanners {
     auth: Option<auth::Checker>,
     /// `server.max_memory`, which the walk's decoders take their memory from.
     budget: Option<Arc<crate::message::Budget>>,
+    /// The verdict cache; None when `[cache] max_bytes = 0`.
+    cache: Option<cache::Cache>,
 }
 
 tokio::task_local! {
@@ -205,6 +222,7 @@ impl Scanners {
             spam_timeout: Duration::from_secs(if rspamd { r.timeout } else { s.timeout }),
             spam_on_failure: if rspamd { r.on_failure } else { s.on_failure },
             budget: None,
+            cache: cache::Cache::new(&config.cache),
             walk_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -288,7 +306,7 @@ impl Scanners {
             };
             let (r, parts) = match clamd {
                 None => (VirusScan::Off, walk.ok().flatten().map(|w| summary(&w))),
-                Some(c) => self.virus_scan(c, msg, walk).await,
+                Some(c) => self.virus_scan(c, msg, walk, &metrics.cache).await,
             };
             (r, parts, (banned, banned_by), start.elapsed())
         };
@@ -296,36 +314,23 @@ impl Scanners {
             let start = Instant::now();
             let r = match spam_engine {
                 None => SpamScan::Off,
-                Some(engine) => match msg.prefix_for_spam_check(self.spam_max_size) {
-                    Err(e) => SpamScan::Failed(Failure::new(
-                        FailureKind::Protocol,
-                        format!("reading the spool: {e}"),
-                    )),
-                    Ok(prefix) => {
-                        let check = async {
-                            match engine {
-                                SpamEngine::Spamd(s) => s
-                                    .check(&prefix)
-                                    .await
-                                    .map_err(|e| Failure::new(e.kind(), e.to_string())),
-                                SpamEngine::Rspamd(r) => r
-                                    .check(prefix.into(), env)
-                                    .await
-                                    .map_err(|e| Failure::new(e.kind(), e.to_string())),
-                            }
-                        };
-                        match tokio::time::timeout(self.spam_timeout, check).await {
-                            Ok(Ok(r)) => SpamScan::Scored(r),
-                            Ok(Err(f)) => SpamScan::Failed(f),
-                            Err(_) => SpamScan::Failed(Failure::new(
-                                FailureKind::Timeout,
-                                format!("{} timed out", engine.name()),
-                            )),
-                        }
-                    }
-                },
+                Some(engine) => self.spam_check(engine, msg, env, metrics).await,
             };
             (r, start.elapsed())
+        };
+        // The spam check waits for the virus check where a virus or a banned file could make
+        // it useless for every recipient group, and is then skipped (see `cost`).
+        let virus_and_spam = async {
+            if spam_engine.is_none() || !cost::may_skip(&needs.decisive) {
+                return tokio::join!(virus, spam);
+            }
+            let v = virus.await;
+            let (r, _, (banned, banned_by), _) = &v;
+            if cost::skip_spam(&needs.decisive, r, banned, banned_by) {
+                metrics.spam_skipped.inc();
+                return (v, (SpamScan::Off, Duration::ZERO));
+            }
+            (v, spam.await)
         };
         let auth = async {
             let checker = self.auth.as_ref()?;
@@ -341,8 +346,10 @@ impl Scanners {
                 }
             }
         };
-        let ((virus, parts, (banned, banned_by), virus_time), (spam, spam_time), auth) =
-            tokio::join!(virus, spam, auth);
+        let ((virus, parts, (banned, banned_by), virus_time), (spam, spam_time), auth) = {
+            let (vs, auth) = tokio::join!(virus_and_spam, auth);
+            (vs.0, vs.1, auth)
+        };
         let record = |scanner: Scanner, failed: Option<FailureKind>, took: Duration| {
             metrics
                 .scanner_duration
@@ -498,6 +505,7 @@ impl Scanners {
         c: &clamd::ClamdClient,
         msg: &Message,
         walk: Result<Option<parts::Walk>, Failure>,
+        cached: &cache::CacheMetrics,
     ) -> (VirusScan, Option<PartsSummary>) {
         let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
         let walk = match walk {
@@ -513,14 +521,8 @@ impl Scanners {
             .filter(|p| p.containers.is_empty() && !p.contents.is_empty() && !seen_whole(p))
             .collect();
         let contents: Vec<&parts::Contents> = send.iter().map(|p| &p.contents).collect();
-        let found = if contents.is_empty() {
-            c.scan(msg).await.map(|v| match v {
-                clamd::Verdict::Clean => None,
-                clamd::Verdict::Infected(names) => Some((clamd::Found::Message, names)),
-            })
-        } else {
-            c.scan_with_parts(msg, &contents).await
-        };
+        // Each stream's answer from the verdict cache where it has one.
+        let found = cache::clamd_scan(c, self.cache.as_ref(), msg, &contents, cached).await;
         match found {
             Ok(None) => (VirusScan::Clean, summary),
             Ok(Some((at, names))) => {

@@ -91,6 +91,14 @@ pub struct RspamdClient {
 }
 
 impl RspamdClient {
+    /// What its answers depend on besides the message and the envelope (the verdict cache's
+    /// key): the endpoints and the password (a controller may apply other settings).
+    pub fn identity(&self) -> Vec<String> {
+        let mut id = self.endpoints.clone();
+        id.push(format!("password={:?}", self.password));
+        id
+    }
+
     /// `endpoints` are `host:port` of rspamd's normal worker (or a controller, with `password`),
     /// tried in order while they refuse connections.
     pub fn new(

@@ -125,6 +125,14 @@ impl SpamdClient {
     }
 
     /// Each endpoint's health.
+    /// What its answers depend on besides the message (the verdict cache's key): the
+    /// endpoints and the user.
+    pub fn identity(&self) -> Vec<String> {
+        let mut id = self.endpoints.clone();
+        id.push(format!("user={:?}", self.user));
+        id
+    }
+
     pub fn health(&self) -> &crate::peers::Group {
         &self.health
     }

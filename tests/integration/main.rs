@@ -12,6 +12,7 @@ mod util; // postsift in-process on port 0, shared peers, the CLI runner
 
 mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Results; enforcement
 mod banks; // policy banks: originating listener, client network, recipient domain, mixed groups over LMTP and SMTP
+mod cache; // issue 22: the verdict cache (retry, new signatures, failures never kept, parts) and the spam check skipped for a discarded virus
 mod clamd_cost; // clamd per-part scanning: one IDSESSION against a connection per part (--ignored)
 mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed
