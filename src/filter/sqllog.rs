@@ -129,7 +129,12 @@ pub(super) fn draft(shared: &Runtime, r: &Received, groups: &[GroupPart<'_>]) ->
     rec.spam_level = spam_level;
     rec.originating = originating;
     if quarantined {
-        rec.quar_type = Some('F');
+        // amavis's quar_type: F for the file store, Q for the quarantine in the database.
+        rec.quar_type = Some(if shared.config.quarantine.in_sql() {
+            'Q'
+        } else {
+            'F'
+        });
         rec.quar_loc = r.id.clone();
     }
     Some(Pending {

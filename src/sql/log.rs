@@ -204,6 +204,8 @@ pub(crate) const INS_MSG_MY: Stmt = Stmt(
      spam_level, message_id, from_addr, subject, host) \
      VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 );
+pub(crate) const SEL_RCP_IDS: Stmt =
+    Stmt("SELECT rid, rseqnum FROM msgrcpt WHERE partition_tag=? AND mail_id=?");
 pub(crate) const INS_RCP: Stmt = Stmt(
     "INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
      bl, wl, bspam_level, smtp_resp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -218,7 +220,8 @@ pub(crate) fn yn(b: bool) -> &'static str {
 }
 
 /// Writes `rec` (maddr, msgs, msgrcpt) inside the transaction `$tx` of pool `$p`'s database;
-/// evaluates to Ok(false) if a `msgs` row with its mail_id already exists (nothing written).
+/// evaluates to Ok(false) if a `msgs` row with its mail_id already exists (then only the
+/// recipients its `msgrcpt` rows do not list yet are added).
 /// A macro so that one text serves both databases' connection types.
 macro_rules! write_record {
     ($backend:expr, $tx:expr, $rec:expr, $ptag:expr) => {
@@ -283,15 +286,33 @@ macro_rules! write_record {
                 .execute(&mut *$tx)
                 .await?
                 .rows_affected();
+            // A `msgs` row already there was written by the SQL quarantine (or by an earlier
+            // try of this batch): add only the recipients it does not list, numbered after its.
+            let mut present = std::collections::HashSet::new();
+            let mut next_seq = 1i32;
             if inserted == 0 {
-                return Ok::<bool, $crate::sql::Error>(false);
+                let rows = sqlx::query($crate::sql::log::SEL_RCP_IDS.sql(backend))
+                    .bind(ptag)
+                    .bind(rec.mail_id.as_bytes().to_vec())
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                for row in &rows {
+                    present.insert(row.int("rid")?.unwrap_or(0));
+                    let seq = row.int("rseqnum")?.unwrap_or(0);
+                    next_seq = next_seq.max(seq.clamp(0, i32::MAX as i64 - 1) as i32 + 1);
+                }
             }
-            for (i, r) in rec.recipients.iter().enumerate() {
+            for r in rec.recipients.iter() {
                 let rid = addr_id!(&r.addr).await?;
+                if !present.insert(rid) {
+                    continue;
+                }
+                let seq = next_seq;
+                next_seq = next_seq.saturating_add(1);
                 sqlx::query($crate::sql::log::INS_RCP.sql(backend))
                     .bind(ptag)
                     .bind(rec.mail_id.as_bytes().to_vec())
-                    .bind(i as i32 + 1)
+                    .bind(seq)
                     .bind(rid)
                     .bind($crate::sql::log::yn(r.is_local))
                     .bind(r.content.code().to_string())
@@ -304,7 +325,7 @@ macro_rules! write_record {
                     .execute(&mut *$tx)
                     .await?;
             }
-            Ok(true)
+            Ok::<bool, $crate::sql::Error>(inserted != 0)
         }
     };
 }

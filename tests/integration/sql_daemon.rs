@@ -527,3 +527,63 @@ async fn sql_lookups_through_the_daemon_per_user_spam_level_and_wblist() {
     );
     f.stop().await;
 }
+
+/// The log and the SQL quarantine share `msgs`: a message quarantined for one recipient
+/// (its bank quarantines banned files) and delivered to another (whose bank passes them) is
+/// logged with both recipients. The quarantine writes the `msgs` row first; the log then adds
+/// the delivered recipient's `msgrcpt` row instead of skipping the whole record, and
+/// `quar_type` is Q (the database), not F (files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_beside_the_sql_quarantine_keeps_the_delivered_recipients() {
+    use crate::capture::Capture;
+    use crate::client::send_one;
+    use crate::util::{self, start_filter};
+    let s = shared(Kind::Postgres);
+    let db = s.create_db("dlogq");
+    s.client(
+        &db,
+        postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
+    );
+    let sink = Capture::start().await;
+    let f = start_filter(
+        &util::test_config(
+            None,
+            None,
+            sink.addr,
+            &format!(
+                "[quarantine]\nstore = \"sql\"\n[banned]\naction = \"quarantine\"\n{}\
+             [[policy]]\nname = \"lover\"\nmatch.recipient_domain = [\"lover.test\"]\n\
+             banned.action = \"pass\"\n",
+                sql_section(&s.url(&db), "")
+            ),
+        )
+        .toml(),
+    )
+    .await;
+    let r = send_one(
+        f.addr,
+        "alice@example.org",
+        &["held@example.com", "fan@lover.test"],
+        BANNED.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
+            == 2)
+        .await,
+        "{:?}",
+        logged(s, &db)
+    );
+    let rows = logged(s, &db);
+    assert_eq!(rows[0][0], "fan@lover.test", "{rows:?}");
+    assert_eq!(rows[0][3], "P", "delivered: {rows:?}");
+    assert_eq!(rows[1][0], "held@example.com", "{rows:?}");
+    assert_eq!(rows[1][3], "D", "quarantined: {rows:?}");
+    let quar = s.client(&db, "SELECT quar_type FROM msgs");
+    assert_eq!(quar.trim(), "Q", "{quar}");
+    // The log's own record came after the quarantine's: one msgs row, two recipients.
+    let n = s.client(&db, "SELECT count(*) FROM msgs");
+    assert_eq!(n.trim(), "1", "{n}");
+    f.stop().await;
+}
