@@ -729,6 +729,31 @@ async fn an_xz_beyond_the_decoder_limit_is_unchecked_not_clean() {
     f.stop().await;
 }
 
+/// Issue 16 (3.): a solid 7z's decoder window grew outside `server.max_memory` (2,000 × 1 MiB:
+/// 113 MB of RSS for one message, 4.46 GB for 64). The window is taken from the budget: with
+/// `server.max_memory` too small for it the message gets `452 4.3.1` (reason memory) and
+/// nothing is delivered; with the default budget the same message is walked and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solid_7z_decoder_window_outside_max_memory_is_now_452() {
+    let seven = util::blocking(|| hostile::sevenz_solid(20, 128 << 10)).await;
+    let msg = hostile::mail_with("c.7z", &seven);
+    let sink = Capture::start().await;
+    let small = test_config(None, None, sink.addr, "")
+        .set("server.max_memory", 1 << 20)
+        .toml();
+    let f = start_filter(&small).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 0);
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 1);
+}
+
 /// Issue 16: a MIME walk that failed (here a decoded part over `parts.max_memory` whose spill
 /// file cannot be created: the spool directory is gone) was taken as "not walked" when clamd
 /// was off, the banned-file rules were skipped, and `setup.exe` was delivered clean. A walk
