@@ -35,6 +35,7 @@ pub mod fsmode;
 pub mod greylist;
 pub mod health;
 pub mod import_amavis;
+pub mod malloc;
 pub mod message;
 pub mod metrics;
 pub mod peers;

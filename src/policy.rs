@@ -197,6 +197,7 @@ fn on_limit(config: &Config, kind: LimitKind) -> Unchecked {
         LimitKind::Decoder => p.on_decoder,
         LimitKind::Time => p.on_max_walk_time,
         LimitKind::Size => p.on_max_message_size,
+        LimitKind::Error => p.on_walk_error,
         // Not the message's fault: postsift is busy; the client retries (`452 4.3.1`).
         LimitKind::Memory => Unchecked::Tempfail,
     }
@@ -564,6 +565,30 @@ mod tests {
                 Disposition::Tempfail(Tempfail::Resources("busy".into())),
                 Some("resources")
             )
+        );
+    }
+
+    /// Issue 16: a walk that failed (a spill file not written) is UNCHECKED, reason error, and
+    /// tempfailed by default — with clamd off too, where it used to count as "not walked".
+    #[test]
+    fn a_failed_walk_is_tempfailed_by_default_never_clean() {
+        let mut failed = stopped(LimitKind::Error, "MIME walk: disk full");
+        failed.virus = VirusScan::Off;
+        let d = decide(&Config::default(), &failed);
+        assert_eq!(
+            (d.category, d.disposition, d.unchecked_reason),
+            (
+                Category::Unchecked,
+                Disposition::Tempfail(Tempfail::Unchecked("MIME walk: disk full".into())),
+                Some("error")
+            )
+        );
+        let mut c = Config::default();
+        c.parts.on_walk_error = Unchecked::Pass;
+        let d = decide(&c, &failed);
+        assert_eq!(
+            (d.category, d.disposition, d.unchecked_reason),
+            (Category::Unchecked, Disposition::Deliver, Some("error"))
         );
     }
 

@@ -116,6 +116,7 @@ pub struct BankParts {
     pub on_max_walk_time: Option<Unchecked>,
     pub on_decoder: Option<Unchecked>,
     pub on_max_message_size: Option<Unchecked>,
+    pub on_walk_error: Option<Unchecked>,
 }
 
 impl Bank {
@@ -322,6 +323,7 @@ impl Bank {
             (&mut parts.on_max_walk_time, p.on_max_walk_time),
             (&mut parts.on_decoder, p.on_decoder),
             (&mut parts.on_max_message_size, p.on_max_message_size),
+            (&mut parts.on_walk_error, p.on_walk_error),
         ] {
             if let Some(v) = v {
                 *to = v;
@@ -332,7 +334,7 @@ impl Bank {
 
 impl BankParts {
     /// Every `on_…` key, in the order of [`Parts::unchecked_actions`].
-    pub fn unchecked_actions(&self) -> [Option<Unchecked>; 8] {
+    pub fn unchecked_actions(&self) -> [Option<Unchecked>; 9] {
         [
             self.on_max_parts,
             self.on_max_decoded_bytes,
@@ -342,6 +344,7 @@ impl BankParts {
             self.on_max_walk_time,
             self.on_decoder,
             self.on_max_message_size,
+            self.on_walk_error,
         ]
     }
 }

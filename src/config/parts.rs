@@ -47,6 +47,9 @@ pub struct Parts {
     /// … at a message larger than `max_message_size`, which is not walked (reason `size`).
     /// Default "pass".
     pub on_max_message_size: Unchecked,
+    /// … at a walk that failed (reason `error`: a spill file that could not be written, the
+    /// spooled message not read back). Default "tempfail": the parts were not judged.
+    pub on_walk_error: Unchecked,
 }
 
 /// What a message the MIME walk could not finish gets (amavis passes it tagged
@@ -83,6 +86,7 @@ impl Default for Parts {
             on_max_walk_time: Unchecked::Pass,
             on_decoder: Unchecked::Pass,
             on_max_message_size: Unchecked::Pass,
+            on_walk_error: Unchecked::Tempfail,
         }
     }
 }
@@ -114,7 +118,7 @@ impl Parts {
     }
 
     /// Every `on_…` key, in the file's order.
-    pub fn unchecked_actions(&self) -> [Unchecked; 8] {
+    pub fn unchecked_actions(&self) -> [Unchecked; 9] {
         [
             self.on_max_parts,
             self.on_max_decoded_bytes,
@@ -124,6 +128,7 @@ impl Parts {
             self.on_max_walk_time,
             self.on_decoder,
             self.on_max_message_size,
+            self.on_walk_error,
         ]
     }
 }

@@ -292,9 +292,20 @@ impl Scanners {
         };
         let virus = async {
             let start = Instant::now();
-            let walk = self.walk(msg, read_whole).await;
+            // A walk that failed is UNCHECKED (reason error), never "not walked": the
+            // banned-file rules have not seen its parts, whether clamd is on or off.
+            let walk = self.walk(msg, read_whole).await.unwrap_or_else(|detail| {
+                tracing::warn!("{detail}");
+                Some(parts::Walk {
+                    limit: Some(parts::Stop {
+                        kind: parts::LimitKind::Error,
+                        detail,
+                    }),
+                    ..Default::default()
+                })
+            });
             let (banned, banned_by) = match &walk {
-                Ok(Some(w)) => (
+                Some(w) => (
                     banned::check(&self.banned_rules, &w.parts),
                     needs
                         .banned_rules
@@ -302,10 +313,10 @@ impl Scanners {
                         .map(|rules| banned::check(rules, &w.parts))
                         .collect(),
                 ),
-                _ => (None, vec![None; needs.banned_rules.len()]),
+                None => (None, vec![None; needs.banned_rules.len()]),
             };
             let (r, parts) = match clamd {
-                None => (VirusScan::Off, walk.ok().flatten().map(|w| summary(&w))),
+                None => (VirusScan::Off, walk.map(|w| summary(&w))),
                 Some(c) => self.virus_scan(c, msg, walk, &metrics.cache).await,
             };
             (r, parts, (banned, banned_by), start.elapsed())
@@ -394,12 +405,12 @@ impl Scanners {
     }
 
     /// The MIME walk, when on and the message is not too large for it: Ok(None) when not
-    /// walked, Err when the message could not be read back.
+    /// walked, Err (what failed) when the message could not be read back or the walk failed.
     async fn walk<'a, F>(
         &self,
         msg: &Message,
         read_whole: impl FnOnce() -> F,
-    ) -> Result<Option<parts::Walk>, Failure>
+    ) -> Result<Option<parts::Walk>, String>
     where
         F: std::future::Future<Output = &'a Result<bytes::Bytes, (std::io::ErrorKind, String)>>,
     {
@@ -443,12 +454,7 @@ impl Scanners {
                     ..Default::default()
                 }))
             }
-            Err((_, e)) => {
-                return Err(Failure::new(
-                    FailureKind::Protocol,
-                    format!("reading the spool: {e}"),
-                ))
-            }
+            Err((_, e)) => return Err(format!("MIME walk: reading the spool: {e}")),
         };
         // CPU work on up to max_message_size bytes (and archives decompressed up to
         // max_decoded_bytes): off the async threads, unless the message is small enough and
@@ -463,23 +469,18 @@ impl Scanners {
                 let spool = spool.clone();
                 // Held until the walk ends, even one whose session is gone (it stops at its
                 // next check of the cancel flag).
-                let slot =
-                    self.walk_slots.clone().acquire_owned().await.map_err(|e| {
-                        Failure::new(FailureKind::Protocol, format!("MIME walk: {e}"))
-                    })?;
+                let slot = (self.walk_slots.clone().acquire_owned().await)
+                    .map_err(|e| format!("MIME walk: {e}"))?;
                 tokio::task::spawn_blocking(move || {
                     let _slot = slot;
                     parts::walk_with(&raw, &limits, &spool, &ctl, true)
                         .map(|w| w.expect("archives opened"))
                 })
                 .await
-                .map_err(|e| {
-                    Failure::new(FailureKind::Protocol, format!("MIME walk failed: {e}"))
-                })?
+                .map_err(|e| format!("MIME walk: its thread failed: {e}"))?
             }
         };
-        let walk =
-            walked.map_err(|e| Failure::new(FailureKind::Protocol, format!("MIME walk: {e}")))?;
+        let walk = walked.map_err(|e| format!("MIME walk: {e}"))?;
         if walk.parser_failed {
             tracing::warn!(
                 "mail-parser failed on this message; its parts come from the raw reading only"
@@ -504,14 +505,10 @@ impl Scanners {
         &self,
         c: &clamd::ClamdClient,
         msg: &Message,
-        walk: Result<Option<parts::Walk>, Failure>,
+        walk: Option<parts::Walk>,
         cached: &cache::CacheMetrics,
     ) -> (VirusScan, Option<PartsSummary>) {
         let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
-        let walk = match walk {
-            Ok(w) => w,
-            Err(f) => return (VirusScan::Failed(f), None),
-        };
         let mut summary = walk.as_ref().map(summary);
         let parts = walk.map(|w| w.parts).unwrap_or_default();
         // Members of archives clamd opens itself (zip, 7z, tar, gzip, bzip2, xz, nested too),

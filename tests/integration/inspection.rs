@@ -729,6 +729,71 @@ async fn an_xz_beyond_the_decoder_limit_is_unchecked_not_clean() {
     f.stop().await;
 }
 
+/// Issue 16 (3.): a solid 7z's decoder window grew outside `server.max_memory` (2,000 × 1 MiB:
+/// 113 MB of RSS for one message, 4.46 GB for 64). The window is taken from the budget: with
+/// `server.max_memory` too small for it the message gets `452 4.3.1` (reason memory) and
+/// nothing is delivered; with the default budget the same message is walked and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solid_7z_decoder_window_outside_max_memory_is_now_452() {
+    let seven = util::blocking(|| hostile::sevenz_solid(20, 128 << 10)).await;
+    let msg = hostile::mail_with("c.7z", &seven);
+    let sink = Capture::start().await;
+    let small = test_config(None, None, sink.addr, "")
+        .set("server.max_memory", 1 << 20)
+        .toml();
+    let f = start_filter(&small).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text.contains("4.3.1"), "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 0);
+    let f = start_filter(&config(None, None, sink.addr, "")).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    f.stop().await;
+    assert_eq!(sink.count(), 1);
+}
+
+/// Issue 16: a MIME walk that failed (here a decoded part over `parts.max_memory` whose spill
+/// file cannot be created: the spool directory is gone) was taken as "not walked" when clamd
+/// was off, the banned-file rules were skipped, and `setup.exe` was delivered clean. A walk
+/// that errs is UNCHECKED (reason `error`), and `parts.on_walk_error` decides: "tempfail" by
+/// default. With clamd on (and `clamd.on_failure = "pass"`) the same: clamd's scan of the
+/// whole message still counts, the walk's failure is not passed as a clamd failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_that_fails_is_unchecked_not_clean() {
+    let exe = [b"MZ\x90\x00".as_slice(), &util::noise(300_000, 16)].concat();
+    let msg = hostile::mail_with("setup.exe", &exe);
+    let sink = Capture::start().await;
+    let clamd = util::blocking(util::clamd).await;
+    for scanner in [None, Some(clamd.as_str())] {
+        let spool = tempfile::tempdir().unwrap();
+        let port = peers::free_port();
+        let f = start_filter(
+            &test_config(scanner, None, sink.addr, "")
+                .set("metrics.listen", format!("127.0.0.1:{port}"))
+                .set("clamd.on_failure", "pass")
+                // The message stays in memory; the walk's decoded part (300 KB) spills.
+                .set("server.spool_threshold", 1 << 20)
+                .set("server.spool_dir", spool.path().display().to_string())
+                .set("parts.max_memory", 65536)
+                .toml(),
+        )
+        .await;
+        let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // The fault: no spill file can be created.
+        std::fs::remove_dir(spool.path()).unwrap();
+        let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+        assert_eq!(r.code, 451, "clamd {scanner:?}: {r:?}");
+        assert!(r.text.contains("UNCHECKED: MIME walk"), "{r:?}");
+        let labels = ["reason=\"error\"", "action=\"tempfail\""];
+        let n = sample(metrics, "postsift_unchecked_total", &labels).await;
+        assert_eq!(n, 1.0, "clamd {scanner:?}");
+        f.stop().await;
+    }
+    assert_eq!(sink.count(), 0);
+}
+
 /// The same message with the walk allowed to run (parts.max_message_size = 64 MiB): one part of
 /// 30,000,000 decoded bytes is under max_decoded_bytes (32 MiB), so it is scanned and delivered
 /// clean. Regression: the MIME tree's part (named big.bin) and the raw reading's copy of the

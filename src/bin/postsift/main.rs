@@ -97,6 +97,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    postsift::malloc::tune();
     let cli = Cli::parse();
     // The subcommands that need no configuration.
     match &cli.command {

@@ -184,6 +184,10 @@ pub enum LimitKind {
     /// The decoder memory the walk needed could not be taken from `server.max_memory`: the
     /// message is tempfailed (`452 4.3.1`) whatever the `[parts]` settings.
     Memory,
+    /// The walk failed: a spill file could not be written, the spooled message could not be
+    /// read back, the walk's thread was lost. Never taken as "not walked": the banned-file
+    /// rules have not seen the parts (`[parts] on_walk_error`, "tempfail" by default).
+    Error,
 }
 
 impl LimitKind {
@@ -197,6 +201,7 @@ impl LimitKind {
         "time",
         "size",
         "memory",
+        "error",
     ];
 
     pub fn label(self) -> &'static str {
@@ -210,6 +215,7 @@ impl LimitKind {
             LimitKind::Time => "time",
             LimitKind::Size => "size",
             LimitKind::Memory => "memory",
+            LimitKind::Error => "error",
         }
     }
 }
