@@ -37,6 +37,7 @@ pub mod health;
 pub mod import_amavis;
 pub mod message;
 pub mod metrics;
+pub mod milter;
 pub mod peers;
 pub mod policy;
 pub mod quarantine;

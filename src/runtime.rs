@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::filter::metrics::FilterMetrics;
 use crate::greylist::{self, GreylistMetrics};
 use crate::metrics::Endpoint;
+use crate::milter::metrics::MilterMetrics;
 use crate::peers::HealthMetrics;
 use crate::quarantine::{Quarantine, QuarantineMetrics};
 use crate::reinject::ReinjectMetrics;
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub quarantine: QuarantineMetrics,
     /// DKIM signing of outgoing mail (see `sign`).
     pub dkim_sign: SignMetrics,
+    /// The milter front end (see `milter`).
+    pub milter: MilterMetrics,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
             greylist: GreylistMetrics::register(r),
             quarantine: QuarantineMetrics::register(r),
             dkim_sign: SignMetrics::register(r),
+            milter: MilterMetrics::register(r),
             server,
             endpoint: Arc::new(Endpoint::new(registry, refused)),
         }

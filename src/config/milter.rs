@@ -94,9 +94,12 @@ mod tests {
 
     #[test]
     fn a_bad_listen_entry_names_the_key() {
-        let e = Config::parse("[milter]\nlisten = [\"milter.sock\"]\n", Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            "[milter]\nlisten = [\"milter.sock\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`milter.listen`"), "{e}");
         let e = Config::parse("[milter]\nmax_connections = 0\n", Path::new("t.toml"))
             .unwrap_err()
