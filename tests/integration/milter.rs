@@ -1,0 +1,156 @@
+//! Before-queue mode through a real Postfix: its smtpd calls postsift as a milter
+//! (`smtpd_milters`, `milter_protocol = 6`, no content_filter), the client talks to Postfix,
+//! and what Postfix accepted goes straight to the capture sink. The real clamd and spamd.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::capture::Capture;
+use crate::peers::{self, Postfix};
+use crate::postfix::{send, settle, start_postfix};
+use crate::util::{self, config, fixture, start_filter_on, Filter};
+
+/// A Postfix whose smtpd uses a milter at `milter` and no content filter; its mail goes to
+/// `sink`.
+async fn postfix_with_milter(milter: SocketAddr, sink: SocketAddr) -> Postfix {
+    // The content_filter target is never used: the setting is removed at once.
+    let unused: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
+    let pf = start_postfix(unused, sink).await;
+    let setting = format!("smtpd_milters = inet:{milter}");
+    pf.postconf(&[
+        "content_filter =",
+        &setting,
+        "milter_protocol = 6",
+        "milter_default_action = tempfail",
+        "milter_command_timeout = 60s",
+        "milter_content_timeout = 120s",
+    ]);
+    pf
+}
+
+/// postsift with `[milter] listen` on `milter`, once the milter port takes connections.
+async fn start_milter(milter: SocketAddr, clamd: &str, spamd: Option<&str>, extra: &str) -> Filter {
+    let toml = config(
+        Some(clamd),
+        spamd,
+        "127.0.0.1:9".parse().unwrap(),
+        &format!("[milter]\nlisten = [\"{milter}\"]\n{extra}"),
+    );
+    let f = start_filter_on("127.0.0.1:0".parse().unwrap(), &toml).await;
+    let up = util::blocking(move || {
+        peers::wait_until(Duration::from_secs(10), || peers::port_open(milter))
+    })
+    .await;
+    assert!(up, "the milter listener never came up");
+    f
+}
+
+/// The reply to the end of data.
+fn data_reply(replies: &[(u16, String)]) -> &str {
+    let i = replies
+        .iter()
+        .position(|r| r.0 == 354)
+        .expect("DATA accepted");
+    &replies[i + 1].1
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", peers::free_port()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_refuses_eicar_at_smtp_time_tags_gtube_and_strips_forged_headers() {
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let sink = Capture::start().await;
+    let milter = free_addr();
+    let pf = postfix_with_milter(milter, sink.addr).await;
+    let f = start_milter(
+        milter,
+        &clamd,
+        Some(&spamd),
+        "[virus]\naction = \"reject\"\n",
+    )
+    .await;
+    let front = pf.smtp_addr();
+
+    // EICAR: refused while the client is connected, with SMTP mode's text; nothing queued.
+    let (replies, code) = send(front, &["bob@example.com"], fixture("eicar-zip.eml")).await;
+    assert_eq!(code, 554, "{replies:?}");
+    let last = data_reply(&replies);
+    assert!(
+        last.contains("5.7.0 Reject, id=") && last.contains("INFECTED: "),
+        "{replies:?}"
+    );
+    assert_eq!(pf.queue_count(), 0, "the refused message was queued");
+
+    // GTUBE: accepted and tagged, as the after-queue hop tags it.
+    let (replies, code) = send(front, &["bob@example.com"], fixture("gtube.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+
+    // A clean message carrying forged postsift headers, one folded, in odd case.
+    let forged = b"X-Spam-Flag: YES\r\nFrom: alice@example.org\r\nx-spam-score:\r\n 1000\r\nTo: bob@example.com\r\nSubject: lunch\r\nX-SPAM-STATUS: Yes, forged\r\n\r\nLunch at noon?\r\n".to_vec();
+    let (replies, code) = send(front, &["bob@example.com"], forged).await;
+    assert_eq!(code, 250, "{replies:?}");
+
+    sink.wait_for(2).await;
+    settle(&pf, f).await;
+    let arrived = sink.all();
+    assert_eq!(
+        arrived.len(),
+        2,
+        "EICAR arrived or something was duplicated"
+    );
+
+    let spam = arrived
+        .iter()
+        .find(|t| t.text().contains("GTUBE"))
+        .expect("GTUBE mail");
+    let h = spam.headers();
+    assert!(
+        h.contains("X-Spam-Flag: YES") && h.contains("Subject: ***Spam*** "),
+        "{h}"
+    );
+    assert!(h.contains("X-Virus-Scanned: postsift at test.local"), "{h}");
+    // Postfix writes its own Received line; postsift adds none of its own.
+    assert!(!h.contains("(postsift, port"), "{h}");
+
+    let clean = arrived
+        .iter()
+        .find(|t| t.text().contains("Lunch at noon"))
+        .expect("clean mail");
+    let h = clean.headers();
+    assert_eq!(h.matches("X-Spam-Flag: NO").count(), 1, "{h}");
+    let lower = h.to_ascii_lowercase();
+    assert_eq!(lower.matches("x-spam-flag:").count(), 1, "{h}");
+    assert!(!lower.contains("1000"), "a forged score survived: {h}");
+    assert!(!lower.contains("forged"), "a forged status survived: {h}");
+    assert!(h.contains("Subject: lunch"), "{h}");
+    assert!(clean.data.ends_with(b"Lunch at noon?\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_with_clamd_down_answers_451_and_with_postsift_stopped_postfix_tempfails() {
+    let sink = Capture::start().await;
+    let milter = free_addr();
+    let pf = postfix_with_milter(milter, sink.addr).await;
+    let f = start_milter(milter, "/nonexistent/clamd.ctl", None, "").await;
+    let front = pf.smtp_addr();
+
+    let (replies, code) = send(front, &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 451, "{replies:?}");
+    assert!(
+        data_reply(&replies).contains("virus_scan FAILED"),
+        "{replies:?}"
+    );
+    assert_eq!(pf.queue_count(), 0);
+
+    // postsift gone: Postfix's milter_default_action (tempfail) decides; nothing is accepted.
+    f.stop().await;
+    let (replies, _) = send(front, &["bob@example.com"], fixture("clean.eml")).await;
+    assert!(
+        replies.iter().any(|r| r.0 == 451) && !replies.iter().any(|r| r.0 == 354),
+        "{replies:?}"
+    );
+    assert_eq!(pf.queue_count(), 0);
+    assert!(sink.all().is_empty());
+}
