@@ -281,7 +281,7 @@ pub async fn serve_with_reload(
     let configured = config.server.listen.clone();
     let mut policy = PolicyService::bind(&config).await?;
     let (milter_listeners, milter_sockets) = bind_milter(&config).await?;
-    let milter_limit = Arc::new(Semaphore::new(config.milter.max_connections));
+    let milter_limit = config.milter.max_connections;
     let quarantine = open_quarantine(&config)?;
     let release_listener = match config.quarantine.release_listener() {
         None => None,
@@ -380,21 +380,7 @@ pub async fn serve_with_reload(
         }
         sockets.extend(p.sockets);
     }
-    for (name, listener) in milter_listeners {
-        tracker.spawn(accept_loop(
-            listener,
-            (
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-            ),
-            Service::Milter,
-            running.current.subscribe(),
-            milter_limit.clone(),
-            tracker.clone(),
-            shutdown.child_token(),
-        ));
-        tracing::debug!(%name, "milter accept loop started");
-    }
+    running.accept_milter(milter_listeners, milter_limit);
     sockets.extend(milter_sockets);
 
     let mut reloads_open = true;
@@ -456,6 +442,24 @@ impl Running {
             self.tracker.clone(),
             stop,
         ));
+    }
+
+    /// Starts the milter listeners' accept loops, with a connection limit of their own.
+    fn accept_milter(&self, listeners: Vec<(String, Listener)>, limit: usize) {
+        let limit = Arc::new(Semaphore::new(limit));
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        for (name, listener) in listeners {
+            self.tracker.spawn(accept_loop(
+                listener,
+                (any, any),
+                Service::Milter,
+                self.current.subscribe(),
+                limit.clone(),
+                self.tracker.clone(),
+                self.shutdown.child_token(),
+            ));
+            tracing::debug!(%name, "milter accept loop started");
+        }
     }
 
     async fn reload(&mut self, r: Reload) {
