@@ -134,7 +134,7 @@ impl MilterSession {
             peer,
             local: self.local,
             listener: None,
-            protocol: "ESMTP",
+            protocol: "MILTER",
         }
     }
 
@@ -215,7 +215,7 @@ impl MilterSession {
             .metrics
             .milter
             .answered(Stage::of(&answer), started.elapsed());
-        p.log(&|_| format!("{r} frontend=milter"));
+        p.log(&|_| r.to_string());
         answer
     }
 }

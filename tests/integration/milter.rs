@@ -45,6 +45,15 @@ async fn start_milter(milter: SocketAddr, clamd: &str, spamd: Option<&str>, extr
     f
 }
 
+/// A message with an executable attachment (banned by the default rules).
+fn banned() -> Vec<u8> {
+    b"From: a@example.org\r\nTo: bob@example.com\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n\
+see attached\r\n--b1\r\nContent-Type: application/octet-stream; name=\"setup.exe\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\neA==\r\n--b1--\r\n"
+        .to_vec()
+}
+
 /// The reply to the end of data.
 fn data_reply(replies: &[(u16, String)]) -> &str {
     let i = replies
@@ -68,7 +77,7 @@ async fn milter_refuses_eicar_at_smtp_time_tags_gtube_and_strips_forged_headers(
         milter,
         &clamd,
         Some(&spamd),
-        "[virus]\naction = \"reject\"\n",
+        "[virus]\naction = \"reject\"\n[banned]\naction = \"reject\"\n",
     )
     .await;
     let front = pf.smtp_addr();
@@ -83,8 +92,18 @@ async fn milter_refuses_eicar_at_smtp_time_tags_gtube_and_strips_forged_headers(
     );
     assert_eq!(pf.queue_count(), 0, "the refused message was queued");
 
-    // GTUBE: accepted and tagged, as the after-queue hop tags it.
-    let (replies, code) = send(front, &["bob@example.com"], fixture("gtube.eml")).await;
+    // A banned attachment: refused the same way.
+    let (replies, code) = send(front, &["bob@example.com"], banned()).await;
+    assert_eq!(code, 554, "{replies:?}");
+    assert!(data_reply(&replies).contains("BANNED: "), "{replies:?}");
+    assert_eq!(pf.queue_count(), 0, "the refused message was queued");
+
+    // GTUBE with an 8-bit (raw UTF-8) subject: accepted and tagged, as the after-queue hop
+    // tags it, the subject's bytes kept.
+    let gtube = String::from_utf8(fixture("gtube.eml"))
+        .unwrap()
+        .replace("Subject: Cheap watches", "Subject: Cheap watches Grüße");
+    let (replies, code) = send(front, &["bob@example.com"], gtube.into_bytes()).await;
     assert_eq!(code, 250, "{replies:?}");
 
     // A clean message carrying forged postsift headers, one folded, in odd case.
@@ -107,7 +126,7 @@ async fn milter_refuses_eicar_at_smtp_time_tags_gtube_and_strips_forged_headers(
         .expect("GTUBE mail");
     let h = spam.headers();
     assert!(
-        h.contains("X-Spam-Flag: YES") && h.contains("Subject: ***Spam*** "),
+        h.contains("X-Spam-Flag: YES") && h.contains("Subject: ***Spam*** Cheap watches Grüße\r\n"),
         "{h}"
     );
     assert!(h.contains("X-Virus-Scanned: postsift at test.local"), "{h}");
@@ -153,4 +172,46 @@ async fn milter_with_clamd_down_answers_451_and_with_postsift_stopped_postfix_te
     );
     assert_eq!(pf.queue_count(), 0);
     assert!(sink.all().is_empty());
+}
+
+/// Three recipients in three banks, one reply: bob's (default) copy is tagged as spam,
+/// carol's bank quarantines spam (her recipient is deleted and the message stored in postsift's
+/// quarantine), dave's bank bypasses the spam check. The header edits are per message: those of
+/// the first delivered group (bob's) go to dave too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_three_recipients_in_three_banks_delete_the_quarantined_one() {
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let tmp = peers::private_dir("milter-banks-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let milter = free_addr();
+    let pf = postfix_with_milter(milter, sink.addr).await;
+    let extra = format!(
+        "[quarantine]\ndir = \"{}\"\n{}",
+        dir.display(),
+        crate::banks::THREE_BANKS
+    );
+    let f = start_milter(milter, &clamd, Some(&spamd), &extra).await;
+    let (replies, code) = send(pf.smtp_addr(), &crate::banks::THREE, fixture("gtube.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    let all = sink.wait_for(1).await;
+    settle(&pf, f).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    let rcpts = &all[0].rcpts;
+    assert_eq!(rcpts.len(), 2, "{rcpts:?}");
+    assert!(
+        rcpts.iter().any(|r| r.contains("<bob@example.com>")),
+        "{rcpts:?}"
+    );
+    assert!(
+        rcpts.iter().any(|r| r.contains("<dave@partner.example>")),
+        "{rcpts:?}"
+    );
+    let h = all[0].headers();
+    assert!(
+        h.contains("X-Spam-Flag: YES") && h.contains("Subject: ***Spam*** Cheap watches"),
+        "{h}"
+    );
+    crate::banks::check_three_in_the_quarantine(&dir);
+    peers::finish_dir(Some(tmp));
 }
