@@ -54,12 +54,33 @@ Content-Transfer-Encoding: base64\r\n\r\neA==\r\n--b1--\r\n"
         .to_vec()
 }
 
+/// One message through Postfix as if from the Internet client 192.0.2.10 (Postfix's XCLIENT;
+/// the test's own connection is loopback, for which SPF says nothing); every reply.
+fn from_client(front: SocketAddr, from: &str, body: &[u8]) -> Vec<(u16, String)> {
+    let mut c = peers::SmtpClient::connect(front).unwrap();
+    let mut out = vec![c.read_reply().unwrap()];
+    for cmd in [
+        "EHLO client.example".to_string(),
+        "XCLIENT ADDR=192.0.2.10 NAME=mx.client.example HELO=mx.client.example".into(),
+        "EHLO mx.client.example".into(),
+        format!("MAIL FROM:<{from}>"),
+        "RCPT TO:<bob@example.com>".into(),
+        "DATA".into(),
+    ] {
+        out.push(c.command(&cmd).unwrap());
+    }
+    c.send_data(body).unwrap();
+    out.push(c.read_reply().unwrap());
+    let _ = c.command("QUIT");
+    out
+}
+
 /// The reply to the end of data.
 fn data_reply(replies: &[(u16, String)]) -> &str {
     let i = replies
         .iter()
         .position(|r| r.0 == 354)
-        .expect("DATA accepted");
+        .unwrap_or_else(|| panic!("DATA not accepted: {replies:?}"));
     &replies[i + 1].1
 }
 
@@ -214,4 +235,81 @@ async fn milter_three_recipients_in_three_banks_delete_the_quarantined_one() {
     );
     crate::banks::check_three_in_the_quarantine(&dir);
     peers::finish_dir(Some(tmp));
+}
+
+/// Mail authentication with the real client address (Postfix's, from the milter's connect
+/// event; no XFORWARD): the verdict goes on top as `Authentication-Results`, a forged one with
+/// our authserv-id goes, another server's stays; a DMARC p=reject with `enforce` is refused
+/// with SMTP mode's 550 while the client is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_authentication_results_on_top_and_dmarc_reject_refused() {
+    let t = |name: &str, data: &str| format!("{name}. 3600 IN TXT \"{data}\"");
+    let records = [
+        t("milter-pass.test", "v=spf1 ip4:192.0.2.10 -all"),
+        t("_dmarc.milter-pass.test", "v=DMARC1; p=reject"),
+        t("milter-reject.test", "v=spf1 -all"),
+        t("_dmarc.milter-reject.test", "v=DMARC1; p=reject"),
+    ];
+    let dns = util::blocking(move || crate::peers::unbound::Unbound::start(&records, None)).await;
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let milter = free_addr();
+    let pf = postfix_with_milter(milter, sink.addr).await;
+    let extra = format!(
+        "[auth]\nauthserv_id = \"mx.test.local\"\ndmarc_policy = \"enforce\"\n\
+         [dns]\nservers = [\"{}\"]\ntimeout = 1\nattempts = 1\n",
+        dns.addr
+    );
+    let f = start_milter(milter, &clamd, None, &extra).await;
+    let front = pf.smtp_addr();
+    pf.postconf(&[
+        "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
+        "mynetworks = 127.0.0.0/8 192.0.2.0/24",
+    ]);
+    let send_from =
+        |from: &'static str, body: Vec<u8>| util::blocking(move || from_client(front, from, &body));
+
+    let rejected =
+        b"From: a@milter-reject.test\r\nTo: bob@example.com\r\nSubject: pay\r\n\r\npay now\r\n";
+    let replies = send_from("a@milter-reject.test", rejected.to_vec()).await;
+    let r = data_reply(&replies);
+    assert!(
+        r.starts_with("550 5.7.1 Rejected by DMARC policy for milter-reject.test"),
+        "{replies:?}"
+    );
+    assert_eq!(pf.queue_count(), 0);
+
+    let clean = b"Authentication-Results: mx.test.local; spf=pass smtp.mailfrom=forged\r\n\
+From: a@milter-pass.test\r\nTo: bob@example.com\r\nSubject: hello\r\n\
+Authentication-Results: other.example; spf=fail\r\n\r\nhello\r\n";
+    let replies = send_from("a@milter-pass.test", clean.to_vec()).await;
+    assert!(data_reply(&replies).starts_with("250 "), "{replies:?}");
+    let all = sink.wait_for(1).await;
+    settle(&pf, f).await;
+    let h = all[0].headers();
+    let ours = h
+        .find("Authentication-Results: mx.test.local;")
+        .expect("no Authentication-Results");
+    assert!(
+        ours < h.find("From: a@milter-pass.test").unwrap(),
+        "not on top: {h}"
+    );
+    assert!(
+        h[ours..].contains("spf=pass smtp.mailfrom=a@milter-pass.test"),
+        "{h}"
+    );
+    assert!(h.contains("dmarc=pass"), "{h}");
+    assert!(
+        !h.contains("forged"),
+        "a forged Authentication-Results survived: {h}"
+    );
+    assert!(
+        h.contains("Authentication-Results: other.example; spf=fail"),
+        "{h}"
+    );
+    assert_eq!(
+        h.matches("Authentication-Results: mx.test.local").count(),
+        1,
+        "{h}"
+    );
 }
