@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,18 +38,30 @@ where
     m.sessions_active.inc();
     let shutdown = shared.shutdown.clone();
     let mut session = MilterSession::new(shared, peer, local);
+    let busy = session.busy.clone();
     let mut server = miltr_server::Server::new(&mut session, false, MAX_PACKET);
     let mut stream = stream.compat();
+    let conn = server.handle_connection(&mut stream);
+    tokio::pin!(conn);
+    let ended = |r: Result<(), miltr_server::Error<session::Error>>| {
+        if let Err(e) = r {
+            let e = e.to_string();
+            tracing::debug!(error = %crate::escape::Shown(&e), "milter connection ended");
+        }
+    };
     tokio::select! {
-        r = server.handle_connection(&mut stream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %crate::escape::Shown(&e.to_string()), "milter connection ended");
+        r = &mut conn => ended(r),
+        // On shutdown a message being checked gets its answer first; between messages the
+        // connection simply ends, and Postfix applies its milter_default_action to the
+        // session's next message.
+        _ = shutdown.cancelled() => {
+            while busy.0.load(Ordering::SeqCst) {
+                tokio::select! {
+                    r = &mut conn => { ended(r); break; }
+                    _ = busy.1.notified() => {}
+                }
             }
         }
-        // A message being checked finishes first only if Postfix's own timeouts allow:
-        // between messages the connection simply ends, and Postfix applies its
-        // milter_default_action to the next message.
-        _ = shutdown.cancelled() => {}
     }
     m.sessions_active.dec();
     m.sessions.inc();

@@ -5,6 +5,7 @@
 //! header edits, recipient deletions and one final action (see [`answer`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use miltr_common::modifications::recipients::DeleteRecipient;
 use miltr_common::modifications::ModificationResponse;
 use miltr_common::optneg::{OptNeg, Protocol};
 use miltr_server::Milter;
+use tokio::sync::Notify;
 
 use crate::filter::{self, Hop, Outcome, Processed, Received};
 use crate::message::{Envelope, Recipient as Rcpt, Spool};
@@ -66,6 +68,10 @@ pub struct MilterSession {
     msg: InFlight,
     /// Messages answered on this connection (for the session metrics).
     pub(super) messages: u64,
+    /// Set from MAIL until Postfix's next command after the answer (or an abort): a message
+    /// is being received, checked or answered. On shutdown the connection's task waits for it
+    /// to clear before it ends (the `Notify` wakes it).
+    pub(super) busy: Arc<(AtomicBool, Notify)>,
 }
 
 impl MilterSession {
@@ -82,6 +88,7 @@ impl MilterSession {
             leading_space: false,
             msg: InFlight::default(),
             messages: 0,
+            busy: Arc::new((AtomicBool::new(false), Notify::new())),
         }
     }
 
@@ -135,6 +142,13 @@ impl MilterSession {
             local: self.local,
             listener: None,
             protocol: "MILTER",
+        }
+    }
+
+    /// No message in flight any more.
+    fn idle(&self) {
+        if self.busy.0.swap(false, Ordering::SeqCst) {
+            self.busy.1.notify_one();
         }
     }
 
@@ -340,6 +354,8 @@ impl Milter for MilterSession {
     }
 
     async fn mail(&mut self, m: Mail) -> Result<Action, Error> {
+        self.idle();
+        self.busy.0.store(true, Ordering::SeqCst);
         self.msg = InFlight::default();
         self.msg.env.sender = bare(&m.sender());
         Ok(Continue.into())
@@ -400,12 +416,21 @@ impl Milter for MilterSession {
         }
         let r = self.end_of_message().await;
         self.messages += 1;
+        // Still busy: the answer goes out after this returns. Postfix's next command (MAIL,
+        // ABORT, QUIT) shows it arrived.
         Ok(r)
     }
 
     async fn abort(&mut self) -> Result<(), Error> {
         // The spool (and its file) goes with it.
         self.msg = InFlight::default();
+        self.idle();
+        Ok(())
+    }
+
+    async fn quit(&mut self) -> Result<(), Error> {
+        self.msg = InFlight::default();
+        self.idle();
         Ok(())
     }
 }
