@@ -287,6 +287,11 @@ Authentication-Results: other.example; spf=fail\r\n\r\nhello\r\n";
     let all = sink.wait_for(1).await;
     settle(&pf, f).await;
     let h = all[0].headers();
+    // At the very top, above Postfix's own Received line, as the after-queue hop writes it.
+    assert!(
+        h.starts_with("Authentication-Results: mx.test.local;"),
+        "{h}"
+    );
     let ours = h
         .find("Authentication-Results: mx.test.local;")
         .expect("no Authentication-Results");
