@@ -25,6 +25,11 @@ pub struct Milter {
     /// quarantine request; `postsuper -H` releases it) instead of postsift's quarantine.
     /// Default false: stored in postsift's quarantine, then discarded.
     pub hold: bool,
+    /// Seconds a milter connection may go without a byte read or written before it is closed
+    /// (a hung Postfix costs one timeout, not a slot for ever). Postfix keeps the connection
+    /// open while it waits on its SMTP client, so keep this above its `smtpd_timeout` (300 s).
+    /// Default 600.
+    pub idle_timeout: u64,
 }
 
 impl Default for Milter {
@@ -34,6 +39,7 @@ impl Default for Milter {
             socket_mode: "0666".into(),
             max_connections: 256,
             hold: false,
+            idle_timeout: 600,
         }
     }
 }
@@ -71,6 +77,7 @@ impl Milter {
                 "expected an octal mode such as \"0660\"",
             ));
         }
+        check.seconds(&[("milter.idle_timeout", self.idle_timeout)])?;
         check.at_least_one(&[("milter.max_connections", self.max_connections as u64)])
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod deliver;
 pub mod edits;
+pub mod idle;
 pub mod metrics;
 pub mod session;
 
@@ -37,6 +38,8 @@ where
     let m = shared.metrics.milter.clone();
     m.sessions_active.inc();
     let shutdown = shared.shutdown.clone();
+    let idle = std::time::Duration::from_secs(shared.config.milter.idle_timeout);
+    let stream = idle::Idle::new(stream, idle);
     let mut session = MilterSession::new(shared, peer, local);
     let busy = session.busy.clone();
     let mut server = miltr_server::Server::new(&mut session, false, MAX_PACKET);
@@ -88,6 +91,22 @@ mod tests {
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         c.read_exact(&mut body).await.unwrap();
         body[0]
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_ends_at_the_idle_timeout() {
+        let toml = "[clamd]\nendpoints = []\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n\
+                    [milter]\nidle_timeout = 1\n";
+        let config = crate::config::Config::parse(toml, std::path::Path::new("t.toml")).unwrap();
+        let shared = Arc::new(Runtime::new(config, CancellationToken::new()).unwrap());
+        let (_client, server) = tokio::io::duplex(1024);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // The client stays connected and silent: the connection ends by itself.
+        serve_conn(server, any, any, shared.clone()).await;
+        assert!(shared
+            .metrics
+            .encode()
+            .contains("postsift_milter_sessions_total 1"));
     }
 
     #[tokio::test]
