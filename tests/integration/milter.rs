@@ -407,3 +407,55 @@ async fn milter_twenty_megabytes_and_smtputf8_pass_whole() {
     };
     assert_eq!(body(&u.data), body(&utf8), "{}", u.headers());
 }
+
+/// Whether Postfix's hold queue has a message (`postqueue -j`).
+fn held(pf: &Postfix) -> bool {
+    let out = std::process::Command::new("postqueue")
+        .arg("-c")
+        .arg(pf.etc())
+        .arg("-j")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|m| m["queue_name"].as_str() == Some("hold"))
+    })
+}
+
+/// A quarantined message: stored in postsift's quarantine and discarded (the client sees 250,
+/// nothing is delivered); with `milter.hold`, put in Postfix's hold queue instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_quarantine_stores_then_discards_and_hold_uses_postfixs_hold_queue() {
+    let clamd = util::blocking(util::clamd).await;
+    let tmp = peers::private_dir("milter-q-");
+    let dir = tmp.path().join("q");
+    let sink = Capture::start().await;
+    let milter = free_addr();
+    let pf = postfix_with_milter(milter, sink.addr).await;
+    let front = pf.smtp_addr();
+    let q = format!(
+        "[virus]\naction = \"quarantine\"\n[quarantine]\ndir = \"{}\"\n",
+        dir.display()
+    );
+
+    let f = start_milter(milter, &clamd, None, &q).await;
+    let (replies, code) = send(front, &["bob@example.com"], fixture("eicar-zip.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    f.stop().await;
+    let list = postsift::quarantine::Quarantine::open(&dir)
+        .unwrap()
+        .list(&Default::default())
+        .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].recipients[0].address, "bob@example.com");
+    assert_eq!(pf.queue_count(), 0, "a discarded message stayed queued");
+    assert!(!held(&pf));
+
+    let f = start_milter(milter, &clamd, None, &format!("hold = true\n{q}")).await;
+    let (replies, code) = send(front, &["bob@example.com"], fixture("eicar-zip.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    f.stop().await;
+    assert!(held(&pf), "not in Postfix's hold queue:\n{}", pf.log());
+    assert!(sink.all().is_empty(), "an infected message was delivered");
+    peers::finish_dir(Some(tmp));
+}
