@@ -31,12 +31,13 @@ use super::deliver::MilterOut;
 use super::edits::{self, Edit};
 use super::metrics::Stage;
 
-/// Why a milter connection ended early; it ends the connection (Postfix then applies its
-/// `milter_default_action` to the message in flight).
+/// The error type the milter trait asks for. No callback fails today: every fault of a
+/// message (spool, scanners, quarantine) is an answer (4xx/5xx), not a broken connection; a
+/// variant here would end the connection, and Postfix would apply its `milter_default_action`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("shutting down")]
-    Shutdown,
+    #[error("milter session ended: {0}")]
+    Ended(&'static str),
 }
 
 /// What is being received: the message's envelope and its spool.
