@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 # unprivileged pass (the Postfix peer says so), never silently.
 ROOT_TESTS=(
   postfix::                                   # a private Postfix: `postfix -c DIR start` needs root
+  milter::                                    # the same (Postfix's smtpd_milters calling postsift)
   greylist::greylist_behind_real_postfix      # the same
   banks::three_outcomes_through_a_real_postfix  # the same
   regression::quoted_local_parts_reach_real_postfix_10025_recipient_by_recipient  # the same

@@ -38,6 +38,7 @@ pub mod import_amavis;
 pub mod malloc;
 pub mod message;
 pub mod metrics;
+pub mod milter;
 pub mod peers;
 pub mod policy;
 pub mod quarantine;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::filter::metrics::FilterMetrics;
 use crate::greylist::{self, GreylistMetrics};
 use crate::metrics::Endpoint;
+use crate::milter::metrics::MilterMetrics;
 use crate::peers::HealthMetrics;
 use crate::quarantine::{Quarantine, QuarantineMetrics};
 use crate::reinject::ReinjectMetrics;
@@ -39,6 +40,8 @@ pub struct Metrics {
     pub dkim_sign: SignMetrics,
     /// The SQL store's series (`postsift_sql_*`), present whether or not `[sql]` is set.
     pub sql: SqlMetrics,
+    /// The milter front end (see `milter`).
+    pub milter: MilterMetrics,
 }
 
 impl Default for Metrics {
@@ -68,6 +71,7 @@ impl Metrics {
             quarantine: QuarantineMetrics::register(r),
             dkim_sign: SignMetrics::register(r),
             sql: SqlMetrics::register(r),
+            milter: MilterMetrics::register(r),
             server,
             endpoint: Arc::new(Endpoint::new(registry, refused)),
         }

@@ -50,6 +50,8 @@ enum Service {
     Filter,
     /// The greylisting policy service.
     Policy,
+    /// The milter front end (`[milter] listen`).
+    Milter,
 }
 
 /// A bound listener of either family.
@@ -122,6 +124,36 @@ impl PolicyService {
             sockets,
         }))
     }
+}
+
+/// Binds `[milter] listen` (a restart-only key, like the policy listeners): the listeners,
+/// their names, and the Unix socket files to remove at exit.
+async fn bind_milter(
+    config: &Config,
+) -> io::Result<(Vec<(String, Listener)>, Vec<std::path::PathBuf>)> {
+    let (mut out, mut sockets) = (Vec::new(), Vec::new());
+    for l in config.milter.listeners() {
+        let (name, bound) = match &l {
+            PolicyListen::Tcp(a) => (a.to_string(), TcpListener::bind(a).await.map(Listener::Tcp)),
+            PolicyListen::Unix(p) => (
+                format!("unix:{}", p.display()),
+                crate::fsmode::bind_unix(p, config.milter.socket_mode(), (None, None))
+                    .map(Listener::Unix),
+            ),
+        };
+        let listener = bound.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {name} (milter.listen): {e}"),
+            )
+        })?;
+        if let PolicyListen::Unix(p) = l {
+            sockets.push(p);
+        }
+        tracing::info!(addr = %name, "milter (before-queue) listener");
+        out.push((name, listener));
+    }
+    Ok((out, sockets))
 }
 
 /// The quarantine, when the configuration can quarantine or release.
@@ -248,6 +280,8 @@ pub async fn serve_with_reload(
     };
     let configured = config.server.listen.clone();
     let mut policy = PolicyService::bind(&config).await?;
+    let (milter_listeners, milter_sockets) = bind_milter(&config).await?;
+    let milter_limit = config.milter.max_connections;
     let quarantine = open_quarantine(&config)?;
     let release_listener = match config.quarantine.release_listener() {
         None => None,
@@ -352,6 +386,8 @@ pub async fn serve_with_reload(
         }
         sockets.extend(p.sockets);
     }
+    running.accept_milter(milter_listeners, milter_limit);
+    sockets.extend(milter_sockets);
 
     let mut reloads_open = true;
     loop {
@@ -415,6 +451,24 @@ impl Running {
         ));
     }
 
+    /// Starts the milter listeners' accept loops, with a connection limit of their own.
+    fn accept_milter(&self, listeners: Vec<(String, Listener)>, limit: usize) {
+        let limit = Arc::new(Semaphore::new(limit));
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        for (name, listener) in listeners {
+            self.tracker.spawn(accept_loop(
+                listener,
+                (any, any),
+                Service::Milter,
+                self.current.subscribe(),
+                limit.clone(),
+                self.tracker.clone(),
+                self.shutdown.child_token(),
+            ));
+            tracing::debug!(%name, "milter accept loop started");
+        }
+    }
+
     async fn reload(&mut self, r: Reload) {
         match self.apply(r).await {
             Ok(()) => self.metrics().server.reload_done(true),
@@ -476,6 +530,14 @@ impl Running {
             (
                 "greylist.max_connections",
                 old.config.greylist.max_connections != new.greylist.max_connections,
+            ),
+            (
+                "milter.listen",
+                old.config.milter.listen != new.milter.listen,
+            ),
+            (
+                "milter.max_connections",
+                old.config.milter.max_connections != new.milter.max_connections,
             ),
             (
                 "quarantine.dir",
@@ -631,6 +693,12 @@ async fn accept_loop(
                     tracing::warn!("greylist: greylist.max_connections reached; connection closed")
                 }
                 (Service::Filter, Conn::Unix(_), _) => {}
+                (Service::Milter, conn, Ok(_permit)) => handle_milter(conn, shared).await,
+                // Postfix applies its milter_default_action to the session's mail.
+                (Service::Milter, _, Err(_)) => {
+                    shared.metrics.milter.refused.inc();
+                    tracing::warn!("milter.max_connections reached; milter connection closed")
+                }
             }
         });
     }
@@ -687,6 +755,23 @@ async fn handle_policy(conn: Conn, shared: Arc<Runtime>) {
         Conn::Unix(stream) => {
             greylist::serve_connection(stream, "unix".into(), gl, timeouts, shutdown).await
         }
+    }
+}
+
+/// A milter client: the same ACL as the filter's for TCP (a Unix socket's ACL is its mode).
+async fn handle_milter(conn: Conn, shared: Arc<Runtime>) {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    match conn {
+        Conn::Tcp(stream, peer) => {
+            if !allowed(&shared.config, peer.ip()) {
+                tracing::warn!(%peer, "milter client not in server.allow_networks; closed");
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(unknown);
+            crate::milter::serve_conn(stream, peer, local, shared).await
+        }
+        Conn::Unix(stream) => crate::milter::serve_conn(stream, unknown, unknown, shared).await,
     }
 }
 

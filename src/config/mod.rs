@@ -23,6 +23,7 @@ pub mod health;
 pub mod listen;
 pub mod log;
 pub mod metrics;
+pub mod milter;
 pub mod parts;
 pub mod policy;
 pub mod quarantine;
@@ -44,6 +45,7 @@ pub use health::Health;
 pub use listen::PolicyListen;
 pub use log::{Log, LogFormat};
 pub use metrics::Metrics;
+pub use milter::Milter;
 pub use parts::{Parts, Unchecked};
 pub use policy::{Action, Headers, Spam, SpamEngine, Virus};
 pub use quarantine::Quarantine;
@@ -72,6 +74,8 @@ pub struct Config {
     pub health: Health,
     pub log: Log,
     pub greylist: Greylist,
+    /// `[milter]`: the before-queue front end (off unless `listen` is set).
+    pub milter: Milter,
     pub quarantine: Quarantine,
     pub dns: Dns,
     pub auth: Auth,
@@ -145,6 +149,7 @@ impl Config {
         self.rspamd.validate(check)?;
         self.parts.validate(check)?;
         self.greylist.validate(check)?;
+        self.milter.validate(check)?;
         self.validate_banks(check)?;
         self.quarantine.validate(check)?;
         self.quarantine.validate_store(check, &self.sql.url)?;

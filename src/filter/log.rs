@@ -38,6 +38,8 @@ pub(super) struct GroupView<'a> {
 /// The fields of the per-message log line.
 pub(super) struct LogLine {
     id: String,
+    /// `milter` (before queue) or `content_filter` (after queue).
+    frontend: &'static str,
     queue_id: String,
     client: String,
     from: String,
@@ -99,6 +101,7 @@ impl LogLine {
         };
         LogLine {
             id: r.id.clone(),
+            frontend: r.hop.frontend(),
             queue_id: r
                 .env
                 .xforward
@@ -185,6 +188,7 @@ impl LogLine {
         tracing::info!(
             target: "postsift::message",
             id = %self.id,
+            frontend = self.frontend,
             queue_id = %self.queue_id,
             client = %self.client,
             from = %self.from,

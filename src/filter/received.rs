@@ -15,8 +15,19 @@ pub struct Hop {
     pub local: SocketAddr,
     /// The configured `server.listen` address it came in on, if known.
     pub listener: Option<SocketAddr>,
-    /// "ESMTP", "SMTP" or "LMTP".
+    /// "ESMTP", "SMTP" or "LMTP"; "MILTER" for the before-queue front end.
     pub protocol: &'static str,
+}
+
+impl Hop {
+    /// The front end the message came through (the log line's `frontend`): `milter`
+    /// (before queue) or `content_filter` (after queue).
+    pub fn frontend(&self) -> &'static str {
+        match self.protocol {
+            "MILTER" => "milter",
+            _ => "content_filter",
+        }
+    }
 }
 
 /// A message as the session received it.

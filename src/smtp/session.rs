@@ -613,7 +613,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
 }
 
 /// A 12-character id in amavis's style, unique enough to find one message in the logs.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::thread_rng();

@@ -144,11 +144,11 @@ async fn stricter_recipient_domain_per_recipient_over_lmtp() {
 
 /// What a three-recipient GTUBE message gets: bob (defaults) spam-tagged and passed, carol
 /// (strict.example) quarantined, dave (partner.example, spam bypassed) passed clean.
-const THREE_BANKS: &str = "\
+pub(crate) const THREE_BANKS: &str = "\
 [[policy]]\nname = \"strict\"\nmatch.recipient_domain = [\"strict.example\"]\nspam.action = \"quarantine\"\n\
 [[policy]]\nname = \"partner\"\nmatch.recipient_domain = [\"partner.example\"]\nbypass_spam_checks = true\n";
 
-const THREE: [&str; 3] = [
+pub(crate) const THREE: [&str; 3] = [
     "bob@example.com",
     "carol@strict.example",
     "dave@partner.example",
@@ -173,7 +173,7 @@ fn check_three_at_the_sink(all: &[Transaction]) {
     );
 }
 
-fn check_three_in_the_quarantine(dir: &std::path::Path) {
+pub(crate) fn check_three_in_the_quarantine(dir: &std::path::Path) {
     let q = Quarantine::open(dir).unwrap();
     let list = q.list(&ListFilter::default()).unwrap();
     assert_eq!(list.len(), 1, "{list:?}");

@@ -25,6 +25,7 @@ mod input; // bad input: long lines, NUL, order, smuggling, errors, size, ACL
 mod inspection; // EICAR hidden every way (base64, QP, uuencode, zip, nesting); the walk's limits
 mod local_surfaces; // issue 17: store modes, listener limits, config traps, bounded caches and headers
 mod metrics; // /metrics after real traffic, /healthz, /readyz
+mod milter; // before-queue mode: Postfix's smtpd_milters calling postsift (EICAR refused at SMTP time, tags, forged headers, faults)
 mod names; // hostile names: banned-rule bypasses (trailing dots, second names), escaping in logs, CLI, replies
 mod outage; // peers down or hung: marked down after a few failures, skipped at once, back after a restart
 mod postfix; // end to end through a real Postfix; mail queued while postsift is down; quarantine and release
