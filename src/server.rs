@@ -328,20 +328,13 @@ pub async fn serve_with_reload(
         ));
     }
 
-    if let Some(q) = &quarantine {
-        tracker.spawn(crate::quarantine::maintenance(
-            q.clone(),
-            retention_days,
-            metrics.quarantine.clone(),
-            shutdown.clone(),
-        ));
-    }
-    // Idle while the configuration's store is the files (a reload may switch it).
-    tracker.spawn(crate::quarantine::sql::maintenance(
-        current.subscribe(),
-        metrics.quarantine.clone(),
-        shutdown.clone(),
-    ));
+    spawn_quarantine_maintenance(
+        &tracker,
+        quarantine.as_ref(),
+        retention_days,
+        &current,
+        &shutdown,
+    );
     let mut sockets = Vec::new();
     if let Some((name, l)) = release_listener {
         tracing::info!(addr = %name, "quarantine release service (AM.PDP)");
@@ -414,6 +407,31 @@ pub async fn serve_with_reload(
     }
     running.lasting.close_sql().await;
     Ok(())
+}
+
+/// The quarantine's purges: the file store's (when it is open) and the SQL store's, which idles
+/// while the configuration's store is the files (a reload may switch it).
+fn spawn_quarantine_maintenance(
+    tracker: &TaskTracker,
+    files: Option<&Arc<crate::quarantine::Quarantine>>,
+    retention_days: u64,
+    current: &watch::Sender<Arc<Runtime>>,
+    shutdown: &CancellationToken,
+) {
+    let metrics = current.borrow().metrics.quarantine.clone();
+    if let Some(q) = files {
+        tracker.spawn(crate::quarantine::maintenance(
+            q.clone(),
+            retention_days,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(crate::quarantine::sql::maintenance(
+        current.subscribe(),
+        metrics,
+        shutdown.clone(),
+    ));
 }
 
 /// The serving state a reload changes.
