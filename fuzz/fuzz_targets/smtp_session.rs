@@ -2,6 +2,9 @@
 //! in-memory pipe, then EOF: it must not panic, must end, and every reply line it writes must be
 //! `NNN[ -]text<CRLF>` with a 2xx–5xx code, continuation lines keeping their reply's code.
 #![no_main]
+// The session future (SMTP, the filter, SQL and the milter seam) nests deeper than rustc's
+// default query depth under the fuzzing flags.
+#![recursion_limit = "256"]
 
 use std::net::SocketAddr;
 use std::path::Path;
