@@ -267,7 +267,7 @@ mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(
-            text.contains("postsift_messages_total{action=\"tempfail\",verdict=\"unchecked\"} 0"),
+            text.contains("postsift_messages_total{action=\"tempfail\",frontend=\"content_filter\",verdict=\"unchecked\"} 0"),
             "{text}"
         );
         assert!(

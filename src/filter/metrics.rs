@@ -15,6 +15,9 @@ pub const VERDICTS: &[&str] = &[
     "dmarc",
     "unscanned",
 ];
+/// The front end a message came through (the `frontend` label): the before-queue milter or
+/// the after-queue SMTP/LMTP hop (`Hop::frontend`).
+pub const FRONTENDS: &[&str] = &["milter", "content_filter"];
 pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail", "quarantine"];
 pub const RECIPIENT_RESULTS: &[&str] = &[
     "delivered",
@@ -69,16 +72,16 @@ impl FilterMetrics {
             messages: counter(
                 r,
                 "postsift_messages_total",
-                "Messages that reached end of DATA, by content verdict and final action",
-                &["verdict", "action"],
-                &[VERDICTS, ACTIONS],
+                "Messages that reached end of DATA, by content verdict, final action and front end",
+                &["verdict", "action", "frontend"],
+                &[VERDICTS, ACTIONS, FRONTENDS],
             ),
             recipients: counter(
                 r,
                 "postsift_recipients_total",
-                "Recipients by final result",
-                &["result"],
-                &[RECIPIENT_RESULTS],
+                "Recipients by final result and front end",
+                &["result", "frontend"],
+                &[RECIPIENT_RESULTS, FRONTENDS],
             ),
             message_size: histogram(
                 r,
@@ -104,9 +107,9 @@ impl FilterMetrics {
             unchecked: counter(
                 r,
                 "postsift_unchecked_total",
-                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason and action",
-                &["reason", "action"],
-                &[&unchecked_reasons(), ACTIONS],
+                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason, action and front end",
+                &["reason", "action", "frontend"],
+                &[&unchecked_reasons(), ACTIONS, FRONTENDS],
             ),
             in_flight: gauge(
                 r,

@@ -167,7 +167,9 @@ fn finish(
     }
     for (o, (_, d)) in outcomes.iter().zip(&judged) {
         if let Some(reason) = d.unchecked_reason {
-            m.unchecked.with_label_values(&[reason, o.action()]).inc();
+            m.unchecked
+                .with_label_values(&[reason, o.action(), r.hop.frontend()])
+                .inc();
         }
     }
     let applied: std::collections::BTreeSet<usize> = groups

@@ -171,8 +171,13 @@ impl MilterSession {
         let unscanned = |r: Reply, action: &'static str| {
             metrics
                 .messages
-                .with_label_values(&["unscanned", action])
+                .with_label_values(&["unscanned", action, "milter"])
                 .inc();
+            let result = if r.code < 500 { "deferred" } else { "rejected" };
+            metrics
+                .recipients
+                .with_label_values(&[result, "milter"])
+                .inc_by(n as u64);
             tracing::info!(target: "postsift::message", %id, frontend = "milter", queue_id = self.queue_id.as_deref().map(crate::escape::text).unwrap_or_default(), reply = %r, "message not checked");
             replycode(&r)
         };
@@ -215,7 +220,7 @@ impl MilterSession {
             .unwrap_or_else(|| reply::no_space(&id));
         metrics
             .messages
-            .with_label_values(&[p.verdict, p.outcome.action()])
+            .with_label_values(&[p.verdict, p.outcome.action(), "milter"])
             .inc();
         metrics
             .stage_duration
@@ -223,7 +228,10 @@ impl MilterSession {
             .observe(started.elapsed().as_secs_f64());
         for i in 0..n {
             let result = p.outcome.recipient_result(i);
-            metrics.recipients.with_label_values(&[result]).inc();
+            metrics
+                .recipients
+                .with_label_values(&[result, "milter"])
+                .inc();
         }
         let answer = answer(&p, &r, &out, &original, &rcpts);
         shared

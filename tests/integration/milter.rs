@@ -459,3 +459,83 @@ async fn milter_quarantine_stores_then_discards_and_hold_uses_postfixs_hold_queu
     assert!(sink.all().is_empty(), "an infected message was delivered");
     peers::finish_dir(Some(tmp));
 }
+
+/// Hybrid mode: one postsift with both front ends. Postfix's smtpd calls its milter, and its
+/// content_filter hands the queued message to postsift's LMTP listener (the test Postfix's
+/// `postsift-lmtp` transport, with XFORWARD), which reinjects into Postfix's 10025 (no milters);
+/// returns Postfix, postsift and postsift's metrics address.
+async fn hybrid(sink: SocketAddr, clamd: &str, extra: &str) -> (Postfix, Filter, SocketAddr) {
+    let milter = free_addr();
+    let filter = free_addr();
+    let pf = start_postfix(filter, sink).await;
+    let setting = format!("smtpd_milters = inet:{milter}");
+    pf.postconf(&[
+        &setting,
+        "milter_protocol = 6",
+        "milter_default_action = tempfail",
+        "milter_command_timeout = 60s",
+        "milter_content_timeout = 120s",
+    ]);
+    let port = peers::free_port();
+    let toml = util::test_config(
+        Some(clamd),
+        None,
+        pf.reinject_addr(),
+        &format!("[milter]\nlisten = [\"{milter}\"]\n{extra}"),
+    )
+    .set("metrics.listen", format!("127.0.0.1:{port}"))
+    .toml();
+    let f = start_filter_on(filter, &toml).await;
+    let up = util::blocking(move || {
+        peers::wait_until(Duration::from_secs(10), || peers::port_open(milter))
+    })
+    .await;
+    assert!(up, "the milter listener never came up");
+    (pf, f, peers::localhost(port))
+}
+
+/// The value of the metrics sample `series` (its name and labels exactly as encoded), once it
+/// reaches `want` (the after-queue hop counts its message after the reinjection, so the
+/// sink can have it first), or its last value after 30 s.
+async fn sample_reaching(metrics: SocketAddr, series: &str, want: f64) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..150 {
+        let (_, text) = util::http_get(metrics, "/metrics").await;
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0);
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+/// The `frontend` label on the message counters: a message through a hybrid setup is counted
+/// once by each front end, under its own label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_and_content_filter_count_messages_under_their_own_frontend_label() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "").await;
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    for frontend in ["milter", "content_filter"] {
+        let messages = format!(
+            "postsift_messages_total{{action=\"pass\",frontend=\"{frontend}\",verdict=\"clean\"}}"
+        );
+        assert_eq!(
+            sample_reaching(metrics, &messages, 1.0).await,
+            1.0,
+            "{messages}"
+        );
+        let rcpts =
+            format!("postsift_recipients_total{{frontend=\"{frontend}\",result=\"delivered\"}}");
+        assert_eq!(sample_reaching(metrics, &rcpts, 1.0).await, 1.0, "{rcpts}");
+    }
+    settle(&pf, f).await;
+    assert_eq!(sink.all().len(), 1);
+}
