@@ -2,9 +2,11 @@
 //! unchecked messages, policy banks, tempfails and messages in flight. The session counts the
 //! outcome it replied with; the filter the rest.
 
-use prometheus::{exponential_buckets, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
+};
 
-use crate::metrics::{counter, gauge, histogram, histogram_vec, TIME_BUCKETS};
+use crate::metrics::{counter, counter0, gauge, histogram, histogram_vec, TIME_BUCKETS};
 
 pub const VERDICTS: &[&str] = &[
     "clean",
@@ -47,6 +49,8 @@ fn unchecked_reasons() -> Vec<&'static str> {
         .chain(crate::scan::parts::LimitKind::ALL.iter().copied())
         .collect()
 }
+/// Why the after-queue hop had no milter scan to reuse (`reuse::Miss`).
+pub const REUSE_MISSES: &[&str] = &["none", "body", "checks"];
 /// The `bank` label of a message no policy bank applied to.
 pub const NO_BANK: &str = "-";
 
@@ -64,6 +68,10 @@ pub struct FilterMetrics {
     /// Messages not fully checked, by reason and the action taken.
     pub unchecked: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Hybrid mode: messages the after-queue hop did not scan, the milter's scan reused.
+    pub reused: IntCounter,
+    /// Hybrid mode: messages the after-queue hop scanned, by why no kept scan was used.
+    pub reuse_missed: IntCounterVec,
 }
 
 impl FilterMetrics {
@@ -115,6 +123,18 @@ impl FilterMetrics {
                 r,
                 "postsift_messages_in_flight",
                 "Messages being scanned or reinjected",
+            ),
+            reused: counter0(
+                r,
+                "postsift_milter_reused_total",
+                "Hybrid mode: messages the after-queue hop took the milter's scan for instead of scanning",
+            ),
+            reuse_missed: counter(
+                r,
+                "postsift_milter_reuse_missed_total",
+                "Hybrid mode: messages the after-queue hop scanned, by why it had no milter scan to reuse (none, body, checks)",
+                &["reason"],
+                &[REUSE_MISSES],
             ),
             policy_banks: counter(
                 r,

@@ -539,3 +539,72 @@ async fn milter_and_content_filter_count_messages_under_their_own_frontend_label
     settle(&pf, f).await;
     assert_eq!(sink.all().len(), 1);
 }
+
+/// The sum of every sample of `name` whose labels include `label` (e.g. `scanner="clamd"`).
+async fn total(metrics: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, text) = util::http_get(metrics, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Hybrid mode: the after-queue hop takes the milter's scan by Postfix's queue id, so a message
+/// through both front ends costs clamd what one message sent straight to the hop costs; a
+/// message the hop gets with no kept scan (no queue id) is scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_message_is_scanned_once_by_the_milter_and_the_hop_reuses_it() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    // The verdict cache off: every scan the hop made would reach clamd.
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "[cache]\nmax_bytes = 0\n").await;
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    let hop =
+        "postsift_messages_total{action=\"pass\",frontend=\"content_filter\",verdict=\"clean\"}";
+    assert_eq!(sample_reaching(metrics, hop, 1.0).await, 1.0);
+    assert_eq!(
+        sample_reaching(metrics, "postsift_milter_reused_total", 1.0).await,
+        1.0
+    );
+    let clamd_count = "postsift_scanner_duration_seconds_count";
+    let once = total(metrics, clamd_count, "scanner=\"clamd\"").await;
+    assert!(once >= 1.0, "clamd never asked");
+
+    // The same message straight to the hop, without XFORWARD IDENT: nothing kept, scanned.
+    let r = crate::client::send_one(
+        f.addr,
+        "sender@example.org",
+        &["bob@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let twice = total(metrics, clamd_count, "scanner=\"clamd\"").await;
+    assert_eq!(twice, 2.0 * once, "the hybrid message was scanned twice");
+    assert_eq!(
+        total(
+            metrics,
+            "postsift_milter_reuse_missed_total",
+            "reason=\"none\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        total(
+            metrics,
+            "postsift_milter_reuse_missed_total",
+            "reason=\"body\""
+        )
+        .await,
+        0.0
+    );
+    let all = sink.wait_for(2).await;
+    settle(&pf, f).await;
+    // The hop wrote the milter's verdict headers anew from the same report: one of each.
+    let h = all[0].headers();
+    assert_eq!(h.matches("X-Spam-Flag:").count(), 0, "{h}");
+    assert_eq!(h.matches("X-Virus-Scanned:").count(), 1, "{h}");
+}
