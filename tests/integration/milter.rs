@@ -608,3 +608,57 @@ async fn hybrid_message_is_scanned_once_by_the_milter_and_the_hop_reuses_it() {
     assert_eq!(h.matches("X-Spam-Flag:").count(), 0, "{h}");
     assert_eq!(h.matches("X-Virus-Scanned:").count(), 1, "{h}");
 }
+
+/// Postfix calling the milter over a Unix socket (`smtpd_milters = unix:/path`): a banned
+/// attachment whose name has a `%` is refused with the name as it is. Postfix reads a milter's
+/// reply text as Sendmail's format string (`%%` is `%`, a single `%` is dropped): postsift
+/// doubles each `%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_over_a_unix_socket_refuses_a_banned_name_with_a_percent_sign_intact() {
+    let clamd = util::blocking(util::clamd).await;
+    let tmp = peers::private_dir("milter-unix-");
+    let socket = tmp.path().join("milter.sock");
+    let sink = Capture::start().await;
+    let unused = free_addr();
+    let pf = start_postfix(unused, sink.addr).await;
+    let setting = format!("smtpd_milters = unix:{}", socket.display());
+    pf.postconf(&[
+        "content_filter =",
+        &setting,
+        "milter_protocol = 6",
+        "milter_default_action = tempfail",
+    ]);
+    let toml = config(
+        Some(&clamd),
+        None,
+        "127.0.0.1:9".parse().unwrap(),
+        &format!(
+            "[milter]\nlisten = [\"unix:{}\"]\n[banned]\naction = \"reject\"\n",
+            socket.display()
+        ),
+    );
+    let f = start_filter_on("127.0.0.1:0".parse().unwrap(), &toml).await;
+    let s = socket.clone();
+    let up =
+        util::blocking(move || peers::wait_until(Duration::from_secs(10), || s.exists())).await;
+    assert!(up, "the milter socket never appeared");
+
+    let body = String::from_utf8(banned())
+        .unwrap()
+        .replace("setup.exe", "100%free.exe")
+        .into_bytes();
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], body).await;
+    assert_eq!(code, 554, "{replies:?}");
+    let r = data_reply(&replies);
+    assert!(
+        r.contains("BANNED: ") && r.contains("100%free.exe") && !r.contains("%%"),
+        "{replies:?}"
+    );
+    // A clean message passes through the same socket.
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    settle(&pf, f).await;
+    assert_eq!(pf.queue_count(), 0);
+    peers::finish_dir(Some(tmp));
+}
