@@ -115,7 +115,7 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     if let Some(per) = &per_user {
         sqlpolicy::regroup(&mut groups, &r, per);
     }
-    let scanned = scan_or_reuse(shared, &r, &groups).await;
+    let (scanned, reused) = scan_or_reuse(shared, &r, &groups).await;
     // Hybrid mode: what the milter passes keeps its scan for the after-queue hop.
     let keeps = shared.config.milter.reuses() && r.hop.frontend() == "milter";
     let needs = keeps.then(|| judge::needs_of(&shared.config, &groups));
@@ -123,6 +123,7 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     let t = Timings {
         receive,
         scan: scan_start.elapsed(),
+        reused,
         ..Timings::default()
     };
     m.stage_duration
@@ -136,8 +137,12 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
 }
 
 /// The scan of `r`: in hybrid mode, on the after-queue hop, the one the milter kept for its
-/// Postfix queue id (`XFORWARD IDENT`) when it fits (see [`reuse`]); else the scanners'.
-async fn scan_or_reuse(shared: &Runtime, r: &Received, groups: &Groups<'_>) -> judge::Scanned {
+/// Postfix queue id (`XFORWARD IDENT`) when it fits (see [`reuse`]; true), else the scanners'.
+async fn scan_or_reuse(
+    shared: &Runtime,
+    r: &Received,
+    groups: &Groups<'_>,
+) -> (judge::Scanned, bool) {
     let cfg = &shared.config.milter;
     if cfg.reuses() && r.hop.frontend() == "content_filter" {
         let m = &shared.metrics.filter;
@@ -151,12 +156,13 @@ async fn scan_or_reuse(shared: &Runtime, r: &Received, groups: &Groups<'_>) -> j
             Ok(s) => {
                 m.reused.inc();
                 tracing::debug!(id = %r.id, "the milter's scan reused");
-                return judge::Scanned::kept(s, &shared.config, groups);
+                return (judge::Scanned::kept(s, &shared.config, groups), true);
             }
             Err(miss) => m.reuse_missed.with_label_values(&[miss.label()]).inc(),
         }
     }
-    judge::scan(shared, &r.msg, &groups::scan_envelope(r), groups).await
+    let scanned = judge::scan(shared, &r.msg, &groups::scan_envelope(r), groups).await;
+    (scanned, false)
 }
 
 /// Keeps the milter's scan of `r` for the after-queue hop, under Postfix's queue id (macro
