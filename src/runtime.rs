@@ -97,6 +97,8 @@ pub struct Lasting {
     pub quarantine: Option<Arc<Quarantine>>,
     /// The SQL store of the last build (see [`Lasting::sql_store`]).
     pub sql: Arc<std::sync::Mutex<Option<Arc<SqlStore>>>>,
+    /// Hybrid mode: the milter's scans kept for the after-queue hop.
+    pub reports: Arc<crate::filter::reuse::Reports>,
 }
 
 impl Lasting {
@@ -134,6 +136,7 @@ impl Lasting {
             greylist_store: None,
             quarantine: None,
             sql: Default::default(),
+            reports: Default::default(),
         }
     }
 }
@@ -174,6 +177,8 @@ pub struct Runtime {
     pub dkim_keys: sign::Keys,
     /// The SQL store when `sql.url` is set (kept across reloads while `[sql]` is unchanged).
     pub sql: Option<Arc<SqlStore>>,
+    /// Hybrid mode: the milter's scans kept for the after-queue hop (they outlive reloads).
+    pub reports: Arc<crate::filter::reuse::Reports>,
 }
 
 impl Runtime {
@@ -222,6 +227,7 @@ impl Runtime {
             quarantine: lasting.quarantine.clone(),
             dkim_keys,
             sql,
+            reports: lasting.reports.clone(),
         };
         for g in rt.peer_groups() {
             g.observe(rt.metrics.peers.peer_metrics(g.peer()));
@@ -267,7 +273,7 @@ mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(
-            text.contains("postsift_messages_total{action=\"tempfail\",verdict=\"unchecked\"} 0"),
+            text.contains("postsift_messages_total{action=\"tempfail\",frontend=\"content_filter\",verdict=\"unchecked\"} 0"),
             "{text}"
         );
         assert!(

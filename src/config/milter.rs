@@ -30,6 +30,13 @@ pub struct Milter {
     /// open while it waits on its SMTP client, so keep this above its `smtpd_timeout` (300 s).
     /// Default 600.
     pub idle_timeout: u64,
+    /// Hybrid mode (the milter and the after-queue hop in one postsift): scans the milter
+    /// passed kept for the hop, by Postfix queue id, so that the hop does not scan the message
+    /// again. The most kept at once (oldest out first); 0 turns the reuse off. Default 4096.
+    pub reuse_entries: usize,
+    /// Seconds a kept scan waits for the hop (past them the hop scans). Keep it above the
+    /// time mail waits in Postfix's queue for the content_filter. Default 600.
+    pub reuse_ttl: u64,
 }
 
 impl Default for Milter {
@@ -40,6 +47,8 @@ impl Default for Milter {
             max_connections: 256,
             hold: false,
             idle_timeout: 600,
+            reuse_entries: 4096,
+            reuse_ttl: 600,
         }
     }
 }
@@ -55,6 +64,11 @@ impl Milter {
             .iter()
             .filter_map(|l| parse_policy_listen(l))
             .collect()
+    }
+
+    /// Whether the milter keeps its scans for the after-queue hop (hybrid mode).
+    pub fn reuses(&self) -> bool {
+        self.enabled() && self.reuse_entries > 0
     }
 
     /// The socket mode, parsed (validated at load).
@@ -77,7 +91,10 @@ impl Milter {
                 "expected an octal mode such as \"0660\"",
             ));
         }
-        check.seconds(&[("milter.idle_timeout", self.idle_timeout)])?;
+        check.seconds(&[
+            ("milter.idle_timeout", self.idle_timeout),
+            ("milter.reuse_ttl", self.reuse_ttl),
+        ])?;
         check.at_least_one(&[("milter.max_connections", self.max_connections as u64)])
     }
 }

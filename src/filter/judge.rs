@@ -12,6 +12,7 @@ use crate::scan::cost::Decisive;
 use crate::scan::{banned, Needs, ScanEnvelope, ScanReport, SpamScan, VirusScan};
 
 use super::groups::Groups;
+use super::reuse::Kept;
 
 /// What the scan found: the report (judged by `[banned] rules`), and the banned part under each
 /// bank's own rules (see [`needs`]).
@@ -34,6 +35,32 @@ impl Scanned {
             rule_set,
         }
     }
+}
+
+impl Scanned {
+    /// A scan the milter kept, for `groups` (the hop's): each group's banned rule set found
+    /// again. The caller has checked that the groups need the same checks ([`needs_of`]), so
+    /// the sets are the same ones, in the same order.
+    pub(super) fn kept(k: Kept, config: &Config, groups: &Groups<'_>) -> Scanned {
+        Scanned {
+            report: k.report,
+            banned_by: k.banned_by,
+            rule_set: needs(config, &groups.configs).1,
+        }
+    }
+
+    /// What the milter keeps of this scan for the after-queue hop.
+    pub(super) fn keep(self) -> Kept {
+        Kept {
+            report: self.report,
+            banned_by: self.banned_by,
+        }
+    }
+}
+
+/// The checks `groups` need (one scan for all of them).
+pub(super) fn needs_of(config: &Config, groups: &Groups<'_>) -> Needs {
+    needs(config, &groups.configs).0
 }
 
 /// One group's verdict: the report as it stands for the group, and the policy's decision.

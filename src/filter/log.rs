@@ -19,6 +19,9 @@ pub(super) struct Timings {
     pub receive: Duration,
     pub scan: Duration,
     pub reinject: Duration,
+    /// Hybrid mode: the hop took the milter's scan instead of scanning (`scan_ms` is then the
+    /// lookup's, the scanners' times those of the milter's scan).
+    pub reused: bool,
 }
 
 /// One recipient group's part of the message, as the log line reports it.
@@ -64,6 +67,8 @@ pub(super) struct LogLine {
     size: u64,
     receive: Duration,
     scan: Duration,
+    /// Hybrid mode: the milter's scan reused (see [`Timings::reused`]).
+    reused: bool,
     clamd: Duration,
     spamd: Duration,
     reinject: Duration,
@@ -172,6 +177,7 @@ impl LogLine {
             size: r.msg.len(),
             receive: t.receive,
             scan: t.scan,
+            reused: t.reused,
             clamd: report.virus_time,
             spamd: report.spam_time,
             reinject: if matches!(outcome, Outcome::Delivered(_)) {
@@ -206,6 +212,7 @@ impl LogLine {
             size = self.size,
             receive_ms = self.receive.as_millis() as u64,
             scan_ms = self.scan.as_millis() as u64,
+            scan_reused = self.reused,
             clamd_ms = self.clamd.as_millis() as u64,
             spamd_ms = self.spamd.as_millis() as u64,
             reinject_ms = self.reinject.as_millis() as u64,

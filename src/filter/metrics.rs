@@ -2,9 +2,11 @@
 //! unchecked messages, policy banks, tempfails and messages in flight. The session counts the
 //! outcome it replied with; the filter the rest.
 
-use prometheus::{exponential_buckets, Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
+};
 
-use crate::metrics::{counter, gauge, histogram, histogram_vec, TIME_BUCKETS};
+use crate::metrics::{counter, counter0, gauge, histogram, histogram_vec, TIME_BUCKETS};
 
 pub const VERDICTS: &[&str] = &[
     "clean",
@@ -15,6 +17,9 @@ pub const VERDICTS: &[&str] = &[
     "dmarc",
     "unscanned",
 ];
+/// The front end a message came through (the `frontend` label): the before-queue milter or
+/// the after-queue SMTP/LMTP hop (`Hop::frontend`).
+pub const FRONTENDS: &[&str] = &["milter", "content_filter"];
 pub const ACTIONS: &[&str] = &["pass", "discard", "reject", "tempfail", "quarantine"];
 pub const RECIPIENT_RESULTS: &[&str] = &[
     "delivered",
@@ -44,6 +49,8 @@ fn unchecked_reasons() -> Vec<&'static str> {
         .chain(crate::scan::parts::LimitKind::ALL.iter().copied())
         .collect()
 }
+/// Why the after-queue hop had no milter scan to reuse (`reuse::Miss`).
+pub const REUSE_MISSES: &[&str] = &["none", "body", "checks"];
 /// The `bank` label of a message no policy bank applied to.
 pub const NO_BANK: &str = "-";
 
@@ -61,6 +68,10 @@ pub struct FilterMetrics {
     /// Messages not fully checked, by reason and the action taken.
     pub unchecked: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Hybrid mode: messages the after-queue hop did not scan, the milter's scan reused.
+    pub reused: IntCounter,
+    /// Hybrid mode: messages the after-queue hop scanned, by why no kept scan was used.
+    pub reuse_missed: IntCounterVec,
 }
 
 impl FilterMetrics {
@@ -69,16 +80,16 @@ impl FilterMetrics {
             messages: counter(
                 r,
                 "postsift_messages_total",
-                "Messages that reached end of DATA, by content verdict and final action",
-                &["verdict", "action"],
-                &[VERDICTS, ACTIONS],
+                "Messages that reached end of DATA, by content verdict, final action and front end",
+                &["verdict", "action", "frontend"],
+                &[VERDICTS, ACTIONS, FRONTENDS],
             ),
             recipients: counter(
                 r,
                 "postsift_recipients_total",
-                "Recipients by final result",
-                &["result"],
-                &[RECIPIENT_RESULTS],
+                "Recipients by final result and front end",
+                &["result", "frontend"],
+                &[RECIPIENT_RESULTS, FRONTENDS],
             ),
             message_size: histogram(
                 r,
@@ -104,14 +115,26 @@ impl FilterMetrics {
             unchecked: counter(
                 r,
                 "postsift_unchecked_total",
-                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason and action",
-                &["reason", "action"],
-                &[&unchecked_reasons(), ACTIONS],
+                "Messages not fully checked (clamd failed, or the MIME walk stopped at a limit), by reason, action and front end",
+                &["reason", "action", "frontend"],
+                &[&unchecked_reasons(), ACTIONS, FRONTENDS],
             ),
             in_flight: gauge(
                 r,
                 "postsift_messages_in_flight",
                 "Messages being scanned or reinjected",
+            ),
+            reused: counter0(
+                r,
+                "postsift_milter_reused_total",
+                "Hybrid mode: messages the after-queue hop took the milter's scan for instead of scanning",
+            ),
+            reuse_missed: counter(
+                r,
+                "postsift_milter_reuse_missed_total",
+                "Hybrid mode: messages the after-queue hop scanned, by why it had no milter scan to reuse (none, body, checks)",
+                &["reason"],
+                &[REUSE_MISSES],
             ),
             policy_banks: counter(
                 r,

@@ -21,6 +21,7 @@ mod log;
 pub mod metrics;
 mod outcome;
 mod received;
+pub mod reuse;
 mod sqllog;
 pub mod sqlpolicy;
 
@@ -114,17 +115,77 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     if let Some(per) = &per_user {
         sqlpolicy::regroup(&mut groups, &r, per);
     }
-    let scanned = judge::scan(shared, &r.msg, &groups::scan_envelope(&r), &groups).await;
+    let (scanned, reused) = scan_or_reuse(shared, &r, &groups).await;
+    // Hybrid mode: what the milter passes keeps its scan for the after-queue hop.
+    let keeps = shared.config.milter.reuses() && r.hop.frontend() == "milter";
+    let needs = keeps.then(|| judge::needs_of(&shared.config, &groups));
     let judged = judge::judge(&groups, &scanned);
     let t = Timings {
         receive,
         scan: scan_start.elapsed(),
+        reused,
         ..Timings::default()
     };
     m.stage_duration
         .with_label_values(&["scan"])
         .observe(t.scan.as_secs_f64());
-    dispose_and_deliver(shared, &r, groups, judged, out, t).await
+    let p = dispose_and_deliver(shared, &r, groups, judged, out, t).await;
+    if let Some(needs) = needs {
+        keep_for_hop(shared, &r, &p, needs, scanned).await;
+    }
+    p
+}
+
+/// The scan of `r`: in hybrid mode, on the after-queue hop, the one the milter kept for its
+/// Postfix queue id (`XFORWARD IDENT`) when it fits (see [`reuse`]; true), else the scanners'.
+async fn scan_or_reuse(
+    shared: &Runtime,
+    r: &Received,
+    groups: &Groups<'_>,
+) -> (judge::Scanned, bool) {
+    let cfg = &shared.config.milter;
+    if cfg.reuses() && r.hop.frontend() == "content_filter" {
+        let m = &shared.metrics.filter;
+        let needs = judge::needs_of(&shared.config, groups);
+        let ttl = std::time::Duration::from_secs(cfg.reuse_ttl);
+        let kept = match r.env.xforward.ident.as_deref() {
+            Some(id) => shared.reports.take(id, &r.msg, &needs, ttl).await,
+            None => Err(reuse::Miss::None),
+        };
+        match kept {
+            Ok(s) => {
+                m.reused.inc();
+                tracing::debug!(id = %r.id, "the milter's scan reused");
+                return (judge::Scanned::kept(s, &shared.config, groups), true);
+            }
+            Err(miss) => m.reuse_missed.with_label_values(&[miss.label()]).inc(),
+        }
+    }
+    let scanned = judge::scan(shared, &r.msg, &groups::scan_envelope(r), groups).await;
+    (scanned, false)
+}
+
+/// Keeps the milter's scan of `r` for the after-queue hop, under Postfix's queue id (macro
+/// `i`), when the milter lets Postfix queue the message.
+async fn keep_for_hop(
+    shared: &Runtime,
+    r: &Received,
+    p: &Processed,
+    needs: crate::scan::Needs,
+    scanned: judge::Scanned,
+) {
+    let Some(id) = r.env.xforward.ident.as_deref() else {
+        return;
+    };
+    if p.outcome.action() != "pass" {
+        return;
+    }
+    let Some(body) = reuse::body_digest(&r.msg).await else {
+        return;
+    };
+    let cfg = &shared.config.milter;
+    let ttl = std::time::Duration::from_secs(cfg.reuse_ttl);
+    (shared.reports).keep(id, body, needs, scanned.keep(), cfg.reuse_entries, ttl);
 }
 
 /// The stages after the verdict: dispose, deliver, and the message's outcome and log lines.
@@ -167,7 +228,9 @@ fn finish(
     }
     for (o, (_, d)) in outcomes.iter().zip(&judged) {
         if let Some(reason) = d.unchecked_reason {
-            m.unchecked.with_label_values(&[reason, o.action()]).inc();
+            m.unchecked
+                .with_label_values(&[reason, o.action(), r.hop.frontend()])
+                .inc();
         }
     }
     let applied: std::collections::BTreeSet<usize> = groups

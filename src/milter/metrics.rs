@@ -1,7 +1,7 @@
 //! The milter front end's own series: connections (open, finished, refused at the limit) and
 //! each message's answer and time from its first header to the answer. The message counters
-//! the SMTP front end records (`postsift_messages_total` and the stage durations) count milter
-//! messages too; these tell the two front ends apart.
+//! the SMTP front end records (`postsift_messages_total`, `postsift_recipients_total`, the stage
+//! durations) count milter messages too, the first two under `frontend="milter"`.
 
 use std::time::Duration;
 

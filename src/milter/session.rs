@@ -171,8 +171,13 @@ impl MilterSession {
         let unscanned = |r: Reply, action: &'static str| {
             metrics
                 .messages
-                .with_label_values(&["unscanned", action])
+                .with_label_values(&["unscanned", action, "milter"])
                 .inc();
+            let result = if r.code < 500 { "deferred" } else { "rejected" };
+            metrics
+                .recipients
+                .with_label_values(&[result, "milter"])
+                .inc_by(n as u64);
             tracing::info!(target: "postsift::message", %id, frontend = "milter", queue_id = self.queue_id.as_deref().map(crate::escape::text).unwrap_or_default(), reply = %r, "message not checked");
             replycode(&r)
         };
@@ -215,7 +220,7 @@ impl MilterSession {
             .unwrap_or_else(|| reply::no_space(&id));
         metrics
             .messages
-            .with_label_values(&[p.verdict, p.outcome.action()])
+            .with_label_values(&[p.verdict, p.outcome.action(), "milter"])
             .inc();
         metrics
             .stage_duration
@@ -223,7 +228,10 @@ impl MilterSession {
             .observe(started.elapsed().as_secs_f64());
         for i in 0..n {
             let result = p.outcome.recipient_result(i);
-            metrics.recipients.with_label_values(&[result]).inc();
+            metrics
+                .recipients
+                .with_label_values(&[result, "milter"])
+                .inc();
         }
         let answer = answer(&p, &r, &out, &original, &rcpts);
         shared
@@ -282,18 +290,22 @@ pub(super) fn answer(
     b.build(Continue)
 }
 
-/// A 4xx or 5xx reply as the milter's reply code action.
-fn replycode(r: &Reply) -> ModificationResponse {
+/// A 4xx or 5xx reply as the milter's reply code action. Postfix reads the text as Sendmail
+/// does a format string: it turns `%%` into `%` and drops a single `%` (milter8.c), so each `%`
+/// (a virus or file name can have one) is doubled. It also takes the reply only when the
+/// enhanced status code's class is the reply's: a reply without one gets `X.0.0`.
+pub(super) fn replycode(r: &Reply) -> ModificationResponse {
     let d = |c: u16| [(c / 100) as u8, (c / 10 % 10) as u8, (c % 10) as u8];
-    let text = r.text.replace(['\r', '\n'], " ");
-    let x = r.enhanced.and_then(|e| {
-        let v: Vec<u16> = e.split('.').filter_map(|p| p.parse().ok()).collect();
-        <[u16; 3]>::try_from(v).ok()
-    });
-    let action: Action = match x {
-        Some(x) => Replycode::new(d(r.code), x, &text).into(),
-        None => Replycode::without_xcode(d(r.code), &text).into(),
-    };
+    let text = r.text.replace(['\r', '\n'], " ").replace('%', "%%");
+    let x = r
+        .enhanced
+        .and_then(|e| {
+            let v: Vec<u16> = e.split('.').filter_map(|p| p.parse().ok()).collect();
+            <[u16; 3]>::try_from(v).ok()
+        })
+        .filter(|x| x[0] == r.code / 100)
+        .unwrap_or([r.code / 100, 0, 0]);
+    let action: Action = Replycode::new(d(r.code), x, &text).into();
     ModificationResponse::builder().build(action)
 }
 
@@ -433,5 +445,39 @@ impl Milter for MilterSession {
         self.msg = InFlight::default();
         self.idle();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reply line Postfix reads from a reply code action.
+    fn wire(r: &Reply) -> String {
+        match replycode(r).final_action() {
+            Action::Replycode(c) => {
+                let mut b = BytesMut::new();
+                c.write(&mut b);
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches('\0')
+                    .to_string()
+            }
+            a => panic!("not a reply code: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_percent_in_the_reply_text_is_doubled_for_postfix() {
+        let r = Reply::new(554, "5.7.0", "Reject, id=X - BANNED: 100%free.exe");
+        assert_eq!(wire(&r), "554 5.7.0 Reject, id=X - BANNED: 100%%free.exe");
+    }
+
+    #[test]
+    fn a_reply_without_a_matching_enhanced_code_gets_its_class() {
+        let mut r = Reply::new(451, "4.3.0", "try\r\nlater");
+        r.enhanced = None;
+        assert_eq!(wire(&r), "451 4.0.0 try  later");
+        r.enhanced = Some("5.1.1");
+        assert!(wire(&r).starts_with("451 4.0.0 "), "{}", wire(&r));
     }
 }

@@ -575,7 +575,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
         };
         metrics.in_flight.dec();
         self.record_budget();
-        metrics.messages.with_label_values(&[verdict, action]).inc();
+        // Every message this session takes came by the after-queue hop.
+        let frontend = "content_filter";
+        metrics
+            .messages
+            .with_label_values(&[verdict, action, frontend])
+            .inc();
         metrics
             .stage_duration
             .with_label_values(&["total"])
@@ -588,7 +593,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, P: Pipeline> Session<S, P> {
                     _ => "rejected",
                 },
             };
-            metrics.recipients.with_label_values(&[result]).inc();
+            metrics
+                .recipients
+                .with_label_values(&[result, frontend])
+                .inc();
         }
         if let Some(p) = &processed {
             p.log(&|i| replies.get(i).unwrap_or(&replies[0]).to_string());

@@ -53,7 +53,7 @@ async fn metrics_count_every_outcome() {
     assert_eq!(
         sample(
             &text,
-            "postsift_messages_total{action=\"pass\",verdict=\"clean\"}"
+            "postsift_messages_total{action=\"pass\",frontend=\"content_filter\",verdict=\"clean\"}"
         ),
         1.0,
         "{text}"
@@ -61,23 +61,29 @@ async fn metrics_count_every_outcome() {
     assert_eq!(
         sample(
             &text,
-            "postsift_messages_total{action=\"pass\",verdict=\"spam\"}"
+            "postsift_messages_total{action=\"pass\",frontend=\"content_filter\",verdict=\"spam\"}"
         ),
         1.0
     );
     assert_eq!(
         sample(
             &text,
-            "postsift_messages_total{action=\"discard\",verdict=\"virus\"}"
+            "postsift_messages_total{action=\"discard\",frontend=\"content_filter\",verdict=\"virus\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, "postsift_recipients_total{result=\"delivered\"}"),
+        sample(
+            &text,
+            "postsift_recipients_total{frontend=\"content_filter\",result=\"delivered\"}"
+        ),
         2.0
     );
     assert_eq!(
-        sample(&text, "postsift_recipients_total{result=\"discarded\"}"),
+        sample(
+            &text,
+            "postsift_recipients_total{frontend=\"content_filter\",result=\"discarded\"}"
+        ),
         1.0
     );
     assert_eq!(
@@ -149,7 +155,7 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
     assert_eq!(
         sample(
             &text,
-            "postsift_messages_total{action=\"tempfail\",verdict=\"unchecked\"}"
+            "postsift_messages_total{action=\"tempfail\",frontend=\"content_filter\",verdict=\"unchecked\"}"
         ),
         1.0,
         "{text}"
@@ -167,7 +173,10 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
     );
     assert_eq!(sample(&text, "postsift_scanner_up{scanner=\"clamd\"}"), 0.0);
     assert_eq!(
-        sample(&text, "postsift_recipients_total{result=\"deferred\"}"),
+        sample(
+            &text,
+            "postsift_recipients_total{frontend=\"content_filter\",result=\"deferred\"}"
+        ),
         1.0
     );
     f.stop().await;
@@ -185,7 +194,7 @@ async fn metrics_count_failures_and_readyz_follows_peers() {
     assert_eq!(
         sample(
             &text,
-            "postsift_messages_total{action=\"tempfail\",verdict=\"clean\"}"
+            "postsift_messages_total{action=\"tempfail\",frontend=\"content_filter\",verdict=\"clean\"}"
         ),
         1.0,
         "{text}"

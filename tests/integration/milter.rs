@@ -459,3 +459,206 @@ async fn milter_quarantine_stores_then_discards_and_hold_uses_postfixs_hold_queu
     assert!(sink.all().is_empty(), "an infected message was delivered");
     peers::finish_dir(Some(tmp));
 }
+
+/// Hybrid mode: one postsift with both front ends. Postfix's smtpd calls its milter, and its
+/// content_filter hands the queued message to postsift's LMTP listener (the test Postfix's
+/// `postsift-lmtp` transport, with XFORWARD), which reinjects into Postfix's 10025 (no milters);
+/// returns Postfix, postsift and postsift's metrics address.
+async fn hybrid(sink: SocketAddr, clamd: &str, extra: &str) -> (Postfix, Filter, SocketAddr) {
+    let milter = free_addr();
+    let filter = free_addr();
+    let pf = start_postfix(filter, sink).await;
+    let setting = format!("smtpd_milters = inet:{milter}");
+    pf.postconf(&[
+        &setting,
+        "milter_protocol = 6",
+        "milter_default_action = tempfail",
+        "milter_command_timeout = 60s",
+        "milter_content_timeout = 120s",
+    ]);
+    let port = peers::free_port();
+    let toml = util::test_config(
+        Some(clamd),
+        None,
+        pf.reinject_addr(),
+        &format!("[milter]\nlisten = [\"{milter}\"]\n{extra}"),
+    )
+    .set("metrics.listen", format!("127.0.0.1:{port}"))
+    .toml();
+    let f = start_filter_on(filter, &toml).await;
+    let up = util::blocking(move || {
+        peers::wait_until(Duration::from_secs(10), || peers::port_open(milter))
+    })
+    .await;
+    assert!(up, "the milter listener never came up");
+    (pf, f, peers::localhost(port))
+}
+
+/// The value of the metrics sample `series` (its name and labels exactly as encoded), once it
+/// reaches `want` (the after-queue hop counts its message after the reinjection, so the
+/// sink can have it first), or its last value after 30 s.
+async fn sample_reaching(metrics: SocketAddr, series: &str, want: f64) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..150 {
+        let (_, text) = util::http_get(metrics, "/metrics").await;
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0);
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+/// The `frontend` label on the message counters: a message through a hybrid setup is counted
+/// once by each front end, under its own label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_and_content_filter_count_messages_under_their_own_frontend_label() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "").await;
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    for frontend in ["milter", "content_filter"] {
+        let messages = format!(
+            "postsift_messages_total{{action=\"pass\",frontend=\"{frontend}\",verdict=\"clean\"}}"
+        );
+        assert_eq!(
+            sample_reaching(metrics, &messages, 1.0).await,
+            1.0,
+            "{messages}"
+        );
+        let rcpts =
+            format!("postsift_recipients_total{{frontend=\"{frontend}\",result=\"delivered\"}}");
+        assert_eq!(sample_reaching(metrics, &rcpts, 1.0).await, 1.0, "{rcpts}");
+    }
+    settle(&pf, f).await;
+    assert_eq!(sink.all().len(), 1);
+}
+
+/// The sum of every sample of `name` whose labels include `label` (e.g. `scanner="clamd"`).
+async fn total(metrics: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, text) = util::http_get(metrics, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Hybrid mode: the after-queue hop takes the milter's scan by Postfix's queue id, so a message
+/// through both front ends costs clamd what one message sent straight to the hop costs; a
+/// message the hop gets with no kept scan (no queue id) is scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_message_is_scanned_once_by_the_milter_and_the_hop_reuses_it() {
+    let clamd = util::blocking(util::clamd).await;
+    let sink = Capture::start().await;
+    // The verdict cache off: every scan the hop made would reach clamd.
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "[cache]\nmax_bytes = 0\n").await;
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    let hop =
+        "postsift_messages_total{action=\"pass\",frontend=\"content_filter\",verdict=\"clean\"}";
+    assert_eq!(sample_reaching(metrics, hop, 1.0).await, 1.0);
+    assert_eq!(
+        sample_reaching(metrics, "postsift_milter_reused_total", 1.0).await,
+        1.0
+    );
+    let clamd_count = "postsift_scanner_duration_seconds_count";
+    let once = total(metrics, clamd_count, "scanner=\"clamd\"").await;
+    assert!(once >= 1.0, "clamd never asked");
+
+    // The same message straight to the hop, without XFORWARD IDENT: nothing kept, scanned.
+    let r = crate::client::send_one(
+        f.addr,
+        "sender@example.org",
+        &["bob@example.com"],
+        &fixture("clean.eml"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let twice = total(metrics, clamd_count, "scanner=\"clamd\"").await;
+    assert_eq!(twice, 2.0 * once, "the hybrid message was scanned twice");
+    assert_eq!(
+        total(
+            metrics,
+            "postsift_milter_reuse_missed_total",
+            "reason=\"none\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        total(
+            metrics,
+            "postsift_milter_reuse_missed_total",
+            "reason=\"body\""
+        )
+        .await,
+        0.0
+    );
+    let all = sink.wait_for(2).await;
+    settle(&pf, f).await;
+    // The hop wrote the milter's verdict headers anew from the same report: one of each.
+    let h = all[0].headers();
+    assert_eq!(h.matches("X-Spam-Flag:").count(), 0, "{h}");
+    assert_eq!(h.matches("X-Virus-Scanned:").count(), 1, "{h}");
+}
+
+/// Postfix calling the milter over a Unix socket (`smtpd_milters = unix:/path`): a banned
+/// attachment whose name has a `%` is refused with the name as it is. Postfix reads a milter's
+/// reply text as Sendmail's format string (`%%` is `%`, a single `%` is dropped): postsift
+/// doubles each `%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milter_over_a_unix_socket_refuses_a_banned_name_with_a_percent_sign_intact() {
+    let clamd = util::blocking(util::clamd).await;
+    let tmp = peers::private_dir("milter-unix-");
+    let socket = tmp.path().join("milter.sock");
+    let sink = Capture::start().await;
+    let unused = free_addr();
+    let pf = start_postfix(unused, sink.addr).await;
+    let setting = format!("smtpd_milters = unix:{}", socket.display());
+    pf.postconf(&[
+        "content_filter =",
+        &setting,
+        "milter_protocol = 6",
+        "milter_default_action = tempfail",
+    ]);
+    let toml = config(
+        Some(&clamd),
+        None,
+        "127.0.0.1:9".parse().unwrap(),
+        &format!(
+            "[milter]\nlisten = [\"unix:{}\"]\n[banned]\naction = \"reject\"\n",
+            socket.display()
+        ),
+    );
+    let f = start_filter_on("127.0.0.1:0".parse().unwrap(), &toml).await;
+    let s = socket.clone();
+    let up =
+        util::blocking(move || peers::wait_until(Duration::from_secs(10), || s.exists())).await;
+    assert!(up, "the milter socket never appeared");
+
+    let body = String::from_utf8(banned())
+        .unwrap()
+        .replace("setup.exe", "100%free.exe")
+        .into_bytes();
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], body).await;
+    assert_eq!(code, 554, "{replies:?}");
+    let r = data_reply(&replies);
+    assert!(
+        r.contains("BANNED: ") && r.contains("100%free.exe") && !r.contains("%%"),
+        "{replies:?}"
+    );
+    // A clean message passes through the same socket.
+    let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
+    assert_eq!(code, 250, "{replies:?}");
+    sink.wait_for(1).await;
+    settle(&pf, f).await;
+    assert_eq!(pf.queue_count(), 0);
+    peers::finish_dir(Some(tmp));
+}

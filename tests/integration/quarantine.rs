@@ -240,7 +240,7 @@ async fn release_through_the_cli_arrives_once_per_recipient() {
     );
     assert!(m.contains("postsift_quarantine_entries 1"), "{m}");
     assert!(
-        m.contains("postsift_messages_total{action=\"quarantine\",verdict=\"banned\"} 1"),
+        m.contains("postsift_messages_total{action=\"quarantine\",frontend=\"content_filter\",verdict=\"banned\"} 1"),
         "{m}"
     );
 
