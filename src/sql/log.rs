@@ -455,8 +455,8 @@ impl LogWriter {
                     batch.clear();
                     backoff = Duration::from_millis(100);
                 }
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, backlog = self.metrics.log_backlog.get(), "sql log: database unavailable, retrying");
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, backlog = self.metrics.log_backlog.get(), "sql log: database unavailable (or a deadlock), retrying");
                     if self.rx.is_closed() && self.rx.is_empty() && backoff > Duration::from_secs(2)
                     {
                         return; // shutting down and the database stays away
@@ -488,7 +488,7 @@ impl LogWriter {
                 .observe(StmtKind::LogBatch, start, &self.pool, &r);
             match r {
                 Ok((written, _)) => self.done(1, written as u64),
-                Err(e) if e.is_unavailable() => kept.push(rec),
+                Err(e) if e.is_transient() => kept.push(rec),
                 Err(e) => {
                     tracing::warn!(mail_id = %crate::escape::text(&rec.mail_id), error = %e, "sql log: message refused by the database, not logged");
                     self.metrics

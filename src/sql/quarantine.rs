@@ -21,6 +21,7 @@ use super::{code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig
 const INS_QUAR: Stmt =
     Stmt("INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES (?,?,?,?)");
 const SEL_MSG: Stmt = Stmt("SELECT partition_tag FROM msgs WHERE mail_id=?");
+const SEL_SECRET: Stmt = Stmt("SELECT secret_id FROM msgs WHERE mail_id=?");
 const SEL_QUAR: Stmt =
     Stmt("SELECT mail_text FROM quarantine WHERE partition_tag=? AND mail_id=? ORDER BY chunk_ind");
 const SEL_RCPTS: Stmt = Stmt(
@@ -171,6 +172,25 @@ impl SqlQuarantine {
                 None => Ok(None),
             }
         })
+    }
+
+    /// The `msgs.secret_id` of `mail_id` ("" when none was stored), None if it is not in
+    /// `msgs`.
+    pub async fn secret(&self, mail_id: &str) -> Result<Option<String>, Error> {
+        self.timed(StmtKind::QuarantineFetch, async {
+            let backend = self.pool.backend();
+            on_pool!(&self.pool, p => {
+                let rows = sqlx::query(SEL_SECRET.sql(backend))
+                    .bind(mail_id.as_bytes().to_vec())
+                    .fetch_all(p)
+                    .await?;
+                match rows.first() {
+                    Some(r) => Ok(Some(text(r, "secret_id")?.unwrap_or_default())),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
     }
 
     /// The stored message (its chunks in order), None if `mail_id` has none.

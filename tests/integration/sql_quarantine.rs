@@ -237,8 +237,44 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         );
         let (_, out, _) = cli(&cfg_b, &["list"]).await;
         assert!(out.contains("bob@example.com=requested"), "{kind:?}: {out}");
-        let answer =
-            ampdp_request(localhost(rb), &modoboa_release(&id, "", "bob@example.com")).await;
+        // The row's secret_id, as Modoboa reads it; a wrong one is refused as amavis refuses
+        // it, nothing sent, nothing claimed.
+        let secret = s.client(
+            &db,
+            &match kind {
+                Kind::Postgres => {
+                    format!("SELECT encode(secret_id, 'escape') FROM msgs WHERE mail_id='{id}'")
+                }
+                Kind::MariaDb => format!("SELECT secret_id FROM msgs WHERE mail_id='{id}'"),
+            },
+        );
+        let secret = secret.trim().to_owned();
+        assert_eq!(secret.len(), 16, "{kind:?}: {secret:?}");
+        let answer = ampdp_request(
+            localhost(rb),
+            &modoboa_release(&id, "AAAAAAAAAAAAAAAA", "bob@example.com"),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            format!(
+                "setreply=450 4.5.0 Failure: Secret_id AAAAAAAAAAAAAAAA does not match \
+                 mail_id {id}\r\n\r\n"
+            ),
+            "{kind:?}"
+        );
+        let rs = s.client(
+            &db,
+            &format!("SELECT rs FROM msgrcpt WHERE mail_id='{id}' ORDER BY rseqnum"),
+        );
+        // (bob asked for it, carol held; the mysql client drops the blank.)
+        assert_eq!(rs.replace(' ', ""), "p\n\n", "{kind:?}: nothing claimed");
+        assert!(sink.messages().is_empty());
+        let answer = ampdp_request(
+            localhost(rb),
+            &modoboa_release(&id, &secret, "bob@example.com"),
+        )
+        .await;
         assert!(
             answer.contains(&format!("setreply=250 2.0.0 Ok, id={id}, released")),
             "{kind:?}: {answer}"
@@ -263,8 +299,8 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
                 String::from_utf8_lossy(&out.stderr).into_owned(),
             )
         };
-        let (run, i) = (amavisd_release.clone(), id.clone());
-        let (code, err) = util::blocking(move || run(vec![i, "bob@example.com".into()])).await;
+        let (run, i, sec) = (amavisd_release.clone(), id.clone(), secret.clone());
+        let (code, err) = util::blocking(move || run(vec![i, sec, "bob@example.com".into()])).await;
         assert_eq!(code, Some(0), "{kind:?}: {err}");
         assert_eq!(err.matches("released before").count(), 1, "{kind:?}: {err}");
         // The CLI on node A releases all: only carol is left to send.
@@ -311,7 +347,12 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
             &modoboa_release(&id, "", "mallory@example.net"),
         )
         .await;
-        assert!(answer.contains("setreply=550 5.1.1"), "{answer}");
+        assert!(
+            answer.contains(&format!(
+                "setreply=550 5.1.1 mallory@example.net is not a recipient of {id}"
+            )),
+            "{answer}"
+        );
         assert_eq!(sink.messages().len(), 2);
 
         // Retention: the message is made old; the purge takes its rows and chunks.
