@@ -595,10 +595,11 @@ pub async fn store_in(shared: &Runtime, meta: &Meta, msg: &Message) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-/// The daemon's upkeep with `store = "sql"`: purges what is past `retention_days` (rows and
-/// chunks) at start and hourly, and refreshes the entries and bytes gauges every minute (every
-/// node stores into the same tables). Takes each generation's store and retention as reloads
-/// bring them.
+/// The daemon's upkeep of the database: with `store = "sql"`, purges the quarantine's rows and
+/// chunks past `quarantine.retention_days` and refreshes the entries and bytes gauges every
+/// minute (every node stores into the same tables); with `sql.log` on, purges the log's rows
+/// past `sql.log_retention_days` (whatever the store). Purges at start and hourly. Takes each
+/// generation's database and retentions as reloads bring them.
 pub async fn maintenance(
     current: tokio::sync::watch::Receiver<Arc<Runtime>>,
     metrics: QuarantineMetrics,
@@ -611,35 +612,61 @@ pub async fn maintenance(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (q, days) = {
+        let (q, quarantine_days, log_days) = {
             let rt = current.borrow();
-            let days = rt.config.quarantine.retention_days;
-            match (rt.config.quarantine.in_sql(), &rt.sql) {
-                (true, Some(s)) => (s.quarantine.clone(), days),
-                _ => continue,
+            let Some(s) = &rt.sql else { continue };
+            let c = &rt.config;
+            let quarantine_days = c.quarantine.in_sql().then_some(c.quarantine.retention_days);
+            let log_days = c.sql.log.then(|| {
+                c.sql
+                    .log_retention_days
+                    .unwrap_or(c.quarantine.retention_days)
+            });
+            if quarantine_days.is_none() && log_days.is_none() {
+                continue;
             }
+            (s.quarantine.clone(), quarantine_days, log_days)
         };
         let purge = n.is_multiple_of(60);
         n += 1;
         if purge {
-            let before = chrono::Utc::now().timestamp() - (days * 86400) as i64;
-            let t = UNIX_EPOCH + Duration::from_secs(before.max(0) as u64);
-            match q.purge(t).await {
-                Ok(p) if p.msgs + p.quarantine > 0 => tracing::info!(
-                    msgs = p.msgs,
-                    msgrcpt = p.msgrcpt,
-                    chunks = p.quarantine,
-                    maddr = p.maddr,
-                    "quarantine (sql): purged"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "quarantine (sql): purge failed"),
+            if let Some(days) = quarantine_days {
+                match q.purge(days_ago(days)).await {
+                    Ok(p) => purged("quarantine (sql)", p),
+                    Err(e) => tracing::warn!(error = %e, "quarantine (sql): purge failed"),
+                }
+            }
+            if let Some(days) = log_days {
+                match q.purge_log(days_ago(days)).await {
+                    Ok(p) => purged("sql log", p),
+                    Err(e) => tracing::warn!(error = %e, "sql log: purge failed"),
+                }
             }
         }
-        if let Ok((entries, bytes)) = q.stats().await {
-            metrics.quarantine_entries.set(entries as i64);
-            metrics.quarantine_bytes.set(bytes as i64);
+        if quarantine_days.is_some() {
+            if let Ok((entries, bytes)) = q.stats().await {
+                metrics.quarantine_entries.set(entries as i64);
+                metrics.quarantine_bytes.set(bytes as i64);
+            }
         }
+    }
+}
+
+fn days_ago(days: u64) -> std::time::SystemTime {
+    let before =
+        chrono::Utc::now().timestamp() - (days.saturating_mul(86400)).min(i64::MAX as u64) as i64;
+    UNIX_EPOCH + Duration::from_secs(before.max(0) as u64)
+}
+
+fn purged(what: &str, p: crate::sql::quarantine::Purged) {
+    if p.msgs + p.quarantine > 0 {
+        tracing::info!(
+            msgs = p.msgs,
+            msgrcpt = p.msgrcpt,
+            chunks = p.quarantine,
+            maddr = p.maddr,
+            "{what}: purged"
+        );
     }
 }
 

@@ -39,7 +39,10 @@ const CLAIM_FORCE: Stmt =
 const UNCLAIM: Stmt =
     Stmt("UPDATE msgrcpt SET rs=? WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs='R'");
 // Retention, as amavis's README.sql suggests: old msgs rows, then what no msgs row refers to.
-const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ?");
+// The quarantine's rows (Q) and the log's (the rest) each have their own retention.
+const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ? AND quar_type='Q'");
+const PURGE_LOG: Stmt =
+    Stmt("DELETE FROM msgs WHERE time_num < ? AND COALESCE(quar_type,'') <> 'Q'");
 const PURGE_RCPT: Stmt = Stmt(
     "DELETE FROM msgrcpt WHERE NOT EXISTS (SELECT 1 FROM msgs WHERE msgs.partition_tag=msgrcpt.partition_tag AND msgs.mail_id=msgrcpt.mail_id)",
 );
@@ -81,7 +84,8 @@ pub struct Purged {
 #[derive(Clone)]
 pub struct SqlQuarantine {
     pool: Pool,
-    cfg: SqlConfig,
+    /// Shared: every clone of the store (one per release, per message) reads the same.
+    cfg: std::sync::Arc<SqlConfig>,
     metrics: SqlMetrics,
 }
 
@@ -89,7 +93,7 @@ impl SqlQuarantine {
     pub fn new(pool: Pool, cfg: &SqlConfig, metrics: SqlMetrics) -> SqlQuarantine {
         SqlQuarantine {
             pool,
-            cfg: cfg.clone(),
+            cfg: std::sync::Arc::new(cfg.clone()),
             metrics,
         }
     }
@@ -316,9 +320,19 @@ impl SqlQuarantine {
         .await
     }
 
-    /// Deletes messages received before `before` (seconds since the epoch) with their
+    /// Deletes the quarantined messages (`quar_type` Q) received before `before` with their
     /// recipients and chunks, and the addresses nothing refers to any more.
     pub async fn purge(&self, before: std::time::SystemTime) -> Result<Purged, Error> {
+        self.purge_rows(PURGE_MSGS, before).await
+    }
+
+    /// Deletes the log's messages (all but the quarantine's) received before `before` with
+    /// their recipients, and the addresses nothing refers to any more.
+    pub async fn purge_log(&self, before: std::time::SystemTime) -> Result<Purged, Error> {
+        self.purge_rows(PURGE_LOG, before).await
+    }
+
+    async fn purge_rows(&self, msgs: Stmt, before: std::time::SystemTime) -> Result<Purged, Error> {
         let cutoff = unix_secs(before);
         self.timed(StmtKind::Purge, async {
             let backend = self.pool.backend();
@@ -332,7 +346,7 @@ impl SqlQuarantine {
                     Ok::<u64, Error>(q.execute(&mut *tx).await?.rows_affected())
                 };
                 let out = Purged {
-                    msgs: run(PURGE_MSGS, Some(cutoff)).await?,
+                    msgs: run(msgs, Some(cutoff)).await?,
                     msgrcpt: run(PURGE_RCPT, None).await?,
                     quarantine: run(PURGE_QUAR, None).await?,
                     maddr: run(PURGE_MADDR, None).await?,

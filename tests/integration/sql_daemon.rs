@@ -587,3 +587,107 @@ async fn sql_log_beside_the_sql_quarantine_keeps_the_delivered_recipients() {
     assert_eq!(n.trim(), "1", "{n}");
     f.stop().await;
 }
+
+/// amavis's rows for one message of `age_days` ago: its `msgs` row (`quar_type` as given, a
+/// `quarantine` chunk when Q) and one recipient, `rcpt`, with its own `maddr` row (the sender's
+/// too).
+fn old_message(
+    s: &crate::peers::sql::SqlServer,
+    db: &str,
+    id: &str,
+    age_days: i64,
+    quar: &str,
+    rcpt: &str,
+) {
+    let t = chrono::Utc::now().timestamp() - age_days * 86400;
+    let domain = rcpt
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .collect::<Vec<_>>()
+        .join(".");
+    // time_iso is a timestamp in PostgreSQL's schema, amavis's char(16) in MySQL's.
+    let iso = match s.kind {
+        Kind::Postgres => "now()",
+        Kind::MariaDb => "'20261205T000000Z'",
+    };
+    let mut sql = format!(
+        "INSERT INTO maddr (partition_tag, email, domain) VALUES (0, '{rcpt}', '{domain}'); \
+         INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, \
+           sid, policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+           spam_level, message_id, from_addr, subject, host) VALUES (0, '{id}', '', '{id}', \
+           {t}, {iso}, (SELECT id FROM maddr WHERE email='{rcpt}'), '', '192.0.2.1', 60, 'N', 'C', '{quar}', '{id}', 'N', 0, '<{id}@x>', \
+           'a@example.net', 'old', 'amavis.example'); \
+         INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+           bl, wl, bspam_level, smtp_resp) VALUES (0, '{id}', 1, \
+           (SELECT id FROM maddr WHERE email='{rcpt}'), 'Y', 'C', 'P', ' ', 'N', 'N', 0, \
+           '250 2.0.0 Ok');"
+    );
+    if quar == "Q" {
+        sql.push_str(&format!(
+            " INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) \
+             VALUES (0, '{id}', 1, 'Subject: old');"
+        ));
+    }
+    s.client(db, &sql);
+}
+
+/// With the file store and the log on, the daemon purges the log's rows past
+/// `sql.log_retention_days` (PostgreSQL) or, unset, `quarantine.retention_days` (MariaDB), at
+/// its start: the old message's `msgs`, `msgrcpt` and its recipient's `maddr` go; a recent one
+/// stays, and so does an old message of the SQL quarantine (its retention is the quarantine's,
+/// purged by the nodes with `store = "sql"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_retention_purges_old_log_rows_with_the_file_store() {
+    use crate::capture::Capture;
+    use crate::util::{self, start_filter};
+    for (kind, retention) in [
+        (Kind::Postgres, "log_retention_days = 7\n"),
+        (Kind::MariaDb, ""),
+    ] {
+        let s = shared(kind);
+        let db = s.create_db("dlogpurge");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        old_message(s, &db, "OldLogRow001", 10, "", "gone@old.example");
+        old_message(s, &db, "NewLogRow001", 3, "F", "kept@new.example");
+        old_message(s, &db, "OldQuarRow01", 10, "Q", "held@quar.example");
+        let count = |sql: &str| s.client(&db, sql).trim().to_string();
+        assert_eq!(count("SELECT count(*) FROM msgs"), "3");
+        let sink = Capture::start().await;
+        let f = start_filter(
+            &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), retention))
+                .set("quarantine.retention_days", 7)
+                .toml(),
+        )
+        .await;
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || count(
+                "SELECT count(*) FROM msgs"
+            ) == "2")
+            .await,
+            "{kind:?}: the old log row is not purged"
+        );
+        let ids = s.client(
+            &db,
+            "SELECT quar_loc, quar_type FROM msgs ORDER BY time_num, quar_type",
+        );
+        assert_eq!(
+            ids.replace(' ', ""),
+            "OldQuarRow01\tQ\nNewLogRow001\tF\n",
+            "{kind:?}"
+        );
+        assert_eq!(count("SELECT count(*) FROM msgrcpt"), "2", "{kind:?}");
+        assert_eq!(count("SELECT count(*) FROM quarantine"), "1", "{kind:?}");
+        let emails = match kind {
+            Kind::Postgres => "SELECT convert_from(email, 'UTF8') FROM maddr ORDER BY 1",
+            Kind::MariaDb => "SELECT email FROM maddr ORDER BY 1",
+        };
+        assert_eq!(
+            s.client(&db, emails),
+            "held@quar.example\nkept@new.example\n",
+            "{kind:?}"
+        );
+        f.stop().await;
+    }
+}
