@@ -691,3 +691,98 @@ async fn sql_log_retention_purges_old_log_rows_with_the_file_store() {
         f.stop().await;
     }
 }
+
+/// SIGHUP with `[sql]`: turning the log on takes effect for the next message; a reload that
+/// changes something else (`server.hostname`) keeps the pool (the database sees the same
+/// connections, none new, none closed), and the next row has the new host; a new `sql.url`
+/// sends the next row to the other database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_url() {
+    use crate::capture::Capture;
+    use crate::peers::{self, localhost};
+    use crate::reload::{cfg, Daemon, RELOADED};
+    use crate::util::send_fixture;
+    let s = shared(Kind::Postgres);
+    let (db1, db2) = (s.create_db("reload1"), s.create_db("reload2"));
+    for db in [&db1, &db2] {
+        s.client(
+            db,
+            postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
+        );
+    }
+    let sink = Capture::start().await;
+    let port = peers::free_port();
+    let conf = |host: &str, db: &str, log: bool| {
+        cfg(
+            &[port],
+            sink.addr,
+            &format!("hostname = \"{host}\""),
+            &format!(
+                "[sql]\nurl = \"{}\"\nlog = {log}\nlog_batch = 1\n",
+                s.url(db)
+            ),
+        )
+    };
+    let hosts = |db: &str| s.client(db, "SELECT host FROM msgs ORDER BY time_num, host");
+    // The daemon's connections to `db` (not the psql asking).
+    let backends = |db: &str| {
+        s.client(
+            db,
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname='{db}' \
+                 AND pid <> pg_backend_pid() ORDER BY pid"
+            ),
+        )
+    };
+    let deliver = async || {
+        let r = send_fixture(localhost(port), "clean.eml").await;
+        assert_eq!(r.code, 250, "{r:?}");
+    };
+    let mut d = Daemon::start(&conf("node-a.test", &db1, false), port).await;
+    deliver().await;
+    assert_eq!(sink.count(), 1);
+    assert_eq!(hosts(&db1), "", "the log is off");
+
+    // The log turned on.
+    d.write_config(&conf("node-a.test", &db1, true));
+    d.reload(RELOADED, 1).await;
+    deliver().await;
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db1)
+            == "node-a.test\n")
+        .await,
+        "{}",
+        hosts(&db1)
+    );
+    let before = backends(&db1);
+    assert!(!before.trim().is_empty(), "the pool is connected");
+
+    // [sql] unchanged: the same pool writes the next row, under the new hostname.
+    d.write_config(&conf("node-b.test", &db1, true));
+    d.reload(RELOADED, 2).await;
+    deliver().await;
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db1)
+            .lines()
+            .count()
+            == 2)
+        .await
+    );
+    assert_eq!(hosts(&db1), "node-a.test\nnode-b.test\n");
+    assert_eq!(backends(&db1), before, "the pool was kept");
+
+    // A new url: the next row goes to the other database.
+    d.write_config(&conf("node-b.test", &db2, true));
+    d.reload(RELOADED, 3).await;
+    deliver().await;
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db2)
+            == "node-b.test\n")
+        .await,
+        "{}",
+        hosts(&db2)
+    );
+    assert_eq!(hosts(&db1).lines().count(), 2);
+    assert_eq!(sink.count(), 4);
+    d.stop().await;
+}
