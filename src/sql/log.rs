@@ -221,10 +221,12 @@ pub(crate) fn yn(b: bool) -> &'static str {
 
 /// Writes `rec` (maddr, msgs, msgrcpt) inside the transaction `$tx` of pool `$p`'s database;
 /// evaluates to Ok(false) if a `msgs` row with its mail_id already exists (then only the
-/// recipients its `msgrcpt` rows do not list yet are added).
+/// recipients its `msgrcpt` rows do not list yet are added). `$ids` (a `HashMap<Vec<u8>,
+/// i64>`, `maddr.email` → id) holds the ids this transaction has seen: an address that comes
+/// again in a batch costs no statement (the log's CPU per message is mostly its statements).
 /// A macro so that one text serves both databases' connection types.
 macro_rules! write_record {
-    ($backend:expr, $tx:expr, $rec:expr, $ptag:expr) => {
+    ($backend:expr, $tx:expr, $rec:expr, $ptag:expr, $ids:expr) => {
         async {
             use $crate::sql::AnyRow as _;
             let (backend, rec, ptag): ($crate::sql::Backend, &$crate::sql::log::LogRecord, i32) =
@@ -241,22 +243,29 @@ macro_rules! write_record {
                 ($addr:expr) => {
                     async {
                         let (email, domain) = $crate::sql::log::maddr_key($addr);
+                        if let Some(id) = $ids.get(&email) {
+                            return Ok::<i64, $crate::sql::Error>(*id);
+                        }
                         let sel = || {
                             sqlx::query($crate::sql::log::SEL_ADR.sql(backend))
                                 .bind(ptag)
                                 .bind(email.clone())
                         };
-                        if let Some(row) = sel().fetch_optional(&mut *$tx).await? {
-                            return Ok::<i64, $crate::sql::Error>(row.int("id")?.unwrap_or(0));
-                        }
-                        sqlx::query(ins_adr.sql(backend))
-                            .bind(ptag)
-                            .bind(email.clone())
-                            .bind(domain)
-                            .execute(&mut *$tx)
-                            .await?;
-                        let row = sel().fetch_one(&mut *$tx).await?;
-                        Ok(row.int("id")?.unwrap_or(0))
+                        let id = match sel().fetch_optional(&mut *$tx).await? {
+                            Some(row) => row.int("id")?.unwrap_or(0),
+                            None => {
+                                sqlx::query(ins_adr.sql(backend))
+                                    .bind(ptag)
+                                    .bind(email.clone())
+                                    .bind(domain)
+                                    .execute(&mut *$tx)
+                                    .await?;
+                                let row = sel().fetch_one(&mut *$tx).await?;
+                                row.int("id")?.unwrap_or(0)
+                            }
+                        };
+                        $ids.insert(email, id);
+                        Ok(id)
                     }
                 };
             }
@@ -341,8 +350,9 @@ pub async fn write_batch(
     on_pool!(pool, p => {
         let mut tx = p.begin().await?;
         let (mut written, mut existed) = (0, 0);
+        let mut ids = std::collections::HashMap::new();
         for rec in records {
-            if write_record!(backend, tx, rec, partition_tag).await? {
+            if write_record!(backend, tx, rec, partition_tag, ids).await? {
                 written += 1;
             } else {
                 existed += 1;

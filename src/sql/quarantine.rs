@@ -134,7 +134,8 @@ impl SqlQuarantine {
         let mut buf = vec![0u8; self.cfg.chunk_size];
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
-            if !write_record!(backend, tx, rec, ptag).await? {
+            let mut ids = std::collections::HashMap::new();
+            if !write_record!(backend, tx, rec, ptag, ids).await? {
                 return Err(Error::Data(format!(
                     "mail_id {} is already in the database",
                     crate::escape::text(&rec.mail_id)
