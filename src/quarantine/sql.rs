@@ -738,6 +738,9 @@ mod tests {
             .to_string();
         assert!(secret_matches(&id, secret, ""));
         assert!(!secret_matches(&id, "dGVzdC1zZWNyZXQtMTM", ""));
+        // A pair amavisd-new 2.13's own Amavis::Util::generate_mail_id made.
+        assert!(secret_matches("Ur_s__J1rz9t", "sPeFARYueugw", ""));
+        assert!(!secret_matches("Ur_s__J1rz9t", "sPeFARYueugx", ""));
         // postsift's: the stored one, and only a non-empty one
         let s = new_secret();
         assert_eq!(s.len(), 16);

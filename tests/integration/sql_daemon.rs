@@ -538,54 +538,53 @@ async fn sql_log_beside_the_sql_quarantine_keeps_the_delivered_recipients() {
     use crate::capture::Capture;
     use crate::client::send_one;
     use crate::util::{self, start_filter};
-    let s = shared(Kind::Postgres);
-    let db = s.create_db("dlogq");
-    s.client(
-        &db,
-        postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
-    );
-    let sink = Capture::start().await;
-    let f = start_filter(
-        &util::test_config(
-            None,
-            None,
-            sink.addr,
-            &format!(
-                "[quarantine]\nstore = \"sql\"\n[banned]\naction = \"quarantine\"\n{}\
-             [[policy]]\nname = \"lover\"\nmatch.recipient_domain = [\"lover.test\"]\n\
-             banned.action = \"pass\"\n",
-                sql_section(&s.url(&db), "")
-            ),
+    for kind in KINDS {
+        let s = shared(kind);
+        let db = s.create_db("dlogq");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        let sink = Capture::start().await;
+        let f = start_filter(
+            &util::test_config(
+                None,
+                None,
+                sink.addr,
+                &format!(
+                    "[quarantine]\nstore = \"sql\"\n[banned]\naction = \"quarantine\"\n{}\
+                 [[policy]]\nname = \"lover\"\nmatch.recipient_domain = [\"lover.test\"]\n\
+                 banned.action = \"pass\"\n",
+                    sql_section(&s.url(&db), "")
+                ),
+            )
+            .toml(),
         )
-        .toml(),
-    )
-    .await;
-    let r = send_one(
-        f.addr,
-        "alice@example.org",
-        &["held@example.com", "fan@lover.test"],
-        BANNED.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.code, 250, "{r:?}");
-    assert!(
-        wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
-            == 2)
-        .await,
-        "{:?}",
-        logged(s, &db)
-    );
-    let rows = logged(s, &db);
-    assert_eq!(rows[0][0], "fan@lover.test", "{rows:?}");
-    assert_eq!(rows[0][3], "P", "delivered: {rows:?}");
-    assert_eq!(rows[1][0], "held@example.com", "{rows:?}");
-    assert_eq!(rows[1][3], "D", "quarantined: {rows:?}");
-    let quar = s.client(&db, "SELECT quar_type FROM msgs");
-    assert_eq!(quar.trim(), "Q", "{quar}");
-    // The log's own record came after the quarantine's: one msgs row, two recipients.
-    let n = s.client(&db, "SELECT count(*) FROM msgs");
-    assert_eq!(n.trim(), "1", "{n}");
-    f.stop().await;
+        .await;
+        let r = send_one(
+            f.addr,
+            "alice@example.org",
+            &["held@example.com", "fan@lover.test"],
+            BANNED.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.code, 250, "{kind:?}: {r:?}");
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
+                == 2)
+            .await,
+            "{kind:?}: {:?}",
+            logged(s, &db)
+        );
+        let rows = logged(s, &db);
+        assert_eq!(rows[0][0], "fan@lover.test", "{kind:?}: {rows:?}");
+        assert_eq!(rows[0][3], "P", "{kind:?}: delivered: {rows:?}");
+        assert_eq!(rows[1][0], "held@example.com", "{kind:?}: {rows:?}");
+        assert_eq!(rows[1][3], "D", "{kind:?}: quarantined: {rows:?}");
+        let quar = s.client(&db, "SELECT quar_type FROM msgs");
+        assert_eq!(quar.trim(), "Q", "{kind:?}: {quar}");
+        // The log's own record came after the quarantine's: one msgs row, two recipients.
+        let n = s.client(&db, "SELECT count(*) FROM msgs");
+        assert_eq!(n.trim(), "1", "{kind:?}: {n}");
+        f.stop().await;
+    }
 }
 
 /// amavis's rows for one message of `age_days` ago: its `msgs` row (`quar_type` as given, a
@@ -692,23 +691,26 @@ async fn sql_log_retention_purges_old_log_rows_with_the_file_store() {
     }
 }
 
-/// SIGHUP with `[sql]`: turning the log on takes effect for the next message; a reload that
-/// changes something else (`server.hostname`) keeps the pool (the database sees the same
-/// connections, none new, none closed), and the next row has the new host; a new `sql.url`
-/// sends the next row to the other database.
+/// SIGHUP with `[sql]` (PostgreSQL, MariaDB): turning the log on takes effect for the next
+/// message; a reload that changes something else (`server.hostname`) keeps the pool (the
+/// database sees the same connections, none new, none closed), and the next row has the new
+/// host; a new `sql.url` sends the next row to the other database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_url() {
+    for kind in KINDS {
+        sql_reload_on(kind).await;
+    }
+}
+
+async fn sql_reload_on(kind: Kind) {
     use crate::capture::Capture;
     use crate::peers::{self, localhost};
     use crate::reload::{cfg, Daemon, RELOADED};
     use crate::util::send_fixture;
-    let s = shared(Kind::Postgres);
+    let s = shared(kind);
     let (db1, db2) = (s.create_db("reload1"), s.create_db("reload2"));
     for db in [&db1, &db2] {
-        s.client(
-            db,
-            postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
-        );
+        s.client(db, postsift::sql::schema::amavis_ddl(backend(kind)));
     }
     let sink = Capture::start().await;
     let port = peers::free_port();
@@ -724,15 +726,19 @@ async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_u
         )
     };
     let hosts = |db: &str| s.client(db, "SELECT host FROM msgs ORDER BY time_num, host");
-    // The daemon's connections to `db` (not the psql asking).
+    // The daemon's connections to `db` (not the client asking).
     let backends = |db: &str| {
-        s.client(
-            db,
-            &format!(
+        let sql = match kind {
+            Kind::Postgres => format!(
                 "SELECT pid FROM pg_stat_activity WHERE datname='{db}' \
                  AND pid <> pg_backend_pid() ORDER BY pid"
             ),
-        )
+            Kind::MariaDb => format!(
+                "SELECT id FROM information_schema.processlist WHERE db='{db}' \
+                 AND id <> connection_id() ORDER BY id"
+            ),
+        };
+        s.client(db, &sql)
     };
     let deliver = async || {
         let r = send_fixture(localhost(port), "clean.eml").await;
@@ -751,11 +757,11 @@ async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_u
         wait_for(std::time::Duration::from_secs(60), || hosts(&db1)
             == "node-a.test\n")
         .await,
-        "{}",
+        "{kind:?}: {}",
         hosts(&db1)
     );
     let before = backends(&db1);
-    assert!(!before.trim().is_empty(), "the pool is connected");
+    assert!(!before.trim().is_empty(), "{kind:?}: the pool is connected");
 
     // [sql] unchanged: the same pool writes the next row, under the new hostname.
     d.write_config(&conf("node-b.test", &db1, true));
@@ -768,8 +774,8 @@ async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_u
             == 2)
         .await
     );
-    assert_eq!(hosts(&db1), "node-a.test\nnode-b.test\n");
-    assert_eq!(backends(&db1), before, "the pool was kept");
+    assert_eq!(hosts(&db1), "node-a.test\nnode-b.test\n", "{kind:?}");
+    assert_eq!(backends(&db1), before, "{kind:?}: the pool was kept");
 
     // A new url: the next row goes to the other database.
     d.write_config(&conf("node-b.test", &db2, true));

@@ -508,26 +508,49 @@ async fn sql_quarantine_database_stopped_is_451_and_mail_flows_after() {
 /// to its `msgrcpt` recipient from its `msgs` sender, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_quarantine_releases_what_amavis_quarantined() {
-    let s = shared(Kind::Postgres);
+    for kind in [Kind::Postgres, Kind::MariaDb] {
+        releases_what_amavis_quarantined(kind).await;
+    }
+}
+
+async fn releases_what_amavis_quarantined(kind: Kind) {
+    let s = shared(kind);
     let db = amavis_db(s, "amavis_quar");
+    // What each database's amavis writes: time_iso a timestamp (PostgreSQL) or char(16)
+    // (MySQL), mail_text bytea or a blob.
+    let (now_num, now_iso, chunk) = match kind {
+        Kind::Postgres => (
+            "CAST(EXTRACT(EPOCH FROM now()) AS integer)",
+            "now()".to_string(),
+            (|t: &str| format!("convert_to(E'{t}', 'UTF8')")) as fn(&str) -> String,
+        ),
+        Kind::MariaDb => (
+            "UNIX_TIMESTAMP()",
+            format!("'{}'", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
+            (|t: &str| format!("'{t}'")) as fn(&str) -> String,
+        ),
+    };
     s.client(
         &db,
-        "INSERT INTO maddr (partition_tag, email, domain) VALUES \
-           (0, 'sender@example.net', 'net.example'), (0, 'user@example.com', 'com.example'); \
-         INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
-           policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
-           spam_level, message_id, from_addr, subject, host) VALUES (0, 'AmAvIsId0001', \
-           'secret', '12345-01', CAST(EXTRACT(EPOCH FROM now()) AS integer), now(), \
-           (SELECT id FROM maddr WHERE email='sender@example.net'), '', '192.0.2.1', 60, 'N', \
-           'S', 'Q', 'AmAvIsId0001', 'N', 9.5, '<m@example.net>', 'sender@example.net', \
-           'amavis spam', 'amavis.example'); \
-         INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
-           bl, wl, bspam_level, smtp_resp) VALUES (0, 'AmAvIsId0001', 1, \
-           (SELECT id FROM maddr WHERE email='user@example.com'), 'Y', 'S', 'D', ' ', 'N', 'N', \
-           9.5, '250 2.7.0 Ok, discarded'); \
-         INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES \
-           (0, 'AmAvIsId0001', 1, convert_to(E'Subject: amavis spam\\n\\nbody-from', 'UTF8')), \
-           (0, 'AmAvIsId0001', 2, convert_to(E'-amavis\\n', 'UTF8'));",
+        &format!(
+            "INSERT INTO maddr (partition_tag, email, domain) VALUES \
+               (0, 'sender@example.net', 'net.example'), (0, 'user@example.com', 'com.example'); \
+             INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
+               policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+               spam_level, message_id, from_addr, subject, host) VALUES (0, 'AmAvIsId0001', \
+               'secret', '12345-01', {now_num}, {now_iso}, \
+               (SELECT id FROM maddr WHERE email='sender@example.net'), '', '192.0.2.1', 60, 'N', \
+               'S', 'Q', 'AmAvIsId0001', 'N', 9.5, '<m@example.net>', 'sender@example.net', \
+               'amavis spam', 'amavis.example'); \
+             INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+               bl, wl, bspam_level, smtp_resp) VALUES (0, 'AmAvIsId0001', 1, \
+               (SELECT id FROM maddr WHERE email='user@example.com'), 'Y', 'S', 'D', ' ', 'N', 'N', \
+               9.5, '250 2.7.0 Ok, discarded'); \
+             INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES \
+               (0, 'AmAvIsId0001', 1, {}), (0, 'AmAvIsId0001', 2, {});",
+            chunk("Subject: amavis spam\\n\\nbody-from"),
+            chunk("-amavis\\n"),
+        ),
     );
     let sink = util::blocking(|| SmtpSink::start(&[])).await;
     let tmp = peers::private_dir("sqlq-");
