@@ -409,8 +409,8 @@ pub async fn serve_with_reload(
     Ok(())
 }
 
-/// The quarantine's purges: the file store's (when it is open) and the SQL store's, which idles
-/// while the configuration's store is the files (a reload may switch it).
+/// The purges: the file store's (when it is open) and the database's (the SQL store's, and the
+/// SQL log's), which idles while the configuration uses neither (a reload may switch them on).
 fn spawn_quarantine_maintenance(
     tracker: &TaskTracker,
     files: Option<&Arc<crate::quarantine::Quarantine>>,

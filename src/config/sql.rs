@@ -32,6 +32,10 @@ pub struct SqlConfig {
     pub log_backlog: usize,
     /// Messages written per log transaction at most. Default 100.
     pub log_batch: usize,
+    /// Days the log's rows (`msgs` not in the SQL quarantine, their `msgrcpt`, the `maddr`
+    /// rows nothing else refers to) are kept: every node with `log` on deletes older ones at
+    /// start and hourly. Default: `quarantine.retention_days` (14).
+    pub log_retention_days: Option<u64>,
     /// Seconds a lookup result is reused. Default 60.
     pub cache_ttl: u64,
     /// Lookup results kept at most. Default 10000.
@@ -56,6 +60,7 @@ impl Default for SqlConfig {
             timeout: 10,
             log_backlog: 10000,
             log_batch: 100,
+            log_retention_days: None,
             cache_ttl: 60,
             cache_size: 10000,
             chunk_size: 16384,
@@ -124,6 +129,9 @@ impl SqlConfig {
         if self.log_backlog == 0 {
             return bad("sql.log_backlog", "must be at least 1");
         }
+        if self.log_retention_days == Some(0) {
+            return bad("sql.log_retention_days", "must be at least 1");
+        }
         if self.chunk_size < 512 || self.chunk_size > 16 << 20 {
             return bad("sql.chunk_size", "must be between 512 bytes and 16 MiB");
         }
@@ -190,6 +198,7 @@ mod tests {
             ("timeout", "0"),
             ("log_batch", "0"),
             ("log_backlog", "0"),
+            ("log_retention_days", "0"),
             ("chunk_size", "100"),
             ("recipient_delimiter", "\"+-\""),
         ] {

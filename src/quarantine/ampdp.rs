@@ -9,8 +9,11 @@
 //!
 //! `mail_id` is postsift's message id (`mail_file` is used when it is absent); `recipient`
 //! lines send the message to those addresses instead of the original recipients, as amavis
-//! does. `secret_id` is accepted and not checked: postsift keeps no secrets per message, so
-//! the listener is for administrators only (loopback, or a Unix socket of mode 0600).
+//! does. A `secret_id`, when the request carries one, is checked as amavis checks it (a wrong
+//! one is `450 4.5.0 Failure: Secret_id … does not match mail_id …`, nothing sent) against the
+//! SQL quarantine's `msgs` row; a request without one is taken, as with amavis's
+//! `$auth_required_release = 0`, and the file store keeps no secret at all: the listener is
+//! for administrators only (loopback, or a Unix socket of mode 0600).
 //!
 //! A connection is closed after `server.read_timeout` without a line, and at shutdown between
 //! requests; the listener takes `quarantine.release_max_connections` at once (`server.rs`).
@@ -196,6 +199,21 @@ async fn answer(
         ))];
     }
     let by = get("requested_by").unwrap_or("-");
+    // As amavis: a secret_id, when the request carries one, must authorize the release
+    // (amavisd-release sends it when given; Modoboa sends the row's).
+    if let Some(secret) = get("secret_id").filter(|s| !s.is_empty()) {
+        if let Err(e) = q.check_secret(&id, secret).await {
+            let denied = matches!(e, Error::Secret { .. });
+            metrics
+                .quarantine_releases
+                .with_label_values(&[if denied { "denied" } else { "failed" }])
+                .inc();
+            tracing::warn!(target: "postsift::quarantine", id = %Shown(&id),
+                requested_by = %Shown(by), error = %Shown(&e.to_string()),
+                "release (AM.PDP) refused");
+            return vec![setreply(&refusal(&e))];
+        }
+    }
     let req = Request {
         to,
         ..Default::default()
@@ -225,16 +243,21 @@ async fn answer(
                 .with_label_values(&["failed"])
                 .inc();
             tracing::warn!(id = %Shown(&id), error = %Shown(&e.to_string()), "release (AM.PDP) failed");
-            let code = match e {
-                Error::NotFound(_) | Error::Usage(_) => "550 5.1.1",
-                _ => "450 4.5.0",
-            };
-            vec![setreply(&format!(
-                "{code} {}",
-                crate::escape::text(&e.to_string())
-            ))]
+            vec![setreply(&refusal(&e))]
         }
     }
+}
+
+/// The reply to a release that did not happen: 550 for what asking again cannot change (no
+/// such message, not a recipient), amavis's `450 4.5.0 Failure: …` for a wrong secret_id,
+/// 450 for the rest (the database down …).
+fn refusal(e: &Error) -> String {
+    let code = match e {
+        Error::NotFound(_) | Error::Usage(_) => "550 5.1.1",
+        Error::Secret { .. } => "450 4.5.0 Failure:",
+        _ => "450 4.5.0",
+    };
+    format!("{code} {}", crate::escape::text(&e.to_string()))
 }
 
 #[cfg(test)]

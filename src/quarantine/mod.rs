@@ -63,6 +63,9 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     Usage(String),
+    /// An AM.PDP release's `secret_id` that does not authorize `mail_id` (amavis's words).
+    #[error("Secret_id {secret} does not match mail_id {id}")]
+    Secret { secret: String, id: String },
     /// The SQL store (`store = "sql"`) failed.
     #[error("quarantine in SQL: {0}")]
     Sql(#[from] crate::sql::Error),

@@ -109,6 +109,27 @@ impl Store {
         }
     }
 
+    /// Checks an AM.PDP release's `secret_id` for entry `id`, as amavis does when the request
+    /// carries one: in SQL it must be the one `mail_id` was made from (amavis's ids) or the
+    /// one the `msgs` row keeps (postsift's); [`Error::Secret`] otherwise. The file store keeps
+    /// no secret: nothing to check (its listener is for administrators only).
+    pub async fn check_secret(&self, id: &str, secret: &str) -> Result<(), Error> {
+        let Store::Sql(q) = self else {
+            return Ok(());
+        };
+        let Some(stored) = q.secret(id).await? else {
+            return Err(Error::NotFound(id.to_owned()));
+        };
+        if secret_matches(id, secret, &stored) {
+            Ok(())
+        } else {
+            Err(Error::Secret {
+                secret: crate::escape::text(secret),
+                id: crate::escape::text(id),
+            })
+        }
+    }
+
     /// Deletes entry `id` (in SQL: its chunks; its recipients become 'D').
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         match self {
@@ -132,6 +153,61 @@ impl Store {
             }
         }
     }
+}
+
+/// A new release secret: 12 random bytes in base64url, 16 characters (amavis's size, what
+/// `msgs.secret_id` holds).
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Whether `secret` authorizes a release of `mail_id`: amavis (2.7 and later) made `mail_id`
+/// as base64url(md5(the secret's bytes)), cut to 12; before 2.7, almost-base64 of md5(the
+/// secret's text); postsift keeps a random one in `msgs.secret_id` (`stored`). Compared
+/// without early exit (a guess learns nothing from the time taken).
+pub fn secret_matches(mail_id: &str, secret: &str, stored: &str) -> bool {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use md5::Digest;
+    let digest = |b: &[u8]| STANDARD.encode(md5::Md5::digest(b));
+    let mut ok = false;
+    if !secret.contains('+') {
+        let std: String = secret
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
+        if let Ok(bin) = STANDARD_NO_PAD.decode(std.trim_end_matches('=')) {
+            let id: String = digest(&bin)[..12]
+                .chars()
+                .map(|c| match c {
+                    '+' => '-',
+                    '/' => '_',
+                    c => c,
+                })
+                .collect();
+            ok |= same(&id, mail_id);
+        }
+    }
+    if !secret.contains('_') {
+        let id = digest(secret.as_bytes())[..12].replace('/', "-");
+        ok |= same(&id, mail_id);
+    }
+    ok | (!stored.is_empty() && same(stored, secret))
+}
+
+/// Equal, comparing every byte whatever the first difference.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The `msgs.content` codes of a quarantine category (`list --category`).
@@ -318,12 +394,34 @@ pub fn split_envelope(data: &[u8]) -> Option<Result<(Meta, &[u8]), Error>> {
 }
 
 /// Stores `msg` with `meta` in the database: Ok only once committed (the client's 250 may
-/// follow), Err (database down, timeout, refused) leaves nothing behind.
+/// follow), Err (database down, timeout, refused) leaves nothing behind. A transaction the
+/// database gave up for another's sake (a deadlock with another node's purge) is tried again,
+/// up to three times in all.
 pub async fn store(q: &SqlQuarantine, meta: &Meta, msg: &Message, host: &str) -> Result<(), Error> {
-    let rec = record(meta, msg.header_section(), host);
+    let mut rec = record(meta, msg.header_section(), host);
+    // What Modoboa reads and sends back, and `amavisd-release ID SECRET` checks.
+    rec.secret_id = new_secret();
     let field = envelope_field(meta)?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut reader = stored_bytes(&field, msg)?;
+        match q.store(&rec, &mut reader).await {
+            Err(e) if e.is_conflict() && tries < 3 => {
+                tracing::info!(id = %Shown(&meta.id), error = %e, "quarantine (sql): trying the store again");
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// The bytes a store writes: the envelope field, then the spooled message from its start.
+fn stored_bytes<'a>(
+    field: &'a [u8],
+    msg: &'a Message,
+) -> Result<impl AsyncRead + Unpin + Send + 'a, Error> {
     let len = msg.len();
-    let head = msg.head().clone();
+    let head = msg.head();
     let n = (head.len() as u64).min(len) as usize;
     let tail: Box<dyn AsyncRead + Unpin + Send> = match msg
         .reopen_tail()
@@ -337,12 +435,10 @@ pub async fn store(q: &SqlQuarantine, meta: &Meta, msg: &Message, host: &str) ->
         }
         None => Box::new(tokio::io::empty()),
     };
-    let mut reader = (&field[..]).chain(&head[..n]).chain(Exact {
+    Ok(field.chain(&head[..n]).chain(Exact {
         inner: tail,
         left: len - n as u64,
-    });
-    q.store(&rec, &mut reader).await?;
-    Ok(())
+    }))
 }
 
 /// Reads exactly `left` bytes of `inner`: an end before is an error (a short spool is never
@@ -499,10 +595,11 @@ pub async fn store_in(shared: &Runtime, meta: &Meta, msg: &Message) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-/// The daemon's upkeep with `store = "sql"`: purges what is past `retention_days` (rows and
-/// chunks) at start and hourly, and refreshes the entries and bytes gauges every minute (every
-/// node stores into the same tables). Takes each generation's store and retention as reloads
-/// bring them.
+/// The daemon's upkeep of the database: with `store = "sql"`, purges the quarantine's rows and
+/// chunks past `quarantine.retention_days` and refreshes the entries and bytes gauges every
+/// minute (every node stores into the same tables); with `sql.log` on, purges the log's rows
+/// past `sql.log_retention_days` (whatever the store). Purges at start and hourly. Takes each
+/// generation's database and retentions as reloads bring them.
 pub async fn maintenance(
     current: tokio::sync::watch::Receiver<Arc<Runtime>>,
     metrics: QuarantineMetrics,
@@ -515,35 +612,61 @@ pub async fn maintenance(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (q, days) = {
+        let (q, quarantine_days, log_days) = {
             let rt = current.borrow();
-            let days = rt.config.quarantine.retention_days;
-            match (rt.config.quarantine.in_sql(), &rt.sql) {
-                (true, Some(s)) => (s.quarantine.clone(), days),
-                _ => continue,
+            let Some(s) = &rt.sql else { continue };
+            let c = &rt.config;
+            let quarantine_days = c.quarantine.in_sql().then_some(c.quarantine.retention_days);
+            let log_days = c.sql.log.then(|| {
+                c.sql
+                    .log_retention_days
+                    .unwrap_or(c.quarantine.retention_days)
+            });
+            if quarantine_days.is_none() && log_days.is_none() {
+                continue;
             }
+            (s.quarantine.clone(), quarantine_days, log_days)
         };
         let purge = n.is_multiple_of(60);
         n += 1;
         if purge {
-            let before = chrono::Utc::now().timestamp() - (days * 86400) as i64;
-            let t = UNIX_EPOCH + Duration::from_secs(before.max(0) as u64);
-            match q.purge(t).await {
-                Ok(p) if p.msgs + p.quarantine > 0 => tracing::info!(
-                    msgs = p.msgs,
-                    msgrcpt = p.msgrcpt,
-                    chunks = p.quarantine,
-                    maddr = p.maddr,
-                    "quarantine (sql): purged"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "quarantine (sql): purge failed"),
+            if let Some(days) = quarantine_days {
+                match q.purge(days_ago(days)).await {
+                    Ok(p) => purged("quarantine (sql)", p),
+                    Err(e) => tracing::warn!(error = %e, "quarantine (sql): purge failed"),
+                }
+            }
+            if let Some(days) = log_days {
+                match q.purge_log(days_ago(days)).await {
+                    Ok(p) => purged("sql log", p),
+                    Err(e) => tracing::warn!(error = %e, "sql log: purge failed"),
+                }
             }
         }
-        if let Ok((entries, bytes)) = q.stats().await {
-            metrics.quarantine_entries.set(entries as i64);
-            metrics.quarantine_bytes.set(bytes as i64);
+        if quarantine_days.is_some() {
+            if let Ok((entries, bytes)) = q.stats().await {
+                metrics.quarantine_entries.set(entries as i64);
+                metrics.quarantine_bytes.set(bytes as i64);
+            }
         }
+    }
+}
+
+fn days_ago(days: u64) -> std::time::SystemTime {
+    let before =
+        chrono::Utc::now().timestamp() - (days.saturating_mul(86400)).min(i64::MAX as u64) as i64;
+    UNIX_EPOCH + Duration::from_secs(before.max(0) as u64)
+}
+
+fn purged(what: &str, p: crate::sql::quarantine::Purged) {
+    if p.msgs + p.quarantine > 0 {
+        tracing::info!(
+            msgs = p.msgs,
+            msgrcpt = p.msgrcpt,
+            chunks = p.quarantine,
+            maddr = p.maddr,
+            "{what}: purged"
+        );
     }
 }
 
@@ -601,6 +724,30 @@ mod tests {
         assert_eq!(r.message_id, "<x@y>");
         assert_eq!(r.recipients[0].ds, Ds::Discard);
         assert_eq!(r.spam_level, Some(9.5));
+    }
+
+    #[test]
+    fn secrets_are_checked_as_amavis_does() {
+        // amavis 2.7+: mail_id = base64url(md5(secret's bytes))[..12]
+        let secret = "dGVzdC1zZWNyZXQtMTI"; // base64url of b"test-secret-12"
+        let bin = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(secret)
+            .unwrap();
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(<md5::Md5 as md5::Digest>::digest(&bin))[..12]
+            .to_string();
+        assert!(secret_matches(&id, secret, ""));
+        assert!(!secret_matches(&id, "dGVzdC1zZWNyZXQtMTM", ""));
+        // A pair amavisd-new 2.13's own Amavis::Util::generate_mail_id made.
+        assert!(secret_matches("Ur_s__J1rz9t", "sPeFARYueugw", ""));
+        assert!(!secret_matches("Ur_s__J1rz9t", "sPeFARYueugx", ""));
+        // postsift's: the stored one, and only a non-empty one
+        let s = new_secret();
+        assert_eq!(s.len(), 16);
+        assert!(secret_matches("abcdefghijkl", &s, &s));
+        assert!(!secret_matches("abcdefghijkl", &new_secret(), &s));
+        assert!(!secret_matches("abcdefghijkl", "", ""));
+        assert!(!secret_matches("abcdefghijkl", "x", ""));
     }
 
     #[tokio::test]

@@ -211,6 +211,64 @@ pub(crate) const INS_RCP: Stmt = Stmt(
      bl, wl, bspam_level, smtp_resp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
 );
 
+/// `msgrcpt` rows per multi-row INSERT (12 values each: far below both databases' limits).
+pub(crate) const RCPT_ROWS_PER_INSERT: usize = 200;
+
+/// A `msgrcpt` row waiting for [`insert_rcpts!`]: a batch writes its recipients in a few
+/// multi-row INSERTs instead of one statement each.
+pub(crate) struct RcptRow {
+    pub mail_id: Vec<u8>,
+    pub seq: i32,
+    pub rid: i64,
+    pub is_local: &'static str,
+    pub content: String,
+    pub ds: String,
+    pub bl: &'static str,
+    pub wl: &'static str,
+    pub bspam_level: f32,
+    pub smtp_resp: String,
+}
+
+/// `INSERT INTO msgrcpt … VALUES (…),(…)` for `n` rows.
+pub(crate) fn rcpt_insert_sql(n: usize) -> String {
+    let head = INS_RCP.0.split(" VALUES ").next().unwrap_or(INS_RCP.0);
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+    format!("{head} VALUES {}", vec![row; n].join(","))
+}
+
+/// Inserts the pending `msgrcpt` rows `$rows` (a `Vec<RcptRow>`, emptied) in transaction
+/// `$tx`, [`RCPT_ROWS_PER_INSERT`] per statement.
+macro_rules! insert_rcpts {
+    ($backend:expr, $tx:expr, $ptag:expr, $rows:expr) => {
+        async {
+            let (backend, ptag): ($crate::sql::Backend, i32) = ($backend, $ptag);
+            let rows: Vec<$crate::sql::log::RcptRow> = std::mem::take(&mut $rows);
+            for chunk in rows.chunks($crate::sql::log::RCPT_ROWS_PER_INSERT) {
+                let sql = $crate::sql::log::rcpt_insert_sql(chunk.len());
+                let mut q = sqlx::query($crate::sql::dynamic_sql(&sql, backend));
+                for r in chunk {
+                    q = q
+                        .bind(ptag)
+                        .bind(r.mail_id.clone())
+                        .bind(r.seq)
+                        .bind(r.rid)
+                        .bind(r.is_local)
+                        .bind(r.content.clone())
+                        .bind(r.ds.clone())
+                        .bind(" ")
+                        .bind(r.bl)
+                        .bind(r.wl)
+                        .bind(r.bspam_level)
+                        .bind(r.smtp_resp.clone());
+                }
+                q.execute(&mut *$tx).await?;
+            }
+            Ok::<(), $crate::sql::Error>(())
+        }
+    };
+}
+pub(crate) use insert_rcpts;
+
 pub(crate) fn yn(b: bool) -> &'static str {
     if b {
         "Y"
@@ -221,10 +279,14 @@ pub(crate) fn yn(b: bool) -> &'static str {
 
 /// Writes `rec` (maddr, msgs, msgrcpt) inside the transaction `$tx` of pool `$p`'s database;
 /// evaluates to Ok(false) if a `msgs` row with its mail_id already exists (then only the
-/// recipients its `msgrcpt` rows do not list yet are added).
+/// recipients its `msgrcpt` rows do not list yet are added). `$ids` (a `HashMap<Vec<u8>,
+/// i64>`, `maddr.email` → id) holds the ids this transaction has seen: an address that comes
+/// again in a batch costs no statement (the log's CPU per message is mostly its statements).
+/// The `msgrcpt` rows go into `$pending` (a `Vec<RcptRow>`) for [`insert_rcpts!`], which the
+/// caller runs before its commit.
 /// A macro so that one text serves both databases' connection types.
 macro_rules! write_record {
-    ($backend:expr, $tx:expr, $rec:expr, $ptag:expr) => {
+    ($backend:expr, $tx:expr, $rec:expr, $ptag:expr, $ids:expr, $pending:expr) => {
         async {
             use $crate::sql::AnyRow as _;
             let (backend, rec, ptag): ($crate::sql::Backend, &$crate::sql::log::LogRecord, i32) =
@@ -241,22 +303,29 @@ macro_rules! write_record {
                 ($addr:expr) => {
                     async {
                         let (email, domain) = $crate::sql::log::maddr_key($addr);
+                        if let Some(id) = $ids.get(&email) {
+                            return Ok::<i64, $crate::sql::Error>(*id);
+                        }
                         let sel = || {
                             sqlx::query($crate::sql::log::SEL_ADR.sql(backend))
                                 .bind(ptag)
                                 .bind(email.clone())
                         };
-                        if let Some(row) = sel().fetch_optional(&mut *$tx).await? {
-                            return Ok::<i64, $crate::sql::Error>(row.int("id")?.unwrap_or(0));
-                        }
-                        sqlx::query(ins_adr.sql(backend))
-                            .bind(ptag)
-                            .bind(email.clone())
-                            .bind(domain)
-                            .execute(&mut *$tx)
-                            .await?;
-                        let row = sel().fetch_one(&mut *$tx).await?;
-                        Ok(row.int("id")?.unwrap_or(0))
+                        let id = match sel().fetch_optional(&mut *$tx).await? {
+                            Some(row) => row.int("id")?.unwrap_or(0),
+                            None => {
+                                sqlx::query(ins_adr.sql(backend))
+                                    .bind(ptag)
+                                    .bind(email.clone())
+                                    .bind(domain)
+                                    .execute(&mut *$tx)
+                                    .await?;
+                                let row = sel().fetch_one(&mut *$tx).await?;
+                                row.int("id")?.unwrap_or(0)
+                            }
+                        };
+                        $ids.insert(email, id);
+                        Ok(id)
                     }
                 };
             }
@@ -291,6 +360,8 @@ macro_rules! write_record {
             let mut present = std::collections::HashSet::new();
             let mut next_seq = 1i32;
             if inserted == 0 {
+                // What is pending may be this mail_id's: written first, so it is counted.
+                $crate::sql::log::insert_rcpts!(backend, $tx, ptag, $pending).await?;
                 let rows = sqlx::query($crate::sql::log::SEL_RCP_IDS.sql(backend))
                     .bind(ptag)
                     .bind(rec.mail_id.as_bytes().to_vec())
@@ -309,21 +380,18 @@ macro_rules! write_record {
                 }
                 let seq = next_seq;
                 next_seq = next_seq.saturating_add(1);
-                sqlx::query($crate::sql::log::INS_RCP.sql(backend))
-                    .bind(ptag)
-                    .bind(rec.mail_id.as_bytes().to_vec())
-                    .bind(seq)
-                    .bind(rid)
-                    .bind($crate::sql::log::yn(r.is_local))
-                    .bind(r.content.code().to_string())
-                    .bind(r.ds.code().to_string())
-                    .bind(" ")
-                    .bind($crate::sql::log::yn(r.blacklisted))
-                    .bind($crate::sql::log::yn(r.whitelisted))
-                    .bind(r.bspam_level.unwrap_or(0.0))
-                    .bind($crate::sql::printable7(&r.smtp_resp))
-                    .execute(&mut *$tx)
-                    .await?;
+                $pending.push($crate::sql::log::RcptRow {
+                    mail_id: rec.mail_id.as_bytes().to_vec(),
+                    seq,
+                    rid,
+                    is_local: $crate::sql::log::yn(r.is_local),
+                    content: r.content.code().to_string(),
+                    ds: r.ds.code().to_string(),
+                    bl: $crate::sql::log::yn(r.blacklisted),
+                    wl: $crate::sql::log::yn(r.whitelisted),
+                    bspam_level: r.bspam_level.unwrap_or(0.0),
+                    smtp_resp: $crate::sql::printable7(&r.smtp_resp),
+                });
             }
             Ok::<bool, $crate::sql::Error>(inserted != 0)
         }
@@ -341,13 +409,16 @@ pub async fn write_batch(
     on_pool!(pool, p => {
         let mut tx = p.begin().await?;
         let (mut written, mut existed) = (0, 0);
+        let mut ids = std::collections::HashMap::new();
+        let mut pending = Vec::new();
         for rec in records {
-            if write_record!(backend, tx, rec, partition_tag).await? {
+            if write_record!(backend, tx, rec, partition_tag, ids, pending).await? {
                 written += 1;
             } else {
                 existed += 1;
             }
         }
+        insert_rcpts!(backend, tx, partition_tag, pending).await?;
         tx.commit().await?;
         Ok((written, existed))
     })
@@ -455,8 +526,8 @@ impl LogWriter {
                     batch.clear();
                     backoff = Duration::from_millis(100);
                 }
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, backlog = self.metrics.log_backlog.get(), "sql log: database unavailable, retrying");
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, backlog = self.metrics.log_backlog.get(), "sql log: database unavailable (or a deadlock), retrying");
                     if self.rx.is_closed() && self.rx.is_empty() && backoff > Duration::from_secs(2)
                     {
                         return; // shutting down and the database stays away
@@ -488,7 +559,7 @@ impl LogWriter {
                 .observe(StmtKind::LogBatch, start, &self.pool, &r);
             match r {
                 Ok((written, _)) => self.done(1, written as u64),
-                Err(e) if e.is_unavailable() => kept.push(rec),
+                Err(e) if e.is_transient() => kept.push(rec),
                 Err(e) => {
                     tracing::warn!(mail_id = %crate::escape::text(&rec.mail_id), error = %e, "sql log: message refused by the database, not logged");
                     self.metrics
@@ -511,6 +582,16 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recipients_go_in_one_statement_per_chunk() {
+        let one = rcpt_insert_sql(1);
+        assert!(one.starts_with("INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid,"));
+        assert!(one.ends_with(" VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"));
+        let three = rcpt_insert_sql(3);
+        assert_eq!(three.matches('?').count(), 36);
+        assert_eq!(three.matches("),(").count(), 2);
+    }
 
     #[test]
     fn maddr_domains_are_reversed_and_lowercased() {

@@ -75,6 +75,23 @@ impl Error {
             Error::Config { .. } | Error::Data(_) => false,
         }
     }
+
+    /// True if the database gave up a transaction for another's sake (a deadlock, a
+    /// serialization failure: SQLSTATE 40001, or PostgreSQL's 40P01), as MariaDB does when one
+    /// node's purge and another's insert meet in `maddr`: the same work again succeeds.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Error::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40001") | Some("40P01"))
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Error::is_unavailable`] or [`Error::is_conflict`]: worth trying again.
+    pub fn is_transient(&self) -> bool {
+        self.is_unavailable() || self.is_conflict()
+    }
 }
 
 /// Which database a URL names.

@@ -14,13 +14,14 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::log::{maddr_key, unix_secs, write_record, LogRecord};
+use super::log::{insert_rcpts, maddr_key, unix_secs, write_record, LogRecord};
 use super::metrics::{SqlMetrics, StmtKind};
 use super::{code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig, Stmt};
 
 const INS_QUAR: Stmt =
     Stmt("INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES (?,?,?,?)");
 const SEL_MSG: Stmt = Stmt("SELECT partition_tag FROM msgs WHERE mail_id=?");
+const SEL_SECRET: Stmt = Stmt("SELECT secret_id FROM msgs WHERE mail_id=?");
 const SEL_QUAR: Stmt =
     Stmt("SELECT mail_text FROM quarantine WHERE partition_tag=? AND mail_id=? ORDER BY chunk_ind");
 const SEL_RCPTS: Stmt = Stmt(
@@ -38,7 +39,10 @@ const CLAIM_FORCE: Stmt =
 const UNCLAIM: Stmt =
     Stmt("UPDATE msgrcpt SET rs=? WHERE partition_tag=? AND mail_id=? AND rseqnum=? AND rs='R'");
 // Retention, as amavis's README.sql suggests: old msgs rows, then what no msgs row refers to.
-const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ?");
+// The quarantine's rows (Q) and the log's (the rest) each have their own retention.
+const PURGE_MSGS: Stmt = Stmt("DELETE FROM msgs WHERE time_num < ? AND quar_type='Q'");
+const PURGE_LOG: Stmt =
+    Stmt("DELETE FROM msgs WHERE time_num < ? AND COALESCE(quar_type,'') <> 'Q'");
 const PURGE_RCPT: Stmt = Stmt(
     "DELETE FROM msgrcpt WHERE NOT EXISTS (SELECT 1 FROM msgs WHERE msgs.partition_tag=msgrcpt.partition_tag AND msgs.mail_id=msgrcpt.mail_id)",
 );
@@ -80,7 +84,8 @@ pub struct Purged {
 #[derive(Clone)]
 pub struct SqlQuarantine {
     pool: Pool,
-    cfg: SqlConfig,
+    /// Shared: every clone of the store (one per release, per message) reads the same.
+    cfg: std::sync::Arc<SqlConfig>,
     metrics: SqlMetrics,
 }
 
@@ -88,7 +93,7 @@ impl SqlQuarantine {
     pub fn new(pool: Pool, cfg: &SqlConfig, metrics: SqlMetrics) -> SqlQuarantine {
         SqlQuarantine {
             pool,
-            cfg: cfg.clone(),
+            cfg: std::sync::Arc::new(cfg.clone()),
             metrics,
         }
     }
@@ -129,12 +134,14 @@ impl SqlQuarantine {
         let mut buf = vec![0u8; self.cfg.chunk_size];
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
-            if !write_record!(backend, tx, rec, ptag).await? {
+            let (mut ids, mut pending) = (std::collections::HashMap::new(), Vec::new());
+            if !write_record!(backend, tx, rec, ptag, ids, pending).await? {
                 return Err(Error::Data(format!(
                     "mail_id {} is already in the database",
                     crate::escape::text(&rec.mail_id)
                 )));
             }
+            insert_rcpts!(backend, tx, ptag, pending).await?;
             let mut ind: i32 = 0;
             loop {
                 let n = read_full(message, &mut buf).await?;
@@ -171,6 +178,25 @@ impl SqlQuarantine {
                 None => Ok(None),
             }
         })
+    }
+
+    /// The `msgs.secret_id` of `mail_id` ("" when none was stored), None if it is not in
+    /// `msgs`.
+    pub async fn secret(&self, mail_id: &str) -> Result<Option<String>, Error> {
+        self.timed(StmtKind::QuarantineFetch, async {
+            let backend = self.pool.backend();
+            on_pool!(&self.pool, p => {
+                let rows = sqlx::query(SEL_SECRET.sql(backend))
+                    .bind(mail_id.as_bytes().to_vec())
+                    .fetch_all(p)
+                    .await?;
+                match rows.first() {
+                    Some(r) => Ok(Some(text(r, "secret_id")?.unwrap_or_default())),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
     }
 
     /// The stored message (its chunks in order), None if `mail_id` has none.
@@ -296,9 +322,19 @@ impl SqlQuarantine {
         .await
     }
 
-    /// Deletes messages received before `before` (seconds since the epoch) with their
+    /// Deletes the quarantined messages (`quar_type` Q) received before `before` with their
     /// recipients and chunks, and the addresses nothing refers to any more.
     pub async fn purge(&self, before: std::time::SystemTime) -> Result<Purged, Error> {
+        self.purge_rows(PURGE_MSGS, before).await
+    }
+
+    /// Deletes the log's messages (all but the quarantine's) received before `before` with
+    /// their recipients, and the addresses nothing refers to any more.
+    pub async fn purge_log(&self, before: std::time::SystemTime) -> Result<Purged, Error> {
+        self.purge_rows(PURGE_LOG, before).await
+    }
+
+    async fn purge_rows(&self, msgs: Stmt, before: std::time::SystemTime) -> Result<Purged, Error> {
         let cutoff = unix_secs(before);
         self.timed(StmtKind::Purge, async {
             let backend = self.pool.backend();
@@ -312,7 +348,7 @@ impl SqlQuarantine {
                     Ok::<u64, Error>(q.execute(&mut *tx).await?.rows_affected())
                 };
                 let out = Purged {
-                    msgs: run(PURGE_MSGS, Some(cutoff)).await?,
+                    msgs: run(msgs, Some(cutoff)).await?,
                     msgrcpt: run(PURGE_RCPT, None).await?,
                     quarantine: run(PURGE_QUAR, None).await?,
                     maddr: run(PURGE_MADDR, None).await?,

@@ -70,7 +70,7 @@ impl Daemon {
         d
     }
 
-    fn write_config(&self, toml: &str) {
+    pub(crate) fn write_config(&self, toml: &str) {
         std::fs::write(&self.config, toml).unwrap();
     }
 
@@ -127,7 +127,7 @@ impl Daemon {
     }
 
     /// Sends SIGHUP and waits for the outcome's log line, the `n`-th of its kind.
-    async fn reload(&mut self, outcome: &str, n: usize) -> String {
+    pub(crate) async fn reload(&mut self, outcome: &str, n: usize) -> String {
         self.signal(libc::SIGHUP);
         self.wait_log(outcome, n).await
     }
@@ -143,7 +143,7 @@ impl Daemon {
     }
 }
 
-const RELOADED: &str = "configuration reloaded";
+pub(crate) const RELOADED: &str = "configuration reloaded";
 const FAILED: &str = "reload failed";
 
 async fn deliver(addr: SocketAddr) {

@@ -538,52 +538,257 @@ async fn sql_log_beside_the_sql_quarantine_keeps_the_delivered_recipients() {
     use crate::capture::Capture;
     use crate::client::send_one;
     use crate::util::{self, start_filter};
-    let s = shared(Kind::Postgres);
-    let db = s.create_db("dlogq");
-    s.client(
-        &db,
-        postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
+    for kind in KINDS {
+        let s = shared(kind);
+        let db = s.create_db("dlogq");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        let sink = Capture::start().await;
+        let f = start_filter(
+            &util::test_config(
+                None,
+                None,
+                sink.addr,
+                &format!(
+                    "[quarantine]\nstore = \"sql\"\n[banned]\naction = \"quarantine\"\n{}\
+                 [[policy]]\nname = \"lover\"\nmatch.recipient_domain = [\"lover.test\"]\n\
+                 banned.action = \"pass\"\n",
+                    sql_section(&s.url(&db), "")
+                ),
+            )
+            .toml(),
+        )
+        .await;
+        let r = send_one(
+            f.addr,
+            "alice@example.org",
+            &["held@example.com", "fan@lover.test"],
+            BANNED.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.code, 250, "{kind:?}: {r:?}");
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
+                == 2)
+            .await,
+            "{kind:?}: {:?}",
+            logged(s, &db)
+        );
+        let rows = logged(s, &db);
+        assert_eq!(rows[0][0], "fan@lover.test", "{kind:?}: {rows:?}");
+        assert_eq!(rows[0][3], "P", "{kind:?}: delivered: {rows:?}");
+        assert_eq!(rows[1][0], "held@example.com", "{kind:?}: {rows:?}");
+        assert_eq!(rows[1][3], "D", "{kind:?}: quarantined: {rows:?}");
+        let quar = s.client(&db, "SELECT quar_type FROM msgs");
+        assert_eq!(quar.trim(), "Q", "{kind:?}: {quar}");
+        // The log's own record came after the quarantine's: one msgs row, two recipients.
+        let n = s.client(&db, "SELECT count(*) FROM msgs");
+        assert_eq!(n.trim(), "1", "{kind:?}: {n}");
+        f.stop().await;
+    }
+}
+
+/// amavis's rows for one message of `age_days` ago: its `msgs` row (`quar_type` as given, a
+/// `quarantine` chunk when Q) and one recipient, `rcpt`, with its own `maddr` row (the sender's
+/// too).
+fn old_message(
+    s: &crate::peers::sql::SqlServer,
+    db: &str,
+    id: &str,
+    age_days: i64,
+    quar: &str,
+    rcpt: &str,
+) {
+    let t = chrono::Utc::now().timestamp() - age_days * 86400;
+    let domain = rcpt
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .collect::<Vec<_>>()
+        .join(".");
+    // time_iso is a timestamp in PostgreSQL's schema, amavis's char(16) in MySQL's.
+    let iso = match s.kind {
+        Kind::Postgres => "now()",
+        Kind::MariaDb => "'20261205T000000Z'",
+    };
+    let mut sql = format!(
+        "INSERT INTO maddr (partition_tag, email, domain) VALUES (0, '{rcpt}', '{domain}'); \
+         INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, \
+           sid, policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+           spam_level, message_id, from_addr, subject, host) VALUES (0, '{id}', '', '{id}', \
+           {t}, {iso}, (SELECT id FROM maddr WHERE email='{rcpt}'), '', '192.0.2.1', 60, 'N', 'C', '{quar}', '{id}', 'N', 0, '<{id}@x>', \
+           'a@example.net', 'old', 'amavis.example'); \
+         INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+           bl, wl, bspam_level, smtp_resp) VALUES (0, '{id}', 1, \
+           (SELECT id FROM maddr WHERE email='{rcpt}'), 'Y', 'C', 'P', ' ', 'N', 'N', 0, \
+           '250 2.0.0 Ok');"
     );
+    if quar == "Q" {
+        sql.push_str(&format!(
+            " INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) \
+             VALUES (0, '{id}', 1, 'Subject: old');"
+        ));
+    }
+    s.client(db, &sql);
+}
+
+/// With the file store and the log on, the daemon purges the log's rows past
+/// `sql.log_retention_days` (PostgreSQL) or, unset, `quarantine.retention_days` (MariaDB), at
+/// its start: the old message's `msgs`, `msgrcpt` and its recipient's `maddr` go; a recent one
+/// stays, and so does an old message of the SQL quarantine (its retention is the quarantine's,
+/// purged by the nodes with `store = "sql"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_retention_purges_old_log_rows_with_the_file_store() {
+    use crate::capture::Capture;
+    use crate::util::{self, start_filter};
+    for (kind, retention) in [
+        (Kind::Postgres, "log_retention_days = 7\n"),
+        (Kind::MariaDb, ""),
+    ] {
+        let s = shared(kind);
+        let db = s.create_db("dlogpurge");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        old_message(s, &db, "OldLogRow001", 10, "", "gone@old.example");
+        old_message(s, &db, "NewLogRow001", 3, "F", "kept@new.example");
+        old_message(s, &db, "OldQuarRow01", 10, "Q", "held@quar.example");
+        let count = |sql: &str| s.client(&db, sql).trim().to_string();
+        assert_eq!(count("SELECT count(*) FROM msgs"), "3");
+        let sink = Capture::start().await;
+        let f = start_filter(
+            &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), retention))
+                .set("quarantine.retention_days", 7)
+                .toml(),
+        )
+        .await;
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || count(
+                "SELECT count(*) FROM msgs"
+            ) == "2")
+            .await,
+            "{kind:?}: the old log row is not purged"
+        );
+        let ids = s.client(
+            &db,
+            "SELECT quar_loc, quar_type FROM msgs ORDER BY time_num, quar_type",
+        );
+        assert_eq!(
+            ids.replace(' ', ""),
+            "OldQuarRow01\tQ\nNewLogRow001\tF\n",
+            "{kind:?}"
+        );
+        assert_eq!(count("SELECT count(*) FROM msgrcpt"), "2", "{kind:?}");
+        assert_eq!(count("SELECT count(*) FROM quarantine"), "1", "{kind:?}");
+        let emails = match kind {
+            Kind::Postgres => "SELECT convert_from(email, 'UTF8') FROM maddr ORDER BY 1",
+            Kind::MariaDb => "SELECT email FROM maddr ORDER BY 1",
+        };
+        assert_eq!(
+            s.client(&db, emails),
+            "held@quar.example\nkept@new.example\n",
+            "{kind:?}"
+        );
+        f.stop().await;
+    }
+}
+
+/// SIGHUP with `[sql]` (PostgreSQL, MariaDB): turning the log on takes effect for the next
+/// message; a reload that changes something else (`server.hostname`) keeps the pool (the
+/// database sees the same connections, none new, none closed), and the next row has the new
+/// host; a new `sql.url` sends the next row to the other database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reload_turns_the_log_on_keeps_an_unchanged_pool_and_follows_a_new_url() {
+    for kind in KINDS {
+        sql_reload_on(kind).await;
+    }
+}
+
+async fn sql_reload_on(kind: Kind) {
+    use crate::capture::Capture;
+    use crate::peers::{self, localhost};
+    use crate::reload::{cfg, Daemon, RELOADED};
+    use crate::util::send_fixture;
+    let s = shared(kind);
+    let (db1, db2) = (s.create_db("reload1"), s.create_db("reload2"));
+    for db in [&db1, &db2] {
+        s.client(db, postsift::sql::schema::amavis_ddl(backend(kind)));
+    }
     let sink = Capture::start().await;
-    let f = start_filter(
-        &util::test_config(
-            None,
-            None,
+    let port = peers::free_port();
+    let conf = |host: &str, db: &str, log: bool| {
+        cfg(
+            &[port],
             sink.addr,
+            &format!("hostname = \"{host}\""),
             &format!(
-                "[quarantine]\nstore = \"sql\"\n[banned]\naction = \"quarantine\"\n{}\
-             [[policy]]\nname = \"lover\"\nmatch.recipient_domain = [\"lover.test\"]\n\
-             banned.action = \"pass\"\n",
-                sql_section(&s.url(&db), "")
+                "[sql]\nurl = \"{}\"\nlog = {log}\nlog_batch = 1\n",
+                s.url(db)
             ),
         )
-        .toml(),
-    )
-    .await;
-    let r = send_one(
-        f.addr,
-        "alice@example.org",
-        &["held@example.com", "fan@lover.test"],
-        BANNED.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.code, 250, "{r:?}");
+    };
+    let hosts = |db: &str| s.client(db, "SELECT host FROM msgs ORDER BY time_num, host");
+    // The daemon's connections to `db` (not the client asking).
+    let backends = |db: &str| {
+        let sql = match kind {
+            Kind::Postgres => format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname='{db}' \
+                 AND pid <> pg_backend_pid() ORDER BY pid"
+            ),
+            Kind::MariaDb => format!(
+                "SELECT id FROM information_schema.processlist WHERE db='{db}' \
+                 AND id <> connection_id() ORDER BY id"
+            ),
+        };
+        s.client(db, &sql)
+    };
+    let deliver = async || {
+        let r = send_fixture(localhost(port), "clean.eml").await;
+        assert_eq!(r.code, 250, "{r:?}");
+    };
+    let mut d = Daemon::start(&conf("node-a.test", &db1, false), port).await;
+    deliver().await;
+    assert_eq!(sink.count(), 1);
+    assert_eq!(hosts(&db1), "", "the log is off");
+
+    // The log turned on.
+    d.write_config(&conf("node-a.test", &db1, true));
+    d.reload(RELOADED, 1).await;
+    deliver().await;
     assert!(
-        wait_for(std::time::Duration::from_secs(60), || logged(s, &db).len()
-            == 2)
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db1)
+            == "node-a.test\n")
         .await,
-        "{:?}",
-        logged(s, &db)
+        "{kind:?}: {}",
+        hosts(&db1)
     );
-    let rows = logged(s, &db);
-    assert_eq!(rows[0][0], "fan@lover.test", "{rows:?}");
-    assert_eq!(rows[0][3], "P", "delivered: {rows:?}");
-    assert_eq!(rows[1][0], "held@example.com", "{rows:?}");
-    assert_eq!(rows[1][3], "D", "quarantined: {rows:?}");
-    let quar = s.client(&db, "SELECT quar_type FROM msgs");
-    assert_eq!(quar.trim(), "Q", "{quar}");
-    // The log's own record came after the quarantine's: one msgs row, two recipients.
-    let n = s.client(&db, "SELECT count(*) FROM msgs");
-    assert_eq!(n.trim(), "1", "{n}");
-    f.stop().await;
+    let before = backends(&db1);
+    assert!(!before.trim().is_empty(), "{kind:?}: the pool is connected");
+
+    // [sql] unchanged: the same pool writes the next row, under the new hostname.
+    d.write_config(&conf("node-b.test", &db1, true));
+    d.reload(RELOADED, 2).await;
+    deliver().await;
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db1)
+            .lines()
+            .count()
+            == 2)
+        .await
+    );
+    assert_eq!(hosts(&db1), "node-a.test\nnode-b.test\n", "{kind:?}");
+    assert_eq!(backends(&db1), before, "{kind:?}: the pool was kept");
+
+    // A new url: the next row goes to the other database.
+    d.write_config(&conf("node-b.test", &db2, true));
+    d.reload(RELOADED, 3).await;
+    deliver().await;
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || hosts(&db2)
+            == "node-b.test\n")
+        .await,
+        "{}",
+        hosts(&db2)
+    );
+    assert_eq!(hosts(&db1).lines().count(), 2);
+    assert_eq!(sink.count(), 4);
+    d.stop().await;
 }

@@ -237,8 +237,44 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
         );
         let (_, out, _) = cli(&cfg_b, &["list"]).await;
         assert!(out.contains("bob@example.com=requested"), "{kind:?}: {out}");
-        let answer =
-            ampdp_request(localhost(rb), &modoboa_release(&id, "", "bob@example.com")).await;
+        // The row's secret_id, as Modoboa reads it; a wrong one is refused as amavis refuses
+        // it, nothing sent, nothing claimed.
+        let secret = s.client(
+            &db,
+            &match kind {
+                Kind::Postgres => {
+                    format!("SELECT encode(secret_id, 'escape') FROM msgs WHERE mail_id='{id}'")
+                }
+                Kind::MariaDb => format!("SELECT secret_id FROM msgs WHERE mail_id='{id}'"),
+            },
+        );
+        let secret = secret.trim().to_owned();
+        assert_eq!(secret.len(), 16, "{kind:?}: {secret:?}");
+        let answer = ampdp_request(
+            localhost(rb),
+            &modoboa_release(&id, "AAAAAAAAAAAAAAAA", "bob@example.com"),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            format!(
+                "setreply=450 4.5.0 Failure: Secret_id AAAAAAAAAAAAAAAA does not match \
+                 mail_id {id}\r\n\r\n"
+            ),
+            "{kind:?}"
+        );
+        let rs = s.client(
+            &db,
+            &format!("SELECT rs FROM msgrcpt WHERE mail_id='{id}' ORDER BY rseqnum"),
+        );
+        // (bob asked for it, carol held; the mysql client drops the blank.)
+        assert_eq!(rs.replace(' ', ""), "p\n\n", "{kind:?}: nothing claimed");
+        assert!(sink.messages().is_empty());
+        let answer = ampdp_request(
+            localhost(rb),
+            &modoboa_release(&id, &secret, "bob@example.com"),
+        )
+        .await;
         assert!(
             answer.contains(&format!("setreply=250 2.0.0 Ok, id={id}, released")),
             "{kind:?}: {answer}"
@@ -263,8 +299,8 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
                 String::from_utf8_lossy(&out.stderr).into_owned(),
             )
         };
-        let (run, i) = (amavisd_release.clone(), id.clone());
-        let (code, err) = util::blocking(move || run(vec![i, "bob@example.com".into()])).await;
+        let (run, i, sec) = (amavisd_release.clone(), id.clone(), secret.clone());
+        let (code, err) = util::blocking(move || run(vec![i, sec, "bob@example.com".into()])).await;
         assert_eq!(code, Some(0), "{kind:?}: {err}");
         assert_eq!(err.matches("released before").count(), 1, "{kind:?}: {err}");
         // The CLI on node A releases all: only carol is left to send.
@@ -311,7 +347,12 @@ async fn sql_quarantine_on_node_a_released_once_from_node_b() {
             &modoboa_release(&id, "", "mallory@example.net"),
         )
         .await;
-        assert!(answer.contains("setreply=550 5.1.1"), "{answer}");
+        assert!(
+            answer.contains(&format!(
+                "setreply=550 5.1.1 mallory@example.net is not a recipient of {id}"
+            )),
+            "{answer}"
+        );
         assert_eq!(sink.messages().len(), 2);
 
         // Retention: the message is made old; the purge takes its rows and chunks.
@@ -467,26 +508,49 @@ async fn sql_quarantine_database_stopped_is_451_and_mail_flows_after() {
 /// to its `msgrcpt` recipient from its `msgs` sender, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_quarantine_releases_what_amavis_quarantined() {
-    let s = shared(Kind::Postgres);
+    for kind in [Kind::Postgres, Kind::MariaDb] {
+        releases_what_amavis_quarantined(kind).await;
+    }
+}
+
+async fn releases_what_amavis_quarantined(kind: Kind) {
+    let s = shared(kind);
     let db = amavis_db(s, "amavis_quar");
+    // What each database's amavis writes: time_iso a timestamp (PostgreSQL) or char(16)
+    // (MySQL), mail_text bytea or a blob.
+    let (now_num, now_iso, chunk) = match kind {
+        Kind::Postgres => (
+            "CAST(EXTRACT(EPOCH FROM now()) AS integer)",
+            "now()".to_string(),
+            (|t: &str| format!("convert_to(E'{t}', 'UTF8')")) as fn(&str) -> String,
+        ),
+        Kind::MariaDb => (
+            "UNIX_TIMESTAMP()",
+            format!("'{}'", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
+            (|t: &str| format!("'{t}'")) as fn(&str) -> String,
+        ),
+    };
     s.client(
         &db,
-        "INSERT INTO maddr (partition_tag, email, domain) VALUES \
-           (0, 'sender@example.net', 'net.example'), (0, 'user@example.com', 'com.example'); \
-         INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
-           policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
-           spam_level, message_id, from_addr, subject, host) VALUES (0, 'AmAvIsId0001', \
-           'secret', '12345-01', CAST(EXTRACT(EPOCH FROM now()) AS integer), now(), \
-           (SELECT id FROM maddr WHERE email='sender@example.net'), '', '192.0.2.1', 60, 'N', \
-           'S', 'Q', 'AmAvIsId0001', 'N', 9.5, '<m@example.net>', 'sender@example.net', \
-           'amavis spam', 'amavis.example'); \
-         INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
-           bl, wl, bspam_level, smtp_resp) VALUES (0, 'AmAvIsId0001', 1, \
-           (SELECT id FROM maddr WHERE email='user@example.com'), 'Y', 'S', 'D', ' ', 'N', 'N', \
-           9.5, '250 2.7.0 Ok, discarded'); \
-         INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES \
-           (0, 'AmAvIsId0001', 1, convert_to(E'Subject: amavis spam\\n\\nbody-from', 'UTF8')), \
-           (0, 'AmAvIsId0001', 2, convert_to(E'-amavis\\n', 'UTF8'));",
+        &format!(
+            "INSERT INTO maddr (partition_tag, email, domain) VALUES \
+               (0, 'sender@example.net', 'net.example'), (0, 'user@example.com', 'com.example'); \
+             INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
+               policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+               spam_level, message_id, from_addr, subject, host) VALUES (0, 'AmAvIsId0001', \
+               'secret', '12345-01', {now_num}, {now_iso}, \
+               (SELECT id FROM maddr WHERE email='sender@example.net'), '', '192.0.2.1', 60, 'N', \
+               'S', 'Q', 'AmAvIsId0001', 'N', 9.5, '<m@example.net>', 'sender@example.net', \
+               'amavis spam', 'amavis.example'); \
+             INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+               bl, wl, bspam_level, smtp_resp) VALUES (0, 'AmAvIsId0001', 1, \
+               (SELECT id FROM maddr WHERE email='user@example.com'), 'Y', 'S', 'D', ' ', 'N', 'N', \
+               9.5, '250 2.7.0 Ok, discarded'); \
+             INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) VALUES \
+               (0, 'AmAvIsId0001', 1, {}), (0, 'AmAvIsId0001', 2, {});",
+            chunk("Subject: amavis spam\\n\\nbody-from"),
+            chunk("-amavis\\n"),
+        ),
     );
     let sink = util::blocking(|| SmtpSink::start(&[])).await;
     let tmp = peers::private_dir("sqlq-");
