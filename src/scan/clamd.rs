@@ -207,31 +207,38 @@ impl ClamdClient {
     /// effects, so trying the next clamd after any failure is safe. The whole call is bounded
     /// by the scan timeout.
     pub async fn scan(&self, msg: &Message) -> Result<Verdict, Error> {
-        self.failover(|ep| self.scan_one(ep, msg)).await
+        let stream = Stream::message(msg, &[]).map_err(|source| Error::Io {
+            endpoint: "-".into(),
+            source,
+        })?;
+        self.scan_stream(&stream).await
     }
 
-    /// One INSTREAM of the message, framed here rather than by clamav-client, which writes the
+    /// Like [`ClamdClient::scan`], of a [`Stream`] (a message with bodies left out).
+    pub async fn scan_stream(&self, stream: &Stream) -> Result<Verdict, Error> {
+        self.failover(|ep| self.scan_one(ep, stream)).await
+    }
+
+    /// One INSTREAM of the stream, framed here rather than by clamav-client, which writes the
     /// command, each length and each chunk apart and reads on to the end of the connection:
-    /// here a message in memory up to [`CHUNK`] goes out in one write and the reply is read up
+    /// here a stream in memory up to [`CHUNK`] goes out in one write and the reply is read up
     /// to its NUL (one `sendto` and one `recvfrom` for a small message, where clamav-client
     /// made four and two: system calls are dear on a sandboxed kernel).
-    async fn scan_one(&self, ep: &Endpoint, msg: &Message) -> Result<Verdict, Error> {
+    async fn scan_one(&self, ep: &Endpoint, stream: &Stream) -> Result<Verdict, Error> {
         use tokio::io::AsyncReadExt;
         let endpoint = ep.name();
         let io_err = |source: io::Error| Error::Io {
             endpoint: endpoint.clone(),
             source,
         };
-        let tail = msg.reopen_tail().map_err(io_err)?;
-        let mut stream = self.connect(ep).await?;
-        let mut frame = Vec::with_capacity(msg.head().len().min(CHUNK) + 32);
-        let written =
-            write_instream(&mut stream, &mut frame, &mut Vec::new(), msg.head(), tail).await;
+        let mut conn = self.connect(ep).await?;
+        let mut frame = Vec::with_capacity((stream.len() as usize).min(CHUNK) + 32);
+        let written = write_instream(&mut conn, &mut frame, stream).await;
         let mut reply = Vec::with_capacity(64);
         let read = async {
             let mut buf = [0u8; 256];
             loop {
-                let got = stream.read(&mut buf).await?;
+                let got = conn.read(&mut buf).await?;
                 reply.extend_from_slice(&buf[..got]);
                 if got == 0 || buf[..got].contains(&0) {
                     return Ok::<_, io::Error>(());
@@ -283,16 +290,22 @@ impl ClamdClient {
         msg: &Message,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        self.failover(|ep| self.session(ep, Some(msg), parts)).await
+        let stream = Stream::message(msg, &[]).map_err(|source| Error::Io {
+            endpoint: "-".into(),
+            source,
+        })?;
+        self.scan_streams(Some(&stream), parts).await
     }
 
-    /// Like [`ClamdClient::scan_with_parts`] without the message (the verdict cache knew its
-    /// answer already): `parts` only, [`Found::Part`] naming one of them.
-    pub async fn scan_parts(
+    /// Like [`ClamdClient::scan_with_parts`], the message as a [`Stream`] (with bodies left
+    /// out) or without it (the verdict cache knew its answer already): then [`Found::Part`]
+    /// names one of `parts`.
+    pub async fn scan_streams(
         &self,
+        msg: Option<&Stream>,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        self.failover(|ep| self.session(ep, None, parts)).await
+        self.failover(|ep| self.session(ep, msg, parts)).await
     }
 
     /// `zVERSION`: the first endpoint's (failover as for a scan) program and signature
@@ -338,7 +351,7 @@ impl ClamdClient {
     async fn session(
         &self,
         ep: &Endpoint,
-        msg: Option<&Message>,
+        msg: Option<&Stream>,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -347,30 +360,23 @@ impl ClamdClient {
             endpoint: endpoint.clone(),
             source,
         };
+        // Every stream opened before the first byte goes out: the message (its head and
+        // ranges of its spool file) and each part (in memory, or its head and its spill file).
+        let mut streams = Vec::with_capacity(parts.len() + 1);
+        streams.extend(msg.cloned());
+        for p in parts {
+            streams.push(Stream::contents(p).map_err(io_err)?);
+        }
+        let n = streams.len();
         let stream = self.connect(ep).await?;
         let (rd, mut wr) = tokio::io::split(stream);
-        // Every stream opened before the first byte goes out: the message (its head and the
-        // rest of its spool file) and each part (in memory, or its head and its spill file).
-        let mut streams = Vec::with_capacity(parts.len() + 1);
-        if let Some(msg) = msg {
-            streams.push(
-                msg.reopen_tail()
-                    .map(|t| (msg.head().clone(), t))
-                    .map_err(io_err)?,
-            );
-        }
-        let n = streams.len() + parts.len();
-        for p in parts {
-            streams.push(p.stream().map_err(io_err)?);
-        }
         // All streams are written without waiting for replies (clamd scans a session's streams
         // on several threads at once), while the replies are read as they come, in any order.
         let writer = async {
             let mut frame = Vec::with_capacity(CHUNK + 32);
             frame.extend_from_slice(b"zIDSESSION\0");
-            let mut buf = Vec::new();
-            for (head, tail) in streams {
-                write_instream(&mut wr, &mut frame, &mut buf, &head, tail).await?;
+            for stream in &streams {
+                write_instream(&mut wr, &mut frame, stream).await?;
             }
             Ok::<_, io::Error>(wr)
         };
@@ -495,43 +501,199 @@ impl ClamdClient {
     }
 }
 
+/// One stream for clamd: pieces in memory and ranges of one file, in order — a message (its
+/// head, then its spool file), with the bodies clamd is sent decoded left out, or a decoded
+/// part (its head, then its spill file). Cloning shares the file, which is read with `pread`,
+/// so that a stream can be sent again (failover) and digested without reopening it.
+#[derive(Clone, Default)]
+pub struct Stream {
+    pieces: Vec<Piece>,
+    file: Option<std::sync::Arc<std::fs::File>>,
+    len: u64,
+}
+
+#[derive(Clone)]
+enum Piece {
+    Memory(bytes::Bytes),
+    /// `len` bytes of the file from `at`.
+    File {
+        at: u64,
+        len: u64,
+    },
+}
+
+impl Stream {
+    fn push(&mut self, piece: Piece) {
+        let len = match &piece {
+            Piece::Memory(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        };
+        if len > 0 {
+            self.len += len;
+            self.pieces.push(piece);
+        }
+    }
+
+    /// A decoded part's bytes.
+    pub fn contents(c: &Contents) -> io::Result<Stream> {
+        let (head, tail) = c.stream()?;
+        let mut s = Stream {
+            file: tail.map(std::sync::Arc::new),
+            ..Default::default()
+        };
+        let rest = c.len() - head.len() as u64;
+        s.push(Piece::Memory(head));
+        if s.file.is_some() {
+            s.push(Piece::File { at: 0, len: rest });
+        }
+        Ok(s)
+    }
+
+    /// The message without the byte ranges `left_out` (`start..end`, sorted, apart): what is
+    /// in memory shared, the rest read from the spool file when it is sent. Nothing of it is
+    /// read here, so a 50 MB spooled message costs no memory.
+    pub fn message(msg: &Message, left_out: &[(usize, usize)]) -> io::Result<Stream> {
+        let head = msg.head();
+        let h = head.len() as u64;
+        let mut s = Stream {
+            file: msg.reopen_tail()?.map(std::sync::Arc::new),
+            ..Default::default()
+        };
+        let mut keep = |from: u64, to: u64| {
+            if from < to.min(h) {
+                s.push(Piece::Memory(head.slice(from as usize..to.min(h) as usize)));
+            }
+            if from.max(h) < to {
+                let at = from.max(h);
+                s.push(Piece::File {
+                    at: at - h,
+                    len: to - at,
+                });
+            }
+        };
+        let mut at = 0u64;
+        for &(start, end) in left_out {
+            let (start, end) = ((start as u64).min(msg.len()), (end as u64).min(msg.len()));
+            if start > at {
+                keep(at, start);
+            }
+            at = at.max(end);
+        }
+        keep(at, msg.len());
+        Ok(s)
+    }
+
+    /// Bytes it holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes, as an owned reader (for the verdict cache's digest).
+    pub fn reader(&self) -> impl io::Read + Send + 'static {
+        StreamReader {
+            stream: self.clone(),
+            piece: 0,
+            pos: 0,
+        }
+    }
+}
+
+struct StreamReader {
+    stream: Stream,
+    piece: usize,
+    /// Position within the current piece.
+    pos: u64,
+}
+
+impl io::Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let Some(piece) = self.stream.pieces.get(self.piece) else {
+                return Ok(0);
+            };
+            let got = match piece {
+                Piece::Memory(b) => {
+                    let rest = &b[self.pos as usize..];
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    n
+                }
+                Piece::File { at, len } => {
+                    let n = ((len - self.pos) as usize).min(buf.len());
+                    let file = self
+                        .stream
+                        .file
+                        .as_ref()
+                        .expect("a file piece has its file");
+                    match file.read_at(&mut buf[..n], at + self.pos)? {
+                        0 if n > 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        got => got,
+                    }
+                }
+            };
+            if got == 0 && !buf.is_empty() {
+                self.piece += 1;
+                self.pos = 0;
+                continue;
+            }
+            self.pos += got as u64;
+            return Ok(got);
+        }
+    }
+}
+
 /// Writes one INSTREAM — the command, the stream in frames (4-byte big-endian length, data),
 /// the zero length — after what `frame` holds already (`zIDSESSION`), in writes of one to two
 /// [`CHUNK`]s: a stream of up to [`CHUNK`] bytes in memory goes out in a single write, command
-/// and end included. `head` first, then the rest from `tail` (a spool or spill file).
+/// and end included. Pieces in files are read off the async threads, a chunk at a time.
 async fn write_instream<W: tokio::io::AsyncWrite + Unpin>(
     wr: &mut W,
     frame: &mut Vec<u8>,
-    buf: &mut Vec<u8>,
-    head: &[u8],
-    tail: Option<std::fs::File>,
+    stream: &Stream,
 ) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let put = |frame: &mut Vec<u8>, chunk: &[u8]| {
         frame.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
         frame.extend_from_slice(chunk);
     };
     frame.extend_from_slice(b"zINSTREAM\0");
-    for chunk in head.chunks(CHUNK) {
-        if frame.len() >= CHUNK {
-            wr.write_all(frame).await?;
-            frame.clear();
-        }
-        put(frame, chunk);
-    }
-    if let Some(file) = tail {
-        let mut file = tokio::fs::File::from_std(file);
-        buf.resize(CHUNK, 0);
-        loop {
-            let got = file.read(buf).await?;
-            if got == 0 {
-                break;
+    for piece in &stream.pieces {
+        match piece {
+            Piece::Memory(b) => {
+                for chunk in b.chunks(CHUNK) {
+                    if frame.len() >= CHUNK {
+                        wr.write_all(frame).await?;
+                        frame.clear();
+                    }
+                    put(frame, chunk);
+                }
             }
-            if frame.len() >= CHUNK {
-                wr.write_all(frame).await?;
-                frame.clear();
+            &Piece::File { at, len } => {
+                let file = stream.file.clone().expect("a file piece has its file");
+                let mut done = 0u64;
+                while done < len {
+                    let want = ((len - done) as usize).min(CHUNK);
+                    let file = file.clone();
+                    let chunk = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buf = vec![0u8; want];
+                        file.read_exact_at(&mut buf, at + done).map(|()| buf)
+                    })
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))??;
+                    if frame.len() >= CHUNK {
+                        wr.write_all(frame).await?;
+                        frame.clear();
+                    }
+                    put(frame, &chunk);
+                    done += want as u64;
+                }
             }
-            put(frame, &buf[..got]);
         }
     }
     frame.extend_from_slice(&0u32.to_be_bytes());
@@ -698,6 +860,62 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), FailureKind::Protocol, "{e}");
+    }
+
+    /// A message spooled past its first bytes (head in memory, the rest in a file).
+    fn spooled(data: &[u8], dir: &std::path::Path) -> Message {
+        let mut spool = crate::message::Spool::new(20, 20, dir);
+        spool.write(data).unwrap();
+        let msg = spool.finish().unwrap();
+        assert!(msg.reopen_tail().unwrap().is_some() && msg.head().len() < data.len());
+        msg
+    }
+
+    #[tokio::test]
+    async fn a_message_goes_out_without_the_ranges_left_out_from_memory_and_spool_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let msg = spooled(&data, dir.path());
+        let h = msg.head().len();
+        // Ranges across the head's end, inside the file, and up to the end; one out of bounds.
+        let left_out = [(5, h + 10), (1_000, 70_000), (150_000, 300_000)];
+        let mut want = data[..5].to_vec();
+        want.extend_from_slice(&data[h + 10..1_000]);
+        want.extend_from_slice(&data[70_000..150_000]);
+        let stream = Stream::message(&msg, &left_out).unwrap();
+        assert_eq!(stream.len(), want.len() as u64);
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut stream.reader(), &mut read).unwrap();
+        assert_eq!(read, want, "the digest's reader");
+        // What goes over the wire, frame by frame.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let sent = stream.clone();
+        let writer = tokio::spawn(async move {
+            write_instream(&mut a, &mut Vec::new(), &sent)
+                .await
+                .unwrap();
+        });
+        let mut cmd = [0u8; 10];
+        b.read_exact(&mut cmd).await.unwrap();
+        assert_eq!(&cmd, b"zINSTREAM\0");
+        let mut got = Vec::new();
+        loop {
+            let len = b.read_u32().await.unwrap() as usize;
+            if len == 0 {
+                break;
+            }
+            assert!(len <= CHUNK);
+            let mut chunk = vec![0; len];
+            b.read_exact(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, want, "INSTREAM");
+        // Nothing left out: the message as it is.
+        let whole = Stream::message(&msg, &[]).unwrap();
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut whole.reader(), &mut read).unwrap();
+        assert_eq!(read, data);
     }
 
     #[test]
