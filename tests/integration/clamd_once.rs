@@ -171,3 +171,49 @@ async fn a_clean_attachment_left_out_leaves_a_clean_message_clean() {
         "{out}"
     );
 }
+
+/// ClamAV's own evasion mails (`../shared/corpus/real/clamav`, not in the repository) and the
+/// mailbox files of the `clamav-testfiles` package: clam.exe is found in each with bodies left
+/// out as it was without (`--ignored`: the files are outside the repository).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn clamavs_evasion_mails_are_all_caught_with_bodies_left_out() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<std::path::PathBuf> = [
+        "../../shared/corpus/real/clamav",
+        "../shared/corpus/real/clamav",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+    .flat_map(|d| d.filter_map(|e| Some(e.ok()?.path())))
+    .collect();
+    files.extend(
+        ["clam.exe.mbox.base64", "clam.exe.mbox.uu", "clam.mail"]
+            .iter()
+            .map(|f| std::path::Path::new("/usr/share/clamav-testfiles").join(f)),
+    );
+    let clamd = util::blocking(crate::peers::Clamd::start).await;
+    let ep = clamd.socket.display().to_string();
+    let mut missed = Vec::new();
+    for f in files.iter().filter(|f| f.exists()) {
+        let (code, out) = scan_cli(
+            format!("[clamd]\nendpoints = [\"{ep}\"]\n[spamd]\nendpoints = []\n[metrics]\nlisten = \"\"\n"),
+            std::fs::read(f).unwrap(),
+        )
+        .await;
+        println!(
+            "{}: exit {code}: {}",
+            f.display(),
+            out.lines()
+                .filter(|l| l.starts_with("clamd:")
+                    || l.contains("Infected")
+                    || l.starts_with("parts:"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        if code != 2 {
+            missed.push(f.display().to_string());
+        }
+    }
+    assert!(missed.is_empty(), "not caught: {missed:?}");
+}
