@@ -512,6 +512,7 @@ mod tests {
                 detail: detail.into(),
             }),
             infected: None,
+            left_out: 0,
         });
         r
     }

@@ -268,6 +268,7 @@ mod tests {
             depth: 0,
             containers: Vec::new(),
             verbatim: false,
+            encoded: None,
             contents: data.into(),
         }
     }

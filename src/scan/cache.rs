@@ -20,10 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use super::cache_metrics::{CacheMetrics, Kind};
-use super::clamd::{self, ClamdClient, Found, Verdict};
+use super::clamd::{self, ClamdClient, Found, Stream, Verdict};
 use super::parts::Contents;
 use super::report::SpamResult;
-use crate::message::Message;
 
 /// A key: the digest of what an answer depends on.
 pub type Key = [u8; 32];
@@ -283,7 +282,7 @@ fn part_reader(p: &Contents) -> std::io::Result<impl std::io::Read + Send + 'sta
 pub async fn clamd_scan(
     c: &ClamdClient,
     cache: Option<&Cache>,
-    msg: &Message,
+    msg: &Stream,
     parts: &[&Contents],
     m: &CacheMetrics,
 ) -> Result<Option<(Found, Vec<String>)>, clamd::Error> {
@@ -298,10 +297,7 @@ pub async fn clamd_scan(
     // Each stream's digest (stream 0 is the message, stream i the part i - 1); a stream that
     // cannot be read back has none, and is sent.
     let mut digests = Vec::with_capacity(parts.len() + 1);
-    digests.push(match msg.reader_from(0) {
-        Ok(r) => stream_key(KeyBuilder::new(Kind::Clamd), msg.len(), r).await,
-        Err(_) => None,
-    });
+    digests.push(stream_key(KeyBuilder::new(Kind::Clamd), msg.len(), msg.reader()).await);
     for p in parts {
         digests.push(match part_reader(p) {
             Ok(r) => stream_key(KeyBuilder::new(Kind::Clamd), p.len(), r).await,
@@ -399,16 +395,15 @@ pub async fn clamd_scan(
 /// otherwise.
 async fn send(
     c: &ClamdClient,
-    msg: Option<&Message>,
+    msg: Option<&Stream>,
     parts: &[&Contents],
 ) -> Result<Option<(Found, Vec<String>)>, clamd::Error> {
     match (msg, parts.is_empty()) {
-        (Some(msg), true) => c.scan(msg).await.map(|v| match v {
+        (Some(msg), true) => c.scan_stream(msg).await.map(|v| match v {
             Verdict::Clean => None,
             Verdict::Infected(names) => Some((Found::Message, names)),
         }),
-        (Some(msg), false) => c.scan_with_parts(msg, parts).await,
-        (None, _) => c.scan_parts(parts).await,
+        (msg, _) => c.scan_streams(msg, parts).await,
     }
 }
 

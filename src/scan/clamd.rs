@@ -1,21 +1,26 @@
-//! ClamAV's clamd as a scanner: the message goes out with INSTREAM through the `clamav-client`
-//! crate, endpoints (Unix socket paths or host:port) are tried in order, and clamd's answer is
-//! turned into clean / infected / error. clamav-client connects by itself and returns clamd's raw
-//! reply, so this module adds what it lacks: a connect timeout, failover, and reply parsing.
-//! A message with decoded parts to scan goes out over one connection in an `IDSESSION` (the
-//! message, then each part), which clamav-client does not offer: that framing is written here,
-//! and a message alone uses it too (one `INSTREAM`, no session): clamav-client writes the
-//! command, each length and each chunk apart and reads to the end of the connection, four
-//! `sendto` and two `recvfrom` for a small message where one of each does
-//! (`strace -c -f` on postsift, 4 KiB messages at 16 sessions: 52.8 → 42.4 system calls per
-//! message). clamd's own work is the same either way (about 93 system calls per stream, most
-//! of them its temp directory), so what a message costs clamd is the streams it is sent:
-//! one for a plain message, with or without the walk (bench/results/20261202T050744Z.md).
+//! ClamAV's clamd as a scanner: a message and its decoded parts go out as `zINSTREAM`s in a
+//! clamd session (`IDSESSION`), endpoints (Unix socket paths or host:port) are tried in order,
+//! and clamd's answers are turned into clean / infected / error. clamav-client (used for the
+//! health probes' `PING`) has no session API, writes the command, each length and each chunk
+//! apart and reads to the end of the connection, so the framing is written here: a small
+//! message goes out in one write and its reply is read up to its NUL (`strace -c -f` on
+//! postsift, 4 KiB messages at 16 sessions: 52.8 → 42.4 system calls per message).
+//!
+//! Sessions are kept open across messages (clamd allows any number of commands in one
+//! `IDSESSION`, each reply numbered): a session whose every stream was answered goes back to a
+//! small pool per endpoint, and the next message's streams continue its numbering, so a
+//! message costs clamd no accept and postsift no connect. A session that failed in any way,
+//! or whose answers were not all read (a virus found early), is closed, never reused; one clamd
+//! closed while it was idle (its `IdleTimeout`, a restart) is noticed when nothing comes back
+//! and the streams go again on a new connection within the same attempt and scan timeout, so a
+//! hung clamd still costs one timeout. clamd's own work per stream is the same either way
+//! (about 93 system calls, most of them its temp directory): what a message costs clamd is
+//! the bytes it is sent (see `Stream` and `Scanners::virus_scan`: each byte once).
 
 use crate::scan::report::FailureKind;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clamav_client::tokio::TransportProtocol;
 use tokio::net::{TcpStream, UnixStream};
@@ -118,6 +123,8 @@ pub struct ClamdClient {
     endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
     timeout: Duration,
+    /// Sessions left open for the next messages.
+    pool: Pool,
     health: crate::peers::Group,
 }
 
@@ -146,6 +153,7 @@ impl ClamdClient {
             endpoints: endpoints.iter().map(|e| Endpoint::parse(e)).collect(),
             connect_timeout,
             timeout,
+            pool: Pool::new(endpoints.len()),
             health,
         }
     }
@@ -160,7 +168,7 @@ impl ClamdClient {
     /// has no side effects, so trying the next clamd after any failure is safe.
     async fn failover<'s, T, F, Fut>(&'s self, mut attempt: F) -> Result<T, Error>
     where
-        F: FnMut(&'s Endpoint) -> Fut,
+        F: FnMut(usize, &'s Endpoint) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let mut last = None;
@@ -168,7 +176,7 @@ impl ClamdClient {
             let Some(health) = self.health.attempt(i) else {
                 continue;
             };
-            let r = match tokio::time::timeout(self.timeout, attempt(ep)).await {
+            let r = match tokio::time::timeout(self.timeout, attempt(i, ep)).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout {
                     endpoint: ep.name(),
@@ -176,6 +184,7 @@ impl ClamdClient {
             };
             health.finish(match &r {
                 Err(e) if matches!(e.kind(), FailureKind::Connect | FailureKind::Timeout) => {
+                    self.pool.clear(i);
                     crate::peers::Outcome::Failed
                 }
                 _ => crate::peers::Outcome::Answered,
@@ -207,49 +216,22 @@ impl ClamdClient {
     /// effects, so trying the next clamd after any failure is safe. The whole call is bounded
     /// by the scan timeout.
     pub async fn scan(&self, msg: &Message) -> Result<Verdict, Error> {
-        self.failover(|ep| self.scan_one(ep, msg)).await
+        let stream = Stream::message(msg, &[]).map_err(|source| Error::Io {
+            endpoint: "-".into(),
+            source,
+        })?;
+        self.scan_stream(&stream).await
     }
 
-    /// One INSTREAM of the message, framed here rather than by clamav-client, which writes the
-    /// command, each length and each chunk apart and reads on to the end of the connection:
-    /// here a message in memory up to [`CHUNK`] goes out in one write and the reply is read up
-    /// to its NUL (one `sendto` and one `recvfrom` for a small message, where clamav-client
-    /// made four and two: system calls are dear on a sandboxed kernel).
-    async fn scan_one(&self, ep: &Endpoint, msg: &Message) -> Result<Verdict, Error> {
-        use tokio::io::AsyncReadExt;
-        let endpoint = ep.name();
-        let io_err = |source: io::Error| Error::Io {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let tail = msg.reopen_tail().map_err(io_err)?;
-        let mut stream = self.connect(ep).await?;
-        let mut frame = Vec::with_capacity(msg.head().len().min(CHUNK) + 32);
-        let written =
-            write_instream(&mut stream, &mut frame, &mut Vec::new(), msg.head(), tail).await;
-        let mut reply = Vec::with_capacity(64);
-        let read = async {
-            let mut buf = [0u8; 256];
-            loop {
-                let got = stream.read(&mut buf).await?;
-                reply.extend_from_slice(&buf[..got]);
-                if got == 0 || buf[..got].contains(&0) {
-                    return Ok::<_, io::Error>(());
-                }
-            }
-        };
-        match written {
-            Ok(()) => read.await.map_err(io_err)?,
-            // clamd closes the socket when a stream passes StreamMaxLength, often before we can
-            // read its "size limit exceeded" line: its last words if any, else the write error.
-            Err(source) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-                if reply.is_empty() {
-                    return Err(io_err(source));
-                }
-            }
-        }
-        parse_reply(&reply).map_err(|detail| Error::Protocol { endpoint, detail })
+    /// Like [`ClamdClient::scan`], of a [`Stream`] (a message with bodies left out).
+    pub async fn scan_stream(&self, stream: &Stream) -> Result<Verdict, Error> {
+        let found = self
+            .failover(|i, ep| self.session(i, ep, Some(stream), &[]))
+            .await?;
+        Ok(match found {
+            None => Verdict::Clean,
+            Some((_, names)) => Verdict::Infected(names),
+        })
     }
 
     /// A connection to `ep` within the connect timeout.
@@ -283,23 +265,29 @@ impl ClamdClient {
         msg: &Message,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        self.failover(|ep| self.session(ep, Some(msg), parts)).await
+        let stream = Stream::message(msg, &[]).map_err(|source| Error::Io {
+            endpoint: "-".into(),
+            source,
+        })?;
+        self.scan_streams(Some(&stream), parts).await
     }
 
-    /// Like [`ClamdClient::scan_with_parts`] without the message (the verdict cache knew its
-    /// answer already): `parts` only, [`Found::Part`] naming one of them.
-    pub async fn scan_parts(
+    /// Like [`ClamdClient::scan_with_parts`], the message as a [`Stream`] (with bodies left
+    /// out) or without it (the verdict cache knew its answer already): then [`Found::Part`]
+    /// names one of `parts`.
+    pub async fn scan_streams(
         &self,
+        msg: Option<&Stream>,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        self.failover(|ep| self.session(ep, None, parts)).await
+        self.failover(|i, ep| self.session(i, ep, msg, parts)).await
     }
 
     /// `zVERSION`: the first endpoint's (failover as for a scan) program and signature
     /// database version, `ClamAV 1.0.7/27480/Wed Dec  4 09:32:01 2024`: the verdict cache
     /// keys clamd's answers with it, so that new signatures make them miss.
     pub async fn version(&self) -> Result<String, Error> {
-        self.failover(|ep| async move {
+        self.failover(|_, ep| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let endpoint = ep.name();
             let io_err = |source: io::Error| Error::Io {
@@ -337,131 +325,129 @@ impl ClamdClient {
 
     async fn session(
         &self,
+        i: usize,
         ep: &Endpoint,
-        msg: Option<&Message>,
+        msg: Option<&Stream>,
         parts: &[&Contents],
     ) -> Result<Option<(Found, Vec<String>)>, Error> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let endpoint = ep.name();
-        let io_err = |source: io::Error| Error::Io {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let stream = self.connect(ep).await?;
-        let (rd, mut wr) = tokio::io::split(stream);
-        // Every stream opened before the first byte goes out: the message (its head and the
-        // rest of its spool file) and each part (in memory, or its head and its spill file).
+        // Every stream opened before the first byte goes out: the message (its head and
+        // ranges of its spool file) and each part (in memory, or its head and its spill file).
         let mut streams = Vec::with_capacity(parts.len() + 1);
-        if let Some(msg) = msg {
-            streams.push(
-                msg.reopen_tail()
-                    .map(|t| (msg.head().clone(), t))
-                    .map_err(io_err)?,
+        streams.extend(msg.cloned());
+        for p in parts {
+            streams.push(Stream::contents(p).map_err(|source| Error::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })?);
+        }
+        // A session left open by an earlier message first. clamd may have closed it meanwhile
+        // (its IdleTimeout, a restart): when it fails before answering anything, the streams
+        // go again on a new connection, within the same attempt (and scan timeout).
+        if let Some(idle) = self.pool.take(i) {
+            match self
+                .exchange((i, &endpoint), idle, &streams, msg.is_some())
+                .await
+            {
+                Ok(found) => return Ok(found),
+                Err((e, true)) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "clamd: an idle session was closed, opening a new one");
+                }
+                Err((e, false)) => return Err(e),
+            }
+        }
+        let conn = self.connect(ep).await?;
+        let fresh = Session {
+            conn,
+            next: 1,
+            at: Instant::now(),
+        };
+        self.exchange((i, &endpoint), fresh, &streams, msg.is_some())
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// `streams` over `session` (`IDSESSION` sent first on a new one), until one is infected:
+    /// where ([`Found`], `with_msg`: the first stream is the message) and its names, or None.
+    /// A session whose every stream was answered, with nothing else pending, goes back to the
+    /// pool; any other is closed. Err with whether nothing at all was answered (a session
+    /// clamd had closed while idle).
+    async fn exchange(
+        &self,
+        (i, endpoint): (usize, &str),
+        session: Session,
+        streams: &[Stream],
+        with_msg: bool,
+    ) -> Result<Option<(Found, Vec<String>)>, (Error, bool)> {
+        let Session { conn, next, .. } = session;
+        let n = streams.len();
+        let (rd, mut wr) = tokio::io::split(conn);
+        let mut rd = tokio::io::BufReader::new(rd);
+        let mut answered = vec![false; n];
+        let (found, written) = {
+            // All streams are written without waiting for replies (clamd scans a session's streams
+            // on several threads at once), while the replies are read as they come, in any order.
+            let writer = async {
+                let mut frame = Vec::with_capacity(CHUNK + 32);
+                if next == 1 {
+                    frame.extend_from_slice(b"zIDSESSION\0");
+                }
+                for stream in streams {
+                    write_instream(&mut wr, &mut frame, stream).await?;
+                }
+                Ok::<_, io::Error>(())
+            };
+            let reader = read_replies(endpoint, &mut rd, next, &mut answered);
+            tokio::pin!(writer, reader);
+            let mut written = false;
+            // The reader decides; a write error (clamd closed early, e.g. past StreamMaxLength)
+            // leaves the reader to pick up clamd's last words or the closed connection.
+            let closed = || Error::Protocol {
+                endpoint: endpoint.to_owned(),
+                detail: "clamd closed the session".into(),
+            };
+            let found = loop {
+                tokio::select! {
+                    w = &mut writer, if !written => match w {
+                        Ok(()) => written = true,
+                        Err(_) => {
+                            break tokio::time::timeout(Duration::from_secs(1), &mut reader)
+                                .await
+                                .unwrap_or_else(|_| Err(closed()))
+                                .and_then(|found| match found {
+                                    // Not every stream got through: not a clean answer.
+                                    None => Err(closed()),
+                                    some => Ok(some),
+                                });
+                        }
+                    },
+                    r = &mut reader => break r,
+                }
+            };
+            (found, written)
+        };
+        let none_answered = !answered.iter().any(|&a| a);
+        let found = found.map_err(|e| (e, none_answered))?;
+        // Every stream answered, every byte sent, nothing more to read: reusable.
+        if written && answered.iter().all(|&a| a) && rd.buffer().is_empty() {
+            let conn = rd.into_inner().unsplit(wr);
+            self.pool.put(
+                i,
+                Session {
+                    conn,
+                    next: next + n,
+                    at: Instant::now(),
+                },
             );
         }
-        let n = streams.len() + parts.len();
-        for p in parts {
-            streams.push(p.stream().map_err(io_err)?);
-        }
-        // All streams are written without waiting for replies (clamd scans a session's streams
-        // on several threads at once), while the replies are read as they come, in any order.
-        let writer = async {
-            let mut frame = Vec::with_capacity(CHUNK + 32);
-            frame.extend_from_slice(b"zIDSESSION\0");
-            let mut buf = Vec::new();
-            for (head, tail) in streams {
-                write_instream(&mut wr, &mut frame, &mut buf, &head, tail).await?;
-            }
-            Ok::<_, io::Error>(wr)
-        };
-        let reader = async {
-            let mut rd = BufReader::new(rd);
-            let mut answered = vec![false; n];
-            // clamd answers in any order; the first infected stream in the order sent is named
-            // (the message before its parts), so the same message always gets the same answer.
-            let mut first: Option<(usize, Vec<String>)> = None;
-            let mut reply = Vec::new();
-            for _ in 0..answered.len() {
-                reply.clear();
-                rd.read_until(0, &mut reply).await.map_err(io_err)?;
-                // `<n>: stream: OK`, numbered from 1 in the order sent.
-                let text = String::from_utf8_lossy(&reply);
-                let (id, body) = text
-                    .split_once(": ")
-                    .and_then(|(id, body)| Some((id.trim().parse::<usize>().ok()?, body)))
-                    .filter(|(id, _)| (1..=answered.len()).contains(id) && !answered[id - 1])
-                    .ok_or_else(|| Error::Protocol {
-                        endpoint: endpoint.clone(),
-                        detail: format!(
-                            "unexpected session reply {:?}",
-                            text.trim_end_matches('\0')
-                        ),
-                    })?;
-                answered[id - 1] = true;
-                match parse_reply(body.as_bytes()) {
-                    Ok(Verdict::Clean) => {}
-                    Ok(Verdict::Infected(names)) => {
-                        if first.as_ref().is_none_or(|(f, _)| id < *f) {
-                            first = Some((id, names));
-                        }
-                    }
-                    Err(detail) => {
-                        return Err(Error::Protocol {
-                            endpoint: endpoint.clone(),
-                            detail,
-                        })
-                    }
-                }
-                // Every stream before the first infected one is answered: nothing earlier can
-                // take its place.
-                if let Some((f, _)) = &first {
-                    if answered[..*f].iter().all(|&a| a) {
-                        break;
-                    }
-                }
-            }
-            Ok(first.map(|(id, names)| {
-                let at = match (msg.is_some(), id) {
-                    (true, 1) => Found::Message,
-                    (true, _) => Found::Part(id - 2),
-                    (false, _) => Found::Part(id - 1),
-                };
-                (at, names)
-            }))
-        };
-        tokio::pin!(writer, reader);
-        let mut wr = None;
-        // The reader decides; a write error (clamd closed early, e.g. past StreamMaxLength)
-        // leaves the reader to pick up clamd's last words or the closed connection.
-        let found = loop {
-            tokio::select! {
-                w = &mut writer, if wr.is_none() => match w {
-                    Ok(w) => wr = Some(w),
-                    Err(_) => {
-                        break tokio::time::timeout(Duration::from_secs(1), &mut reader)
-                            .await
-                            .unwrap_or_else(|_| Err(Error::Protocol {
-                                endpoint: endpoint.clone(),
-                                detail: "clamd closed the session".into(),
-                            }))
-                            .and_then(|found| match found {
-                                // Not every stream got through: not a clean answer.
-                                None => Err(Error::Protocol {
-                                    endpoint: endpoint.clone(),
-                                    detail: "clamd closed the session".into(),
-                                }),
-                                some => Ok(some),
-                            });
-                    }
-                },
-                r = &mut reader => break r,
-            }
-        }?;
-        // Ends the session when every stream was sent; otherwise dropping the connection does.
-        if let Some(mut w) = wr {
-            let _ = w.write_all(b"zEND\0").await;
-        }
-        Ok(found)
+        Ok(found.map(|(id, names)| {
+            let at = match (with_msg, id) {
+                (true, 0) => Found::Message,
+                (true, _) => Found::Part(id - 1),
+                (false, _) => Found::Part(id),
+            };
+            (at, names)
+        }))
     }
 
     /// `zPING`: true if the first reachable clamd answers PONG.
@@ -495,43 +481,322 @@ impl ClamdClient {
     }
 }
 
+/// Reads a session's replies to the streams numbered `next`, `next + 1`, … (`answered` has one
+/// slot each) until every stream before the first infected one is answered: that one (its
+/// index among the streams) and its names, or None when all are clean. A connection closed
+/// before a reply is an I/O error (UnexpectedEof).
+async fn read_replies<R: tokio::io::AsyncBufRead + Unpin>(
+    endpoint: &str,
+    rd: &mut R,
+    next: usize,
+    answered: &mut [bool],
+) -> Result<Option<(usize, Vec<String>)>, Error> {
+    use tokio::io::AsyncBufReadExt;
+    let protocol = |detail: String| Error::Protocol {
+        endpoint: endpoint.to_owned(),
+        detail,
+    };
+    // clamd answers in any order; the first infected stream in the order sent is named (the
+    // message before its parts), so the same message always gets the same answer.
+    let mut first: Option<(usize, Vec<String>)> = None;
+    let mut reply = Vec::new();
+    for _ in 0..answered.len() {
+        reply.clear();
+        let got = rd.read_until(0, &mut reply).await;
+        let got = got.map_err(|source| Error::Io {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+        if got == 0 {
+            return Err(Error::Io {
+                endpoint: endpoint.to_owned(),
+                source: io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        // `<id>: stream: OK`, numbered in the order sent, from 1 in a new session.
+        let text = String::from_utf8_lossy(&reply);
+        let (i, body) = text
+            .split_once(": ")
+            .and_then(|(id, body)| Some((id.trim().parse::<usize>().ok()?, body)))
+            .and_then(|(id, body)| Some((id.checked_sub(next)?, body)))
+            .filter(|(i, _)| *i < answered.len() && !answered[*i])
+            .ok_or_else(|| {
+                protocol(format!(
+                    "unexpected session reply {:?}",
+                    text.trim_end_matches('\0')
+                ))
+            })?;
+        answered[i] = true;
+        match parse_reply(body.as_bytes()) {
+            Ok(Verdict::Clean) => {}
+            Ok(Verdict::Infected(names)) => {
+                if first.as_ref().is_none_or(|(f, _)| i < *f) {
+                    first = Some((i, names));
+                }
+            }
+            Err(detail) => return Err(protocol(detail)),
+        }
+        // Every stream before the first infected one is answered: nothing earlier can take
+        // its place.
+        if let Some((f, _)) = &first {
+            if answered[..*f].iter().all(|&a| a) {
+                break;
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// A clamd connection in an `IDSESSION`: the id its next command's reply will carry (1: the
+/// session is not started yet) and when it was last used.
+struct Session {
+    conn: Either<UnixStream, TcpStream>,
+    next: usize,
+    at: Instant,
+}
+
+/// Sessions left open by earlier messages, per endpoint, for the next ones: a message then
+/// costs no connection (clamd: no accept, no new client; postsift: no socket, connect, close).
+/// Only a session whose every stream was answered and that has nothing left to read is put
+/// back; one that failed in any way is dropped, never reused. A session idle longer than
+/// [`POOL_IDLE`] is closed rather than reused (clamd's own `IdleTimeout` is 30 s by default).
+#[derive(Default)]
+struct Pool {
+    idle: std::sync::Mutex<Vec<Vec<Session>>>,
+}
+
+/// Sessions kept open per endpoint, at most.
+const POOL_SIZE: usize = 32;
+
+/// A session idle this long is closed, not reused.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+
+impl Pool {
+    fn new(endpoints: usize) -> Pool {
+        Pool {
+            idle: std::sync::Mutex::new((0..endpoints).map(|_| Vec::new()).collect()),
+        }
+    }
+
+    /// The most recently used idle session to endpoint `i` that is young enough.
+    fn take(&self, i: usize) -> Option<Session> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let sessions = idle.get_mut(i)?;
+        // The oldest are at the front: drop the stale ones.
+        sessions.retain(|s| s.at.elapsed() < POOL_IDLE);
+        sessions.pop()
+    }
+
+    fn put(&self, i: usize, session: Session) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if let Some(sessions) = idle.get_mut(i) {
+            if sessions.len() < POOL_SIZE {
+                sessions.push(session);
+            }
+        }
+    }
+
+    /// Closes every idle session (an endpoint failed: its sessions are suspect too).
+    fn clear(&self, i: usize) {
+        if let Some(s) = self.idle.lock().expect("pool lock").get_mut(i) {
+            s.clear();
+        }
+    }
+}
+
+/// One stream for clamd: pieces in memory and ranges of one file, in order — a message (its
+/// head, then its spool file), with the bodies clamd is sent decoded left out, or a decoded
+/// part (its head, then its spill file). Cloning shares the file, which is read with `pread`,
+/// so that a stream can be sent again (failover) and digested without reopening it.
+#[derive(Clone, Default)]
+pub struct Stream {
+    pieces: Vec<Piece>,
+    file: Option<std::sync::Arc<std::fs::File>>,
+    len: u64,
+}
+
+#[derive(Clone)]
+enum Piece {
+    Memory(bytes::Bytes),
+    /// `len` bytes of the file from `at`.
+    File {
+        at: u64,
+        len: u64,
+    },
+}
+
+impl Stream {
+    fn push(&mut self, piece: Piece) {
+        let len = match &piece {
+            Piece::Memory(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        };
+        if len > 0 {
+            self.len += len;
+            self.pieces.push(piece);
+        }
+    }
+
+    /// A decoded part's bytes.
+    pub fn contents(c: &Contents) -> io::Result<Stream> {
+        let (head, tail) = c.stream()?;
+        let mut s = Stream {
+            file: tail.map(std::sync::Arc::new),
+            ..Default::default()
+        };
+        let rest = c.len() - head.len() as u64;
+        s.push(Piece::Memory(head));
+        if s.file.is_some() {
+            s.push(Piece::File { at: 0, len: rest });
+        }
+        Ok(s)
+    }
+
+    /// The message without the byte ranges `left_out` (`start..end`, sorted, apart): what is
+    /// in memory shared, the rest read from the spool file when it is sent. Nothing of it is
+    /// read here, so a 50 MB spooled message costs no memory.
+    pub fn message(msg: &Message, left_out: &[(usize, usize)]) -> io::Result<Stream> {
+        let head = msg.head();
+        let h = head.len() as u64;
+        let mut s = Stream {
+            file: msg.reopen_tail()?.map(std::sync::Arc::new),
+            ..Default::default()
+        };
+        let mut keep = |from: u64, to: u64| {
+            if from < to.min(h) {
+                s.push(Piece::Memory(head.slice(from as usize..to.min(h) as usize)));
+            }
+            if from.max(h) < to {
+                let at = from.max(h);
+                s.push(Piece::File {
+                    at: at - h,
+                    len: to - at,
+                });
+            }
+        };
+        let mut at = 0u64;
+        for &(start, end) in left_out {
+            let (start, end) = ((start as u64).min(msg.len()), (end as u64).min(msg.len()));
+            if start > at {
+                keep(at, start);
+            }
+            at = at.max(end);
+        }
+        keep(at, msg.len());
+        Ok(s)
+    }
+
+    /// Bytes it holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes, as an owned reader (for the verdict cache's digest).
+    pub fn reader(&self) -> impl io::Read + Send + 'static {
+        StreamReader {
+            stream: self.clone(),
+            piece: 0,
+            pos: 0,
+        }
+    }
+}
+
+struct StreamReader {
+    stream: Stream,
+    piece: usize,
+    /// Position within the current piece.
+    pos: u64,
+}
+
+impl io::Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let Some(piece) = self.stream.pieces.get(self.piece) else {
+                return Ok(0);
+            };
+            let got = match piece {
+                Piece::Memory(b) => {
+                    let rest = &b[self.pos as usize..];
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    n
+                }
+                Piece::File { at, len } => {
+                    let n = ((len - self.pos) as usize).min(buf.len());
+                    let file = self
+                        .stream
+                        .file
+                        .as_ref()
+                        .expect("a file piece has its file");
+                    match file.read_at(&mut buf[..n], at + self.pos)? {
+                        0 if n > 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        got => got,
+                    }
+                }
+            };
+            if got == 0 && !buf.is_empty() {
+                self.piece += 1;
+                self.pos = 0;
+                continue;
+            }
+            self.pos += got as u64;
+            return Ok(got);
+        }
+    }
+}
+
 /// Writes one INSTREAM — the command, the stream in frames (4-byte big-endian length, data),
 /// the zero length — after what `frame` holds already (`zIDSESSION`), in writes of one to two
 /// [`CHUNK`]s: a stream of up to [`CHUNK`] bytes in memory goes out in a single write, command
-/// and end included. `head` first, then the rest from `tail` (a spool or spill file).
+/// and end included. Pieces in files are read off the async threads, a chunk at a time.
 async fn write_instream<W: tokio::io::AsyncWrite + Unpin>(
     wr: &mut W,
     frame: &mut Vec<u8>,
-    buf: &mut Vec<u8>,
-    head: &[u8],
-    tail: Option<std::fs::File>,
+    stream: &Stream,
 ) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let put = |frame: &mut Vec<u8>, chunk: &[u8]| {
         frame.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
         frame.extend_from_slice(chunk);
     };
     frame.extend_from_slice(b"zINSTREAM\0");
-    for chunk in head.chunks(CHUNK) {
-        if frame.len() >= CHUNK {
-            wr.write_all(frame).await?;
-            frame.clear();
-        }
-        put(frame, chunk);
-    }
-    if let Some(file) = tail {
-        let mut file = tokio::fs::File::from_std(file);
-        buf.resize(CHUNK, 0);
-        loop {
-            let got = file.read(buf).await?;
-            if got == 0 {
-                break;
+    for piece in &stream.pieces {
+        match piece {
+            Piece::Memory(b) => {
+                for chunk in b.chunks(CHUNK) {
+                    if frame.len() >= CHUNK {
+                        wr.write_all(frame).await?;
+                        frame.clear();
+                    }
+                    put(frame, chunk);
+                }
             }
-            if frame.len() >= CHUNK {
-                wr.write_all(frame).await?;
-                frame.clear();
+            &Piece::File { at, len } => {
+                let file = stream.file.clone().expect("a file piece has its file");
+                let mut done = 0u64;
+                while done < len {
+                    let want = ((len - done) as usize).min(CHUNK);
+                    let file = file.clone();
+                    let chunk = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buf = vec![0u8; want];
+                        file.read_exact_at(&mut buf, at + done).map(|()| buf)
+                    })
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))??;
+                    if frame.len() >= CHUNK {
+                        wr.write_all(frame).await?;
+                        frame.clear();
+                    }
+                    put(frame, &chunk);
+                    done += want as u64;
+                }
             }
-            put(frame, &buf[..got]);
         }
     }
     frame.extend_from_slice(&0u32.to_be_bytes());
@@ -698,6 +963,147 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), FailureKind::Protocol, "{e}");
+    }
+
+    /// Reads one `zINSTREAM`'s frames (after its command) and returns the stream's bytes.
+    async fn read_stream(s: &mut tokio::net::UnixStream) -> Vec<u8> {
+        let mut data = Vec::new();
+        loop {
+            let len = s.read_u32().await.unwrap() as usize;
+            if len == 0 {
+                return data;
+            }
+            let mut chunk = vec![0; len];
+            s.read_exact(&mut chunk).await.unwrap();
+            data.extend_from_slice(&chunk);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_next_message_goes_over_the_session_the_last_one_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // One connection only: a second one would never be served, and the scan time out.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut cmd = [0u8; 11];
+            s.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"zIDSESSION\0");
+            for id in 1..=3 {
+                let mut cmd = [0u8; 10];
+                s.read_exact(&mut cmd).await.unwrap();
+                assert_eq!(&cmd, b"zINSTREAM\0");
+                let data = read_stream(&mut s).await;
+                let reply = match data.as_slice() {
+                    b"bad" => format!("{id}: stream: Test.Sig FOUND\0"),
+                    _ => format!("{id}: stream: OK\0"),
+                };
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let c = client(&path.display().to_string());
+        let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(c.scan(&msg).await.unwrap(), Verdict::Clean);
+        let found = c
+            .scan_with_parts(&msg, &[&Contents::from(&b"bad"[..])])
+            .await
+            .unwrap();
+        assert_eq!(found, Some((Found::Part(0), vec!["Test.Sig".to_string()])));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_clamd_closed_while_idle_is_replaced_and_one_that_failed_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Each connection answers one stream, then clamd closes it (as at its IdleTimeout);
+        // the third answers with an error.
+        let server = tokio::spawn(async move {
+            for n in 1..=3 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut cmd = [0u8; 21];
+                s.read_exact(&mut cmd).await.unwrap();
+                assert_eq!(&cmd, b"zIDSESSION\0zINSTREAM\0", "connection {n}");
+                read_stream(&mut s).await;
+                let reply: &[u8] = match n {
+                    3 => b"1: INSTREAM size limit exceeded. ERROR\0",
+                    _ => b"1: stream: OK\0",
+                };
+                s.write_all(reply).await.unwrap();
+                if n == 3 {
+                    // A session that answered an error is not used again: nothing more comes.
+                    let mut rest = Vec::new();
+                    s.read_to_end(&mut rest).await.unwrap();
+                    assert!(rest.is_empty(), "{rest:?}");
+                }
+            }
+        });
+        let c = client(&path.display().to_string());
+        let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(c.scan(&msg).await.unwrap(), Verdict::Clean);
+        assert_eq!(c.scan(&msg).await.unwrap(), Verdict::Clean);
+        let e = c.scan(&msg).await.unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Limit, "{e}");
+        drop(c);
+        server.await.unwrap();
+    }
+
+    /// A message spooled past its first bytes (head in memory, the rest in a file).
+    fn spooled(data: &[u8], dir: &std::path::Path) -> Message {
+        let mut spool = crate::message::Spool::new(20, 20, dir);
+        spool.write(data).unwrap();
+        let msg = spool.finish().unwrap();
+        assert!(msg.reopen_tail().unwrap().is_some() && msg.head().len() < data.len());
+        msg
+    }
+
+    #[tokio::test]
+    async fn a_message_goes_out_without_the_ranges_left_out_from_memory_and_spool_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let msg = spooled(&data, dir.path());
+        let h = msg.head().len();
+        // Ranges across the head's end, inside the file, and up to the end; one out of bounds.
+        let left_out = [(5, h + 10), (1_000, 70_000), (150_000, 300_000)];
+        let mut want = data[..5].to_vec();
+        want.extend_from_slice(&data[h + 10..1_000]);
+        want.extend_from_slice(&data[70_000..150_000]);
+        let stream = Stream::message(&msg, &left_out).unwrap();
+        assert_eq!(stream.len(), want.len() as u64);
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut stream.reader(), &mut read).unwrap();
+        assert_eq!(read, want, "the digest's reader");
+        // What goes over the wire, frame by frame.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let sent = stream.clone();
+        let writer = tokio::spawn(async move {
+            write_instream(&mut a, &mut Vec::new(), &sent)
+                .await
+                .unwrap();
+        });
+        let mut cmd = [0u8; 10];
+        b.read_exact(&mut cmd).await.unwrap();
+        assert_eq!(&cmd, b"zINSTREAM\0");
+        let mut got = Vec::new();
+        loop {
+            let len = b.read_u32().await.unwrap() as usize;
+            if len == 0 {
+                break;
+            }
+            assert!(len <= CHUNK);
+            let mut chunk = vec![0; len];
+            b.read_exact(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, want, "INSTREAM");
+        // Nothing left out: the message as it is.
+        let whole = Stream::message(&msg, &[]).unwrap();
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut whole.reader(), &mut read).unwrap();
+        assert_eq!(read, data);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct ScanMetrics {
     pub cache: crate::scan::cache_metrics::CacheMetrics,
     /// Messages the spam engine was not asked about: a virus or banned file decided them.
     pub spam_skipped: prometheus::IntCounter,
+    /// Bytes of messages clamd was not sent with the message: sent decoded as parts instead.
+    pub clamd_left_out: prometheus::IntCounter,
 }
 
 impl ScanMetrics {
@@ -95,6 +97,12 @@ impl ScanMetrics {
                 "postsift_spam_skipped_total",
                 "Messages the spam engine was not asked about: a virus or banned file it \
                  discards or rejects decided them for every recipient",
+            ),
+            clamd_left_out: crate::metrics::counter0(
+                r,
+                "postsift_clamd_left_out_bytes_total",
+                "Bytes of messages left out of what clamd is sent of the message: encoded \
+                 bodies of files it is sent decoded as parts (or whose answer is cached)",
             ),
         }
     }

@@ -43,6 +43,7 @@ fn summary(w: &parts::Walk) -> PartsSummary {
         count: w.parts.len(),
         limit: w.limit.clone(),
         infected: None,
+        left_out: 0,
     }
 }
 
@@ -317,7 +318,7 @@ impl Scanners {
             };
             let (r, parts) = match clamd {
                 None => (VirusScan::Off, walk.map(|w| summary(&w))),
-                Some(c) => self.virus_scan(c, msg, walk, &metrics.cache).await,
+                Some(c) => self.virus_scan(c, msg, walk, metrics).await,
             };
             (r, parts, (banned, banned_by), start.elapsed())
         };
@@ -489,24 +490,31 @@ impl Scanners {
         Ok(Some(walk))
     }
 
-    /// clamd on the whole message (its own parsers see things ours may not) and on every part
-    /// the MIME walk decoded that clamd's scan of the message did not already see as it is, all
+    /// clamd on the message (its own parsers see things ours may not) and on every part the
+    /// MIME walk decoded that clamd's scan of the message does not already see as it is, all
     /// over one connection (`IDSESSION`), until one is infected. A failure on any of them fails
     /// the virus check: a part that could not be scanned is not clean.
+    ///
+    /// Each byte goes through clamd once: the message is sent without the encoded bodies of
+    /// the parts sent decoded (or whose answer the verdict cache has), where leaving them out
+    /// hides nothing ([`parts::leave_out`]: a file's clean base64 or well-formed
+    /// quoted-printable body, a well-formed uuencoded block), so that clamd's own MIME parser
+    /// does not decode and scan those files a second time. Headers, the MIME structure and
+    /// every text part stay (clamd's mail-format and phishing signatures read them there).
     ///
     /// Not sent again: members of archives postsift listed (clamd opens the archive part
     /// itself), members that could not be read (encrypted: nothing to scan), and verbatim text
     /// parts — a 7bit/8bit text part is the message's own bytes, which clamd's raw scan of the
-    /// whole message matched already; only clamd's type-specific handling of it (HTML
-    /// normalisation) is lost, and only when clamd's MIME parser missed the part. Anything that
-    /// sniffs as a file type, or holds a NUL byte, is sent whatever its encoding. A plain
-    /// message thus costs one INSTREAM, as without the walk.
+    /// message matched already; only clamd's type-specific handling of it (HTML normalisation)
+    /// is lost, and only when clamd's MIME parser missed the part. Anything that sniffs as a
+    /// file type, or holds a NUL byte, is sent whatever its encoding. A plain message thus
+    /// costs one INSTREAM, as without the walk.
     async fn virus_scan(
         &self,
         c: &clamd::ClamdClient,
         msg: &Message,
         walk: Option<parts::Walk>,
-        cached: &cache::CacheMetrics,
+        metrics: &ScanMetrics,
     ) -> (VirusScan, Option<PartsSummary>) {
         let fail = |e: clamd::Error| VirusScan::Failed(Failure::new(e.kind(), e.to_string()));
         let mut summary = walk.as_ref().map(summary);
@@ -518,8 +526,28 @@ impl Scanners {
             .filter(|p| p.containers.is_empty() && !p.contents.is_empty() && !seen_whole(p))
             .collect();
         let contents: Vec<&parts::Contents> = send.iter().map(|p| &p.contents).collect();
+        let mut left_out: Vec<(usize, usize)> = send.iter().filter_map(|p| p.encoded).collect();
+        left_out.sort_unstable();
+        let stream = match clamd::Stream::message(msg, &left_out) {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    fail(clamd::Error::Io {
+                        endpoint: "-".into(),
+                        source: e,
+                    }),
+                    summary,
+                )
+            }
+        };
+        let gone = msg.len() - stream.len();
+        metrics.clamd_left_out.inc_by(gone);
+        if let Some(s) = summary.as_mut() {
+            s.left_out = gone;
+        }
         // Each stream's answer from the verdict cache where it has one.
-        let found = cache::clamd_scan(c, self.cache.as_ref(), msg, &contents, cached).await;
+        let found =
+            cache::clamd_scan(c, self.cache.as_ref(), &stream, &contents, &metrics.cache).await;
         match found {
             Ok(None) => (VirusScan::Clean, summary),
             Ok(Some((at, names))) => {

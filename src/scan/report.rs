@@ -115,4 +115,7 @@ pub struct PartsSummary {
     pub limit: Option<parts::Stop>,
     /// The part a virus was found in (its file name or type), when not the whole message.
     pub infected: Option<String>,
+    /// Bytes of the message clamd was not sent with it: encoded bodies it was sent decoded as
+    /// parts (or whose answer the verdict cache had), see `Scanners::virus_scan`.
+    pub left_out: u64,
 }

@@ -17,7 +17,8 @@ use crate::hostile;
 use crate::peers;
 use crate::util::{self, base64, config, http_get, patient, start_filter, test_config, Filter};
 
-const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+pub(crate) const EICAR: &[u8] =
+    br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
 /// The name clamd gives the project's EICAR signature (tests/fixtures/clamav).
 const FOUND: &str = "Postsift.Test.EICAR";
@@ -33,7 +34,7 @@ fn mail_blind_clamd() -> String {
 // Message builders
 
 /// `text` cut into CRLF-ended lines whose lengths cycle through `widths`.
-fn wrap(text: &str, widths: &[usize]) -> String {
+pub(crate) fn wrap(text: &str, widths: &[usize]) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 30);
     let mut rest = text;
     for w in widths.iter().cycle() {
@@ -49,7 +50,7 @@ fn wrap(text: &str, widths: &[usize]) -> String {
 }
 
 /// A message: `headers` (Content-Type and the like, CRLF-ended) and a body.
-fn mail(subject: &str, headers: &str, body: &str) -> Vec<u8> {
+pub(crate) fn mail(subject: &str, headers: &str, body: &str) -> Vec<u8> {
     format!(
         "From: a@example.org\r\nTo: b@example.com\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n{headers}\r\n{body}"
     )
@@ -57,7 +58,7 @@ fn mail(subject: &str, headers: &str, body: &str) -> Vec<u8> {
 }
 
 /// A text part and one attachment, `encoded` already in its transfer encoding `cte`.
-fn with_attachment(name: &str, ctype: &str, cte: &str, encoded: &str) -> Vec<u8> {
+pub(crate) fn with_attachment(name: &str, ctype: &str, cte: &str, encoded: &str) -> Vec<u8> {
     mail(
         "see attached",
         "Content-Type: multipart/mixed; boundary=\"b\"\r\n",
@@ -68,7 +69,7 @@ fn with_attachment(name: &str, ctype: &str, cte: &str, encoded: &str) -> Vec<u8>
 }
 
 /// A zip of deflated members.
-fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, data) in members {
@@ -80,7 +81,7 @@ fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
-fn zip_attachment(zip: &[u8]) -> Vec<u8> {
+pub(crate) fn zip_attachment(zip: &[u8]) -> Vec<u8> {
     with_attachment(
         "files.zip",
         "application/zip",
@@ -90,7 +91,7 @@ fn zip_attachment(zip: &[u8]) -> Vec<u8> {
 }
 
 /// uuencoding (`` ` `` for zero, 45 bytes a line), with its `begin 644 <name>` and `end`.
-fn uuencode(name: &str, data: &[u8]) -> String {
+pub(crate) fn uuencode(name: &str, data: &[u8]) -> String {
     let ch = |v: u32| match v & 63 {
         0 => '`',
         v => (b' ' + v as u8) as char,
@@ -114,7 +115,7 @@ fn uuencode(name: &str, data: &[u8]) -> String {
 
 /// EICAR as a base64 attachment `eicar.txt` in a message forwarded as message/rfc822 inside
 /// another, `levels` times.
-fn forwarded(levels: usize) -> Vec<u8> {
+pub(crate) fn forwarded(levels: usize) -> Vec<u8> {
     let mut inner = mail(
         &format!("level {levels}"),
         "Content-Type: multipart/mixed; boundary=\"z\"\r\n",
@@ -178,7 +179,7 @@ fn many_parts(n: usize) -> Vec<u8> {
 // Running a case
 
 /// `postsift scan` on `msg` with `toml`: (exit code, stdout and stderr).
-async fn scan_cli(toml: String, msg: Vec<u8>) -> (i32, String) {
+pub(crate) async fn scan_cli(toml: String, msg: Vec<u8>) -> (i32, String) {
     util::blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, file) = (dir.path().join("scan.toml"), dir.path().join("msg.eml"));
@@ -363,7 +364,7 @@ async fn eicar_at_the_bottom_of_a_hundred_nested_multiparts() {
 // Limits
 
 /// A postsift on the shared clamd with /metrics on; `extra` is appended to the config.
-async fn filter_with_metrics(sink: SocketAddr, extra: &str) -> (Filter, SocketAddr) {
+pub(crate) async fn filter_with_metrics(sink: SocketAddr, extra: &str) -> (Filter, SocketAddr) {
     let clamd = util::blocking(util::clamd).await;
     let port = peers::free_port();
     let cfg = test_config(Some(&clamd), None, sink, extra)

@@ -14,6 +14,7 @@ mod auth; // SPF, DKIM, DMARC, ARC against a real DNS server; Authentication-Res
 mod banks; // policy banks: originating listener, client network, recipient domain, mixed groups over LMTP and SMTP
 mod cache; // issue 22: the verdict cache (retry, new signatures, failures never kept, parts) and the spam check skipped for a discarded virus
 mod clamd_cost; // clamd per-part scanning: one IDSESSION against a connection per part (--ignored)
+mod clamd_once; // issue 22: clamd sent the message without the bodies it is sent decoded; detection per content kind
 mod cli; // check-config and scan, with their exit codes
 mod corpus; // the real-world corpus passes unharmed
 mod dkim_sign; // DKIM signing of outgoing mail, verified by mail-auth and by dkimpy against a real DNS server

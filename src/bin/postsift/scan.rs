@@ -281,6 +281,12 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
                 .map_or(String::new(), |p| format!(", virus in: {}", escape::text(p))),
         ),
     }
+    if let Some(s) = summary.filter(|s| s.left_out > 0) {
+        println!(
+            "clamd:      sent the message without {} bytes (bodies it was sent decoded)",
+            s.left_out
+        );
+    }
     let limits = postsift::scan::parts::Limits::from_config(&config.parts);
     let Ok(raw) = msg.read_all() else { return };
     let walk = match postsift::scan::parts::walk(&raw, &limits, &config.spool_dir()) {

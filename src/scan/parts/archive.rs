@@ -423,6 +423,7 @@ impl Member {
             depth: self.depth,
             containers: self.containers.clone(),
             verbatim: false,
+            encoded: None,
             contents,
         }
     }

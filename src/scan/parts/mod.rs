@@ -67,6 +67,7 @@
 //! `spill` the decoded contents, in memory or spilled to the spool.
 
 mod archive;
+pub mod leave_out;
 mod raw;
 mod spill;
 mod tree;
@@ -110,6 +111,12 @@ pub struct Part {
     /// The decoded contents are the message's own bytes, unchanged (a 7bit/8bit/binary part):
     /// clamd's scan of the whole message saw them as they are.
     pub verbatim: bool,
+    /// Where the bytes that encode it stand in the message (`start..end`), when clamd may be
+    /// sent the message without them and this part instead (see [`leave_out`]): a file's
+    /// body in clean base64, well-formed quoted-printable or as it is, a well-formed uuencoded
+    /// block. None for everything else: text parts (clamd's mail-format and phishing
+    /// signatures read them in the message), archive members, the raw reading's base64 runs.
+    pub encoded: Option<(usize, usize)>,
     pub contents: Contents,
 }
 

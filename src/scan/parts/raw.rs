@@ -51,6 +51,9 @@ pub(super) fn raw_blocks(raw: &[u8], w: &mut Collector) {
                     depth: 0,
                     containers: Vec::new(),
                     verbatim: false,
+                    // Not left out of what clamd is sent: a run may stand inside a body it
+                    // decodes otherwise (junk around it), and hidden ones are no cost worth it.
+                    encoded: None,
                     contents,
                 });
             }
@@ -68,10 +71,18 @@ pub(super) fn raw_blocks(raw: &[u8], w: &mut Collector) {
                     .trim()
                     .to_owned();
             let mut data = Vec::new();
+            // The block, `begin` to `end` lines included, when it is well-formed and ends.
+            let mut block = Some((start, end));
+            let mut ended = false;
             for (s, e) in lines.by_ref() {
                 let l = &raw[s..e];
                 if l == b"end" || l.starts_with(b"end ") {
+                    block = block.map(|(b, _)| (b, e));
+                    ended = true;
                     break;
+                }
+                if !leave_out::uu_line(l) {
+                    block = None;
                 }
                 uudecode_line(l, &mut data);
             }
@@ -86,6 +97,7 @@ pub(super) fn raw_blocks(raw: &[u8], w: &mut Collector) {
                 depth: 0,
                 containers: Vec::new(),
                 verbatim: false,
+                encoded: block.filter(|_| ended),
                 contents,
             });
             continue;

@@ -1056,3 +1056,46 @@ fn a_7z_asking_for_a_4_gib_dictionary_is_opened_not_called_clean() {
     assert_eq!(p.name.as_deref(), Some("setup.exe"));
     assert_eq!(p.containers, ["7z"]);
 }
+
+#[test]
+fn a_file_in_clean_base64_or_quoted_printable_may_be_left_out_of_what_clamd_is_sent_a_text_not() {
+    let pdf = b"%PDF-1.4 a small file \x00\x01\x02 with some bytes".to_vec();
+    let pdf64 = b64(&pdf);
+    let msg = format!(
+        "From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{pdf64}\r\n\
+         --b\r\nContent-Type: application/octet-stream; name=\"q.bin\"\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\r\nab=3Dc=\r\nd\r\n\
+         --b\r\nContent-Type: application/octet-stream; name=\"junk.bin\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{pdf64}\r\n(not base64)\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nsee you\r\nbegin 644 u.bin\r\n#86)C\r\n`\r\nend\r\n\
+         --b--\r\n",
+        b64(b"a text in base64, kept in the message")
+    );
+    let raw = msg.as_bytes();
+    let w = walk(raw, &LIMITS);
+    let at = |name: &str| {
+        let p = w
+            .parts
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap();
+        p.encoded.map(|(s, e)| &raw[s..e])
+    };
+    assert_eq!(at("a.pdf"), Some(pdf64.as_bytes()));
+    assert_eq!(at("q.bin"), Some(&b"ab=3Dc=\r\nd"[..]));
+    assert_eq!(at("junk.bin"), None, "junk after the base64");
+    assert_eq!(
+        at("u.bin"),
+        Some(&b"begin 644 u.bin\r\n#86)C\r\n`\r\nend"[..])
+    );
+    let text = w
+        .parts
+        .iter()
+        .find(|p| p.declared.as_deref() == Some("text/plain"))
+        .unwrap();
+    assert_eq!(text.encoded, None, "a text stays in the message");
+}

@@ -117,6 +117,26 @@ impl Collector {
                                     p.content_type().and_then(|c| c.attribute("charset")),
                                 )
                     });
+            // A file's body (not a text, which clamd's mail-format and phishing signatures
+            // read in the message) that clamd may be sent the message without.
+            let file = matches!(p.body, PartType::Binary(_) | PartType::InlineBinary(_))
+                && !declared
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("text/") || t.starts_with("message/"));
+            let encoded = match (body, base) {
+                (Some(b), Some(base)) if file => {
+                    let end = (base + p.offset_end as usize).min(raw.len());
+                    let encoding = match p.encoding {
+                        mail_parser::Encoding::Base64 => leave_out::Encoding::Base64,
+                        mail_parser::Encoding::QuotedPrintable => {
+                            leave_out::Encoding::QuotedPrintable
+                        }
+                        mail_parser::Encoding::None => leave_out::Encoding::Verbatim,
+                    };
+                    (b <= end && leave_out::clean(&raw[b..end], encoding, data)).then_some((b, end))
+                }
+                _ => None,
+            };
             let Some(contents) = self.contents(data) else {
                 return;
             };
@@ -128,6 +148,7 @@ impl Collector {
                 depth,
                 containers: Vec::new(),
                 verbatim,
+                encoded,
                 contents,
             };
             if !self.add(part) {
