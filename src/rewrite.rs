@@ -336,6 +336,12 @@ pub fn header_block(
             if rest.first() == Some(&b' ') {
                 rest = &rest[1..];
             }
+            subject_done = true;
+            if already_tagged(rest, tag) {
+                // Tagged before (hybrid mode: by the milter, then again here): one tag.
+                out.extend_from_slice(field);
+                continue;
+            }
             out.extend_from_slice(&field[..colon]);
             out.push(b' ');
             if rest == b"\r\n" || rest.is_empty() {
@@ -345,7 +351,6 @@ pub fn header_block(
                 out.extend_from_slice(tag.as_bytes());
                 out.extend_from_slice(rest);
             }
-            subject_done = true;
             continue;
         }
         out.extend_from_slice(field);
@@ -355,6 +360,17 @@ pub fn header_block(
         out.extend_from_slice(format!("Subject: {}\r\n", tag.trim_end()).as_bytes());
     }
     out
+}
+
+/// Whether a subject's value (after the space following the colon) begins with `tag`, as a
+/// word: `***Spam*** Buy`, or `***Spam***` alone, for the tag `***Spam*** `.
+fn already_tagged(rest: &[u8], tag: &str) -> bool {
+    let t = tag.trim_end().as_bytes();
+    !t.is_empty()
+        && rest.starts_with(t)
+        && rest[t.len()..]
+            .first()
+            .is_none_or(|b| b.is_ascii_whitespace())
 }
 
 fn subject_tag<'c>(config: &'c Config, decision: &Decision) -> Option<&'c str> {
@@ -579,6 +595,21 @@ Received: from mx.example.com ([127.0.0.1])\r\n by localhost (mx.example.com [12
             b.ends_with("From: a@b\r\nSubject: ***Spam***  Buy\r\n now\r\n"),
             "{b}"
         );
+    }
+
+    #[test]
+    fn a_subject_tagged_before_is_not_tagged_twice() {
+        let d = decision(12.0, &[]);
+        let b = block(&d, "From: a@b\r\nSubject: ***Spam*** Buy\r\n");
+        assert!(
+            b.ends_with("From: a@b\r\nSubject: ***Spam*** Buy\r\n"),
+            "{b}"
+        );
+        let b = block(&d, "From: a@b\r\nSubject: ***Spam***\r\n");
+        assert!(b.ends_with("From: a@b\r\nSubject: ***Spam***\r\n"), "{b}");
+        // Not the tag as a word: tagged.
+        let b = block(&d, "From: a@b\r\nSubject: ***Spam***x\r\n");
+        assert!(b.ends_with("Subject: ***Spam*** ***Spam***x\r\n"), "{b}");
     }
 
     #[test]

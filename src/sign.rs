@@ -123,6 +123,54 @@ impl Keys {
     pub fn is_empty(&self) -> bool {
         self.by_domain.is_empty()
     }
+
+    /// Whether one of the keys signs as domain `d` with selector `s` (any case).
+    pub fn has(&self, d: &str, s: &str) -> bool {
+        let d = d.trim_end_matches('.');
+        self.for_domain(d)
+            .iter()
+            .any(|k| k.selector.eq_ignore_ascii_case(s))
+    }
+}
+
+/// The `d=` and `s=` tags of a `DKIM-Signature` field (folding whitespace removed from the
+/// values, RFC 6376 3.2); None for another field or one without both tags.
+fn signature_ids(field: &[u8]) -> Option<(String, String)> {
+    let name = crate::message::field_name(field)?;
+    if !name.eq_ignore_ascii_case(b"dkim-signature") {
+        return None;
+    }
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
+    let (mut d, mut s) = (None, None);
+    for tag in value.split(';') {
+        let Some((k, v)) = tag.split_once('=') else {
+            continue;
+        };
+        let v: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        match k.trim() {
+            "d" => d = Some(v),
+            "s" => s = Some(v),
+            _ => {}
+        }
+    }
+    Some((d?, s?))
+}
+
+/// `header_block` less the `DKIM-Signature` fields made with one of `keys` (a domain and
+/// selector postsift signs with): in hybrid mode the milter's signature, which the hop's header
+/// edits can break, before the hop signs anew. None when there is none.
+pub fn without_own_signatures(header_block: &[u8], keys: &Keys) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(header_block.len());
+    let mut removed = false;
+    for f in crate::message::fields(header_block) {
+        if signature_ids(f).is_some_and(|(d, s)| keys.has(&d, &s)) {
+            removed = true;
+            continue;
+        }
+        out.extend_from_slice(f);
+    }
+    removed.then_some(out)
 }
 
 /// Reads a PEM private key of the kind `algorithm` names.
@@ -596,6 +644,35 @@ mod tests {
             e.contains("`dkim_sign.keys[0].key`") && e.contains("/nonexistent"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn only_signatures_made_with_our_keys_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ed.pem");
+        let g = generate(SignAlgorithm::Ed25519Sha256, 0).unwrap();
+        write_key(&path, &g.pem, false).unwrap();
+        let keys = Keys::load(&[config::DkimKey {
+            domain: "Example.COM".into(),
+            selector: "ed".into(),
+            key: path,
+            algorithm: SignAlgorithm::Ed25519Sha256,
+        }])
+        .unwrap();
+        let block =
+            b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.com;\r\n s=ed; bh=x; b=y\r\n\
+dkim-signature: v=1; d=example.com.; s=ED; b=z\r\n\
+DKIM-Signature: v=1; d=example.com; s=other; b=z\r\n\
+DKIM-Signature: v=1; d=example.org; s=ed; b=z\r\n\
+From: a@example.com\r\n\r\n";
+        let out = without_own_signatures(block, &keys).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "DKIM-Signature: v=1; d=example.com; s=other; b=z\r\n\
+DKIM-Signature: v=1; d=example.org; s=ed; b=z\r\n\
+From: a@example.com\r\n\r\n"
+        );
+        assert!(without_own_signatures(b"From: a@example.com\r\n", &keys).is_none());
     }
 
     #[test]

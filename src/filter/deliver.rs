@@ -149,10 +149,17 @@ async fn dkim_sign(
 ) -> Signing {
     let m = &shared.metrics.dkim_sign;
     let start = Instant::now();
-    match crate::sign::sign(c, &shared.dkim_keys, block, msg).await {
+    // A signature of ours already there (hybrid mode: the milter's) goes when this one is made:
+    // one signature from postsift, made over the header section that goes out.
+    let stripped = crate::sign::without_own_signatures(block, &shared.dkim_keys);
+    let signed_block = stripped.as_deref().unwrap_or(block);
+    match crate::sign::sign(c, &shared.dkim_keys, signed_block, msg).await {
         Ok(Signed::Signed { headers, domain }) => {
             m.duration.observe(start.elapsed().as_secs_f64());
             m.signed.with_label_values(&["signed"]).inc();
+            if let Some(s) = stripped {
+                *block = s;
+            }
             block.splice(0..0, headers);
             Signing::Signed(domain)
         }

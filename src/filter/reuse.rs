@@ -13,7 +13,8 @@
 //! the checks saw the header section the client sent, as the milter's reply did. What the hop
 //! does again is the cheap, header- and recipient-dependent part: the groups (policy banks),
 //! each group's decision, the header rewrite (it removes the milter's headers as its own and
-//! writes them anew from the same report) and delivery.
+//! writes them anew from the same report, leaves a subject tag that is already there, and
+//! replaces a DKIM signature of postsift's own keys with its own) and delivery.
 //!
 //! The map is bounded (`milter.reuse_entries`, oldest out first), an entry expires after
 //! `milter.reuse_ttl`, and it outlives reloads but not a restart: with no entry the hop scans.

@@ -90,27 +90,33 @@ fn world() -> &'static World {
 /// The filter's config: spamd, the test DNS server, signing on for listener 127.0.0.1:10026
 /// and the network 192.0.2.0/24, keys for sign.test and both.test; `extra` appended.
 fn sign_config(sink: &Capture, extra: &str) -> String {
-    let w = world();
     let spamd = spamd();
-    let key = |n: &str| w.key(n).display().to_string();
     config(
         None,
         Some(&spamd),
         sink.addr,
-        &format!(
-            "[auth]\nauthserv_id = \"mx.test.local\"\n\
+        &signing("[\"127.0.0.1:10026\"]", extra),
+    )
+}
+
+/// [`sign_config`]'s sections after the peers: the test DNS server, signing (on for the
+/// `originating` listeners, a TOML array, and the network 192.0.2.0/24), the keys.
+fn signing(originating: &str, extra: &str) -> String {
+    let w = world();
+    let key = |n: &str| w.key(n).display().to_string();
+    format!(
+        "[auth]\nauthserv_id = \"mx.test.local\"\n\
              [dns]\nservers = [\"{dns}\"]\ntimeout = 1\nattempts = 1\n\
-             [dkim_sign]\nenabled = true\noriginating_listeners = [\"127.0.0.1:10026\"]\n\
+             [dkim_sign]\nenabled = true\noriginating_listeners = {originating}\n\
              networks = [\"192.0.2.0/24\"]\n\
              [[dkim_sign.keys]]\ndomain = \"sign.test\"\nselector = \"r2048\"\nkey = \"{k1}\"\n\
              [[dkim_sign.keys]]\ndomain = \"both.test\"\nselector = \"r3072\"\nkey = \"{k2}\"\n\
              [[dkim_sign.keys]]\ndomain = \"both.test\"\nselector = \"ed\"\nkey = \"{k3}\"\n\
              algorithm = \"ed25519-sha256\"\n{extra}",
-            dns = w.dns.addr,
-            k1 = key("r2048.sign.test.pem"),
-            k2 = key("r3072.both.test.pem"),
-            k3 = key("ed.both.test.pem"),
-        ),
+        dns = w.dns.addr,
+        k1 = key("r2048.sign.test.pem"),
+        k2 = key("r3072.both.test.pem"),
+        k3 = key("ed.both.test.pem"),
     )
 }
 
@@ -570,4 +576,52 @@ async fn each_recipient_group_gets_its_own_signature() {
         assert!(signatures(&theirs).is_empty(), "lmtp={lmtp}");
     }
     f.stop().await;
+}
+
+/// Hybrid mode (the milter and the after-queue hop in one postsift): originating mail (a client
+/// in `networks`) is signed by both front ends, and the hop, which edits the header section
+/// last, replaces the milter's signature with its own: the message goes out with one
+/// signature from postsift, and it verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_originating_mail_gets_one_signature_made_by_the_hop() {
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let sink = Capture::start().await;
+    let (pf, f, metrics) =
+        crate::milter::hybrid(sink.addr, &clamd, Some(&spamd), &signing("[]", "")).await;
+    let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    let data = message(
+        "ann@sign.test",
+        "hybrid",
+        &format!("Hello,\r\n\r\n{gtube}\r\n"),
+    );
+    let front = pf.smtp_addr();
+    // From the client 192.0.2.10 (XCLIENT), inside `networks`.
+    let replies =
+        util::blocking(move || crate::milter::from_client(front, "ann@sign.test", data.as_bytes()))
+            .await;
+    assert!(
+        replies.iter().any(|r| r.1.contains(" 2.0.0 Ok: queued")),
+        "{replies:?}"
+    );
+    let t = sink.wait_for(1).await.remove(0);
+    // The milter signed, then the hop signed the copy it reinjected.
+    let signed = "postsift_dkim_signed_total{result=\"signed\"}";
+    assert_eq!(
+        crate::milter::sample_reaching(metrics, signed, 2.0).await,
+        2.0
+    );
+    crate::postfix::settle(&pf, f).await;
+    let h = t.headers();
+    assert!(h.contains("Subject: ***Spam*** hybrid\r\n"), "{h}");
+    assert_eq!(h.matches("***Spam***").count(), 1, "{h}");
+    let sigs = signatures(&t);
+    assert_eq!(sigs.len(), 1, "{h}");
+    let s = sigs[0].replace([' ', '\t'], "");
+    assert!(s.contains("d=sign.test;") && s.contains("s=r2048;"), "{s}");
+    assert_eq!(dkimpy(&t.data), ["pass"], "dkimpy");
+    let ar = mail_auth(&t.data, "ann@sign.test").await;
+    assert!(
+        ar.contains("dkim=pass header.d=sign.test header.s=r2048"),
+        "mail-auth: {ar}"
+    );
 }

@@ -56,7 +56,7 @@ Content-Transfer-Encoding: base64\r\n\r\neA==\r\n--b1--\r\n"
 
 /// One message through Postfix as if from the Internet client 192.0.2.10 (Postfix's XCLIENT;
 /// the test's own connection is loopback, for which SPF says nothing); every reply.
-fn from_client(front: SocketAddr, from: &str, body: &[u8]) -> Vec<(u16, String)> {
+pub(crate) fn from_client(front: SocketAddr, from: &str, body: &[u8]) -> Vec<(u16, String)> {
     let mut c = peers::SmtpClient::connect(front).unwrap();
     let mut out = vec![c.read_reply().unwrap()];
     for cmd in [
@@ -464,7 +464,12 @@ async fn milter_quarantine_stores_then_discards_and_hold_uses_postfixs_hold_queu
 /// content_filter hands the queued message to postsift's LMTP listener (the test Postfix's
 /// `postsift-lmtp` transport, with XFORWARD), which reinjects into Postfix's 10025 (no milters);
 /// returns Postfix, postsift and postsift's metrics address.
-async fn hybrid(sink: SocketAddr, clamd: &str, extra: &str) -> (Postfix, Filter, SocketAddr) {
+pub(crate) async fn hybrid(
+    sink: SocketAddr,
+    clamd: &str,
+    spamd: Option<&str>,
+    extra: &str,
+) -> (Postfix, Filter, SocketAddr) {
     let milter = free_addr();
     let filter = free_addr();
     let pf = start_postfix(filter, sink).await;
@@ -475,11 +480,14 @@ async fn hybrid(sink: SocketAddr, clamd: &str, extra: &str) -> (Postfix, Filter,
         "milter_default_action = tempfail",
         "milter_command_timeout = 60s",
         "milter_content_timeout = 120s",
+        // `from_client`'s XCLIENT, and its client 192.0.2.10 allowed to relay.
+        "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
+        "mynetworks = 127.0.0.0/8 192.0.2.0/24",
     ]);
     let port = peers::free_port();
     let toml = util::test_config(
         Some(clamd),
-        None,
+        spamd,
         pf.reinject_addr(),
         &format!("[milter]\nlisten = [\"{milter}\"]\n{extra}"),
     )
@@ -497,7 +505,7 @@ async fn hybrid(sink: SocketAddr, clamd: &str, extra: &str) -> (Postfix, Filter,
 /// The value of the metrics sample `series` (its name and labels exactly as encoded), once it
 /// reaches `want` (the after-queue hop counts its message after the reinjection, so the
 /// sink can have it first), or its last value after 30 s.
-async fn sample_reaching(metrics: SocketAddr, series: &str, want: f64) -> f64 {
+pub(crate) async fn sample_reaching(metrics: SocketAddr, series: &str, want: f64) -> f64 {
     let mut last = 0.0;
     for _ in 0..150 {
         let (_, text) = util::http_get(metrics, "/metrics").await;
@@ -519,7 +527,7 @@ async fn sample_reaching(metrics: SocketAddr, series: &str, want: f64) -> f64 {
 async fn milter_and_content_filter_count_messages_under_their_own_frontend_label() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
-    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "").await;
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, None, "").await;
     let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
     assert_eq!(code, 250, "{replies:?}");
     sink.wait_for(1).await;
@@ -557,7 +565,7 @@ async fn hybrid_message_is_scanned_once_by_the_milter_and_the_hop_reuses_it() {
     let clamd = util::blocking(util::clamd).await;
     let sink = Capture::start().await;
     // The verdict cache off: every scan the hop made would reach clamd.
-    let (pf, f, metrics) = hybrid(sink.addr, &clamd, "[cache]\nmax_bytes = 0\n").await;
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, None, "[cache]\nmax_bytes = 0\n").await;
     let (replies, code) = send(pf.smtp_addr(), &["bob@example.com"], fixture("clean.eml")).await;
     assert_eq!(code, 250, "{replies:?}");
     sink.wait_for(1).await;
@@ -607,6 +615,74 @@ async fn hybrid_message_is_scanned_once_by_the_milter_and_the_hop_reuses_it() {
     let h = all[0].headers();
     assert_eq!(h.matches("X-Spam-Flag:").count(), 0, "{h}");
     assert_eq!(h.matches("X-Virus-Scanned:").count(), 1, "{h}");
+}
+
+/// `name:` fields (any case) in header section `h`.
+fn count_fields(h: &str, name: &str) -> usize {
+    let want = format!("{}:", name.to_ascii_lowercase());
+    h.split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with(&want))
+        .count()
+}
+
+/// Hybrid mode with clamd and spamd: the milter edits the header section, then the hop edits
+/// it again from the same report. GTUBE and a clean message end with one set of postsift's
+/// fields each (X-Spam-*, X-Virus-Scanned, postsift's Authentication-Results) and GTUBE with
+/// one subject tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_headers_are_written_once_and_the_subject_tagged_once() {
+    let (clamd, spamd) = util::blocking(|| (util::clamd(), util::spamd())).await;
+    let sink = Capture::start().await;
+    let (pf, f, metrics) = hybrid(sink.addr, &clamd, Some(&spamd), "").await;
+    let front = pf.smtp_addr();
+    let clean =
+        b"From: ann@example.org\r\nTo: bob@example.com\r\nSubject: lunch\r\n\r\nLunch at noon?\r\n";
+    for body in [fixture("gtube.eml"), clean.to_vec()] {
+        let replies = util::blocking(move || from_client(front, "ann@example.org", &body)).await;
+        assert!(data_reply(&replies).contains(" 2.0.0 Ok"), "{replies:?}");
+    }
+    let all = sink.wait_for(2).await;
+    // Both went through the hop, which took the milter's scans.
+    assert_eq!(
+        sample_reaching(metrics, "postsift_milter_reused_total", 2.0).await,
+        2.0
+    );
+    settle(&pf, f).await;
+    let spam = all
+        .iter()
+        .find(|t| t.text().contains("GTUBE"))
+        .expect("GTUBE mail");
+    let h = spam.headers();
+    assert!(h.contains("X-Spam-Flag: YES\r\n"), "{h}");
+    assert_eq!(h.matches("***Spam***").count(), 1, "{h}");
+    assert!(h.contains("Subject: ***Spam*** "), "{h}");
+    let clean = all
+        .iter()
+        .find(|t| t.text().contains("Lunch at noon"))
+        .expect("clean mail");
+    let hc = clean.headers();
+    assert!(hc.contains("X-Spam-Flag: NO\r\n"), "{hc}");
+    assert!(hc.contains("Subject: lunch\r\n"), "{hc}");
+    for h in [&h, &hc] {
+        for name in [
+            "X-Spam-Flag",
+            "X-Spam-Score",
+            "X-Spam-Level",
+            "X-Spam-Status",
+            "X-Virus-Scanned",
+            "Subject",
+        ] {
+            assert_eq!(count_fields(h, name), 1, "{name} in {h}");
+        }
+        assert_eq!(
+            h.matches("Authentication-Results: filter.test.local")
+                .count(),
+            1,
+            "{h}"
+        );
+        // The hop's Received line: one.
+        assert_eq!(h.matches("(postsift, port").count(), 1, "{h}");
+    }
 }
 
 /// Postfix calling the milter over a Unix socket (`smtpd_milters = unix:/path`): a banned
