@@ -12,19 +12,21 @@
 //! is always an escape and never a sender's own four characters. Everything else, UTF-8 letters
 //! included, is kept.
 //!
-//! [`text`] caps the result at [`MAX_CHARS`] characters, ending a longer one with
+//! [`text`] caps the result at [`MAX_BYTES`] bytes of UTF-8, ending a longer one with
 //! `...[+N chars]` (N counts the original's characters left out): a 20,000-character file name
-//! makes neither a 20 KB reply line nor a 20 KB log field.
+//! makes neither a 20 KB reply line nor a 20 KB log field, and 200 two- or four-byte letters
+//! make no reply line longer than RFC 5321's 512 octets either (the cap is in bytes, not
+//! characters: found by fuzzing).
 
 use std::fmt::{self, Write};
 use std::io;
 
-/// Characters kept of one value, escapes included.
-pub const MAX_CHARS: usize = 200;
+/// Bytes (UTF-8) kept of one value, escapes included.
+pub const MAX_BYTES: usize = 200;
 
-/// `s` escaped and capped at [`MAX_CHARS`].
+/// `s` escaped and capped at [`MAX_BYTES`].
 pub fn text(s: &str) -> String {
-    capped(s.chars().map(Ok), MAX_CHARS)
+    capped(s.chars().map(Ok), MAX_BYTES)
 }
 
 /// `s` escaped, with no length cap (for output that is long by design, such as the text of a
@@ -49,7 +51,7 @@ pub fn bytes(b: &[u8]) -> String {
             .map(Ok)
             .chain(chunk.invalid().iter().map(|&x| Err(x)))
     });
-    capped(units, MAX_CHARS)
+    capped(units, MAX_BYTES)
 }
 
 /// `s` escaped, as a `Display` value for `tracing` fields and `format!` (`%Shown(&x)`).
@@ -79,7 +81,7 @@ pub fn needs_escape(c: char) -> bool {
         )
 }
 
-/// Characters (`Ok`) and bytes that are not UTF-8 (`Err`), escaped, at most `max` shown.
+/// Characters (`Ok`) and bytes that are not UTF-8 (`Err`), escaped, at most `max` bytes shown.
 fn capped(mut units: impl Iterator<Item = Result<char, u8>>, max: usize) -> String {
     let mut out = String::new();
     let mut shown = 0usize;
@@ -99,7 +101,7 @@ fn capped(mut units: impl Iterator<Item = Result<char, u8>>, max: usize) -> Stri
                 let _ = write!(one, "\\x{b:02x}");
             }
         }
-        let len = one.chars().count();
+        let len = one.len();
         if shown + len > max {
             let left = 1 + units.count();
             let _ = write!(out, "...[+{left} chars]");
@@ -173,13 +175,25 @@ mod tests {
     #[test]
     fn a_huge_value_is_capped_with_a_marker() {
         let e = text(&"a".repeat(20_000));
-        assert!(e.len() < MAX_CHARS + 24, "{}", e.len());
+        assert!(e.len() < MAX_BYTES + 24, "{}", e.len());
         assert!(e.ends_with("...[+19800 chars]"), "{}", &e[190..]);
         // Escapes count towards the cap and are never cut in half.
         let e = text(&"\n".repeat(1000));
         assert!(e.starts_with("\\x0a") && e.contains("...[+"), "{e}");
         assert_eq!(e.split("...").next().unwrap().len() % 4, 0);
         assert_eq!(uncapped(&"b".repeat(5000)).len(), 5000);
+    }
+
+    #[test]
+    fn the_cap_counts_bytes_so_wide_letters_make_no_long_line() {
+        // 300 two-byte letters (a Latin-1 name read as UTF-8) and 300 four-byte ones: the cap
+        // is 200 bytes whatever the letters, never cutting one in half.
+        for s in ["\u{a1}".repeat(300), "\u{1f600}".repeat(300)] {
+            let e = text(&s);
+            let kept = e.split("...[+").next().unwrap();
+            assert!(kept.len() <= MAX_BYTES, "{}", kept.len());
+            assert!(e.len() < MAX_BYTES + 24, "{}", e.len());
+        }
     }
 
     #[test]
