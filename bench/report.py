@@ -18,6 +18,7 @@ import sys
 FILTER_ORDER = {"ceiling": 0, "postsift": 1, "amavisd": 2}
 WALK_FILTERS = ("postsift-walk", "postsift-whole")
 AUTH_FILTERS = ("postsift-auth", "postsift-noauth", "postsift-authcold")
+HOP_FILTERS = ("hop-ceiling", "hop-default")
 WALK_KINDS = {"synthetic": "synthetic (smtp-source)", "mix": "mix (bench/mix.py)",
               "attach": "attach-1.eml (PDF + zip)"}
 FOREIGN_FLAG = 10  # % of the machine's CPU used by others during a cell: flagged
@@ -470,6 +471,54 @@ def auth_section(work, rows, meta, TR):
     return L
 
 
+def hop_section(rows, TR):
+    """The default configuration's hop against smtp-source -> smtp-sink, runs alternating (issue 22)."""
+    L = []
+    w = L.append
+    ceil = {int(r["run"]): r for r in rows if r["filter"] == "hop-ceiling"}
+    hop = {int(r["run"]): r for r in rows if r["filter"] == "hop-default"}
+    if not hop:
+        return L
+    runs = sorted(set(ceil) & set(hop))
+    ratios = [fnum(hop[r]["mps"]) / fnum(ceil[r]["mps"]) for r in runs
+              if fnum(hop[r]["mps"]) and fnum(ceil[r]["mps"])]
+    hs = list(hop.values())
+    tot = median([fnum(r.get("cpu_filter_ms")) for r in hs])
+    sys_ = median([fnum(r.get("cpu_filter_sys_ms")) for r in hs])
+    usr = median([fnum(r.get("cpu_filter_ms")) - fnum(r.get("cpu_filter_sys_ms")) for r in hs
+                  if fnum(r.get("cpu_filter_ms")) is not None and fnum(r.get("cpu_filter_sys_ms")) is not None])
+    ratio = median(ratios)
+    size, conc = size_label(hs[0]["size"]), hs[0]["conc"]
+    w("## The default hop against smtp-source → smtp-sink")
+    w("")
+    w(f"smtp-source ({size}, {conc} sessions, a connection per message) to smtp-sink directly "
+      "(`ceiling`) and through the `auth-warm` postsift (`hop`: noscan, `[auth]` on with the private "
+      "unbound answering, warm; smtp-source sends no XFORWARD, so SPF is checked for 127.0.0.1 and "
+      "`example.com`, which unbound answers NXDOMAIN), runs alternating. hop / ceiling: the median "
+      "over the run numbers of hop run r's msgs/s divided by ceiling run r's. CPU: postsift's user and "
+      "system time per message (`/proc/PID/stat` utime and stime, children included).")
+    w("")
+    w("| run | ceiling msgs/s | hop msgs/s | hop / ceiling | postsift CPU ms/msg | user | system | load1 | other work % |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(hop):
+        h, c = hop[r], ceil.get(r, {})
+        t, sy = fnum(h.get("cpu_filter_ms")), fnum(h.get("cpu_filter_sys_ms"))
+        rt = fnum(h["mps"]) / fnum(c["mps"]) if c and fnum(c.get("mps")) and fnum(h["mps"]) else None
+        w(f"| {r} | {fmt(fnum(c.get('mps')), 0)} | {fmt(fnum(h['mps']), 0)} | {fmt(rt, 2)} | {fmt(t, 3)} | "
+          f"{fmt(t - sy if t is not None and sy is not None else None, 3)} | {fmt(sy, 3)} | {h['load1']} | "
+          f"{fmt(fnum(h.get('foreign_cpu_pct')), 0)} / {fmt(fnum(c.get('foreign_cpu_pct')), 0)} |")
+    w("")
+    w("other work %: during the hop run / the ceiling run (CPU that processes outside the benchmark took).")
+    w("")
+    TR.append((f"default hop ({size}, conc {conc}, [auth] on, resolver answering) msgs/s as a fraction of "
+               "smtp-source → smtp-sink (target ≥ 0.67)",
+               f"{fmt(ratio, 3)} ({'met' if ratio is not None and ratio >= 0.67 else 'not met'}; "
+               f"runs {', '.join(fmt(x, 3) for x in ratios)})"))
+    TR.append(("postsift CPU per message on the default hop: user / system",
+               f"{fmt(usr, 3)} / {fmt(sys_, 3)} ms (total {fmt(tot, 3)})"))
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -640,6 +689,7 @@ def main():
         TR.append((f"peak RSS {f.replace('-mem', '')}, {st.replace('sessions=', '')} session(s) × {size_label(r['size'])}",
                    f"{fmt(mib(fnum(r['rss_kb'])))} MiB ({r['ok']}/{r['msgs']} delivered, {r['nprocs']} procs)"))
     AUTH_L = auth_section(a.work, auth_rows, meta, TR)
+    HOP_L = hop_section([r for r in rows if r["filter"] in HOP_FILTERS], TR)
     w("| target | value |")
     w("|---|---|")
     for k, v in TR:
@@ -678,6 +728,7 @@ def main():
         w("")
 
     L.extend(AUTH_L)
+    L.extend(HOP_L)
 
     # --- added latency detail
     if AL:
