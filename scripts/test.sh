@@ -24,6 +24,7 @@ ROOT_TESTS=(
   greylist::greylist_behind_real_postfix      # the same
   banks::three_outcomes_through_a_real_postfix  # the same
   regression::quoted_local_parts_reach_real_postfix_10025_recipient_by_recipient  # the same
+  dkim_sign::hybrid_originating_mail_gets_one_signature_made_by_the_hop  # the same (milter + hop)
   quarantine::a_store_that_fails_is_a_tempfail_and_keeps_nothing  # a tmpfs in a mount namespace (unshare -m, mount)
 )
 TEST_USER=nobody
