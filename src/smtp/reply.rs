@@ -75,21 +75,27 @@ impl Reply {
     }
 }
 
-/// Characters of one reply line at most (RFC 5321 4.5.3.1.5: 512 octets with the code and CRLF).
+/// Bytes of one reply line's text at most (RFC 5321 4.5.3.1.5: 512 octets with the code and
+/// CRLF).
 const MAX_LINE: usize = 480;
 
 /// The last guard before the wire: a control character left in a line (a relayed reply) is
-/// `?`, and a line is cut at [`MAX_LINE`] characters. Values from outside are escaped and
-/// capped where the text is built ([`crate::escape`]); this only keeps the protocol intact.
+/// `?`, and a line is cut at [`MAX_LINE`] bytes, on a character boundary (counted in bytes, not
+/// characters: 480 two-byte letters are 960 octets). Values from outside are escaped and capped
+/// where the text is built ([`crate::escape`]); this only keeps the protocol intact.
 fn wire_line(line: &str) -> std::borrow::Cow<'_, str> {
     if line.len() <= MAX_LINE && !line.chars().any(char::is_control) {
         return line.into();
     }
-    line.chars()
-        .take(MAX_LINE)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect::<String>()
-        .into()
+    let mut out = String::with_capacity(MAX_LINE);
+    for c in line.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > MAX_LINE {
+            break;
+        }
+        out.push(c);
+    }
+    out.into()
 }
 
 impl fmt::Display for Reply {
@@ -421,6 +427,16 @@ mod tests {
             wire(&r[0]),
             "451 4.3.0 Error in processing, id=abc, dkim_sign FAILED: spool unreadable\r\n"
         );
+    }
+
+    #[test]
+    fn a_line_of_wide_letters_is_cut_in_bytes_on_a_character_boundary() {
+        for letter in ["\u{a1}", "\u{65e5}", "\u{1f600}"] {
+            let r = Reply::new(554, "5.7.0", letter.repeat(400));
+            let w = wire(&r);
+            assert!(w.len() <= 512, "{} octets", w.len());
+            assert!(w.ends_with("\r\n") && w.starts_with("554 5.7.0 "), "{w:?}");
+        }
     }
 
     #[test]
