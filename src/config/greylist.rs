@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::check::{Check, Error};
-use super::listen::{parse_policy_listen, PolicyListen};
+use super::listen::{parse_policy_listen, validate_listeners, PolicyListen};
 use super::scanners::OnFailure;
 
 /// `[greylist]`: a Postfix policy service with postgrey 1.37's decisions (its option in
@@ -145,20 +145,11 @@ impl Greylist {
     }
 
     pub(super) fn validate(&self, check: Check) -> Result<(), Error> {
-        for l in &self.listen {
-            if parse_policy_listen(l).is_none() {
-                return Err(check.bad(
-                    "greylist.listen",
-                    format!("{l:?}: expected ip:port or unix:/absolute/path"),
-                ));
-            }
-        }
-        if u32::from_str_radix(&self.socket_mode, 8).map_or(true, |m| m > 0o777) {
-            return Err(check.bad(
-                "greylist.socket_mode",
-                "expected an octal mode such as \"0660\"",
-            ));
-        }
+        validate_listeners(
+            check,
+            ("greylist.listen", &self.listen),
+            ("greylist.socket_mode", &self.socket_mode),
+        )?;
         if self.store.is_empty() {
             return Err(check.bad(
                 "greylist.store",

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::check::{Check, Error};
-use super::listen::{parse_policy_listen, PolicyListen};
+use super::listen::{parse_policy_listen, validate_listeners, PolicyListen};
 
 /// `[milter]`: a milter listener for Postfix's `smtpd_milters` (before-queue mode).
 #[derive(Debug, Clone, Deserialize)]
@@ -77,20 +77,11 @@ impl Milter {
     }
 
     pub(super) fn validate(&self, check: Check) -> Result<(), Error> {
-        for l in &self.listen {
-            if parse_policy_listen(l).is_none() {
-                return Err(check.bad(
-                    "milter.listen",
-                    format!("{l:?}: expected ip:port or unix:/absolute/path"),
-                ));
-            }
-        }
-        if u32::from_str_radix(&self.socket_mode, 8).map_or(true, |m| m > 0o777) {
-            return Err(check.bad(
-                "milter.socket_mode",
-                "expected an octal mode such as \"0660\"",
-            ));
-        }
+        validate_listeners(
+            check,
+            ("milter.listen", &self.listen),
+            ("milter.socket_mode", &self.socket_mode),
+        )?;
         check.seconds(&[
             ("milter.idle_timeout", self.idle_timeout),
             ("milter.reuse_ttl", self.reuse_ttl),

@@ -409,6 +409,22 @@ mod tests {
     }
 
     #[test]
+    fn side_service_listeners_and_socket_modes_are_named() {
+        for (toml, key) in [
+            ("[milter]\nlisten = [\"sock\"]\n", "milter.listen"),
+            ("[milter]\nsocket_mode = \"0999\"\n", "milter.socket_mode"),
+            ("[greylist]\nlisten = [\"unix:rel\"]\n", "greylist.listen"),
+            (
+                "[greylist]\nsocket_mode = \"1777\"\n",
+                "greylist.socket_mode",
+            ),
+        ] {
+            let e = parse(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn example_file_parses_without_warnings() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postsift.example.toml");
         let c = Config::load(&path).unwrap();
