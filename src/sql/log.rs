@@ -187,32 +187,103 @@ pub(crate) fn time_iso(time: SystemTime, backend: Backend) -> String {
 }
 
 pub(crate) const SEL_ADR: Stmt = Stmt("SELECT id FROM maddr WHERE partition_tag=? AND email=?");
-pub(crate) const INS_ADR_PG: Stmt =
-    Stmt("INSERT INTO maddr (partition_tag, email, domain) VALUES (?,?,?) ON CONFLICT DO NOTHING");
-pub(crate) const INS_ADR_MY: Stmt =
-    Stmt("INSERT IGNORE INTO maddr (partition_tag, email, domain) VALUES (?,?,?)");
-// amavis's ins_msg and upd_msg in one: postsift knows everything when it logs.
-pub(crate) const INS_MSG_PG: Stmt = Stmt(
-    "INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
-     policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
-     spam_level, message_id, from_addr, subject, host) \
-     VALUES (?,?,?,?,?,CAST(? AS timestamptz),?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-);
-pub(crate) const INS_MSG_MY: Stmt = Stmt(
-    "INSERT IGNORE INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, \
-     sid, policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
-     spam_level, message_id, from_addr, subject, host) \
-     VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-);
 pub(crate) const SEL_RCP_IDS: Stmt =
     Stmt("SELECT rid, rseqnum FROM msgrcpt WHERE partition_tag=? AND mail_id=?");
-pub(crate) const INS_RCP: Stmt = Stmt(
-    "INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
-     bl, wl, bspam_level, smtp_resp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-);
 
-/// `msgrcpt` rows per multi-row INSERT (12 values each: far below both databases' limits).
-pub(crate) const RCPT_ROWS_PER_INSERT: usize = 200;
+/// The most rows (or `IN` values) one statement carries. A batch's rows go in statements of
+/// power-of-two sizes, largest first (100 rows: 64, 32, 4), and an `IN` list is padded up to
+/// one by repeating its last value: each connection's cache of prepared statements (sqlx keeps
+/// 100) then holds seven texts per statement kind instead of one per row count, and a prepare
+/// (parse and plan, a multi-row text is long) is not paid again and again.
+pub(crate) const ROWS_PER_STMT: usize = 64;
+
+/// `n` rows as statement sizes: powers of two up to [`ROWS_PER_STMT`], largest first.
+pub(crate) fn stmt_sizes(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let s = 1usize << (usize::BITS - 1 - n.min(ROWS_PER_STMT).leading_zeros());
+        out.push(s);
+        n -= s;
+    }
+    out
+}
+
+/// The length an `IN` list of `n` values (1..=[`ROWS_PER_STMT`]) is padded to.
+pub(crate) fn padded(n: usize) -> usize {
+    n.max(1).next_power_of_two().min(ROWS_PER_STMT)
+}
+
+/// A statement with `n` repeats of `row`: `head row,row,… tail` (a multi-row INSERT, an `IN`
+/// list). Only placeholders are repeated, never values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Multi {
+    pub head: &'static str,
+    pub row: &'static str,
+    pub tail: &'static str,
+}
+
+impl Multi {
+    pub(crate) fn text(self, n: usize) -> String {
+        let mut s = String::with_capacity(self.head.len() + n * (self.row.len() + 1) + 64);
+        s.push_str(self.head);
+        for i in 0..n {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(self.row);
+        }
+        s.push_str(self.tail);
+        s
+    }
+
+    pub(crate) fn sql(self, n: usize, backend: Backend) -> sqlx::AssertSqlSafe<String> {
+        super::dynamic_sql(&self.text(n), backend)
+    }
+}
+
+pub(crate) const SEL_ADRS: Multi = Multi {
+    head: "SELECT id, email FROM maddr WHERE partition_tag=? AND email IN (",
+    row: "?",
+    tail: ")",
+};
+pub(crate) const INS_ADRS_PG: Multi = Multi {
+    head: "INSERT INTO maddr (partition_tag, email, domain) VALUES ",
+    row: "(?,?,?)",
+    tail: " ON CONFLICT DO NOTHING",
+};
+pub(crate) const INS_ADRS_MY: Multi = Multi {
+    head: "INSERT IGNORE INTO maddr (partition_tag, email, domain) VALUES ",
+    row: "(?,?,?)",
+    tail: "",
+};
+// amavis's ins_msg and upd_msg in one: postsift knows everything when it logs. PostgreSQL
+// answers which rows it wrote (RETURNING); for MySQL, which has no such answer per row of an
+// INSERT IGNORE, the rows already there are selected first (SEL_MSGS).
+pub(crate) const INS_MSGS_PG: Multi = Multi {
+    head: "INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, \
+           policy, client_addr, size, originating, content, quar_type, quar_loc, dsn_sent, \
+           spam_level, message_id, from_addr, subject, host) VALUES ",
+    row: "(?,?,?,?,?,CAST(? AS timestamptz),?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    tail: " ON CONFLICT DO NOTHING RETURNING mail_id",
+};
+pub(crate) const INS_MSGS_MY: Multi = Multi {
+    head: "INSERT IGNORE INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, \
+           time_iso, sid, policy, client_addr, size, originating, content, quar_type, quar_loc, \
+           dsn_sent, spam_level, message_id, from_addr, subject, host) VALUES ",
+    row: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    tail: "",
+};
+pub(crate) const SEL_MSGS: Multi = Multi {
+    head: "SELECT mail_id FROM msgs WHERE partition_tag=? AND mail_id IN (",
+    row: "?",
+    tail: ")",
+};
+pub(crate) const INS_RCPS: Multi = Multi {
+    head: "INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, \
+           bl, wl, bspam_level, smtp_resp) VALUES ",
+    row: "(?,?,?,?,?,?,?,?,?,?,?,?)",
+    tail: "",
+};
 
 /// A `msgrcpt` row waiting for [`insert_rcpts!`]: a batch writes its recipients in a few
 /// multi-row INSERTs instead of one statement each.
@@ -229,23 +300,18 @@ pub(crate) struct RcptRow {
     pub smtp_resp: String,
 }
 
-/// `INSERT INTO msgrcpt … VALUES (…),(…)` for `n` rows.
-pub(crate) fn rcpt_insert_sql(n: usize) -> String {
-    let head = INS_RCP.0.split(" VALUES ").next().unwrap_or(INS_RCP.0);
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?)";
-    format!("{head} VALUES {}", vec![row; n].join(","))
-}
-
 /// Inserts the pending `msgrcpt` rows `$rows` (a `Vec<RcptRow>`, emptied) in transaction
-/// `$tx`, [`RCPT_ROWS_PER_INSERT`] per statement.
+/// `$tx`, in statements of [`stmt_sizes`].
 macro_rules! insert_rcpts {
     ($backend:expr, $tx:expr, $ptag:expr, $rows:expr) => {
         async {
             let (backend, ptag): ($crate::sql::Backend, i32) = ($backend, $ptag);
             let rows: Vec<$crate::sql::log::RcptRow> = std::mem::take(&mut $rows);
-            for chunk in rows.chunks($crate::sql::log::RCPT_ROWS_PER_INSERT) {
-                let sql = $crate::sql::log::rcpt_insert_sql(chunk.len());
-                let mut q = sqlx::query($crate::sql::dynamic_sql(&sql, backend));
+            let mut rest = &rows[..];
+            for n in $crate::sql::log::stmt_sizes(rows.len()) {
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let mut q = sqlx::query($crate::sql::log::INS_RCPS.sql(n, backend));
                 for r in chunk {
                     q = q
                         .bind(ptag)
@@ -277,127 +343,254 @@ pub(crate) fn yn(b: bool) -> &'static str {
     }
 }
 
-/// Writes `rec` (maddr, msgs, msgrcpt) inside the transaction `$tx` of pool `$p`'s database;
-/// evaluates to Ok(false) if a `msgs` row with its mail_id already exists (then only the
-/// recipients its `msgrcpt` rows do not list yet are added). `$ids` (a `HashMap<Vec<u8>,
-/// i64>`, `maddr.email` → id) holds the ids this transaction has seen: an address that comes
-/// again in a batch costs no statement (the log's CPU per message is mostly its statements).
-/// The `msgrcpt` rows go into `$pending` (a `Vec<RcptRow>`) for [`insert_rcpts!`], which the
-/// caller runs before its commit.
-/// A macro so that one text serves both databases' connection types.
-macro_rules! write_record {
-    ($backend:expr, $tx:expr, $rec:expr, $ptag:expr, $ids:expr, $pending:expr) => {
+/// The `maddr` ids of every address (sender and recipients) of `$recs` (a `&[LogRecord]`),
+/// as a `HashMap<&str, i64>` keyed by the address as written, in transaction `$tx`: one
+/// `SELECT … email IN (…)` per [`ROWS_PER_STMT`] distinct addresses; those not there yet are
+/// inserted in multi-row INSERTs (in `email` order, so that two writers take the same locks in
+/// the same order) and selected again.
+macro_rules! addr_ids {
+    ($backend:expr, $tx:expr, $ptag:expr, $recs:expr) => {
         async {
+            use $crate::sql::log as l;
             use $crate::sql::AnyRow as _;
-            let (backend, rec, ptag): ($crate::sql::Backend, &$crate::sql::log::LogRecord, i32) =
-                ($backend, $rec, $ptag);
-            let (ins_adr, ins_msg) = match backend {
-                $crate::sql::Backend::Postgres => {
-                    ($crate::sql::log::INS_ADR_PG, $crate::sql::log::INS_MSG_PG)
-                }
-                $crate::sql::Backend::MySql => {
-                    ($crate::sql::log::INS_ADR_MY, $crate::sql::log::INS_MSG_MY)
-                }
-            };
-            macro_rules! addr_id {
-                ($addr:expr) => {
-                    async {
-                        let (email, domain) = $crate::sql::log::maddr_key($addr);
-                        if let Some(id) = $ids.get(&email) {
-                            return Ok::<i64, $crate::sql::Error>(*id);
-                        }
-                        let sel = || {
-                            sqlx::query($crate::sql::log::SEL_ADR.sql(backend))
-                                .bind(ptag)
-                                .bind(email.clone())
-                        };
-                        let id = match sel().fetch_optional(&mut *$tx).await? {
-                            Some(row) => row.int("id")?.unwrap_or(0),
-                            None => {
-                                sqlx::query(ins_adr.sql(backend))
-                                    .bind(ptag)
-                                    .bind(email.clone())
-                                    .bind(domain)
-                                    .execute(&mut *$tx)
-                                    .await?;
-                                let row = sel().fetch_one(&mut *$tx).await?;
-                                row.int("id")?.unwrap_or(0)
-                            }
-                        };
-                        $ids.insert(email, id);
-                        Ok(id)
+            let (backend, ptag, recs): ($crate::sql::Backend, i32, &[l::LogRecord]) =
+                ($backend, $ptag, $recs);
+            let mut key_of = std::collections::HashMap::<&str, Vec<u8>>::new();
+            let mut want = std::collections::BTreeMap::<Vec<u8>, String>::new();
+            for rec in recs {
+                let addrs = rec.recipients.iter().map(|r| r.addr.as_str());
+                for a in std::iter::once(rec.sender.as_str()).chain(addrs) {
+                    if !key_of.contains_key(a) {
+                        let (email, domain) = l::maddr_key(a);
+                        want.entry(email.clone()).or_insert(domain);
+                        key_of.insert(a, email);
                     }
-                };
-            }
-            let sid = addr_id!(&rec.sender).await?;
-            let code = |c: Option<char>| c.map(String::from).unwrap_or_else(|| " ".into());
-            let inserted = sqlx::query(ins_msg.sql(backend))
-                .bind(ptag)
-                .bind(rec.mail_id.as_bytes().to_vec())
-                .bind(rec.secret_id.as_bytes().to_vec())
-                .bind($crate::sql::clean_text(&rec.am_id, 20))
-                .bind($crate::sql::log::unix_secs(rec.time))
-                .bind($crate::sql::log::time_iso(rec.time, backend))
-                .bind(sid)
-                .bind($crate::sql::clean_text(&rec.policy, 255))
-                .bind($crate::sql::printable7(&rec.client_addr))
-                .bind(rec.size.min(u32::MAX as u64 / 2) as i64)
-                .bind($crate::sql::log::yn(rec.originating))
-                .bind(rec.content.code().to_string())
-                .bind(code(rec.quar_type))
-                .bind($crate::sql::printable7(&rec.quar_loc))
-                .bind(code(Some(rec.dsn_sent.unwrap_or('N'))))
-                .bind(rec.spam_level.unwrap_or(0.0))
-                .bind($crate::sql::printable7(&rec.message_id))
-                .bind($crate::sql::clean_text(&rec.from_addr, 255))
-                .bind($crate::sql::clean_text(&rec.subject, 255))
-                .bind($crate::sql::clean_text(&rec.host, 255))
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-            // A `msgs` row already there was written by the SQL quarantine (or by an earlier
-            // try of this batch): add only the recipients it does not list, numbered after its.
-            let mut present = std::collections::HashSet::new();
-            let mut next_seq = 1i32;
-            if inserted == 0 {
-                // What is pending may be this mail_id's: written first, so it is counted.
-                $crate::sql::log::insert_rcpts!(backend, $tx, ptag, $pending).await?;
-                let rows = sqlx::query($crate::sql::log::SEL_RCP_IDS.sql(backend))
-                    .bind(ptag)
-                    .bind(rec.mail_id.as_bytes().to_vec())
-                    .fetch_all(&mut *$tx)
-                    .await?;
-                for row in &rows {
-                    present.insert(row.int("rid")?.unwrap_or(0));
-                    let seq = row.int("rseqnum")?.unwrap_or(0);
-                    next_seq = next_seq.max(seq.clamp(0, i32::MAX as i64 - 1) as i32 + 1);
                 }
             }
-            for r in rec.recipients.iter() {
-                let rid = addr_id!(&r.addr).await?;
-                if !present.insert(rid) {
-                    continue;
+            let mut ids = std::collections::HashMap::<Vec<u8>, i64>::new();
+            for round in 0..2 {
+                let missing: Vec<&Vec<u8>> =
+                    want.keys().filter(|e| !ids.contains_key(*e)).collect();
+                if missing.is_empty() {
+                    break;
                 }
-                let seq = next_seq;
-                next_seq = next_seq.saturating_add(1);
-                $pending.push($crate::sql::log::RcptRow {
-                    mail_id: rec.mail_id.as_bytes().to_vec(),
-                    seq,
-                    rid,
-                    is_local: $crate::sql::log::yn(r.is_local),
-                    content: r.content.code().to_string(),
-                    ds: r.ds.code().to_string(),
-                    bl: $crate::sql::log::yn(r.blacklisted),
-                    wl: $crate::sql::log::yn(r.whitelisted),
-                    bspam_level: r.bspam_level.unwrap_or(0.0),
-                    smtp_resp: $crate::sql::printable7(&r.smtp_resp),
-                });
+                if round == 1 {
+                    let ins = match backend {
+                        $crate::sql::Backend::Postgres => l::INS_ADRS_PG,
+                        $crate::sql::Backend::MySql => l::INS_ADRS_MY,
+                    };
+                    let mut rest = &missing[..];
+                    for n in l::stmt_sizes(missing.len()) {
+                        let (part, tail) = rest.split_at(n);
+                        rest = tail;
+                        let mut q = sqlx::query(ins.sql(n, backend));
+                        for e in part {
+                            q = q.bind(ptag).bind((*e).clone()).bind(want[*e].clone());
+                        }
+                        q.execute(&mut *$tx).await?;
+                    }
+                }
+                for part in missing.chunks(l::ROWS_PER_STMT) {
+                    let n = l::padded(part.len());
+                    let mut q = sqlx::query(l::SEL_ADRS.sql(n, backend)).bind(ptag);
+                    for i in 0..n {
+                        q = q.bind(part[i.min(part.len() - 1)].clone());
+                    }
+                    for row in q.fetch_all(&mut *$tx).await? {
+                        if let (Some(e), Some(id)) = (row.bytes("email")?, row.int("id")?) {
+                            ids.insert(e, id);
+                        }
+                    }
+                }
             }
-            Ok::<bool, $crate::sql::Error>(inserted != 0)
+            // An address the database stores otherwise than it was given (a site's own schema
+            // with a case-insensitive `email`): asked for alone, as amavis does.
+            for e in want.keys() {
+                if !ids.contains_key(e) {
+                    let row = sqlx::query(l::SEL_ADR.sql(backend))
+                        .bind(ptag)
+                        .bind(e.clone())
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                    ids.insert(e.clone(), row.int("id")?.unwrap_or(0));
+                }
+            }
+            let by_addr: std::collections::HashMap<&str, i64> = key_of
+                .into_iter()
+                .map(|(a, e)| (a, ids.get(&e).copied().unwrap_or(0)))
+                .collect();
+            Ok::<_, $crate::sql::Error>(by_addr)
         }
     };
 }
-pub(crate) use write_record;
+pub(crate) use addr_ids;
+
+/// Inserts the `msgs` rows of `$recs[i]` for each `i` in `$idx` (distinct mail_ids) with
+/// sender ids from `$ids` (see [`addr_ids!`]); evaluates to the set of mail_ids written (those
+/// not written were there already: the SQL quarantine's, or an earlier try's). MySQL: the rows
+/// there are selected first and the rest inserted; a row that appears in between (another
+/// writer's) makes the batch fail as refused, and the writer then takes its records one by one.
+macro_rules! insert_msgs {
+    ($backend:expr, $tx:expr, $ptag:expr, $recs:expr, $idx:expr, $ids:expr) => {
+        async {
+            use $crate::sql::log as l;
+            use $crate::sql::AnyRow as _;
+            let (backend, ptag, recs, idx): ($crate::sql::Backend, i32, &[l::LogRecord], &[usize]) =
+                ($backend, $ptag, $recs, $idx);
+            let mut written = std::collections::HashSet::<Vec<u8>>::new();
+            let mut todo: Vec<usize> = idx.to_vec();
+            let ins = match backend {
+                $crate::sql::Backend::Postgres => l::INS_MSGS_PG,
+                $crate::sql::Backend::MySql => l::INS_MSGS_MY,
+            };
+            if backend == $crate::sql::Backend::MySql && !todo.is_empty() {
+                let mut there = std::collections::HashSet::<Vec<u8>>::new();
+                for part in todo.chunks(l::ROWS_PER_STMT) {
+                    let n = l::padded(part.len());
+                    let mut q = sqlx::query(l::SEL_MSGS.sql(n, backend)).bind(ptag);
+                    for i in 0..n {
+                        q = q.bind(
+                            recs[part[i.min(part.len() - 1)]]
+                                .mail_id
+                                .as_bytes()
+                                .to_vec(),
+                        );
+                    }
+                    for row in q.fetch_all(&mut *$tx).await? {
+                        there.extend(row.bytes("mail_id")?);
+                    }
+                }
+                todo.retain(|&i| !there.contains(recs[i].mail_id.as_bytes()));
+            }
+            let code = |c: Option<char>| c.map(String::from).unwrap_or_else(|| " ".into());
+            let mut rest = &todo[..];
+            for n in l::stmt_sizes(todo.len()) {
+                let (part, tail) = rest.split_at(n);
+                rest = tail;
+                let mut q = sqlx::query(ins.sql(n, backend));
+                for &i in part {
+                    let rec = &recs[i];
+                    q = q
+                        .bind(ptag)
+                        .bind(rec.mail_id.as_bytes().to_vec())
+                        .bind(rec.secret_id.as_bytes().to_vec())
+                        .bind($crate::sql::clean_text(&rec.am_id, 20))
+                        .bind(l::unix_secs(rec.time))
+                        .bind(l::time_iso(rec.time, backend))
+                        .bind($ids.get(rec.sender.as_str()).copied().unwrap_or(0))
+                        .bind($crate::sql::clean_text(&rec.policy, 255))
+                        .bind($crate::sql::printable7(&rec.client_addr))
+                        .bind(rec.size.min(u32::MAX as u64 / 2) as i64)
+                        .bind(l::yn(rec.originating))
+                        .bind(rec.content.code().to_string())
+                        .bind(code(rec.quar_type))
+                        .bind($crate::sql::printable7(&rec.quar_loc))
+                        .bind(code(Some(rec.dsn_sent.unwrap_or('N'))))
+                        .bind(rec.spam_level.unwrap_or(0.0))
+                        .bind($crate::sql::printable7(&rec.message_id))
+                        .bind($crate::sql::clean_text(&rec.from_addr, 255))
+                        .bind($crate::sql::clean_text(&rec.subject, 255))
+                        .bind($crate::sql::clean_text(&rec.host, 255));
+                }
+                match backend {
+                    $crate::sql::Backend::Postgres => {
+                        for row in q.fetch_all(&mut *$tx).await? {
+                            written.extend(row.bytes("mail_id")?);
+                        }
+                    }
+                    $crate::sql::Backend::MySql => {
+                        let done = q.execute(&mut *$tx).await?.rows_affected();
+                        if done != n as u64 {
+                            return Err($crate::sql::Error::Data(format!(
+                                "{} of {n} msgs rows written (another writer's came first)",
+                                done
+                            )));
+                        }
+                        written.extend(part.iter().map(|&i| recs[i].mail_id.as_bytes().to_vec()));
+                    }
+                }
+            }
+            Ok::<_, $crate::sql::Error>(written)
+        }
+    };
+}
+pub(crate) use insert_msgs;
+
+/// Writes `$recs` (a `&[LogRecord]`: maddr, msgs, msgrcpt) inside the transaction `$tx` of pool
+/// `$p`'s database; evaluates to one bool per record: false if a `msgs` row with its mail_id
+/// was there already (or came earlier in `$recs`): then only the recipients its `msgrcpt` rows
+/// do not list yet are added, numbered after theirs. The batch's addresses cost one statement
+/// per [`ROWS_PER_STMT`] (more for new ones), its `msgs` rows one multi-row INSERT per
+/// [`stmt_sizes`] piece; the `msgrcpt` rows go into `$pending` (a `Vec<RcptRow>`) for
+/// [`insert_rcpts!`], which the caller runs before its commit. The log's cost per message, in
+/// postsift and in the database, is mostly its statements.
+/// A macro so that one text serves both databases' connection types.
+macro_rules! write_records {
+    ($backend:expr, $tx:expr, $recs:expr, $ptag:expr, $pending:expr) => {
+        async {
+            use $crate::sql::log as l;
+            use $crate::sql::AnyRow as _;
+            let (backend, recs, ptag): ($crate::sql::Backend, &[l::LogRecord], i32) =
+                ($backend, $recs, $ptag);
+            let ids = l::addr_ids!(backend, $tx, ptag, recs).await?;
+            let mut fresh = vec![false; recs.len()];
+            let mut seen = std::collections::HashSet::<&str>::new();
+            for (c, chunk) in recs.chunks(l::ROWS_PER_STMT).enumerate() {
+                let first = c * l::ROWS_PER_STMT;
+                let range = first..first + chunk.len();
+                let idx: Vec<usize> = range
+                    .clone()
+                    .filter(|&i| seen.insert(recs[i].mail_id.as_str()))
+                    .collect();
+                let written = l::insert_msgs!(backend, $tx, ptag, recs, &idx, ids).await?;
+                for &i in &idx {
+                    fresh[i] = written.contains(recs[i].mail_id.as_bytes());
+                }
+                for i in range {
+                    let rec = &recs[i];
+                    let mut present = std::collections::HashSet::new();
+                    let mut next_seq = 1i32;
+                    if !fresh[i] {
+                        // What is pending may be this mail_id's: written first, so it counts.
+                        l::insert_rcpts!(backend, $tx, ptag, $pending).await?;
+                        let rows = sqlx::query(l::SEL_RCP_IDS.sql(backend))
+                            .bind(ptag)
+                            .bind(rec.mail_id.as_bytes().to_vec())
+                            .fetch_all(&mut *$tx)
+                            .await?;
+                        for row in &rows {
+                            present.insert(row.int("rid")?.unwrap_or(0));
+                            let seq = row.int("rseqnum")?.unwrap_or(0);
+                            next_seq = next_seq.max(seq.clamp(0, i32::MAX as i64 - 1) as i32 + 1);
+                        }
+                    }
+                    for r in rec.recipients.iter() {
+                        let rid = ids.get(r.addr.as_str()).copied().unwrap_or(0);
+                        if !present.insert(rid) {
+                            continue;
+                        }
+                        let seq = next_seq;
+                        next_seq = next_seq.saturating_add(1);
+                        $pending.push(l::RcptRow {
+                            mail_id: rec.mail_id.as_bytes().to_vec(),
+                            seq,
+                            rid,
+                            is_local: l::yn(r.is_local),
+                            content: r.content.code().to_string(),
+                            ds: r.ds.code().to_string(),
+                            bl: l::yn(r.blacklisted),
+                            wl: l::yn(r.whitelisted),
+                            bspam_level: r.bspam_level.unwrap_or(0.0),
+                            smtp_resp: $crate::sql::printable7(&r.smtp_resp),
+                        });
+                    }
+                }
+            }
+            Ok::<Vec<bool>, $crate::sql::Error>(fresh)
+        }
+    };
+}
+pub(crate) use write_records;
 
 /// Writes `records` in one transaction; Ok(written, already there).
 pub async fn write_batch(
@@ -408,19 +601,12 @@ pub async fn write_batch(
     let backend = pool.backend();
     on_pool!(pool, p => {
         let mut tx = p.begin().await?;
-        let (mut written, mut existed) = (0, 0);
-        let mut ids = std::collections::HashMap::new();
         let mut pending = Vec::new();
-        for rec in records {
-            if write_record!(backend, tx, rec, partition_tag, ids, pending).await? {
-                written += 1;
-            } else {
-                existed += 1;
-            }
-        }
+        let fresh = write_records!(backend, tx, records, partition_tag, pending).await?;
         insert_rcpts!(backend, tx, partition_tag, pending).await?;
         tx.commit().await?;
-        Ok((written, existed))
+        let written = fresh.iter().filter(|f| **f).count();
+        Ok((written, records.len() - written))
     })
 }
 
@@ -584,13 +770,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recipients_go_in_one_statement_per_chunk() {
-        let one = rcpt_insert_sql(1);
+    fn rows_go_in_statements_of_few_sizes() {
+        let one = INS_RCPS.text(1);
         assert!(one.starts_with("INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid,"));
         assert!(one.ends_with(" VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"));
-        let three = rcpt_insert_sql(3);
+        let three = INS_RCPS.text(3);
         assert_eq!(three.matches('?').count(), 36);
         assert_eq!(three.matches("),(").count(), 2);
+        let msgs = INS_MSGS_PG.text(2);
+        assert_eq!(msgs.matches("CAST(? AS timestamptz)").count(), 2);
+        assert!(msgs.ends_with(") ON CONFLICT DO NOTHING RETURNING mail_id"));
+        assert_eq!(INS_MSGS_MY.text(2).matches('?').count(), 40);
+        assert!(SEL_ADRS.text(3).ends_with("email IN (?,?,?)"));
+        assert_eq!(stmt_sizes(0), Vec::<usize>::new());
+        assert_eq!(stmt_sizes(1), [1]);
+        assert_eq!(stmt_sizes(7), [4, 2, 1]);
+        assert_eq!(stmt_sizes(100), [64, 32, 4]);
+        assert_eq!(stmt_sizes(200), [64, 64, 64, 8]);
+        // every size a power of two up to ROWS_PER_STMT: a handful of statement texts
+        let mut sizes: Vec<usize> = (1..=1000).flat_map(stmt_sizes).collect();
+        sizes.sort();
+        sizes.dedup();
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(
+            (padded(1), padded(3), padded(33), padded(64)),
+            (1, 4, 64, 64)
+        );
     }
 
     #[test]

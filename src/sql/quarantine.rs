@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::log::{insert_rcpts, maddr_key, unix_secs, write_record, LogRecord};
+use super::log::{insert_rcpts, maddr_key, unix_secs, write_records, LogRecord};
 use super::metrics::{SqlMetrics, StmtKind};
 use super::{code, on_pool, text, within, AnyRow, Backend, Error, Pool, SqlConfig, Stmt};
 
@@ -134,8 +134,9 @@ impl SqlQuarantine {
         let mut buf = vec![0u8; self.cfg.chunk_size];
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
-            let (mut ids, mut pending) = (std::collections::HashMap::new(), Vec::new());
-            if !write_record!(backend, tx, rec, ptag, ids, pending).await? {
+            let mut pending = Vec::new();
+            let one = std::slice::from_ref(rec);
+            if !write_records!(backend, tx, one, ptag, pending).await?[0] {
                 return Err(Error::Data(format!(
                     "mail_id {} is already in the database",
                     crate::escape::text(&rec.mail_id)

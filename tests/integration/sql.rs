@@ -815,3 +815,129 @@ async fn sql_ui_queries_modoboa_and_iredadmin_list_and_release() {
         assert_eq!(rows(&s.client(&db, old)), [["ui1"]], "{kind:?}");
     }
 }
+
+/// One log batch larger than a statement's rows (64) mixing messages the SQL quarantine wrote
+/// first with new ones, a mail_id twice in the batch, more new addresses than one `IN` list
+/// holds, and the same batch written again (an earlier try that did commit): every message has
+/// one `msgs` row, every recipient one `msgrcpt` row numbered after the quarantine's, and
+/// every row points at its own addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_log_batch_of_many_rows_beside_the_quarantine_duplicates_nothing() {
+    for kind in KINDS {
+        let (s, db) = amavis_db(kind, "batch");
+        let cfg = config(s.url(&db));
+        let pool = Pool::connect_lazy(&cfg).unwrap();
+        let q = SqlQuarantine::new(pool.clone(), &cfg, SqlMetrics::register(&Registry::new()));
+        // 150 messages: every 7th quarantined first (its row lists recipient 1 only); each
+        // has its own sender and two recipients (one shared by all): 301 addresses.
+        let mut batch = Vec::new();
+        let mut quarantined = 0;
+        for i in 0..150 {
+            let mut rec = record(
+                &format!("b{i:03}"),
+                "node-a.example",
+                Content::Spam,
+                vec![
+                    rcpt(
+                        &format!("Rcpt{i}@Example.org"),
+                        Content::Spam,
+                        Ds::Discard,
+                        "250 2.7.0 Ok",
+                    ),
+                    rcpt("all@example.org", Content::Clean, Ds::Pass, "250 2.0.0 Ok"),
+                ],
+            );
+            rec.sender = format!("sender{i}@mail.example.net");
+            if i % 7 == 0 {
+                let mut first = rec.clone();
+                first.recipients.truncate(1);
+                q.store(&first, &mut &b"Subject: x\r\n\r\nx\r\n"[..])
+                    .await
+                    .unwrap();
+                quarantined += 1;
+            }
+            batch.push(rec);
+        }
+        // the same mail_id again later in the batch, with one more recipient
+        let mut again = batch[3].clone();
+        again.recipients.push(rcpt(
+            "late@example.org",
+            Content::Spam,
+            Ds::Pass,
+            "250 2.0.0 Ok",
+        ));
+        batch.push(again);
+        let (written, existed) = postsift::sql::log::write_batch(&pool, &batch, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            (written, existed),
+            (150 - quarantined, quarantined + 1),
+            "{kind:?}"
+        );
+        let check = |what: &str| {
+            assert_eq!(
+                s.client(&db, "SELECT count(*) FROM msgs"),
+                "150\n",
+                "{kind:?} {what}"
+            );
+            // 2 per message, and late@ for b003
+            assert_eq!(
+                s.client(&db, "SELECT count(*) FROM msgrcpt"),
+                "301\n",
+                "{kind:?} {what}"
+            );
+            // each recipient row's address is its own, numbered 1, 2 (3: late@), and its
+            // message's sender is its own
+            let rows = rows(&s.client(
+                &db,
+                "SELECT msgrcpt.mail_id, msgrcpt.rseqnum, recip.email, recip.domain, \
+                 sender.email, sender.domain FROM msgrcpt \
+                 JOIN msgs ON msgs.mail_id=msgrcpt.mail_id \
+                 JOIN maddr AS recip ON msgrcpt.rid=recip.id \
+                 JOIN maddr AS sender ON msgs.sid=sender.id \
+                 ORDER BY msgrcpt.mail_id, msgrcpt.rseqnum",
+            ));
+            assert_eq!(rows.len(), 301, "{kind:?} {what}");
+            for r in &rows {
+                let i: usize = r[0][1..].parse().unwrap();
+                let want = match (r[1].as_str(), i) {
+                    ("1", _) => format!("rcpt{i}@example.org"),
+                    ("2", _) => "all@example.org".into(),
+                    ("3", 3) => "late@example.org".into(),
+                    _ => panic!("{kind:?} {what}: {r:?}"),
+                };
+                let sender = format!("sender{i}@mail.example.net");
+                assert_eq!(
+                    r[2..],
+                    [
+                        want,
+                        "org.example".into(),
+                        sender,
+                        "net.example.mail".into()
+                    ],
+                    "{kind:?} {what}: {r:?}"
+                );
+            }
+            // one maddr row per address: 150 senders, 150 + all@ + late@
+            assert_eq!(
+                s.client(&db, "SELECT count(*) FROM maddr"),
+                "302\n",
+                "{kind:?} {what}"
+            );
+        };
+        check("first write");
+        // the batch again, as after a commit whose answer was lost: nothing added
+        let (written, existed) = postsift::sql::log::write_batch(&pool, &batch, 0)
+            .await
+            .unwrap();
+        assert_eq!((written, existed), (0, 151), "{kind:?}");
+        check("written again");
+        // the quarantine's rows kept its recipient first and its quar_type
+        assert_eq!(
+            s.client(&db, "SELECT count(*) FROM msgs WHERE quar_type='Q'"),
+            format!("{quarantined}\n"),
+            "{kind:?}"
+        );
+    }
+}
