@@ -21,6 +21,7 @@ SQL_PG_PORT=${SQL_PG_PORT:-15432}
 SQL_METRICS=${SQL_METRICS:-127.0.0.1:19726}   # /metrics of the sql-quar postsift
 SQL_QUAR_MSGS=${SQL_QUAR_MSGS:-$SQL_MSGS}
 SQL_PG_PID=""
+SQL_PG_CPUS=${SQL_PG_CPUS:-}   # e.g. 1: PostgreSQL pinned to these CPUs (taskset -c); run bench/run itself under `taskset -c 0` to keep the rest off them
 SQL_LOGGED=0   # messages the sql-on runs have had accepted so far (warm-ups included): msgs rows expected
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
@@ -32,7 +33,7 @@ start_pg() {
   chown postgres: "$SQL_PG_DIR"; chmod 700 "$SQL_PG_DIR"
   runuser -u postgres -- "$bin/initdb" -D "$SQL_PG_DIR/data" -U postgres -A trust --no-sync -E UTF8 \
     --locale=C.UTF-8 > "$WORK/pg-initdb.log" 2>&1 || die "initdb failed: $(tail -3 "$WORK/pg-initdb.log")"
-  runuser -u postgres -- "$bin/postgres" -D "$SQL_PG_DIR/data" -h 127.0.0.1 -p $SQL_PG_PORT \
+  ${SQL_PG_CPUS:+taskset -c "$SQL_PG_CPUS"} runuser -u postgres -- "$bin/postgres" -D "$SQL_PG_DIR/data" -h 127.0.0.1 -p $SQL_PG_PORT \
     -c unix_socket_directories= -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
     > "$WORK/pg.log" 2>&1 &
   SQL_PG_PID=$!; STARTED+=("postgres $SQL_PG_PID")
@@ -41,7 +42,7 @@ start_pg() {
   for ((i = 0; i < 100; i++)); do "$bin/pg_isready" -q -h 127.0.0.1 -p $SQL_PG_PORT && break; sleep 0.1; done
   "$bin/psql" -X -q -h 127.0.0.1 -p $SQL_PG_PORT -U postgres -c "CREATE DATABASE amavis" ||
     die "CREATE DATABASE failed"
-  log "postgres up (pid $SQL_PG_PID, 127.0.0.1:$SQL_PG_PORT, $("$bin/postgres" --version))"
+  log "postgres up (pid $SQL_PG_PID, 127.0.0.1:$SQL_PG_PORT, $("$bin/postgres" --version)${SQL_PG_CPUS:+, CPUs $SQL_PG_CPUS}; bench/run on CPUs $(taskset -pc $$ | sed 's/.*: //'))"
 }
 stop_pg() {
   [ -z "$SQL_PG_PID" ] && return 0
@@ -203,7 +204,8 @@ sql_phase() {
 
 sql_report() {
   local md="$BENCH_DIR/results/$TS-sql.md"
-  python3 - "$WORK/sql.csv" "$META" "$SQL_CONC" "$SQL_SIZE" "$WORK/sql-quar.metrics" "$WORK/sql-quar.loadgen" > "$md" <<'PY'
+  python3 - "$WORK/sql.csv" "$META" "$SQL_CONC" "$SQL_SIZE" "$WORK/sql-quar.metrics" "$WORK/sql-quar.loadgen" \
+    "$SQL_PG_CPUS" "$(taskset -pc $$ | sed 's/.*: //')" "$POSTSIFT_BIN" > "$md" <<'PY'
 import csv, os, re, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 meta = dict(l.strip().split("=", 1) for l in open(sys.argv[2]) if "=" in l)
@@ -214,6 +216,11 @@ print(f"postsift {meta.get('postsift_rev','?')}, {meta.get('nproc','?')} CPUs, {
       "private PostgreSQL on the same machine (amavis's schema by `postsift sql init`), `sql-off` has no "
       "[sql]. CPU: postsift's own user + system time from the measured run's start until the log's "
       "backlog is written, per message.\n")
+pg_cpus, run_cpus, binary = sys.argv[7], sys.argv[8], sys.argv[9]
+if pg_cpus:
+    print(f"PostgreSQL pinned to CPU(s) {pg_cpus} (taskset), bench/run (postsift, loadgen, the sink) on "
+          f"CPU(s) {run_cpus}: the database does not take the pipeline's CPU, as on a host of its own.\n")
+print(f"Binary: `{binary}`.\n")
 print("Targets: CPU per message with the log on at most +0.3 ms; throughput loss at most 10 %; every "
       "message logged once (msgs rows = messages accepted).\n")
 print("| variant | run | msgs | ok | failed | msg/s | CPU ms/msg | sink | msgs rows | PostgreSQL CPU ms/msg |")
