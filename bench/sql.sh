@@ -9,8 +9,9 @@
 # per message (user + system ticks of its process around the run), and for sql-on the rows in
 # msgs once the backlog is written (every message logged once). Targets: CPU per message at most
 # +0.3 ms with the log on, throughput loss at most 10 %. PostgreSQL shares the machine's CPUs, as
-# it does at a site that runs it beside the filter. Report: bench/results/<ts>-sql.md (and
-# latest-sql.md).
+# it does at a site that runs it beside the filter; SQL_PG_CPUS=1 with bench/run under
+# `taskset -c 0` keeps them apart (postsift's own part of the loss). Report:
+# bench/results/<ts>-sql.md (and latest-sql.md).
 
 SQL_CONC=${SQL_CONC:-16}
 SQL_SIZE=${SQL_SIZE:-4096}
