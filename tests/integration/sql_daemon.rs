@@ -280,94 +280,96 @@ fn backend(kind: Kind) -> postsift::sql::Backend {
 
 /// The database stopped while the daemon runs: every message still gets its 250 and reaches
 /// the next hop, the log's backlog and errors show in the metrics, and once the database is
-/// back the backlog is written: every message logged once.
+/// back the backlog is written: every message logged once. PostgreSQL and MariaDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_log_database_stopped_mid_run_mail_flows_and_backlog_recovers() {
     use crate::capture::Capture;
     use crate::client::send_one;
     use crate::peers::sql::SqlServer;
     use crate::util::{self, fixture, http_get, start_filter};
-    let mut s = util::blocking(|| SqlServer::start(Kind::Postgres)).await;
-    let db = s.create_db("dout");
-    s.client(
-        &db,
-        postsift::sql::schema::amavis_ddl(backend(Kind::Postgres)),
-    );
-    let sink = Capture::start().await;
-    let metrics = crate::peers::localhost(crate::peers::free_port());
-    let f = start_filter(
-        &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), ""))
-            .set("metrics.listen", metrics.to_string())
-            .toml(),
-    )
-    .await;
-    let count = |s: &SqlServer| {
-        s.client(&db, "SELECT count(*) FROM msgrcpt")
-            .trim()
-            .parse::<usize>()
-            .unwrap()
-    };
-    let send = |i: usize| {
-        let rcpt = format!("r{i}@example.com");
-        async move { send_one(f.addr, "a@example.org", &[&rcpt], &fixture("clean.eml")).await }
-    };
-    for i in 0..3 {
-        assert_eq!(send(i).await.code, 250);
-    }
-    assert!(wait_for(std::time::Duration::from_secs(60), || count(&s) == 3).await);
-
-    s.stop();
-    // Mail flows: each message gets its 250 and reaches the next hop.
-    for i in 3..10 {
-        assert_eq!(
-            send(i).await.code,
-            250,
-            "message {i} with the database down"
-        );
-    }
-    assert_eq!(sink.wait_for(10).await.len(), 10);
-    let scrape = || async { http_get(metrics, "/metrics").await.1 };
-    let value = |text: &str, series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(-1.0)
-    };
-    let mut text = scrape().await;
-    for _ in 0..600 {
-        if value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0 {
-            break;
+    for kind in [Kind::Postgres, Kind::MariaDb] {
+        let mut s = util::blocking(move || SqlServer::start(kind)).await;
+        let db = s.create_db("dout");
+        s.client(&db, postsift::sql::schema::amavis_ddl(backend(kind)));
+        let sink = Capture::start().await;
+        let metrics = crate::peers::localhost(crate::peers::free_port());
+        let f = start_filter(
+            &util::test_config(None, None, sink.addr, &sql_section(&s.url(&db), ""))
+                .set("metrics.listen", metrics.to_string())
+                .toml(),
+        )
+        .await;
+        let count = |s: &SqlServer| {
+            s.client(&db, "SELECT count(*) FROM msgrcpt")
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        };
+        let send = |i: usize| {
+            let rcpt = format!("r{i}@example.com");
+            async move { send_one(f.addr, "a@example.org", &[&rcpt], &fixture("clean.eml")).await }
+        };
+        for i in 0..3 {
+            assert_eq!(send(i).await.code, 250);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        text = scrape().await;
-    }
-    assert!(
-        value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0,
-        "{text}"
-    );
-    assert!(value(&text, "postsift_sql_log_backlog") > 0.0, "{text}");
+        assert!(
+            wait_for(std::time::Duration::from_secs(60), || count(&s) == 3).await,
+            "{kind:?}"
+        );
 
-    s.start_again();
-    assert!(
-        wait_for(std::time::Duration::from_secs(90), || count(&s) == 10).await,
-        "logged {} of 10",
-        count(&s)
-    );
-    let text = scrape().await;
-    assert_eq!(value(&text, "postsift_sql_log_backlog"), 0.0, "{text}");
-    assert_eq!(
-        value(&text, "postsift_sql_log_written_total"),
-        10.0,
-        "{text}"
-    );
-    assert_eq!(
-        value(
-            &text,
-            "postsift_sql_log_dropped_total{reason=\"backlog_full\"}"
-        ),
-        0.0
-    );
-    f.stop().await;
-    s.stop();
+        s.stop();
+        // Mail flows: each message gets its 250 and reaches the next hop.
+        for i in 3..10 {
+            assert_eq!(
+                send(i).await.code,
+                250,
+                "{kind:?}: message {i} with the database down"
+            );
+        }
+        assert_eq!(sink.wait_for(10).await.len(), 10);
+        let scrape = || async { http_get(metrics, "/metrics").await.1 };
+        let value = |text: &str, series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(-1.0)
+        };
+        let mut text = scrape().await;
+        for _ in 0..600 {
+            if value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            text = scrape().await;
+        }
+        assert!(
+            value(&text, "postsift_sql_errors_total{kind=\"log_batch\"}") > 0.0,
+            "{text}"
+        );
+        assert!(value(&text, "postsift_sql_log_backlog") > 0.0, "{text}");
+
+        s.start_again();
+        assert!(
+            wait_for(std::time::Duration::from_secs(90), || count(&s) == 10).await,
+            "{kind:?}: logged {} of 10",
+            count(&s)
+        );
+        let text = scrape().await;
+        assert_eq!(value(&text, "postsift_sql_log_backlog"), 0.0, "{text}");
+        assert_eq!(
+            value(&text, "postsift_sql_log_written_total"),
+            10.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "postsift_sql_log_dropped_total{reason=\"backlog_full\"}"
+            ),
+            0.0
+        );
+        f.stop().await;
+        s.stop();
+    }
 }
 
 /// Per-user policy and wblist rows as a UI writes them.
