@@ -62,6 +62,8 @@ struct Pooled {
     guard: Arc<AtomicBool>,
     /// The socket's write hold while the body goes out (see [`GuardedStream`]).
     hold: Arc<AtomicBool>,
+    /// The socket's queue of stuffed body bytes (see [`GuardedStream`]).
+    queued: Arc<Mutex<Vec<u8>>>,
     keywords: Vec<String>,
     xforward: Vec<String>,
 }
@@ -363,6 +365,7 @@ impl Reinjector {
         let guard = Arc::new(AtomicBool::new(false));
         let stream = GuardedStream::new(tcp, guard.clone());
         let hold = stream.hold.clone();
+        let queued = stream.queued.clone();
         let connect = async {
             let mut conn =
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.helo).await?;
@@ -391,6 +394,7 @@ impl Reinjector {
             conn,
             guard,
             hold,
+            queued,
             keywords,
             xforward,
         })
@@ -597,7 +601,7 @@ impl Reinjector {
             total.saturating_sub(2),
             read_error.clone(),
             p.guard.clone(),
-            p.hold.clone(),
+            (p.hold.clone(), p.queued.clone()),
         );
         let sent = tokio::time::timeout(self.data_timeout, p.conn.message_iter(chunks)).await;
         if let Some(e) = read_error.lock().unwrap().take() {
