@@ -13,10 +13,11 @@
 //! `read_response`, in order (RFC 2920): one write and one round trip instead of one per
 //! command. lettre also writes and flushes every piece of the body and then the final dot on
 //! its own; [`GuardedStream`] holds those writes back while the body goes out, so a small
-//! message is one write. lettre is wrapped, not replaced: its `command` and `read_response`
-//! are enough to pipeline, and replacing it would mean writing our own reply parser and
-//! dot-stuffing (lettre's are crate-private). Without PIPELINING, every command waits for its
-//! reply, as RFC 5321 asks.
+//! message is one write. The body is dot-stuffed by `stream::Stuffer` rather than lettre's
+//! byte-by-byte codec (lettre is handed empty pieces; see `stream`). lettre is wrapped, not
+//! replaced: its `command` and `read_response` are enough to pipeline, and replacing it would
+//! mean writing our own reply parser (lettre's is crate-private). Without PIPELINING, every
+//! command waits for its reply, as RFC 5321 asks.
 
 mod commands;
 pub mod metrics;
