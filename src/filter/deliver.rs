@@ -66,7 +66,8 @@ pub async fn deliver(
         // body.
         let c = &groups.configs[i].dkim_sign;
         if crate::sign::wanted(c, r.hop.listener, r.env.xforward.addr.as_deref()) {
-            signing[i] = dkim_sign(shared, c, &mut block, &r.msg, &r.id).await;
+            // Boxed: a large future, off the default path (see scan_for).
+            signing[i] = Box::pin(dkim_sign(shared, c, &mut block, &r.msg, &r.id)).await;
             if let (Signing::Failed(why), SignOnError::Tempfail) = (&signing[i], c.on_error) {
                 shared
                     .metrics

@@ -99,7 +99,8 @@ impl Deliver for Reinjection<'_> {
         } else {
             // SMTP, several copies: all envelopes accepted before any data goes.
             let parts: Vec<(&Envelope, &[u8])> = copies.iter().map(|c| (c.env, c.header)).collect();
-            r.send_together(&parts, msg).await
+            // Boxed: a large future, off the single-copy path (see scan_for).
+            Box::pin(r.send_together(&parts, msg)).await
         };
         out.iter().for_each(|d| self.record(d));
         out

@@ -107,7 +107,8 @@ pub async fn dispose(
                     k => format!("{}-{}", r.id, k + 1),
                 };
                 quarantined += 1;
-                let o = quarantine(shared, r, &id, &groups.envs[i], decision, out).await;
+                // Boxed: a large future, off the default path (see scan_for).
+                let o = Box::pin(quarantine(shared, r, &id, &groups.envs[i], decision, out)).await;
                 d.ids[i] = (id != r.id).then_some(id);
                 if matches!(o, Outcome::Tempfailed(_)) {
                     d.fail(i, o);

@@ -115,7 +115,9 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     if let Some(per) = &per_user {
         sqlpolicy::regroup(&mut groups, &r, per);
     }
-    let (scanned, reused) = scan_or_reuse(shared, &r, &groups).await;
+    // The scan and the delivery are boxed: each is a large future, and a future held by value
+    // is copied whole wherever the one holding it is moved (the session's task, at spawn).
+    let (scanned, reused) = Box::pin(scan_or_reuse(shared, &r, &groups)).await;
     // Hybrid mode: what the milter passes keeps its scan for the after-queue hop.
     let keeps = shared.config.milter.reuses() && r.hop.frontend() == "milter";
     let needs = keeps.then(|| judge::needs_of(&shared.config, &groups));
@@ -129,7 +131,7 @@ pub async fn run(shared: &Runtime, r: Received, out: &impl Deliver) -> Processed
     m.stage_duration
         .with_label_values(&["scan"])
         .observe(t.scan.as_secs_f64());
-    let p = dispose_and_deliver(shared, &r, groups, judged, out, t).await;
+    let p = Box::pin(dispose_and_deliver(shared, &r, groups, judged, out, t)).await;
     if let Some(needs) = needs {
         keep_for_hop(shared, &r, &p, needs, scanned).await;
     }

@@ -13,10 +13,11 @@
 //! `read_response`, in order (RFC 2920): one write and one round trip instead of one per
 //! command. lettre also writes and flushes every piece of the body and then the final dot on
 //! its own; [`GuardedStream`] holds those writes back while the body goes out, so a small
-//! message is one write. lettre is wrapped, not replaced: its `command` and `read_response`
-//! are enough to pipeline, and replacing it would mean writing our own reply parser and
-//! dot-stuffing (lettre's are crate-private). Without PIPELINING, every command waits for its
-//! reply, as RFC 5321 asks.
+//! message is one write. The body is dot-stuffed by `stream::Stuffer` rather than lettre's
+//! byte-by-byte codec (lettre is handed empty pieces; see `stream`). lettre is wrapped, not
+//! replaced: its `command` and `read_response` are enough to pipeline, and replacing it would
+//! mean writing our own reply parser (lettre's is crate-private). Without PIPELINING, every
+//! command waits for its reply, as RFC 5321 asks.
 
 mod commands;
 pub mod metrics;
@@ -62,6 +63,8 @@ struct Pooled {
     guard: Arc<AtomicBool>,
     /// The socket's write hold while the body goes out (see [`GuardedStream`]).
     hold: Arc<AtomicBool>,
+    /// The socket's queue of stuffed body bytes (see [`GuardedStream`]).
+    queued: Arc<Mutex<Vec<u8>>>,
     keywords: Vec<String>,
     xforward: Vec<String>,
 }
@@ -363,6 +366,7 @@ impl Reinjector {
         let guard = Arc::new(AtomicBool::new(false));
         let stream = GuardedStream::new(tcp, guard.clone());
         let hold = stream.hold.clone();
+        let queued = stream.queued.clone();
         let connect = async {
             let mut conn =
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.helo).await?;
@@ -391,6 +395,7 @@ impl Reinjector {
             conn,
             guard,
             hold,
+            queued,
             keywords,
             xforward,
         })
@@ -597,7 +602,7 @@ impl Reinjector {
             total.saturating_sub(2),
             read_error.clone(),
             p.guard.clone(),
-            p.hold.clone(),
+            (p.hold.clone(), p.queued.clone()),
         );
         let sent = tokio::time::timeout(self.data_timeout, p.conn.message_iter(chunks)).await;
         if let Some(e) = read_error.lock().unwrap().take() {

@@ -318,7 +318,10 @@ impl Scanners {
             };
             let (r, parts) = match clamd {
                 None => (VirusScan::Off, walk.map(|w| summary(&w))),
-                Some(c) => self.virus_scan(c, msg, walk, metrics).await,
+                // Boxed, as the spam check below: the scanner clients' futures are large, and
+                // a future held inline makes every future around it (up to the session's task)
+                // that large, copied whole when moved, whether the scanner is configured or not.
+                Some(c) => Box::pin(self.virus_scan(c, msg, walk, metrics)).await,
             };
             (r, parts, (banned, banned_by), start.elapsed())
         };
@@ -326,7 +329,7 @@ impl Scanners {
             let start = Instant::now();
             let r = match spam_engine {
                 None => SpamScan::Off,
-                Some(engine) => self.spam_check(engine, msg, env, metrics).await,
+                Some(engine) => Box::pin(self.spam_check(engine, msg, env, metrics)).await,
             };
             (r, start.elapsed())
         };
