@@ -513,6 +513,7 @@ mod tests {
             }),
             infected: None,
             left_out: 0,
+            text_in_message: 0,
         });
         r
     }

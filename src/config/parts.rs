@@ -50,6 +50,11 @@ pub struct Parts {
     /// … at a walk that failed (reason `error`: a spill file that could not be written, the
     /// spooled message not read back). Default "tempfail": the parts were not judged.
     pub on_walk_error: Unchecked,
+    /// clamd's own MIME parser decodes the message's quoted-printable and base64 text parts
+    /// (clamd's `ScanMail yes`, its default): a text part it provably reads as the walk did
+    /// (README, "What clamd is given") is not sent to it decoded as well. Set false when clamd
+    /// runs with `ScanMail no` or mail limits far below its defaults. Default true.
+    pub clamd_decodes_text: bool,
 }
 
 /// What a message the MIME walk could not finish gets (amavis passes it tagged
@@ -87,6 +92,7 @@ impl Default for Parts {
             on_decoder: Unchecked::Pass,
             on_max_message_size: Unchecked::Pass,
             on_walk_error: Unchecked::Tempfail,
+            clamd_decodes_text: true,
         }
     }
 }

@@ -269,6 +269,7 @@ mod tests {
             containers: Vec::new(),
             verbatim: false,
             encoded: None,
+            clamd_reads: false,
             contents: data.into(),
         }
     }

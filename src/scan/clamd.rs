@@ -286,36 +286,93 @@ impl ClamdClient {
     /// `zVERSION`: the first endpoint's (failover as for a scan) program and signature
     /// database version, `ClamAV 1.0.7/27480/Wed Dec  4 09:32:01 2024`: the verdict cache
     /// keys clamd's answers with it, so that new signatures make them miss.
+    ///
+    /// Asked in a session of the pool (`zVERSION` inside `IDSESSION`, answered `<id>: ClamAV
+    /// …`), which goes back to the pool for the next scan: the verdict cache asks this for
+    /// every message with a cached answer, and a connection of its own each time cost clamd
+    /// an accept and postsift a connect and close per message. An idle session clamd closed
+    /// meanwhile is replaced within the same attempt, as for a scan.
     pub async fn version(&self) -> Result<String, Error> {
-        self.failover(|_, ep| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.failover(|i, ep| async move {
             let endpoint = ep.name();
-            let io_err = |source: io::Error| Error::Io {
-                endpoint: endpoint.clone(),
-                source,
-            };
-            let mut stream = self.connect(ep).await?;
-            stream.write_all(b"zVERSION\0").await.map_err(io_err)?;
-            let mut reply = Vec::with_capacity(64);
-            let mut buf = [0u8; 256];
-            loop {
-                let got = stream.read(&mut buf).await.map_err(io_err)?;
-                reply.extend_from_slice(&buf[..got]);
-                if got == 0 || buf[..got].contains(&0) || reply.len() > 4096 {
-                    break;
+            if let Some(idle) = self.pool.take(i) {
+                match self.ask_version((i, &endpoint), idle).await {
+                    Ok(v) => return Ok(v),
+                    Err((e, true)) => {
+                        tracing::debug!(endpoint = %endpoint, error = %e, "clamd: an idle session was closed, opening a new one");
+                    }
+                    Err((e, false)) => return Err(e),
                 }
             }
-            let text = String::from_utf8_lossy(&reply);
-            let text = text.trim_end_matches('\0').trim();
-            match text.starts_with("ClamAV ") {
-                true => Ok(text.to_owned()),
-                false => Err(Error::Protocol {
-                    endpoint: endpoint.clone(),
-                    detail: format!("unexpected VERSION reply {text:?}"),
-                }),
-            }
+            let fresh = Session {
+                conn: self.connect(ep).await?,
+                next: 1,
+                at: Instant::now(),
+            };
+            self.ask_version((i, &endpoint), fresh)
+                .await
+                .map_err(|(e, _)| e)
         })
         .await
+    }
+
+    /// `zVERSION` over `session` (`IDSESSION` sent first on a new one); the session goes back
+    /// to the pool once answered. Err with whether nothing came back at all (a session clamd
+    /// had closed while idle).
+    async fn ask_version(
+        &self,
+        (i, endpoint): (usize, &str),
+        session: Session,
+    ) -> Result<String, (Error, bool)> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let Session { mut conn, next, .. } = session;
+        let io_err = |source: io::Error| Error::Io {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let protocol = |detail: String| Error::Protocol {
+            endpoint: endpoint.to_owned(),
+            detail,
+        };
+        let frame: &[u8] = match next {
+            1 => b"zIDSESSION\0zVERSION\0",
+            _ => b"zVERSION\0",
+        };
+        conn.write_all(frame).await.map_err(|e| (io_err(e), true))?;
+        let mut rd = tokio::io::BufReader::new(conn);
+        let mut reply = Vec::with_capacity(64);
+        // A version line is some tens of bytes: at most 4 KiB of anything else is read.
+        let got = (&mut rd).take(4096).read_until(0, &mut reply).await;
+        match got {
+            Err(e) => return Err((io_err(e), true)),
+            Ok(0) => return Err((io_err(io::ErrorKind::UnexpectedEof.into()), true)),
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let text = text.trim_end_matches('\0');
+        // `<id>: ClamAV 1.4.6/27480/…`, numbered as the session's next reply.
+        let version = text
+            .split_once(": ")
+            .filter(|(id, _)| id.trim().parse::<usize>().ok() == Some(next))
+            .map(|(_, v)| v.trim())
+            .filter(|v| v.starts_with("ClamAV "))
+            .ok_or_else(|| {
+                (
+                    protocol(format!("unexpected VERSION reply {text:?}")),
+                    false,
+                )
+            })?;
+        if reply.ends_with(b"\0") && rd.buffer().is_empty() {
+            self.pool.put(
+                i,
+                Session {
+                    conn: rd.into_inner(),
+                    next: next + 1,
+                    at: Instant::now(),
+                },
+            );
+        }
+        Ok(version.to_owned())
     }
 
     /// The endpoints, as configured (part of the verdict cache's key).
@@ -1010,6 +1067,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(found, Some((Found::Part(0), vec!["Test.Sig".to_string()])));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn version_is_asked_in_a_pooled_session_and_a_misnumbered_answer_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // VERSION, a scan and VERSION again over one connection; then a second connection
+        // whose VERSION answer carries the wrong id.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut cmd = [0u8; 20];
+            s.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"zIDSESSION\0zVERSION\0");
+            s.write_all(b"1: ClamAV 1.4.6/27480/Wed Dec  4 09:32:01 2024\0")
+                .await
+                .unwrap();
+            let mut cmd = [0u8; 10];
+            s.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"zINSTREAM\0");
+            read_stream(&mut s).await;
+            s.write_all(b"2: stream: OK\0").await.unwrap();
+            let mut cmd = [0u8; 9];
+            s.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"zVERSION\0");
+            s.write_all(b"3: ClamAV 1.4.6/27481/Thu Dec  5 09:32:01 2024\0")
+                .await
+                .unwrap();
+            // The session went back to the pool: a VERSION answered with another id fails.
+            let mut cmd = [0u8; 9];
+            s.read_exact(&mut cmd).await.unwrap();
+            s.write_all(b"7: ClamAV 1.4.6/27481/Thu Dec  5 09:32:01 2024\0")
+                .await
+                .unwrap();
+        });
+        let c = client(&path.display().to_string());
+        let v = c.version().await.unwrap();
+        assert_eq!(v, "ClamAV 1.4.6/27480/Wed Dec  4 09:32:01 2024");
+        let msg = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(c.scan(&msg).await.unwrap(), Verdict::Clean);
+        let v = c.version().await.unwrap();
+        assert_eq!(v, "ClamAV 1.4.6/27481/Thu Dec  5 09:32:01 2024");
+        let e = c.version().await.unwrap_err();
+        assert!(e.to_string().contains("unexpected VERSION reply"), "{e}");
         server.await.unwrap();
     }
 

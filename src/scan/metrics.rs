@@ -45,6 +45,9 @@ pub struct ScanMetrics {
     pub spam_skipped: prometheus::IntCounter,
     /// Bytes of messages clamd was not sent with the message: sent decoded as parts instead.
     pub clamd_left_out: prometheus::IntCounter,
+    /// Decoded bytes of text parts not sent to clamd: its own MIME parser decodes them from
+    /// the message it is sent (`[parts] clamd_decodes_text`).
+    pub clamd_text_in_message: prometheus::IntCounter,
 }
 
 impl ScanMetrics {
@@ -103,6 +106,12 @@ impl ScanMetrics {
                 "postsift_clamd_left_out_bytes_total",
                 "Bytes of messages left out of what clamd is sent of the message: encoded \
                  bodies of files it is sent decoded as parts (or whose answer is cached)",
+            ),
+            clamd_text_in_message: crate::metrics::counter0(
+                r,
+                "postsift_clamd_text_in_message_bytes_total",
+                "Decoded bytes of text parts not sent to clamd as parts: its own MIME parser \
+                 decodes them from the message it is sent",
             ),
         }
     }

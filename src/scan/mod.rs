@@ -44,6 +44,7 @@ fn summary(w: &parts::Walk) -> PartsSummary {
         limit: w.limit.clone(),
         infected: None,
         left_out: 0,
+        text_in_message: 0,
     }
 }
 
@@ -127,6 +128,9 @@ pub struct Scanners {
     /// The MIME walk's limits, `max_message_size` and spool directory; None when
     /// `[parts] enabled = false`.
     walk: Option<(parts::Limits, u64, std::path::PathBuf)>,
+    /// `[parts] clamd_decodes_text`: text parts clamd's MIME parser decodes from the message
+    /// are not sent again.
+    clamd_decodes_text: bool,
     /// Walks off the async threads at once: one per CPU. A walk is CPU work, so more at once
     /// would not finish sooner, and each holds its parser tree and decoders (tens of MB for a
     /// hostile message, outside `server.max_memory`): 64 hostile messages at once took 478 MiB
@@ -213,6 +217,7 @@ impl Scanners {
                     config.spool_dir(),
                 )
             }),
+            clamd_decodes_text: config.parts.clamd_decodes_text,
             banned_rules: config
                 .banned
                 .rules
@@ -504,6 +509,9 @@ impl Scanners {
     /// quoted-printable body, a well-formed uuencoded block), so that clamd's own MIME parser
     /// does not decode and scan those files a second time. Headers, the MIME structure and
     /// every text part stay (clamd's mail-format and phishing signatures read them there).
+    /// A text part clamd's parser provably decodes from the message as the walk did
+    /// ([`parts::Part::clamd_reads`]) is not sent decoded as well (`[parts]
+    /// clamd_decodes_text`), so that clamd does not scan it twice either.
     ///
     /// Not sent again: members of archives postsift listed (clamd opens the archive part
     /// itself), members that could not be read (encrypted: nothing to scan), and verbatim text
@@ -524,10 +532,18 @@ impl Scanners {
         let parts = walk.map(|w| w.parts).unwrap_or_default();
         // Members of archives clamd opens itself (zip, 7z, tar, gzip, bzip2, xz, nested too),
         // unreadable (encrypted) members and verbatim text parts are not sent again.
+        // Text parts clamd's own MIME parser decodes from the message are not sent again.
+        let in_message = |p: &parts::Part| self.clamd_decodes_text && clamd_reads(p);
         let send: Vec<&parts::Part> = parts
             .iter()
             .filter(|p| p.containers.is_empty() && !p.contents.is_empty() && !seen_whole(p))
+            .filter(|p| !in_message(p))
             .collect();
+        let text_in_message: u64 = (parts.iter())
+            .filter(|p| p.containers.is_empty() && !seen_whole(p) && in_message(p))
+            .map(|p| p.contents.len())
+            .sum();
+        metrics.clamd_text_in_message.inc_by(text_in_message);
         let contents: Vec<&parts::Contents> = send.iter().map(|p| &p.contents).collect();
         let mut left_out: Vec<(usize, usize)> = send.iter().filter_map(|p| p.encoded).collect();
         left_out.sort_unstable();
@@ -547,6 +563,7 @@ impl Scanners {
         metrics.clamd_left_out.inc_by(gone);
         if let Some(s) = summary.as_mut() {
             s.left_out = gone;
+            s.text_in_message = text_in_message;
         }
         // Each stream's answer from the verdict cache where it has one.
         let found =
@@ -562,6 +579,15 @@ impl Scanners {
             Err(e) => (fail(e), summary),
         }
     }
+}
+
+/// A text part clamd's own MIME parser decodes from the message ([`parts::Part::clamd_reads`]),
+/// unless its text sniffs as a file type or holds a NUL byte (sent whatever its encoding, as
+/// for [`seen_whole`]).
+fn clamd_reads(p: &parts::Part) -> bool {
+    p.clamd_reads
+        && p.contents.in_memory().is_some_and(|d| !d.contains(&0))
+        && banned::sniff(&p.contents).is_none()
 }
 
 /// A verbatim text part: the message's own bytes, which clamd saw in its scan of the whole

@@ -118,4 +118,7 @@ pub struct PartsSummary {
     /// Bytes of the message clamd was not sent with it: encoded bodies it was sent decoded as
     /// parts (or whose answer the verdict cache had), see `Scanners::virus_scan`.
     pub left_out: u64,
+    /// Decoded bytes of text parts not sent as parts: clamd's own MIME parser decodes them
+    /// from the message (`parts::Part::clamd_reads`).
+    pub text_in_message: u64,
 }

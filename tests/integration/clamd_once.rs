@@ -217,3 +217,141 @@ async fn clamavs_evasion_mails_are_all_caught_with_bodies_left_out() {
     }
     assert!(missed.is_empty(), "not caught: {missed:?}");
 }
+
+/// `postsift_clamd_text_in_message_bytes_total`.
+async fn text_in_message(metrics: SocketAddr) -> f64 {
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("postsift_clamd_text_in_message_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A newsletter: a multipart/alternative of a text/plain and a text/html part, each given in
+/// its transfer encoding (`Content-Transfer-Encoding` value, body).
+fn alternative(plain: (&str, &str), html: (&str, &str)) -> Vec<u8> {
+    mail(
+        "our news",
+        "Content-Type: multipart/alternative; boundary=\"=_alt_1\"\r\n",
+        &format!(
+            "--=_alt_1\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: {}\r\n\r\n{}\r\n\
+             --=_alt_1\r\nContent-Type: text/html; charset=utf-8\r\n\
+             Content-Transfer-Encoding: {}\r\n\r\n{}\r\n--=_alt_1--\r\n",
+            plain.0, plain.1, html.0, html.1
+        ),
+    )
+}
+
+/// EICAR in quoted-printable: its `[` escaped as `=5B` (`=5b` with `lower`), cut by a soft
+/// line break, between lines of text, a rule of dashes and a signature.
+fn eicar_qp(lower: bool) -> String {
+    let eicar = std::str::from_utf8(EICAR).unwrap();
+    let (a, b) = eicar.split_at(30);
+    let escape = if lower { "=5b" } else { "=5B" };
+    format!(
+        "Hello,\r\n\r\n{}=\r\n{b}\r\n-----------------\r\n--=20\r\nThe team",
+        a.replace('[', escape)
+    )
+}
+
+/// The daemon discards `msg` as infected by `found` with the decoded copies of its text parts
+/// not sent (`postsift_clamd_text_in_message_bytes_total` grown): clamd found the virus in
+/// the message, whose text parts its own MIME parser decoded; `postsift scan` says so too.
+async fn caught_in_message(case: &str, msg: Vec<u8>, found: &str) {
+    let sink = Capture::start().await;
+    let (f, metrics) = filter_with_metrics(sink.addr, "").await;
+    let before = text_in_message(metrics).await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert_eq!(r.code, 250, "{case}: {r:?}");
+    assert!(
+        r.text.contains(&format!("- INFECTED: {found}")),
+        "{case}: {r:?}"
+    );
+    assert!(
+        text_in_message(metrics).await > before,
+        "{case}: a decoded copy was sent"
+    );
+    f.stop().await;
+    assert_eq!(sink.count(), 0, "{case} reached the sink");
+
+    let (code, out) = scan(msg).await;
+    assert_eq!(code, 2, "{case}: {out}");
+    assert!(
+        out.contains(&format!("Infected([\"{found}")),
+        "{case}: {out}"
+    );
+    assert!(
+        out.contains("bytes of text parts not sent decoded"),
+        "{case}: {out}"
+    );
+    assert!(!out.contains("virus in:"), "{case}: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virus_in_a_quoted_printable_text_part_is_found_without_its_decoded_copy() {
+    let msg = alternative(
+        ("quoted-printable", &eicar_qp(false)),
+        ("quoted-printable", "<html><body><p>Hello</p></body></html>"),
+    );
+    caught_in_message("quoted-printable text/plain", msg, FOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virus_and_an_html_signature_in_a_base64_html_part_are_found_without_its_decoded_copy() {
+    let eicar = std::str::from_utf8(EICAR).unwrap();
+    let html = |inner: &str| {
+        wrap(
+            &base64(format!("<html><body><p>Hello</p>{inner}</body></html>").as_bytes()),
+            &[76],
+        )
+    };
+    // EICAR as the part's whole text: inside HTML markup clamd matches its signatures on the
+    // normalised HTML only (lower case), the decoded copy sent as a stream as much as the part
+    // its parser decoded (both were tried: neither finds EICAR in `<pre>`).
+    let msg = alternative(
+        ("quoted-printable", "Hello=2C reader"),
+        (
+            "base64",
+            &wrap(&base64(format!("{eicar}\r\n").as_bytes()), &[76]),
+        ),
+    );
+    caught_in_message("base64 text/html, EICAR", msg, FOUND).await;
+    // Target 3: clamd's normalised HTML (lower case), from the body it decoded itself.
+    let msg = alternative(
+        ("quoted-printable", "Hello=2C reader"),
+        (
+            "base64",
+            &html("<p><a href=\"http://example.net/\">PostSiftHtmlTestPhrase</a></p>"),
+        ),
+    );
+    caught_in_message("base64 text/html, HTML", msg, "Postsift.Test.HtmlPhrase").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_quoted_printable_text_part_still_gets_its_decoded_copy() {
+    // A lower-case escape: decoders may differ, so the decoded copy is sent as well.
+    let msg = alternative(
+        ("quoted-printable", &eicar_qp(true)),
+        ("quoted-printable", "<html><body><p>Hello</p></body></html>"),
+    );
+    let sink = Capture::start().await;
+    let (f, metrics) = filter_with_metrics(sink.addr, "").await;
+    let r = send_one(f.addr, "a@example.org", &["b@example.com"], &msg).await;
+    assert!(r.text.contains(&format!("- INFECTED: {FOUND}")), "{r:?}");
+    // Only the well-formed HTML part was left to clamd's parser.
+    let html = "<html><body><p>Hello</p></body></html>".len() as f64;
+    assert_eq!(text_in_message(metrics).await, html);
+    f.stop().await;
+    assert_eq!(sink.count(), 0);
+    let (code, out) = scan(msg).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "clamd:      {} bytes of text parts not sent decoded",
+            html
+        )),
+        "{out}"
+    );
+}

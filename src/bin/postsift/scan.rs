@@ -287,6 +287,12 @@ fn print_parts(config: &Config, msg: &Message, summary: Option<&postsift::scan::
             s.left_out
         );
     }
+    if let Some(s) = summary.filter(|s| s.text_in_message > 0) {
+        println!(
+            "clamd:      {} bytes of text parts not sent decoded (its MIME parser decodes them)",
+            s.text_in_message
+        );
+    }
     let limits = postsift::scan::parts::Limits::from_config(&config.parts);
     let Ok(raw) = msg.read_all() else { return };
     let walk = match postsift::scan::parts::walk(&raw, &limits, &config.spool_dir()) {

@@ -424,6 +424,7 @@ impl Member {
             containers: self.containers.clone(),
             verbatim: false,
             encoded: None,
+            clamd_reads: false,
             contents,
         }
     }

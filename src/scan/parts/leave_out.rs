@@ -12,6 +12,11 @@
 //!   banner.
 //!
 //! Anything else stays in the message as it came, and is also sent decoded.
+//!
+//! Text parts stay in the message whatever their encoding (clamd's mail-format, phishing and
+//! HTML signatures read them there). Their decoded copy is not sent as well when clamd's own
+//! MIME parser provably decodes the same text from the message ([`text_read_by_clamd`] for
+//! the body, `tree` for the structure around it): otherwise clamd would scan it twice.
 
 /// A body's transfer encoding, as the MIME tree declared it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,66 @@ pub fn clean(body: &[u8], encoding: Encoding, decoded: &[u8]) -> bool {
         Encoding::QuotedPrintable => quoted_printable(body),
         Encoding::Verbatim => false,
     }
+}
+
+/// The longest line (without its line break) a text body may have for clamd's parser to read
+/// it as one line: SMTP's 998 (clamd's mail reader splits longer lines, which could cut a
+/// quoted-printable escape in two).
+pub const TEXT_LINE_MAX: usize = 998;
+
+/// Whether clamd's MIME parser decodes the text body `body` (a text/plain or text/html part's
+/// bytes between its header section and its boundary) as every decoder does, so that the
+/// decoded copy postsift would send adds nothing to clamd's scan of the message: base64 as
+/// [`clean`] takes it (the length is not compared: mail-parser converts a text's charset);
+/// quoted-printable with only `=XX` (upper-case hex) escapes, soft and hard line breaks,
+/// printable ASCII and tabs, no trailing white space. Either way no line longer than
+/// [`TEXT_LINE_MAX`], and none clamd could take for structure: a uuencoded block's or BinHex's
+/// start, or a line that clamd's boundary matching (a line starting with `-` or `(` that
+/// holds the boundary anywhere) would take for one of `boundaries`, the message's. Other
+/// lines of dashes (a signature's `-- `, a rule of `-----`) are text to every parser.
+pub fn text_read_by_clamd(body: &[u8], encoding: Encoding, boundaries: &[&[u8]]) -> bool {
+    let plain = lines(body).all(|l| {
+        l.len() <= TEXT_LINE_MAX
+            && !l.starts_with(b"begin ")
+            && !l.starts_with(b"(This file must be converted with BinHex")
+            && !boundary_like(l, boundaries)
+    });
+    plain
+        && match encoding {
+            Encoding::Base64 => base64_len(body).is_some(),
+            Encoding::QuotedPrintable => quoted_printable_text(body),
+            Encoding::Verbatim => false,
+        }
+}
+
+/// Whether clamd's MIME parser may take `line` for one of `boundaries` (its `boundaryStart`:
+/// a line starting with `-` or `(` that holds the boundary anywhere, comments stripped or not).
+pub fn boundary_like(line: &[u8], boundaries: &[&[u8]]) -> bool {
+    matches!(line.first(), Some(b'-' | b'('))
+        && boundaries
+            .iter()
+            .any(|b| memchr::memmem::find(line, b).is_some())
+}
+
+/// Quoted-printable text: hard line breaks allowed (see [`text_read_by_clamd`]).
+fn quoted_printable_text(body: &[u8]) -> bool {
+    let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+    lines(body).all(|line| {
+        if line.last().is_some_and(|&c| c == b' ' || c == b'\t') {
+            return false;
+        }
+        let text = line.strip_suffix(b"=").unwrap_or(line);
+        let mut i = 0;
+        while i < text.len() {
+            match text[i] {
+                b'=' if text.len() > i + 2 && hex(text[i + 1]) && hex(text[i + 2]) => i += 3,
+                b'=' => return false,
+                c if c == b'\t' || (b' '..=b'~').contains(&c) => i += 1,
+                _ => return false,
+            }
+        }
+        true
+    })
 }
 
 /// Lines without their line break (CRLF or LF).
@@ -158,6 +223,48 @@ mod tests {
         assert!(!clean(b"a=\r\nbegin 644 x=\r\nc", q, b""));
         assert!(!clean("caf\u{e9}".as_bytes(), q, b""));
         assert!(!clean(b"same bytes", Encoding::Verbatim, b"same bytes"));
+    }
+
+    #[test]
+    fn text_bodies_clamd_decodes_as_every_decoder_does() {
+        let q = Encoding::QuotedPrintable;
+        const B: &[&[u8]] = &[b"alt"];
+        // Hard and soft line breaks, escapes, a blank line, the CRLF before the boundary.
+        assert!(text_read_by_clamd(
+            b"Hello caf=C3=A9,\r\n\r\nA long line=\r\n cut.\r\n",
+            q,
+            B
+        ));
+        assert!(text_read_by_clamd(
+            b"SGVsbG8s\r\nIHdvcmxk\r\nIQ==\r\n",
+            Encoding::Base64,
+            B
+        ));
+        // A lower-case or broken escape, trailing white space, eight-bit bytes, a boundary-like
+        // line, an mbox From line, a uuencoded block, a line too long for clamd's reader.
+        assert!(!text_read_by_clamd(b"caf=c3=a9\r\n", q, B));
+        assert!(!text_read_by_clamd(b"a=G0\r\n", q, B));
+        assert!(!text_read_by_clamd(b"a \r\nb\r\n", q, B));
+        assert!(!text_read_by_clamd("caf\u{e9}\r\n".as_bytes(), q, B));
+        assert!(!text_read_by_clamd(b"a\r\n--alt\r\nc\r\n", q, B));
+        assert!(!text_read_by_clamd(b"a\r\n(x)---alt--\r\nc\r\n", q, B));
+        // Dashes that are no boundary: a signature, a rule.
+        assert!(text_read_by_clamd(
+            b"a\r\n--=20\r\n-----------\r\nFrom me\r\n",
+            q,
+            B
+        ));
+        assert!(!text_read_by_clamd(b"begin 644 x\r\n", q, B));
+        let long = "a".repeat(TEXT_LINE_MAX + 1);
+        assert!(!text_read_by_clamd(long.as_bytes(), q, B));
+        assert!(text_read_by_clamd(&long.as_bytes()[1..], q, B));
+        // Base64 with junk, or not transfer-encoded at all.
+        assert!(!text_read_by_clamd(
+            b"SGVsbG8s\r\nnot base64\r\n",
+            Encoding::Base64,
+            B
+        ));
+        assert!(!text_read_by_clamd(b"plain\r\n", Encoding::Verbatim, B));
     }
 
     #[test]

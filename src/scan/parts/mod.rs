@@ -117,6 +117,12 @@ pub struct Part {
     /// block. None for everything else: text parts (clamd's mail-format and phishing
     /// signatures read them in the message), archive members, the raw reading's base64 runs.
     pub encoded: Option<(usize, usize)>,
+    /// A text/plain or text/html part of the message clamd is sent, in quoted-printable or
+    /// base64 that clamd's own MIME parser decodes as every decoder does, in a structure it
+    /// provably reads as mail-parser did ([`leave_out::text_read_by_clamd`],
+    /// `tree::plain_structure`): clamd scans its decoded text from the message, so the copy
+    /// need not be sent as well (`[parts] clamd_decodes_text`).
+    pub clamd_reads: bool,
     pub contents: Contents,
 }
 

@@ -54,6 +54,7 @@ pub(super) fn raw_blocks(raw: &[u8], w: &mut Collector) {
                     // Not left out of what clamd is sent: a run may stand inside a body it
                     // decodes otherwise (junk around it), and hidden ones are no cost worth it.
                     encoded: None,
+                    clamd_reads: false,
                     contents,
                 });
             }
@@ -98,6 +99,7 @@ pub(super) fn raw_blocks(raw: &[u8], w: &mut Collector) {
                 containers: Vec::new(),
                 verbatim: false,
                 encoded: block.filter(|_| ended),
+                clamd_reads: false,
                 contents,
             });
             continue;

@@ -1099,3 +1099,76 @@ fn a_file_in_clean_base64_or_quoted_printable_may_be_left_out_of_what_clamd_is_s
         .unwrap();
     assert_eq!(text.encoded, None, "a text stays in the message");
 }
+
+/// A newsletter's shape: a quoted-printable text/plain and a base64 text/html in a
+/// multipart/alternative. `tweak` changes the message before it is walked.
+fn newsletter(tweak: impl Fn(String) -> String) -> Vec<Part> {
+    let msg = format!(
+        "From: a@example.org\r\nSubject: news\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+         --alt\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: quoted-printable\r\n\r\n\
+         Caf=C3=A9 news,\r\n\r\na long line=\r\n cut in two.\r\n-----------\r\n--=20\r\nFrom us\r\n\
+         --alt\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+         --alt--\r\n",
+        b64(b"<html><body><p>Caf\xc3\xa9 news</p></body></html>")
+    );
+    walk(tweak(msg).as_bytes(), &LIMITS).parts
+}
+
+#[test]
+fn a_text_part_in_a_plain_structure_is_one_clamd_reads_from_the_message() {
+    let parts = newsletter(|m| m);
+    let reads = |parts: &[Part], t: &str| {
+        parts
+            .iter()
+            .find(|p| p.declared.as_deref() == Some(t))
+            .map(|p| p.clamd_reads)
+    };
+    assert_eq!(reads(&parts, "text/plain"), Some(true));
+    assert_eq!(reads(&parts, "text/html"), Some(true));
+    // A malformed escape: the decoded copy is sent.
+    let parts = newsletter(|m| m.replace("Caf=C3=A9", "Caf=c3=a9"));
+    assert_eq!(reads(&parts, "text/plain"), Some(false));
+    assert_eq!(reads(&parts, "text/html"), Some(true));
+    // Structure parsers may read otherwise: a second Content-Type, a comment, a boundary that
+    // starts another, a transfer encoding with a comment.
+    let twice = |m: String| {
+        m.replace(
+            "Subject: news\r\n",
+            "Subject: news\r\nContent-Type: text/plain\r\n",
+        )
+    };
+    let comment = |m: String| m.replace("boundary=\"alt\"", "boundary=\"alt\" (x)");
+    let prefix = |m: String| {
+        m.replace(
+            "--alt\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+            "--alt\r\nContent-Type: multipart/mixed; boundary=\"alt2\"\r\n\r\n--alt2\r\n\
+             Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+        )
+        .replace("\r\n--alt--\r\n", "\r\n--alt2--\r\n--alt--\r\n")
+    };
+    let cte = |m: String| m.replace("quoted-printable\r\n", "quoted-printable (x)\r\n");
+    let stray = |m: String| m.replace("From us\r\n", "From us\r\n---alt--\r\n");
+    let decoy = |m: String| m.replace("\r\n\r\n--alt\r\n", "\r\n\r\n(x)--alt--\r\n--alt\r\n");
+    for (case, f) in [
+        ("two Content-Types", &twice as &dyn Fn(String) -> String),
+        ("a comment", &comment),
+        ("a boundary inside another", &prefix),
+        ("a stray closing line in a text", &stray),
+        ("a decoy closing line in the preamble", &decoy),
+    ] {
+        let parts = newsletter(f);
+        assert!(parts.iter().all(|p| !p.clamd_reads), "{case}");
+    }
+    assert_eq!(reads(&newsletter(cte), "text/plain"), Some(false));
+    // A single-part quoted-printable message; one in a charset clamd does not read as ASCII.
+    let single = "From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                  Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9\r\n";
+    assert!(walk(single.as_bytes(), &LIMITS).parts[0].clamd_reads);
+    let utf16 = single.replace("utf-8", "utf-16");
+    assert!(walk(utf16.as_bytes(), &LIMITS)
+        .parts
+        .iter()
+        .all(|p| !p.clamd_reads));
+}

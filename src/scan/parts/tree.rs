@@ -78,6 +78,10 @@ impl Collector {
             }
             std::borrow::Cow::Owned(_) => None,
         };
+        // The message's boundaries when clamd's own MIME parser provably reads its structure
+        // as mail-parser did: only the message clamd is sent (depth 0, parsed in place), and
+        // only looked at once a text part could use it.
+        let mut plain: Option<Option<Vec<&[u8]>>> = None;
         for p in &m.parts {
             if self.full() || self.over_time() {
                 return;
@@ -137,6 +141,24 @@ impl Collector {
                 }
                 _ => None,
             };
+            let encoding = match p.encoding {
+                mail_parser::Encoding::Base64 => leave_out::Encoding::Base64,
+                mail_parser::Encoding::QuotedPrintable => leave_out::Encoding::QuotedPrintable,
+                mail_parser::Encoding::None => leave_out::Encoding::Verbatim,
+            };
+            let clamd_reads = depth == 0
+                && base == Some(0)
+                && encoding != leave_out::Encoding::Verbatim
+                && matches!(p.body, PartType::Text(_) | PartType::Html(_))
+                && matches!(declared.as_deref(), Some("text/plain" | "text/html"))
+                && ascii_compatible(p.content_type().and_then(|c| c.attribute("charset")))
+                && body.is_some_and(|b| {
+                    let end = (p.offset_end as usize).min(raw.len());
+                    let plain = plain.get_or_insert_with(|| plain_structure(m, raw));
+                    plain.as_ref().is_some_and(|bounds| {
+                        b <= end && leave_out::text_read_by_clamd(&raw[b..end], encoding, bounds)
+                    })
+                });
             let Some(contents) = self.contents(data) else {
                 return;
             };
@@ -149,6 +171,7 @@ impl Collector {
                 containers: Vec::new(),
                 verbatim,
                 encoded,
+                clamd_reads,
                 contents,
             };
             if !self.add(part) {
@@ -188,6 +211,133 @@ impl Collector {
             from <= start && end <= to && blank(&raw[from..start]) && blank(&raw[end..to])
         })
     }
+}
+
+/// Multipart levels, MIME parts and bytes a message may have for its text parts to be left to
+/// clamd's own MIME parser (see [`plain_structure`]): far below clamd's defaults (MaxRecursion
+/// 17, MaxFiles 10000, MaxScanSize 400 MB, MaxFileSize 100 MB), so that no clamd limit stops
+/// its parser before it reaches them.
+pub(super) const CLAMD_TEXT_LIMITS: (usize, usize, usize) = (8, 100, 16 << 20);
+
+/// The boundaries of `m` (the top-level message, `raw`) when clamd's MIME parser reads its
+/// structure as mail-parser did, so that a text part mail-parser found is one clamd decodes
+/// too; None when that is not certain. Certain only: within [`CLAMD_TEXT_LIMITS`]; for a
+/// message that does not start with `From ` (clamd reads such a file as an mbox, split at
+/// its `From ` lines); with no part with two Content-Type or two Content-Transfer-Encoding
+/// headers (parsers differ on which one counts); no Content-Type with a comment, an RFC 2231
+/// parameter or an encoded word in it (parsers differ on those); every
+/// Content-Transfer-Encoding one of the plain names; every multipart with exactly one
+/// boundary, none of them inside another (clamd's `boundaryStart` finds a boundary anywhere
+/// in a line starting with `-` or `(`); and every line clamd could take for a boundary one
+/// of the delimiter lines mail-parser read, each multipart of n parts having exactly n
+/// `--boundary` lines and one `--boundary--`: no stray boundary line anywhere (a decoy that
+/// closes a multipart early for one parser only).
+pub(super) fn plain_structure<'a>(
+    m: &'a mail_parser::Message<'_>,
+    raw: &[u8],
+) -> Option<Vec<&'a [u8]>> {
+    let b = boundaries(m, raw)?;
+    let bounds: Vec<&[u8]> = b.iter().map(|(b, _)| *b).collect();
+    let mut counts = vec![(0usize, 0usize); b.len()];
+    for line in raw.split(|&c| c == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !leave_out::boundary_like(line, &bounds) {
+            continue;
+        }
+        let trimmed = line.trim_ascii_end();
+        let at = trimmed.strip_prefix(b"--").and_then(|rest| {
+            let (name, end) = match rest.strip_suffix(b"--") {
+                Some(r) if bounds.contains(&r) => (r, true),
+                _ => (rest, false),
+            };
+            bounds.iter().position(|b| *b == name).map(|i| (i, end))
+        });
+        match at {
+            Some((i, false)) => counts[i].0 += 1,
+            Some((i, true)) => counts[i].1 += 1,
+            None => return None,
+        }
+    }
+    let expected = b.iter().map(|&(_, n)| (n, 1));
+    counts.iter().copied().eq(expected).then_some(bounds)
+}
+
+/// `m`'s multipart boundaries with their number of parts, when its headers are plain (see
+/// [`plain_structure`]).
+fn boundaries<'a>(m: &'a mail_parser::Message<'_>, raw: &[u8]) -> Option<Vec<(&'a [u8], usize)>> {
+    use mail_parser::HeaderName;
+    let (max_nesting, max_parts, max_bytes) = CLAMD_TEXT_LIMITS;
+    if raw.len() > max_bytes || m.parts.len() > max_parts || raw.starts_with(b"From ") {
+        return None;
+    }
+    let mut boundaries: Vec<(&[u8], usize)> = Vec::new();
+    for p in &m.parts {
+        let (mut types, mut encodings) = (0, 0);
+        for h in p.headers() {
+            let value = raw
+                .get(h.offset_start as usize..h.offset_end as usize)
+                .unwrap_or_default();
+            match h.name {
+                HeaderName::ContentType => {
+                    types += 1;
+                    if value.iter().any(|&c| c == b'(' || c == b'*')
+                        || memchr::memmem::find(value, b"=?").is_some()
+                    {
+                        return None;
+                    }
+                }
+                HeaderName::ContentTransferEncoding => {
+                    encodings += 1;
+                    let v = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+                    if !matches!(
+                        v.as_str(),
+                        "7bit" | "8bit" | "binary" | "base64" | "quoted-printable"
+                    ) {
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if types > 1 || encodings > 1 {
+            return None;
+        }
+        if let PartType::Multipart(children) = &p.body {
+            let attrs = p
+                .content_type()
+                .and_then(|c| c.attributes())
+                .unwrap_or_default();
+            let mut named = attrs
+                .iter()
+                .filter(|a| a.name.eq_ignore_ascii_case("boundary"));
+            match (named.next(), named.next()) {
+                (Some(b), None) if !b.value.is_empty() => {
+                    boundaries.push((b.value.as_bytes(), children.len()))
+                }
+                _ => return None,
+            }
+        }
+    }
+    for (i, a) in boundaries.iter().enumerate() {
+        if boundaries
+            .iter()
+            .enumerate()
+            .any(|(j, b)| i != j && memchr::memmem::find(b.0, a.0).is_some())
+        {
+            return None;
+        }
+    }
+    // Multipart nesting, from the root.
+    let mut stack = vec![(0usize, 0usize)];
+    while let Some((id, level)) = stack.pop() {
+        if level > max_nesting {
+            return None;
+        }
+        if let Some(PartType::Multipart(children)) = m.parts.get(id).map(|p| &p.body) {
+            stack.extend(children.iter().map(|&c| (c as usize, level + 1)));
+        }
+    }
+    Some(boundaries)
 }
 
 /// The names a MIME part declares besides `first` (mail-parser's `attachment_name`: the last
