@@ -533,16 +533,17 @@ impl Scanners {
         // Members of archives clamd opens itself (zip, 7z, tar, gzip, bzip2, xz, nested too),
         // unreadable (encrypted) members and verbatim text parts are not sent again.
         // Text parts clamd's own MIME parser decodes from the message are not sent again.
-        let in_message = |p: &parts::Part| self.clamd_decodes_text && clamd_reads(p);
-        let send: Vec<&parts::Part> = parts
+        let (mut send, mut text_in_message) = (Vec::<&parts::Part>::new(), 0u64);
+        for p in parts
             .iter()
-            .filter(|p| p.containers.is_empty() && !p.contents.is_empty() && !seen_whole(p))
-            .filter(|p| !in_message(p))
-            .collect();
-        let text_in_message: u64 = (parts.iter())
-            .filter(|p| p.containers.is_empty() && !seen_whole(p) && in_message(p))
-            .map(|p| p.contents.len())
-            .sum();
+            .filter(|p| p.containers.is_empty() && !seen_whole(p))
+        {
+            if self.clamd_decodes_text && clamd_reads(p) {
+                text_in_message += p.contents.len();
+            } else if !p.contents.is_empty() {
+                send.push(p);
+            }
+        }
         metrics.clamd_text_in_message.inc_by(text_in_message);
         let contents: Vec<&parts::Contents> = send.iter().map(|p| &p.contents).collect();
         let mut left_out: Vec<(usize, usize)> = send.iter().filter_map(|p| p.encoded).collect();

@@ -24,14 +24,19 @@ use crate::util::{self, base64, http_get};
 /// The name clamd gives the project's EICAR signature.
 const FOUND: &str = "Postsift.Test.EICAR";
 
-/// `postsift_clamd_left_out_bytes_total`.
-async fn left_out(metrics: SocketAddr) -> f64 {
+/// The value of the unlabelled counter `name` on `metrics`' /metrics (0 if absent).
+async fn counter(metrics: SocketAddr, name: &str) -> f64 {
     let (status, text) = http_get(metrics, "/metrics").await;
     assert_eq!(status, 200, "{text}");
     text.lines()
-        .find_map(|l| l.strip_prefix("postsift_clamd_left_out_bytes_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// `postsift_clamd_left_out_bytes_total`.
+async fn left_out(metrics: SocketAddr) -> f64 {
+    counter(metrics, "postsift_clamd_left_out_bytes_total").await
 }
 
 /// `postsift scan` with the shared clamd: (exit code, output).
@@ -42,6 +47,17 @@ async fn scan(msg: Vec<u8>) -> (i32, String) {
         msg,
     )
     .await
+}
+
+/// `postsift scan`'s output for `msg`, which it must call infected by `found` (exit code 2).
+async fn scan_infected(case: &str, msg: Vec<u8>, found: &str) -> String {
+    let (code, out) = scan(msg).await;
+    assert_eq!(code, 2, "{case}: {out}");
+    assert!(
+        out.contains(&format!("Infected([\"{found}")),
+        "{case}: {out}"
+    );
+    out
 }
 
 /// The daemon discards `msg` as infected by `found` with bodies left out of the message, and
@@ -61,12 +77,7 @@ async fn caught(case: &str, msg: Vec<u8>, found: &str, part: Option<&str>) {
     f.stop().await;
     assert_eq!(sink.count(), 0, "{case} reached the sink");
 
-    let (code, out) = scan(msg).await;
-    assert_eq!(code, 2, "{case}: {out}");
-    assert!(
-        out.contains(&format!("Infected([\"{found}")),
-        "{case}: {out}"
-    );
+    let out = scan_infected(case, msg, found).await;
     assert!(
         out.contains("clamd:      sent the message without "),
         "{case}: {out}"
@@ -220,12 +231,7 @@ async fn clamavs_evasion_mails_are_all_caught_with_bodies_left_out() {
 
 /// `postsift_clamd_text_in_message_bytes_total`.
 async fn text_in_message(metrics: SocketAddr) -> f64 {
-    let (status, text) = http_get(metrics, "/metrics").await;
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("postsift_clamd_text_in_message_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    counter(metrics, "postsift_clamd_text_in_message_bytes_total").await
 }
 
 /// A newsletter: a multipart/alternative of a text/plain and a text/html part, each given in
@@ -276,12 +282,7 @@ async fn caught_in_message(case: &str, msg: Vec<u8>, found: &str) {
     f.stop().await;
     assert_eq!(sink.count(), 0, "{case} reached the sink");
 
-    let (code, out) = scan(msg).await;
-    assert_eq!(code, 2, "{case}: {out}");
-    assert!(
-        out.contains(&format!("Infected([\"{found}")),
-        "{case}: {out}"
-    );
+    let out = scan_infected(case, msg, found).await;
     assert!(
         out.contains("bytes of text parts not sent decoded"),
         "{case}: {out}"

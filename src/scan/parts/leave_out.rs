@@ -78,23 +78,29 @@ pub fn boundary_like(line: &[u8], boundaries: &[&[u8]]) -> bool {
 
 /// Quoted-printable text: hard line breaks allowed (see [`text_read_by_clamd`]).
 fn quoted_printable_text(body: &[u8]) -> bool {
-    let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
     lines(body).all(|line| {
         if line.last().is_some_and(|&c| c == b' ' || c == b'\t') {
             return false;
         }
         let text = line.strip_suffix(b"=").unwrap_or(line);
-        let mut i = 0;
-        while i < text.len() {
-            match text[i] {
-                b'=' if text.len() > i + 2 && hex(text[i + 1]) && hex(text[i + 2]) => i += 3,
-                b'=' => return false,
-                c if c == b'\t' || (b' '..=b'~').contains(&c) => i += 1,
-                _ => return false,
-            }
-        }
-        true
+        qp_escapes_only(text)
     })
+}
+
+/// A quoted-printable line's text (its soft break stripped) holds only printable ASCII, tabs and
+/// `=XX` escapes with upper-case hex digits.
+fn qp_escapes_only(text: &[u8]) -> bool {
+    let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'=' if text.len() > i + 2 && hex(text[i + 1]) && hex(text[i + 2]) => i += 3,
+            b'=' => return false,
+            c if c == b'\t' || (b' '..=b'~').contains(&c) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Lines without their line break (CRLF or LF).
@@ -135,7 +141,6 @@ fn base64_len(body: &[u8]) -> Option<usize> {
 
 /// Well-formed quoted-printable with soft line breaks only (see the module's comment).
 fn quoted_printable(body: &[u8]) -> bool {
-    let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
     let mut lines = lines(body).peekable();
     while let Some(line) = lines.next() {
         let last = lines.peek().is_none();
@@ -150,14 +155,8 @@ fn quoted_printable(body: &[u8]) -> bool {
         if soft == last {
             return false;
         }
-        let mut i = 0;
-        while i < text.len() {
-            match text[i] {
-                b'=' if text.len() > i + 2 && hex(text[i + 1]) && hex(text[i + 2]) => i += 3,
-                b'=' => return false,
-                c if c == b'\t' || (b' '..=b'~').contains(&c) => i += 1,
-                _ => return false,
-            }
+        if !qp_escapes_only(text) {
+            return false;
         }
     }
     true
