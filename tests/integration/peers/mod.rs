@@ -156,8 +156,34 @@ pub trait Peer {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bind :0, read, drop).
+/// A free TCP port on 127.0.0.1 for a server a test starts and names by port.
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999 by
+/// default), from a counter no two calls share: a port from `bind :0` is an ephemeral one, which
+/// any other test's `connect` or `bind :0` may take between this call and the server's own bind
+/// (seen in CI: a daemon whose metrics port was taken meanwhile failed to start, and its test got
+/// "connection refused"). Falls back to `bind :0` where the range starts too low to leave room.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 20_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(u32::from(u16::MAX));
+    if ephemeral_low > LOWEST + 1_000 {
+        let size = ephemeral_low - LOWEST;
+        // Processes with neighbouring pids (a test and the child it spawns) start far apart.
+        let start = (std::process::id() as u64 * 7_919 % u64::from(size)) as u32;
+        for _ in 0..size {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOWEST + (start + n) % size) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
