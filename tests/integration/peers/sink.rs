@@ -4,7 +4,8 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use super::{free_port, localhost, Peer, PeerProcess};
 
@@ -46,7 +47,14 @@ impl SmtpSink {
     }
 
     /// The dumped messages, each as text (smtp-sink's X-* records, then the message).
+    ///
+    /// smtp-sink opens a dump file at MAIL and, when a transaction is cut off (`-q`, `-Q`, a
+    /// client gone), closes the connection first and unlinks the file after. A client that has
+    /// seen the close can read the dir in between and count a message that never came (seen in
+    /// CI). So this first waits for the sink's greeting on a new connection: smtp-sink is one
+    /// process, and it greets only after the handler that closed and unlinked has returned.
     pub fn messages(&self) -> Vec<String> {
+        self.settle();
         let Ok(dir) = fs::read_dir(self.peer.dir.join("dump")) else {
             return Vec::new();
         };
@@ -61,6 +69,18 @@ impl SmtpSink {
             }
         }
         out
+    }
+
+    /// Waits (5 s at most) for the greeting on a fresh connection: every earlier event has then
+    /// been handled. Does nothing when the sink is stopped.
+    fn settle(&self) {
+        use std::io::Read;
+        let Ok(mut c) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else {
+            return;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut b = [0u8; 64];
+        let _ = c.read(&mut b);
     }
 }
 
