@@ -17,9 +17,10 @@ pub struct Cache {
     /// (300 s by default), so this should be longer. Default 900.
     pub ttl: u64,
     /// Seconds clamd's `VERSION` (its signature database's version, part of every clamd
-    /// answer's key) is trusted, for a message with nothing cached, before it is asked again
-    /// (0: every message). A cached answer is used only after clamd confirms its `VERSION` for
-    /// the message, so new signatures take effect at once. Default 10.
+    /// answer's key) is trusted before it is asked again (0: every message). New signatures
+    /// make cached answers miss once `VERSION` is asked again: at most this long after clamd
+    /// loaded them (clamd itself looks for a new database every `SelfCheck`, 600 s by
+    /// default). Default 10.
     pub clamd_version_refresh: u64,
 }
 

@@ -152,19 +152,19 @@ impl Cache {
     }
 
     /// clamd's `VERSION` as last heard, asked at first use and again `[cache]
-    /// clamd_version_refresh` seconds later (or at once with `fresh`), and whether it was just
-    /// asked; None when clamd could not say (the cache is then not used for the message).
-    pub async fn clamd_version(&self, c: &ClamdClient, fresh: bool) -> Option<(String, bool)> {
+    /// clamd_version_refresh` seconds later (0: every time); None when clamd could not say (the
+    /// cache is then not used for the message).
+    pub async fn clamd_version(&self, c: &ClamdClient) -> Option<String> {
         let v = &self.version;
         if let Some((version, at)) = &*v.memo.lock().expect("version lock") {
-            if !fresh && !v.refresh.is_zero() && at.elapsed() < v.refresh {
-                return Some((version.clone(), false));
+            if !v.refresh.is_zero() && at.elapsed() < v.refresh {
+                return Some(version.clone());
             }
         }
         match c.version().await {
             Ok(version) => {
                 *v.memo.lock().expect("version lock") = Some((version.clone(), Instant::now()));
-                Some((version, true))
+                Some(version)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "clamd VERSION failed: the verdict cache is not used");
@@ -275,9 +275,10 @@ fn part_reader(p: &Contents) -> std::io::Result<impl std::io::Read + Send + 'sta
 /// (the message, then the parts), so streams before a cached infected one that are not cached
 /// are still sent.
 ///
-/// A cached answer is used only once clamd has confirmed its `VERSION` for this message (a
-/// new database makes every answer miss at once), and never while clamd is marked down or
-/// does not answer: the message then takes clamd's failure path as it would without the cache.
+/// The key has clamd's `VERSION` as last heard (`Cache::clamd_version`): a new signature
+/// database makes every answer miss once it is heard, at most `clamd_version_refresh` seconds
+/// after clamd loaded it. The cache is never used while clamd is marked down or does not answer
+/// `VERSION`: the message then takes clamd's failure path as it would without the cache.
 /// Without a cache everything is sent and nothing kept.
 pub async fn clamd_scan(
     c: &ClamdClient,
@@ -288,10 +289,10 @@ pub async fn clamd_scan(
 ) -> Result<Option<(Found, Vec<String>)>, clamd::Error> {
     let cache = cache.filter(|_| c.health().usable());
     let version = match cache {
-        Some(cache) => cache.clamd_version(c, false).await.map(|v| (cache, v)),
+        Some(cache) => cache.clamd_version(c).await.map(|v| (cache, v)),
         None => None,
     };
-    let Some((cache, (mut version, mut confirmed))) = version else {
+    let Some((cache, version)) = version else {
         return send(c, Some(msg), parts).await;
     };
     // Each stream's digest (stream 0 is the message, stream i the part i - 1); a stream that
@@ -304,7 +305,7 @@ pub async fn clamd_scan(
             Err(_) => None,
         });
     }
-    let keys_for = |version: &str| -> Vec<Option<Key>> {
+    let keys: Vec<Option<Key>> = {
         let mut base = KeyBuilder::new(Kind::Clamd).field(version.as_bytes());
         for ep in c.endpoint_names() {
             base = base.field(ep.as_bytes());
@@ -315,25 +316,10 @@ pub async fn clamd_scan(
             .map(|d| d.map(|d| KeyBuilder(base.0.clone()).field(&d).finish()))
             .collect()
     };
-    let mut keys = keys_for(&version);
-    let peek = |keys: &[Option<Key>]| -> Vec<Option<Verdict>> {
-        keys.iter()
-            .map(|k| k.as_ref().and_then(|k| cache.peek(k)))
-            .collect()
-    };
-    let mut cached = peek(&keys);
-    if !confirmed && cached.iter().any(Option::is_some) {
-        let Some((now, _)) = cache.clamd_version(c, true).await else {
-            return send(c, Some(msg), parts).await;
-        };
-        if now != version {
-            version = now;
-            keys = keys_for(&version);
-            cached = peek(&keys);
-        }
-        confirmed = true;
-    }
-    debug_assert!(confirmed || cached.iter().all(Option::is_none));
+    let cached: Vec<Option<Verdict>> = keys
+        .iter()
+        .map(|k| k.as_ref().and_then(|k| cache.peek(k)))
+        .collect();
     for (k, v) in keys.iter().zip(&cached) {
         if k.is_some() {
             m.looked_up(Kind::Clamd, v.is_some());

@@ -1,5 +1,6 @@
 //! The verdict cache and the skipped spam check against the real clamd and spamd: a retried
-//! message costs them nothing, a new signature database makes clamd's cached answers miss, a
+//! message costs them nothing (not even clamd's `VERSION` within `clamd_version_refresh`), a
+//! new signature database makes clamd's cached answers miss once `VERSION` is asked again, a
 //! failure is never kept, a part cached clean hides nothing else in a message, and EICAR with
 //! the discard action is not shown to spamd. Each test watches the peers' own logs (a private
 //! clamd logging clean streams, spamd's "checking message <Message-ID>" lines) or postsift's
@@ -125,8 +126,17 @@ async fn a_retried_message_costs_clamd_and_spamd_nothing_the_second_time() {
     f.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_clamd_signature_database_makes_its_cached_answers_miss() {
+/// A clamd with one unrelated signature (database version 1), a filter whose clamd answers
+/// are cached and whose `VERSION` is asked again after `refresh` seconds, and a message with
+/// an attachment clamd does not know yet; the message sent twice (the second from the cache).
+async fn cached_then_new_signature(
+    refresh: u64,
+) -> (
+    std::sync::Arc<Clamd>,
+    Capture,
+    crate::test_config::TestConfig,
+    Vec<u8>,
+) {
     let clamd = std::sync::Arc::new(
         util::blocking(|| {
             let c = logging_clamd();
@@ -136,16 +146,24 @@ async fn a_new_clamd_signature_database_makes_its_cached_answers_miss() {
         .await,
     );
     let sink = Capture::start().await;
-    let cfg =
-        test_config(Some(&clamd.endpoint()), None, sink.addr, "").set("virus.action", "reject");
-    let f = start_filter(&cfg.toml()).await;
+    let cfg = test_config(Some(&clamd.endpoint()), None, sink.addr, "")
+        .set("virus.action", "reject")
+        .set(
+            "cache.clamd_version_refresh",
+            i64::try_from(refresh).unwrap(),
+        );
     let marker = b"postsift-cache-marker-0042";
     let msg = message("sigs@example.org", "See attached.", marker);
-    assert_eq!(send(f.addr, &msg).await.code, 250);
-    assert_eq!(send(f.addr, &msg).await.code, 250);
+    (clamd, sink, cfg, msg)
+}
 
-    // freshclam brings a signature for the attachment: the next retry must find it.
-    let hex: String = marker.iter().map(|b| format!("{b:02x}")).collect();
+/// freshclam brings a signature for the attachment (database version 2); returns once clamd
+/// says so.
+async fn install_marker_signature(clamd: &std::sync::Arc<Clamd>) {
+    let hex: String = b"postsift-cache-marker-0042"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let c = clamd.clone();
     let version = util::blocking(move || {
         c.install_daily(2, &format!("Postsift.Test.Marker:0:*:{hex}\n"));
@@ -153,6 +171,46 @@ async fn a_new_clamd_signature_database_makes_its_cached_answers_miss() {
     })
     .await;
     assert!(version.contains("/2/"), "{version}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_clamd_signature_database_makes_its_cached_answers_miss() {
+    // VERSION asked for every message: the retry after the new database is scanned again.
+    let (clamd, sink, cfg, msg) = cached_then_new_signature(0).await;
+    let f = start_filter(&cfg.toml()).await;
+    assert_eq!(send(f.addr, &msg).await.code, 250);
+    assert_eq!(send(f.addr, &msg).await.code, 250);
+    install_marker_signature(&clamd).await;
+    let r = send(f.addr, &msg).await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert_eq!(sink.count(), 2);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn within_clamd_version_refresh_a_retry_costs_clamd_nothing_and_a_new_runtime_asks_again() {
+    // VERSION trusted for an hour: after the first message, clamd hears nothing from a message
+    // whose streams are all cached, not even VERSION (had it been asked, version 2 would make
+    // the answer miss and the retry a 554), so the answer made before the new database is
+    // reused (the documented window); a new runtime (a restart, or a reload) asks VERSION
+    // again and the answers made under version 1 miss.
+    let (clamd, sink, cfg, msg) = cached_then_new_signature(3600).await;
+    let f = start_filter(&cfg.toml()).await;
+    assert_eq!(send(f.addr, &msg).await.code, 250);
+    let c = clamd.clone();
+    eventually("the first pass is scanned", move || clamd_streams(&c) == 2).await;
+    install_marker_signature(&clamd).await;
+    assert_eq!(send(f.addr, &msg).await.code, 250);
+    assert_eq!(sink.count(), 2);
+    f.stop().await;
+    assert_eq!(
+        clamd_streams(&clamd),
+        2,
+        "clamd asked again: {}",
+        clamd.log()
+    );
+
+    let f = start_filter(&cfg.toml()).await;
     let r = send(f.addr, &msg).await;
     assert_eq!(r.code, 554, "{r:?}");
     assert_eq!(sink.count(), 2);
