@@ -107,7 +107,8 @@ pub(crate) fn gauge_vec(
     g
 }
 
-/// `postsift_build_info` and, on Linux, the process's own metrics (`process_*`).
+/// `postsift_build_info`, `postsift_runtime_worker_threads` (inside a runtime) and, on Linux,
+/// the process's own metrics (`process_*`).
 pub fn register_process(r: &Registry) {
     let build = gauge_vec(
         r,
@@ -117,6 +118,14 @@ pub fn register_process(r: &Registry) {
         &[],
     );
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        gauge(
+            r,
+            "postsift_runtime_worker_threads",
+            "Threads running sessions (server.worker_threads)",
+        )
+        .set(i64::try_from(rt.metrics().num_workers()).unwrap_or(i64::MAX));
+    }
     #[cfg(target_os = "linux")]
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),

@@ -544,6 +544,10 @@ impl Running {
                 old.config.greylist.listen != new.greylist.listen,
             ),
             (
+                "server.worker_threads",
+                old.config.server.worker_threads != new.server.worker_threads,
+            ),
+            (
                 "greylist.store",
                 old.config.greylist.store != new.greylist.store,
             ),

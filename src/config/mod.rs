@@ -347,6 +347,20 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_half_the_cpus_rounded_up_and_a_setting_wins() {
+        let server = |t: &str| parse(t).unwrap().server;
+        let auto = server("");
+        assert_eq!(auto.worker_threads, 0);
+        let got: Vec<usize> = [1, 2, 3, 4, 16].map(|cpus| auto.workers(cpus)).to_vec();
+        assert_eq!(got, [1, 1, 2, 2, 8]);
+        assert_eq!(server("[server]\nworker_threads = 3\n").workers(2), 3);
+        assert!(parse("[server]\nworker_threads = 5000\n")
+            .unwrap_err()
+            .to_string()
+            .contains("server.worker_threads"));
+    }
+
+    #[test]
     fn dkim_sign_that_signs_nothing_warns() {
         let w = |t: &str| parse(t).unwrap().warnings().join("\n");
         assert_eq!(w("[dkim_sign]\nenabled = false\n"), "");

@@ -61,6 +61,11 @@ pub struct Server {
     /// File `postsift run` writes its pid to at start (and removes at exit), for
     /// `postsift reload`. Default: none (no pid file).
     pub pid_file: Option<PathBuf>,
+    /// Threads running sessions (tokio's workers); read at start only. 0: half the CPUs,
+    /// rounded up (see [`Server::workers`]). The MIME walk of larger messages, DKIM signing,
+    /// large digests and quarantine writes run on a separate pool of blocking threads that is
+    /// not limited by this. Default 0.
+    pub worker_threads: usize,
 }
 
 impl Default for Server {
@@ -84,11 +89,24 @@ impl Default for Server {
             max_errors: 20,
             shutdown_grace: 120,
             pid_file: None,
+            worker_threads: 0,
         }
     }
 }
 
 impl Server {
+    /// The number of worker threads `worker_threads` asks for on a machine with `cpus` CPUs:
+    /// the setting, or 0 → half the CPUs rounded up. postsift shares its machine with
+    /// Postfix, clamd and the spam engine, which take most of the CPU per message; its workers
+    /// mostly wait on sockets, and fewer of them wake and steal work from each other less
+    /// (measured in bench/README.md, "The runtime's worker threads").
+    pub fn workers(&self, cpus: usize) -> usize {
+        match self.worker_threads {
+            0 => cpus.div_ceil(2).max(1),
+            n => n,
+        }
+    }
+
     pub(super) fn validate(&self, check: Check) -> Result<(), Error> {
         if self.listen.is_empty() {
             return Err(check.bad("server.listen", "at least one address is needed"));
@@ -116,6 +134,9 @@ impl Server {
             ("server.max_spool_files", self.max_spool_files as u64),
             ("server.max_junk_commands", self.max_junk_commands.into()),
         ])?;
+        if self.worker_threads > 1024 {
+            return Err(check.bad("server.worker_threads", "must be at most 1024"));
+        }
         check.seconds(&[
             ("server.read_timeout", self.read_timeout),
             ("server.write_timeout", self.write_timeout),

@@ -227,8 +227,13 @@ async fn bad_config_on_sighup_keeps_the_old_one_and_names_the_key() {
             .set("metrics.listen", format!("127.0.0.1:{mport}"))
             .toml()
     };
-    let good = with_metrics(cfg(&[port], old_sink.addr, "", ""));
+    // Three session threads on this 2-CPU machine (the default would be one); a reload to the
+    // default leaves them at three, as the setting is read at start only.
+    let good = TestConfig::parse(&with_metrics(cfg(&[port], old_sink.addr, "", "")))
+        .set("server.worker_threads", 3)
+        .toml();
     let mut d = Daemon::start(&good, port).await;
+    wait_metric(maddr, "postsift_runtime_worker_threads", 3.0).await;
     wait_metric(
         maddr,
         "postsift_config_reloads_total{result=\"failure\"}",
@@ -281,6 +286,7 @@ async fn bad_config_on_sighup_keeps_the_old_one_and_names_the_key() {
     .await;
     deliver(localhost(port)).await;
     assert_eq!(new_sink.count(), 1);
+    wait_metric(maddr, "postsift_runtime_worker_threads", 3.0).await;
     d.assert_alive();
     d.stop().await;
 }

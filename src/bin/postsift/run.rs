@@ -29,9 +29,13 @@ pub fn daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
 /// `path` is the `--config` given at start: SIGHUP reads the same file again.
 fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = config.server.workers(cpus);
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()?;
+    tracing::info!(workers, cpus, "runtime: worker threads");
     rt.block_on(async {
         // Handlers first: once the pid file is written anyone may send SIGHUP, whose default
         // action would end the process.
