@@ -217,6 +217,38 @@ async fn within_clamd_version_refresh_a_retry_costs_clamd_nothing_and_a_new_runt
     f.stop().await;
 }
 
+/// clamd gone but not yet marked down (one probe at start, a hundred failures to mark it down):
+/// the message it answered a moment ago passes on its cached answers, with nothing asked of
+/// clamd; a message it has not seen takes clamd's failure path (451), and its retry too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_stopped_a_seen_message_passes_on_its_answers_and_a_new_one_gets_451() {
+    let mut clamd = util::blocking(logging_clamd).await;
+    let sink = Capture::start().await;
+    let cfg = test_config(Some(&clamd.endpoint()), None, sink.addr, "")
+        .set("cache.clamd_version_refresh", 3600)
+        .set("metrics.probe_interval", 3600)
+        .set("health.down_after", 100);
+    let f = start_filter(&cfg.toml()).await;
+    let seen = message("seen@example.org", "Seen before.", b"%PDF-1.4 seen");
+    assert_eq!(send(f.addr, &seen).await.code, 250);
+
+    let clamd = util::blocking(move || {
+        clamd.stop();
+        clamd
+    })
+    .await;
+    let r = send(f.addr, &seen).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let new = message("new@example.org", "Not seen.", b"%PDF-1.4 new");
+    for _ in 0..2 {
+        let r = send(f.addr, &new).await;
+        assert_eq!(r.code, 451, "{r:?}");
+    }
+    assert_eq!(sink.count(), 2);
+    f.stop().await;
+    drop(clamd);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spamd_failure_is_not_cached_and_the_retry_is_scanned() {
     let spamd = util::blocking(Spamd::start).await;

@@ -75,13 +75,20 @@ fn skipped(peer: &str) -> String {
 }
 
 /// Sends clean.eml until `peer` is marked down (its failures, or the probe's); returns how many
-/// were sent. Each gets `code`.
+/// were sent. Each gets `code`. Each copy differs (a header of its own), so that none is
+/// answered from the verdict cache, which may answer a message it has seen while the peer is not
+/// yet marked down.
 async fn send_until_down(f: SocketAddr, maddr: SocketAddr, peer: &str, code: u16) -> usize {
     for sent in 0..10 {
         if metric(maddr, &up(peer)).await == 0.0 {
             return sent;
         }
-        let r = util::send_fixture(f, "clean.eml").await;
+        let msg = [
+            format!("X-Outage-Try: {sent}\r\n").as_bytes(),
+            &fixture("clean.eml"),
+        ]
+        .concat();
+        let r = send_one(f, "a@example.org", &["b@example.com"], &msg).await;
         assert_eq!(r.code, code, "{r:?}");
     }
     wait_metric(maddr, &up(peer), 0.0).await;
