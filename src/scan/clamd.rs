@@ -295,25 +295,44 @@ impl ClamdClient {
     pub async fn version(&self) -> Result<String, Error> {
         self.failover(|i, ep| async move {
             let endpoint = ep.name();
-            if let Some(idle) = self.pool.take(i) {
-                match self.ask_version((i, &endpoint), idle).await {
-                    Ok(v) => return Ok(v),
-                    Err((e, true)) => {
-                        tracing::debug!(endpoint = %endpoint, error = %e, "clamd: an idle session was closed, opening a new one");
-                    }
-                    Err((e, false)) => return Err(e),
-                }
-            }
-            let fresh = Session {
-                conn: self.connect(ep).await?,
-                next: 1,
-                at: Instant::now(),
-            };
-            self.ask_version((i, &endpoint), fresh)
-                .await
-                .map_err(|(e, _)| e)
+            self.over_session(i, ep, &endpoint, |session| {
+                self.ask_version((i, &endpoint), session)
+            })
+            .await
         })
         .await
+    }
+
+    /// `ask` over a session of endpoint `i`: one left open in the pool by an earlier exchange
+    /// first. clamd may have closed it meanwhile (its IdleTimeout, a restart): when `ask` fails
+    /// before anything was answered (`Err((_, true))`), it runs again on a new connection,
+    /// within the same attempt (and timeout).
+    async fn over_session<T, F, Fut>(
+        &self,
+        i: usize,
+        ep: &Endpoint,
+        endpoint: &str,
+        ask: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Session) -> Fut,
+        Fut: std::future::Future<Output = Result<T, (Error, bool)>>,
+    {
+        if let Some(idle) = self.pool.take(i) {
+            match ask(idle).await {
+                Ok(v) => return Ok(v),
+                Err((e, true)) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "clamd: an idle session was closed, opening a new one");
+                }
+                Err((e, false)) => return Err(e),
+            }
+        }
+        let fresh = Session {
+            conn: self.connect(ep).await?,
+            next: 1,
+            at: Instant::now(),
+        };
+        ask(fresh).await.map_err(|(e, _)| e)
     }
 
     /// `zVERSION` over `session` (`IDSESSION` sent first on a new one); the session goes back
@@ -398,30 +417,11 @@ impl ClamdClient {
                 source,
             })?);
         }
-        // A session left open by an earlier message first. clamd may have closed it meanwhile
-        // (its IdleTimeout, a restart): when it fails before answering anything, the streams
-        // go again on a new connection, within the same attempt (and scan timeout).
-        if let Some(idle) = self.pool.take(i) {
-            match self
-                .exchange((i, &endpoint), idle, &streams, msg.is_some())
-                .await
-            {
-                Ok(found) => return Ok(found),
-                Err((e, true)) => {
-                    tracing::debug!(endpoint = %endpoint, error = %e, "clamd: an idle session was closed, opening a new one");
-                }
-                Err((e, false)) => return Err(e),
-            }
-        }
-        let conn = self.connect(ep).await?;
-        let fresh = Session {
-            conn,
-            next: 1,
-            at: Instant::now(),
-        };
-        self.exchange((i, &endpoint), fresh, &streams, msg.is_some())
-            .await
-            .map_err(|(e, _)| e)
+        // A session left open by an earlier message first, a new one if clamd had closed it.
+        self.over_session(i, ep, &endpoint, |session| {
+            self.exchange((i, &endpoint), session, &streams, msg.is_some())
+        })
+        .await
     }
 
     /// `streams` over `session` (`IDSESSION` sent first on a new one), until one is infected:

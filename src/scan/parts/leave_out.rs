@@ -104,7 +104,7 @@ fn qp_escapes_only(text: &[u8]) -> bool {
 }
 
 /// Lines without their line break (CRLF or LF).
-fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }

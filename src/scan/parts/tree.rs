@@ -127,24 +127,18 @@ impl Collector {
                 && !declared
                     .as_deref()
                     .is_some_and(|t| t.starts_with("text/") || t.starts_with("message/"));
-            let encoded = match (body, base) {
-                (Some(b), Some(base)) if file => {
-                    let end = (base + p.offset_end as usize).min(raw.len());
-                    let encoding = match p.encoding {
-                        mail_parser::Encoding::Base64 => leave_out::Encoding::Base64,
-                        mail_parser::Encoding::QuotedPrintable => {
-                            leave_out::Encoding::QuotedPrintable
-                        }
-                        mail_parser::Encoding::None => leave_out::Encoding::Verbatim,
-                    };
-                    (b <= end && leave_out::clean(&raw[b..end], encoding, data)).then_some((b, end))
-                }
-                _ => None,
-            };
             let encoding = match p.encoding {
                 mail_parser::Encoding::Base64 => leave_out::Encoding::Base64,
                 mail_parser::Encoding::QuotedPrintable => leave_out::Encoding::QuotedPrintable,
                 mail_parser::Encoding::None => leave_out::Encoding::Verbatim,
+            };
+            // The body's end in the message, where its place is known.
+            let end = base.map(|base| (base + p.offset_end as usize).min(raw.len()));
+            let encoded = match (body, end) {
+                (Some(b), Some(end)) if file => {
+                    (b <= end && leave_out::clean(&raw[b..end], encoding, data)).then_some((b, end))
+                }
+                _ => None,
             };
             let clamd_reads = depth == 0
                 && base == Some(0)
@@ -152,8 +146,7 @@ impl Collector {
                 && matches!(p.body, PartType::Text(_) | PartType::Html(_))
                 && matches!(declared.as_deref(), Some("text/plain" | "text/html"))
                 && ascii_compatible(p.content_type().and_then(|c| c.attribute("charset")))
-                && body.is_some_and(|b| {
-                    let end = (p.offset_end as usize).min(raw.len());
+                && body.zip(end).is_some_and(|(b, end)| {
                     let plain = plain.get_or_insert_with(|| plain_structure(m, raw));
                     plain.as_ref().is_some_and(|bounds| {
                         b <= end && leave_out::text_read_by_clamd(&raw[b..end], encoding, bounds)
@@ -239,8 +232,7 @@ pub(super) fn plain_structure<'a>(
     let b = boundaries(m, raw)?;
     let bounds: Vec<&[u8]> = b.iter().map(|(b, _)| *b).collect();
     let mut counts = vec![(0usize, 0usize); b.len()];
-    for line in raw.split(|&c| c == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in leave_out::lines(raw) {
         if !leave_out::boundary_like(line, &bounds) {
             continue;
         }
